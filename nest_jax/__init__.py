@@ -1,0 +1,1 @@
+"""nest_jax: ViT, DeiT and NesT in JAX/Flax NNX."""

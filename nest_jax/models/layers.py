@@ -1,0 +1,235 @@
+"""Shared transformer layers: patch embedding, attention, MLP, drop path, LayerNorm, encoder layer.
+
+Parameters carry logical partition names (`embed`, `heads`, `kv`, `mlp`, `classes`, `conv_in`, …)
+as NNX sharding metadata; `nest_jax.train.sharding` maps them to mesh axes with config rules.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nest_jax.models.intermediates import Recorder
+
+Array = jax.Array
+Dtype = Any
+Init = Callable[..., Array]
+
+LN_EPS = 1e-6
+trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+def axes(init: Init, *names: str | None) -> Init:
+    """Attaches logical partition names to an initializer (no eager sharding: shapes decide later)."""
+    return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
+
+
+def gelu(kind: str = "exact") -> Callable[[Array], Array]:
+    """GELU: `exact` (erf, PyTorch/timm/DeiT) or `tanh` (approximation; official ViT/NesT JAX code)."""
+    if kind not in ("exact", "tanh"):
+        raise ValueError(f"gelu must be 'exact' or 'tanh', got {kind!r}")
+    return functools.partial(jax.nn.gelu, approximate=(kind == "tanh"))
+
+
+def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype: Dtype = None, param_dtype: Dtype = jnp.float32,
+               eps: float = LN_EPS) -> nnx.LayerNorm:
+    """LayerNorm over the last axis, eps 1e-6 as in every reference system."""
+    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                         scale_init=axes(nnx.initializers.ones, "embed"),
+                         bias_init=axes(nnx.initializers.zeros, "embed"), rngs=rngs)
+
+
+class PatchEmbed(nnx.Module):
+    """Non-overlapping P×P patches by a conv with kernel = stride = P.
+
+    x: (B, H, W, C_in) -> (B, H/P, W/P, D)
+    """
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int, *, rngs: nnx.Rngs,
+                 kernel_init: Init = nnx.initializers.lecun_normal(), dtype: Dtype = None,
+                 param_dtype: Dtype = jnp.float32):
+        self.patch_size = patch_size
+        self.proj = nnx.Conv(in_chans, dim, (patch_size, patch_size), strides=patch_size, padding="VALID",
+                             kernel_init=axes(kernel_init, None, None, "conv_in", "embed"),
+                             bias_init=axes(nnx.initializers.zeros, "embed"),
+                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.proj(x)
+
+
+class Attention(nnx.Module):
+    """Multi-head (or multi-query / grouped) self-attention on the last two axes.
+
+    Fused attention via `jax.nn.dot_product_attention` (cuDNN flash attention on GPUs); when the
+    weights are requested or attention dropout is active, an explicit softmax path is used.
+
+    Parameters (the layout of the official JAX code, heads as their own axis):
+      multi-head (`num_kv_heads == num_heads`): `qkv` (D, 3, h, d), `qkv_bias` (3, h, d)
+      otherwise: `q` (D, h, d), `q_bias` (h, d), `kv` (D, 2, g, d), `kv_bias` (2, g, d)
+      `proj` (h, d, D), `proj_bias` (D,)
+
+    x: (..., N, D) -> (..., N, D); leading axes (batch, blocks, …) are a batch.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, num_kv_heads: int | None = None,
+                 head_dim: int | None = None, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, kernel_init: Init = trunc_normal_02,
+                 proj_init: Init | None = None, dtype: Dtype = None, param_dtype: Dtype = jnp.float32):
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        if num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        self.head_dim = head_dim or dim // num_heads
+        self.dtype = dtype
+        h, g, d = num_heads, self.num_kv_heads, self.head_dim
+        key = rngs.params
+        zeros = nnx.initializers.zeros
+        if g == h:
+            self.qkv = nnx.Param(axes(kernel_init, "embed", None, "heads", "kv")(key(), (dim, 3, h, d), param_dtype))
+            self.qkv_bias = nnx.Param(axes(zeros, None, "heads", "kv")(key(), (3, h, d), param_dtype)) if qkv_bias else None
+        else:
+            self.q = nnx.Param(axes(kernel_init, "embed", "heads", "kv")(key(), (dim, h, d), param_dtype))
+            self.kv = nnx.Param(axes(kernel_init, "embed", None, None, "kv")(key(), (dim, 2, g, d), param_dtype))
+            self.q_bias = nnx.Param(axes(zeros, "heads", "kv")(key(), (h, d), param_dtype)) if qkv_bias else None
+            self.kv_bias = nnx.Param(axes(zeros, None, None, "kv")(key(), (2, g, d), param_dtype)) if qkv_bias else None
+        self.proj = nnx.Param(axes(proj_init or kernel_init, "heads", "kv", "embed")(key(), (h, d, dim), param_dtype))
+        self.proj_bias = nnx.Param(axes(zeros, "embed")(key(), (dim,), param_dtype))
+        self.attn_drop = nnx.Dropout(attn_drop, rngs=rngs)
+        self.proj_drop = nnx.Dropout(proj_drop, rngs=rngs)
+        self.attn_drop_rate = attn_drop
+
+    def _project(self, x: Array) -> tuple[Array, Array, Array]:
+        """x: (B, N, D) -> q (B, N, h, d), k, v (B, N, g, d)."""
+        dt = self.dtype or x.dtype
+        x = x.astype(dt)
+        if self.num_kv_heads == self.num_heads:
+            qkv = jnp.einsum("bnc,cthd->bnthd", x, self.qkv[...].astype(dt))
+            if self.qkv_bias is not None:
+                qkv = qkv + self.qkv_bias[...].astype(dt)
+            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q = jnp.einsum("bnc,chd->bnhd", x, self.q[...].astype(dt))
+        kv = jnp.einsum("bnc,ctgd->bntgd", x, self.kv[...].astype(dt))
+        if self.q_bias is not None:
+            q = q + self.q_bias[...].astype(dt)
+            kv = kv + self.kv_bias[...].astype(dt)
+        return q, kv[:, :, 0], kv[:, :, 1]
+
+    def __call__(self, x: Array, *, train: bool = False, return_weights: bool = False
+                 ) -> tuple[Array, Array | None]:
+        """Returns (output (..., N, D), weights (..., h, N, N) or None)."""
+        lead, (n, dim) = x.shape[:-2], x.shape[-2:]
+        q, k, v = self._project(x.reshape(-1, n, dim))
+        weights = None
+        if return_weights or (train and self.attn_drop_rate > 0):
+            rep = self.num_heads // self.num_kv_heads
+            k_, v_ = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k_) * (self.head_dim ** -0.5)
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+            out = jnp.einsum("bhqk,bkhd->bqhd", self.attn_drop(weights, deterministic=not train), v_)
+            weights = weights.reshape(*lead, self.num_heads, n, n)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v)
+        y = jnp.einsum("bnhd,hdc->bnc", out, self.proj[...].astype(out.dtype)) + self.proj_bias[...].astype(out.dtype)
+        y = self.proj_drop(y, deterministic=not train)
+        return y.reshape(*lead, n, dim), weights
+
+
+class Mlp(nnx.Module):
+    """Dense(hidden) -> GELU -> dropout -> Dense(out) -> dropout.  x: (..., D) -> (..., D_out)."""
+
+    def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, out_dim: int | None = None,
+                 act: Callable[[Array], Array] = gelu("exact"), drop: float = 0.0,
+                 kernel_init: Init = trunc_normal_02, bias_init: Init = nnx.initializers.zeros,
+                 dtype: Dtype = None, param_dtype: Dtype = jnp.float32):
+        out_dim = out_dim or dim
+        self.fc1 = nnx.Linear(dim, hidden, kernel_init=axes(kernel_init, "embed", "mlp"),
+                              bias_init=axes(bias_init, "mlp"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, out_dim, kernel_init=axes(kernel_init, "mlp", "embed"),
+                              bias_init=axes(bias_init, "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.act = act
+        self.drop = nnx.Dropout(drop, rngs=rngs)
+
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        x = self.drop(self.act(self.fc1(x)), deterministic=not train)
+        return self.drop(self.fc2(x), deterministic=not train)
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth: drops a sample's whole residual branch with probability `rate`.
+
+    x: (B, ...) -> (B, ...), scaled by 1/(1-rate) when kept.
+    """
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs):
+        self.rate = float(rate)
+        self.rngs = rngs.dropout.fork() if rate > 0 else None
+
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        if not train or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic depth rate increasing linearly from 0 to `rate` over `depth` layers."""
+    if depth == 1:
+        return [0.0]
+    return [rate * i / (depth - 1) for i in range(depth)]
+
+
+class TransformerLayer(nnx.Module):
+    """Pre-norm encoder layer: z = z + DropPath(MHSA(LN(z))); z = z + DropPath(MLP(LN(z))).
+
+    x: (..., N, D) -> (..., N, D). Attention is over the N axis only (NesT: within each block).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
+                 num_kv_heads: int | None = None, qkv_bias: bool = True, drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, act: str = "exact",
+                 kernel_init: Init = trunc_normal_02, mlp_bias_init: Init = nnx.initializers.zeros,
+                 qkv_init: Init | None = None, dtype: Dtype = None, param_dtype: Dtype = jnp.float32):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = layer_norm(dim, **kw)
+        self.attn = Attention(dim, num_heads, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias,
+                              attn_drop=attn_drop, proj_drop=drop, kernel_init=qkv_init or kernel_init,
+                              proj_init=kernel_init, **kw)
+        self.norm2 = layer_norm(dim, **kw)
+        self.mlp = Mlp(dim, mlp_dim, act=gelu(act), drop=drop, kernel_init=kernel_init,
+                       bias_init=mlp_bias_init, **kw)
+        self.drop_path = DropPath(drop_path, rngs=rngs)
+
+    def __call__(self, x: Array, *, train: bool = False, rec: Recorder | None = None) -> Array:
+        want_w = rec is not None and rec.wants("attention")
+        branch, weights = self.attn(self.norm1(x), train=train, return_weights=want_w)
+        branch = self.drop_path(branch, train=train)
+        if rec is not None:
+            rec.append("attn_in", x)
+            rec.append("attn_branch", branch)
+            rec.append("attention", weights)
+        x = x + branch
+        branch = self.drop_path(self.mlp(self.norm2(x), train=train), train=train)
+        if rec is not None:
+            rec.append("mlp_in", x)
+            rec.append("mlp_branch", branch)
+        x = x + branch
+        if rec is not None:
+            rec.append("layers", x)
+        return x
+
+
+def sincos_2d(grid_h: int, grid_w: int, dim: int, temperature: float = 10_000.0) -> Array:
+    """Fixed 2-D sin-cos position embedding (big_vision's `posemb_sincos_2d`): (1, h*w, dim)."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got {dim}")
+    y, x = jnp.mgrid[:grid_h, :grid_w]
+    omega = 1.0 / temperature ** (jnp.arange(dim // 4) / (dim // 4 - 1))
+    y = y.reshape(-1)[:, None] * omega[None]
+    x = x.reshape(-1)[:, None] * omega[None]
+    return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)[None].astype(jnp.float32)

@@ -1,0 +1,50 @@
+"""Model registry: `create_model(name, *, num_classes, img_size, rngs, **overrides)`, timm-style."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+from flax import nnx
+
+_REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
+
+
+def register_model(fn: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
+    """Registers a builder `fn(*, num_classes, img_size, rngs, **overrides)` under its name."""
+    if fn.__name__ in _REGISTRY:
+        raise ValueError(f"model {fn.__name__!r} registered twice")
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def _load_families() -> None:
+    # Importing the family modules runs their @register_model decorators.
+    from nest_jax.models import deit, nest, resnet, vit  # noqa: F401
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted names of registered models matching a glob pattern, e.g. `list_models("deit_*")`."""
+    _load_families()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, *, num_classes: int = 1000, img_size: int | tuple[int, int] = 224,
+                 rngs: nnx.Rngs | None = None, **overrides: Any) -> nnx.Module:
+    """Builds a registered model with fresh parameters.
+
+    Args:
+      name: a name from `list_models()`, e.g. "vit_small_patch16_224", "nest_tiny".
+      num_classes: size of the classification head(s); 0 gives a feature extractor.
+      img_size: input resolution (int or (height, width)).
+      rngs: `nnx.Rngs` for the parameters and dropout; `nnx.Rngs(0)` when omitted.
+      **overrides: any field of the family's config (drop_path_rate, gelu, dtype, …).
+    """
+    _load_families()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown model {name!r}.{hint} See nest_jax.models.list_models().")
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    return _REGISTRY[name](num_classes=num_classes, img_size=img_size, rngs=rngs, **overrides)

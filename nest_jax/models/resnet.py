@@ -1,0 +1,1 @@
+"""ResNet baselines and teachers (placeholder: filled in by the ResNet work)."""

@@ -1,0 +1,39 @@
+"""Install nest_jax: `pip install -e .` (runtime) or `pip install -e ".[dev]"` (tests, parity)."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+requirements = [
+    line.strip()
+    for line in (here / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="nest_jax",
+    version="0.1.0",
+    description="ViT, DeiT and NesT in JAX/Flax NNX: sharded training and analysis tools.",
+    long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["nest_jax", "nest_jax.*"]),
+    install_requires=requirements,
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist",
+            "scikit-learn",
+            "scikit-image",
+            "matplotlib",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "torch==2.14.1",
+            "torchvision==0.29.1",
+            "timm",
+            "safetensors",
+        ],
+    },
+    entry_points={"console_scripts": ["nest-jax=nest_jax.main:run"]},
+)
