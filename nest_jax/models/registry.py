@@ -12,7 +12,10 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
 
 
 def register_model(fn: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
-    """Registers a builder `fn(*, num_classes, img_size, rngs, **overrides)` under its name."""
+    """Registers a builder `fn(*, num_classes, img_size, rngs, **overrides)` under its name.
+
+    `img_size` reaches the builder as None when the user gave none: the builder picks its native size.
+    """
     if fn.__name__ in _REGISTRY:
         raise ValueError(f"model {fn.__name__!r} registered twice")
     _REGISTRY[fn.__name__] = fn
@@ -30,14 +33,15 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, *, num_classes: int = 1000, img_size: int | tuple[int, int] = 224,
+def create_model(name: str, *, num_classes: int = 1000, img_size: int | tuple[int, int] | None = None,
                  rngs: nnx.Rngs | None = None, **overrides: Any) -> nnx.Module:
     """Builds a registered model with fresh parameters.
 
     Args:
       name: a name from `list_models()`, e.g. "vit_small_patch16_224", "nest_tiny".
       num_classes: size of the classification head(s); 0 gives a feature extractor.
-      img_size: input resolution (int or (height, width)).
+      img_size: input resolution (int or (height, width)); None = the variant's native size
+        (224 for the ImageNet models, 32 for the `*_cifar` NesTs). Builders receive None as is.
       rngs: `nnx.Rngs` for the parameters and dropout; `nnx.Rngs(0)` when omitted.
       **overrides: any field of the family's config (drop_path_rate, gelu, dtype, …).
     """

@@ -215,7 +215,7 @@ VIT_VARIANTS = {
 
 
 def build_vit(*, num_classes: int, img_size, rngs: nnx.Rngs, **fields) -> ViT:
-    return ViT(ViTConfig(num_classes=num_classes, img_size=img_size, **fields), rngs=rngs)
+    return ViT(ViTConfig(num_classes=num_classes, img_size=img_size or 224, **fields), rngs=rngs)
 
 
 def _register(name: str, patch: int, dim: int, depth: int, heads: int, mlp: int, **extra):
