@@ -1,0 +1,92 @@
+"""NesT blocks: blockify / deblockify and block aggregation (conv 3×3 → LayerNorm → max-pool 3×3/2).
+
+Vocabulary: a *block* is one square region of b×b tokens; blocks and the tokens inside each block
+are in raster order (row-major), as in the official code and timm.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nest_jax.models import layers as L
+
+Array = jax.Array
+POOL_PADDINGS = ("tf_same", "symmetric")
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def blockify(x: Array, block_size: int) -> Array:
+    """Image to blocks. x: (B, H, W, C) -> (B, T, N, C), T = (H/b)(W/b), N = b·b."""
+    b_, h, w, c = x.shape
+    b = block_size
+    if h % b or w % b:
+        raise ValueError(f"block_size {b} must divide the feature map {h}×{w}")
+    x = x.reshape(b_, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b_, (h // b) * (w // b), b * b, c)
+
+
+def deblockify(x: Array, grid: int | tuple[int, int]) -> Array:
+    """Blocks to image, the exact inverse of `blockify`. x: (B, T, N, C) -> (B, gh·b, gw·b, C).
+
+    `grid` is the number of blocks per side (gh, gw) (an int for a square grid); b = sqrt(N).
+    """
+    gh, gw = _pair(grid)
+    b_, t, n, c = x.shape
+    b = math.isqrt(n)
+    if gh * gw != t or b * b != n:
+        raise ValueError(f"cannot deblockify (B, T={t}, N={n}, C) onto a {gh}×{gw} grid of square blocks")
+    x = x.reshape(b_, gh, gw, b, b, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b_, gh * b, gw * b, c)
+
+
+def pool_pads(size: int, padding: str, window: int = 3, stride: int = 2) -> tuple[int, int]:
+    """(before, after) padding of one spatial axis for the 3×3 stride-2 max-pool.
+
+    `tf_same` (TensorFlow / flax `padding="SAME"`): output ceil(size/stride), the total padding
+    split with the extra element AFTER — on an even input: (0, 1), bottom/right only.
+    `symmetric` (PyTorch MaxPool2d(3, 2, padding=1), timm's non-`_jx` NesT): (1, 1).
+    """
+    if padding == "tf_same":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + window - size, 0)
+        return total // 2, total - total // 2
+    if padding == "symmetric":
+        return (window - 1) // 2, (window - 1) // 2
+    raise ValueError(f"pool_padding must be one of {POOL_PADDINGS}, got {padding!r}")
+
+
+def max_pool_3x3_s2(x: Array, padding: str = "tf_same") -> Array:
+    """Max-pool 3×3 stride 2 with −inf padding. x: (B, H, W, C) -> (B, H', W', C); H' = H/2 on even H."""
+    pads = ((0, 0), pool_pads(x.shape[1], padding), pool_pads(x.shape[2], padding), (0, 0))
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), pads)
+
+
+class BlockAggregation(nnx.Module):
+    """Merges each 2×2 group of blocks into one: conv 3×3 (SAME, bias) → LayerNorm → max-pool 3×3/2.
+
+    Works on the deblockified map: x (B, H, W, C_in) -> (B, H/2, W/2, C_out). The conv changes the
+    width; the pool halves the resolution, so with a fixed block edge the block grid halves.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs, padding: str = "tf_same",
+                 kernel_init=L.trunc_normal_02, dtype=None, param_dtype=jnp.float32):
+        if padding not in POOL_PADDINGS:
+            raise ValueError(f"pool_padding must be one of {POOL_PADDINGS}, got {padding!r}")
+        self.padding = padding
+        # Stride 1, kernel 3: SAME is a symmetric pad of 1 in flax, TF and PyTorch alike.
+        self.conv = nnx.Conv(in_dim, out_dim, (3, 3), strides=1, padding="SAME",
+                             kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"),
+                             bias_init=L.axes(nnx.initializers.zeros, "embed"),
+                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm = L.layer_norm(out_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        if x.shape[1] % 2 or x.shape[2] % 2:
+            raise ValueError(f"block aggregation needs an even feature map, got {x.shape[1]}×{x.shape[2]}")
+        return max_pool_3x3_s2(self.norm(self.conv(x)), self.padding)
