@@ -1,0 +1,144 @@
+"""Saving and restoring a model's weights as an orbax checkpoint that knows how to rebuild its model.
+
+Layout of `directory` (one orbax composite checkpoint):
+  params/        orbax PyTree of the `nnx.Param` arrays, nested by parameter path
+  batch_stats/   the same for `nnx.BatchStat` (only when the model has any, e.g. a ResNet)
+  meta/          JSON: {"format", "model", "kwargs", "collections"} — `create_model(model, **kwargs)`
+                 rebuilds the architecture.
+
+Atomicity comes from orbax: it writes everything into a temporary sibling directory and renames it
+to `directory` only once every item is complete (then `commit_success.txt` marks it), so a crash
+mid-save never leaves a half-written checkpoint under the final name.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from nest_jax.convert.common import load_params, path_str
+
+FORMAT = "nest_jax.params/1"
+COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
+
+
+def _flat(model_or_state: nnx.Module | nnx.State, kind: type) -> dict[str, np.ndarray]:
+    state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
+    return {path_str(k): np.asarray(v[...]) for k, v in nnx.to_flat_state(state) if isinstance(v, kind)}
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+    """{"a/0/b": x} -> {"a": {"0": {"b": x}}}: string keys, so orbax restores the same tree."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def _unnest(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        out.update(_unnest(v, name + "/") if isinstance(v, dict) else {name: v})
+    return out
+
+
+def save_params(model_or_state: nnx.Module | nnx.State, directory: str | Path, *, model_name: str | None = None,
+                model_kwargs: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Writes the Params (and BatchStats, if any) of a model or its `nnx.state`, and how to rebuild it.
+
+    Returns the checkpoint path.
+    model_name / model_kwargs: the `create_model` call that builds this architecture (JSON-able
+    kwargs, e.g. {"num_classes": 10, "img_size": 384, "gelu": "tanh"}); without a name,
+    `restore_params` needs the model passed in.
+    """
+    directory = Path(directory).absolute()
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
+    items = {name: _flat(model_or_state, kind) for name, kind in COLLECTIONS.items()}
+    items = {name: _nest(flat) for name, flat in items.items() if flat}
+    meta = {"format": FORMAT, "model": model_name, "kwargs": dict(model_kwargs or {}),
+            "collections": sorted(items)}
+    try:
+        json.dumps(meta)
+    except TypeError as e:
+        raise TypeError(f"model_kwargs must be JSON-serialisable (ints, strings, lists): {e}") from None
+    args = {name: ocp.args.PyTreeSave(tree) for name, tree in items.items()}
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(directory, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args), force=overwrite)
+    return directory
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """The JSON written next to the arrays: {"format", "model", "kwargs", "collections"}."""
+    directory = Path(directory).absolute()
+    if not (directory / "meta").is_dir():
+        raise FileNotFoundError(f"{directory} is not a nest_jax checkpoint (no meta/ item); "
+                                "write one with nest_jax.convert.save_params or `python -m nest_jax.convert`")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        meta = ckptr.restore(directory, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{directory}: unknown checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def read_arrays(directory: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """{collection: {'/'-joined path: numpy array}} as saved, without building a model."""
+    directory = Path(directory).absolute()
+    names = read_meta(directory)["collections"]
+    out = {}
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        for name in names:
+            # Each composite item is a PyTree item. Restoring as host NumPy (not in the sharding it
+            # was saved with) leaves the placement to load_params.
+            structure = handler.metadata(directory / name).tree
+            restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
+            out[name] = _unnest(handler.restore(directory / name, args=ocp.args.PyTreeRestore(restore_args=restore)))
+    finally:
+        handler.close()
+    return out
+
+
+def restore_params(directory: str | Path, model: nnx.Module | None = None, *, rngs: nnx.Rngs | None = None
+                   ) -> nnx.Module:
+    """Loads a `save_params` checkpoint into `model` (in place) or into a new model; returns it.
+
+    Without `model`, builds `create_model(meta["model"], **meta["kwargs"])` first. Any parameter
+    missing, extra or of another shape is an error naming it (nothing is assigned then).
+    """
+    meta = read_meta(directory)
+    if model is None:
+        if not meta.get("model"):
+            raise ValueError(f"{directory} does not record its model name; pass model=create_model(...)")
+        from nest_jax.models import create_model
+        model = create_model(meta["model"], rngs=rngs, **meta["kwargs"])
+    arrays = read_arrays(directory)
+    for name, kind in COLLECTIONS.items():
+        have = arrays.get(name, {})
+        if have or _flat(model, kind):
+            _load(model, kind, have, source=f"checkpoint {directory} [{name}]")
+    return model
+
+
+def _load(model: nnx.Module, kind: type, arrays: dict[str, np.ndarray], *, source: str) -> None:
+    if kind is nnx.Param:
+        load_params(model, arrays, source=source)
+        return
+    # BatchStats: the same shape-checked assignment on the other collection.
+    current = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, kind))}
+    problems = sorted(set(current) ^ set(arrays))
+    problems += [k for k in arrays if k in current and tuple(current[k].shape) != arrays[k].shape]
+    if problems:
+        raise ValueError(f"Cannot load batch statistics from {source}: mismatched {problems}")
+    for k, v in arrays.items():
+        current[k][...] = np.asarray(v, dtype=current[k][...].dtype)
