@@ -1,0 +1,77 @@
+"""`python -m nest_jax.convert`, run in-process: npz in, orbax checkpoint out, `restore_params` back."""
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from nest_jax.convert import params_to_vit_npz, read_meta, resize_pos_embed, restore_params, save_params
+from nest_jax.convert.__main__ import main
+from nest_jax.models import create_model
+
+ARCH = ["--set", "depth=2", "--set", "patch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def google_npz(tmp_path_factory):
+    """A tiny ViT with random (timm-init, nowhere zero) weights, saved under Google's Linen names."""
+    src = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10, gelu="tanh",
+                       rngs=nnx.Rngs(4))
+    path = tmp_path_factory.mktemp("npz") / "vit.npz"
+    np.savez(path, **params_to_vit_npz(src, "prelinen"))
+    return src, path
+
+
+def test_cli_vit_npz_checkpoint_restores_same_logits(tmp_path, google_npz):
+    src, npz = google_npz
+    out = tmp_path / "ckpt"
+    assert main(["--model", "vit_tiny_patch16_224", "--source", "vit_npz", "--input", str(npz),
+                 "--output", str(out), "--img-size", "32", *ARCH]) == 0
+    meta = read_meta(out)
+    assert meta["model"] == "vit_tiny_patch16_224"
+    # Class count read from the checkpoint; Google's tanh GELU chosen for a Google source.
+    assert meta["kwargs"]["num_classes"] == 10 and meta["kwargs"]["gelu"] == "tanh"
+    restored = restore_params(out)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(restored(x)), np.asarray(src(x)))
+
+
+def test_cli_adapts_resolution_and_head(tmp_path, google_npz):
+    src, npz = google_npz
+    out = tmp_path / "ckpt"
+    assert main(["--model", "vit_tiny_patch16_224", "--source", "vit_npz", "--input", str(npz),
+                 "--output", str(out), "--img-size", "48", "--num-classes", "5", *ARCH]) == 0
+    model = restore_params(out)
+    assert model.config.grid == (6, 6) and model.head.kernel.shape == (192, 5)
+    want = resize_pos_embed(np.asarray(src.pos_embed[...]), num_prefix=1, new_grid=(6, 6), method="linear")
+    np.testing.assert_allclose(np.asarray(model.pos_embed[...]), want, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(model.layers[1].attn.qkv[...]), np.asarray(src.layers[1].attn.qkv[...]))
+    # init="official" for a Google source: the re-initialized head starts at zero.
+    assert not np.any(np.asarray(model.head.kernel[...]))
+
+
+def test_cli_bad_inputs_give_one_clear_error(tmp_path, google_npz, capsys):
+    _, npz = google_npz
+    base = ["--source", "vit_npz", "--input", str(npz), "--img-size", "32", *ARCH]
+    assert main(["--model", "vit_tiny_patch16", "--output", str(tmp_path / "a"), *base]) == 1
+    assert "Unknown model 'vit_tiny_patch16'" in capsys.readouterr().err
+    assert main(["--model", "vit_small_patch16_224", "--output", str(tmp_path / "b"), *base]) == 1
+    err = capsys.readouterr().err
+    assert "shape mismatch for 'layers/0/attn/qkv'" in err and "(192, 3, 3, 64)" in err
+    assert main(["--model", "vit_tiny_patch16_224", "--output", str(tmp_path / "c"), *base[:3],
+                 str(tmp_path / "missing.npz"), *base[4:]]) == 1
+    assert "no checkpoint file" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")  # nothing written on failure
+
+
+def test_restore_params_rejects_a_model_of_another_shape(tmp_path):
+    model = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=3)
+    save_params(model, tmp_path / "ck")  # no model name recorded
+    assert json.loads(json.dumps(read_meta(tmp_path / "ck")))["model"] is None
+    with pytest.raises(ValueError, match="does not record its model name"):
+        restore_params(tmp_path / "ck")
+    other = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=4)
+    with pytest.raises(ValueError, match="shape mismatch for 'head/kernel'"):
+        restore_params(tmp_path / "ck", other)
+    with pytest.raises(FileExistsError):
+        save_params(model, tmp_path / "ck")
