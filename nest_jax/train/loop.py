@@ -1,0 +1,209 @@
+"""`train_and_evaluate(config, workdir)`: the one training loop (setup, data, model, loop, eval).
+
+Resumes automatically from the latest checkpoint in `workdir`; SIGTERM saves and exits cleanly; a
+non-finite loss stops training with a FloatingPointError and leaves the last good checkpoint.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import signal
+from typing import Any
+
+import jax
+import numpy as np
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from nest_jax.train.checkpoint import Checkpointer
+from nest_jax.train.sharding import make_mesh
+from nest_jax.train.trainer import Trainer, make_trainer, shard_batch
+
+log = logging.getLogger(__name__)
+
+
+class Preemption:
+    """Records SIGTERM (preemption notice); the loop saves and returns at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, never preempted
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint and stopping at the next step boundary")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+    def agreed(self) -> bool:
+        """Every process stops at the same step: any process's notice counts for all."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+
+def mesh_axes(config: Any) -> dict:
+    mesh = config.get("mesh", None)
+    if mesh is None:
+        return {"data": -1}
+    axes = mesh.get("axes", None) if hasattr(mesh, "get") else None
+    return dict(axes if axes is not None else mesh)
+
+
+def schedule_lengths(config: Any, num_train: int) -> tuple[int, int, int]:
+    """(num_train_steps, warmup_steps, steps_per_epoch) from steps or epochs in the config."""
+    steps_per_epoch = max(num_train // int(config.train.global_batch_size), 1)
+    steps = config.train.get("num_train_steps", None) or math.ceil(config.train.num_epochs * steps_per_epoch)
+    opt = config.optimizer
+    warmup = opt.get("warmup_steps", None)
+    if warmup is None:
+        warmup = int(round(float(opt.get("warmup_epochs", 0.0)) * steps_per_epoch))
+    return int(steps), int(warmup), steps_per_epoch
+
+
+def evaluate(trainer: Trainer, data: Any, config: Any, params: Any, stats: Any, rest: Any,
+             prefix: str = "eval_") -> dict[str, float]:
+    """Top-1 / top-5 / loss over one pass of the eval split, padding masked out."""
+    sums = None
+    it = data.eval_iterator(config.dataset, global_batch_size=int(config.train.eval_batch_size),
+                            process_index=jax.process_index(), process_count=jax.process_count())
+    for batch in it:
+        m = trainer.eval_step(params, stats, shard_batch(batch, trainer.batch_sharding), rest)
+        sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
+    sums = jax.device_get(sums)
+    n = max(float(sums["count"]), 1.0)
+    return {f"{prefix}top1": float(sums["top1"]) / n, f"{prefix}top5": float(sums["top5"]) / n,
+            f"{prefix}loss": float(sums["loss"]) / n, f"{prefix}count": float(sums["count"])}
+
+
+def _run_eval(trainer, data, config, state, rest) -> dict[str, float]:
+    stats = state.get("batch_stats")
+    out = evaluate(trainer, data, config, state["params"], stats, rest)
+    if "ema" in state:  # the EMA is a separate model: evaluated on its own
+        out.update(evaluate(trainer, data, config, state["ema"], stats, rest, prefix="eval_ema_"))
+    return out
+
+
+def _check_finite(metrics: Any, step: int, ckpt: Checkpointer) -> None:
+    loss = float(jax.device_get(metrics["loss"]))
+    if not math.isfinite(loss):
+        ckpt.wait()
+        raise FloatingPointError(
+            f"non-finite training loss {loss} at step {step}: training stopped. The last good "
+            f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory} (lower the learning rate, "
+            "add optimizer.clip_norm, or check the inputs).")
+
+
+def train_and_evaluate(config: Any, workdir: str, *, data: Any = None) -> dict[str, float]:
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final metrics.
+
+    data: a module with the `nest_jax.data` API (get_info, train_iterator, eval_iterator); default
+    `nest_jax.data`. Tests pass a small in-memory stand-in.
+    """
+    # ---- setup ----
+    data = data if data is not None else importlib.import_module("nest_jax.data")
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    mesh = make_mesh(mesh_axes(config))
+    info = data.get_info(config.dataset)
+    num_steps, warmup, steps_per_epoch = schedule_lengths(config, info.num_train)
+    log.info("%s: %d train / %d eval examples, %d classes; %d steps (%d per epoch); mesh %s",
+             info.name, info.num_train, info.num_eval, info.num_classes, num_steps, steps_per_epoch,
+             dict(mesh.shape))
+
+    # ---- model, sharded state ----
+    teachers, teacher_params = {}, {}
+    if config.get("distill", None):
+        from nest_jax.train.distill import load_teachers
+        teachers, teacher_params = load_teachers(config, mesh, info.num_classes)
+    trainer = make_trainer(config, mesh, num_classes=info.num_classes, num_train_steps=num_steps,
+                           warmup_steps=warmup, teachers=teachers)
+    ckpt = Checkpointer(workdir, max_to_keep=config.train.get("max_to_keep", 3))
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(trainer.abstract_state, trainer.state_shardings)
+        log.info("resumed from checkpoint step %d in %s", int(state["step"]), ckpt.directory)
+    else:
+        state = trainer.init_state()
+        if config.get("init_from", None) and config.init_from.get("checkpoint", None):
+            from nest_jax.train.init_from import initialize_from
+            state = initialize_from(config, trainer, state, info.num_classes)
+    rest = trainer.init_rest()
+    if is_main:
+        log.info("parameters:\n%s", parameter_overview.get_parameter_overview(
+            jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state["params"]),
+            include_stats=False))
+    start = int(jax.device_get(state["step"]))
+
+    if config.get("mode", "train") == "eval":
+        result = _run_eval(trainer, data, config, state, rest)
+        writer.write_scalars(start, result)
+        writer.flush()
+        ckpt.close()
+        return dict(result, step=start)
+
+    # ---- loop ----
+    tcfg = config.train
+    log_every = int(tcfg.get("log_every_steps", 50))
+    eval_every = int(tcfg.get("eval_every_steps", 0) or 0)
+    ckpt_every = int(tcfg.get("checkpoint_every_steps", 0) or 0)
+    hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=30)]
+    if is_main and tcfg.get("profile", False):
+        hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5, first_profile=start + 10))
+    it = data.train_iterator(config.dataset, global_batch_size=int(tcfg.global_batch_size),
+                             seed=int(config.seed), start_step=start, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+    result: dict[str, float] = {}
+    pending, window = None, []
+    step = start
+    with Preemption() as preemption:
+        while step < num_steps:
+            if preemption.agreed():
+                ckpt.save(step, state)
+                ckpt.wait()
+                log.warning("preempted: saved checkpoint %d, exiting", step)
+                break
+            batch = shard_batch(next(it), trainer.batch_sharding)
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics = trainer.train_step(state, batch, rest, teacher_params)
+            # The previous step's loss is checked now, so the check never stalls the device queue.
+            if pending is not None:
+                _check_finite(pending, step - 1, ckpt)
+            pending = metrics
+            window.append(metrics)
+            step += 1
+            for hook in hooks:
+                hook(step)
+            last = step == num_steps
+            if (ckpt_every and step % ckpt_every == 0) or last or (eval_every and step % eval_every == 0) \
+                    or step % log_every == 0:
+                _check_finite(pending, step - 1, ckpt)  # never save or report a bad state
+            if step % log_every == 0 or last:
+                means = jax.device_get(jax.tree.map(lambda *xs: np.mean(np.stack(xs)), *window))
+                writer.write_scalars(step, {f"train_{k}": float(v) for k, v in means.items()})
+                window = []
+            if (eval_every and step % eval_every == 0) or last:
+                with hooks[0].timed("eval"):
+                    result = _run_eval(trainer, data, config, state, rest)
+                writer.write_scalars(step, result)
+            if (ckpt_every and step % ckpt_every == 0) or last:
+                ckpt.save(step, state)
+    writer.flush()
+    ckpt.close()
+    return dict(result, step=step)

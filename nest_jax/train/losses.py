@@ -1,0 +1,100 @@
+"""Classification and DeiT distillation losses (REFERENCE §2). All losses are computed in float32.
+
+Distillation, with student logits per prefix token (s_cls, s_dist, s_shape), soft/smoothed/mixed
+targets y and a frozen teacher per distilled token:
+
+    L = (1 − Σ_t α_t) · CE(s_cls, y) + Σ_t α_t · L_kd(s_t, teacher_t)
+
+(one teacher: the DeiT formula (1 − α)·CE + α·L_kd). A token without a teacher is trained on y.
+  hard: L_kd = CE(s_t, argmax teacher) — the teacher's label is not smoothed.
+  soft: L_kd = τ² · KL(softmax(teacher/τ) ‖ softmax(s_t/τ)).
+KL normalization: by default (`kl_reduction="batchmean"`) the KL is summed over classes and
+averaged over the batch — a true per-example KL. DeiT's reference code divides the summed KL by
+batch × classes instead (`kl_reduction="deit"`), which is the batchmean value / num_classes.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def softmax_cross_entropy(logits: Array, targets: Array) -> Array:
+    """logits (B, K), targets (B, K) rows summing to 1 -> per-example loss (B,)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.sum(targets.astype(jnp.float32) * logp, axis=-1)
+
+
+def soft_distillation(student: Array, teacher: Array, tau: float, reduction: str = "batchmean") -> Array:
+    """τ² · KL(softmax(t/τ) ‖ softmax(s/τ)), a scalar. student, teacher: (B, K)."""
+    s = jax.nn.log_softmax(student.astype(jnp.float32) / tau, axis=-1)
+    t = jax.nn.log_softmax(teacher.astype(jnp.float32) / tau, axis=-1)
+    kl = jnp.sum(jnp.exp(t) * (t - s), axis=-1)  # (B,)
+    if reduction == "batchmean":
+        return kl.mean() * tau ** 2
+    if reduction == "deit":
+        return kl.mean() / student.shape[-1] * tau ** 2
+    raise ValueError(f"kl_reduction must be 'batchmean' or 'deit', got {reduction!r}")
+
+
+def hard_distillation(student: Array, teacher: Array) -> Array:
+    """CE(s, argmax t), a scalar. student, teacher: (B, K)."""
+    labels = jax.nn.one_hot(jnp.argmax(teacher, axis=-1), student.shape[-1])
+    return softmax_cross_entropy(student, labels).mean()
+
+
+def classification_loss(outputs: Array | Mapping[str, Array], targets: Array, *,
+                        teachers: Mapping[str, tuple[Array, Any]] | None = None,
+                        kl_reduction: str = "batchmean") -> tuple[Array, Array]:
+    """Training loss and the logits used for the accuracy metric.
+
+    outputs: logits (B, K), or a dict token name -> logits (a ViT/DeiT with several prefix tokens
+      in train mode). teachers: token name -> (teacher logits (B, K), cfg with kind/alpha/tau).
+    Returns (scalar loss, logits (B, K) the model would predict with at inference: the mean of the
+    heads' raw logits).
+    """
+    teachers = dict(teachers or {})
+    if not isinstance(outputs, Mapping):
+        if teachers:
+            raise ValueError(f"distillation teachers {sorted(teachers)} configured, but the model has "
+                             "no distillation/shape token (use a *_distilled model)")
+        return softmax_cross_entropy(outputs, targets).mean(), outputs
+    unknown = set(teachers) - set(outputs)
+    if unknown:
+        raise ValueError(f"teachers for tokens {sorted(unknown)}, but the model's tokens are {sorted(outputs)}")
+    alpha_total = sum(float(cfg.alpha) for _, cfg in teachers.values())
+    terms = []
+    for name, logits in outputs.items():
+        if name in teachers:
+            t_logits, cfg = teachers[name]
+            t_logits = jax.lax.stop_gradient(t_logits)
+            if cfg.kind == "hard":
+                kd = hard_distillation(logits, t_logits)
+            elif cfg.kind == "soft":
+                kd = soft_distillation(logits, t_logits, float(cfg.get("tau", 1.0)), kl_reduction)
+            else:
+                raise ValueError(f"distillation kind must be 'hard' or 'soft', got {cfg.kind!r}")
+            terms.append(float(cfg.alpha) * kd)
+        elif name == "cls" and teachers:
+            terms.append((1.0 - alpha_total) * softmax_cross_entropy(logits, targets).mean())
+        else:  # no teacher anywhere: every head learns the labels, equally weighted
+            terms.append(softmax_cross_entropy(logits, targets).mean() / (len(outputs) - len(teachers)))
+    mean_logits = sum(outputs.values()) / len(outputs)
+    return sum(terms), mean_logits
+
+
+def eval_metrics(logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
+    """Masked sums over the batch: loss, top-1 and top-5 correct, count. logits (B, K), labels (B,)."""
+    logits = logits.astype(jnp.float32)
+    mask = mask.astype(jnp.float32)
+    loss = softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
+    k = min(5, logits.shape[-1])
+    topk = jax.lax.top_k(logits, k)[1]
+    top1 = (topk[:, 0] == labels).astype(jnp.float32)
+    top5 = jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
+    return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(top1 * mask), "top5": jnp.sum(top5 * mask),
+            "count": jnp.sum(mask)}

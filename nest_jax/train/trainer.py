@@ -1,0 +1,197 @@
+"""The sharded train state, train step and eval step, built from a config and a mesh.
+
+State (a pure pytree, checkpointed as is): {"step": int32, "params": pure dict, "opt_state",
+"rng": uint32[2] raw key, optional "ema" (params-shaped) and "batch_stats"}. Shardings are derived
+from shapes only; the state is created already sharded by `jax.jit(init, out_shardings=...)`.
+The model's graph (`graphdef`) and its RNG-stream variables (`rest`, reseeded every step) stay
+outside the state: they are a deterministic function of the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from flax.nnx import traversals
+from jax.sharding import Mesh
+
+from nest_jax.train import losses, optim
+from nest_jax.train import sharding as shd
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
+
+
+def model_kwargs(config: Any, num_classes: int) -> dict:
+    """`create_model` keyword arguments from config.model (dtype strings -> jnp dtypes)."""
+    kw = dict(config.model.get("overrides", None) or {})
+    for key in ("dtype", "param_dtype"):
+        if isinstance(kw.get(key), str):
+            kw[key] = DTYPES[kw[key]]
+    kw.setdefault("in_chans", int(config.dataset.get("num_channels", 3)))
+    kw["num_classes"] = num_classes
+    kw["img_size"] = config.model.get("img_size", None) or config.dataset.image_size
+    return kw
+
+
+def build_model(config: Any, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    from nest_jax.models import create_model
+    model = create_model(config.model.name, rngs=rngs, **model_kwargs(config, num_classes))
+    if config.model.get("remat", False):
+        from nest_jax.train.remat import remat_layers
+        remat_layers(model)
+    return model
+
+
+def params_state(template_flat: list, pure: dict) -> nnx.State:
+    """Pure dict -> nnx.State shaped like the template's flat state (for `nnx.merge`)."""
+    flat = traversals.flatten_mapping(pure)
+    return nnx.from_flat_state([(k, v.replace(flat[k])) for k, v in template_flat])
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything the loop needs: shardings, the jitted init/train/eval functions, the schedule."""
+
+    mesh: Mesh
+    graphdef: Any
+    state_shardings: Any
+    batch_sharding: Any
+    init_state: Callable[[], dict]
+    init_rest: Callable[[], Any]
+    train_step: Callable  # (state, batch, rest, teacher_params) -> (state, metrics)
+    eval_step: Callable  # (params, batch_stats, batch, rest) -> metric sums
+    schedule: optax.Schedule
+    abstract_state: Any
+    teachers: dict  # token -> (graphdef, rest, teacher cfg)
+
+
+def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: int,
+                 warmup_steps: int, teachers: dict | None = None) -> Trainer:
+    """teachers: token -> (teacher graphdef, rest state, cfg) from `distill.load_teachers`."""
+    teachers = teachers or {}
+    seed = int(config.seed)
+    opt = config.optimizer
+    accum = int(opt.get("accum_steps", 1) or 1)
+    ema_decay = float(opt.get("ema_decay", 0.0) or 0.0)
+    mix = config.get("mix", None)
+
+    def new_model():
+        return build_model(config, num_classes, nnx.Rngs(params=seed, dropout=seed + 1))
+
+    abstract_model = nnx.eval_shape(new_model)
+    graphdef, abs_params, abs_stats, _ = nnx.split(abstract_model, nnx.Param, nnx.BatchStat, ...)
+    params_flat, stats_flat = list(nnx.to_flat_state(abs_params)), list(nnx.to_flat_state(abs_stats))
+    pure_abs = nnx.to_pure_dict(abs_params)
+    peak = optim.resolve_lr(opt, int(config.train.global_batch_size))
+    schedule = optim.make_schedule(opt, peak_lr=peak, total_steps=max(num_train_steps // accum, 1),
+                                   warmup_steps=warmup_steps // accum)
+    tx = optim.make_optimizer(opt, pure_abs, schedule=schedule)
+
+    def init():
+        model = new_model()
+        _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+        params = nnx.to_pure_dict(params)
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+                 "rng": jax.random.key_data(jax.random.key(seed + 2))}
+        if stats_flat:
+            state["batch_stats"] = nnx.to_pure_dict(stats)
+        if ema_decay:
+            state["ema"] = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+        return state
+
+    def rest_fn():
+        return nnx.split(new_model(), nnx.Param, nnx.BatchStat, ...)[3]
+
+    abstract_state = jax.eval_shape(init)
+    p_sh = shd.param_shardings(abs_params, mesh, logical_rules=config.get("logical_axis_rules", None)
+                               or shd.DEFAULT_LOGICAL_RULES,
+                               regex_rules=config.get("sharding_rules", None) or ())
+    repl = shd.replicated(mesh)
+    state_sh = {k: shd.like_params(v, p_sh, mesh) for k, v in abstract_state.items() if k != "params"}
+    state_sh["params"] = p_sh
+    if "ema" in state_sh:
+        state_sh["ema"] = p_sh
+    rest_abs = jax.eval_shape(rest_fn)
+    rest_sh = jax.tree.map(lambda _: repl, rest_abs)
+    batch_sh = shd.batch_sharding(mesh)
+
+    def merged(params, stats, rest):
+        # Fresh Variables for the RNG streams: they are mutated (reseeded) at this trace level.
+        rest = jax.tree.map(lambda x: x, rest)
+        return nnx.merge(graphdef, params_state(params_flat, params),
+                         params_state(stats_flat, stats or {}), rest)
+
+    def make_targets(key, images, labels):
+        if mix is not None and (mix.get("mixup_alpha", 0) or mix.get("cutmix_alpha", 0)):
+            from nest_jax.data.mixing import mix_batch
+            return mix_batch(key, images, labels, num_classes=num_classes, mixup_alpha=mix.mixup_alpha,
+                             cutmix_alpha=mix.cutmix_alpha, switch_prob=mix.get("switch_prob", 0.5),
+                             label_smoothing=mix.get("label_smoothing", 0.0),
+                             sampling=mix.get("sampling", "nest"))
+        ls = float(mix.get("label_smoothing", 0.0)) if mix is not None else 0.0
+        return images, jax.nn.one_hot(labels, num_classes) * (1.0 - ls) + ls / num_classes
+
+    def train_step(state, batch, rest, teacher_params):
+        step = state["step"]
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+        k_mix, k_drop = jax.random.split(key)
+        images, targets = make_targets(k_mix, batch["image"], batch["label"])
+        # Teachers are frozen and see exactly the student's (mixed) inputs.
+        t_logits = {}
+        for token, (t_graph, _, t_cfg) in teachers.items():
+            t_model = nnx.merge(t_graph, *teacher_params[token])
+            t_logits[token] = (t_model(images, train=False), t_cfg)
+
+        def loss_fn(params):
+            model = merged(params, state.get("batch_stats"), rest)
+            nnx.reseed(model, dropout=k_drop)
+            out = model(images, train=True)
+            loss, logits = losses.classification_loss(
+                out, targets, teachers=t_logits,
+                kl_reduction=config.get("distill_kl_reduction", "batchmean"))
+            stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)) if stats_flat else None
+            return loss, (logits, stats)
+
+        (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new = dict(state, step=step + 1, params=params, opt_state=opt_state)
+        if stats is not None:
+            new["batch_stats"] = stats
+        if ema_decay:
+            ema = optim.ema_update(state["ema"], params, ema_decay)
+            if accum > 1:  # only optimizer updates move the average
+                ema = jax.tree.map(lambda a, b: jnp.where(tx.has_updated(opt_state), a, b), ema, state["ema"])
+            new["ema"] = ema
+        metrics = {"loss": loss,
+                   "accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
+                   "grad_norm": optax.global_norm(grads),
+                   "lr": optim.lr_at(schedule, step, accum)}
+        return new, metrics
+
+    def eval_step(params, stats, batch, rest):
+        model = merged(params, stats, rest)
+        return losses.eval_metrics(model(batch["image"], train=False), batch["label"], batch["mask"])
+
+    # Teacher parameters arrive already placed (see distill.load_teachers): their shardings are inferred.
+    jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh, rest_sh, None),
+                        out_shardings=(state_sh, repl), donate_argnums=(0,))
+    jit_eval = jax.jit(eval_step, in_shardings=(p_sh, state_sh.get("batch_stats"), batch_sh, rest_sh),
+                       out_shardings=repl)
+    return Trainer(mesh=mesh, graphdef=graphdef, state_shardings=state_sh, batch_sharding=batch_sh,
+                   init_state=jax.jit(init, out_shardings=state_sh),
+                   init_rest=jax.jit(rest_fn, out_shardings=rest_sh),
+                   train_step=jit_train, eval_step=jit_eval, schedule=schedule,
+                   abstract_state=abstract_state, teachers=teachers)
+
+
+def shard_batch(batch: dict, sharding) -> dict:
+    """Host-local numpy batch -> global arrays split over the data axes (multi-host safe)."""
+    def one(x):
+        global_shape = (x.shape[0] * jax.process_count(),) + tuple(x.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+    return jax.tree.map(one, batch)
