@@ -112,3 +112,18 @@ def test_load_adapted_still_reports_real_mismatches():
     src["layers/0/mlp/fc1/kernel"] = src["layers/0/mlp/fc1/kernel"][:, :10]
     with pytest.raises(ValueError, match="shape mismatch for 'layers/0/mlp/fc1/kernel'"):
         load_adapted(tiny(seed=1), src)
+
+
+def test_adapt_hands_nest_level_tables_to_the_nest_resizer():
+    """NesT at twice the resolution: same block count, blocks 4x4 -> 8x8 (official per-block resize)."""
+    from nest_jax.convert.nest import resize_nest_pos_embed
+    from nest_jax.models import create_model
+    kw = dict(dims=(16,) * 4, depths=(1,) * 4, heads=(2,) * 4, num_classes=3)
+    src = flat(create_model("nest_tiny_cifar", img_size=32, rngs=nnx.Rngs(0), **kw))
+    dst = create_model("nest_tiny_cifar", img_size=64, rngs=nnx.Rngs(1), **kw)
+    adapted = adapt_params(src, dst)
+    for level in range(4):
+        key = f"levels/{level}/pos_embed"
+        assert adapted[key].shape == param_shapes(dst)[key]
+        np.testing.assert_array_equal(adapted[key], resize_nest_pos_embed(src[key], 8 // 2 ** level, 8))
+    load_adapted(dst, src)

@@ -4,7 +4,7 @@
       --input ViT-B_16.npz --output /ckpt/vit_b16 [--num-classes 10] [--img-size 384]
 
 Sources: `timm` (ViT/DeiT/ResNet state dicts), `vit_npz` (Google ViT), `nest_official` (official
-NesT flax checkpoint, flat `.npz` or a directory), `nest_timm` (timm NesT). The position tables
+NesT flax parameters as a flat '/'-keyed `.npz`), `nest_timm` (timm NesT). The position tables
 are resized to `--img-size` and heads with another class count are re-initialized (`adapt_params`).
 The output is read back by `nest_jax.convert.restore_params(DIR)`.
 """
@@ -38,22 +38,23 @@ HEAD_KEYS = {"timm": (("head.weight", 0), ("fc.weight", 0), ("head.fc.weight", 0
 def checkpoint_classes(source: str, data: dict[str, np.ndarray]) -> int:
     """The class count of the checkpoint's head, 0 when it has none."""
     for key, axis in HEAD_KEYS[source]:
-        hits = [v for k, v in data.items() if k == key or k.endswith("/" + key)]
-        if hits:
-            return int(np.shape(hits[0])[axis])
+        for prefix in ("", "params/", "opt/target/"):
+            if prefix + key in data:
+                return int(np.shape(data[prefix + key])[axis])
     return 0
 
 
-def read_source(source: str, path: str | Path) -> dict[str, np.ndarray] | str:
-    """The checkpoint as a flat dict of arrays (a directory is passed on as its path)."""
+def read_source(source: str, path: str | Path) -> dict[str, np.ndarray]:
+    """The checkpoint as a flat dict of numpy arrays."""
     path = Path(path)
-    if source == "nest_official" and path.is_dir():
-        return str(path)  # a clu/flax checkpoint directory: the NesT importer reads it
+    if path.is_dir():
+        raise ValueError(f"--input {path} is a directory; pass a file (.npz, .pth, .safetensors), e.g. the "
+                         "official NesT parameters flattened to a '/'-keyed .npz")
     return load_array_file(path)
 
 
-def to_params(source: str, data: Any, model: nnx.Module) -> dict[str, np.ndarray] | None:
-    """Source arrays -> {nest_jax path: array}; None when the importer can only load in place."""
+def to_params(source: str, data: dict[str, np.ndarray], model: nnx.Module) -> dict[str, np.ndarray]:
+    """Source arrays -> {nest_jax path: array}, before any resizing."""
     if source == "vit_npz":
         return vit_npz_to_params(data, model)
     if source == "timm":
@@ -62,18 +63,18 @@ def to_params(source: str, data: Any, model: nnx.Module) -> dict[str, np.ndarray
             return timm_resnet_to_params(data, model)
         return timm_vit_to_params(data, model)
     from nest_jax.convert import nest
-    fn = getattr(nest, {"nest_official": "official_nest_to_params", "nest_timm": "timm_nest_to_params"}[source], None)
-    return fn(data, model) if fn is not None else None
+    if source == "nest_official":
+        return nest.official_nest_to_params(data, model.config)
+    return nest.timm_nest_to_params(data, model.config)
 
 
-def convert_into(model: nnx.Module, source: str, data: Any, *, resize_method: str = "bicubic") -> list[str]:
-    """Loads `data` from `source` into `model` in place, adapting resolution and head; returns re-initialized names."""
+def convert_into(model: nnx.Module, source: str, data: dict[str, np.ndarray], *,
+                 resize_method: str = "bicubic") -> list[str]:
+    """Loads `data` from `source` into `model` in place, adapting resolution and head.
+
+    Returns the names of the re-initialized (head) parameters.
+    """
     arrays = to_params(source, data, model)
-    if arrays is None:  # the NesT importer offers only an in-place loader: no adaptation possible
-        from nest_jax.convert import nest
-        loader = nest.load_official_nest if source == "nest_official" else nest.load_timm_nest
-        loader(model, data)
-        return []
     stat_paths = {path_str(k) for k, _ in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
     stats = {k: v for k, v in arrays.items() if k in stat_paths}
     fresh = load_adapted(model, {k: v for k, v in arrays.items() if k not in stat_paths}, source=source,
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nest_jax.convert", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="registered model name (nest_jax.models.list_models())")
     p.add_argument("--source", required=True, choices=SOURCES)
-    p.add_argument("--input", required=True, help="checkpoint file (.npz, .pth, .safetensors) or directory")
+    p.add_argument("--input", required=True, help="checkpoint file (.npz, .pth, .safetensors)")
     p.add_argument("--output", required=True, help="directory for the orbax checkpoint (must not exist)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's class count")
     p.add_argument("--img-size", type=int, default=None, help="default: the model's native size")
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> Path:
         raise FileExistsError(f"--output {args.output} exists; pass --overwrite to replace it")
     data = read_source(args.source, args.input)
     kwargs: dict[str, Any] = {"num_classes": args.num_classes if args.num_classes is not None
-                              else (checkpoint_classes(args.source, data) if isinstance(data, dict) else 1000)}
+                              else checkpoint_classes(args.source, data)}
     if args.img_size is not None:
         kwargs["img_size"] = args.img_size
     if not args.model.startswith("resnet"):
@@ -144,7 +145,6 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Returns the exit status: 0 on success, 1 with one clear line on stderr for a bad input."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
         run(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError) as e:
@@ -153,5 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _log_to_stderr() -> None:
+    # absl (imported by orbax) has already configured the root logger, so basicConfig would be a no-op.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    pkg_log = logging.getLogger("nest_jax")
+    pkg_log.addHandler(handler)
+    pkg_log.setLevel(logging.INFO)
+    pkg_log.propagate = False
+
+
 if __name__ == "__main__":
+    _log_to_stderr()
     sys.exit(main())

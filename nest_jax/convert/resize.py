@@ -126,7 +126,8 @@ def adapt_params(arrays: dict[str, np.ndarray], model: nnx.Module, *, resize_met
     - `pos_embed` (ViT/DeiT, (1, P+N, D)) whose row count differs from the model's is resized to
       the model's grid. `num_prefix` defaults to the model's prefix-token count; `old_grid` to
       the square grid of the checkpoint's patch rows.
-    - `levels/*/pos_embed` (NesT, (1, T, N, C)) is handed to `nest_jax.convert.nest.resize_nest_pos_embed`.
+    - `levels/*/pos_embed` (NesT, (1, T, N, C)) goes to `nest_jax.convert.nest.resize_nest_pos_embed`
+      (always linear): per block when the block count T is unchanged, else over the level's map.
     - Head parameters (`head`, `head_dist`, `head_shape`) whose class count differs from the
       model's, or that the model lacks (num_classes=0), are dropped: the model keeps its fresh
       initialisation there (use `load_adapted`, which allows exactly those to be missing).
@@ -152,9 +153,13 @@ def adapt_params(arrays: dict[str, np.ndarray], model: nnx.Module, *, resize_met
             out[key] = resize_pos_embed(value, num_prefix=p, old_grid=old_grid, new_grid=grid, method=resize_method)
             log.info("resized pos_embed %s -> %s (%s, %d prefix rows kept)", shape, out[key].shape, resize_method, p)
         elif fnmatch.fnmatch(key, "levels/*/pos_embed") and key in want and shape != want[key]:
-            from nest_jax.convert.nest import resize_nest_pos_embed  # written with the NesT importer
-            out[key] = resize_nest_pos_embed(value, want[key], method=resize_method)
-            log.info("resized %s %s -> %s (%s)", key, shape, want[key], resize_method)
+            from nest_jax.convert.nest import resize_nest_pos_embed
+            (_, t, n, _), (_, t_new, n_new, _) = shape, want[key]
+            # Official fine-tuning keeps the block count and grows every block's own table; only a
+            # change of block count needs the whole level's map resized.
+            mode = "per_block" if t == t_new else "global"
+            out[key] = resize_nest_pos_embed(value, math.isqrt(t_new), math.isqrt(n_new), mode=mode)
+            log.info("resized %s %s -> %s (NesT %s, linear)", key, shape, want[key], mode)
     return out
 
 
