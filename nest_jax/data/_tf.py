@@ -12,4 +12,8 @@ try:
 except RuntimeError:  # TF already initialised its devices (someone imported it first).
     pass
 
-__all__ = ["tf"]
+# Our map functions hold no Python control flow on tensors (tf.where / switch_case instead), so
+# AutoGraph's source transformation is pure start-up cost (seconds per pipeline): skip it.
+plain = tf.autograph.experimental.do_not_convert
+
+__all__ = ["tf", "plain"]

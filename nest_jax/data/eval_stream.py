@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from nest_jax.data import preprocess
-from nest_jax.data._tf import tf
+from nest_jax.data._tf import plain, tf
 
 
 def num_steps(num_examples: int, global_batch_size: int) -> int:
@@ -35,16 +35,16 @@ def eval_dataset(source, ds_cfg, *, global_batch_size: int, process_index: int,
     steps = num_steps(source.num_examples(split), global_batch_size)
     if source.random_access:
         start, end = even_shard(source.num_examples(split), process_index, process_count)
-        ds = tf.data.Dataset.range(start, end).map(source.lookup(split))
+        ds = tf.data.Dataset.range(start, end).map(plain(source.lookup(split)))
     else:
         ds = source.read(split, process_index=process_index, process_count=process_count)
-        ds = ds.map(source.decode)
+        ds = ds.map(plain(source.decode))
 
     def real(example):
         return {"image": preprocess.eval_image(example["image"], ds_cfg),
                 "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(1.0)}
 
-    ds = ds.map(real, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(plain(real), num_parallel_calls=tf.data.AUTOTUNE)
     size, c = ds_cfg.image_size, ds_cfg.num_channels
     pad = tf.data.Dataset.from_tensors({"image": tf.zeros((size, size, c)),
                                         "label": tf.constant(0, tf.int32),

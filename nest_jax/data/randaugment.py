@@ -8,6 +8,7 @@ Empty pixels after a geometric op are filled with grey 0.5 (official: 128).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from nest_jax.data._tf import tf
@@ -103,15 +104,26 @@ def apply_op(index, image, level, sign):
 def rand_augment(image: tf.Tensor, key, *, layers: int = 2, magnitude: float = 9.0,
                  magnitude_std: float = 0.5, prob: float = 0.5) -> tf.Tensor:
     """image: (H, W, C) float32 in [0, 1] → same shape, same range."""
+    layer = _layer_fn(float(magnitude), float(magnitude_std), float(prob))
     for layer_key in tf.unstack(tf.random.experimental.stateless_split(key, layers)):
-        k_op, k_level, k_sign, k_apply = tf.unstack(
-            tf.random.experimental.stateless_split(layer_key, 4))
+        image = layer(image, layer_key)
+    return image
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_fn(magnitude: float, magnitude_std: float, prob: float):
+    # One tf.function per setting: its graph (14 branches) is traced once per image shape and
+    # called by every layer, instead of being rebuilt per layer (tracing dominates start-up).
+    @tf.function(autograph=False)
+    def layer(image, key):
+        k_op, k_level, k_sign, k_apply = tf.unstack(tf.random.experimental.stateless_split(key, 4))
         index = tf.random.stateless_uniform((), k_op, 0, len(OPS), dtype=tf.int32)
-        level = magnitude
+        level = tf.constant(magnitude, tf.float32)
         if magnitude_std > 0:
             level = tf.random.stateless_normal((), k_level, magnitude, magnitude_std)
-        level = tf.clip_by_value(tf.cast(level, tf.float32), 0.0, 10.0) / 10.0
+        level = tf.clip_by_value(level, 0.0, 10.0) / 10.0
         sign = tf.where(tf.random.stateless_uniform((), k_sign) < 0.5, -1.0, 1.0)
         augmented = apply_op(index, image, level, sign)
-        image = tf.where(tf.random.stateless_uniform((), k_apply) < prob, augmented, image)
-    return image
+        return tf.where(tf.random.stateless_uniform((), k_apply) < prob, augmented, image)
+
+    return layer

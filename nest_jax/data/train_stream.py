@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 from nest_jax.data import preprocess
-from nest_jax.data._tf import tf
+from nest_jax.data._tf import plain, tf
 
 _FOREVER = 2**62
 
@@ -56,7 +56,7 @@ def _index_stream(source, split, *, seed, process_index, process_count, repeated
         index = tf.gather(perm, slots // repeated_aug)
         return tf.data.Dataset.from_tensor_slices((tf.fill([length], e), slots, index))
 
-    return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(epoch), source.lookup(split)
+    return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(plain(epoch)), source.lookup(split)
 
 
 def _record_stream(source, split, ds_cfg, *, seed, process_index, process_count, repeated_aug,
@@ -74,11 +74,11 @@ def _record_stream(source, split, ds_cfg, *, seed, process_index, process_count,
         ds = shard.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
         if repeated_aug > 1:
             ds = ds.take(math.ceil(n / repeated_aug))
-            ds = ds.flat_map(lambda x: tf.data.Dataset.from_tensors(x).repeat(repeated_aug))
+            ds = ds.flat_map(plain(lambda x: tf.data.Dataset.from_tensors(x).repeat(repeated_aug)))
             ds = ds.take(n)
-        return ds.enumerate().map(lambda pos, x: (e, pos, x))
+        return ds.enumerate().map(plain(lambda pos, x: (e, pos, x)))
 
-    return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(epoch), source.decode
+    return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(plain(epoch)), source.decode
 
 
 def train_dataset(source, ds_cfg, *, local_batch: int, seed: int, start_step: int,
@@ -112,7 +112,7 @@ def train_dataset(source, ds_cfg, *, local_batch: int, seed: int, start_step: in
         return {"image": augment(example["image"], key),
                 "label": tf.cast(example["label"], tf.int32)}
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(plain(prepare), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True)
     options = tf.data.Options()
     options.deterministic = True  # parallel maps keep their input order
