@@ -141,6 +141,10 @@ def official_nest_to_params(tree_or_flat: Mapping[str, Any], config: NestConfig,
     return out
 
 
+def _param_dict(model: Nest) -> dict[str, np.ndarray]:
+    return {path_str(k): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
 def params_to_official_nest(model: Nest) -> dict:
     """The model's parameters in the official flax layout (nested dict of numpy arrays)."""
     c = model.config
@@ -163,10 +167,6 @@ def params_to_official_nest(model: Nest) -> dict:
             out[f"{base}/DenseGeneral_1/kernel"] = np.concatenate([qkv[:, 1], qkv[:, 2]], axis=-1)
             out[f"{base}/DenseGeneral_1/bias"] = np.concatenate([b[1], b[2]], axis=-1)
     return _nest(out)
-
-
-def _param_dict(model: Nest) -> dict[str, np.ndarray]:
-    return {path_str(k): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 def load_official_nest(model: Nest, tree_or_flat: Mapping[str, Any], *, strict: bool = True) -> Nest:
@@ -250,7 +250,7 @@ def load_timm_nest(model: Nest, state_dict: Mapping[str, Any], *, strict: bool =
     return model
 
 
-def resize_nest_pos_embed(pos: np.ndarray, new_grid: int | tuple[int, int], new_block: int, *,
+def resize_nest_pos_embed(pos: np.ndarray, new_grid: int | tuple[int, int], new_block: int,
                           mode: str = "per_block") -> np.ndarray:
     """Resizes a level's position embedding (1, T, N, C) -> (1, T', N', C), N' = new_block².
 
