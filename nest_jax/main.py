@@ -36,9 +36,17 @@ def initialize_distributed(config) -> None:
                  jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def _quiet_orbax() -> None:
+    """Orbax logs a dozen INFO lines per save; keep its warnings and errors only."""
+    import logging as pylogging
+    handler = logging.get_absl_handler()
+    handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _quiet_orbax()
     config = FLAGS.config
     initialize_distributed(config)
     from nest_jax.train.loop import train_and_evaluate  # after distributed init: imports jax state

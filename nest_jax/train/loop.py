@@ -172,8 +172,10 @@ def train_and_evaluate(config: Any, workdir: str, *, data: Any = None) -> dict[s
     result: dict[str, float] = {}
     pending, window = None, []
     step = start
+    # stop_after_steps: end this run early (same schedule as the full run; resume continues it).
+    end = min(num_steps, int(tcfg.get("stop_after_steps", None) or num_steps))
     with Preemption() as preemption:
-        while step < num_steps:
+        while step < end:
             if preemption.agreed():
                 ckpt.save(step, state)
                 ckpt.wait()
@@ -190,7 +192,7 @@ def train_and_evaluate(config: Any, workdir: str, *, data: Any = None) -> dict[s
             step += 1
             for hook in hooks:
                 hook(step)
-            last = step == num_steps
+            last = step == end
             if (ckpt_every and step % ckpt_every == 0) or last or (eval_every and step % eval_every == 0) \
                     or step % log_every == 0:
                 _check_finite(pending, step - 1, ckpt)  # never save or report a bad state

@@ -124,7 +124,7 @@ def param_shardings(abstract_params: nnx.State, mesh: Mesh, *,
 
     is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
     shard_state = jax.tree_util.tree_map_with_path(
-        lambda p, v, s: one(p, v, s.value if isinstance(s, nnx.Variable) else s),
+        lambda p, v, s: one(p, v, s.get_value() if isinstance(s, nnx.Variable) else s),
         abstract_params, specs, is_leaf=is_var)
     return nnx.to_pure_dict(shard_state)
 

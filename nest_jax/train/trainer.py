@@ -169,7 +169,7 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
             new["ema"] = ema
         metrics = {"loss": loss,
                    "accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
-                   "grad_norm": optax.global_norm(grads),
+                   "grad_norm": optax.tree.norm(grads),
                    "lr": optim.lr_at(schedule, step, accum)}
         return new, metrics
 
