@@ -6,7 +6,9 @@
 Sources: `timm` (ViT/DeiT/ResNet state dicts), `vit_npz` (Google ViT), `nest_official` (official
 NesT flax parameters as a flat '/'-keyed `.npz`), `nest_timm` (timm NesT). The position tables
 are resized to `--img-size` and heads with another class count are re-initialized (`adapt_params`).
-The output is read back by `nest_jax.convert.restore_params(DIR)`.
+The output is read back by `nest_jax.convert.restore_params(DIR)`. Architecture fields the name
+does not fix go through `--set`, e.g. `--set pool_padding=symmetric` for timm's plain `nest_*`
+weights (its `nest_*_jx` weights use the default TF-SAME pooling).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.checkpoint import load_collection, save_params
+from nest_jax.convert.checkpoint import as_tuples, load_collection, save_params
 from nest_jax.convert.common import load_array_file, path_str
 from nest_jax.convert.resize import METHODS, load_adapted
 from nest_jax.convert.vit_npz import vit_npz_to_params
@@ -110,7 +112,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not field:
             raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
         try:
-            out[field] = json.loads(value)
+            out[field] = as_tuples(json.loads(value))
         except json.JSONDecodeError:
             out[field] = value
     return out

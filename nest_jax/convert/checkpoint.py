@@ -52,6 +52,11 @@ def _unnest(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def as_tuples(value: Any) -> Any:
+    """JSON lists back to tuples: configs are frozen (hashable) dataclasses holding tuples."""
+    return tuple(as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def save_params(model_or_state: nnx.Module | nnx.State, directory: str | Path, *, model_name: str | None = None,
                 model_kwargs: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Writes the Params (and BatchStats, if any) of a model or its `nnx.state`, and how to rebuild it.
@@ -121,16 +126,16 @@ def restore_params(directory: str | Path, model: nnx.Module | None = None, *, rn
         if not meta.get("model"):
             raise ValueError(f"{directory} does not record its model name; pass model=create_model(...)")
         from nest_jax.models import create_model
-        model = create_model(meta["model"], rngs=rngs, **meta["kwargs"])
+        model = create_model(meta["model"], rngs=rngs, **{k: as_tuples(v) for k, v in meta["kwargs"].items()})
     arrays = read_arrays(directory)
     for name, kind in COLLECTIONS.items():
         have = arrays.get(name, {})
         if have or _flat(model, kind):
-            _load(model, kind, have, source=f"checkpoint {directory} [{name}]")
+            load_collection(model, kind, have, source=f"checkpoint {directory} [{name}]")
     return model
 
 
-def _load(model: nnx.Module, kind: type, arrays: dict[str, np.ndarray], *, source: str) -> None:
+def load_collection(model: nnx.Module, kind: type, arrays: dict[str, np.ndarray], *, source: str) -> None:
     if kind is nnx.Param:
         load_params(model, arrays, source=source)
         return
