@@ -75,3 +75,21 @@ def test_restore_params_rejects_a_model_of_another_shape(tmp_path):
         restore_params(tmp_path / "ck", other)
     with pytest.raises(FileExistsError):
         save_params(model, tmp_path / "ck")
+
+
+class _ConvBN(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+
+
+def test_save_restore_roundtrips_batch_stats(tmp_path):
+    src = _ConvBN(nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    src.bn.mean[...] = rng.standard_normal(4).astype(np.float32)
+    src.bn.var[...] = rng.uniform(0.5, 2, 4).astype(np.float32)
+    save_params(src, tmp_path / "ck")
+    assert read_meta(tmp_path / "ck")["collections"] == ["batch_stats", "params"]
+    dst = restore_params(tmp_path / "ck", _ConvBN(nnx.Rngs(1)))
+    for a, b in ((src.conv.kernel, dst.conv.kernel), (src.bn.mean, dst.bn.mean), (src.bn.var, dst.bn.var)):
+        np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]))
