@@ -1,0 +1,113 @@
+"""Mixup / CutMix with label smoothing, on device inside the jitted train step (pure jax).
+
+Two samplings of the mixing weight, per batch one of mixup or CutMix (CutMix with probability
+`switch_prob` when both are on):
+
+- "nest" (official NesT, REFERENCE §8): per-example w = U^(1/α) / 2 ∈ [0, ½].
+  Mixup: weight of the own image λ = max(w, 1 − w) ≥ ½, partner = a random permutation of the
+  batch. CutMix: the own image is kept inside a box of sides ⌊√w·H⌋ × ⌊√w·W⌋ lying fully inside
+  the image, the reversed batch fills the rest.
+- "beta" (DeiT / timm Mixup, mode "batch"): one λ ~ Beta(α, α) per batch, partner = the flipped
+  (reversed) batch. Mixup: λ·x + (1 − λ)·x_partner. CutMix: a box of sides ⌊√(1−λ)·H⌋ ×
+  ⌊√(1−λ)·W⌋ centred uniformly, clipped to the image, filled from the partner.
+
+In both, the target weight of the own label is the own image's actual pixel share for CutMix
+(timm's `correct_lam`; the official NesT used w itself, which the integer box only approximates).
+Labels are smoothed before mixing: y·(1 − s) + s/K. Every target row sums to 1.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
+    """labels (B,) int → (B, K) float32: 1 − s + s/K on the label, s/K elsewhere."""
+    one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    return one_hot * (1.0 - smoothing) + smoothing / num_classes
+
+
+def _box_mask(h: int, w: int, top, left, box_h, box_w) -> jax.Array:
+    """(B, H, W) bool: True inside rows [top, top+box_h) × cols [left, left+box_w) (per row of B)."""
+    rows = jnp.arange(h)[None, :, None]
+    cols = jnp.arange(w)[None, None, :]
+    top, left = top[:, None, None], left[:, None, None]
+    box_h, box_w = box_h[:, None, None], box_w[:, None, None]
+    return (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
+
+
+def _mix_targets(targets, partner_targets, lam):
+    return lam[:, None] * targets + (1.0 - lam[:, None]) * partner_targets
+
+
+def _mixup_nest(rng, images, targets, alpha):
+    k_w, k_perm = jax.random.split(rng)
+    b = images.shape[0]
+    w = jax.random.uniform(k_w, (b,)) ** (1.0 / alpha) / 2.0
+    lam = jnp.maximum(w, 1.0 - w)
+    perm = jax.random.permutation(k_perm, b)
+    lam_x = lam.astype(images.dtype)[:, None, None, None]
+    mixed = lam_x * images + (1.0 - lam_x) * images[perm]
+    return mixed, _mix_targets(targets, targets[perm], lam)
+
+
+def _cutmix_nest(rng, images, targets, alpha):
+    k_w, k_y, k_x = jax.random.split(rng, 3)
+    b, h, w_img = images.shape[:3]
+    w = jax.random.uniform(k_w, (b,)) ** (1.0 / alpha) / 2.0
+    box_h = jnp.floor(jnp.sqrt(w) * h).astype(jnp.int32)
+    box_w = jnp.floor(jnp.sqrt(w) * w_img).astype(jnp.int32)
+    top = jax.random.randint(k_y, (b,), 0, h - box_h + 1)
+    left = jax.random.randint(k_x, (b,), 0, w_img - box_w + 1)
+    keep = _box_mask(h, w_img, top, left, box_h, box_w)[..., None]
+    mixed = jnp.where(keep, images, images[::-1])
+    lam = (box_h * box_w).astype(jnp.float32) / (h * w_img)
+    return mixed, _mix_targets(targets, targets[::-1], lam)
+
+
+def _mixup_beta(rng, images, targets, alpha):
+    lam = jax.random.beta(rng, alpha, alpha)
+    mixed = lam.astype(images.dtype) * images + (1.0 - lam.astype(images.dtype)) * images[::-1]
+    return mixed, _mix_targets(targets, targets[::-1], jnp.full(images.shape[:1], lam))
+
+
+def _cutmix_beta(rng, images, targets, alpha):
+    k_lam, k_y, k_x = jax.random.split(rng, 3)
+    b, h, w = images.shape[:3]
+    cut = jnp.sqrt(1.0 - jax.random.beta(k_lam, alpha, alpha))
+    cut_h, cut_w = (cut * h).astype(jnp.int32), (cut * w).astype(jnp.int32)
+    cy, cx = jax.random.randint(k_y, (), 0, h), jax.random.randint(k_x, (), 0, w)
+    y1, y2 = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
+    x1, x2 = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + cut_w // 2, 0, w)
+    ones = jnp.ones((b,), jnp.int32)
+    paste = _box_mask(h, w, y1 * ones, x1 * ones, (y2 - y1) * ones, (x2 - x1) * ones)[..., None]
+    mixed = jnp.where(paste, images[::-1], images)
+    lam = 1.0 - ((y2 - y1) * (x2 - x1)).astype(jnp.float32) / (h * w)
+    return mixed, _mix_targets(targets, targets[::-1], jnp.full((b,), lam))
+
+
+_SAMPLERS = {"nest": (_mixup_nest, _cutmix_nest), "beta": (_mixup_beta, _cutmix_beta)}
+
+
+def mix_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, *, num_classes: int,
+              mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, switch_prob: float = 0.5,
+              label_smoothing: float = 0.0, sampling: str = "nest"):
+    """images (B, H, W, C), labels (B,) int → (mixed images (B, H, W, C), targets (B, K) float32).
+
+    All keyword arguments are static (Python numbers / strings); jittable and deterministic in
+    `rng` (fold it from the step). With both alphas 0 only label smoothing is applied."""
+    if sampling not in _SAMPLERS:
+        raise ValueError(f"sampling={sampling!r}; expected 'nest' or 'beta'")
+    mixup, cutmix = _SAMPLERS[sampling]
+    targets = smooth_one_hot(labels, num_classes, label_smoothing)
+    k_switch, k_mix = jax.random.split(rng)
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        use_cutmix = jax.random.uniform(k_switch) < switch_prob
+        return jax.lax.cond(use_cutmix,
+                            lambda: cutmix(k_mix, images, targets, cutmix_alpha),
+                            lambda: mixup(k_mix, images, targets, mixup_alpha))
+    if cutmix_alpha > 0:
+        return cutmix(k_mix, images, targets, cutmix_alpha)
+    if mixup_alpha > 0:
+        return mixup(k_mix, images, targets, mixup_alpha)
+    return images, targets
