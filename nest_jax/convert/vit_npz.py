@@ -129,6 +129,8 @@ def vit_npz_to_params(flat: Mapping[str, np.ndarray], model: nnx.Module | None =
             if any(p is None for p in parts):
                 raise ValueError(f"encoderblock_{i}: query/key/value {param} incomplete in the checkpoint")
             out[f"layers/{i}/attn/{ours}"] = np.stack(parts, axis=axis)
+    for (i, name, param), value in qkv.items():  # e.g. query/scale: kept so a strict load names it
+        out[f"Transformer/encoderblock_{i}/{attn}/{name}/{param}"] = value
     return out
 
 
