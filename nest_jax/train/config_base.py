@@ -1,0 +1,58 @@
+"""The full config schema with neutral defaults; every file in configs/ starts from `base_config()`.
+
+Placeholders (`placeholder(int)`) keep optional fields overridable from the command line
+(`--config.train.num_train_steps=100`) while their value is None.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def augment(**kw) -> dict:
+    a = dict(inception_crop=False, min_area=0.05, flip=False, cifar_crop=False, crop_padding=2,
+             randaugment=dict(layers=0, magnitude=9.0, magnitude_std=0.5, prob=0.5),
+             color_jitter=0.0, random_erasing=0.0)
+    a.update(kw)
+    return a
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mode = "train"
+    c.model = ml_collections.ConfigDict(dict(name="", img_size=placeholder(int), remat=False,
+                                             overrides=ml_collections.ConfigDict()))
+    c.dataset = ml_collections.ConfigDict(dict(
+        name="", data_dir=placeholder(str), train_split="train", eval_split="test", image_size=224,
+        num_channels=3, normalize="imagenet", shuffle_buffer=10_000, repeated_aug=1, cache=False,
+        augment=augment(), eval_resize="resize_crop", crop_fraction=0.875, resize_method="bilinear"))
+    c.mix = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5,
+                                           label_smoothing=0.0, sampling="nest"))
+    c.train = ml_collections.ConfigDict(dict(
+        global_batch_size=256, eval_batch_size=256, num_epochs=1.0, num_train_steps=placeholder(int),
+        stop_after_steps=placeholder(int), log_every_steps=100, eval_every_steps=0,
+        checkpoint_every_steps=1000, max_to_keep=3, profile=False))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", lr=placeholder(float), base_lr=placeholder(float), base_batch=256,
+        weight_decay=0.0, wd_mask="nest", b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
+        clip_norm=0.0, schedule="cosine", warmup_steps=placeholder(int), warmup_epochs=0.0,
+        warmup_init_lr=0.0, min_lr=0.0, layer_decay=1.0, ema_decay=0.0, accum_steps=1))
+    c.mesh = ml_collections.ConfigDict(dict(axes=dict(data=-1, fsdp=1, tensor=1)))
+    c.logical_axis_rules = placeholder(list)  # None: nest_jax.train.sharding.DEFAULT_LOGICAL_RULES
+    c.sharding_rules = ()
+    c.distill = ml_collections.ConfigDict()  # token -> teacher(...); empty: no distillation
+    c.distill_kl_reduction = "batchmean"
+    c.init_from = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), source="nest_jax",
+                                                 resize_method="bicubic", use_ema=False))
+    c.distributed = ml_collections.ConfigDict(dict(
+        enabled=False, coordinator_address=placeholder(str), num_processes=placeholder(int),
+        process_id=placeholder(int), cpu_collectives=placeholder(str)))
+    return c
+
+
+def teacher(model: str, checkpoint: str | None, *, kind: str = "hard", alpha: float = 0.5, tau: float = 1.0,
+            source: str = "nest_jax", **overrides) -> dict:
+    """One distillation teacher entry for `config.distill[token]`."""
+    return dict(model=model, checkpoint=checkpoint, source=source, kind=kind, alpha=alpha, tau=tau,
+                overrides=overrides, img_size=None, use_ema=False)
