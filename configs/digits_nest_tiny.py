@@ -19,7 +19,7 @@ def get_config():
         name="digits", train_split="train", eval_split="test", image_size=32, num_channels=1,
         normalize="digits", shuffle_buffer=2048, cache=True, augment=augment(), eval_resize="resize",
         resize_method="bilinear"))
-    c.train.update(dict(global_batch_size=64, eval_batch_size=150, num_epochs=20, log_every_steps=50,
+    c.train.update(dict(global_batch_size=64, eval_batch_size=128, num_epochs=20, log_every_steps=50,
                         eval_every_steps=0, checkpoint_every_steps=200, max_to_keep=2))
     c.optimizer.update(dict(name="adamw", lr=2e-3, weight_decay=0.05, wd_mask="nest", schedule="cosine",
                             warmup_epochs=1.0))
