@@ -1,0 +1,96 @@
+"""Pieces of the trainer against hand calculations: distillation losses, decay masks, layer ids,
+schedules, and rematerialization."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from nest_jax.models import create_model
+from nest_jax.train import losses, optim
+from nest_jax.train.remat import remat_layers
+
+
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_deit_distillation_losses_match_float64():
+    rng = np.random.default_rng(0)
+    s_cls, s_dist, t = (rng.normal(size=(5, 7)) * 3 for _ in range(3))
+    y = np.eye(7)[rng.integers(0, 7, 5)] * 0.9 + 0.1 / 7
+    ce = lambda s, q: -(q * _np_log_softmax(s)).sum(-1).mean()  # noqa: E731
+    tau, alpha = 2.0, 0.3
+    pt, ps = _np_log_softmax(t / tau), _np_log_softmax(s_dist / tau)
+    kl = (np.exp(pt) * (pt - ps)).sum(-1).mean() * tau ** 2
+    out = {"cls": jnp.asarray(s_cls, jnp.float32), "dist": jnp.asarray(s_dist, jnp.float32)}
+    soft = ml_collections.ConfigDict(dict(kind="soft", alpha=alpha, tau=tau))
+    loss, logits = losses.classification_loss(out, jnp.asarray(y), teachers={"dist": (jnp.asarray(t), soft)})
+    np.testing.assert_allclose(float(loss), (1 - alpha) * ce(s_cls, y) + alpha * kl, rtol=1e-5)
+    np.testing.assert_allclose(logits, (s_cls + s_dist) / 2, rtol=1e-5)
+    loss, _ = losses.classification_loss(out, jnp.asarray(y), teachers={"dist": (jnp.asarray(t), soft)},
+                                         kl_reduction="deit")
+    np.testing.assert_allclose(float(loss), (1 - alpha) * ce(s_cls, y) + alpha * kl / 7, rtol=1e-5)
+    hard = ml_collections.ConfigDict(dict(kind="hard", alpha=0.5))
+    loss, _ = losses.classification_loss(out, jnp.asarray(y), teachers={"dist": (jnp.asarray(t), hard)})
+    np.testing.assert_allclose(float(loss), 0.5 * ce(s_cls, y) + 0.5 * ce(s_dist, np.eye(7)[t.argmax(-1)]),
+                               rtol=1e-5)
+
+
+def test_eval_metrics_mask_padding():
+    logits = jnp.array([[0.0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [0, 0, 9, 0, 0, 0]])
+    m = losses.eval_metrics(logits, jnp.array([5, 0, 0]), jnp.array([1.0, 1.0, 0.0]))
+    assert float(m["top1"]) == 2 and float(m["count"]) == 2
+    m = losses.eval_metrics(logits, jnp.array([0, 5, 2]), jnp.array([1.0, 1.0, 1.0]))
+    assert float(m["top1"]) == 1 and float(m["top5"]) == 1  # labels ranked last are outside the top 5
+
+
+def _vit():
+    return nnx.eval_shape(lambda: create_model("vit_tiny_patch16_224", num_classes=4, img_size=8, patch_size=4,
+                                               dim=16, depth=2, num_heads=2, mlp_dim=32))
+
+
+def test_decay_masks_follow_the_nest_and_timm_rules():
+    params = nnx.to_pure_dict(nnx.state(_vit(), nnx.Param))
+    nest, timm = optim.decay_mask(params, "nest"), optim.decay_mask(params, "timm")
+    assert not nest["pos_embed"] and nest["cls_token"] and nest["layers"][0]["attn"]["qkv_bias"]
+    assert nest["norm"]["scale"] and nest["head"]["bias"]
+    assert not timm["pos_embed"] and not timm["cls_token"] and not timm["layers"][0]["attn"]["qkv_bias"]
+    assert not timm["norm"]["scale"] and not timm["head"]["bias"] and not timm["layers"][1]["mlp"]["fc1"]["bias"]
+    assert timm["layers"][0]["attn"]["qkv"] and timm["head"]["kernel"] and timm["patch_embed"]["proj"]["kernel"]
+
+
+def test_layer_ids_for_layer_wise_lr_decay():
+    params = nnx.to_pure_dict(nnx.state(_vit(), nnx.Param))
+    ids, count = optim.layer_ids(params)
+    assert count == 4
+    assert ids["patch_embed"]["proj"]["kernel"] == 0 and ids["pos_embed"] == 0 and ids["cls_token"] == 0
+    assert ids["layers"][0]["attn"]["qkv"] == 1 and ids["layers"][1]["mlp"]["fc2"]["bias"] == 2
+    assert ids["norm"]["scale"] == 3 and ids["head"]["kernel"] == 3
+
+
+def test_warmup_cosine_schedule_endpoints():
+    opt = ml_collections.ConfigDict(dict(schedule="cosine", warmup_init_lr=1e-6, min_lr=1e-5))
+    s = optim.make_schedule(opt, peak_lr=1e-3, total_steps=100, warmup_steps=10)
+    np.testing.assert_allclose([float(s(0)), float(s(5)), float(s(10)), float(s(100))],
+                               [1e-6, 1e-6 + (1e-3 - 1e-6) / 2, 1e-3, 1e-5], rtol=1e-5)
+    assert optim.resolve_lr(ml_collections.ConfigDict(dict(lr=None, base_lr=2.5e-4, base_batch=256)), 1024) == 1e-3
+
+
+def test_remat_layers_leave_gradients_unchanged():
+    def grads(remat):
+        m = create_model("vit_tiny_patch16_224", num_classes=4, img_size=8, patch_size=4, dim=16, depth=2,
+                         num_heads=2, mlp_dim=32, drop_path_rate=0.3, rngs=nnx.Rngs(params=0, dropout=1))
+        if remat:
+            assert remat_layers(m) == 2
+        g, p, rest = nnx.split(m, nnx.Param, ...)
+
+        @jax.jit
+        def f(p, rest):
+            model = nnx.merge(g, p, jax.tree.map(lambda x: x, rest))
+            nnx.reseed(model, dropout=jax.random.key(3))
+            return jnp.sum(model(jnp.ones((4, 8, 8, 3)), train=True) ** 2)
+        return jax.grad(f)(p, rest)
+    for a, b in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
+        np.testing.assert_allclose(a, b, atol=1e-6)
