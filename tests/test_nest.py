@@ -1,5 +1,7 @@
 """NesT structure: parameter counts, blockify order, TF-SAME pooling, sizes, intermediates and taps,
 official-tree round trip and layout, position-embedding resize."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,13 +20,18 @@ PARAM_COUNTS = {
     ("nest_base_cifar", 10): 89_050_378, ("nest_tiny_cifar", 100): 6_024_100,
     ("nest_small_cifar", 100): 22_884_580, ("nest_base_cifar", 100): 89_119_588,
 }
-SMALL = dict(img_size=32, patch_size=1, block_size=4, dims=(16, 24, 24, 32), heads=(2, 2, 3, 4),
-             depths=(1, 1, 1, 1), num_classes=5)
+SMALL = dict(img_size=16, patch_size=1, block_size=4, dims=(16, 24, 32), heads=(2, 3, 4),
+             depths=(1, 1, 1), num_classes=5)
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract_split(config: NestConfig):
+    return nnx.split(nnx.eval_shape(lambda: Nest(config, rngs=nnx.Rngs(0))))
 
 
 def random_model(config: NestConfig, seed: int = 0) -> Nest:
     """A model with random parameters filled in NumPy (random init compiles one program per shape: slow)."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Nest(config, rngs=nnx.Rngs(0))))
+    graphdef, state = _abstract_split(config)
     rng = np.random.default_rng(seed)
 
     def fill(s):
@@ -42,36 +49,39 @@ def n_params(model) -> int:
     return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+@functools.lru_cache(maxsize=None)
+def abstract(name: str, classes: int = 1000, **kw) -> Nest:
+    return nnx.eval_shape(lambda: create_model(name, num_classes=classes, rngs=nnx.Rngs(0), **kw))
+
+
 @pytest.mark.parametrize("name,classes", sorted(PARAM_COUNTS))
 def test_nest_param_counts(name, classes):
-    model = nnx.eval_shape(lambda: create_model(name, num_classes=classes, rngs=nnx.Rngs(0)))
-    assert n_params(model) == PARAM_COUNTS[name, classes]
+    assert n_params(abstract(name, classes)) == PARAM_COUNTS[name, classes]
 
 
 def test_variant_structure_and_cifar_default_size():
-    tiny = nnx.eval_shape(lambda: create_model("nest_tiny", rngs=nnx.Rngs(0)))
+    tiny = abstract("nest_tiny")
     assert tiny.config.levels == 3 and tiny.config.blocks_per_level == ((4, 4), (2, 2), (1, 1))
     assert [lv.pos_embed.shape for lv in tiny.levels] == [(1, 16, 196, 96), (1, 4, 196, 192), (1, 1, 196, 384)]
     assert tiny.levels[0].pool is None and tiny.levels[1].pool.conv.kernel.shape == (3, 3, 96, 192)
     # Drop path: linspace(0, 0.2) over all 12 layers, across levels.
     rates = [layer.drop_path.rate for lv in tiny.levels for layer in lv.layers]
     np.testing.assert_allclose(rates, np.linspace(0, 0.2, 12))
-    cifar = nnx.eval_shape(lambda: create_model("nest_tiny_cifar", num_classes=10, rngs=nnx.Rngs(0)))
+    cifar = abstract("nest_tiny_cifar", 10)
     assert cifar.config.img_size == 32 and cifar.config.levels == 4 and cifar.config.attention == "multi_query"
     assert cifar.levels[0].layers[0].attn.kv.shape == (192, 2, 1, 64)  # one shared K/V head
-    mh = nnx.eval_shape(lambda: create_model("nest_tiny_cifar", num_classes=10, attention="multi_head",
-                                             rngs=nnx.Rngs(0)))
+    mh = abstract("nest_tiny_cifar", 10, attention="multi_head", depths=(1,) * 4)
     assert mh.levels[0].layers[0].attn.qkv.shape == (192, 3, 3, 64)
     # Another resolution keeps the block count and grows the blocks (official fine-tuning).
-    big = nnx.eval_shape(lambda: create_model("nest_tiny", img_size=448, rngs=nnx.Rngs(0)))
+    big = abstract("nest_tiny", img_size=448, depths=(1, 1, 1))
     assert big.config.block_size == 28 and big.config.blocks_per_level[0] == (4, 4)
 
 
 def test_impossible_image_size_lists_sizes_that_work():
     with pytest.raises(ValueError, match=r"Sizes that work: 224 with block_size=14.*multiple of 16"):
         NestConfig(img_size=200)
-    with pytest.raises(ValueError, match=r"Sizes that work: 32 with block_size=4"):
-        NestConfig(**{**SMALL, "img_size": 48})
+    with pytest.raises(ValueError, match=r"Sizes that work: 16 with block_size=4"):
+        NestConfig(**{**SMALL, "img_size": 24})
     with pytest.raises(ValueError, match="208"):  # a working size near the request is offered
         create_model("nest_tiny", img_size=200, rngs=nnx.Rngs(0))
 
@@ -114,7 +124,7 @@ def test_capture_shapes_and_taps_give_feature_gradients():
     model = random_model(NestConfig(**SMALL))
     c = model.config
     graphdef, state = nnx.split(model)
-    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 16, 3)), jnp.float32)
     zeros = [jnp.zeros((2, h, w, d)) for (h, w), d in zip(c.feature_sizes, c.dims)]
 
     @jax.jit
@@ -123,19 +133,19 @@ def test_capture_shapes_and_taps_give_feature_gradients():
             logits, inter = nnx.merge(graphdef, state)(x, capture="all", taps=taps)
             return logits[:, 3].sum(), (logits, inter)
         grads, (logits, inter) = jax.grad(logit, has_aux=True)(taps)
-        return logits, inter, grads, nnx.merge(graphdef, state)(x)
+        model = nnx.merge(graphdef, state)
+        top = inter["features"][-1]  # ∂logit/∂(top map) of the head alone: LN -> mean -> Dense
+        head = jax.grad(lambda f: model.head(model.norm(f).mean(axis=(1, 2)))[:, 3].sum())(top)
+        return logits, inter, grads, model(x), head
 
-    logits, inter, grads, plain = run(state, zeros)
+    logits, inter, grads, plain, head = run(state, zeros)
     assert logits.shape == (2, 5) and inter["pre_logits"].shape == (2, 32)
-    assert [f.shape for f in inter["features"]] == [(2, 32, 32, 16), (2, 16, 16, 24), (2, 8, 8, 24), (2, 4, 4, 32)]
-    assert [a.shape for a in inter["attention"]] == [(2, 64, 2, 16, 16), (2, 16, 2, 16, 16), (2, 4, 3, 16, 16),
-                                                     (2, 1, 4, 16, 16)]
-    assert inter["layers"][1].shape == (2, 16, 16, 24) and len(inter["attn_branch"]) == 4
+    assert [f.shape for f in inter["features"]] == [(2, 16, 16, 16), (2, 8, 8, 24), (2, 4, 4, 32)]
+    assert [a.shape for a in inter["attention"]] == [(2, 16, 2, 16, 16), (2, 4, 3, 16, 16), (2, 1, 4, 16, 16)]
+    assert inter["layers"][1].shape == (2, 4, 16, 24) and len(inter["attn_branch"]) == 3
     np.testing.assert_allclose(plain, logits, atol=1e-5)  # zero taps change nothing
-    np.testing.assert_allclose(inter["features"][0], deblockify(inter["layers"][0], 8), atol=1e-6)
-    # ∂logit/∂(top map) through the taps equals the gradient of the head alone: LN -> mean -> Dense.
-    top = inter["features"][-1]
-    head = jax.grad(lambda f: model.head(model.norm(f).mean(axis=(1, 2)))[:, 3].sum())(top)
+    np.testing.assert_allclose(inter["features"][0], deblockify(inter["layers"][0], 4), atol=1e-6)
+    # ∂logit/∂(top map) through the taps equals the gradient of the head alone.
     np.testing.assert_allclose(grads[-1], head, atol=1e-5)
     assert all(g.shape == z.shape and float(jnp.abs(g).max()) > 0 for g, z in zip(grads, zeros))
 
@@ -164,27 +174,27 @@ def test_official_tree_round_trip_and_layout(attention):
     tree = params_to_official_nest(model)
     name = "MultiQueryAttention_0" if attention == "multi_query" else "MultiHeadAttention_0"
     assert sorted(tree) == sorted(["PatchEmbedding_0", "LayerNorm_0", "Dense_0"]
-                                  + [f"PositionEmbedding_{i}" for i in range(4)]
-                                  + [f"EncoderNDBlock_{k}" for k in range(4)] + [f"ConvPool_{i}" for i in range(3)])
-    attn = tree["EncoderNDBlock_2"][name]  # level 2: C=24, 3 heads of 8
+                                  + [f"PositionEmbedding_{i}" for i in range(3)]
+                                  + [f"EncoderNDBlock_{k}" for k in range(3)] + [f"ConvPool_{i}" for i in range(2)])
+    attn = tree["EncoderNDBlock_1"][name]  # level 1: C=24, 3 heads of 8
     assert attn["DenseGeneral_0"]["kernel"].shape == (24, 3, 8) and attn["proj_kernel"].shape == (3, 8, 24)
     kv_shape = attn["Dense_0"]["kernel"].shape if attention == "multi_query" else attn["DenseGeneral_1"]["kernel"].shape
     assert kv_shape == ((24, 16) if attention == "multi_query" else (24, 3, 16))
     # Our attention on the layout-converted weights = the official attention math on the tree.
     x = np.random.default_rng(3).normal(size=(16, 24))
-    ours, _ = model.levels[2].layers[0].attn(jnp.asarray(x, jnp.float32)[None])
+    ours = nnx.jit(lambda a, x: a(x)[0])(model.levels[1].layers[0].attn, jnp.asarray(x, jnp.float32)[None])
     ref = _official_attention(jax.tree.map(np.float64, attn), x, attention == "multi_query")
     np.testing.assert_allclose(np.asarray(ours[0]), ref, atol=2e-5)
     # Export -> flat '/'-keyed (as from .npz) -> load into a fresh model -> same logits.
     flat = {"/".join(k.key for k in path): v for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
     fresh = random_model(cfg, seed=9)
     load_official_nest(fresh, flat)
-    img = jnp.asarray(np.random.default_rng(4).normal(size=(1, 32, 32, 3)), jnp.float32)
+    img = jnp.asarray(np.random.default_rng(4).normal(size=(1, 16, 16, 3)), jnp.float32)
     fwd = nnx.jit(lambda m, x: m(x))
     np.testing.assert_allclose(fwd(fresh, img), fwd(model, img), atol=1e-6)
     load_official_nest(fresh, {"params": tree})  # a clu checkpoint's `params` root is accepted
     with pytest.raises(ValueError, match=r"shape mismatch for 'levels/0/pos_embed'"):
-        bad = {**flat, "PositionEmbedding_0/pos_embedding": np.zeros((1, 64, 9, 16), np.float32)}
+        bad = {**flat, "PositionEmbedding_0/pos_embedding": np.zeros((1, 16, 9, 16), np.float32)}
         load_official_nest(fresh, bad)
     other = NestConfig(**{**SMALL, "attention": "multi_head" if attention == "multi_query" else "multi_query"})
     with pytest.raises(ValueError, match=f"uses {attention} attention"):
