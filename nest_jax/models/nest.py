@@ -210,17 +210,17 @@ NEST_VARIANTS = {
     "nest_small_cifar": dict(_CIFAR, dims=(384,) * 4, depths=(3,) * 4, heads=(6,) * 4, drop_path_rate=0.1),
     "nest_base_cifar": dict(_CIFAR, dims=(768,) * 4, depths=(3,) * 4, heads=(12,) * 4, drop_path_rate=0.1),
 }
-_REGISTRY_DEFAULT_IMG = 224  # what `create_model` passes when the caller gives no img_size
 
 
 def build_nest(name: str, *, num_classes: int = 1000, img_size=None, rngs: nnx.Rngs, **overrides) -> Nest:
     """Builds a variant; at another image size the block count stays and the blocks grow (official).
 
-    A CIFAR variant called with the registry's default 224 (or None) is built at its own 32 px.
+    `img_size=None` (what `create_model` passes when the caller gives none) is the variant's own size:
+    224 for the ImageNet variants, 32 for the CIFAR ones.
     """
     spec = dict(NEST_VARIANTS[name])
     default_img, patch, block = spec.pop("img"), spec.pop("patch"), spec.pop("block")
-    if img_size is None or (img_size == _REGISTRY_DEFAULT_IMG and default_img != _REGISTRY_DEFAULT_IMG):
+    if img_size is None:
         img_size = default_img
     fields = dict(spec, patch_size=patch, block_size=block)
     fields.update(overrides)
