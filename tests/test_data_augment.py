@@ -1,4 +1,4 @@
-"""Training augmentations: RandAugment ranges, inception-crop area bounds, random erasing, CIFAR crop."""
+"""Training augmentations: RandAugment ranges, inception-crop area, random erasing, CIFAR crop."""
 import numpy as np
 import pytest
 
@@ -17,8 +17,8 @@ def _key(i):
 def test_randaugment_op_keeps_shape_and_range(op):
     for level in (0.0, 0.5, 1.0):
         for sign in (-1.0, 1.0):
-            out = randaugment.apply_op(tf.constant(op), IMAGE, tf.constant(level), tf.constant(sign))
-            out = out.numpy()
+            out = randaugment.apply_op(tf.constant(op), IMAGE, tf.constant(level),
+                                       tf.constant(sign)).numpy()
             assert out.shape == (16, 16, 3) and np.isfinite(out).all()
             assert out.min() >= 0.0 and out.max() <= 1.0
 

@@ -14,7 +14,8 @@ CLASSES = ["cat", "dog", "zebra"]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """train: 3 classes × 4 images (PNG, JPEG, grey PNG, odd size) + a garbage JPEG in dog/ and a truncated one in cat/;
+    """train: 3 classes × 4 images (PNG, JPEG, grey PNG, odd size), a garbage JPEG in dog/ and a
+    truncated one in cat/;
     val: 2 images per class. Each image is a flat colour whose red value encodes (class, i)."""
     root = tmp_path_factory.mktemp("folder")
     for split, n in (("train", 4), ("val", 2)):

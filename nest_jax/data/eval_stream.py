@@ -29,7 +29,8 @@ def eval_dataset(source, ds_cfg, *, global_batch_size: int, process_index: int,
     """Batches {"image": (b, S, S, C) float32, "label": (b,) int32, "mask": (b,) float32},
     b = global_batch_size / process_count, exactly num_steps(N, global_batch_size) of them."""
     if global_batch_size % process_count:
-        raise ValueError(f"eval batch {global_batch_size} not divisible by {process_count} processes")
+        raise ValueError(f"eval batch {global_batch_size} not divisible by "
+                         f"{process_count} processes")
     local_batch = global_batch_size // process_count
     split = ds_cfg.eval_split
     steps = num_steps(source.num_examples(split), global_batch_size)

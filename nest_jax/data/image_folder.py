@@ -49,7 +49,8 @@ def check_image(path: str) -> str | None:
 
 
 class ImageFolderSource:
-    """Random-access source over files; `lookup(split)(index)` → {"image": uint8 (H, W, 3), "label"}."""
+    """Random-access source over files: `lookup(split)(index)` → {"image": uint8 (H, W, 3),
+    "label"}."""
 
     random_access = True
     _instances: dict = {}
@@ -77,7 +78,8 @@ class ImageFolderSource:
     def _split_dir(self, split: str) -> str:
         path = os.path.join(self.root, split)
         if not os.path.isdir(path):
-            found = sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
+            found = sorted(d for d in os.listdir(self.root)
+                           if os.path.isdir(os.path.join(self.root, d)))
             raise FileNotFoundError(f"image_folder: no split folder {path}; found {found}")
         return path
 

@@ -28,7 +28,7 @@ def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax
 
 
 def _box_mask(h: int, w: int, top, left, box_h, box_w) -> jax.Array:
-    """(B, H, W) bool: True inside rows [top, top+box_h) × cols [left, left+box_w) (per row of B)."""
+    """(B, H, W) bool: True inside rows [top, top+box_h) × cols [left, left+box_w), per example."""
     rows = jnp.arange(h)[None, :, None]
     cols = jnp.arange(w)[None, None, :]
     top, left = top[:, None, None], left[:, None, None]

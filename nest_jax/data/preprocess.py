@@ -1,4 +1,4 @@
-"""Per-example preprocessing: pixels → float, channels, eval resize/crop, normalization, train chain.
+"""Per-example preprocessing: pixels → float, channels, eval resize/crop, normalize, train chain.
 
 Images inside the pipeline are float32 in [0, 1], (H, W, C), until `normalize`. Every random
 choice takes an explicit stateless key (a (2,) int tensor), so an example's augmentation is a pure
