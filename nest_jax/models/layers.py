@@ -65,8 +65,10 @@ class PatchEmbed(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head (or multi-query / grouped) self-attention on the last two axes.
 
-    Fused attention via `jax.nn.dot_product_attention` (cuDNN flash attention on GPUs); when the
-    weights are requested or attention dropout is active, an explicit softmax path is used.
+    Accelerators use the fused `jax.nn.dot_product_attention` (cuDNN flash attention on GPUs). On
+    CPU, and whenever the weights are requested or attention dropout is active, an explicit softmax
+    path in heads-major layout (B, h, N, d) is used: XLA:CPU runs its batched dots without the
+    layout copies the (B, N, h, d) layout of the fused path needs (≈15% faster ViT-S forward).
 
     Parameters (the layout of the official JAX code, heads as their own axis):
       multi-head (`num_kv_heads == num_heads`): `qkv` (D, 3, h, d), `qkv_bias` (3, h, d)
@@ -119,22 +121,48 @@ class Attention(nnx.Module):
             kv = kv + self.kv_bias[...].astype(dt)
         return q, kv[:, :, 0], kv[:, :, 1]
 
+    def _attend_explicit(self, x: Array, *, train: bool) -> tuple[Array, Array]:
+        """Softmax attention, heads-major. x: (B, N, D) -> out (B, h, N, d), weights (B, h, N, N).
+
+        Grouped / multi-query heads are a (g, r) split of the h query heads (r = h / g per K/V
+        head), so K and V are never repeated.
+        """
+        dt = self.dtype or x.dtype
+        x = x.astype(dt)
+        b, n, _ = x.shape
+        h, g, d = self.num_heads, self.num_kv_heads, self.head_dim
+        if g == h:
+            qkv = jnp.einsum("bnc,cthd->tbhnd", x, self.qkv[...].astype(dt))
+            if self.qkv_bias is not None:
+                qkv = qkv + self.qkv_bias[...].astype(dt)[:, None, :, None, :]
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        else:
+            q = jnp.einsum("bnc,chd->bhnd", x, self.q[...].astype(dt))
+            kv = jnp.einsum("bnc,ctgd->tbgnd", x, self.kv[...].astype(dt))
+            if self.q_bias is not None:
+                q = q + self.q_bias[...].astype(dt)[:, None, :]
+                kv = kv + self.kv_bias[...].astype(dt)[:, None, :, None, :]
+            k, v = kv[0], kv[1]
+        q = q.reshape(b, g, h // g, n, d)
+        logits = jnp.einsum("bgrqd,bgkd->bgrqk", q, k) * (d ** -0.5)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+        out = jnp.einsum("bgrqk,bgkd->bgrqd", self.attn_drop(weights, deterministic=not train), v)
+        return out.reshape(b, h, n, d), weights.reshape(b, h, n, n)
+
     def __call__(self, x: Array, *, train: bool = False, return_weights: bool = False
                  ) -> tuple[Array, Array | None]:
         """Returns (output (..., N, D), weights (..., h, N, N) or None)."""
         lead, (n, dim) = x.shape[:-2], x.shape[-2:]
-        q, k, v = self._project(x.reshape(-1, n, dim))
+        x = x.reshape(-1, n, dim)
         weights = None
-        if return_weights or (train and self.attn_drop_rate > 0):
-            rep = self.num_heads // self.num_kv_heads
-            k_, v_ = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k_) * (self.head_dim ** -0.5)
-            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
-            out = jnp.einsum("bhqk,bkhd->bqhd", self.attn_drop(weights, deterministic=not train), v_)
-            weights = weights.reshape(*lead, self.num_heads, n, n)
+        if return_weights or (train and self.attn_drop_rate > 0) or jax.default_backend() == "cpu":
+            out, weights = self._attend_explicit(x, train=train)
+            proj = "bhnd,hdc->bnc"
+            weights = weights.reshape(*lead, self.num_heads, n, n) if return_weights else None
         else:
-            out = jax.nn.dot_product_attention(q, k, v)
-        y = jnp.einsum("bnhd,hdc->bnc", out, self.proj[...].astype(out.dtype)) + self.proj_bias[...].astype(out.dtype)
+            out = jax.nn.dot_product_attention(*self._project(x))
+            proj = "bnhd,hdc->bnc"
+        y = jnp.einsum(proj, out, self.proj[...].astype(out.dtype)) + self.proj_bias[...].astype(out.dtype)
         y = self.proj_drop(y, deterministic=not train)
         return y.reshape(*lead, n, dim), weights
 
