@@ -54,21 +54,3 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
 
-
-def restore_params_from_workdir(workdir: str, abstract_params: Any, shardings: Any, *,
-                                use_ema: bool = False) -> Any:
-    """Only the parameters (or their EMA) of the latest checkpoint in a training workdir, e.g. a
-    distillation teacher or a fine-tuning start. abstract_params: pure-dict ShapeDtypeStructs."""
-    mgr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
-    step = mgr.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
-    key = "ema" if use_ema else "params"
-    target = {key: abstract_with_shardings(abstract_params, shardings)}
-    # Partial restore: only the requested subtree is read from disk.
-    restored = mgr.restore(step, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=jax.tree.map(
-            lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype), target),
-        partial_restore=True))
-    mgr.close()
-    return restored[key]
