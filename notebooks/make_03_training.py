@@ -10,7 +10,7 @@ md("""# 03 · Training: a short digits run, its checkpoints and its TensorBoard 
 The default main job is `python -m nest_jax.main --config=configs/digits_nest_tiny.py --workdir=...`
 (a 0.37M-parameter NesT on scikit-learn's digits at 32 px, ≥ 99% test accuracy in a few minutes on
 a laptop CPU). Here we call the same `train_and_evaluate(config, workdir)` from Python, shortened
-to 150 steps (about 7 epochs) so the notebook runs in well under two minutes, print the metrics as
+to 100 steps (about 5 epochs) so the notebook runs in well under two minutes, print the metrics as
 they are written, then open the workdir: the orbax checkpoints (restore one and evaluate it) and the
 TensorBoard event files (plot the loss curve).""")
 code("""import os, sys, re, tempfile, importlib.util, logging
@@ -24,7 +24,7 @@ sys.path.insert(0, REPO)
 spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, "configs", "digits_nest_tiny.py"))
 cfg_module = importlib.util.module_from_spec(spec); spec.loader.exec_module(cfg_module)
 config = cfg_module.get_config()
-config.train.num_train_steps = 150        # the full job: 20 epochs = 420 steps
+config.train.num_train_steps = 100        # the full job: 20 epochs = 420 steps
 config.train.log_every_steps = 10
 config.train.eval_every_steps = 50
 config.train.checkpoint_every_steps = 50
@@ -67,8 +67,8 @@ ax[1].plot(*zip(*ev), "o-"); ax[1].set(xlabel="step", title="test top-1", ylim=(
 plt.tight_layout(); plt.show()""")
 md("""## The checkpoints
 `<workdir>/checkpoints/<step>` holds the whole train state (params, AdamW moments, step, rng);
-orbax writes each into a temporary directory and renames it when complete. `max_to_keep=3` kept the
-last three. We rebuild the trainer from the config (shapes and shardings only), restore the
+orbax writes each into a temporary directory and renames it when complete. Every checkpoint (steps 50 and
+100) is kept here (`max_to_keep=3`). We rebuild the trainer from the config (shapes and shardings only), restore the
 *earliest* kept checkpoint and evaluate it: it must reproduce the accuracy logged at that step.""")
 code("""from nest_jax import data
 from nest_jax.train.checkpoint import Checkpointer
