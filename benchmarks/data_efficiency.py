@@ -5,7 +5,7 @@
 Both models train on 10/25/50/100% of scikit-learn digits' 1,347 training images (a stratified
 subset, the same for both models, drawn per seed) and are tested on all 450 test digits:
   * NesT: `configs/digits_nest_tiny.py` (371,658 parameters: 3 levels, 6 layers of width 64).
-  * ViT: `configs/digits_vit.py` with `depth=7` (356,010 parameters; the shipped depth 4 has 206,026)
+  * ViT: `configs/digits_vit.py` with `depth=7` (355,978 parameters; the shipped depth 4 has 206,026)
     so both models have about the same size; patch 4 (64 tokens + class token), width 64.
 Same budget for every run: `--steps` optimizer steps of batch 64 whatever the subset size (a
 small subset is seen for more epochs), each config's own AdamW learning rate and weight-decay
@@ -16,7 +16,7 @@ Uses the trainer's own pieces: `make_trainer` (sharded state, jitted train/eval 
 `nest_jax.data` train pipeline over a subset source (a thin `DigitsSource` subclass: the data API
 has no subset option) and `loop.evaluate`. One trainer (one compile) per (model, seed); the four
 subset runs reuse it with a fresh initial state.
-Writes `<out>.json`, `<out>.md` (table) and `<out>.png`.
+Writes `<out>.json`, `<out>.md` (table) and `<out>.png`, updated after every (model, seed).
 """
 from __future__ import annotations
 
@@ -151,10 +151,15 @@ def main() -> None:
     for seed in args.seeds:
         for kind in ("nest", "vit"):
             records.extend(run_model(kind, seed, args.steps, args.fractions))
+            write(args, records, counts, t_start)  # after every (model, seed): partial results survive
+
+
+def write(args, records: list[dict], counts: dict, t_start: float) -> None:
+    """The JSON, markdown table and plot of the runs so far."""
     table = summarize(records, args.fractions)
     meta = dict(date=datetime.date.today().isoformat(), machine=cpu_model(), cores=os.cpu_count(),
                 load_average_at_end=os.getloadavg(), total_seconds=round(time.time() - t_start, 1),
-                steps=args.steps, batch=64, seeds=args.seeds, fractions=args.fractions, params=counts,
+                steps=args.steps, batch=64, seeds=sorted({r["seed"] for r in records}), fractions=args.fractions, params=counts,
                 command=" ".join(["python"] + sys.argv))
     with open(args.out + ".json", "w") as f:
         json.dump(dict(meta, summary=table, runs=records), f, indent=1)
@@ -188,10 +193,11 @@ def main() -> None:
     ax.set_xticks([100 * f for f in args.fractions], [f"{100 * f:g}%" for f in args.fractions])
     ax.set_xlabel("fraction of the 1,347 digits training images")
     ax.set_ylabel("test top-1 (%), 450 digits")
-    ax.set_title(f"same budget: {args.steps} steps of batch 64, {len(args.seeds)} seeds")
+    ax.set_title(f"same budget: {args.steps} steps of batch 64, {len(meta['seeds'])} seed(s)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out + ".png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
