@@ -11,7 +11,9 @@ time of this run and the time at which the final accuracy was written.
 The curve is read back from the TensorBoard event files the trainer writes into the workdir (clu's
 summary writer): each scalar carries its step and its wall-clock time. Times are measured from the
 moment the subprocess was started, so they include Python/JAX import, data loading and XLA compile.
-Writes `<out>.json` and `<out>.png`.
+On a shared machine the wall time mostly measures the other users; the CPU time the training
+process consumed (`cpu_s`, all threads) divided by the core count is a lower bound on its wall time
+on the same machine when idle (`quiet_wall_lower_bound_s`). Writes `<out>.json` and `<out>.png`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import glob
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -66,6 +69,8 @@ def main() -> None:
     t_start = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     total = time.time() - t_start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = usage.ru_utime + usage.ru_stime  # the training process's CPU time, all threads
     if proc.returncode:
         sys.exit(f"training failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     final = re.search(r"final metrics: (\{.*\})", proc.stdout)
@@ -81,6 +86,7 @@ def main() -> None:
         "load_average_at_end": os.getloadavg(), "command": " ".join(cmd[1:]), "config": args.config,
         "final_top1": curve[-1]["eval_top1"], "final_step": curve[-1]["step"],
         "final_written_at_s": curve[-1]["seconds"], "total_wall_s": round(total, 2),
+        "cpu_s": round(cpu_s, 1), "quiet_wall_lower_bound_s": round(cpu_s / (os.cpu_count() or 1), 1),
         "first_step_at_99": first_99, "final_metrics_line": final.group(1) if final else None,
         "curve": curve, "train_loss": loss,
     }
