@@ -10,7 +10,7 @@ md("""# 03 · Training: a short digits run, its checkpoints and its TensorBoard 
 The default main job is `python -m nest_jax.main --config=configs/digits_nest_tiny.py --workdir=...`
 (a 0.37M-parameter NesT on scikit-learn's digits at 32 px, ≥ 99% test accuracy in a few minutes on
 a laptop CPU). Here we call the same `train_and_evaluate(config, workdir)` from Python, shortened
-to 100 steps (about 5 epochs) so the notebook runs in well under two minutes, print the metrics as
+to 64 steps (about 3 epochs) so the notebook runs in well under two minutes, print the metrics as
 they are written, then open the workdir: the orbax checkpoints (restore one and evaluate it) and the
 TensorBoard event files (plot the loss curve).""")
 code("""import os, sys, re, tempfile, importlib.util, logging
@@ -24,12 +24,12 @@ sys.path.insert(0, REPO)
 spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, "configs", "digits_nest_tiny.py"))
 cfg_module = importlib.util.module_from_spec(spec); spec.loader.exec_module(cfg_module)
 config = cfg_module.get_config()
-config.train.num_train_steps = 100        # the full job: 20 epochs = 420 steps
-config.train.log_every_steps = 10
-config.train.eval_every_steps = 50
-config.train.checkpoint_every_steps = 50
+config.train.num_train_steps = 64         # the full job: 20 epochs = 420 steps
+config.train.log_every_steps = 8
+config.train.eval_every_steps = 32
+config.train.checkpoint_every_steps = 32
 config.train.max_to_keep = 3
-config.optimizer.warmup_epochs = 0.5
+config.optimizer.warmup_epochs = 0.25
 workdir = tempfile.mkdtemp(prefix="nest_digits_")
 print(config.model.name, dict(config.model.overrides), "| workdir", workdir)""")
 md("""## Train, with live metrics
@@ -67,8 +67,8 @@ ax[1].plot(*zip(*ev), "o-"); ax[1].set(xlabel="step", title="test top-1", ylim=(
 plt.tight_layout(); plt.show()""")
 md("""## The checkpoints
 `<workdir>/checkpoints/<step>` holds the whole train state (params, AdamW moments, step, rng);
-orbax writes each into a temporary directory and renames it when complete. Every checkpoint (steps 50 and
-100) is kept here (`max_to_keep=3`). We rebuild the trainer from the config (shapes and shardings only), restore the
+orbax writes each into a temporary directory and renames it when complete. Every checkpoint (steps 32 and
+64) is kept here (`max_to_keep=3`). We rebuild the trainer from the config (shapes and shardings only), restore the
 *earliest* kept checkpoint and evaluate it: it must reproduce the accuracy logged at that step.""")
 code("""from nest_jax import data
 from nest_jax.train.checkpoint import Checkpointer
@@ -106,7 +106,7 @@ print("tags:", sorted(acc.Tags()["tensors"]))
 series = {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
           for tag in ("train_loss", "eval_loss", "eval_top1", "train_lr")}
 fig, ax = plt.subplots(1, 2, figsize=(9, 3))
-ax[0].plot(*zip(*series["train_loss"]), label="train (mean over 10 steps)")
+ax[0].plot(*zip(*series["train_loss"]), label="train (mean over 8 steps)")
 ax[0].plot(*zip(*series["eval_loss"]), "o-", label="test")
 ax[0].set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss (from the event files)"); ax[0].legend()
 ax[1].plot(*zip(*series["train_lr"])); ax[1].set(xlabel="step", title="learning rate: warmup + cosine")

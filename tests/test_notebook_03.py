@@ -14,14 +14,14 @@ def test_notebook_03_trains_restores_and_reads_event_files():
     NotebookClient(nb, timeout=400, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    # Live metric lines were printed while training (log every 10 steps: 10 train-loss lines).
-    assert len(re.findall(r"^step +\d+ +train_loss=", text, re.M)) >= 8
-    final = float(re.search(r"trained 100 steps in \d+ s .*test top-1 ([\d.]+)", text).group(1))
+    # Live metric lines were printed while training (log every 8 steps: 8 train-loss lines).
+    assert len(re.findall(r"^step +\d+ .*train_loss=", text, re.M)) >= 6
+    final = float(re.search(r"trained 64 steps in \d+ s .*test top-1 ([\d.]+)", text).group(1))
     assert final > 0.5  # chance is 0.1 on 10 digit classes
-    # Both checkpoints kept (steps 50 and 100); the restored one reproduces its logged accuracy.
-    assert re.findall(r"^checkpoints/ *(\d+)", text, re.M) == ["50", "100"]
-    m = re.search(r"restored checkpoint 50: test top-1 ([\d.]+) \(logged during training: ([\d.]+)\)", text)
+    # Both checkpoints kept (steps 32 and 64); the restored one reproduces its logged accuracy.
+    assert re.findall(r"^checkpoints/ *(\d+)", text, re.M) == ["32", "64"]
+    m = re.search(r"restored checkpoint 32: test top-1 ([\d.]+) \(logged during training: ([\d.]+)\)", text)
     assert m and abs(float(m.group(1)) - float(m.group(2))) < 1e-4
     # The event files carry the same final accuracy as the run's result.
-    tb = float(re.search(r"event-file test top-1 at step 100: ([\d.]+)", text).group(1))
+    tb = float(re.search(r"event-file test top-1 at step 64: ([\d.]+)", text).group(1))
     assert abs(tb - final) < 1e-4
