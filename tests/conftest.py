@@ -8,3 +8,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir")  # tests never read real datasets
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# TensorFlow (the data pipelines) and PyTorch (the parity tests) crash the interpreter when
+# TensorFlow is imported first (clashing bundled libraries); importing torch first is safe, so the
+# whole session does that once here, whatever order the test modules are collected in.
+try:
+    import torch  # noqa: F401,E402
+except ImportError:  # torch is a dev extra: parity tests need it, the rest of the suite does not
+    pass

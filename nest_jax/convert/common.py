@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -59,11 +62,30 @@ def load_array_file(path: str | Path) -> dict[str, np.ndarray]:
         from safetensors.numpy import load_file
         return dict(load_file(str(path)))
     if suffix in (".pth", ".pt", ".bin"):
-        import torch  # optional: only needed for PyTorch files
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        for key in ("model", "state_dict", "model_ema"):
-            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-                sd = sd[key]
-                break
-        return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+        if "tensorflow" in sys.modules and "torch" not in sys.modules:
+            # Importing torch after TensorFlow crashes the interpreter (clashing bundled libraries),
+            # so read the file in a fresh interpreter and hand the arrays back as .npz.
+            return _load_torch_file_in_subprocess(path)
+        return _load_torch_file(path)
     raise ValueError(f"unsupported checkpoint format {suffix!r} for {path}: use .npz, .safetensors or .pth")
+
+
+def _load_torch_file(path: str | Path) -> dict[str, np.ndarray]:
+    import torch  # optional: only needed for PyTorch files
+
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles code
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+
+
+def _load_torch_file_in_subprocess(path: Path) -> dict[str, np.ndarray]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "arrays.npz"
+        code = ("import sys, numpy as np; from nest_jax.convert.common import _load_torch_file; "
+                "np.savez(sys.argv[2], **_load_torch_file(sys.argv[1]))")
+        subprocess.run([sys.executable, "-c", code, str(path), str(out)], check=True)
+        with np.load(out, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
