@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _main(*args, timeout=900):
+def _main(*args, timeout=1500):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "nest_jax.main", "--config=configs/digits_nest_tiny.py", *args],
