@@ -22,5 +22,5 @@ def get_config():
                             warmup_epochs=2.0))
     # Must match the teacher's training config (configs/digits_nest_tiny.py).
     c.distill.dist = teacher("nest_tiny_cifar", "/tmp/nest_digits", kind="hard", alpha=0.5,
-                             patch_size=2, block_size=4, dims=(64, 64, 64), depths=(2, 2, 2), heads=(2, 2, 2))
+                             patch_size=4, block_size=4, dims=(64, 64), depths=(3, 4), heads=(2, 2))
     return c
