@@ -10,9 +10,12 @@ os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir")  # tests never r
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 # TensorFlow (the data pipelines) and PyTorch (the parity tests) crash the interpreter when
-# TensorFlow is imported first (clashing bundled libraries); importing torch first is safe, so the
-# whole session does that once here, whatever order the test modules are collected in.
+# TensorFlow is imported before torch's compiler stack (triton, pulled in by torchvision/timm);
+# importing those first is safe, so the whole session does that once here, whatever order the
+# test modules are collected in.
 try:
+    import timm  # noqa: F401,E402
     import torch  # noqa: F401,E402
+    import torchvision  # noqa: F401,E402
 except ImportError:  # torch is a dev extra: parity tests need it, the rest of the suite does not
     pass
