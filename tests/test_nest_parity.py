@@ -7,7 +7,7 @@ import pytest
 import torch
 from flax import nnx
 
-timm_nest = pytest.importorskip("timm.models.nest")
+import timm.models.nest as timm_nest
 
 from nest_jax.convert.nest import load_timm_nest  # noqa: E402
 from nest_jax.models import create_model  # noqa: E402
