@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from nest_jax.convert.common import load_params, path_str
+from nest_jax.convert.common import load_params, nest_paths, path_str
 
 FORMAT = "nest_jax.params/1"
 COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
@@ -30,18 +30,6 @@ COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
 def _flat(model_or_state: nnx.Module | nnx.State, kind: type) -> dict[str, np.ndarray]:
     state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
     return {path_str(k): np.asarray(v[...]) for k, v in nnx.to_flat_state(state) if isinstance(v, kind)}
-
-
-def _nest(flat: dict[str, Any]) -> dict:
-    """{"a/0/b": x} -> {"a": {"0": {"b": x}}}: string keys, so orbax restores the same tree."""
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
 
 
 def _unnest(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -70,7 +58,7 @@ def save_params(model_or_state: nnx.Module | nnx.State, directory: str | Path, *
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
     items = {name: _flat(model_or_state, kind) for name, kind in COLLECTIONS.items()}
-    items = {name: _nest(flat) for name, flat in items.items() if flat}
+    items = {name: nest_paths(flat) for name, flat in items.items() if flat}
     meta = {"format": FORMAT, "model": model_name, "kwargs": dict(model_kwargs or {}),
             "collections": sorted(items)}
     try:

@@ -16,6 +16,18 @@ def path_str(path: tuple) -> str:
     return "/".join(str(p) for p in path)
 
 
+def nest_paths(flat: Mapping[str, object]) -> dict:
+    """{"a/0/b": x} -> {"a": {"0": {"b": x}}} (string keys, so orbax restores the same tree)."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
 def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
     """'/'-joined path (e.g. "layers/0/attn/qkv") -> shape, for every parameter of the model."""
     return {path_str(k): tuple(v.shape) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.common import load_params, path_str
+from nest_jax.convert.common import load_params, nest_paths, path_str
 from nest_jax.models.blocks import blockify, deblockify
 from nest_jax.models.nest import Nest, NestConfig
 
@@ -39,17 +39,6 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
                 out = {k[len(root):]: v for k, v in out.items()}
                 break
     return out
-
-
-def _nest(flat: Mapping[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
 
 
 def _layer_index(c: NestConfig):
@@ -166,7 +155,7 @@ def params_to_official_nest(model: Nest) -> dict:
             out[f"{base}/DenseGeneral_0/bias"] = b[0]
             out[f"{base}/DenseGeneral_1/kernel"] = np.concatenate([qkv[:, 1], qkv[:, 2]], axis=-1)
             out[f"{base}/DenseGeneral_1/bias"] = np.concatenate([b[1], b[2]], axis=-1)
-    return _nest(out)
+    return nest_paths(out)
 
 
 def load_official_nest(model: Nest, tree_or_flat: Mapping[str, Any], *, strict: bool = True) -> Nest:
