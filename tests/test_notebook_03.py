@@ -1,19 +1,12 @@
 """notebooks/03_training.ipynb runs top to bottom (nbclient, kernel python3): the short digits run
 learns, its checkpoints restore to the logged accuracy, and its event files hold the same numbers."""
-import pathlib
 import re
 
-import nbformat
-from nbclient import NotebookClient
-
-NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "03_training.ipynb"
+from tests._notebooks import run_notebook
 
 
 def test_notebook_03_trains_restores_and_reads_event_files():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=400, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    text = run_notebook("03_training.ipynb", timeout=400)
     # Live metric lines were printed while training (log every 8 steps: 8 train-loss lines).
     assert len(re.findall(r"^step +\d+ .*train_loss=", text, re.M)) >= 6
     final = float(re.search(r"trained 64 steps in \d+ s .*test top-1 ([\d.]+)", text).group(1))
