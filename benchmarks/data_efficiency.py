@@ -4,7 +4,7 @@
 
 Both models train on 10/25/50/100% of scikit-learn digits' 1,347 training images (a stratified
 subset, the same for both models, drawn per seed) and are tested on all 450 test digits:
-  * NesT: `configs/digits_nest_tiny.py` (371,658 parameters: 3 levels, 6 layers of width 64).
+  * NesT: `configs/digits_nest_tiny.py` (364,810 parameters: 2 levels of 3 + 4 layers, width 64).
   * ViT: `configs/digits_vit.py` with `depth=7` (355,978 parameters; the shipped depth 4 has 206,026)
     so both models have about the same size; patch 4 (64 tokens + class token), width 64.
 Same budget for every run: `--steps` optimizer steps of batch 64 whatever the subset size (a

@@ -8,6 +8,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir")  # tests never read real datasets
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One XLA compilation cache shared by both xdist workers and every subprocess they start (CLI runs,
+# notebook kernels): the same small programs (initializers, layers) are otherwise compiled again in
+# each process. Empty on a fresh clone; keyed by jax version and program, so never stale.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                   ".pytest_cache", "xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # TensorFlow (the data pipelines) and PyTorch (the parity tests) crash the interpreter when
 # TensorFlow is imported before torch's compiler stack (triton, pulled in by torchvision/timm);
