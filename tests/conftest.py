@@ -3,7 +3,9 @@ import os
 
 # Must be set before jax is imported anywhere: every test process sees 8 CPU devices, so sharded
 # and single-device results can be compared in one process.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA's backend optimization level 0: the suite is dominated by compiling many small programs once,
+# which this makes ~40% cheaper; numerics are unchanged within every test's tolerance.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir")  # tests never read real datasets
@@ -27,3 +29,15 @@ try:
     import torchvision  # noqa: F401,E402
 except ImportError:  # torch is a dev extra: parity tests need it, the rest of the suite does not
     pass
+
+
+# The longest test files first, so the two xdist workers (--dist loadfile) finish together instead
+# of one starting a long file at the end (longest-processing-time-first scheduling).
+LONG_FILES = ("test_train_digits.py", "test_notebook_02.py", "test_notebook_03.py", "test_gradcat.py",
+              "test_train_checkpoint.py", "test_train_step.py", "test_train_transfer.py", "test_timm_parity.py",
+              "test_cam.py", "test_nest_parity.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))

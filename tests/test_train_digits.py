@@ -1,4 +1,5 @@
 """The README's main job, shortened: `python -m nest_jax.main` on digits learns, resumes, evaluates."""
+import ast
 import os
 import re
 import subprocess
@@ -17,18 +18,18 @@ def _main(*args, timeout=1500):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     match = re.search(r"final metrics: (\{.*\})", proc.stdout)
     assert match, proc.stdout[-2000:]
-    return eval(match.group(1)), time.time() - t0  # a dict literal of floats written by main.py
+    return ast.literal_eval(match.group(1)), time.time() - t0  # a dict literal written by main.py
 
 
 def test_main_trains_digits_nest_end_to_end(tmp_path):
-    # 120 steps (~6 epochs) of the default config: chance is 10%.
-    metrics, seconds = _main("--config.train.num_train_steps=120", "--config.train.checkpoint_every_steps=60",
+    # 60 steps (~3 epochs) of the default config: chance is 10%.
+    metrics, seconds = _main("--config.train.num_train_steps=60", "--config.train.checkpoint_every_steps=30",
                              f"--workdir={tmp_path}")
-    print(f"digits NesT, 120 steps: top-1 {metrics['eval_top1']:.4f} in {seconds:.0f} s (compile included)")
-    assert metrics["step"] == 120 and metrics["eval_count"] == 450
-    assert metrics["eval_top1"] > 0.8
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["120", "60"]
+    print(f"digits NesT, 60 steps: top-1 {metrics['eval_top1']:.4f} in {seconds:.0f} s (compile included)")
+    assert metrics["step"] == 60 and metrics["eval_count"] == 450
+    assert metrics["eval_top1"] > 0.7
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["30", "60"]
     # --mode=eval restores the latest checkpoint and reproduces the final evaluation.
-    again, _ = _main("--mode=eval", "--config.train.num_train_steps=120", f"--workdir={tmp_path}")
-    assert again["step"] == 120
+    again, _ = _main("--mode=eval", "--config.train.num_train_steps=60", f"--workdir={tmp_path}")
+    assert again["step"] == 60
     assert abs(again["eval_top1"] - metrics["eval_top1"]) < 1e-6

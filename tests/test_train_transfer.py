@@ -48,7 +48,8 @@ def test_finetune_resizes_position_embedding_and_reinitializes_the_head(teacher_
     assert got["pos_embed"].shape == (1, 1 + 9, 16) and trained["pos_embed"].shape == (1, 1 + 4, 16)
     np.testing.assert_array_equal(got["pos_embed"][:, :1], trained["pos_embed"][:, :1])  # cls slot kept
     assert got["head/kernel"].shape == (16, 3)
-    np.testing.assert_array_equal(got["head/kernel"], fresh["head/kernel"])  # re-initialized
+    # Re-initialized: the fresh init, drawn eagerly here and under jit in init_state (last-ulp differences).
+    np.testing.assert_allclose(got["head/kernel"], fresh["head/kernel"], rtol=1e-5, atol=1e-7)
     for k, v in trained.items():
         if not (k.startswith("head/") or k == "pos_embed"):
             np.testing.assert_array_equal(got[k], v, err_msg=k)
