@@ -113,7 +113,7 @@ def test_batchnorm_running_stats_follow_pytorch_momentum_and_eval_is_per_sample(
         train_out = model(x, train=True)  # batch statistics; updates the running ones
         return alone, in_batch, model(x), train_out, conv_out, model.stem.norm.mean[...]
     alone, in_batch, eval_out, train_out, conv_out, running_mean = map(np.asarray, run(model, x))
-    np.testing.assert_allclose(alone, in_batch, atol=1e-5)  # eval: running statistics, per sample
+    np.testing.assert_allclose(alone, in_batch, rtol=1e-5, atol=1e-5)  # eval: running statistics, per sample
     assert np.abs(train_out - eval_out).max() > 1e-3  # train: batch statistics, not (0, 1)
     # PyTorch momentum 0.1: running = 0.9 · running + 0.1 · batch statistic (running mean starts at 0).
     np.testing.assert_allclose(running_mean, 0.1 * conv_out.mean(axis=(0, 1, 2)), atol=1e-5)
