@@ -58,12 +58,12 @@ def teacher(model: str, checkpoint: str | None, *, kind: str = "hard", alpha: fl
                 overrides=overrides, img_size=None, use_ema=False)
 
 
-def digits_vit_config(model_name: str, depth: int = 4) -> ml_collections.ConfigDict:
+def digits_vit_config(model_name: str) -> ml_collections.ConfigDict:
     """The small digits ViT/DeiT recipe (configs/digits_vit.py, digits_deit_distilled.py): 32 px,
     patch 4 (64 tokens + prefix tokens), width 64, 2 heads, plain AdamW with the timm decay mask."""
     c = base_config()
     c.model.name = model_name
-    c.model.overrides = dict(patch_size=4, dim=64, depth=depth, num_heads=2, mlp_dim=256, drop_path_rate=0.0)
+    c.model.overrides = dict(patch_size=4, dim=64, depth=4, num_heads=2, mlp_dim=256, drop_path_rate=0.0)
     c.dataset.update(dict(name="digits", image_size=32, num_channels=1, normalize="digits",
                           shuffle_buffer=2048, cache=True, augment=augment(), eval_resize="resize"))
     c.train.update(dict(global_batch_size=64, eval_batch_size=128, num_epochs=30, log_every_steps=50,
