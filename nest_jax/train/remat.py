@@ -34,7 +34,7 @@ class RematTransformerLayer(TransformerLayer):
 def remat_layers(model: nnx.Module) -> int:
     """Turns every TransformerLayer of `model` into a rematerialized one, in place; returns the count."""
     n = 0
-    for _, module in model.iter_modules():
+    for _, module in nnx.iter_graph(model):
         if type(module) is TransformerLayer:
             module.__class__ = RematTransformerLayer
             n += 1
