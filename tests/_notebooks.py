@@ -12,13 +12,12 @@ def run_notebook(name: str, timeout: int = 300) -> str:
     """Executes notebooks/<name>; returns the text of every code cell's outputs, in order."""
     path = NOTEBOOKS / name
     nb = nbformat.read(path, as_version=4)
-    # The kernel inherits this environment. It runs as a user's would, without the suite's XLA flags
-    # (conftest.py): not on 8 simulated CPU devices (notebook 03 would shard its training over them,
-    # ~2x slower on 2 cores) and not at backend optimization level 0 (the notebooks train models,
-    # execution-bound).
+    # The kernel inherits this environment. It runs as a user's would, with the XLA flags the suite
+    # was started with, not conftest.py's: not on 8 simulated CPU devices (notebook 03 would shard
+    # its training over them, ~2x slower on 2 cores) and not at backend optimization level 0 (the
+    # notebooks train models, execution-bound).
     flags = os.environ.get("XLA_FLAGS", "")
-    suite_only = ("--xla_force_host_platform_device_count=", "--xla_backend_optimization_level=0")
-    os.environ["XLA_FLAGS"] = " ".join(f for f in flags.split() if not f.startswith(suite_only))
+    os.environ["XLA_FLAGS"] = os.environ.get("NEST_JAX_USER_XLA_FLAGS", "")
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()

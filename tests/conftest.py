@@ -5,6 +5,9 @@ import os
 # and single-device results can be compared in one process.
 # XLA's backend optimization level 0: the suite is dominated by compiling many small programs once,
 # which this makes ~40% cheaper; numerics are unchanged within every test's tolerance.
+# The environment's own flags are kept aside for processes that must run as a user's would (the
+# notebook kernels, tests/_notebooks.py).
+os.environ.setdefault("NEST_JAX_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
