@@ -1,4 +1,4 @@
-"""Fine-tune an imported ViT-B/16 at 384 px (REFERENCE §8 SGD recipe).
+"""Fine-tune an imported ViT-B/16 at 384 px (Dosovitskiy et al. 2021, App. B.1.1 SGD recipe; docs/recipes.md).
 
     python -m nest_jax.main --config=configs/vit_b16_finetune_384.py --workdir=DIR \
         --config.init_from.checkpoint=/path/to/ViT-B_16.npz

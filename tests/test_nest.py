@@ -13,7 +13,7 @@ from nest_jax.models import create_model
 from nest_jax.models.blocks import BlockAggregation, blockify, deblockify, max_pool_3x3_s2
 from nest_jax.models.nest import Nest, NestConfig
 
-# REFERENCE §4: (variant, classes) -> exact parameter count.
+# docs/models.md: (variant, classes) -> exact parameter count.
 PARAM_COUNTS = {
     ("nest_tiny", 1000): 17_057_608, ("nest_small", 1000): 38_351_176, ("nest_base", 1000): 67_723_368,
     ("nest_tiny_cifar", 10): 6_006_730, ("nest_small_cifar", 10): 22_849_930,

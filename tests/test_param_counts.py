@@ -1,4 +1,4 @@
-"""Exact parameter counts: ViTs against the published table (REFERENCE §1), DeiT / ResNet / hybrid
+"""Exact parameter counts: ViTs against the published table (docs/models.md), DeiT / ResNet / hybrid
 against timm's own models. Shapes only (`nnx.eval_shape`, timm on the meta device): no memory."""
 import math
 
@@ -8,7 +8,7 @@ from flax import nnx
 
 from nest_jax.models import create_model, list_models
 
-# REFERENCE §1: 224 px, 1000 classes, class token, no pre-logits.
+# docs/models.md: 224 px, 1000 classes, class token, no pre-logits.
 VIT_COUNTS = {
     "vit_tiny_patch16_224": 5_717_416,
     "vit_small_patch16_224": 22_050_664,

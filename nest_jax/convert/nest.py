@@ -1,6 +1,6 @@
 """NesT weights: official flax trees (import and export), timm state dicts, position-embedding resize.
 
-Official names (REFERENCE §9): `PatchEmbedding_0/Conv_0`, `PositionEmbedding_{level}/pos_embedding`,
+Official names (docs/checkpoint_formats.md): `PatchEmbedding_0/Conv_0`, `PositionEmbedding_{level}/pos_embedding`,
 `EncoderNDBlock_{k}` numbered across levels, `ConvPool_{level-1}/{Conv_0,LayerNorm_0}`, final
 `LayerNorm_0`, head `Dense_0`. Official attention: q (C, h, d); multi-head kv (C, h, 2d) with each
 head's [k | v] on the last axis; multi-query kv Dense (C, 2d) = [k | v]; proj_kernel (h, d, C) + bias.

@@ -1,6 +1,6 @@
 """Google ViT `.npz` checkpoints (google-research/vision_transformer) <-> nest_jax ViT parameters.
 
-The `.npz` is a flat dict keyed by '/'-joined flax paths. Two naming schemes exist (REFERENCE §9):
+The `.npz` is a flat dict keyed by '/'-joined flax paths. Two naming schemes exist (docs/checkpoint_formats.md):
 
   pre-Linen (the original release)        Linen (later releases, augreg)
   encoderblock_{i}/LayerNorm_0            encoderblock_{i}/LayerNorm_0

@@ -1,4 +1,4 @@
-"""Models: shared layers, one file per family (vit, deit, nest, nest_gan, resnet), a registry."""
+"""Models: shared layers, one file per family (vit, deit, nest, resnet), a registry."""
 from nest_jax.models.intermediates import KINDS as CAPTURE_KINDS
 from nest_jax.models.registry import create_model, list_models, register_model
 

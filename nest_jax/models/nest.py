@@ -1,4 +1,4 @@
-"""NesT: Nested Hierarchical Transformer (Zhang et al. 2021), REFERENCE.md §4.
+"""NesT: Nested Hierarchical Transformer (Zhang et al., AAAI 2022; docs/models.md).
 
 patch embed → blockify (B, T, N, C) → for each level: + the level's position embedding (1, T, N, C),
 transformer layers with attention inside each block → block aggregation between levels (2×2 blocks
@@ -199,7 +199,7 @@ class Nest(nnx.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Variants (REFERENCE §4). name: (img, patch, block, dims, depths, heads, extra defaults)
+# Variants (Zhang et al. 2022, Table A1, hierarchy bottom-up; docs/models.md). name: (img, patch, block, dims, depths, heads, extra defaults)
 _IMAGENET = dict(img=224, patch=4, block=14)
 _CIFAR = dict(img=32, patch=1, block=4, attention="multi_query")
 NEST_VARIANTS = {
