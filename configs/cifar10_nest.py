@@ -1,4 +1,4 @@
-"""NesT on CIFAR-10 from scratch, the official recipe (Zhang et al. 2022, §4 and App. A; docs/recipes.md).
+"""NesT on CIFAR-10 from scratch, the official recipe (Zhang et al. 2022 and the official code; docs/recipes.md).
 
     python -m nest_jax.main --config=configs/cifar10_nest.py:tiny --workdir=/tmp/nest_cifar10
 

@@ -1,4 +1,4 @@
-"""DeiT-Ti/S/B on ImageNet-1k, the DeiT recipe (Touvron et al. 2021, §4 and Table 9; docs/recipes.md); `*_distilled` adds a teacher.
+"""DeiT-Ti/S/B on ImageNet-1k, the DeiT recipe (Touvron et al. 2021, training details; docs/recipes.md); `*_distilled` adds a teacher.
 
     python -m nest_jax.main --config=configs/imagenet_deit.py:small --workdir=DIR
     python -m nest_jax.main --config=configs/imagenet_deit.py:small_distilled --workdir=DIR \

@@ -1,4 +1,4 @@
-"""NesT-T/S/B on ImageNet-1k, the official recipe (Zhang et al. 2022, App. A; docs/recipes.md).
+"""NesT-T/S/B on ImageNet-1k, the official recipe (Zhang et al. 2022 and the official code; docs/recipes.md).
 
     python -m nest_jax.main --config=configs/imagenet_nest.py:base --workdir=gs://bucket/nest_base \
         --config.dataset.data_dir=/path/to/tfds
