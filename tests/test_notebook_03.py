@@ -2,9 +2,12 @@
 learns, its checkpoints restore to the logged accuracy, and its event files hold the same numbers."""
 import re
 
+import pytest
+
 from tests._notebooks import run_notebook
 
 
+@pytest.mark.slow
 def test_notebook_03_trains_restores_and_reads_event_files():
     text = run_notebook("03_training.ipynb", timeout=400)
     # Live metric lines were printed while training (log every 8 steps: 8 train-loss lines).
