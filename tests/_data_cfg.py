@@ -48,3 +48,46 @@ def mock_tfds(name: str, data_dir, num_examples: int, splits=("train", "test")):
             yield builder
         finally:
             TfdsSource._instances.clear()
+
+
+def write_tfds(name: str, data_dir, splits: dict, *, sizes=((32, 32),), seed: int = 0) -> None:
+    """A real, tiny tfds dataset `name` prepared as array_record under `data_dir` (no TensorFlow:
+    images are PNG-encoded with PIL and passed to the tfds features as bytes). splits: {split:
+    number of examples}; image i has size sizes[i % len(sizes)] and label i mod num_classes, its
+    pixels random from (seed, split, i). Read back by `tfds.data_source` like a built dataset."""
+    import io
+
+    import numpy as np
+    import tensorflow_datasets as tfds
+    from array_record.python import array_record_module
+    from PIL import Image
+
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    if builder.is_prepared():
+        return
+    os.makedirs(builder.data_dir, exist_ok=True)
+    features = builder.info.features
+    num_classes = features["label"].num_classes
+    template = tfds.core.naming.ShardedFileTemplate(
+        data_dir=builder.data_dir, dataset_name=builder.name, filetype_suffix="array_record")
+    infos = []
+    for s, (split, n) in enumerate(splits.items()):
+        split_template = template.replace(split=split)
+        writer = array_record_module.ArrayRecordWriter(
+            os.fspath(split_template.sharded_filepaths(1)[0]), "group_size:1")
+        rng = np.random.default_rng([seed, s])
+        for i in range(n):
+            h, w = sizes[i % len(sizes)]
+            png = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(png, "PNG")
+            example = {"image": io.BytesIO(png.getvalue()), "label": i % num_classes}
+            for key, feature in features.items():  # e.g. id / file_name text fields
+                if key not in example:
+                    example[key] = f"{split}_{i}" if feature.dtype == np.object_ else 0
+            writer.write(features.serialize_example(example))
+        writer.close()
+        infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0,
+                                         filename_template=split_template))
+    builder.info.set_splits(tfds.core.SplitDict(infos))
+    builder.info.set_file_format("array_record", override=True, override_if_initialized=True)
+    builder.info.write_to_directory(builder.data_dir)
