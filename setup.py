@@ -33,7 +33,10 @@ setup(
             "torchvision==0.29.1",
             "timm",
             "safetensors",
+            "tensorflow-cpu>=2.18",  # tfds.testing.mock_data and the TF reference fixtures' script
         ],
+        # TFRecord-only tfds datasets read through tf.data (nest_jax/data/tfrecord_source.py).
+        "tf": ["tensorflow-cpu>=2.18"],
     },
     entry_points={"console_scripts": ["nest-jax=nest_jax.main:run"]},
 )

@@ -1,21 +1,53 @@
-"""Image-folder source: classes from subfolders, a corrupt file reported by name, all decodable."""
+"""Image-folder source: classes from subfolders, corrupt files (garbage, truncated, broken
+Huffman tables, broken entropy-coded data) reported by name, an empty class folder refused."""
+import io
 import logging
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from nest_jax import data
-from nest_jax.data.image_folder import ImageFolderSource
+from nest_jax.data.image_folder import ImageFolderSource, check_image
+from nest_jax.errors import UserError
 from tests._data_cfg import dataset_config
 
 CLASSES = ["cat", "dog", "zebra"]
 
 
+def _photo_jpeg() -> bytes:
+    """A 120 × 90 JPEG with real entropy-coded content (smooth random colours)."""
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    small.resize((120, 90), Image.BILINEAR).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def broken_huffman_table(jpeg: bytes) -> bytes:
+    """The first Huffman table's 16 code-length counts set to 255 (an impossible code): the header
+    still parses, decoding fails (TF: `jpeg::Uncompress failed`)."""
+    data = bytearray(jpeg)
+    dht = data.index(b"\xff\xc4")
+    data[dht + 5:dht + 21] = b"\xff" * 16
+    return bytes(data)
+
+
+def broken_entropy_data(jpeg: bytes) -> bytes:
+    """380 bytes of the entropy-coded scan overwritten with 0xFF (a run of invalid markers);
+    the file still ends with the end-of-image marker."""
+    data = bytearray(jpeg)
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+    data[start + 20:start + 400] = b"\xff" * 380
+    return bytes(data)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """train: 3 classes × 4 images (PNG, JPEG, grey PNG, odd size), a garbage JPEG in dog/ and a
-    truncated one in cat/;
+    """train: 3 classes × 4 images (PNG, JPEG, grey PNG, odd size), a garbage JPEG in dog/, a
+    truncated one in cat/, a broken-Huffman-table and a broken-scan JPEG in zebra/;
     val: 2 images per class. Each image is a flat colour whose red value encodes (class, i)."""
     root = tmp_path_factory.mktemp("folder")
     for split, n in (("train", 4), ("val", 2)):
@@ -34,6 +66,8 @@ def folder(tmp_path_factory):
     whole = (root / "train" / "cat" / "1.jpg").read_bytes()
     (root / "train" / "cat" / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # truncated
     (root / "train" / "dog" / "notes.txt").write_text("ignored: not an image extension")
+    (root / "train" / "zebra" / "huffman.jpg").write_bytes(broken_huffman_table(_photo_jpeg()))
+    (root / "train" / "zebra" / "scan.jpg").write_bytes(broken_entropy_data(_photo_jpeg()))
     return root
 
 
@@ -49,8 +83,11 @@ def test_classes_come_from_subfolders_and_corrupt_file_is_reported(folder, caplo
     source = ImageFolderSource.get(str(folder))
     assert source.classes == CLASSES
     bad = source.bad_files("train")
-    assert sorted(p.split("/")[-1] for p, _ in bad) == ["broken.jpg", "cut.jpg"]
-    assert "broken.jpg" in caplog.text and "cut.jpg" in caplog.text
+    assert sorted(p.split("/")[-1] for p, _ in bad) == ["broken.jpg", "cut.jpg", "huffman.jpg",
+                                                         "scan.jpg"]
+    for name in ("broken.jpg", "cut.jpg", "huffman.jpg", "scan.jpg"):
+        assert name in caplog.text
+    assert "skipping 4 unreadable file(s)" in caplog.text
     assert np.bincount(source.split("train").labels).tolist() == [4, 4, 4]
 
 
@@ -73,3 +110,39 @@ def test_folder_eval_reads_val_in_order_with_labels(folder):
     # Flat colours survive resizing: red channel in [-1, 1] units gives back 40·c + 10·i.
     red = (batch["image"][:6, 4, 4, 0] + 1) / 2 * 255
     np.testing.assert_allclose(red, [0, 10, 40, 50, 80, 90], atol=3)  # JPEG rounding
+
+
+def test_corrupt_jpegs_pass_a_header_check_but_fail_the_full_decode():
+    """What the folder check must catch: PIL opens both files and reads their size, the
+    intact original decodes, the broken ones fail only when decoded in full."""
+    good = _photo_jpeg()
+    for broken in (broken_huffman_table(good), broken_entropy_data(good)):
+        with Image.open(io.BytesIO(broken)) as image:
+            assert image.size == (120, 90)
+            with pytest.raises(OSError):
+                image.load()
+    with Image.open(io.BytesIO(good)) as image:
+        image.load()
+
+
+def test_unvalidated_corrupt_file_fails_with_its_name(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / split / "a" / "ok.png")
+    (tmp_path / "train" / "a" / "scan.jpg").write_bytes(broken_entropy_data(_photo_jpeg()))
+    cfg = _cfg(tmp_path, validate_files=False)
+    ImageFolderSource._instances.clear()
+    it = data.train_iterator(cfg, global_batch_size=2, seed=0, process_index=0, process_count=1)
+    with pytest.raises(UserError, match="scan.jpg"):
+        next(it)
+    assert check_image(str(tmp_path / "train" / "a" / "scan.jpg")) is not None
+
+
+def test_empty_class_folder_is_an_error_naming_it(folder, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(folder, root)
+    (root / "train" / "yak").mkdir()
+    (root / "train" / "yak" / "readme.txt").write_text("no images here")
+    ImageFolderSource._instances.clear()
+    with pytest.raises(UserError, match=r"class folder .*yak holds no images"):
+        data.get_info(_cfg(root))

@@ -1,21 +1,29 @@
-"""Input pipelines (host side, tf.data): the only API the training code calls.
+"""Input pipelines (host side, NumPy/PIL on grain; no TensorFlow): the API the training code calls.
 
     get_info(ds_cfg) -> DataInfo
     train_iterator(ds_cfg, *, global_batch_size, seed, start_step=0, process_index=None,
-                   process_count=None) -> Iterator[{"image", "label"}]   (infinite)
-    eval_iterator(ds_cfg, *, global_batch_size, process_index=None, process_count=None)
-        -> Iterator[{"image", "label", "mask"}]                          (one padded pass)
-    num_eval_steps(ds_cfg, global_batch_size) -> int
+                   process_count=None) -> TrainIterator                   (infinite)
+        next(it) -> {"image": float32 (b, H, W, C) normalized, "label": int32 (b,)}
+        it.get_state() -> {"step": k, "seed": s} (JSON);  it.set_state(state): continue at batch k
+    eval_iterator(ds_cfg, *, global_batch_size, split=None, process_index=None,
+                  process_count=None) -> Iterator[{"image", "label", "mask"}]   (one padded pass)
+    num_eval_steps(ds_cfg, global_batch_size, split=None) -> int
+    get_source(ds_cfg) -> the dataset source (lookup(split)[i] → {"image", "label"})
 
-`ds_cfg` is `config.dataset` (see configs/). Sources: "digits" (scikit-learn, digits.py),
-"image_folder" (image_folder.py), anything else is a tfds name (tfds_source.py; never downloads).
-Batches are host-local: global_batch_size // process_count examples, numpy arrays.
-Mixing (mixup/CutMix) happens on device: nest_jax.data.mixing.mix_batch.
+`ds_cfg` is `config.dataset` (see configs/). Sources, all random access by index: "digits"
+(scikit-learn, digits.py), "image_folder" (image_folder.py), anything else is a tfds name read
+through `tfds.data_source` from array_record files (tfds_source.py; never downloads), or through
+TensorFlow from TFRecord files when `tfrecord: True` and the `[tf]` extra is installed
+(tfrecord_source.py). Batches are host-local: global_batch_size // process_count examples, NumPy
+arrays; batch k is a pure function of (seed, k) and the process (train_stream.py). Mixing
+(mixup/CutMix) happens on device, in the train step.
 
 Choices worth knowing: digits' split is train_test_split(test_size=0.25, stratified,
-random_state=0) → 1,347 / 450; image folders are validated when indexed, bad files skipped and
-reported by name; digits and folders shuffle by full permutation per epoch (`shuffle_buffer`
-and `cache` apply to tfds only); extra optional keys: validate_files, image_key, label_key.
+random_state=0) → 1,347 / 450; image folders are validated when indexed (every file decoded),
+bad files skipped and reported by name; every epoch is a full permutation of the split
+(`shuffle_buffer` and `cache` are not used); `num_workers` (default 0: decode and augment in the
+calling process) sets grain's worker processes; extra optional keys: validate_files, image_key,
+label_key, tfrecord. See docs/data.md.
 """
 from __future__ import annotations
 
@@ -24,7 +32,6 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from nest_jax.data import eval_stream, train_stream
-from nest_jax.data._tf import tf  # noqa: F401  (configures TF: CPU only, quiet)
 
 
 class DataInfo(NamedTuple):
@@ -46,9 +53,13 @@ def get_source(ds_cfg):
         from nest_jax.data.image_folder import ImageFolderSource
         return ImageFolderSource.get(data_dir, train_split=ds_cfg.train_split,
                                      validate=ds_cfg.get("validate_files", True))
+    keys = dict(image_key=ds_cfg.get("image_key", "image"),
+                label_key=ds_cfg.get("label_key", "label"))
+    if ds_cfg.get("tfrecord", False):
+        from nest_jax.data.tfrecord_source import TfrecordSource
+        return TfrecordSource.get(name, data_dir, **keys)
     from nest_jax.data.tfds_source import TfdsSource
-    return TfdsSource.get(name, data_dir, image_key=ds_cfg.get("image_key", "image"),
-                          label_key=ds_cfg.get("label_key", "label"))
+    return TfdsSource.get(name, data_dir, **keys)
 
 
 def get_info(ds_cfg) -> DataInfo:
@@ -70,38 +81,36 @@ def _processes(process_index, process_count) -> tuple[int, int]:
     return process_index, process_count
 
 
-def _numpy(ds) -> Iterator[dict[str, np.ndarray]]:
-    yield from ds.as_numpy_iterator()
-
-
 def train_iterator(ds_cfg, *, global_batch_size: int, seed: int, start_step: int = 0,
                    process_index: int | None = None,
-                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                   process_count: int | None = None) -> train_stream.TrainIterator:
     """Infinite host-local batches {"image": float32 (b, H, W, C), "label": int32 (b,)},
     b = global_batch_size // process_count. Batch k is a pure function of (seed, k) (and the
-    process); start_step=k starts at batch k. See train_stream.py for epochs and resuming."""
+    process); start_step=k starts at batch k, as does set_state(get_state() taken before batch
+    k). See train_stream.py for epochs, repeated augmentation and workers."""
     p, n = _processes(process_index, process_count)
     if global_batch_size % n:
         raise ValueError(f"global batch {global_batch_size} not divisible by {n} processes")
-    ds = train_stream.train_dataset(get_source(ds_cfg), ds_cfg, local_batch=global_batch_size // n,
-                                    seed=seed, start_step=start_step, process_index=p,
-                                    process_count=n)
-    return _numpy(ds)
+    return train_stream.train_iterator(get_source(ds_cfg), ds_cfg,
+                                       local_batch=global_batch_size // n, seed=seed,
+                                       start_step=start_step, process_index=p, process_count=n)
 
 
-def num_eval_steps(ds_cfg, global_batch_size: int) -> int:
-    return eval_stream.num_steps(get_info(ds_cfg).num_eval, global_batch_size)
+def num_eval_steps(ds_cfg, global_batch_size: int, split: str | None = None) -> int:
+    split = split or ds_cfg.eval_split
+    return eval_stream.num_steps(get_source(ds_cfg).num_examples(split), global_batch_size)
 
 
-def eval_iterator(ds_cfg, *, global_batch_size: int, process_index: int | None = None,
+def eval_iterator(ds_cfg, *, global_batch_size: int, split: str | None = None,
+                  process_index: int | None = None,
                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over `eval_split`: {"image", "label", "mask" float32 (1 real, 0 padding)};
-    exactly num_eval_steps(ds_cfg, global_batch_size) batches on every process, every example
-    in exactly one (process, batch, row) with mask 1."""
+    """One pass over `split` (default `ds_cfg.eval_split`): {"image", "label", "mask" float32
+    (1 real, 0 padding)}; exactly num_eval_steps(ds_cfg, global_batch_size, split) batches on
+    every process, every example in exactly one (process, batch, row) with mask 1."""
     p, n = _processes(process_index, process_count)
-    ds = eval_stream.eval_dataset(get_source(ds_cfg), ds_cfg, global_batch_size=global_batch_size,
-                                  process_index=p, process_count=n)
-    return _numpy(ds)
+    return eval_stream.eval_iterator(get_source(ds_cfg), ds_cfg, split=split or ds_cfg.eval_split,
+                                     global_batch_size=global_batch_size, process_index=p,
+                                     process_count=n)
 
 
 __all__ = ["DataInfo", "get_info", "train_iterator", "eval_iterator", "num_eval_steps",

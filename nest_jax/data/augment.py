@@ -1,102 +1,169 @@
-"""Per-example training augmentations on float32 [0, 1] images (H, W, C), all stateless.
+"""Per-example training augmentations in NumPy/PIL. Each takes an explicit
+`np.random.Generator`: the same generator state gives the same output.
 
-Each function takes an explicit key (shape (2,)): the same key gives the same output.
+Photometric ops work on float32 [0, 1] images (H, W, C); the crops take uint8 or float images and
+keep their dtype (resampling on uint8 rounds to 8 bits, as decoding already did).
 """
 from __future__ import annotations
 
 import math
 
-from nest_jax.data._tf import tf
+import numpy as np
+
+from nest_jax.data.randaugment import blend, gray
+
+_PIL_METHODS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
 
 
-def _split(key, n: int):
-    return tf.unstack(tf.random.experimental.stateless_split(key, n))
+def resize(image: np.ndarray, size: tuple[int, int], method: str = "bilinear",
+           box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Resize (the `box` = (left, top, right, bottom) region of) `image` to `size` = (h, w) with
+    PIL's convolution resampling, which widens the kernel when downscaling (antialiased, as
+    tf.image.resize(antialias=True)). uint8 (H, W, 1|3|4) images are resized as 8-bit images,
+    anything else per channel in float32 (then clipped to [0, 1]: bicubic overshoots)."""
+    from PIL import Image
 
-
-def _uniform(key, minval=0.0, maxval=1.0, shape=()):
-    return tf.random.stateless_uniform(shape, seed=key, minval=minval, maxval=maxval)
-
-
-def inception_crop(image: tf.Tensor, key, *, size: int, min_area: float = 0.08,
-                   method: str = "bilinear") -> tf.Tensor:
-    """Inception-style random-resized crop: area ∈ [min_area, 1] of the image, aspect ratio
-    ∈ [3/4, 4/3], resized to size × size. After 10 failed draws the whole image is used
-    (tf.image's fallback), as in the official NesT and big_vision pipelines.
-    image: (H, W, C) → (size, size, C)."""
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4], tf.float32), seed=key,
-        min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(min_area, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
-    crop = tf.slice(image, begin, crop_size)
-    out = tf.image.resize(crop, (size, size), method=method, antialias=True)
-    return tf.clip_by_value(out, 0.0, 1.0)
-
-
-def pad_and_crop(image: tf.Tensor, key, *, padding: int = 2) -> tf.Tensor:
-    """CIFAR crop (REFERENCE §8): zero-pad `padding` pixels per side (32 → 36), random crop back."""
-    h, w, c = image.shape
-    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
-    return tf.image.stateless_random_crop(padded, (h, w, c), seed=key)
-
-
-def _grayscale(image: tf.Tensor) -> tf.Tensor:
-    if image.shape[-1] == 1:
+    if method not in _PIL_METHODS:
+        raise ValueError(f"resize_method={method!r}; expected one of {sorted(_PIL_METHODS)}")
+    resample = getattr(Image.Resampling, _PIL_METHODS[method])
+    h, w = int(size[0]), int(size[1])
+    if box is None and image.shape[:2] == (h, w):
         return image
-    return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, image.shape[-1]])
+    if image.dtype == np.uint8 and image.shape[-1] in (1, 3, 4):
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        out = np.asarray(pil.resize((w, h), resample, box=box))
+        return out.reshape(h, w, image.shape[-1])
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), "F")
+                         .resize((w, h), resample, box=box)) for c in range(image.shape[-1])]
+    return np.clip(np.stack(planes, -1), 0.0, 1.0).astype(np.float32)
 
 
-def color_jitter(image: tf.Tensor, key, *, strength: float) -> tf.Tensor:
-    """SimCLR colour distortion of strength s: with prob 0.8 brightness (×U[1-0.8s, 1+0.8s]),
-    contrast (0.8s), saturation (0.8s) and hue (0.2s) in random order; then grey with prob 0.2.
-    Saturation and hue are skipped for one-channel images."""
-    k_apply, k_order, k_b, k_c, k_s, k_h, k_gray = _split(key, 7)
-    s = float(strength)
-    rgb = image.shape[-1] == 3
-
-    def brightness(x):
-        return x * _uniform(k_b, max(0.0, 1 - 0.8 * s), 1 + 0.8 * s)
-
-    def contrast(x):
-        return tf.image.adjust_contrast(x, _uniform(k_c, max(0.0, 1 - 0.8 * s), 1 + 0.8 * s))
-
-    def saturation(x):
-        if not rgb:
-            return x
-        return tf.image.adjust_saturation(x, _uniform(k_s, max(0.0, 1 - 0.8 * s), 1 + 0.8 * s))
-
-    def hue(x):
-        if not rgb:
-            return x
-        return tf.image.adjust_hue(x, _uniform(k_h, -0.2 * s, 0.2 * s))
-
-    ops = [brightness, contrast, saturation, hue]
-    order = tf.argsort(_uniform(k_order, shape=(4,)))
-    jittered = image
-    for i in range(4):
-        branches = [lambda f=f: tf.clip_by_value(f(jittered), 0.0, 1.0) for f in ops]
-        jittered = tf.switch_case(order[i], branches)
-    image = tf.where(_uniform(k_apply) < 0.8, jittered, image)
-    return tf.where(_uniform(k_gray) < 0.2, _grayscale(image), image)
+def sample_crop_box(rng: np.random.Generator, height: int, width: int, *, min_area: float,
+                    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+                    attempts: int = 10) -> tuple[int, int, int, int]:
+    """(top, left, crop_h, crop_w) of an Inception-style crop (Szegedy et al. 2015, §6): area
+    fraction ~ U[min_area, 1], aspect ratio w/h ~ U[aspect_range]; a draw that does not fit is
+    redrawn, and after `attempts` failures the whole image is used (tf.image's fallback)."""
+    area = height * width
+    for _ in range(attempts):
+        target = rng.uniform(min_area, 1.0) * area
+        aspect = rng.uniform(*aspect_range)
+        crop_w = int(round(math.sqrt(target * aspect)))
+        crop_h = int(round(math.sqrt(target / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(rng.integers(0, height - crop_h + 1))
+            left = int(rng.integers(0, width - crop_w + 1))
+            return top, left, crop_h, crop_w
+    return 0, 0, height, width
 
 
-def random_erasing(image: tf.Tensor, key, *, prob: float, min_area: float = 0.02,
-                   max_area: float = 1 / 3, min_aspect: float = 0.3) -> tf.Tensor:
-    """Random erasing on a *normalized* image (official NesT's simplified form, no redraws): with
-    probability `prob` a box of area U[min_area, max_area] of the image and log-uniform aspect
-    ratio in [min_aspect, 1/min_aspect], centred uniformly (the part outside the image is
-    dropped), is replaced by per-pixel N(0, 1) noise. image: (H, W, C) → same."""
-    k_area, k_aspect, k_y, k_x, k_noise, k_apply = _split(key, 6)
+def inception_crop(image: np.ndarray, rng: np.random.Generator, *, size: int,
+                   min_area: float = 0.08, method: str = "bilinear") -> np.ndarray:
+    """Random-resized crop (area ∈ [min_area, 1], aspect ∈ [3/4, 4/3]) resized to size × size.
+    image: (H, W, C) → (size, size, C), same dtype."""
+    top, left, ch, cw = sample_crop_box(rng, image.shape[0], image.shape[1], min_area=min_area)
+    return resize(image, (size, size), method, box=(left, top, left + cw, top + ch))
+
+
+def pad_and_crop(image: np.ndarray, rng: np.random.Generator, *, padding: int = 2) -> np.ndarray:
+    """CIFAR crop: zero-pad `padding` pixels per side (32 → 36), random crop back to (H, W)."""
     h, w, _ = image.shape
-    area = _uniform(k_area, min_area, max_area)
-    aspect = tf.exp(_uniform(k_aspect, math.log(min_aspect), -math.log(min_aspect)))
-    half_h = h * tf.sqrt(area * aspect) / 2
-    half_w = w * tf.sqrt(area / aspect) / 2
-    cy, cx = _uniform(k_y) * h, _uniform(k_x) * w
-    rows = tf.range(h, dtype=tf.float32)
-    cols = tf.range(w, dtype=tf.float32)
+    padded = np.pad(image, [(padding, padding), (padding, padding), (0, 0)])
+    dy, dx = rng.integers(0, 2 * padding + 1, size=2)
+    return padded[dy:dy + h, dx:dx + w]
+
+
+def flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Left-right flip with probability ½."""
+    return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+# ---- colour (float32 [0, 1], RGB or one channel) ----
+
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """(…, 3) RGB in [0, 1] → HSV, hue in [0, 1) (the hexcone model of tf.image / colorsys)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = rgb.max(-1)
+    delta = v - rgb.min(-1)
+    s = np.where(v > 0, delta / np.where(v > 0, v, 1), 0.0)
+    d = np.where(delta > 0, delta, 1)
+    h = np.where(v == r, (g - b) / d, np.where(v == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    h = np.where(delta > 0, (h / 6.0) % 1.0, 0.0)
+    return np.stack([h, s, v], -1)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    # Each channel is v − v·s·clip(min(k, 4 − k), 0, 1) with k = (n + 6h) mod 6, n = 5, 3, 1.
+    out = [v - v * s * np.clip(np.minimum((n + 6 * h) % 6, 4 - (n + 6 * h) % 6), 0, 1)
+           for n in (5, 3, 1)]
+    return np.stack(out, -1)
+
+
+def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
+    """(x − channel mean) · factor + channel mean (tf.image.adjust_contrast), unclipped."""
+    mean = image.mean(axis=(0, 1), keepdims=True)
+    return ((image - mean) * np.float32(factor) + mean).astype(np.float32)
+
+
+def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
+    hsv = rgb_to_hsv(image)
+    hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0.0, 1.0)
+    return hsv_to_rgb(hsv).astype(np.float32)
+
+
+def adjust_hue(image: np.ndarray, delta: float) -> np.ndarray:
+    hsv = rgb_to_hsv(image)
+    hsv[..., 0] = (hsv[..., 0] + delta) % 1.0
+    return hsv_to_rgb(hsv).astype(np.float32)
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, *, strength: float) -> np.ndarray:
+    """SimCLR colour distortion (Chen et al. 2020, appendix A) of strength s: with prob 0.8
+    brightness (×U[1-0.8s, 1+0.8s]), contrast (0.8s), saturation (0.8s) and hue (0.2s) in random
+    order, each result clipped to [0, 1]; then grey with prob 0.2. Saturation and hue are
+    skipped for one-channel images. All random numbers are drawn whether used or not."""
+    s = float(strength)
+    lo, hi = max(0.0, 1 - 0.8 * s), 1 + 0.8 * s
+    apply, b, c, sat, hue, grey = rng.uniform(size=6)
+    order = rng.permutation(4)
+    b, c, sat = lo + (hi - lo) * b, lo + (hi - lo) * c, lo + (hi - lo) * sat
+    hue = -0.2 * s + 0.4 * s * hue
+    rgb = image.shape[-1] == 3
+    ops = [lambda x: x * np.float32(b),
+           lambda x: adjust_contrast(x, c),
+           lambda x: adjust_saturation(x, sat) if rgb else x,
+           lambda x: adjust_hue(x, hue) if rgb else x]
+    if apply < 0.8:
+        for i in order:
+            image = np.clip(ops[i](image), 0.0, 1.0).astype(np.float32)
+    if grey < 0.2 and image.shape[-1] > 1:
+        image = np.broadcast_to(gray(image), image.shape).astype(np.float32)
+    return image
+
+
+def random_erasing(image: np.ndarray, rng: np.random.Generator, *, prob: float,
+                   min_area: float = 0.02, max_area: float = 1 / 3,
+                   min_aspect: float = 0.3) -> np.ndarray:
+    """Random erasing (Zhong et al. 2020) on a *normalized* image, official NesT's simplified form
+    (no redraws): with probability `prob` a box of area U[min_area, max_area] of the image and
+    log-uniform aspect ratio in [min_aspect, 1/min_aspect], centred uniformly (the part outside
+    the image is dropped), is replaced by per-pixel N(0, 1) noise. image: (H, W, C) → same."""
+    if rng.random() >= prob:
+        return image
+    h, w, c = image.shape
+    area = rng.uniform(min_area, max_area)
+    aspect = math.exp(rng.uniform(math.log(min_aspect), -math.log(min_aspect)))
+    half_h, half_w = h * math.sqrt(area * aspect) / 2, w * math.sqrt(area / aspect) / 2
+    cy, cx = rng.uniform() * h, rng.uniform() * w
+    rows, cols = np.arange(h), np.arange(w)
     in_rows = (rows > cy - half_h) & (rows < cy + half_h)
     in_cols = (cols > cx - half_w) & (cols < cx + half_w)
-    box = (in_rows[:, None] & in_cols[None, :])[:, :, None]
-    noise = tf.random.stateless_normal(image.shape, seed=k_noise, dtype=image.dtype)
-    erased = tf.where(box, noise, image)
-    return tf.where(_uniform(k_apply) < prob, erased, image)
+    box = in_rows[:, None] & in_cols[None, :]
+    out = image.copy()
+    out[box] = rng.standard_normal((int(box.sum()), c)).astype(np.float32)
+    return out
+
+
+__all__ = ["resize", "sample_crop_box", "inception_crop", "pad_and_crop", "flip", "color_jitter",
+           "random_erasing", "adjust_contrast", "adjust_saturation", "adjust_hue", "blend"]

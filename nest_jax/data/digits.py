@@ -11,8 +11,6 @@ import functools
 
 import numpy as np
 
-from nest_jax.data._tf import tf
-
 NUM_TRAIN, NUM_TEST = 1347, 450
 
 
@@ -31,11 +29,10 @@ def load_split_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 class DigitsSource:
-    """Random-access source: `lookup(split)(index)` → {"image": (8, 8, 1) float32, "label"}."""
+    """Random-access source: `lookup(split)[index]` → {"image": (8, 8, 1) float32, "label"}."""
 
     name = "digits"
     num_classes = 10
-    random_access = True
 
     def _arrays(self, split: str):
         arrays = load_split_arrays()
@@ -46,10 +43,18 @@ class DigitsSource:
     def num_examples(self, split: str) -> int:
         return len(self._arrays(split)[1])
 
-    def lookup(self, split: str):
-        images, labels = (tf.constant(a) for a in self._arrays(split))
+    def lookup(self, split: str) -> "ArrayRecords":
+        return ArrayRecords(*self._arrays(split))
 
-        def fn(index):
-            return {"image": tf.gather(images, index), "label": tf.gather(labels, index)}
 
-        return fn
+class ArrayRecords:
+    """Random access over in-memory arrays: `records[i]` → {"image": images[i], "label": labels[i]}."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index], "label": int(self.labels[index])}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from nest_jax.data import preprocess
-from nest_jax.data._tf import plain, tf
+from nest_jax.data.train_stream import grain_iterator
 
 
 def num_steps(num_examples: int, global_batch_size: int) -> int:
@@ -24,31 +26,41 @@ def even_shard(num_examples: int, process_index: int, process_count: int) -> tup
     return start, start + base + (process_index < extra)
 
 
-def eval_dataset(source, ds_cfg, *, global_batch_size: int, process_index: int,
-                 process_count: int) -> tf.data.Dataset:
-    """Batches {"image": (b, S, S, C) float32, "label": (b,) int32, "mask": (b,) float32},
-    b = global_batch_size / process_count, exactly num_steps(N, global_batch_size) of them."""
+class EvalBatches:
+    """Eval batch j of one process's shard [start, end) → {"image": (b, S, S, C) float32,
+    "label": (b,) int32, "mask": (b,) float32}; rows past `end` are padding (zeros, mask 0)."""
+
+    def __init__(self, records, ds_cfg, *, start: int, end: int, local_batch: int):
+        self.records, self.ds_cfg = records, ds_cfg
+        self.start, self.end, self.b = start, end, local_batch
+
+    def __call__(self, j: int) -> dict[str, np.ndarray]:
+        size, c = int(self.ds_cfg.image_size), int(self.ds_cfg.num_channels)
+        images = np.zeros((self.b, size, size, c), np.float32)
+        labels = np.zeros((self.b,), np.int32)
+        mask = np.zeros((self.b,), np.float32)
+        for row in range(self.b):
+            index = self.start + j * self.b + row
+            if index >= self.end:
+                break
+            record = self.records[index]
+            images[row] = preprocess.eval_image(record["image"], self.ds_cfg)
+            labels[row], mask[row] = record["label"], 1.0
+        return {"image": images, "label": labels, "mask": mask}
+
+
+def eval_iterator(source, ds_cfg, *, split: str, global_batch_size: int, process_index: int,
+                  process_count: int):
+    """Exactly num_steps(N, global_batch_size) batches of global_batch_size / process_count."""
+    import grain
+
     if global_batch_size % process_count:
         raise ValueError(f"eval batch {global_batch_size} not divisible by "
                          f"{process_count} processes")
     local_batch = global_batch_size // process_count
-    split = ds_cfg.eval_split
-    steps = num_steps(source.num_examples(split), global_batch_size)
-    if source.random_access:
-        start, end = even_shard(source.num_examples(split), process_index, process_count)
-        ds = tf.data.Dataset.range(start, end).map(plain(source.lookup(split)))
-    else:
-        ds = source.read(split, process_index=process_index, process_count=process_count)
-        ds = ds.map(plain(source.decode))
-
-    def real(example):
-        return {"image": preprocess.eval_image(example["image"], ds_cfg),
-                "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(1.0)}
-
-    ds = ds.map(plain(real), num_parallel_calls=tf.data.AUTOTUNE)
-    size, c = ds_cfg.image_size, ds_cfg.num_channels
-    pad = tf.data.Dataset.from_tensors({"image": tf.zeros((size, size, c)),
-                                        "label": tf.constant(0, tf.int32),
-                                        "mask": tf.constant(0.0)}).repeat()
-    ds = ds.concatenate(pad).take(steps * local_batch).batch(local_batch, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    records = source.lookup(split)
+    steps = num_steps(len(records), global_batch_size)
+    start, end = even_shard(len(records), process_index, process_count)
+    batches = EvalBatches(records, ds_cfg, start=start, end=end, local_batch=local_batch)
+    ds = grain.MapDataset.range(steps).map(batches)
+    return grain_iterator(ds, int(ds_cfg.get("num_workers", 0) or 0))

@@ -1,11 +1,15 @@
 """Image-folder source: `data_dir/<split>/<class>/<image>` (classes = sorted subfolders of the
 train split, shared by every split so labels agree).
 
-Unreadable files are found when the split is indexed, not mid-epoch: each file is opened with PIL
-(`verify()`: header, PNG chunk CRCs to IEND) and JPEGs must end with the EOI marker (catches
-truncation). Bad files are excluded, reported by name in a warning and kept in
-`source.bad_files(split)`; `validate_files: False` in the config skips the check (large trusted
-folders). Decoding is tf.io.decode_image (JPEG, PNG, GIF first frame, BMP).
+Unreadable files are found when the split is indexed, not mid-epoch: every file is decoded in
+full with PIL (`Image.open(path).load()`, in 16 threads: PIL's decoders release the GIL), which
+catches what a header check misses — a JPEG whose Huffman tables or entropy-coded data are broken
+decodes its header fine and fails only here — and JPEGs must also end with the EOI marker (PIL
+pads a truncated JPEG silently). Bad files are excluded, reported by name and count in a warning
+and kept in `source.bad_files(split)`. `validate_files: False` in the config skips the check (large
+trusted folders); a file that then fails to decode mid-training stops it with an error naming the
+file. A class folder with no images at all is an error naming it (it would be a class that can
+never be predicted). Decoding is PIL (JPEG, PNG, GIF first frame, BMP), converted to RGB.
 """
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nest_jax.data._tf import tf
+from nest_jax.errors import UserError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-_DECODABLE = {"JPEG", "MPO", "PNG", "GIF", "BMP"}  # PIL format names tf.io.decode_image reads
+_DECODABLE = {"JPEG", "MPO", "PNG", "GIF", "BMP"}  # PIL format names accepted
 
 
 class FolderSplit(NamedTuple):
@@ -29,15 +33,15 @@ class FolderSplit(NamedTuple):
 
 
 def check_image(path: str) -> str | None:
-    """None if `path` decodes as an image TF can read, else the reason."""
+    """None if `path` decodes in full as an image, else the reason."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             fmt = image.format
-            image.verify()
-        if fmt not in _DECODABLE:
-            return f"format {fmt} not decodable by tf.io.decode_image"
+            if fmt not in _DECODABLE:
+                return f"format {fmt} is not one of {sorted(_DECODABLE)}"
+            image.load()  # the whole decode: broken entropy-coded data fails here, not in training
         if fmt in ("JPEG", "MPO"):
             with open(path, "rb") as f:
                 f.seek(max(0, os.path.getsize(path) - 64))
@@ -49,10 +53,9 @@ def check_image(path: str) -> str | None:
 
 
 class ImageFolderSource:
-    """Random-access source over files: `lookup(split)(index)` → {"image": uint8 (H, W, 3),
+    """Random-access source over files: `lookup(split)[index]` → {"image": uint8 (H, W, 3),
     "label"}."""
 
-    random_access = True
     _instances: dict = {}
 
     @classmethod
@@ -67,6 +70,7 @@ class ImageFolderSource:
             raise FileNotFoundError(f"image_folder: data_dir {root!r} is not a directory; expected "
                                     "data_dir/<split>/<class>/<image files>")
         self.root, self.validate, self.name = root, validate, "image_folder"
+        self.train_split = train_split
         train_dir = self._split_dir(train_split)
         self.classes = sorted(d for d in os.listdir(train_dir)
                               if os.path.isdir(os.path.join(train_dir, d)))
@@ -100,10 +104,12 @@ class ImageFolderSource:
             class_dir = os.path.join(split_dir, name)
             if not os.path.isdir(class_dir):
                 continue
-            for file in sorted(os.listdir(class_dir)):
-                if file.lower().endswith(EXTENSIONS):
-                    paths.append(os.path.join(class_dir, file))
-                    labels.append(label)
+            files = [f for f in sorted(os.listdir(class_dir)) if f.lower().endswith(EXTENSIONS)]
+            if not files and split_dir == self._split_dir(self.train_split):
+                raise UserError(f"image_folder: class folder {class_dir} holds no images "
+                                f"({', '.join(EXTENSIONS)}); remove it or add its images")
+            paths += [os.path.join(class_dir, f) for f in files]
+            labels += [label] * len(files)
         bad: list[tuple[str, str]] = []
         if self.validate:
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -127,13 +133,32 @@ class ImageFolderSource:
     def num_examples(self, split: str) -> int:
         return len(self.split(split).paths)
 
-    def lookup(self, split: str):
+    def lookup(self, split: str) -> "FileRecords":
         s = self.split(split)
-        paths, labels = tf.constant(s.paths), tf.constant(s.labels)
+        return FileRecords(s.paths, s.labels)
 
-        def fn(index):
-            data = tf.io.read_file(tf.gather(paths, index))
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            return {"image": image, "label": tf.gather(labels, index)}
 
-        return fn
+def decode(path: str) -> np.ndarray:
+    """The image file at `path` as uint8 (H, W, 3) (grey, palette and RGBA converted to RGB)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as e:  # PIL raises many types for garbage input
+        raise UserError(f"image_folder: cannot decode {path} ({type(e).__name__}: {e}); remove it, "
+                        "or set config.dataset.validate_files=True to find and skip such files "
+                        "before training") from e
+
+
+class FileRecords:
+    """Random access over image files: `records[i]` → {"image": uint8 (H, W, 3), "label"}."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray):
+        self.paths, self.labels = paths, labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": decode(self.paths[index]), "label": int(self.labels[index])}

@@ -1,15 +1,19 @@
-"""Per-example preprocessing: pixels → float, channels, eval resize/crop, normalize, train chain.
+"""Per-example preprocessing in NumPy/PIL: pixels → float, channels, eval resize/crop, normalize,
+and the training chain.
 
-Images inside the pipeline are float32 in [0, 1], (H, W, C), until `normalize`. Every random
-choice takes an explicit stateless key (a (2,) int tensor), so an example's augmentation is a pure
-function of (seed, epoch, position) — see train_stream.py.
+Decoded images arrive as uint8 (H, W, c) (files, tfds) or float32 [0, 1] (digits). Crops and
+resizes keep the dtype; everything after them works on float32 [0, 1] (H, W, C) until
+`normalize`. Every random choice of the training chain comes from a `np.random.Generator` seeded
+by (seed, epoch, position, stage), so an example's augmentation is a pure function of those —
+see train_stream.py.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from nest_jax.data import augment, randaugment
-from nest_jax.data._tf import tf
 
 # (mean, std) per channel in [0, 1] units.
 NORMALIZATION = {
@@ -21,7 +25,9 @@ NORMALIZATION = {
     "digits": ((0.3053, 0.3053, 0.3053), (0.3760, 0.3760, 0.3760)),
 }
 
-Key = tf.Tensor  # stateless seed, shape (2,)
+# Stages of the training chain, each with its own random stream: switching one augmentation on
+# or off never changes the random numbers another one draws.
+CROP, FLIP, RANDAUGMENT, JITTER, ERASING = range(5)
 
 
 def mean_std(ds_cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -37,95 +43,113 @@ def mean_std(ds_cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return mean[:c], std[:c]  # grey images: the first (equal) channel statistics
 
 
-def normalize(image: tf.Tensor, ds_cfg) -> tf.Tensor:
+def normalize(image: np.ndarray, ds_cfg) -> np.ndarray:
     mean, std = mean_std(ds_cfg)
-    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    return ((image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 
 
-def to_float(image: tf.Tensor, num_channels: int) -> tf.Tensor:
+def to_float(image: np.ndarray, num_channels: int) -> np.ndarray:
     """uint8 (or float in [0, 1]) (H, W, c) → float32 [0, 1] with `num_channels` channels."""
-    if image.dtype == tf.uint8:
-        image = tf.cast(image, tf.float32) / 255.0
-    image = tf.cast(image, tf.float32)
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.dtype == np.uint8:
+        image = image.astype(np.float32) / np.float32(255.0)
+    image = image.astype(np.float32, copy=False)
     c = image.shape[-1]
     if c == num_channels:
         return image
     if c == 1:
-        return tf.tile(image, [1, 1, num_channels])  # grey replicated, e.g. digits as RGB
+        return np.repeat(image, num_channels, axis=-1)  # grey replicated, e.g. digits as RGB
     if num_channels == 1:
-        return tf.image.rgb_to_grayscale(image[..., :3])
+        return randaugment.gray(image[..., :3])
     return image[..., :num_channels]  # e.g. RGBA → RGB
 
 
-def resize(image: tf.Tensor, size, method: str) -> tf.Tensor:
-    # antialias: downscaling (e.g. ImageNet eval 500 px → 256) should not alias; upscaling is
-    # unaffected. Clip because bicubic overshoots [0, 1].
-    out = tf.image.resize(image, size, method=method, antialias=True)
-    return tf.clip_by_value(out, 0.0, 1.0)
+def crop_or_pad(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop and/or zero pad to size × size (offsets ⌊(H − size)/2⌋, as
+    tf.image.resize_with_crop_or_pad)."""
+    h, w = image.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    image = image[top:top + size, left:left + size]
+    h, w = image.shape[:2]
+    pad_t, pad_l = (size - h) // 2, (size - w) // 2
+    if h == size and w == size:
+        return image
+    return np.pad(image, [(pad_t, size - h - pad_t), (pad_l, size - w - pad_l), (0, 0)])
 
 
-def eval_image(image: tf.Tensor, ds_cfg) -> tf.Tensor:
+def eval_image(image: np.ndarray, ds_cfg) -> np.ndarray:
     """Eval view: "resize_crop" (shorter side → size / crop_fraction, centre crop), "resize"
-    (direct to size × size) or "none" (already size; centre crop/zero pad guards odd inputs)."""
-    size = ds_cfg.image_size
+    (direct to size × size) or "none" (already size; centre crop/zero pad guards odd inputs).
+    image: (H, W, c) uint8 or float → (size, size, C) float32, normalized."""
+    size = int(ds_cfg.image_size)
     method = ds_cfg.get("resize_method", "bilinear")
-    image = to_float(image, ds_cfg.num_channels)
     mode = ds_cfg.get("eval_resize", "resize_crop")
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
     if mode == "resize_crop":
         short = round(size / ds_cfg.get("crop_fraction", 0.875))  # 224 → 256 as in both recipes
-        h, w = tf.shape(image)[0], tf.shape(image)[1]
-        scale = tf.cast(short, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
-        new_hw = tf.cast(tf.round(tf.cast(tf.stack([h, w]), tf.float32) * scale), tf.int32)
-        image = resize(image, tf.maximum(new_hw, short), method)
-        image = tf.image.resize_with_crop_or_pad(image, size, size)
+        h, w = image.shape[:2]
+        scale = short / min(h, w)
+        new_hw = (max(round(h * scale), short), max(round(w * scale), short))
+        image = crop_or_pad(augment.resize(image, new_hw, method), size)
     elif mode == "resize":
-        image = resize(image, (size, size), method)
+        image = augment.resize(image, (size, size), method)
     elif mode == "none":
-        image = tf.image.resize_with_crop_or_pad(image, size, size)
+        image = crop_or_pad(image, size)
     else:
         raise ValueError(f"eval_resize={mode!r}; expected resize_crop, resize or none")
-    image = tf.ensure_shape(image, (size, size, ds_cfg.num_channels))
-    return normalize(image, ds_cfg)
+    return normalize(to_float(image, ds_cfg.num_channels), ds_cfg)
 
 
-def train_fn(ds_cfg) -> Callable[[tf.Tensor, Key], tf.Tensor]:
-    """The training chain (REFERENCE §8): crop → flip → RandAugment → colour jitter → normalize →
-    random erasing. Returns f(image, key) -> (size, size, C) float32, normalized."""
-    size = ds_cfg.image_size
+def example_rng(seed: int, epoch: int, position: int, stage: int) -> np.random.Generator:
+    """The random stream of one augmentation stage of one example (PCG64 seeded by the tuple)."""
+    return np.random.default_rng([seed, epoch, position, stage])
+
+
+def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]:
+    """The training chain: crop → flip → RandAugment → colour jitter → normalize → random
+    erasing. Returns f(image, (seed, epoch, position)) -> (size, size, C) float32, normalized."""
+    size = int(ds_cfg.image_size)
+    channels = int(ds_cfg.num_channels)
     aug = ds_cfg.augment
     method = ds_cfg.get("resize_method", "bilinear")
     ra = aug.get("randaugment", None)
     ra_layers = int(ra.layers) if ra is not None else 0
+    ra_args = (dict(magnitude=float(ra.get("magnitude", 9.0)),
+                    magnitude_std=float(ra.get("magnitude_std", 0.5)),
+                    prob=float(ra.get("prob", 0.5))) if ra_layers else {})
+    inception, cifar = bool(aug.get("inception_crop", False)), bool(aug.get("cifar_crop", False))
+    min_area, padding = float(aug.get("min_area", 0.08)), int(aug.get("crop_padding", 2))
+    flip, jitter = bool(aug.get("flip", False)), float(aug.get("color_jitter", 0.0))
+    erasing = float(aug.get("random_erasing", 0.0))
 
-    def f(image: tf.Tensor, key: Key) -> tf.Tensor:
-        keys = tf.random.experimental.stateless_split(key, 6)
-        image = to_float(image, ds_cfg.num_channels)
-        if aug.get("inception_crop", False):
-            image = augment.inception_crop(image, keys[0], size=size,
-                                           min_area=aug.get("min_area", 0.08), method=method)
+    def f(image: np.ndarray, where: tuple[int, int, int]) -> np.ndarray:
+        def rng(stage):
+            return example_rng(*where, stage)
+
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., None]
+        if inception:
+            image = augment.inception_crop(image, rng(CROP), size=size, min_area=min_area,
+                                           method=method)
         else:
-            if aug.get("cifar_crop", False):
-                image = augment.pad_and_crop(resize_if_needed(image, size, method), keys[0],
-                                             padding=aug.get("crop_padding", 2))
-            image = resize_if_needed(image, size, method)
-        if aug.get("flip", False):
-            image = tf.image.stateless_random_flip_left_right(image, keys[1])
+            image = augment.resize(image, (size, size), method)  # no-op when already there
+            if cifar:
+                image = augment.pad_and_crop(image, rng(CROP), padding=padding)
+        image = to_float(image, channels)
+        if flip:
+            image = augment.flip(image, rng(FLIP))
         if ra_layers > 0:
-            image = randaugment.rand_augment(
-                image, keys[2], layers=ra_layers, magnitude=ra.get("magnitude", 9.0),
-                magnitude_std=ra.get("magnitude_std", 0.5), prob=ra.get("prob", 0.5))
-        if aug.get("color_jitter", 0.0) > 0:
-            image = augment.color_jitter(image, keys[3], strength=aug.color_jitter)
+            image = randaugment.rand_augment(image, rng(RANDAUGMENT), layers=ra_layers, **ra_args)
+        if jitter > 0:
+            image = augment.color_jitter(image, rng(JITTER), strength=jitter)
         image = normalize(image, ds_cfg)
-        if aug.get("random_erasing", 0.0) > 0:
-            image = augment.random_erasing(image, keys[4], prob=aug.random_erasing)
-        return tf.ensure_shape(image, (size, size, ds_cfg.num_channels))
+        if erasing > 0:
+            image = augment.random_erasing(image, rng(ERASING), prob=erasing)
+        return np.ascontiguousarray(image, np.float32)
 
     return f
-
-
-def resize_if_needed(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
-    """Direct resize to size × size unless already there (CIFAR at 32 stays untouched)."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    return resize(image, (size, size), method)

@@ -1,129 +1,159 @@
-"""RandAugment (Cubuk et al. 2020) in TF image ops, on float32 [0, 1] images (H, W, C).
+"""RandAugment (Cubuk et al. 2020, "RandAugment: Practical automated data augmentation with a
+reduced search space", §3) in NumPy, on float32 [0, 1] images (H, W, C).
 
 Follows the official NesT / TF-TPU version: `layers` ops drawn uniformly from the list below,
 each applied with probability `prob`, magnitude level ~ N(magnitude, magnitude_std) clipped to
 [0, 10] and redrawn per layer. Level → argument maps are the official ones, except posterize,
 which keeps 8 − ⌊4·level⌋ bits (the TF original keeps ⌊4·level⌋, i.e. *no* bits at level 0).
-Empty pixels after a geometric op are filled with grey 0.5 (official: 128).
+Empty pixels after a geometric op are filled with grey 0.5 (official: 128). Geometric ops use
+nearest-neighbour sampling; every op is a float function (no rounding to 8 bits except where the
+op is defined on 8-bit levels: equalize, posterize).
 """
 from __future__ import annotations
 
-import functools
 import math
 
-from nest_jax.data._tf import tf
+import numpy as np
 
 OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color", "posterize",
        "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
 
 _TRANSLATE_PX = {224: 100, 128: 40, 96: 30, 32: 10}  # official table; else 0.3 × size
+GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114], np.float32)  # ITU-R 601-2 luma, as tf.image
 
 
-def _blend(degenerate, image, factor):
+def gray(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) → (H, W, 1) luma; one-channel images are returned as they are."""
+    if image.shape[-1] == 1:
+        return image
+    return (image[..., :3] @ GRAY_WEIGHTS)[..., None].astype(np.float32)
+
+
+def blend(degenerate: np.ndarray, image: np.ndarray, factor: float) -> np.ndarray:
     """factor 0 → degenerate, 1 → image, > 1 extrapolates (then clipped), as PIL.ImageEnhance."""
-    return tf.clip_by_value(degenerate + factor * (image - degenerate), 0.0, 1.0)
+    return np.clip(degenerate + np.float32(factor) * (image - degenerate), 0.0, 1.0)
 
 
-def _gray(image):
-    return image if image.shape[-1] == 1 else tf.image.rgb_to_grayscale(image)
+def _round_half_away(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)  # std::round, as TF's nearest sampling
 
 
-def _affine(image, transform):
-    """transform: 8 floats mapping output (x, y) to input coords (tf ImageProjectiveTransform)."""
-    h, w = image.shape[0], image.shape[1]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=tf.cast(tf.reshape(transform, [1, 8]), tf.float32),
-        output_shape=tf.constant([h, w], tf.int32), fill_value=0.5,
-        interpolation="NEAREST", fill_mode="CONSTANT")
-    return out[0]
+def affine(image: np.ndarray, transform) -> np.ndarray:
+    """Output pixel (x, y) reads input (a0·x + a1·y + a2, b0·x + b1·y + b2), nearest neighbour,
+    grey 0.5 outside the image (the convention of tf ImageProjectiveTransform; transform holds
+    the 6 numbers a0 a1 a2 b0 b1 b2)."""
+    h, w, _ = image.shape
+    a0, a1, a2, b0, b1, b2 = (float(t) for t in transform)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    src_x = _round_half_away(a0 * x + a1 * y + a2).astype(np.int64)
+    src_y = _round_half_away(b0 * x + b1 * y + b2).astype(np.int64)
+    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    out = image[np.clip(src_y, 0, h - 1), np.clip(src_x, 0, w - 1)]
+    return np.where(inside[..., None], out, np.float32(0.5)).astype(np.float32)
 
 
-def autocontrast(image):
-    lo = tf.reduce_min(image, axis=(0, 1), keepdims=True)
-    hi = tf.reduce_max(image, axis=(0, 1), keepdims=True)
-    scaled = (image - lo) / tf.maximum(hi - lo, 1e-6)
-    return tf.where(hi > lo, scaled, image)  # flat channels stay as they are
+def rotation(angle: float, h: int, w: int) -> tuple[float, ...]:
+    """Rotation by `angle` radians about the image centre, as an output→input affine map."""
+    cos, sin = math.cos(angle), math.sin(angle)
+    return (cos, -sin, ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2,
+            sin, cos, ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2)
 
 
-def equalize(image):
+def autocontrast(image: np.ndarray) -> np.ndarray:
+    """Per channel, stretch [min, max] to [0, 1]; flat channels stay as they are."""
+    lo = image.min(axis=(0, 1), keepdims=True)
+    hi = image.max(axis=(0, 1), keepdims=True)
+    scaled = (image - lo) / np.maximum(hi - lo, 1e-6)
+    return np.where(hi > lo, scaled, image).astype(np.float32)
+
+
+def equalize(image: np.ndarray) -> np.ndarray:
     """PIL ImageOps.equalize per channel, on the image quantized to 256 levels."""
-    q = tf.cast(tf.round(image * 255.0), tf.int32)
-    channels = []
-    for c in range(image.shape[-1]):
+    q = np.round(image * 255.0).astype(np.int64)
+    out = np.empty(q.shape, np.float32)
+    for c in range(q.shape[-1]):
         ch = q[..., c]
-        hist = tf.math.bincount(tf.reshape(ch, [-1]), minlength=256, maxlength=256)
-        last = tf.gather(hist, tf.reduce_max(ch))  # count of the highest occupied level
-        step = (tf.reduce_sum(hist) - last) // 255
-        lut = (tf.cumsum(hist) + step // 2) // tf.maximum(step, 1)
-        lut = tf.clip_by_value(tf.concat([[0], lut[:-1]], 0), 0, 255)
-        channels.append(tf.where(step > 0, tf.gather(lut, ch), ch))
-    return tf.cast(tf.stack(channels, -1), tf.float32) / 255.0
+        hist = np.bincount(ch.ravel(), minlength=256)
+        step = (hist.sum() - hist[ch.max()]) // 255  # all but the highest occupied level
+        if step == 0:
+            out[..., c] = ch
+            continue
+        lut = (np.cumsum(hist) + step // 2) // step
+        lut = np.clip(np.concatenate([[0], lut[:-1]]), 0, 255)
+        out[..., c] = lut[ch]
+    return out / 255.0
 
 
-def sharpness(image, factor):
-    k = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
-    c = image.shape[-1]
-    kernel = tf.tile(k[:, :, None, None], [1, 1, c, 1])
-    smooth = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")[0]
-    smooth = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
-    border = tf.pad(tf.zeros_like(smooth[1:-1, 1:-1]), [[1, 1], [1, 1], [0, 0]],
-                    constant_values=1.0) > 0
-    return _blend(tf.where(border, image, smooth), image, factor)  # borders stay unsmoothed
+def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
+    """PIL ImageEnhance.Sharpness: blend with the 3×3 smoothing [[1,1,1],[1,5,1],[1,1,1]]/13;
+    the one-pixel border is left unsmoothed."""
+    smooth = image.copy()
+    h, w, _ = image.shape
+    if h > 2 and w > 2:
+        acc = 4.0 * image[1:-1, 1:-1]
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                acc = acc + image[dy:dy + h - 2, dx:dx + w - 2]
+        smooth[1:-1, 1:-1] = acc / 13.0
+    return blend(smooth, image, factor)
 
 
-def apply_op(index, image, level, sign):
-    """Applies OPS[index] at magnitude `level` ∈ [0, 1]; `sign` ±1 for the signed ops."""
-    h, w = image.shape[0], image.shape[1]
+def posterize(image: np.ndarray, level: float) -> np.ndarray:
+    """Drop ⌊4·level⌋ low bits of the 8-bit value."""
+    quantum = 2.0 ** math.floor(level * 4)
+    return (np.floor(np.round(image * 255.0) / quantum) * quantum / 255.0).astype(np.float32)
+
+
+def apply_op(name: str, image: np.ndarray, level: float, sign: float) -> np.ndarray:
+    """Applies op `name` at magnitude `level` ∈ [0, 1]; `sign` ±1 for the signed ops.
+    image: (H, W, C) float32 in [0, 1] → same shape, same range."""
+    h, w, _ = image.shape
     enhance = level * 1.8 + 0.1
     shear = sign * level * 0.3
     pixels = sign * level * _TRANSLATE_PX.get(w, int(0.3 * w))
-    angle = sign * level * 30.0 * math.pi / 180.0
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    rot = [cos, -sin, ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2,
-           sin, cos, ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2, 0.0, 0.0]
-    quantum = 2.0 ** tf.floor(level * 4)  # posterize: drop ⌊4·level⌋ low bits of 8
-    branches = [
-        lambda: image,
-        lambda: autocontrast(image),
-        lambda: equalize(image),
-        lambda: _affine(image, tf.stack(rot)),
-        lambda: tf.where(image < level, image, 1.0 - image),  # solarize, threshold = level
-        lambda: _blend(tf.broadcast_to(_gray(image), image.shape), image, enhance),  # color
-        lambda: tf.floor(tf.round(image * 255.0) / quantum) * quantum / 255.0,  # posterize
-        lambda: _blend(tf.fill(image.shape, tf.reduce_mean(_gray(image))), image, enhance),
-        lambda: _blend(tf.zeros_like(image), image, enhance),  # brightness
-        lambda: sharpness(image, enhance),
-        lambda: _affine(image, tf.stack([1.0, shear, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])),
-        lambda: _affine(image, tf.stack([1.0, 0.0, 0.0, shear, 1.0, 0.0, 0.0, 0.0])),
-        lambda: _affine(image, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0, 0.0, 0.0])),
-        lambda: _affine(image, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels, 0.0, 0.0])),
-    ]
-    return tf.ensure_shape(tf.switch_case(index, branches), image.shape)
+    if name == "identity":
+        return image
+    if name == "autocontrast":
+        return autocontrast(image)
+    if name == "equalize":
+        return equalize(image)
+    if name == "rotate":
+        return affine(image, rotation(sign * level * 30.0 * math.pi / 180.0, h, w))
+    if name == "solarize":  # threshold = level
+        return np.where(image < level, image, 1.0 - image).astype(np.float32)
+    if name == "color":
+        return blend(np.broadcast_to(gray(image), image.shape), image, enhance)
+    if name == "posterize":
+        return posterize(image, level)
+    if name == "contrast":
+        return blend(np.full_like(image, gray(image).mean()), image, enhance)
+    if name == "brightness":
+        return blend(np.zeros_like(image), image, enhance)
+    if name == "sharpness":
+        return sharpness(image, enhance)
+    if name == "shear_x":
+        return affine(image, (1.0, shear, 0.0, 0.0, 1.0, 0.0))
+    if name == "shear_y":
+        return affine(image, (1.0, 0.0, 0.0, shear, 1.0, 0.0))
+    if name == "translate_x":
+        return affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0))
+    if name == "translate_y":
+        return affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels))
+    raise ValueError(f"unknown RandAugment op {name!r}; expected one of {OPS}")
 
 
-def rand_augment(image: tf.Tensor, key, *, layers: int = 2, magnitude: float = 9.0,
-                 magnitude_std: float = 0.5, prob: float = 0.5) -> tf.Tensor:
-    """image: (H, W, C) float32 in [0, 1] → same shape, same range."""
-    layer = _layer_fn(float(magnitude), float(magnitude_std), float(prob))
-    for layer_key in tf.unstack(tf.random.experimental.stateless_split(key, layers)):
-        image = layer(image, layer_key)
+def rand_augment(image: np.ndarray, rng: np.random.Generator, *, layers: int = 2,
+                 magnitude: float = 9.0, magnitude_std: float = 0.5,
+                 prob: float = 0.5) -> np.ndarray:
+    """image: (H, W, C) float32 in [0, 1] → same shape, same range. Per layer: op uniform over
+    OPS, level ~ N(magnitude, magnitude_std) clipped to [0, 10] / 10, sign ±1 with prob ½,
+    applied with probability `prob` (all four drawn every layer, so one layer's choice never
+    shifts another's random numbers)."""
+    for _ in range(layers):
+        op = int(rng.integers(len(OPS)))
+        level = rng.normal(magnitude, magnitude_std) if magnitude_std > 0 else magnitude
+        level = float(np.clip(level, 0.0, 10.0)) / 10.0
+        sign = -1.0 if rng.random() < 0.5 else 1.0
+        if rng.random() < prob:
+            image = apply_op(OPS[op], image, level, sign)
     return image
-
-
-@functools.lru_cache(maxsize=None)
-def _layer_fn(magnitude: float, magnitude_std: float, prob: float):
-    # One tf.function per setting: its graph (14 branches) is traced once per image shape and
-    # called by every layer, instead of being rebuilt per layer (tracing dominates start-up).
-    @tf.function(autograph=False)
-    def layer(image, key):
-        k_op, k_level, k_sign, k_apply = tf.unstack(tf.random.experimental.stateless_split(key, 4))
-        index = tf.random.stateless_uniform((), k_op, 0, len(OPS), dtype=tf.int32)
-        level = tf.constant(magnitude, tf.float32)
-        if magnitude_std > 0:
-            level = tf.random.stateless_normal((), k_level, magnitude, magnitude_std)
-        level = tf.clip_by_value(level, 0.0, 10.0) / 10.0
-        sign = tf.where(tf.random.stateless_uniform((), k_sign) < 0.5, -1.0, 1.0)
-        augmented = apply_op(index, image, level, sign)
-        return tf.where(tf.random.stateless_uniform((), k_apply) < prob, augmented, image)
-
-    return layer

@@ -1,26 +1,37 @@
 """tensorflow-datasets source: any prepared tfds dataset by name and `data_dir`; never downloads.
 
-A dataset that is not prepared under `data_dir` is an error saying how to prepare it. Records are
-read with the image still encoded (SkipDecoding) so that skipping (resume) and caching are cheap;
-`decode` turns a record into {"image": uint8 (H, W, C), "label"}. Per process, a split is read
-as `tfds.even_splits(split, process_count)[process_index]`, files in a fixed order.
+Records are read by index through `tfds.data_source(name, split=…, data_dir=…)`, a random-access
+reader of array_record files that needs no TensorFlow: `lookup(split)[i]` →
+{"image": uint8 (H, W, C), "label": int}. Datasets must therefore be prepared in the array_record
+format (`tfds build NAME --file_format=array_record`); one prepared only as TFRecord is an error
+saying how to convert it, or can be read through TensorFlow with the optional `[tf]` extra
+(`dataset.tfrecord: True`, tfrecord_source.py). A dataset that is not prepared under `data_dir`
+is an error saying how to prepare it.
 """
 from __future__ import annotations
-
-from nest_jax.data._tf import tf
 
 
 def _prepare_hint(name: str, data_dir: str | None) -> str:
     where = data_dir or "~/tensorflow_datasets (or $TFDS_DATA_DIR)"
     return (f"Prepare it once on a machine with network access:\n"
-            f"  tfds build {name} --data_dir={where}\n"
-            f"or in Python: tfds.builder({name!r}, data_dir={where!r}).download_and_prepare()\n"
+            f"  tfds build {name} --data_dir={where} --file_format=array_record\n"
+            f"or in Python: tfds.builder({name!r}, data_dir={where!r}, "
+            f"file_format='array_record').download_and_prepare()\n"
             f"(ImageNet needs its tar files placed in <data_dir>/downloads/manual first), then "
             f"copy that data_dir here and set config.dataset.data_dir to it.")
 
 
+def _convert_hint(name: str, dataset_dir: str) -> str:
+    return (f"tfds dataset {name!r} in {dataset_dir} is prepared as TFRecord only, which "
+            f"nest_jax reads without TensorFlow only in the array_record format. Convert it once "
+            f"(needs TensorFlow and apache-beam):\n"
+            f"  tfds convert_format --dataset_version_dir={dataset_dir} "
+            f"--out_file_format=array_record\n"
+            f"or rebuild it with `tfds build {name} --file_format=array_record`, or read it "
+            f"through TensorFlow: pip install -e \".[tf]\" and set config.dataset.tfrecord=True.")
+
+
 class TfdsSource:
-    random_access = False
     _instances: dict = {}
 
     @classmethod
@@ -36,7 +47,8 @@ class TfdsSource:
         import tensorflow_datasets as tfds
 
         self._tfds = tfds
-        self.name, self.image_key, self.label_key = name, image_key, label_key
+        self.name, self.data_dir = name, data_dir
+        self.image_key, self.label_key = image_key, label_key
         try:
             self.builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as e:
@@ -47,40 +59,39 @@ class TfdsSource:
                 f"tfds dataset {name!r} is not prepared under data_dir={data_dir!r} (looked in "
                 f"{self.builder.data_dir}); it is never downloaded at run time.\n"
                 + _prepare_hint(name, data_dir))
-        features = self.builder.info.features
+        info = self.builder.info
+        formats = {str(getattr(f, "value", f)) for f in
+                   [info.file_format, *getattr(info, "alternative_file_formats", [])]}
+        self.array_record = "array_record" in formats
+        features = info.features
         self.num_classes = features[label_key].num_classes
         self.channels = features[image_key].shape[-1] or 3
+        self._sources: dict = {}
 
-    def _as_dataset(self, split) -> tf.data.Dataset:
-        ds = self.builder.as_dataset(
-            split=split, shuffle_files=False,
-            decoders={self.image_key: self._tfds.decode.SkipDecoding()},
-            read_config=self._tfds.ReadConfig(try_autocache=False))
-        keys = (self.image_key, self.label_key)
-        return ds.map(lambda x: {k: x[k] for k in keys})
+    def lookup(self, split: str) -> "TfdsRecords":
+        if split not in self._sources:
+            if not self.array_record:
+                raise FileNotFoundError(_convert_hint(self.name, str(self.builder.data_dir)))
+            source = self._tfds.data_source(self.name, split=split, data_dir=self.data_dir)
+            self._sources[split] = TfdsRecords(source, self.image_key, self.label_key)
+        return self._sources[split]
 
     def num_examples(self, split: str) -> int:
         try:
             return self.builder.info.splits[split].num_examples
-        except (KeyError, ValueError):  # no split metadata (e.g. under tfds.testing.mock_data)
-            return int(self._as_dataset(split).cardinality())
+        except (KeyError, ValueError):  # no split metadata: count the records
+            return len(self.lookup(split))
 
-    def _shard(self, split: str, process_index: int, process_count: int):
-        return self._tfds.even_splits(split, n=process_count)[process_index]
 
-    def num_local_examples(self, split: str, *, process_index: int, process_count: int) -> int:
-        n = int(self.read(split, process_index=process_index,
-                          process_count=process_count).cardinality())
-        if n < 0:  # unknown cardinality
-            raise ValueError(f"cannot size the shard of {self.name} {split!r}")
-        return n
+class TfdsRecords:
+    """`records[i]` → {"image": uint8 (H, W, C), "label": int} from a tfds data source."""
 
-    def read(self, split: str, *, process_index: int, process_count: int) -> tf.data.Dataset:
-        """This process's shard of `split`: records {"image": encoded bytes, "label"}."""
-        return self._as_dataset(self._shard(split, process_index, process_count))
+    def __init__(self, source, image_key: str, label_key: str):
+        self.source, self.image_key, self.label_key = source, image_key, label_key
 
-    def decode(self, record) -> dict:
-        image = record[self.image_key]
-        if image.dtype == tf.string:
-            image = tf.io.decode_image(image, channels=self.channels, expand_animations=False)
-        return {"image": image, "label": record[self.label_key]}
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.source[int(index)]
+        return {"image": record[self.image_key], "label": int(record[self.label_key])}

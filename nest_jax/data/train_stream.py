@@ -1,119 +1,151 @@
-"""The infinite training stream: batch k is a pure function of (seed, k); `start_step` resumes.
+"""The infinite training stream on grain: batch k is a pure function of (seed, k); `start_step`
+and `set_state` resume.
 
-The stream is built as consecutive epochs. Each example's augmentation key is
-fold_in(fold_in(key(seed), epoch), position), so it never depends on how far a previous run got.
-Batches run across epoch boundaries (no example dropped at an epoch's end); resuming at step k
-skips ⌊k·b / L⌋ whole epochs without reading them and `skip`s the remainder of the next one,
-L = examples per epoch on this process, b = local batch.
+Epochs — every epoch is a full permutation of the split, `np.random.default_rng([seed, epoch])
+.permutation(N)`, the same on every process. Epoch slots are dealt to processes round-robin:
+process p of P takes slots p, p+P, p+2P, …, so the processes' parts are disjoint and together
+cover the epoch. Batches run across epoch boundaries (no example is dropped at an epoch's end).
 
-Random-access sources (digits, image folders) — every epoch is a full permutation of the split
-seeded by (seed, epoch), the same on every process; with repeated augmentation (DeiT's
-RASampler, r = `repeated_aug`) every index of the permutation is repeated r times; process p of
-P takes positions p, p+P, p+2P, … so the r copies land on different processes when P > 1 (in the
-same batch when P = 1). With r > 1 each process keeps ⌊N/P⌋ positions per epoch, so an epoch
-still holds ≈ N samples (N/r distinct images), as in DeiT. The remainder skip reads only indices.
+Repeated augmentation (DeiT's RASampler, Hoffer et al. 2020; r = `repeated_aug`) — slot s of an
+epoch holds permutation entry ⌊s / r⌋, so each image appears r times in a row; dealt round-robin,
+the r copies land on r different processes when P > 1 (in the same batch when P = 1). With r > 1
+each process keeps ⌊N/P⌋ slots per epoch, so an epoch still holds ≈ N samples (N/r distinct
+images), as in DeiT.
 
-Streaming sources (tfds) — each process reads its own even shard of the split in a fixed file
-order; each epoch is that shard through a shuffle buffer of `shuffle_buffer` seeded by
-(seed, process, epoch) (a full permutation when the buffer holds the shard, e.g. CIFAR). With
-r > 1 the first ⌈n/r⌉ shuffled examples are each repeated r times (copies adjacent, on one
-process). The remainder skip reads (but does not decode) the skipped records.
+Augmentation randomness — an example's augmentation draws from generators seeded by
+(seed, epoch, slot, stage) (preprocess.example_rng): it does not depend on the process count,
+the worker count or how far a previous run got.
+
+Batches — element k of a `grain.MapDataset` is the whole batch k, built by `TrainBatches` (load
+b = local-batch records by index, augment each, stack). With `num_workers` > 0, grain's
+`mp_prefetch` builds batches in that many worker processes, batch k in worker k mod W, and
+returns them in order: the stream is the same for every worker count. The iterator's state is
+{"step": k} (the next batch), so resuming needs nothing but the step.
 """
 from __future__ import annotations
 
-import math
+import functools
+
+import numpy as np
 
 from nest_jax.data import preprocess
-from nest_jax.data._tf import plain, tf
 
 _FOREVER = 2**62
 
 
-def _example_key(seed: int, stream: int, epoch, position):
-    key = tf.constant([seed, stream], tf.int64)
-    key = tf.random.experimental.stateless_fold_in(key, tf.cast(epoch, tf.int64))
-    return tf.random.experimental.stateless_fold_in(key, tf.cast(position, tf.int64))
-
-
 def epoch_length(num_examples: int, process_index: int, process_count: int,
                  repeated_aug: int) -> int:
-    """Examples per epoch on one process of a random-access source."""
+    """Examples per epoch on one process."""
     if repeated_aug > 1:
         return num_examples // process_count
     return len(range(process_index, num_examples, process_count))
 
 
-def _index_stream(source, split, *, seed, process_index, process_count, repeated_aug, first_epoch):
-    """(epoch, position, index) from `first_epoch` on; position = slot in the global epoch."""
-    n = source.num_examples(split)
-    length = epoch_length(n, process_index, process_count, repeated_aug)
+class TrainBatches:
+    """Batch number k → {"image": float32 (b, S, S, C) normalized, "label": int32 (b,)}.
 
-    def epoch(e):
-        # Full permutation of the split for epoch e: argsort of stateless uniforms from (seed, e).
-        epoch_key = tf.stack([tf.constant(seed, tf.int64), e])
-        perm = tf.argsort(tf.random.stateless_uniform([n], epoch_key))
-        slots = tf.range(process_index, n * repeated_aug, process_count, dtype=tf.int64)[:length]
-        index = tf.gather(perm, slots // repeated_aug)
-        return tf.data.Dataset.from_tensor_slices((tf.fill([length], e), slots, index))
+    Picklable (sent to grain's worker processes); the augmentation chain and the epoch
+    permutations are rebuilt lazily in each process."""
 
-    return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(plain(epoch)), source.lookup(split)
+    def __init__(self, records, ds_cfg, *, local_batch: int, seed: int, process_index: int,
+                 process_count: int, repeated_aug: int):
+        self.records, self.ds_cfg = records, ds_cfg
+        self.n = len(records)
+        self.b, self.seed, self.r = local_batch, int(seed), int(repeated_aug)
+        self.p, self.num_p = process_index, process_count
+        self.length = epoch_length(self.n, process_index, process_count, self.r)
+        if self.length < 1:
+            raise ValueError(f"split {ds_cfg.train_split!r} has no examples for process "
+                             f"{process_index} of {process_count}")
+        self._augment = None
+
+    def __getstate__(self):
+        return dict(self.__dict__, _augment=None)
+
+    @functools.lru_cache(maxsize=2)  # a batch spans at most two epochs
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def sample(self, i: int) -> tuple[int, int, int]:
+        """Local sample i of this process → (epoch, slot in the global epoch, record index)."""
+        epoch, offset = divmod(i, self.length)
+        slot = self.p + offset * self.num_p
+        return epoch, slot, int(self.permutation(epoch)[slot // self.r])
+
+    def __call__(self, k: int) -> dict[str, np.ndarray]:
+        if self._augment is None:
+            self._augment = preprocess.train_fn(self.ds_cfg)
+        images, labels = [], []
+        for i in range(k * self.b, (k + 1) * self.b):
+            epoch, slot, index = self.sample(i)
+            record = self.records[index]
+            images.append(self._augment(record["image"], (self.seed, epoch, slot)))
+            labels.append(record["label"])
+        return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
 
 
-def _record_stream(source, split, ds_cfg, *, seed, process_index, process_count, repeated_aug,
-                   first_epoch):
-    """(epoch, position, raw record) from `first_epoch` on, for a streaming source."""
-    shard = source.read(split, process_index=process_index, process_count=process_count)
-    if ds_cfg.get("cache", False):
-        shard = shard.cache()  # raw (still encoded) records, so memory ≈ the files' size
-    n = source.num_local_examples(split, process_index=process_index, process_count=process_count)
-    buffer = max(1, int(ds_cfg.get("shuffle_buffer", 10_000)))
+def grain_iterator(dataset, num_workers: int):
+    """Iterates a grain MapDataset in order: in this process (num_workers = 0) or in
+    `num_workers` processes (grain mp_prefetch; each element is built whole by one worker)."""
+    import grain
 
-    def epoch(e):
-        # Seeded per (seed, process, epoch); a tf.int64 tensor seed is allowed inside flat_map.
-        shuffle_seed = (seed * 1_000_003 + process_index) * 1_000_003 + e
-        ds = shard.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-        if repeated_aug > 1:
-            ds = ds.take(math.ceil(n / repeated_aug))
-            ds = ds.flat_map(plain(lambda x: tf.data.Dataset.from_tensors(x).repeat(repeated_aug)))
-            ds = ds.take(n)
-        return ds.enumerate().map(plain(lambda pos, x: (e, pos, x)))
+    ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    if num_workers > 0:
+        from absl import flags
 
-    return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(plain(epoch)), source.decode
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library caller
+            flags.FLAGS.mark_as_parsed()  # (tests, notebooks) may not have parsed any
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        # Workers hand back shared-memory arrays; copy them into ordinary arrays.
+        ds = ds.map(lambda batch: {k: np.array(v) for k, v in batch.items()})
+    return iter(ds)
 
 
-def train_dataset(source, ds_cfg, *, local_batch: int, seed: int, start_step: int,
-                  process_index: int, process_count: int) -> tf.data.Dataset:
-    """Infinite batches {"image": (b, S, S, C) float32 normalized, "label": (b,) int32}."""
-    split = ds_cfg.train_split
-    r = int(ds_cfg.get("repeated_aug", 1))
-    if source.random_access:
-        length = epoch_length(source.num_examples(split), process_index, process_count, r)
-    else:
-        length = source.num_local_examples(split, process_index=process_index,
-                                           process_count=process_count)
-    if length < 1:
-        raise ValueError(f"split {split!r} has no examples for process {process_index}")
-    first_epoch, offset = divmod(start_step * local_batch, length)
-    kwargs = dict(seed=seed, process_index=process_index, process_count=process_count,
-                  repeated_aug=r, first_epoch=first_epoch)
-    if source.random_access:
-        ds, load = _index_stream(source, split, **kwargs)
-        stream_id = 0  # position is global: a sample's augmentation ignores the process count
-    else:
-        ds, load = _record_stream(source, split, ds_cfg, **kwargs)
-        stream_id = 1 + process_index
-    # Skip before loading/decoding: skipped indices cost nothing, skipped records one read.
-    ds = ds.skip(offset)
-    augment = preprocess.train_fn(ds_cfg)
+class TrainIterator:
+    """Infinite iterator over training batches with get_state() / set_state() ({"step": k}).
 
-    def prepare(e, pos, raw):
-        key = _example_key(seed, stream_id, e, pos)
-        example = load(raw)
-        return {"image": augment(example["image"], key),
-                "label": tf.cast(example["label"], tf.int32)}
+    The grain iterator (and its worker processes) starts on the first `next`, and again after
+    `set_state`."""
 
-    ds = ds.map(plain(prepare), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=True)
-    options = tf.data.Options()
-    options.deterministic = True  # parallel maps keep their input order
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    def __init__(self, batches: TrainBatches, *, start_step: int, num_workers: int):
+        self.batches, self.num_workers = batches, int(num_workers)
+        self.step = int(start_step)
+        self._it = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            import grain
+
+            ds = grain.MapDataset.range(self.step, _FOREVER).map(self.batches)
+            self._it = grain_iterator(ds, self.num_workers)
+        batch = next(self._it)
+        self.step += 1
+        return batch
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position: the next batch's number and the stream's seed."""
+        return {"step": self.step, "seed": self.batches.seed}
+
+    def set_state(self, state: dict) -> None:
+        if int(state.get("seed", self.batches.seed)) != self.batches.seed:
+            raise ValueError(f"input state is for seed {state['seed']}, this stream has seed "
+                             f"{self.batches.seed}")
+        self.close()
+        self.step = int(state["step"])
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "close"):
+            it.close()
+
+
+def train_iterator(source, ds_cfg, *, local_batch: int, seed: int, start_step: int,
+                   process_index: int, process_count: int) -> TrainIterator:
+    batches = TrainBatches(source.lookup(ds_cfg.train_split), ds_cfg, local_batch=local_batch,
+                           seed=seed, process_index=process_index, process_count=process_count,
+                           repeated_aug=int(ds_cfg.get("repeated_aug", 1)))
+    return TrainIterator(batches, start_step=start_step,
+                         num_workers=int(ds_cfg.get("num_workers", 0) or 0))

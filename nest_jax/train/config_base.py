@@ -26,7 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict(dict(
         name="", data_dir=placeholder(str), train_split="train", eval_split="test", image_size=224,
         num_channels=3, normalize="imagenet", shuffle_buffer=10_000, repeated_aug=1, cache=False,
-        augment=augment(), eval_resize="resize_crop", crop_fraction=0.875, resize_method="bilinear"))
+        augment=augment(), eval_resize="resize_crop", crop_fraction=0.875, resize_method="bilinear",
+        num_workers=0))  # grain worker processes for decoding/augmentation; 0 = in the main process
     c.mix = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5,
                                            label_smoothing=0.0, sampling="nest"))
     c.train = ml_collections.ConfigDict(dict(
