@@ -53,13 +53,15 @@ def test_cli_adapts_resolution_and_head(tmp_path, google_npz):
 def test_cli_bad_inputs_give_one_clear_error(tmp_path, google_npz, capsys):
     _, npz = google_npz
     base = ["--source", "vit_npz", "--input", str(npz), "--img-size", "32", *ARCH]
-    assert main(["--model", "vit_tiny_patch16", "--output", str(tmp_path / "a"), *base]) == 1
+    assert main(["--model", "vit_tiny_patch16", "--output", str(tmp_path / "a"), *base]) == 2
     assert "Unknown model 'vit_tiny_patch16'" in capsys.readouterr().err
-    assert main(["--model", "vit_small_patch16_224", "--output", str(tmp_path / "b"), *base]) == 1
+    assert main(["--model", "vit_small_patch16_224", "--output", str(tmp_path / "b"), *base]) == 2
     err = capsys.readouterr().err
-    assert "shape mismatch for 'layers/0/attn/qkv'" in err and "(192, 3, 3, 64)" in err
+    # One line: the first mismatches with both shapes, then how many more (ViT-Ti is 192 wide, ViT-S 384).
+    assert "shape mismatch for 'cls_token': vit_npz has (1, 1, 192), model expects (1, 1, 384)" in err
+    assert "more (--debug shows all)" in err and err.count("\n") == 1
     assert main(["--model", "vit_tiny_patch16_224", "--output", str(tmp_path / "c"), *base[:3],
-                 str(tmp_path / "missing.npz"), *base[4:]]) == 1
+                 str(tmp_path / "missing.npz"), *base[4:]]) == 2
     assert "no checkpoint file" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abc")  # nothing written on failure
 
