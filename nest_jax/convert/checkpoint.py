@@ -87,7 +87,8 @@ def save_params(model_or_state: nnx.Module | nnx.State, directory: str | Path, *
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             ckptr.save(new, args=composite, force=True)
     except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
+        for leftover in directory.parent.glob(f"{new.name}*"):  # incl. orbax's own temporary directory
+            shutil.rmtree(leftover, ignore_errors=True)
         raise
     os.replace(directory, old)
     try:
