@@ -70,18 +70,29 @@ def split_argv(argv: list[str]) -> CommandLine:
                     raise UserError(f"--{name} takes no value; write --config.{path}={value} instead")
                 cl.overrides.append((path, "false"))
                 continue
-            if not has_value and i < len(argv) and not argv[i].startswith("-"):
+            if not has_value and i < len(argv) and _is_value(argv[i]):
                 value, has_value, i = argv[i], True, i + 1  # `--config.x VALUE`, as absl reads it
             cl.overrides.append((path, value if has_value else None))
         elif name in ("config", "workdir", "mode"):
             if not has_value:
-                if i >= len(argv) or argv[i].startswith("-"):
+                if i >= len(argv) or not _is_value(argv[i]):
                     raise UserError(f"--{name} needs a value: --{name}={_EXAMPLE[name]}")
                 value, i = argv[i], i + 1
             setattr(cl, name, value)
         else:
             cl.absl_args.append(arg)
     return cl
+
+
+def _is_value(token: str) -> bool:
+    """A token that follows `--name` as its value: not a flag (but "-1" is a value)."""
+    if not token.startswith("-"):
+        return True
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return False
 
 
 _EXAMPLE = {"config": "configs/digits_nest_tiny.py", "workdir": "/tmp/nest_digits", "mode": "train"}

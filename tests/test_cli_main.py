@@ -60,12 +60,13 @@ def test_overrides_are_parsed_as_the_fields_types():
     config = load_config(f"{DIGITS}")
     cl = split_argv(["--config.train.num_train_steps=60", "--config.optimizer.lr", "1e-3", "--config.seed=7",
                      "--config.model.remat", "--config.model.overrides.depths=(2, 2)",
-                     "--config.dataset.data_dir=/data/tfds", "--noconfig.dataset.cache"])
+                     "--config.dataset.data_dir=/data/tfds", "--noconfig.dataset.cache", "--config.mesh.axes.data", "-1",
+                     "--config.mesh.axes.fsdp=2"])
     apply_overrides(config, cl.overrides)
     assert config.train.num_train_steps == 60 and type(config.train.num_train_steps) is int
     assert config.optimizer.lr == 0.001 and config.seed == 7 and config.model.remat is True
     assert config.model.overrides.depths == (2, 2) and config.dataset.data_dir == "/data/tfds"
-    assert config.dataset.cache is False
+    assert config.dataset.cache is False and config.mesh.axes.data == -1 and config.mesh.axes.fsdp == 2
     with pytest.raises(AttributeError):  # locked: no new fields slip in through code either
         config.train.num_train_stepz = 3
     with pytest.raises(UserError, match=r"--config.model is a group of fields; override one of them"):

@@ -75,11 +75,15 @@ def test_check_finite_names_the_first_bad_entry():
 
 
 def test_pth_loads_after_tensorflow_was_imported(tmp_path):
-    # torch imported after TensorFlow crashes the interpreter; the loader must sidestep that.
-    path = tmp_path / "w.pth"
+    # torch imported after TensorFlow crashes the interpreter; the loader must sidestep that, and a
+    # refused file must still be the same one-line UserError.
+    path, evil = tmp_path / "w.pth", tmp_path / "evil.pth"
     torch.save({"model": {"a": torch.arange(6.0).reshape(2, 3)}}, path)
-    code = ("import tensorflow, numpy as np; from nest_jax.convert.common import load_array_file; "
-            f"a = load_array_file({str(path)!r})['a']; print('SUM', float(a.sum()), a.shape)")
+    torch.save({"w": torch.ones(2), "obj": _Evil()}, evil)
+    code = ("import tensorflow, numpy as np; from nest_jax.convert.common import load_array_file\n"
+            f"a = load_array_file({str(path)!r})['a']; print('SUM', float(a.sum()), a.shape)\n"
+            f"try:\n    load_array_file({str(evil)!r})\nexcept Exception as e:\n    print(type(e).__name__, e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "SUM 15.0 (2, 3)" in out.stdout
+    assert f"UserError {evil} contains pickled Python code" in out.stdout and "unpickled!" not in out.stdout
