@@ -81,7 +81,15 @@ def split_argv(argv: list[str]) -> CommandLine:
             setattr(cl, name, value)
         else:
             cl.absl_args.append(arg)
+            if not has_value and i < len(argv) and _is_value(argv[i]) and _absl_takes_value(name):
+                cl.absl_args.append(argv[i])  # `--log_dir DIR`
+                i += 1
     return cl
+
+
+def _absl_takes_value(name: str) -> bool:
+    from absl import flags, logging  # noqa: F401  (absl.logging defines --verbosity, --log_dir, ...)
+    return name in flags.FLAGS and not flags.FLAGS[name].boolean
 
 
 def _is_value(token: str) -> bool:

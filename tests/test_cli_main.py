@@ -67,6 +67,9 @@ def test_overrides_are_parsed_as_the_fields_types():
     assert config.optimizer.lr == 0.001 and config.seed == 7 and config.model.remat is True
     assert config.model.overrides.depths == (2, 2) and config.dataset.data_dir == "/data/tfds"
     assert config.dataset.cache is False and config.mesh.axes.data == -1 and config.mesh.axes.fsdp == 2
+    absl = split_argv(["--log_dir", "/tmp/logs", "-v", "1", "--alsologtostderr", "--config.seed", "3"])
+    assert absl.absl_args == ["--log_dir", "/tmp/logs", "-v", "1", "--alsologtostderr"] and not absl.positional
+    assert absl.overrides == [("seed", "3")]
     with pytest.raises(AttributeError):  # locked: no new fields slip in through code either
         config.train.num_train_stepz = 3
     with pytest.raises(UserError, match=r"--config.model is a group of fields; override one of them"):
