@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import importlib.util
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,6 @@ import ml_collections
 from nest_jax.errors import UserError
 
 MODES = ("train", "eval")
-# The flags nest_jax.main reads itself; any other flag goes to absl (--verbosity, --log_dir, ...).
-OWN_FLAGS = ("config", "workdir", "mode", "debug", "help", "helpfull", "helpshort")
 _TRUE, _FALSE = ("true", "t", "1", "yes", "y", "on"), ("false", "f", "0", "no", "n", "off")
 
 

@@ -60,8 +60,8 @@ def test_overrides_are_parsed_as_the_fields_types():
     config = load_config(f"{DIGITS}")
     cl = split_argv(["--config.train.num_train_steps=60", "--config.optimizer.lr", "1e-3", "--config.seed=7",
                      "--config.model.remat", "--config.model.overrides.depths=(2, 2)",
-                     "--config.dataset.data_dir=/data/tfds", "--noconfig.dataset.cache", "--config.mesh.axes.data", "-1",
-                     "--config.mesh.axes.fsdp=2"])
+                     "--config.dataset.data_dir=/data/tfds", "--noconfig.dataset.cache",
+                     "--config.mesh.axes.data", "-1", "--config.mesh.axes.fsdp=2"])
     apply_overrides(config, cl.overrides)
     assert config.train.num_train_steps == 60 and type(config.train.num_train_steps) is int
     assert config.optimizer.lr == 0.001 and config.seed == 7 and config.model.remat is True
@@ -74,6 +74,14 @@ def test_overrides_are_parsed_as_the_fields_types():
         config.train.num_train_stepz = 3
     with pytest.raises(UserError, match=r"--config.model is a group of fields; override one of them"):
         apply_overrides(config, [("model", "x")])
+
+
+def test_every_shipped_config_loads_through_the_command_line_loader():
+    names = sorted(p.name for p in (REPO / "configs").glob("*.py"))
+    for name in names:
+        config = load_config(str(REPO / "configs" / name))
+        assert config.model.name and config.dataset.name, name
+    assert load_config(f"{REPO}/configs/cifar10_nest.py:small").model.name == "nest_small_cifar"
 
 
 def test_a_config_without_get_config_or_returning_something_else(tmp_path):
