@@ -1,22 +1,140 @@
-"""Entry point: `python -m nest_jax.main --config=configs/digits_nest_tiny.py --workdir=/tmp/run`.
+"""Train or evaluate a model from a config: `nest-jax --config=configs/X.py --workdir=DIR` (`nest-jax --help`).
 
-Override any field with `--config.field=value` (e.g. `--config.train.num_train_steps=100`).
+Override any config field with `--config.FIELD=VALUE` (e.g. `--config.train.num_train_steps=100`).
 Modes: `--mode=train` (default; resumes from the latest checkpoint in the workdir) and
-`--mode=eval` (evaluates the latest checkpoint). Fine-tuning: set `config.init_from`.
+`--mode=eval` (evaluates the latest checkpoint). Fine-tuning: `--config.init_from.checkpoint=PATH`.
 Multi-host: `--config.distributed.enabled=True` (plus coordinator address / process count / id on
 GPU clusters; TPU pods detect them) calls `jax.distributed.initialize` before anything else.
+
+Exit codes: 0 done; 2 (`USAGE_EXIT_CODE`) bad input — a `UserError` (config, flag, file or
+dataset), printed as one line `nest_jax.main: error: <what and how to fix it>` on stderr without a
+traceback; 75 (`PREEMPTED_EXIT_CODE`) SIGTERM stopped training after saving a checkpoint — rerun
+the same command to resume. `--debug` or `NEST_JAX_DEBUG=1` prints the traceback as well.
 """
 from __future__ import annotations
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+import logging as pylogging
+import os
+import sys
+import traceback
+from typing import Any, NoReturn
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (`configs/<name>.py[:arg]`).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (auto-resume) or eval (latest checkpoint).")
-flags.mark_flags_as_required(["config", "workdir"])
+from nest_jax.cli_config import (CommandLine, apply_overrides, check_required, load_config, shipped_configs,
+                                 split_argv)
+from nest_jax.errors import PREEMPTED_EXIT_CODE, USAGE_EXIT_CODE, Preempted, UserError
+
+PROG = "nest_jax.main"
+_DEBUG_ENV = "NEST_JAX_DEBUG"
+_notes: list[str] = []  # said once absl logging is up
+
+
+def usage(full: bool = False) -> str:
+    """The text of `nest-jax --help`."""
+    configs = shipped_configs()
+    width = max((len(n) for n, _ in configs), default=0) + 2
+    listing = [f"  {name:<{width}}{_clip(doc, 96 - width)}" for name, doc in configs] or [
+        "  (no configs/ folder beside this installation: clone the repository for the shipped configs,",
+        "   or write a file with `def get_config(): return ml_collections.ConfigDict(...)`)"]
+    text = f"""nest-jax (python -m nest_jax.main): train or evaluate a ViT, DeiT or NesT image classifier
+from a config file, on one CPU, GPUs or a TPU pod; checkpoints and metrics go to --workdir.
+
+USAGE: nest-jax --config=PATH[:ARG] --workdir=DIR [--mode=train|eval] [--config.FIELD=VALUE ...]
+
+MODES
+  --mode=train   (default) train; a workdir that holds checkpoints resumes from the latest one
+  --mode=eval    evaluate the latest checkpoint in the workdir
+  fine-tune      --config.init_from.checkpoint=PATH [--config.init_from.source=timm|vit_npz|
+                 nest_official|nest_jax]: start from imported or earlier weights
+
+CONFIGS (ARG after ':' picks a variant, e.g. --config=configs/cifar10_nest.py:small)
+{chr(10).join(listing)}
+
+COMMON OVERRIDES (any field of the config: --config.FIELD=VALUE, checked against its type)
+  --config.train.num_train_steps=1000   train this many steps (default: the config's epochs)
+  --config.optimizer.lr=0.001           learning rate
+  --config.dataset.data_dir=/data/tfds  where the TFDS dataset is prepared
+  --config.seed=1                       initialization, data order and augmentation
+
+EXIT CODES
+  0   done
+  {USAGE_EXIT_CODE}   bad input (config, flag, file or dataset): one line on stderr says what and how to fix it
+  {PREEMPTED_EXIT_CODE}  preempted (SIGTERM) after saving a checkpoint: rerun the same command to resume
+
+OTHER FLAGS
+  --debug           show the traceback of an error (also: {_DEBUG_ENV}=1)
+  --helpfull        this text and absl's logging flags (--verbosity, --log_dir, ...)
+
+The README (README.md, section Training) has the full guide.
+"""
+    if full:
+        from absl import flags, logging  # noqa: F401  (defines absl's logging flags)
+        text += "\nabsl logging flags:\n" + flags.FLAGS.module_help("absl.logging") + "\n"
+    return text
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1].rstrip() + "…"
+
+
+# ----------------------------------------------------------------------------------------------
+# A quiet console: set before jax / TensorFlow are imported
+
+
+def _accelerator_plugin_installed() -> bool:
+    """Whether jax could find a GPU/TPU backend (a PJRT plugin or libtpu), without importing jax."""
+    import importlib.metadata
+    import importlib.util
+    import pkgutil
+    if os.environ.get("TPU_LIBRARY_PATH") or importlib.util.find_spec("libtpu") is not None:
+        return True
+    if list(importlib.metadata.entry_points(group="jax_plugins")):
+        return True
+    spec = importlib.util.find_spec("jax_plugins")  # the namespace package CUDA/ROCm plugins install into
+    return bool(spec and spec.submodule_search_locations
+                and any(pkgutil.iter_modules(list(spec.submodule_search_locations))))
+
+
+def quiet_environment() -> None:
+    """No TensorFlow C++ chatter and no backend probing that cannot succeed; the user's settings win.
+
+    Without any accelerator plugin jax still tries libtpu and logs the failure, and warns about an
+    NVIDIA device it cannot use; with `JAX_PLATFORMS=cpu` it goes straight to the CPU.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "JAX_PLATFORMS" not in os.environ and not _accelerator_plugin_installed():
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        if any(os.path.exists(f"/dev/nvidia{i}") for i in range(8)):
+            _notes.append("running on CPU: no JAX GPU plugin is installed (pip install -U 'jax[cuda12]'), "
+                          "or set JAX_PLATFORMS to choose")
+
+
+def _setup_logging(absl_args: list[str], debug: bool) -> None:
+    """absl logging at INFO (as absl's app.run sets it), with its own flags parsed; libraries quieter."""
+    import faulthandler
+
+    from absl import flags, logging
+    try:
+        flags.FLAGS([PROG, *absl_args])
+    except flags.Error as e:
+        raise UserError(f"{' '.join(str(e).split())} (nest-jax --helpfull lists every flag)") from e
+    if flags.FLAGS["verbosity"].using_default_value:
+        flags.FLAGS.verbosity = 0
+    logging.use_absl_handler()
+    faulthandler.enable()
+    handler = logging.get_absl_handler()
+    if not getattr(handler, "_nest_jax_quiet", False):
+        # Orbax logs a dozen INFO lines per save: keep its warnings and errors only.
+        handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
+        handler._nest_jax_quiet = True
+    if not debug:
+        pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.WARNING)  # backend probing
+    for note in _notes:
+        logging.info(note)
+    _notes.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# The job
 
 
 def initialize_distributed(config) -> None:
@@ -25,6 +143,7 @@ def initialize_distributed(config) -> None:
     if not dist or not dist.get("enabled", False):
         return
     import jax
+    from absl import logging
     if dist.get("cpu_collectives", None):
         jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
     kwargs = {k: dist.get(k) for k in ("coordinator_address", "num_processes", "process_id")
@@ -36,30 +155,59 @@ def initialize_distributed(config) -> None:
                  jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def _quiet_orbax() -> None:
-    """Orbax logs a dozen INFO lines per save; keep its warnings and errors only."""
-    import logging as pylogging
-    handler = logging.get_absl_handler()
-    handler.addFilter(lambda r: r.levelno >= pylogging.WARNING or "/orbax/" not in r.pathname)
-
-
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    _quiet_orbax()
-    config = FLAGS.config
+def run_job(config, workdir: str, mode: str) -> dict[str, Any]:
+    """Trains (resuming) or evaluates; prints the `final metrics:` line and returns the metrics."""
+    from absl import logging
     initialize_distributed(config)
     from nest_jax.train.loop import train_and_evaluate  # after distributed init: imports jax state
     with config.unlocked():
-        config.mode = FLAGS.mode
-    result = train_and_evaluate(config, FLAGS.workdir)
+        config.mode = mode
+    result = train_and_evaluate(config, workdir)
     logging.info("final: %s", result)
     print("final metrics:", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+    return result
 
 
-def run() -> None:
+def _prepare(cl: CommandLine):
+    check_required(cl)
+    config = load_config(cl.config)
+    apply_overrides(config, cl.overrides)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (0, `USAGE_EXIT_CODE` or `PREEMPTED_EXIT_CODE`).
+
+    argv: the arguments without the program name (default: `sys.argv[1:]`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(_DEBUG_ENV, "") not in ("", "0") or "--debug" in argv
+    try:
+        cl = split_argv(argv)
+        debug = debug or cl.debug
+        if cl.help:
+            print(usage(full=cl.help == "helpfull"), end="")
+            return 0
+        config = _prepare(cl)  # every command-line mistake surfaces here, before anything heavy
+        _setup_logging(cl.absl_args, debug)
+        run_job(config, cl.workdir, cl.mode)
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    except Preempted as e:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    return 0
+
+
+def run() -> NoReturn:
     """Console-script entry point (`nest-jax --config=... --workdir=...`)."""
-    app.run(main)
+    quiet_environment()
+    sys.exit(main())
 
 
 if __name__ == "__main__":

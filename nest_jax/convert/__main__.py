@@ -9,23 +9,33 @@ are resized to `--img-size` and heads with another class count are re-initialize
 The output is read back by `nest_jax.convert.restore_params(DIR)`. Architecture fields the name
 does not fix go through `--set`, e.g. `--set pool_padding=symmetric` for timm's plain `nest_*`
 weights (its `nest_*_jx` weights use the default TF-SAME pooling).
+
+Checks before anything is written, each a one-line error and exit status 2: the file is complete
+and holds only numeric tensors (pickled code is refused, never run), every tensor has the rank the
+architecture expects, and no weight is NaN or infinite (`--allow-nonfinite` converts anyway).
+`--overwrite` replaces only an earlier nest_jax checkpoint, and only once the new one is complete.
+`--debug` (or NEST_JAX_DEBUG=1) prints the traceback of an error.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.checkpoint import as_tuples, load_collection, save_params
-from nest_jax.convert.common import load_array_file, path_str
+from nest_jax.convert.checkpoint import as_tuples, is_replaceable, load_collection, save_params
+from nest_jax.convert.common import check_finite, load_array_file, path_str
 from nest_jax.convert.resize import METHODS, load_adapted
 from nest_jax.convert.vit_npz import vit_npz_to_params
+from nest_jax.errors import USAGE_EXIT_CODE, UserError
 
 log = logging.getLogger("nest_jax.convert")
 SOURCES = ("timm", "vit_npz", "nest_official", "nest_timm")
@@ -50,9 +60,56 @@ def read_source(source: str, path: str | Path) -> dict[str, np.ndarray]:
     """The checkpoint as a flat dict of numpy arrays."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"--input {path} is a directory; pass a file (.npz, .pth, .safetensors), e.g. the "
+        raise UserError(f"--input {path} is a directory; pass a file (.npz, .pth, .safetensors), e.g. the "
                          "official NesT parameters flattened to a '/'-keyed .npz")
     return load_array_file(path)
+
+
+# Ranks of the timm keys whose rank the converters rely on before any shape check (the rest are
+# renamed leaf by leaf and their shapes checked against the model's).
+TIMM_RANKS = {"timm": {"cls_token": 3, "dist_token": 3, "pos_embed": 3, "patch_embed.proj.weight": 4},
+              "nest_timm": {"patch_embed.proj.weight": 4, r"levels\.\d+\.pos_embed": 4}}
+_PREFIXES = ("params/", "opt/target/", "module.")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def reference_shapes(source: str, model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    """{source key: shape} the model would have in `source`'s own layout, where an exporter exists."""
+    try:
+        if source == "vit_npz":
+            from nest_jax.convert.vit_npz import params_to_vit_npz
+            ref = {**params_to_vit_npz(model, "prelinen"), **params_to_vit_npz(model, "linen")}
+        elif source == "nest_official":
+            from nest_jax.convert.nest import params_to_official_nest
+            ref = _flatten(params_to_official_nest(model))
+        else:
+            return {}
+    except (ValueError, TypeError, KeyError, NotImplementedError):  # e.g. a hybrid ViT: no exporter
+        return {}
+    return {k: tuple(np.shape(v)) for k, v in ref.items()}
+
+
+def check_ranks(source: str, data: dict[str, np.ndarray], model: nnx.Module, model_name: str) -> None:
+    """Every tensor the converters reshape has the architecture's rank; else name it and both shapes."""
+    ref = reference_shapes(source, model)
+    rules = TIMM_RANKS.get(source, {})
+    for key, value in data.items():
+        name = next((key[len(p):] for p in _PREFIXES if key.startswith(p)), key)
+        if name in ref:
+            want_rank, like = len(ref[name]), f", e.g. {ref[name]}"
+        else:
+            want_rank = next((r for pattern, r in rules.items() if re.fullmatch(pattern, name)), None)
+            like = ""
+        if want_rank is not None and np.ndim(value) != want_rank:
+            raise UserError(f"--input entry {key!r} has shape {tuple(np.shape(value))} (rank {np.ndim(value)}) but "
+                            f"{model_name} expects rank {want_rank}{like}: pass a {source} checkpoint of this "
+                            "architecture (or the matching --model / --set fields)")
 
 
 def to_params(source: str, data: dict[str, np.ndarray], model: nnx.Module) -> dict[str, np.ndarray]:
@@ -101,7 +158,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
                    help="any other create_model override, e.g. --set drop_path_rate=0.1 --set depth=2 "
                         "(VALUE read as JSON when it parses, else as a string)")
-    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --output if it is an earlier nest_jax checkpoint (anything else is refused); "
+                        "the old one is removed only after the new one is complete")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="convert even if some weights are NaN or infinite (refused by default)")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error (also NEST_JAX_DEBUG=1)")
     return p.parse_args(argv)
 
 
@@ -110,7 +172,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         field, sep, value = item.partition("=")
         if not sep or not field:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+            raise UserError(f"--set expects FIELD=VALUE, got {item!r}; e.g. --set drop_path_rate=0.1")
         try:
             out[field] = as_tuples(json.loads(value))
         except json.JSONDecodeError:
@@ -122,9 +184,15 @@ def run(args: argparse.Namespace) -> Path:
     from nest_jax.models import create_model, list_models
     if args.model not in list_models():
         create_model(args.model)  # raises the registry's "Unknown model … Did you mean" error
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"--output {args.output} exists; pass --overwrite to replace it")
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise UserError(f"--output {output} exists; pass --overwrite to replace it, or choose another directory")
+    if output.exists() and not is_replaceable(output):
+        raise UserError(f"--output {output} exists and is not a nest_jax checkpoint, so --overwrite leaves it "
+                        "alone; choose another --output (or remove it yourself)")
     data = read_source(args.source, args.input)
+    if not args.allow_nonfinite:
+        check_finite(data, source=f"--input {args.input}")
     kwargs: dict[str, Any] = {"num_classes": args.num_classes if args.num_classes is not None
                               else checkpoint_classes(args.source, data)}
     if args.img_size is not None:
@@ -136,6 +204,7 @@ def run(args: argparse.Namespace) -> Path:
     kwargs.update(parse_overrides(args.overrides))
     method = args.resize_method or ("linear" if args.source in ("vit_npz", "nest_official") else "bicubic")
     model = create_model(args.model, **kwargs)
+    check_ranks(args.source, data, model, args.model)
     fresh = convert_into(model, args.source, data, resize_method=method)
     if fresh:
         log.info("re-initialized (class count differs): %s", ", ".join(fresh))
@@ -145,14 +214,24 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Returns the exit status: 0 on success, 1 with one clear line on stderr for a bad input."""
+    """Returns the exit status: 0 on success, `USAGE_EXIT_CODE` (2) with one line on stderr for bad input."""
     args = parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError) as e:
-        print(f"nest_jax.convert: error: {e}", file=sys.stderr)
-        return 1
+    except (UserError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError) as e:
+        if args.debug or os.environ.get("NEST_JAX_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"nest_jax.convert: error: {one_line(e)}", file=sys.stderr)
+        return USAGE_EXIT_CODE
     return 0
+
+
+def one_line(e: BaseException, limit: int = 8) -> str:
+    """A multi-line message (e.g. a list of shape mismatches) as one line, at most `limit` items."""
+    lines = [" ".join(line.split()) for line in str(e).splitlines() if line.strip()]
+    head, items = (lines[0], lines[1:]) if lines else (type(e).__name__, [])
+    more = f"; … {len(items) - limit} more (--debug shows all)" if len(items) > limit else ""
+    return "; ".join([head.rstrip(":") + (":" if items else ""), *items[:limit]]).replace(":;", ":") + more
 
 
 def _log_to_stderr() -> None:

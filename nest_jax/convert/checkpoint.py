@@ -8,11 +8,15 @@ Layout of `directory` (one orbax composite checkpoint):
 
 Atomicity comes from orbax: it writes everything into a temporary sibling directory and renames it
 to `directory` only once every item is complete (then `commit_success.txt` marks it), so a crash
-mid-save never leaves a half-written checkpoint under the final name.
+mid-save never leaves a half-written checkpoint under the final name. `overwrite=True` replaces
+only an earlier checkpoint of this format (or an empty directory), and only after the new one is
+complete.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from nest_jax.convert.common import load_params, nest_paths, path_str
+from nest_jax.errors import UserError
 
 FORMAT = "nest_jax.params/1"
 COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
@@ -57,6 +62,9 @@ def save_params(model_or_state: nnx.Module | nnx.State, directory: str | Path, *
     directory = Path(directory).absolute()
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
+    if directory.exists() and not is_replaceable(directory):
+        raise UserError(f"{directory} exists and is not a nest_jax checkpoint (no meta/ item of format {FORMAT}), "
+                        "so it is not replaced; choose another output directory or remove it yourself")
     items = {name: _flat(model_or_state, kind) for name, kind in COLLECTIONS.items()}
     items = {name: nest_paths(flat) for name, flat in items.items() if flat}
     meta = {"format": FORMAT, "model": model_name, "kwargs": dict(model_kwargs or {}),
@@ -66,9 +74,45 @@ def save_params(model_or_state: nnx.Module | nnx.State, directory: str | Path, *
     except TypeError as e:
         raise TypeError(f"model_kwargs must be JSON-serialisable (ints, strings, lists): {e}") from None
     args = {name: ocp.args.PyTreeSave(tree) for name, tree in items.items()}
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(directory, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args), force=overwrite)
+    composite = ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args)
+    if not directory.exists():
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            ckptr.save(directory, args=composite)
+        return directory
+    # Replacing: orbax's own `force=True` deletes the old directory before writing, so a failed save
+    # would lose both. Instead the new checkpoint is completed beside the old one, then swapped in.
+    new = directory.with_name(f".{directory.name}.nest_jax-new-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.nest_jax-old-{os.getpid()}")
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            ckptr.save(new, args=composite, force=True)
+    except BaseException:
+        for leftover in directory.parent.glob(f"{new.name}*"):  # incl. orbax's own temporary directory
+            shutil.rmtree(leftover, ignore_errors=True)
+        raise
+    os.replace(directory, old)
+    try:
+        os.replace(new, directory)
+    except BaseException:
+        os.replace(old, directory)  # put the old one back
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def is_replaceable(directory: str | Path) -> bool:
+    """True for an empty directory or a `save_params` checkpoint: what `overwrite=True` may delete."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return False
+    if not any(directory.iterdir()):
+        return True
+    try:
+        read_meta(directory)
+    except Exception:  # not a checkpoint, another format, or unreadable: never delete it
+        return False
+    return True
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
