@@ -127,7 +127,7 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
 
     def make_targets(key, images, labels):
         if mix is not None and (mix.get("mixup_alpha", 0) or mix.get("cutmix_alpha", 0)):
-            from nest_jax.data.mixing import mix_batch
+            from nest_jax.train.mixing import mix_batch
             return mix_batch(key, images, labels, num_classes=num_classes, mixup_alpha=mix.mixup_alpha,
                              cutmix_alpha=mix.cutmix_alpha, switch_prob=mix.get("switch_prob", 0.5),
                              label_smoothing=mix.get("label_smoothing", 0.0),
