@@ -8,6 +8,7 @@ from flax import nnx
 
 from nest_jax.models import create_model
 from nest_jax.train import losses, optim
+from nest_jax.train.config_base import base_config
 from nest_jax.train.remat import remat_layers
 
 
@@ -71,11 +72,13 @@ def test_layer_ids_for_layer_wise_lr_decay():
 
 
 def test_warmup_cosine_schedule_endpoints():
-    opt = ml_collections.ConfigDict(dict(schedule="cosine", warmup_init_lr=1e-6, min_lr=1e-5))
+    opt = base_config().optimizer
+    opt.update(dict(schedule="cosine", warmup_init_lr=1e-6, min_lr=1e-5))
     s = optim.make_schedule(opt, peak_lr=1e-3, total_steps=100, warmup_steps=10)
     np.testing.assert_allclose([float(s(0)), float(s(5)), float(s(10)), float(s(100))],
                                [1e-6, 1e-6 + (1e-3 - 1e-6) / 2, 1e-3, 1e-5], rtol=1e-5)
-    assert optim.resolve_lr(ml_collections.ConfigDict(dict(lr=None, base_lr=2.5e-4, base_batch=256)), 1024) == 1e-3
+    opt.update(dict(lr=None, base_lr=2.5e-4, base_batch=256))
+    assert optim.resolve_lr(opt, 1024) == 1e-3
 
 
 def test_remat_layers_leave_gradients_unchanged():
