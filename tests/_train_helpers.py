@@ -69,20 +69,22 @@ class SyntheticData:
 
 
 def tiny_config(**train) -> ml_collections.ConfigDict:
-    """A 1-layer ViT (8 px, patch 4, width 16) on SyntheticData; `train` overrides config.train."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.model = dict(name="vit_tiny_patch16_224", img_size=None, remat=False,
-                   overrides=dict(patch_size=4, dim=16, depth=1, num_heads=2, mlp_dim=32, drop_path_rate=0.1))
-    c.dataset = dict(name="synthetic", image_size=8, num_channels=3)
-    c.mix = dict(mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.1)
-    c.train = dict(global_batch_size=16, eval_batch_size=8, num_train_steps=6, log_every_steps=2,
-                   eval_every_steps=0, checkpoint_every_steps=3, max_to_keep=5, stop_after_steps=None)
+    """A 1-layer ViT (8 px, patch 4, width 16) on SyntheticData; `train` overrides config.train.
+
+    Built from `config_base.base_config()`, the one source of defaults, like every shipped config."""
+    from nest_jax.train.config_base import base_config
+    c = base_config()
+    c.model.name = "vit_tiny_patch16_224"
+    c.model.overrides = dict(patch_size=4, dim=16, depth=1, num_heads=2, mlp_dim=32, drop_path_rate=0.1)
+    c.dataset.update(dict(name="synthetic", image_size=8, num_channels=3))
+    c.mix.update(dict(mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.1))
+    c.train.update(dict(global_batch_size=16, eval_batch_size=8, num_train_steps=6, log_every_steps=2,
+                        eval_every_steps=0, checkpoint_every_steps=3, max_to_keep=5, stop_after_steps=None))
     c.train.update(train)
-    c.optimizer = dict(name="adamw", lr=3e-3, weight_decay=0.05, wd_mask="nest", schedule="cosine",
-                       warmup_steps=2, ema_decay=0.9)
-    c.mesh = dict(axes=dict(data=-1, fsdp=1, tensor=1))
-    return ml_collections.ConfigDict(c)
+    c.optimizer.update(dict(name="adamw", lr=3e-3, weight_decay=0.05, wd_mask="nest", schedule="cosine",
+                            warmup_steps=2, ema_decay=0.9))
+    c.mesh.axes = dict(data=-1, fsdp=1, tensor=1)
+    return c
 
 
 if __name__ == "__main__":  # worker for the subprocess tests: `python -m tests._train_helpers MODE WORKDIR ...`

@@ -3,10 +3,10 @@ coupled decay), a NumPy LAMB, gradient accumulation = one step on the mean gradi
 layer-wise lr decay by hand."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import torch
 
+from nest_jax.train.config_base import base_config
 from nest_jax.train.optim import make_optimizer
 
 RNG = np.random.default_rng(0)
@@ -16,8 +16,10 @@ GRADS = [jax.tree.map(lambda p: RNG.normal(size=p.shape), PARAMS) for _ in range
 
 
 def _opt(**kw):
-    base = dict(name="adamw", lr=0.1, weight_decay=0.0, wd_mask="all", schedule="constant")
-    return ml_collections.ConfigDict(dict(base, **kw))
+    opt = base_config().optimizer
+    opt.update(dict(name="adamw", lr=0.1, weight_decay=0.0, wd_mask="all", schedule="constant"))
+    opt.update(kw)
+    return opt
 
 
 def _run(opt, grads):

@@ -8,6 +8,7 @@ from flax import nnx
 
 from nest_jax.models import create_model
 from nest_jax.train import losses, optim
+from nest_jax.train.config_base import base_config
 from nest_jax.train.remat import remat_layers
 
 
@@ -71,11 +72,13 @@ def test_layer_ids_for_layer_wise_lr_decay():
 
 
 def test_warmup_cosine_schedule_endpoints():
-    opt = ml_collections.ConfigDict(dict(schedule="cosine", warmup_init_lr=1e-6, min_lr=1e-5))
+    opt = base_config().optimizer
+    opt.update(dict(schedule="cosine", warmup_init_lr=1e-6, min_lr=1e-5))
     s = optim.make_schedule(opt, peak_lr=1e-3, total_steps=100, warmup_steps=10)
     np.testing.assert_allclose([float(s(0)), float(s(5)), float(s(10)), float(s(100))],
                                [1e-6, 1e-6 + (1e-3 - 1e-6) / 2, 1e-3, 1e-5], rtol=1e-5)
-    assert optim.resolve_lr(ml_collections.ConfigDict(dict(lr=None, base_lr=2.5e-4, base_batch=256)), 1024) == 1e-3
+    opt.update(dict(lr=None, base_lr=2.5e-4, base_batch=256))
+    assert optim.resolve_lr(opt, 1024) == 1e-3
 
 
 def test_remat_layers_leave_gradients_unchanged():
@@ -94,3 +97,45 @@ def test_remat_layers_leave_gradients_unchanged():
         return jax.grad(f)(p, rest)
     for a, b in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_three_head_loss_weights_match_hand_computation():
+    """cls learns the labels, dist a soft teacher (α₁), shape a hard teacher (α₂):
+    L = (1 − α₁ − α₂)·CE(cls, y) + α₁·τ²·KL(t₁‖s_dist) + α₂·CE(s_shape, argmax t₂)."""
+    rng = np.random.default_rng(1)
+    s_cls, s_dist, s_shape, t1, t2 = (rng.normal(size=(6, 5)) * 2 for _ in range(5))
+    y = np.eye(5)[rng.integers(0, 5, 6)] * 0.9 + 0.02
+    ce = lambda s, q: -(q * _np_log_softmax(s)).sum(-1).mean()  # noqa: E731
+    a1, a2, tau = 0.3, 0.2, 3.0
+    p1, ps = _np_log_softmax(t1 / tau), _np_log_softmax(s_dist / tau)
+    kl = (np.exp(p1) * (p1 - ps)).sum(-1).mean() * tau ** 2
+    expected = (1 - a1 - a2) * ce(s_cls, y) + a1 * kl + a2 * ce(s_shape, np.eye(5)[t2.argmax(-1)])
+    out = {k: jnp.asarray(v, jnp.float32) for k, v in (("cls", s_cls), ("dist", s_dist), ("shape", s_shape))}
+    teachers = {"dist": (jnp.asarray(t1), ml_collections.ConfigDict(dict(kind="soft", alpha=a1, tau=tau))),
+                "shape": (jnp.asarray(t2), ml_collections.ConfigDict(dict(kind="hard", alpha=a2, tau=1.0)))}
+    loss, logits = losses.classification_loss(out, jnp.asarray(y), teachers=teachers)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    np.testing.assert_allclose(logits, (s_cls + s_dist + s_shape) / 3, rtol=1e-5)
+    # Only dist distilled: cls and shape share the labels' weight 1 − α₁ equally.
+    loss, _ = losses.classification_loss(out, jnp.asarray(y), teachers={"dist": teachers["dist"]})
+    np.testing.assert_allclose(float(loss), (1 - a1) * (ce(s_cls, y) + ce(s_shape, y)) / 2 + a1 * kl, rtol=1e-5)
+    # No teacher: the mean CE of the three heads.
+    loss, _ = losses.classification_loss(out, jnp.asarray(y))
+    np.testing.assert_allclose(float(loss), (ce(s_cls, y) + ce(s_dist, y) + ce(s_shape, y)) / 3, rtol=1e-5)
+
+
+def test_layer_ids_on_nest_follow_levels_bottom_up():
+    model = nnx.eval_shape(lambda: create_model("nest_tiny_cifar", num_classes=4, img_size=8, block_size=2,
+                                                dims=(8, 8, 8), depths=(1, 2, 1), heads=(2, 2, 2)))
+    ids, count = optim.layer_ids(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    got = {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(ids)[0]}
+    # By hand: stem 0; level 0's table and layer -> 1; level 1's aggregation and first layer -> 2,
+    # its second layer -> 3; level 2's aggregation, table and layer -> 4; final norm and head -> 5.
+    expected = {"patch_embed": 0, "levels/0/pos_embed": 1, "levels/0/layers/0": 1, "levels/1/pos_embed": 2,
+                "levels/1/pool": 2, "levels/1/layers/0": 2, "levels/1/layers/1": 3, "levels/2/pos_embed": 4,
+                "levels/2/pool": 4, "levels/2/layers/0": 4, "norm": 5, "head": 5}
+    assert count == 6
+    for path, i in got.items():
+        prefix = next(p for p in sorted(expected, key=len, reverse=True) if path == p or path.startswith(p + "/"))
+        assert i == expected[prefix], (path, i)
+    assert {p.split("/")[0] for p in got} == {"patch_embed", "levels", "norm", "head"}

@@ -39,8 +39,7 @@ def test_finetune_resizes_position_embedding_and_reinitializes_the_head(teacher_
     trained = _workdir_params(teacher_dir)
     cfg = tiny_config()
     cfg.dataset.image_size = 12  # 2×2 -> 3×3 patches
-    cfg.init_from = ml_collections.ConfigDict(dict(checkpoint=str(teacher_dir), source="nest_jax",
-                                                   resize_method="bicubic"))
+    cfg.init_from.update(dict(checkpoint=str(teacher_dir), source="nest_jax", resize_method="bicubic"))
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
     tr = make_trainer(cfg, mesh, num_classes=3, num_train_steps=3, warmup_steps=0)
     fresh = _flat(tr.init_state()["params"])

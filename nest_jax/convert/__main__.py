@@ -31,15 +31,14 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.checkpoint import as_tuples, is_replaceable, load_collection, save_params
-from nest_jax.convert.common import check_finite, load_array_file, path_str
-from nest_jax.convert.resize import METHODS, load_adapted
-from nest_jax.convert.vit_npz import vit_npz_to_params
+from nest_jax.convert.checkpoint import as_tuples, is_replaceable, save_params
+from nest_jax.convert.common import check_finite
+from nest_jax.convert.resize import METHODS
+from nest_jax.convert.sources import SOURCES, convert_into, read_source
 from nest_jax.errors import USAGE_EXIT_CODE, UserError
 
 log = logging.getLogger("nest_jax.convert")
-SOURCES = ("timm", "vit_npz", "nest_official", "nest_timm")
-# The GELU each source was trained with (REFERENCE §1, §4): Google's JAX code uses the tanh form.
+# The GELU each source was trained with (docs/models.md): Google's JAX code uses the tanh form.
 SOURCE_GELU = {"timm": "exact", "vit_npz": "tanh", "nest_official": "tanh", "nest_timm": "exact"}
 # Where each source keeps its classifier, and whether the class count is the last axis (JAX) or first (torch).
 HEAD_KEYS = {"timm": (("head.weight", 0), ("fc.weight", 0), ("head.fc.weight", 0)),
@@ -54,15 +53,6 @@ def checkpoint_classes(source: str, data: dict[str, np.ndarray]) -> int:
             if prefix + key in data:
                 return int(np.shape(data[prefix + key])[axis])
     return 0
-
-
-def read_source(source: str, path: str | Path) -> dict[str, np.ndarray]:
-    """The checkpoint as a flat dict of numpy arrays."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"--input {path} is a directory; pass a file (.npz, .pth, .safetensors), e.g. the "
-                         "official NesT parameters flattened to a '/'-keyed .npz")
-    return load_array_file(path)
 
 
 # Ranks of the timm keys whose rank the converters rely on before any shape check (the rest are
@@ -110,37 +100,6 @@ def check_ranks(source: str, data: dict[str, np.ndarray], model: nnx.Module, mod
             raise UserError(f"--input entry {key!r} has shape {tuple(np.shape(value))} (rank {np.ndim(value)}) but "
                             f"{model_name} expects rank {want_rank}{like}: pass a {source} checkpoint of this "
                             "architecture (or the matching --model / --set fields)")
-
-
-def to_params(source: str, data: dict[str, np.ndarray], model: nnx.Module) -> dict[str, np.ndarray]:
-    """Source arrays -> {nest_jax path: array}, before any resizing."""
-    if source == "vit_npz":
-        return vit_npz_to_params(data, model)
-    if source == "timm":
-        from nest_jax.convert.timm import timm_resnet_to_params, timm_vit_to_params
-        if type(model).__name__ == "ResNet":
-            return timm_resnet_to_params(data, model)
-        return timm_vit_to_params(data, model)
-    from nest_jax.convert import nest
-    if source == "nest_official":
-        return nest.official_nest_to_params(data, model.config)
-    return nest.timm_nest_to_params(data, model.config)
-
-
-def convert_into(model: nnx.Module, source: str, data: dict[str, np.ndarray], *,
-                 resize_method: str = "bicubic") -> list[str]:
-    """Loads `data` from `source` into `model` in place, adapting resolution and head.
-
-    Returns the names of the re-initialized (head) parameters.
-    """
-    arrays = to_params(source, data, model)
-    stat_paths = {path_str(k) for k, _ in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
-    stats = {k: v for k, v in arrays.items() if k in stat_paths}
-    fresh = load_adapted(model, {k: v for k, v in arrays.items() if k not in stat_paths}, source=source,
-                         resize_method=resize_method)
-    if stat_paths:
-        load_collection(model, nnx.BatchStat, stats, source=source)
-    return fresh
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -71,8 +71,11 @@ class NestConfig:
     attn_drop_rate: float = 0.0
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    attn_impl: str = "auto"  # attention kernel: "auto" | "cudnn" | "xla" | "explicit" (layers.Attention)
 
     def __post_init__(self):
+        if self.attn_impl not in L.ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {L.ATTN_IMPLS}, got {self.attn_impl!r}")
         for name in ("dims", "depths", "heads"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         if self.attention not in ATTENTIONS:
@@ -137,7 +140,7 @@ class NestLevel(nnx.Module):
             L.TransformerLayer(dim, c.heads[index], int(dim * c.mlp_ratio),
                                num_kv_heads=1 if c.attention == "multi_query" else None,
                                drop=c.drop_rate, attn_drop=c.attn_drop_rate, drop_path=rate, act=c.gelu,
-                               kernel_init=init, **kw)
+                               kernel_init=init, attn_impl=c.attn_impl, **kw)
             for rate in drop_path])
 
     def __call__(self, x: Array, *, train: bool = False, rec=None) -> Array:

@@ -50,8 +50,11 @@ class ViTConfig:
     stem: str | None = None  # "bit_r50": hybrid on a BiT ResNet-50 stem (stages 3, 4, 9)
     dtype: Any = None  # compute dtype, e.g. jnp.bfloat16
     param_dtype: Any = jnp.float32
+    attn_impl: str = "auto"  # attention kernel: "auto" | "cudnn" | "xla" | "explicit" (layers.Attention)
 
     def __post_init__(self):
+        if self.attn_impl not in L.ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {L.ATTN_IMPLS}, got {self.attn_impl!r}")
         if self.pool not in ("token", "gap"):
             raise ValueError(f"pool must be 'token' or 'gap', got {self.pool!r}")
         if self.pool == "token" and not self.prefix_tokens:
@@ -131,7 +134,8 @@ class ViT(nnx.Module):
         self.layers = nnx.List([
             L.TransformerLayer(c.dim, c.num_heads, c.mlp_dim, qkv_bias=c.qkv_bias, drop=c.drop_rate,
                                attn_drop=c.attn_drop_rate, drop_path=rates[i], act=c.gelu,
-                               kernel_init=dense_init, qkv_init=qkv_init, mlp_bias_init=mlp_bias, **kw)
+                               kernel_init=dense_init, qkv_init=qkv_init, mlp_bias_init=mlp_bias,
+                               attn_impl=c.attn_impl, **kw)
             for i in range(c.depth)])
         self.norm = L.layer_norm(c.dim, **kw)
         width = c.dim

@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.mode = "train"
     c.model = ml_collections.ConfigDict(dict(name="", img_size=placeholder(int), remat=False,
+                                             remat_policy="nothing_saveable",
                                              overrides=ml_collections.ConfigDict()))
     c.dataset = ml_collections.ConfigDict(dict(
         name="", data_dir=placeholder(str), train_split="train", eval_split="test", image_size=224,
@@ -38,10 +39,13 @@ def base_config() -> ml_collections.ConfigDict:
         name="adamw", lr=placeholder(float), base_lr=placeholder(float), base_batch=256,
         weight_decay=0.0, wd_mask="nest", b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
         clip_norm=0.0, schedule="cosine", warmup_steps=placeholder(int), warmup_epochs=0.0,
-        warmup_init_lr=0.0, min_lr=0.0, layer_decay=1.0, ema_decay=0.0, accum_steps=1))
+        warmup_init_lr=0.0, min_lr=0.0, layer_decay=1.0, ema_decay=0.0, accum_steps=1,
+        mu_dtype=placeholder(str)))  # mu_dtype "bfloat16": AdamW's first moment stored in bf16
     c.mesh = ml_collections.ConfigDict(dict(axes=dict(data=-1, fsdp=1, tensor=1)))
     c.logical_axis_rules = placeholder(list)  # None: nest_jax.train.sharding.DEFAULT_LOGICAL_RULES
     c.sharding_rules = ()
+    # strict: a mesh axis that does not divide a parameter dimension is an error, not replication.
+    c.sharding = ml_collections.ConfigDict(dict(strict=False))
     c.distill = ml_collections.ConfigDict()  # token -> teacher(...); empty: no distillation
     c.distill_kl_reduction = "batchmean"
     c.init_from = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), source="nest_jax",

@@ -1,9 +1,11 @@
 """Frozen distillation teachers, one per distilled prefix token (DeiT `dist`, shape token `shape`).
 
 config.distill: {token: {model, overrides, checkpoint, source ("nest_jax" workdir or params dir,
-"timm", "vit_npz", "nest_official", "nest_timm"), img_size (default: the student's), kind
-"hard"|"soft", alpha, tau, use_ema}}; config.distill_kl_reduction: "batchmean" (default) | "deit".
-The teacher runs inside the jitted train step on the student's mixed inputs (see trainer.py).
+"timm", "vit_npz", "nest_official", "nest_timm"), img_size (None: the student's), kind
+"hard"|"soft", alpha, tau, use_ema}}; config.distill_kl_reduction: "batchmean" | "deit".
+The teacher runs inside the jitted train step on the student's mixed inputs (see trainer.py). Its
+parameters are read as host arrays and placed straight into their shardings (the student's
+logical rules on the same mesh); the model itself is only traced.
 """
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ import logging
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from nest_jax.errors import UserError
 from nest_jax.train import sharding as shd
-from nest_jax.train.init_from import load_weights, sharded_state
-from nest_jax.train.trainer import DTYPES
+from nest_jax.train.init_from import place, read_weights
+from nest_jax.train.trainer import DTYPES, params_state
 
 log = logging.getLogger(__name__)
 
@@ -25,27 +29,39 @@ def load_teachers(config: Any, mesh: Mesh, num_classes: int) -> tuple[dict, dict
     """Returns (token -> (graphdef, rest, cfg), token -> (params State, rest State)) placed on the mesh."""
     from nest_jax.models import create_model
     teachers, params = {}, {}
+    rules = config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES
     for token, cfg in config.distill.items():
         if cfg is None:
             continue
-        kw = dict(cfg.get("overrides", None) or {})
+        flag = f"--config.distill.{token}.checkpoint"
+        kw = dict(cfg.overrides or {})
         for key in ("dtype", "param_dtype"):
             if isinstance(kw.get(key), str):
                 kw[key] = DTYPES[kw[key]]
-        kw.setdefault("in_chans", int(config.dataset.get("num_channels", 3)))
-        img = cfg.get("img_size", None) or config.model.get("img_size", None) or config.dataset.image_size
-        model = create_model(cfg.model, num_classes=num_classes, img_size=img, rngs=nnx.Rngs(0), **kw)
-        fresh = load_weights(model, cfg.get("source", "nest_jax"), cfg.checkpoint,
-                             use_ema=cfg.get("use_ema", False))
+        kw.setdefault("in_chans", int(config.dataset.num_channels))
+        img = cfg.img_size or config.model.img_size or config.dataset.image_size
+
+        def build(model_name=cfg.model, kw=kw, img=img):
+            return create_model(model_name, num_classes=num_classes, img_size=img, rngs=nnx.Rngs(0), **kw)
+
+        abstract = nnx.eval_shape(build)
+        arrays, stats, fresh = read_weights(cfg.source, cfg.checkpoint, abstract, flag=flag, use_ema=cfg.use_ema)
         if fresh:
-            raise ValueError(f"teacher {cfg.model} from {cfg.checkpoint} lacks trained weights for {fresh} "
-                             f"(its class count differs from the dataset's {num_classes})")
-        graphdef, p, rest = nnx.split(model, nnx.Param, ...)
-        p_sh = shd.param_shardings(p, mesh,
-                                   logical_rules=config.get("logical_axis_rules", None) or shd.DEFAULT_LOGICAL_RULES)
-        rest = jax.device_put(rest, shd.replicated(mesh))
+            raise UserError(f"{flag}={cfg.checkpoint}: the teacher {cfg.model} has no trained weights for {fresh} "
+                            f"(its class count differs from the dataset's {num_classes})")
+        graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
+        p_sh = shd.param_shardings(abs_params, mesh, logical_rules=rules, strict=config.sharding.strict)
+        pure = place(arrays, nnx.to_pure_dict(abs_params), p_sh)
+        repl = shd.replicated(mesh)
+        # The RNG streams (and any batch statistics' layout) come from a jitted build; XLA drops the
+        # unused parameter initializers, so no parameter is materialized here either.
+        rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2], out_shardings=repl)()
+        if stats:
+            flat = [(k, v.replace(jax.device_put(np.asarray(stats[shd.path_str(k)], v.get_value().dtype), repl))
+                     if shd.path_str(k) in stats else v) for k, v in nnx.to_flat_state(rest)]
+            rest = nnx.from_flat_state(flat)
         teachers[token] = (graphdef, rest, cfg)
-        params[token] = (sharded_state(p, p_sh), rest)
+        params[token] = (params_state(list(nnx.to_flat_state(abs_params)), pure), rest)
         log.info("teacher for %r: %s from %s (%s distillation, alpha %s)", token, cfg.model, cfg.checkpoint,
                  cfg.kind, cfg.alpha)
     return teachers, params

@@ -1,11 +1,14 @@
 """Classification and DeiT distillation losses (REFERENCE §2). All losses are computed in float32.
 
 Distillation, with student logits per prefix token (s_cls, s_dist, s_shape), soft/smoothed/mixed
-targets y and a frozen teacher per distilled token:
+targets y, a frozen teacher per distilled token t ∈ T and the heads without a teacher U:
 
-    L = (1 − Σ_t α_t) · CE(s_cls, y) + Σ_t α_t · L_kd(s_t, teacher_t)
+    L = (1 − Σ_{t∈T} α_t) · (1/|U|) Σ_{u∈U} CE(s_u, y) + Σ_{t∈T} α_t · L_kd(s_t, teacher_t)
 
-(one teacher: the DeiT formula (1 − α)·CE + α·L_kd). A token without a teacher is trained on y.
+One teacher on `dist` (U = {cls}): the DeiT formula (1 − α)·CE(s_cls, y) + α·L_kd(s_dist).
+Three heads, teachers on `dist` (α₁) and `shape` (α₂): (1 − α₁ − α₂)·CE(s_cls, y) + α₁·L_kd,dist +
+α₂·L_kd,shape. No teacher at all: the mean CE of every head. The labels keep weight 1 − Σα however
+many heads learn them, so adding a teacher never changes the weight of another.
   hard: L_kd = CE(s_t, argmax teacher) — the teacher's label is not smoothed.
   soft: L_kd = τ² · KL(softmax(teacher/τ) ‖ softmax(s_t/τ)).
 KL normalization: by default (`kl_reduction="batchmean"`) the KL is summed over classes and
@@ -67,6 +70,9 @@ def classification_loss(outputs: Array | Mapping[str, Array], targets: Array, *,
     if unknown:
         raise ValueError(f"teachers for tokens {sorted(unknown)}, but the model's tokens are {sorted(outputs)}")
     alpha_total = sum(float(cfg.alpha) for _, cfg in teachers.values())
+    label_heads = [name for name in outputs if name not in teachers]
+    if not label_heads:
+        raise ValueError(f"every head {sorted(outputs)} has a teacher; at least one must learn the labels")
     terms = []
     for name, logits in outputs.items():
         if name in teachers:
@@ -75,14 +81,13 @@ def classification_loss(outputs: Array | Mapping[str, Array], targets: Array, *,
             if cfg.kind == "hard":
                 kd = hard_distillation(logits, t_logits)
             elif cfg.kind == "soft":
-                kd = soft_distillation(logits, t_logits, float(cfg.get("tau", 1.0)), kl_reduction)
+                kd = soft_distillation(logits, t_logits, float(cfg.tau), kl_reduction)
             else:
                 raise ValueError(f"distillation kind must be 'hard' or 'soft', got {cfg.kind!r}")
             terms.append(float(cfg.alpha) * kd)
-        elif name == "cls" and teachers:
-            terms.append((1.0 - alpha_total) * softmax_cross_entropy(logits, targets).mean())
-        else:  # no teacher anywhere: every head learns the labels, equally weighted
-            terms.append(softmax_cross_entropy(logits, targets).mean() / (len(outputs) - len(teachers)))
+        else:
+            weight = (1.0 - alpha_total) / len(label_heads)
+            terms.append(weight * softmax_cross_entropy(logits, targets).mean())
     mean_logits = sum(outputs.values()) / len(outputs)
     return sum(terms), mean_logits
 

@@ -18,15 +18,15 @@ from nest_jax.train.sharding import path_str
 
 def resolve_lr(opt: Any, global_batch_size: int) -> float:
     """Peak lr: `lr` if set, else `base_lr × global_batch / base_batch` (NesT: 2.5e-4 per 256)."""
-    if opt.get("lr") is not None:
+    if opt.lr is not None:
         return float(opt.lr)
-    return float(opt.base_lr) * global_batch_size / float(opt.get("base_batch", 256))
+    return float(opt.base_lr) * global_batch_size / float(opt.base_batch)
 
 
 def make_schedule(opt: Any, *, peak_lr: float, total_steps: int, warmup_steps: int) -> optax.Schedule:
     """Linear warmup from `warmup_init_lr` to the peak, then cosine/linear decay to `min_lr`."""
-    init, end = float(opt.get("warmup_init_lr", 0.0)), float(opt.get("min_lr", 0.0))
-    kind = opt.get("schedule", "cosine")
+    init, end = float(opt.warmup_init_lr), float(opt.min_lr)
+    kind = opt.schedule
     warmup_steps = min(int(warmup_steps), max(total_steps - 1, 0))
     decay_steps = max(total_steps - warmup_steps, 1)
     warm = optax.linear_schedule(init, peak_lr, max(warmup_steps, 1))
@@ -117,35 +117,48 @@ def make_optimizer(opt: Any, params: Any, *, schedule: optax.Schedule) -> optax.
     Order: clip (global norm of the raw gradient) -> optimizer with decoupled decay and the lr
     schedule -> layer-wise lr decay factor -> gradient accumulation wrapper (MultiSteps: the
     schedule counts optimizer updates, i.e. every `accum_steps` micro-batches).
+
+    Every field is read from `opt` as given: `config_base.base_config().optimizer` holds the defaults
+    (eps 1e-8 for every optimizer; the LAMB paper used 1e-6: set it). `mu_dtype` ("bfloat16" or
+    None) stores AdamW's first moment in that dtype (optax `mu_dtype`); the second moment stays
+    float32, where bf16's 8-bit mantissa would distort the 1/√ν scaling.
     """
-    name = opt.get("name", "adamw")
-    wd = float(opt.get("weight_decay", 0.0))
-    mask = decay_mask(params, opt.get("wd_mask", "nest"))
+    name = opt.name
+    wd = float(opt.weight_decay)
+    mask = decay_mask(params, opt.wd_mask)
     parts = []
-    if opt.get("clip_norm"):
+    if opt.clip_norm:
         parts.append(optax.clip_by_global_norm(float(opt.clip_norm)))
     if name == "adamw":
-        parts.append(optax.adamw(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
-                                 eps=opt.get("eps", 1e-8), weight_decay=wd, mask=mask))
+        parts.append(optax.adamw(schedule, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
+                                 weight_decay=wd, mask=mask, mu_dtype=_dtype(opt.mu_dtype)))
     elif name == "lamb":
-        parts.append(optax.lamb(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
-                                eps=opt.get("eps", 1e-6), weight_decay=wd, mask=mask))
+        parts.append(optax.lamb(schedule, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
+                                weight_decay=wd, mask=mask))
     elif name == "sgd":
         if wd:  # coupled L2 (added to the gradient before momentum), as torch.optim.SGD
             parts.append(optax.add_decayed_weights(wd, mask=mask))
-        parts.append(optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None,
-                               nesterov=bool(opt.get("nesterov", False))))
+        parts.append(optax.sgd(schedule, momentum=float(opt.momentum) or None, nesterov=bool(opt.nesterov)))
     else:
         raise ValueError(f"optimizer.name must be adamw, sgd or lamb, got {name!r}")
-    if opt.get("layer_decay") and float(opt.layer_decay) != 1.0:
+    if opt.layer_decay and float(opt.layer_decay) != 1.0:
         ids, count = layer_ids(params)
         decay = float(opt.layer_decay)
         parts.append(scale_by_tree(jax.tree.map(lambda i: decay ** (count - 1 - i), ids)))
     tx = optax.chain(*parts)
-    accum = int(opt.get("accum_steps", 1) or 1)
+    accum = int(opt.accum_steps)
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)
     return tx
+
+
+def _dtype(name: str | None):
+    if name is None:
+        return None
+    dtypes = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+    if name not in dtypes:
+        raise ValueError(f"optimizer.mu_dtype must be bfloat16, float32 or None, got {name!r}")
+    return dtypes[name]
 
 
 def ema_update(ema: Any, params: Any, decay: float) -> Any:

@@ -7,6 +7,7 @@ parameter path override them. Nothing here touches a real array: everything is c
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,10 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from nest_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Batch axes: examples are split over both data-parallel axes (fsdp is data parallel for activations).
@@ -60,21 +65,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def _fit_spec(spec: Sequence[Any], shape: tuple[int, ...], mesh: Mesh) -> P:
+def _fit_spec(spec: Sequence[Any], shape: tuple[int, ...], mesh: Mesh,
+              dropped: list[tuple[int, str, str]] | None = None) -> P:
     """Drops mesh axes a dimension cannot use: unknown names, uneven splits, an axis used twice.
 
     Uneven splits would make `jit(out_shardings=...)` fail; falling back to replication of that
     dimension keeps every rule set valid for every model size (e.g. 10 classes on tensor=4).
+    dropped: when given, (dimension index, mesh axis, reason) is appended for every axis of size
+    > 1 that was in the mesh but could not be used, so callers can report or refuse it.
     """
     used: set[str] = set()
     out = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    for i, (dim, entry) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
         names = (entry,) if isinstance(entry, str) else tuple(entry or ())
         keep = []
         for name in names:
-            if name not in mesh.shape or name in used:
+            if name not in mesh.shape:
                 continue
-            if dim % (math.prod(mesh.shape[k] for k in keep) * mesh.shape[name]):
+            if name in used:
+                if dropped is not None and mesh.shape[name] > 1:
+                    dropped.append((i, name, "already used by another dimension"))
+                continue
+            split = math.prod(mesh.shape[k] for k in keep) * mesh.shape[name]
+            if dim % split:
+                if dropped is not None:
+                    dropped.append((i, name, f"size {dim} is not divisible by {split}"))
                 continue
             keep.append(name)
         used.update(keep)
@@ -101,12 +116,15 @@ def path_str(path: tuple) -> str:
 
 def param_shardings(abstract_params: nnx.State, mesh: Mesh, *,
                     logical_rules: Sequence[tuple[str, Any]] = DEFAULT_LOGICAL_RULES,
-                    regex_rules: Sequence[tuple[str, Sequence[Any]]] = ()) -> dict:
+                    regex_rules: Sequence[tuple[str, Sequence[Any]]] = (), strict: bool = False) -> dict:
     """Pure-dict tree (as `nnx.to_pure_dict`) of NamedShardings for the parameters.
 
     abstract_params: the `nnx.Param` state of an `nnx.eval_shape` model (Variables carry names).
     regex_rules: [(regex, spec)], first `re.search` match on the '/'-joined path wins; spec entries
       are mesh axis names. Unmatched parameters follow the logical rules.
+    strict: a rule asking for a mesh axis that the parameter's dimension cannot be split over
+      (`config.sharding.strict`) raises a UserError naming the parameter, its shape and the axis;
+      otherwise that dimension is replicated and one warning lists every such parameter.
     """
     rules = list(logical_rules)
     with nn.logical_axis_rules(rules):
@@ -120,30 +138,50 @@ def param_shardings(abstract_params: nnx.State, mesh: Mesh, *,
                 spec = override
                 break
         shape = tuple(var.shape)
-        return NamedSharding(mesh, _fit_spec(tuple(spec) if spec is not None else (), shape, mesh))
+        dropped: list[tuple[int, str, str]] = []
+        fitted = _fit_spec(tuple(spec) if spec is not None else (), shape, mesh, dropped)
+        fallbacks.extend(f"{name} {shape}: dim {i} not split over {axis!r} ({why})" for i, axis, why in dropped)
+        return NamedSharding(mesh, fitted)
 
+    fallbacks: list[str] = []
     is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
     shard_state = jax.tree_util.tree_map_with_path(
         lambda p, v, s: one(p, v, s.get_value() if isinstance(s, nnx.Variable) else s),
         abstract_params, specs, is_leaf=is_var)
+    if fallbacks and strict:
+        raise UserError(f"sharding: {fallbacks[0]}" + (f" (and {len(fallbacks) - 1} more)" if len(fallbacks) > 1
+                        else "") + f" on mesh {dict(mesh.shape)}; change the mesh or the model width, add a "
+                        "config.sharding_rules entry, or set --config.sharding.strict=False to replicate")
+    if fallbacks:
+        log.warning("sharding: %d parameter dimension(s) replicated instead of split on mesh %s:\n  %s",
+                    len(fallbacks), dict(mesh.shape), "\n  ".join(fallbacks))
     return nnx.to_pure_dict(shard_state)
 
 
-def like_params(tree: Any, params_shardings: dict, mesh: Mesh) -> Any:
-    """Shardings for a tree holding parameter-shaped leaves (optimizer moments, EMA): a leaf whose
-    path ends with a parameter's path and has its shape gets that parameter's sharding; every other
-    leaf (step counts, scalars) is replicated. tree: abstract (ShapeDtypeStruct) leaves."""
-    by_path = {}
-    for path, sh in jax.tree_util.tree_flatten_with_path(params_shardings)[0]:
-        by_path[path_str(path)] = sh
+def like_params(tree: Any, params_shardings: dict, mesh: Mesh, abstract_params: dict | None = None) -> Any:
+    """Shardings for a tree holding parameter-shaped leaves (optimizer moments, EMA).
+
+    A leaf whose '/'-joined path ends with a parameter's path (longest match first, e.g.
+    `0/mu/layers/0/attn/qkv` → `layers/0/attn/qkv`) and has that parameter's shape (checked when
+    `abstract_params`, a pure dict of arrays or ShapeDtypeStructs, is given; otherwise the
+    parameter's spec must fit the leaf) gets the parameter's sharding; every other leaf (step
+    counts, scalars, unrelated tensors) is replicated. tree: abstract (ShapeDtypeStruct) leaves.
+    """
+    by_path = {path_str(p): sh for p, sh in jax.tree_util.tree_flatten_with_path(params_shardings)[0]}
+    shapes = ({path_str(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+              if abstract_params is not None else None)
 
     def one(path, leaf):
         parts = path_str(path).split("/")
         for i in range(len(parts)):
-            sh = by_path.get("/".join(parts[i:]))
-            if sh is not None and len(sh.spec) <= len(np.shape(leaf)):
-                if _fit_spec(sh.spec, tuple(leaf.shape), mesh) == sh.spec:
-                    return sh
+            key = "/".join(parts[i:])
+            sh = by_path.get(key)
+            if sh is None:
+                continue
+            if shapes is not None:
+                return sh if shapes[key] == tuple(leaf.shape) else replicated(mesh)
+            if len(sh.spec) <= len(np.shape(leaf)) and _fit_spec(sh.spec, tuple(leaf.shape), mesh) == sh.spec:
+                return sh
         return replicated(mesh)
 
     return jax.tree_util.tree_map_with_path(one, tree)

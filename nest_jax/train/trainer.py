@@ -5,6 +5,10 @@ State (a pure pytree, checkpointed as is): {"step": int32, "params": pure dict, 
 from shapes only; the state is created already sharded by `jax.jit(init, out_shardings=...)`.
 The model's graph (`graphdef`) and its RNG-stream variables (`rest`, reseeded every step) stay
 outside the state: they are a deterministic function of the config.
+
+The train step never waits for the host: mixing selects between its branches instead of
+branching (`mixing.mix_batch`), the EMA under gradient accumulation is a `where`, and metrics stay
+on device until the loop reads them.
 """
 from __future__ import annotations
 
@@ -21,28 +25,29 @@ from jax.sharding import Mesh
 
 from nest_jax.train import losses, optim
 from nest_jax.train import sharding as shd
+from nest_jax.train.mixing import mix_batch
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 
 
 def model_kwargs(config: Any, num_classes: int) -> dict:
     """`create_model` keyword arguments from config.model (dtype strings -> jnp dtypes)."""
-    kw = dict(config.model.get("overrides", None) or {})
+    kw = dict(config.model.overrides or {})
     for key in ("dtype", "param_dtype"):
         if isinstance(kw.get(key), str):
             kw[key] = DTYPES[kw[key]]
-    kw.setdefault("in_chans", int(config.dataset.get("num_channels", 3)))
+    kw.setdefault("in_chans", int(config.dataset.num_channels))
     kw["num_classes"] = num_classes
-    kw["img_size"] = config.model.get("img_size", None) or config.dataset.image_size
+    kw["img_size"] = config.model.img_size or config.dataset.image_size
     return kw
 
 
 def build_model(config: Any, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
     from nest_jax.models import create_model
     model = create_model(config.model.name, rngs=rngs, **model_kwargs(config, num_classes))
-    if config.model.get("remat", False):
+    if config.model.remat:
         from nest_jax.train.remat import remat_layers
-        remat_layers(model)
+        remat_layers(model, policy=config.model.remat_policy)
     return model
 
 
@@ -54,7 +59,12 @@ def params_state(template_flat: list, pure: dict) -> nnx.State:
 
 @dataclasses.dataclass
 class Trainer:
-    """Everything the loop needs: shardings, the jitted init/train/eval functions, the schedule."""
+    """Everything the loop needs: shardings, the jitted init/train/eval functions, the schedule.
+
+    `model(params, batch_stats, rest)` merges a train state's pure dicts (params or EMA, batch
+    statistics or None, `init_rest()`) back into the `nnx.Module` that evaluators and analyses
+    run; it works inside and outside `jax.jit`.
+    """
 
     mesh: Mesh
     graphdef: Any
@@ -67,6 +77,7 @@ class Trainer:
     schedule: optax.Schedule
     abstract_state: Any
     teachers: dict  # token -> (graphdef, rest, teacher cfg)
+    model: Callable[..., nnx.Module]  # (params, batch_stats or None, rest) -> nnx.Module
 
 
 def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: int,
@@ -75,9 +86,9 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
     teachers = teachers or {}
     seed = int(config.seed)
     opt = config.optimizer
-    accum = int(opt.get("accum_steps", 1) or 1)
-    ema_decay = float(opt.get("ema_decay", 0.0) or 0.0)
-    mix = config.get("mix", None)
+    accum = max(int(opt.accum_steps), 1)
+    ema_decay = float(opt.ema_decay)
+    mix = config.mix
 
     def new_model():
         return build_model(config, num_classes, nnx.Rngs(params=seed, dropout=seed + 1))
@@ -107,11 +118,10 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
         return nnx.split(new_model(), nnx.Param, nnx.BatchStat, ...)[3]
 
     abstract_state = jax.eval_shape(init)
-    p_sh = shd.param_shardings(abs_params, mesh, logical_rules=config.get("logical_axis_rules", None)
-                               or shd.DEFAULT_LOGICAL_RULES,
-                               regex_rules=config.get("sharding_rules", None) or ())
+    p_sh = shd.param_shardings(abs_params, mesh, logical_rules=config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES,
+                               regex_rules=config.sharding_rules or (), strict=config.sharding.strict)
     repl = shd.replicated(mesh)
-    state_sh = {k: shd.like_params(v, p_sh, mesh) for k, v in abstract_state.items() if k != "params"}
+    state_sh = {k: shd.like_params(v, p_sh, mesh, pure_abs) for k, v in abstract_state.items() if k != "params"}
     state_sh["params"] = p_sh
     if "ema" in state_sh:
         state_sh["ema"] = p_sh
@@ -126,14 +136,10 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
                          params_state(stats_flat, stats or {}), rest)
 
     def make_targets(key, images, labels):
-        if mix is not None and (mix.get("mixup_alpha", 0) or mix.get("cutmix_alpha", 0)):
-            from nest_jax.data.mixing import mix_batch
-            return mix_batch(key, images, labels, num_classes=num_classes, mixup_alpha=mix.mixup_alpha,
-                             cutmix_alpha=mix.cutmix_alpha, switch_prob=mix.get("switch_prob", 0.5),
-                             label_smoothing=mix.get("label_smoothing", 0.0),
-                             sampling=mix.get("sampling", "nest"))
-        ls = float(mix.get("label_smoothing", 0.0)) if mix is not None else 0.0
-        return images, jax.nn.one_hot(labels, num_classes) * (1.0 - ls) + ls / num_classes
+        # With both alphas 0 this only smooths the labels.
+        return mix_batch(key, images, labels, num_classes=num_classes, mixup_alpha=float(mix.mixup_alpha),
+                         cutmix_alpha=float(mix.cutmix_alpha), switch_prob=float(mix.switch_prob),
+                         label_smoothing=float(mix.label_smoothing), sampling=mix.sampling)
 
     def train_step(state, batch, rest, teacher_params):
         step = state["step"]
@@ -150,9 +156,8 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
             model = merged(params, state.get("batch_stats"), rest)
             nnx.reseed(model, dropout=k_drop)
             out = model(images, train=True)
-            loss, logits = losses.classification_loss(
-                out, targets, teachers=t_logits,
-                kl_reduction=config.get("distill_kl_reduction", "batchmean"))
+            loss, logits = losses.classification_loss(out, targets, teachers=t_logits,
+                                                      kl_reduction=config.distill_kl_reduction)
             stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)) if stats_flat else None
             return loss, (logits, stats)
 
@@ -186,12 +191,12 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
                    init_state=jax.jit(init, out_shardings=state_sh),
                    init_rest=jax.jit(rest_fn, out_shardings=rest_sh),
                    train_step=jit_train, eval_step=jit_eval, schedule=schedule,
-                   abstract_state=abstract_state, teachers=teachers)
+                   abstract_state=abstract_state, teachers=teachers, model=merged)
 
 
 def shard_batch(batch: dict, sharding) -> dict:
     """Host-local numpy batch -> global arrays split over the data axes (multi-host safe)."""
     def one(x):
-        global_shape = (x.shape[0] * jax.process_count(),) + tuple(x.shape[1:])
+        global_shape = (x.shape[0] * jax.process_count(), ) + tuple(x.shape[1:])
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
     return jax.tree.map(one, batch)

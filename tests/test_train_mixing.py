@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nest_jax.data.mixing import mix_batch
+from nest_jax.train.mixing import mix_batch
 
 B, H, W, K = 8, 16, 12, 10
 
@@ -96,3 +96,30 @@ def test_switch_prob_picks_cutmix_or_mixup():
 
     assert kinds(1.0) == {"cutmix"}
     assert kinds(0.0) == {"mixup"}
+
+
+@pytest.mark.parametrize("sampling", ["nest", "beta"])
+def test_select_between_branches_equals_the_conditional(sampling):
+    """The switch computes both branches and selects; a `lax.cond` on the same key is the reference."""
+    from nest_jax.train import mixing
+    mixup, cutmix = mixing._SAMPLERS[sampling]
+    images, labels = _batch()
+    targets = mixing.smooth_one_hot(labels, K, 0.1)
+
+    @jax.jit
+    def with_cond(key):
+        k_switch, k_mix = jax.random.split(key)
+        return jax.lax.cond(jax.random.uniform(k_switch) < 0.5,
+                            lambda: cutmix(k_mix, images, targets, 1.0),
+                            lambda: mixup(k_mix, images, targets, 0.8))
+
+    seen = set()
+    for seed in range(6):
+        key = jax.random.key(seed)
+        got = jax.jit(functools.partial(mix_batch, num_classes=K, mixup_alpha=0.8, cutmix_alpha=1.0,
+                                        label_smoothing=0.1, sampling=sampling))(key, images, labels)
+        want = with_cond(key)
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+        seen.add(bool(np.allclose(got[0], np.round(got[0]))))
+    assert seen == {True, False}  # both branches were selected at least once

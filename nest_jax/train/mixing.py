@@ -1,4 +1,4 @@
-"""Mixup / CutMix with label smoothing, on device inside the jitted train step (pure jax).
+"""Mixup / CutMix with label smoothing, on device inside the jitted train step (pure jax, no TF).
 
 Two samplings of the mixing weight, per batch one of mixup or CutMix (CutMix with probability
 `switch_prob` when both are on):
@@ -102,10 +102,14 @@ def mix_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, *, num_class
     targets = smooth_one_hot(labels, num_classes, label_smoothing)
     k_switch, k_mix = jax.random.split(rng)
     if mixup_alpha > 0 and cutmix_alpha > 0:
+        # Both branches are computed and one is selected: a `lax.cond` on a traced predicate makes
+        # GPUs copy the predicate to the host and wait for it inside every step, while the two
+        # branches cost a few elementwise passes over the batch. Same key, same result as a cond.
         use_cutmix = jax.random.uniform(k_switch) < switch_prob
-        return jax.lax.cond(use_cutmix,
-                            lambda: cutmix(k_mix, images, targets, cutmix_alpha),
-                            lambda: mixup(k_mix, images, targets, mixup_alpha))
+        cut_images, cut_targets = cutmix(k_mix, images, targets, cutmix_alpha)
+        mix_images, mix_targets = mixup(k_mix, images, targets, mixup_alpha)
+        return (jnp.where(use_cutmix, cut_images, mix_images),
+                jnp.where(use_cutmix, cut_targets, mix_targets))
     if cutmix_alpha > 0:
         return cutmix(k_mix, images, targets, cutmix_alpha)
     if mixup_alpha > 0:
