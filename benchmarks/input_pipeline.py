@@ -12,7 +12,9 @@ this script into a temporary directory, 4 classes):
   digits_plain     configs/digits_nest_tiny.py's dataset (8×8 → 32 px, normalize).
 Each case is timed for every `--workers` count (`config.dataset.num_workers`: 0 = decode and
 augment in the calling process, n > 0 = n worker processes). The first `--warmup` batches
-(start-up, worker launch) are not timed. The machine's load average is recorded with every figure.
+(start-up, worker launch) are not timed. Recorded per figure: wall-clock images/s, CPU-seconds
+per image summed over the process and its workers (psutil; on a shared machine the steadier
+figure: one fully available core delivers 1000 / (CPU ms per image) images/s), and the load.
 Results are merged into `--json` under `--label` (e.g. "before_tf", "after").
 """
 from __future__ import annotations
@@ -70,7 +72,23 @@ def folder_cfg(root: str, full_chain: bool):
     return ds
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and all its live descendants (the workers)."""
+    import psutil
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def time_iterator(ds_cfg, batch: int, batches: int, warmup: int, workers: int) -> dict:
+    """Wall-clock images/s, and CPU-seconds per image over the same window (all processes):
+    on a loaded machine the CPU figure is the steadier one — 1 / it is what one fully
+    available core delivers."""
     from nest_jax import data
     if "num_workers" in ds_cfg or workers:
         ds_cfg.num_workers = workers
@@ -79,13 +97,17 @@ def time_iterator(ds_cfg, batch: int, batches: int, warmup: int, workers: int) -
                              process_count=1)
     for _ in range(warmup):
         next(it)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), cpu_seconds()
     for _ in range(batches):
         b = next(it)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), cpu_seconds()
     load = os.getloadavg()[0]
+    if hasattr(it, "close"):
+        it.close()
     del it
-    return dict(img_s=round(batches * batch / (t2 - t1), 1), startup_s=round(t1 - t0, 2),
+    n = batches * batch
+    return dict(img_s=round(n / (t2 - t1), 1), cpu_ms_per_img=round((c2 - c1) / n * 1e3, 2),
+                img_per_cpu_s=round(n / max(c2 - c1, 1e-9), 1), startup_s=round(t1 - t0, 2),
                 shape=list(b["image"].shape), load_1min=round(load, 2), workers=workers)
 
 
@@ -120,14 +142,14 @@ def main() -> None:
                 print(case, r, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print("| case | workers | images/s | start-up (s) | load (1 min) |")
-    print("|---|---|---|---|---|")
+    print("| case | workers | images/s (wall) | CPU ms / image | start-up (s) | load (1 min) |")
+    print("|---|---|---|---|---|---|")
     for k, r in results.items():
         if "error" in r:
-            print(f"| {k.split('/')[0]} | {r['workers']} | error: {r['error'][:60]} | | |")
+            print(f"| {k.split('/')[0]} | {r['workers']} | error: {r['error'][:60]} | | | |")
         else:
-            print(f"| {k.split('/')[0]} | {r['workers']} | {r['img_s']:.0f} | {r['startup_s']:.1f} "
-                  f"| {r['load_1min']:.1f} |")
+            print(f"| {k.split('/')[0]} | {r['workers']} | {r['img_s']:.0f} | "
+                  f"{r['cpu_ms_per_img']:.1f} | {r['startup_s']:.1f} | {r['load_1min']:.1f} |")
     meta = dict(date=datetime.date.today().isoformat(), machine=cpu_model(), cores=os.cpu_count(),
                 images=args.images, batch=args.batch, batches=args.batches,
                 command=" ".join(["python"] + sys.argv), results=results)

@@ -50,11 +50,13 @@ def mock_tfds(name: str, data_dir, num_examples: int, splits=("train", "test")):
             TfdsSource._instances.clear()
 
 
-def write_tfds(name: str, data_dir, splits: dict, *, sizes=((32, 32),), seed: int = 0) -> None:
+def write_tfds(name: str, data_dir, splits: dict, *, sizes=((32, 32),), seed: int = 0,
+               file_format: str = "array_record") -> None:
     """A real, tiny tfds dataset `name` prepared as array_record under `data_dir` (no TensorFlow:
     images are PNG-encoded with PIL and passed to the tfds features as bytes). splits: {split:
     number of examples}; image i has size sizes[i % len(sizes)] and label i mod num_classes, its
-    pixels random from (seed, split, i). Read back by `tfds.data_source` like a built dataset."""
+    pixels random from (seed, split). Read back by `tfds.data_source` like a built dataset.
+    file_format="tfrecord" writes TFRecord files instead (needs TensorFlow)."""
     import io
 
     import numpy as np
@@ -69,12 +71,16 @@ def write_tfds(name: str, data_dir, splits: dict, *, sizes=((32, 32),), seed: in
     features = builder.info.features
     num_classes = features["label"].num_classes
     template = tfds.core.naming.ShardedFileTemplate(
-        data_dir=builder.data_dir, dataset_name=builder.name, filetype_suffix="array_record")
+        data_dir=builder.data_dir, dataset_name=builder.name, filetype_suffix=file_format)
     infos = []
     for s, (split, n) in enumerate(splits.items()):
         split_template = template.replace(split=split)
-        writer = array_record_module.ArrayRecordWriter(
-            os.fspath(split_template.sharded_filepaths(1)[0]), "group_size:1")
+        path = os.fspath(split_template.sharded_filepaths(1)[0])
+        if file_format == "array_record":
+            writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+        else:
+            import tensorflow as tf
+            writer = tf.io.TFRecordWriter(path)
         rng = np.random.default_rng([seed, s])
         for i in range(n):
             h, w = sizes[i % len(sizes)]
@@ -89,5 +95,5 @@ def write_tfds(name: str, data_dir, splits: dict, *, sizes=((32, 32),), seed: in
         infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0,
                                          filename_template=split_template))
     builder.info.set_splits(tfds.core.SplitDict(infos))
-    builder.info.set_file_format("array_record", override=True, override_if_initialized=True)
+    builder.info.set_file_format(file_format, override=True, override_if_initialized=True)
     builder.info.write_to_directory(builder.data_dir)

@@ -46,3 +46,16 @@ def test_even_shards_partition_the_range():
             assert all(a[1] == b[0] for a, b in zip(shards, shards[1:]))
             sizes = [e - s for s, e in shards]
             assert max(sizes) - min(sizes) <= 1
+
+
+def test_eval_split_argument_reads_another_split():
+    """`split=` (for evaluators) overrides eval_split: the train split's 1,347 digits in order."""
+    cfg = dataset_config(image_size=8, eval_resize="resize")
+    assert data.num_eval_steps(cfg, 500, split="train") == 3
+    batches = list(data.eval_iterator(cfg, global_batch_size=500, split="train", process_index=0,
+                                      process_count=1))
+    assert len(batches) == 3
+    labels = np.concatenate([b["label"] for b in batches])
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.sum() == 1347
+    np.testing.assert_array_equal(labels[:1347], digits.load_split_arrays()["train"][1])

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from nest_jax.data.randaugment import blend, gray
+from nest_jax.data.randaugment import _channels, blend, gray
 
 _PIL_METHODS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
 
@@ -80,11 +80,15 @@ def flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 # ---- colour (float32 [0, 1], RGB or one channel) ----
 
+def _rgb(image: np.ndarray):
+    return image[..., 0], image[..., 1], image[..., 2]
+
+
 def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
     """(…, 3) RGB in [0, 1] → HSV, hue in [0, 1) (the hexcone model of tf.image / colorsys)."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    v = rgb.max(-1)
-    delta = v - rgb.min(-1)
+    r, g, b = _rgb(rgb)
+    v = np.maximum(np.maximum(r, g), b)  # elementwise over planes: far faster than max(-1)
+    delta = v - np.minimum(np.minimum(r, g), b)
     s = np.where(v > 0, delta / np.where(v > 0, v, 1), 0.0)
     d = np.where(delta > 0, delta, 1)
     h = np.where(v == r, (g - b) / d, np.where(v == g, 2 + (b - r) / d, 4 + (r - g) / d))
@@ -93,23 +97,31 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
 
 
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    h, s, v = _rgb(hsv)
     # Each channel is v − v·s·clip(min(k, 4 − k), 0, 1) with k = (n + 6h) mod 6, n = 5, 3, 1.
-    out = [v - v * s * np.clip(np.minimum((n + 6 * h) % 6, 4 - (n + 6 * h) % 6), 0, 1)
-           for n in (5, 3, 1)]
+    vs, h6 = v * s, 6 * h
+    out = []
+    for n in (5, 3, 1):
+        k = (n + h6) % 6
+        out.append(v - vs * np.clip(np.minimum(k, 4 - k), 0, 1))
     return np.stack(out, -1)
 
 
 def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
     """(x − channel mean) · factor + channel mean (tf.image.adjust_contrast), unclipped."""
-    mean = image.mean(axis=(0, 1), keepdims=True)
+    mean = _channels(image).mean(1)
     return ((image - mean) * np.float32(factor) + mean).astype(np.float32)
 
 
 def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
-    hsv = rgb_to_hsv(image)
-    hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0.0, 1.0)
-    return hsv_to_rgb(hsv).astype(np.float32)
+    """HSV saturation × factor, clipped to [0, 1] (tf.image.adjust_saturation), in closed form:
+    hue and value (the channel max) are kept, so each channel moves along v − x by the ratio
+    of new to old saturation, min(factor, v / (v − min))."""
+    r, g, b = _rgb(image)
+    v = np.maximum(np.maximum(r, g), b)[..., None]
+    delta = v - np.minimum(np.minimum(r, g), b)[..., None]
+    ratio = np.minimum(np.float32(factor), v / np.where(delta > 0, delta, 1))
+    return np.where(delta > 0, v - (v - image) * ratio, image).astype(np.float32)
 
 
 def adjust_hue(image: np.ndarray, delta: float) -> np.ndarray:

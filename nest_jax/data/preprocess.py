@@ -45,7 +45,8 @@ def mean_std(ds_cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def normalize(image: np.ndarray, ds_cfg) -> np.ndarray:
     mean, std = mean_std(ds_cfg)
-    return ((image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+    return ((image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(
+        np.float32, copy=False)
 
 
 def to_float(image: np.ndarray, num_channels: int) -> np.ndarray:

@@ -11,6 +11,7 @@ op is defined on 8-bit levels: equalize, posterize).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -34,22 +35,31 @@ def blend(degenerate: np.ndarray, image: np.ndarray, factor: float) -> np.ndarra
     return np.clip(degenerate + np.float32(factor) * (image - degenerate), 0.0, 1.0)
 
 
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)  # std::round, as TF's nearest sampling
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return x, y
+
+
+def _nearest(coord: np.ndarray) -> np.ndarray:
+    """std::round (half away from zero, as TF's nearest sampling) for the coordinates that can
+    land inside the image; every negative result is −1 (outside) either way."""
+    return np.where(coord > -0.5, np.floor(coord + 0.5), -1.0).astype(np.int64)
 
 
 def affine(image: np.ndarray, transform) -> np.ndarray:
     """Output pixel (x, y) reads input (a0·x + a1·y + a2, b0·x + b1·y + b2), nearest neighbour,
     grey 0.5 outside the image (the convention of tf ImageProjectiveTransform; transform holds
     the 6 numbers a0 a1 a2 b0 b1 b2)."""
-    h, w, _ = image.shape
+    h, w, c = image.shape
     a0, a1, a2, b0, b1, b2 = (float(t) for t in transform)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    src_x = _round_half_away(a0 * x + a1 * y + a2).astype(np.int64)
-    src_y = _round_half_away(b0 * x + b1 * y + b2).astype(np.int64)
+    x, y = _grid(h, w)
+    src_x = _nearest(a0 * x + a1 * y + a2)
+    src_y = _nearest(b0 * x + b1 * y + b2)
     inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
-    out = image[np.clip(src_y, 0, h - 1), np.clip(src_x, 0, w - 1)]
-    return np.where(inside[..., None], out, np.float32(0.5)).astype(np.float32)
+    flat = np.where(inside, src_y * w + src_x, 0).ravel()
+    out = image.reshape(h * w, c)[flat].reshape(h, w, c)
+    return np.where(inside[..., None], out, np.float32(0.5)).astype(np.float32, copy=False)
 
 
 def rotation(angle: float, h: int, w: int) -> tuple[float, ...]:
@@ -59,29 +69,34 @@ def rotation(angle: float, h: int, w: int) -> tuple[float, ...]:
             sin, cos, ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2)
 
 
+def _channels(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) → contiguous (C, H·W): per-channel reductions over a strided last axis are
+    ~50× slower in NumPy than over contiguous rows."""
+    return np.ascontiguousarray(image.reshape(-1, image.shape[-1]).T)
+
+
 def autocontrast(image: np.ndarray) -> np.ndarray:
     """Per channel, stretch [min, max] to [0, 1]; flat channels stay as they are."""
-    lo = image.min(axis=(0, 1), keepdims=True)
-    hi = image.max(axis=(0, 1), keepdims=True)
+    planes = _channels(image)
+    lo, hi = planes.min(1), planes.max(1)
     scaled = (image - lo) / np.maximum(hi - lo, 1e-6)
     return np.where(hi > lo, scaled, image).astype(np.float32)
 
 
 def equalize(image: np.ndarray) -> np.ndarray:
     """PIL ImageOps.equalize per channel, on the image quantized to 256 levels."""
-    q = np.round(image * 255.0).astype(np.int64)
+    q = _channels(np.round(image * 255.0).astype(np.uint8))
     out = np.empty(q.shape, np.float32)
-    for c in range(q.shape[-1]):
-        ch = q[..., c]
-        hist = np.bincount(ch.ravel(), minlength=256)
+    for c, ch in enumerate(q):
+        hist = np.bincount(ch, minlength=256)
         step = (hist.sum() - hist[ch.max()]) // 255  # all but the highest occupied level
         if step == 0:
-            out[..., c] = ch
+            out[c] = ch
             continue
         lut = (np.cumsum(hist) + step // 2) // step
         lut = np.clip(np.concatenate([[0], lut[:-1]]), 0, 255)
-        out[..., c] = lut[ch]
-    return out / 255.0
+        out[c] = lut[ch]
+    return (out.T.reshape(image.shape) / np.float32(255.0)).astype(np.float32)
 
 
 def sharpness(image: np.ndarray, factor: float) -> np.ndarray:

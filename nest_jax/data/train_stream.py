@@ -137,9 +137,16 @@ class TrainIterator:
         self.step = int(state["step"])
 
     def close(self) -> None:
+        """Stops the worker processes (if any); a later `next` starts them again."""
         it, self._it = self._it, None
         if it is not None and hasattr(it, "close"):
             it.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: grain's modules may already be gone
+            pass
 
 
 def train_iterator(source, ds_cfg, *, local_batch: int, seed: int, start_step: int,

@@ -1,0 +1,96 @@
+"""Optional source for tfds datasets prepared only as TFRecord (`config.dataset.tfrecord: True`),
+read through TensorFlow — install it with `pip install -e ".[tf]"`.
+
+TensorFlow is imported only when such a dataset is requested (never by the default pipeline).
+A split's records are read once, in file order, with the images still encoded, and kept in memory
+as (encoded bytes, label); `lookup(split)[i]` decodes record i with PIL, so the records go through
+the same grain pipeline and NumPy augmentations as every other source (random access, per-epoch
+permutations, resume). Memory ≈ the split's file size: fine for CIFAR-sized data; convert larger
+datasets to array_record instead (tfds_source.py says how).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from nest_jax.errors import UserError
+
+
+def _import_tf():
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise UserError("config.dataset.tfrecord=True reads TFRecord files through TensorFlow, "
+                        "which is not installed: pip install -e \".[tf]\" (or convert the "
+                        "dataset to array_record and drop tfrecord)") from e
+    try:
+        tf.config.set_visible_devices([], "GPU")  # TF only reads files; JAX owns accelerators
+    except RuntimeError:  # TF already initialised its devices
+        pass
+    return tf
+
+
+class TfrecordSource:
+    _instances: dict = {}
+
+    @classmethod
+    def get(cls, name: str, data_dir: str | None, *, image_key: str = "image",
+            label_key: str = "label"):
+        key = (name, data_dir, image_key, label_key)
+        if key not in cls._instances:
+            cls._instances[key] = cls(name, data_dir, image_key=image_key, label_key=label_key)
+        return cls._instances[key]
+
+    def __init__(self, name: str, data_dir: str | None, *, image_key: str = "image",
+                 label_key: str = "label"):
+        from nest_jax.data.tfds_source import TfdsSource
+
+        _import_tf()
+        # The same checks and messages as the array_record source (unknown name, not prepared).
+        meta = TfdsSource(name, data_dir, image_key=image_key, label_key=label_key)
+        self.builder, self.name = meta.builder, name
+        self.num_classes, self.channels = meta.num_classes, meta.channels
+        self.image_key, self.label_key = image_key, label_key
+        self._splits: dict = {}
+
+    def lookup(self, split: str) -> "EncodedRecords":
+        if split not in self._splits:
+            import tensorflow_datasets as tfds
+
+            ds = self.builder.as_dataset(
+                split=split, shuffle_files=False,
+                decoders={self.image_key: tfds.decode.SkipDecoding()},
+                read_config=tfds.ReadConfig(try_autocache=False))
+            images, labels = [], []
+            for record in ds.as_numpy_iterator():
+                images.append(bytes(record[self.image_key]))
+                labels.append(int(record[self.label_key]))
+            self._splits[split] = EncodedRecords(images, np.asarray(labels, np.int32),
+                                                 self.channels)
+        return self._splits[split]
+
+    def num_examples(self, split: str) -> int:
+        try:
+            return self.builder.info.splits[split].num_examples
+        except (KeyError, ValueError):
+            return len(self.lookup(split))
+
+
+class EncodedRecords:
+    """`records[i]` → {"image": uint8 (H, W, C) decoded with PIL, "label": int}."""
+
+    def __init__(self, images: list[bytes], labels: np.ndarray, channels: int):
+        self.images, self.labels, self.channels = images, labels, channels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(self.images[index])) as image:
+            pixels = np.asarray(image.convert("L" if self.channels == 1 else "RGB"))
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+        return {"image": pixels, "label": int(self.labels[index])}
