@@ -107,6 +107,8 @@ def load_config(case: str, batch: int, img: int, remat: bool = False, dtype: str
         c.model.name = CASES[case][2]
     if dtype != "config":
         c.model.overrides.dtype = dtype
+    if ARGS is not None and ARGS.attn_impl:
+        c.model.overrides.attn_impl = ARGS.attn_impl
     return c
 
 
@@ -251,6 +253,8 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="quick CPU record: batch 4, 64 px, timm eager")
     ap.add_argument("--dtype", choices=("config", "float32"), default="config",
                     help="config: the shipped configs' bf16 (timm: bf16 autocast); float32: both sides in float32")
+    ap.add_argument("--attn-impl", choices=("auto", "cudnn", "xla", "explicit"), default=None,
+                    help="the models' attention kernel (default: the config's, i.e. auto)")
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--max-batch", action="store_true", help="binary-search the largest batch (GPU only)")
     ap.add_argument("--json", default=os.path.join(REPO, "benchmarks", "gpu_train.json"))
@@ -263,7 +267,7 @@ def main() -> None:
     records = []
     for case in cases:
         rec = dict(case=case, config=":".join(CASES[case][:2]), batch=batch, img_size=img, steps=steps,
-                   dtype=args.dtype)
+                   dtype=args.dtype, attn_impl=args.attn_impl or "auto")
         rec.update(jax_case(case, batch, img, steps))
         rec["mfu"] = 3 * rec["flops_fwd_per_img"] * rec["train_img_s"] / peak
         if not args.no_timm:
