@@ -56,6 +56,7 @@ def _train_cfg(family, dtype):
     return cfg
 
 
+@pytest.mark.slow  # eight train-step compilations
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_bf16_train_step_matches_float32(family):
     data = SyntheticData(image_size=16)
