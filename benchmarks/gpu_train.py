@@ -93,7 +93,7 @@ def peak_flops() -> tuple[float, str]:
 
 
 # ------------------------------------------------------------------------------------- nest_jax
-def load_config(case: str, batch: int, img: int, remat: bool = False):
+def load_config(case: str, batch: int, img: int, remat: bool = False, dtype: str = "config"):
     fname, arg, _ = CASES[case]
     spec = importlib.util.spec_from_file_location(f"cfg_{case}", os.path.join(REPO, "configs", fname))
     mod = importlib.util.module_from_spec(spec)
@@ -105,6 +105,10 @@ def load_config(case: str, batch: int, img: int, remat: bool = False):
     c.model.remat = remat
     if case == "vit_l16":
         c.model.name = CASES[case][2]
+    if dtype != "config":
+        c.model.overrides.dtype = dtype
+    if ARGS is not None and ARGS.attn_impl:
+        c.model.overrides.attn_impl = ARGS.attn_impl
     return c
 
 
@@ -116,7 +120,7 @@ def jax_case(case: str, batch: int, img: int, steps: int, remat: bool = False) -
     from nest_jax.train.sharding import make_mesh
     from nest_jax.train.trainer import build_model, make_trainer
     from flax import nnx
-    config = load_config(case, batch, img, remat)
+    config = load_config(case, batch, img, remat, ARGS.dtype)
     mesh = make_mesh(dict(config.mesh.axes), devices=jax.devices()[:1])
     tr = make_trainer(config, mesh, num_classes=NUM_CLASSES, num_train_steps=100_000, warmup_steps=100)
     flops = forward_flops(nnx.eval_shape(lambda: build_model(config, NUM_CLASSES, nnx.Rngs(0))))
@@ -162,6 +166,8 @@ def timm_case(case: str, batch: int, img: int, steps: int, compile_model: bool) 
     from timm.loss import SoftTargetCrossEntropy
     cuda = torch.cuda.is_available() and not ARGS.cpu
     device = "cuda" if cuda else "cpu"
+    bf16 = ARGS.dtype != "float32"  # "config": the shipped configs compute in bf16
+    torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     drop_path = load_config(case, batch, img).model.overrides.get("drop_path_rate", 0.2)
     model = timm.create_model(CASES[case][2], pretrained=False, num_classes=NUM_CLASSES, drop_path_rate=drop_path,
@@ -175,7 +181,7 @@ def timm_case(case: str, batch: int, img: int, steps: int, compile_model: bool) 
 
     def train():
         xm, ym = mix(x, y)
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(fwd(xm), ym)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -196,7 +202,7 @@ def timm_case(case: str, batch: int, img: int, steps: int, compile_model: bool) 
     sync()
     step_s = (time.perf_counter() - t0) / steps
     model.eval()
-    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         fwd(x)
         sync()
         t0 = time.perf_counter()
@@ -245,6 +251,10 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--cpu", action="store_true", help="quick CPU record: batch 4, 64 px, timm eager")
+    ap.add_argument("--dtype", choices=("config", "float32"), default="config",
+                    help="config: the shipped configs' bf16 (timm: bf16 autocast); float32: both sides in float32")
+    ap.add_argument("--attn-impl", choices=("auto", "cudnn", "xla", "explicit"), default=None,
+                    help="the models' attention kernel (default: the config's, i.e. auto)")
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--max-batch", action="store_true", help="binary-search the largest batch (GPU only)")
     ap.add_argument("--json", default=os.path.join(REPO, "benchmarks", "gpu_train.json"))
@@ -256,7 +266,8 @@ def main() -> None:
     peak, peak_src = peak_flops()
     records = []
     for case in cases:
-        rec = dict(case=case, config=":".join(CASES[case][:2]), batch=batch, img_size=img, steps=steps)
+        rec = dict(case=case, config=":".join(CASES[case][:2]), batch=batch, img_size=img, steps=steps,
+                   dtype=args.dtype, attn_impl=args.attn_impl or "auto")
         rec.update(jax_case(case, batch, img, steps))
         rec["mfu"] = 3 * rec["flops_fwd_per_img"] * rec["train_img_s"] / peak
         if not args.no_timm:

@@ -65,14 +65,14 @@ def test_pure_grad_matches_central_finite_difference(vit, images):
     assert analytic == pytest.approx(numeric, rel=2e-2, abs=1e-6)
 
 
-def test_pure_vmap_over_parameter_sets_matches_loop(vit, images):
+def test_pure_vmap_over_parameter_sets_matches_each_stateful_model(vit, images):
     _, apply, _, _ = vit
-    param_sets = [nnx.state(tiny_vit(seed), nnx.Param) for seed in range(3)]
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *param_sets)
+    models = [tiny_vit(seed) for seed in range(3)]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(m, nnx.Param) for m in models])
     batched = jax.jit(jax.vmap(apply, in_axes=(0, None)))(stacked, images)
-    single = jax.jit(apply)
-    for i, p in enumerate(param_sets):
-        np.testing.assert_allclose(batched[i], single(p, images), atol=1e-5, rtol=1e-5)
+    forward = nnx.jit(lambda m, x: m(x))
+    for i, m in enumerate(models):  # the reference is each stateful NNX model's own forward
+        np.testing.assert_allclose(batched[i], forward(m, images), atol=1e-5, rtol=1e-5)
 
 
 def test_pure_vmap_over_inputs_matches_loop(vit, images):
@@ -83,17 +83,21 @@ def test_pure_vmap_over_inputs_matches_loop(vit, images):
         np.testing.assert_allclose(batched[i], eager[2 * i:2 * i + 2], atol=1e-5, rtol=1e-5)
 
 
-def test_pure_train_mode_threads_dropout_rng_state(images):
+def test_pure_train_mode_matches_the_stateful_model_and_threads_its_rng(images):
     model = tiny_vit(drop_path_rate=0.5)
     apply, params, state = pure(model)
     step = jax.jit(lambda p, s, x: apply(p, x, state=s, train=True))
     out1, state1 = step(params, state, images)
-    again, _ = step(params, state, images)
     out2, _ = step(params, state1, images)
-    np.testing.assert_array_equal(out1, again)  # same RNG state -> same stochastic depth masks
-    assert not np.allclose(out1, out2)  # the returned state has advanced the RNG
-    # Eval ignores the RNG: the logits are those of the model without stochastic depth.
-    np.testing.assert_allclose(jax.jit(apply)(params, images), jax.jit(apply)(params, images, state=state1))
+    # The stateful model, called twice in train mode, draws the same stochastic-depth masks from
+    # its own RNG stream and advances it the same way.
+    forward = nnx.jit(lambda m, x: m(x, train=True))
+    np.testing.assert_allclose(out1, forward(model, images), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out2, forward(model, images), atol=1e-5, rtol=1e-5)
+    assert not np.allclose(out1, out2)  # the masks really changed between steps
+    # Eval ignores the RNG: the logits of the stateful model in eval mode.
+    np.testing.assert_allclose(jax.jit(apply)(params, images, state=state1), nnx.jit(lambda m, x: m(x))(model, images),
+                               atol=1e-5, rtol=1e-5)
 
 
 class ConvBN(nnx.Module):

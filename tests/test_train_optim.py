@@ -92,3 +92,24 @@ def test_clipping_and_layer_decay_scale_sgd_updates():
                                 _leaves(PARAMS), jax.tree.leaves(g)):
         f = factors[path[0].key]
         np.testing.assert_allclose(np.asarray(a), p - 0.1 * f * gl, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_first_moment_keeps_second_moment_float32_and_tracks_float32():
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), PARAMS)
+    states = {}
+    for mu in (None, "bfloat16"):
+        opt = _opt(mu_dtype=mu)
+        tx = make_optimizer(opt, params, schedule=lambda step: opt.lr)
+        state, p = tx.init(params), params
+        for g in GRADS:
+            updates, state = tx.update(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g), state, p)
+            p = jax.tree.map(lambda a, u: a + u, p, updates)
+        states[mu] = (state, p)
+    adam = states["bfloat16"][0][0]
+    assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.float32)}
+    # bf16 rounding of the first moment (relative 2^-8) moves four lr-0.1 steps by well under 1e-2.
+    for a, b in zip(_leaves(states["bfloat16"][1]), _leaves(states[None][1])):
+        np.testing.assert_allclose(a, b, atol=1e-2)
+    with np.testing.assert_raises(ValueError):
+        make_optimizer(_opt(mu_dtype="float16"), params, schedule=lambda step: 0.1)

@@ -86,7 +86,7 @@ def test_remat_layers_leave_gradients_unchanged():
         m = create_model("vit_tiny_patch16_224", num_classes=4, img_size=8, patch_size=4, dim=16, depth=2,
                          num_heads=2, mlp_dim=32, drop_path_rate=0.3, rngs=nnx.Rngs(params=0, dropout=1))
         if remat:
-            assert remat_layers(m) == 2
+            assert remat_layers(m, policy=remat) == 2
         g, p, rest = nnx.split(m, nnx.Param, ...)
 
         @jax.jit
@@ -95,8 +95,12 @@ def test_remat_layers_leave_gradients_unchanged():
             nnx.reseed(model, dropout=jax.random.key(3))
             return jnp.sum(model(jnp.ones((4, 8, 8, 3)), train=True) ** 2)
         return jax.grad(f)(p, rest)
-    for a, b in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    plain = jax.tree.leaves(grads(False))
+    for policy in ("nothing_saveable", "dots_with_no_batch_dims_saveable"):
+        for a, b in zip(plain, jax.tree.leaves(grads(policy))):
+            np.testing.assert_allclose(a, b, atol=1e-6, err_msg=policy)
+    with np.testing.assert_raises(ValueError):
+        remat_layers(_vit(), policy="everything")
 
 
 def test_three_head_loss_weights_match_hand_computation():

@@ -1,6 +1,7 @@
 """Sharded training and evaluation from ml-collections configs: `train_and_evaluate(config, workdir)`.
 
-mesh/sharding (shape-first shardings) · optim (optax chains) · losses (CE, DeiT distillation) ·
+mesh/sharding (shape-first shardings) · optim (optax chains) · losses (CE, DeiT distillation) · mixing
+(mixup/CutMix on device) · init_from / distill (checkpoint weights placed in their shardings) ·
 checkpoint (orbax, async, atomic) · trainer (state, jitted steps) · loop (the training loop).
 """
 
