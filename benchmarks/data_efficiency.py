@@ -71,10 +71,9 @@ def subset_source(fraction: float, seed: int):
 
 
 def train_iterator(source, ds_cfg, batch: int, seed: int):
-    from nest_jax.data import _numpy, train_stream
-    ds = train_stream.train_dataset(source, ds_cfg, local_batch=batch, seed=seed, start_step=0,
-                                    process_index=0, process_count=1)
-    return _numpy(ds)
+    from nest_jax.data import train_stream
+    return train_stream.train_iterator(source, ds_cfg, local_batch=batch, seed=seed, start_step=0,
+                                       process_index=0, process_count=1)
 
 
 def model_config(kind: str, seed: int, steps: int):
