@@ -19,13 +19,16 @@ class Info(NamedTuple):
 
 class SyntheticData:
     """Learnable toy classes: image = class template + noise. `nan_at_step` poisons one batch;
-    `announce` prints "batch k" as each train batch is produced (lets a test time a signal)."""
+    `announce` prints "batch k" as each train batch is produced (lets a test time a signal);
+    `sigterm_at_step` sends this process SIGTERM while batch k is produced; `eval_error` makes the
+    eval iterator raise it. `eval_calls` counts eval passes."""
 
     def __init__(self, num_classes=4, image_size=8, channels=3, num_train=64, num_eval=20,
-                 nan_at_step=None, announce=False):
+                 nan_at_step=None, announce=False, sigterm_at_step=None, eval_error=None):
         self.k, self.size, self.c = num_classes, image_size, channels
         self.num_train, self.num_eval = num_train, num_eval
         self.nan_at_step, self.announce = nan_at_step, announce
+        self.sigterm_at_step, self.eval_error, self.eval_calls = sigterm_at_step, eval_error, 0
         self.templates = np.random.default_rng(1234).normal(size=(num_classes, image_size, image_size, channels))
 
     def _examples(self, rng, n):
@@ -49,6 +52,10 @@ class SyntheticData:
                 images[:] = np.nan
             if self.announce:
                 print(f"batch {step}", flush=True)
+            if step == self.sigterm_at_step:
+                import os
+                import signal
+                os.kill(os.getpid(), signal.SIGTERM)
             yield {"image": images[p * local:(p + 1) * local], "label": labels[p * local:(p + 1) * local]}
             step += 1
 
@@ -56,6 +63,9 @@ class SyntheticData:
         import jax
         p = jax.process_index() if process_index is None else process_index
         n = jax.process_count() if process_count is None else process_count
+        self.eval_calls += 1
+        if self.eval_error is not None:
+            raise self.eval_error
         images, labels = self._examples(np.random.default_rng(99), self.num_eval)
         steps = -(-self.num_eval // global_batch_size)
         pad = steps * global_batch_size - self.num_eval
@@ -100,6 +110,11 @@ if __name__ == "__main__":  # worker for the subprocess tests: `python -m tests.
     else:  # "sigterm": runs until a SIGTERM arrives
         cfg = tiny_config(num_train_steps=100_000, checkpoint_every_steps=100_000, log_every_steps=1000)
         data = SyntheticData(announce=True)
+    from nest_jax.errors import PREEMPTED_EXIT_CODE, Preempted
     from nest_jax.train.loop import train_and_evaluate
-    result = train_and_evaluate(cfg, workdir, data=data)
+    try:
+        result = train_and_evaluate(cfg, workdir, data=data)
+    except Preempted as e:  # as nest_jax.main does: a requeueable exit
+        print(e, flush=True)
+        sys.exit(PREEMPTED_EXIT_CODE)
     print("RESULT", jax.process_index(), result, flush=True)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from nest_jax.errors import PREEMPTED_EXIT_CODE
 from nest_jax.train.checkpoint import Checkpointer
 from nest_jax.train.loop import train_and_evaluate
 from nest_jax.train.sharding import make_mesh, path_str
@@ -80,7 +81,8 @@ def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
             break
         assert time.time() < deadline, "".join(lines[-20:])
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, "".join(lines[-20:]) + out[-3000:]
+    assert proc.returncode == PREEMPTED_EXIT_CODE, "".join(lines[-20:]) + out[-3000:]
+    assert "preempted: saved checkpoint" in out
     step = Checkpointer(tmp_path).latest_step()
     assert step is not None and step >= 3
     cfg = tiny_config(num_train_steps=100_000)

@@ -1,18 +1,47 @@
-"""Training checkpoints: orbax CheckpointManager over the whole train state, async, atomic.
+"""Training checkpoints: orbax CheckpointManager over the whole train state, async, atomic, checked.
 
-Saved: params, optimizer state, EMA, batch stats, step and the raw rng key. The data position is the
-step itself: the input stream is a pure function of (seed, step), so resuming at step k re-reads
-exactly batch k. Orbax writes each checkpoint into a temporary directory (`<step>.orbax-checkpoint-
-tmp-*`) and renames it to `<step>` only when complete, so a partially written checkpoint is never
-listed and never restored.
+Layout: `<workdir>/checkpoints/<step>/default` holds the train state (params, optimizer state, EMA,
+batch stats, step, raw rng key); `<step>/data` holds the input iterator's position, one JSON file
+per process (`process_<i>-of-<n>.json`), when the data module can report it. Without it the
+position is the step itself: the input stream is a pure function of (seed, step). Orbax writes each
+checkpoint into a temporary directory and renames it to `<step>` only when complete, so a partially
+written checkpoint is never listed.
+
+Guarantees on top of orbax:
+- nothing non-finite is ever saved: `save` first reduces every float leaf of the state to one
+  on-device "all finite" flag (the only value fetched) and refuses a state that fails;
+- `restore_latest` restores the newest checkpoint that reads and is finite; one that does not is
+  moved aside to `<step>.corrupt` with a one-line warning, and the previous one is tried;
+- a model whose parameter shapes differ from the checkpoint is one `UserError` naming the first
+  mismatching parameter and both shapes, found from the checkpoint's metadata before reading;
+- a full disk is one `UserError` line naming the step, the directory and the last good checkpoint.
 """
 from __future__ import annotations
 
-import os
+import dataclasses
+import errno
+import json
+import logging
+import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from nest_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STATE, DATA = "default", "data"  # orbax item names; "default" keeps single-item readers working
+
+
+def as_path(path: str | epath.PathLike) -> epath.Path:
+    """An absolute `epath.Path` (local paths resolved against the current directory; gs:// kept)."""
+    p = epath.Path(path)
+    return p if "://" in str(path) else p.expanduser().absolute()
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -20,14 +49,130 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-class Checkpointer:
-    """Train-state checkpoints under `<workdir>/checkpoints/<step>`."""
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """One bool: every element of every float leaf of `tree` is finite (computed on device)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
-    def __init__(self, workdir: str, *, max_to_keep: int | None = 3, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+
+class NonFiniteStateError(FloatingPointError):
+    """The state to be saved holds NaN or Inf values; it was not saved."""
+
+
+# ---- the input iterator's position: one JSON file per process ----
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """Saves a JSON-serialisable dict per process (each process reads its own input shard)."""
+
+    def _file(self, directory: epath.Path) -> epath.Path:
+        return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+    def save(self, directory: epath.Path, args: DataStateSave) -> None:
+        self._file(directory).write_text(json.dumps(args.state))
+
+    def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> dict | None:
+        f = self._file(directory)
+        return json.loads(f.read_text()) if f.exists() else None  # None: other process count
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    state: dict
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+def _is_no_space(e: BaseException | None) -> bool:
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _ignore_closed_loop_callbacks() -> None:
+    """After a failed read, tensorstore's pending callbacks hit orbax's closed asyncio loop; each
+    would print an 'Event loop is closed' traceback (hundreds for a large model). Those alone are
+    dropped; every other unraisable exception still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_nest_jax", False):
+        return
+
+    def hook(u):
+        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+            return
+        previous(u)
+    hook._nest_jax = True
+    sys.unraisablehook = hook
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _shape_mismatch(saved: Any, abstract: Any) -> str | None:
+    """First parameter whose saved shape differs from the model's, as one line; None if all match."""
+    from nest_jax.train.sharding import path_str
+    want = {path_str(p): tuple(a.shape) for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    have = {path_str(p): tuple(getattr(m, "shape", ()) or ()) for p, m in
+            jax.tree_util.tree_flatten_with_path(saved)[0]}
+    # Parameters first: an optimizer-state or EMA mismatch is a consequence of theirs.
+    for name, shape in sorted(want.items(), key=lambda kv: not kv[0].startswith("params/")):
+        if name not in have:
+            return f"parameter {name} {shape} of the model is not in the checkpoint"
+        if have[name] != shape:
+            return f"parameter {name} has shape {have[name]} in the checkpoint but {shape} in the model"
+    extra = sorted(set(have) - set(want))
+    if extra:
+        return f"the checkpoint has {extra[0]} {have[extra[0]]}, which the model does not"
+    return None
+
+
+class Checkpointer:
+    """Train-state checkpoints under `<workdir>/checkpoints/<step>`.
+
+    create=False (evaluation) never creates a directory; the caller checks `exists()` first.
+    """
+
+    def __init__(self, workdir: str | epath.PathLike, *, max_to_keep: int | None = 3,
+                 async_save: bool = True, create: bool = True):
+        self.directory = as_path(workdir) / "checkpoints"
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                                enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = {STATE: ocp.StandardCheckpointHandler(), DATA: DataStateHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        self._closed = False
+        self._pending: int | None = None  # step of a save that may still be in flight
+        self.last_good: int | None = self.latest_step()  # newest step known complete and finite
+
+    @staticmethod
+    def exists(workdir: str | epath.PathLike) -> bool:
+        """Whether `workdir` holds at least one finished checkpoint (creates nothing)."""
+        d = as_path(workdir) / "checkpoints"
+        return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+    @property
+    def saved_step(self) -> int | None:
+        """The newest step saved by this run or found on disk (possibly still being written)."""
+        return self._pending if self._pending is not None else self.last_good
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -35,9 +180,58 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any) -> None:
-        """Starts an (async) save of `state` as checkpoint `step`; returns before it is written."""
-        self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    # ---- saving ----
+
+    def save(self, step: int, state: Any, data_state: dict | None = None) -> None:
+        """Starts an (async) save of `state` (and the data position) as checkpoint `step`.
+
+        Raises NonFiniteStateError (nothing written) if any float in `state` is NaN or Inf, and
+        UserError if the disk is full.
+        """
+        if not bool(all_finite(state)):
+            self.wait()
+            raise NonFiniteStateError(f"non-finite parameters after step {step}: not saved. "
+                                      + self.resume_hint())
+        args = {STATE: ocp.args.StandardSave(state)}
+        if data_state is not None:
+            args[DATA] = DataStateSave(data_state)
+        self.wait()  # a failure of the previous async save is reported for its own step
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+        except Exception as e:
+            self._fail(e, step)
+        self._pending = step
+
+    def wait(self) -> None:
+        """Blocks until the pending save is written; its step becomes `last_good`."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self._fail(e, self._pending)
+        if self._pending is not None:
+            self.last_good, self._pending = self._pending, None
+
+    def _fail(self, e: Exception, step: int | None) -> None:
+        self._pending = None
+        if not _is_no_space(e):
+            raise e
+        self._closed = True
+        try:  # stop orbax's background threads now, not at interpreter shutdown
+            self.manager.close()
+        except Exception:  # noqa: BLE001 -- the same failure again
+            pass
+        raise UserError(f"no space left on device while saving step {step} in {self.directory}; the "
+                        f"last good checkpoint is {self.last_good}: free space and rerun to resume") from e
+
+    def resume_hint(self) -> str:
+        """Where training can resume from, as the end of an error message."""
+        if self.last_good is None:
+            return (f"No checkpoint was saved in {self.directory}: restart with a lower learning rate "
+                    "(--config.optimizer.lr=...), optimizer.clip_norm, or check the inputs.")
+        return (f"The last good checkpoint is step {self.last_good} in {self.directory}: rerun with a "
+                "lower learning rate (--config.optimizer.lr=...) or optimizer.clip_norm to resume from it.")
+
+    # ---- restoring ----
 
     def restore(self, abstract_state: Any, shardings: Any, step: int | None = None) -> Any:
         """Restores checkpoint `step` (default: latest) directly into the given shardings."""
@@ -45,12 +239,86 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         target = abstract_with_shardings(abstract_state, shardings)
-        return self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        return self.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)}))[STATE]
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def restore_data(self, step: int) -> dict | None:
+        """This process's saved input position at `step`, or None if the checkpoint has none."""
+        if not (self.directory / str(step) / DATA).exists():
+            return None
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**{DATA: DataStateRestore()}))[DATA]
+        except Exception as e:  # the step is still a pure function of (seed, step): fall back to it
+            log.warning("could not read the input position of checkpoint %d (%s); restarting the "
+                        "input at that step", step, e)
+            return None
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+    def check_shapes(self, step: int, abstract_state: Any) -> None:
+        """UserError if the model's parameter shapes differ from checkpoint `step`'s metadata."""
+        meta = self.manager.item_metadata(step)
+        meta = meta[STATE] if meta is not None and STATE in meta else None
+        tree = getattr(meta, "tree", meta)
+        if not tree:  # no metadata to compare with: the restore itself decides
+            return
+        problem = _shape_mismatch(tree, abstract_state)
+        if problem:
+            raise UserError(f"the checkpoint {self.directory / str(step)} does not fit the model: {problem}; "
+                            "use the config it was trained with, or another --workdir")
 
+    def restore_latest(self, abstract_state: Any, shardings: Any, *, set_aside: bool = True
+                       ) -> tuple[int, Any] | None:
+        """(step, state) of the newest checkpoint that reads and is finite; None if there is none.
+
+        Unreadable or non-finite checkpoints are moved aside to `<step>.corrupt` (set_aside=False,
+        for evaluation: only skipped, the workdir is left as it is).
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                self.check_shapes(step, abstract_state)
+                state = self.restore(abstract_state, shardings, step)
+                if not bool(all_finite(state)):
+                    raise ValueError("it holds NaN or Inf values")
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- any failure to read means this copy is unusable
+                _ignore_closed_loop_callbacks()
+                if set_aside:
+                    self._set_aside(step, e)
+                else:
+                    log.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step,
+                                self.directory, _first_line(e))
+                continue
+            self.last_good = step
+            return step, state
+        return None
+
+    def _set_aside(self, step: int, err: Exception) -> None:
+        reason = _first_line(err)
+        dst = self.directory / f"{step}.corrupt"
+        n = 1
+        while dst.exists():
+            dst, n = self.directory / f"{step}.corrupt{n}", n + 1
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(dst)
+        from nest_jax.train.preemption import wait_for_all_processes
+        wait_for_all_processes(f"nest_jax_set_aside_{step}")
+        log.warning("checkpoint %d is unreadable (%s): moved it to %s; trying the previous one",
+                    step, reason, dst)
+        self.manager.reload()
+
+    def close(self, quiet: bool = False) -> None:
+        """Waits for the pending save and closes; quiet=True (after another error) raises nothing."""
+        if self._closed:
+            return
+        try:
+            self.wait()
+        except Exception:
+            if not quiet:
+                raise
+        finally:
+            if not self._closed:
+                self._closed = True
+                try:
+                    self.manager.close()
+                except Exception:  # noqa: BLE001 -- closing after a failed save must not hide it
+                    if not quiet:
+                        raise

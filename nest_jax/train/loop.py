@@ -1,7 +1,10 @@
 """`train_and_evaluate(config, workdir)`: the one training loop (setup, data, model, loop, eval).
 
-Resumes automatically from the latest checkpoint in `workdir`; SIGTERM saves and exits cleanly; a
-non-finite loss stops training with a FloatingPointError and leaves the last good checkpoint.
+Resumes automatically from the newest readable checkpoint in `workdir`; one run per workdir (a lock
+file); SIGTERM saves (unless that step is saved already) and raises `Preempted`; a non-finite loss
+or non-finite parameters stop training with a FloatingPointError naming the last good checkpoint;
+each checkpoint is saved before the evaluation of the same step, so a failing evaluation loses
+nothing. `config.mode == "eval"` evaluates the newest checkpoint and writes nothing.
 """
 from __future__ import annotations
 
@@ -9,49 +12,20 @@ import importlib
 import json
 import logging
 import math
-import os
-import signal
 from typing import Any
 
 import jax
 import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from nest_jax.train.checkpoint import Checkpointer
-from nest_jax.train.sharding import make_mesh
+from nest_jax.errors import Preempted, UserError
+from nest_jax.train.checkpoint import Checkpointer, as_path
+from nest_jax.train.lock import WorkdirLock
+from nest_jax.train.preemption import Preemption, wait_for_all_processes
+from nest_jax.train.sharding import BATCH_AXES, make_mesh
 from nest_jax.train.trainer import Trainer, make_trainer, shard_batch
 
 log = logging.getLogger(__name__)
-
-
-class Preemption:
-    """Records SIGTERM (preemption notice); the loop saves and returns at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = None
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, never preempted
-            self._old = None
-        return self
-
-    def _handle(self, signum, frame):
-        log.warning("SIGTERM received: saving a checkpoint and stopping at the next step boundary")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-    def agreed(self) -> bool:
-        """Every process stops at the same step: any process's notice counts for all."""
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-        return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
 
 
 def mesh_axes(config: Any) -> dict:
@@ -100,28 +74,50 @@ def _check_finite(metrics: Any, step: int, ckpt: Checkpointer) -> None:
     loss = float(jax.device_get(metrics["loss"]))
     if not math.isfinite(loss):
         ckpt.wait()
-        raise FloatingPointError(
-            f"non-finite training loss {loss} at step {step}: training stopped. The last good "
-            f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory} (lower the learning rate, "
-            "add optimizer.clip_norm, or check the inputs).")
+        raise FloatingPointError(f"non-finite training loss {loss} at step {step}: training stopped. "
+                                 + ckpt.resume_hint())
 
 
-def train_and_evaluate(config: Any, workdir: str, *, data: Any = None) -> dict[str, float]:
+def check_batch_sizes(config: Any, mesh: Any) -> None:
+    """UserError unless both batch sizes split evenly over the mesh's batch axes and processes."""
+    n = math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
+    n = math.lcm(n, jax.process_count())
+    axes = "×".join(f"{a}={mesh.shape[a]}" for a in BATCH_AXES if a in mesh.shape)
+    for field in ("global_batch_size", "eval_batch_size"):
+        value = int(config.train[field])
+        if value <= 0 or value % n:
+            raise UserError(f"train.{field}={value} must be a positive multiple of {n} (the devices along "
+                            f"the mesh's batch axes {axes}, {jax.process_count()} process(es)); "
+                            f"set --config.train.{field}={max(n, value // n * n)}")
+
+
+def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final metrics.
 
-    data: a module with the `nest_jax.data` API (get_info, train_iterator, eval_iterator); default
-    `nest_jax.data`. Tests pass a small in-memory stand-in.
+    workdir: a local path or any `etils.epath` path (gs://...). data: a module with the
+    `nest_jax.data` API (get_info, train_iterator, eval_iterator); default `nest_jax.data`. Tests
+    pass a small in-memory stand-in.
     """
     # ---- setup ----
     data = data if data is not None else importlib.import_module("nest_jax.data")
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    is_main = jax.process_index() == 0
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    workdir = as_path(workdir)
+    mode = config.get("mode", "train")
+    if mode == "eval" and not Checkpointer.exists(workdir):
+        raise UserError(f"--mode=eval needs a checkpoint but {workdir} has none (no {workdir}/checkpoints/<step>); "
+                        "pass the --workdir of a training run, or train first")
     mesh = make_mesh(mesh_axes(config))
+    check_batch_sizes(config, mesh)
+    is_main = jax.process_index() == 0
+    with WorkdirLock(workdir, enabled=mode == "train" and is_main):
+        return _train_and_evaluate(config, workdir, data, mesh, mode)
+
+
+def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: str) -> dict[str, Any]:
+    is_main = jax.process_index() == 0
+    training = mode == "train"
+    writer = metric_writers.create_default_writer(str(workdir), just_logging=not (is_main and training))
+    if is_main and training:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     info = data.get_info(config.dataset)
     num_steps, warmup, steps_per_epoch = schedule_lengths(config, info.num_train)
     log.info("%s: %d train / %d eval examples, %d classes; %d steps (%d per epoch); mesh %s",
@@ -135,77 +131,92 @@ def train_and_evaluate(config: Any, workdir: str, *, data: Any = None) -> dict[s
         teachers, teacher_params = load_teachers(config, mesh, info.num_classes)
     trainer = make_trainer(config, mesh, num_classes=info.num_classes, num_train_steps=num_steps,
                            warmup_steps=warmup, teachers=teachers)
-    ckpt = Checkpointer(workdir, max_to_keep=config.train.get("max_to_keep", 3))
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(trainer.abstract_state, trainer.state_shardings)
-        log.info("resumed from checkpoint step %d in %s", int(state["step"]), ckpt.directory)
-    else:
-        state = trainer.init_state()
-        if config.get("init_from", None) and config.init_from.get("checkpoint", None):
-            from nest_jax.train.init_from import initialize_from
-            state = initialize_from(config, trainer, state, info.num_classes)
-    rest = trainer.init_rest()
-    if is_main:
-        log.info("parameters:\n%s", parameter_overview.get_parameter_overview(
-            jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state["params"]),
-            include_stats=False))
-    start = int(jax.device_get(state["step"]))
+    ckpt = Checkpointer(workdir, max_to_keep=config.train.get("max_to_keep", 3), create=training)
+    try:
+        found = ckpt.restore_latest(trainer.abstract_state, trainer.state_shardings, set_aside=training)
+        if found is not None:
+            state = found[1]
+            log.info("resumed from checkpoint step %d in %s", found[0], ckpt.directory)
+        elif not training:
+            raise UserError(f"--mode=eval: no readable checkpoint in {ckpt.directory}")
+        else:
+            state = trainer.init_state()
+            if config.get("init_from", None) and config.init_from.get("checkpoint", None):
+                from nest_jax.train.init_from import initialize_from
+                state = initialize_from(config, trainer, state, info.num_classes)
+        rest = trainer.init_rest()
+        if is_main:
+            log.info("parameters:\n%s", parameter_overview.get_parameter_overview(
+                jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state["params"]),
+                include_stats=False))
+        start = int(jax.device_get(state["step"]))
 
-    if config.get("mode", "train") == "eval":
-        result = _run_eval(trainer, data, config, state, rest)
-        writer.write_scalars(start, result)
+        if not training:
+            result = _run_eval(trainer, data, config, state, rest)
+            writer.write_scalars(start, result)
+            writer.flush()
+            return dict(result, step=start)
+
+        # ---- loop ----
+        tcfg = config.train
+        log_every = int(tcfg.get("log_every_steps", 50))
+        eval_every = int(tcfg.get("eval_every_steps", 0) or 0)
+        ckpt_every = int(tcfg.get("checkpoint_every_steps", 0) or 0)
+        # stop_after_steps: end this run early (same schedule as the full run; resume continues it).
+        end = min(num_steps, int(tcfg.get("stop_after_steps", None) or num_steps))
+        if start >= end:
+            message = (f"this run already reached step {start} of {num_steps} (stop_after_steps="
+                       f"{tcfg.get('stop_after_steps', None)}) in {workdir}: nothing to train. To continue, "
+                       "raise --config.train.stop_after_steps or the schedule length "
+                       "(--config.train.num_train_steps / num_epochs)")
+            log.warning("%s", message)
+            return {"step": start, "message": message}
+        hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=30)]
+        if is_main and tcfg.get("profile", False):
+            hooks.append(periodic_actions.Profile(logdir=str(workdir), num_profile_steps=5, first_profile=start + 10))
+        it = data.train_iterator(config.dataset, global_batch_size=int(tcfg.global_batch_size),
+                                 seed=int(config.seed), start_step=start, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+        result: dict[str, Any] = {}
+        pending, window = None, []
+        step = start
+        wait_for_all_processes("nest_jax_train_start")
+        with Preemption() as preemption:
+            while step < end:
+                if preemption.reached(step):
+                    if ckpt.saved_step != step:  # a regular save of this step may have just happened
+                        ckpt.save(step, state)
+                    ckpt.wait()
+                    log.warning("preempted: checkpoint %d is saved in %s", step, ckpt.directory)
+                    raise Preempted(step, str(ckpt.directory))
+                batch = shard_batch(next(it), trainer.batch_sharding)
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    state, metrics = trainer.train_step(state, batch, rest, teacher_params)
+                # The previous step's loss is checked now, so the check never stalls the device queue.
+                if pending is not None:
+                    _check_finite(pending, step - 1, ckpt)
+                pending = metrics
+                window.append(metrics)
+                step += 1
+                for hook in hooks:
+                    hook(step)
+                last = step == end
+                save_now = bool(ckpt_every and step % ckpt_every == 0) or last
+                eval_now = bool(eval_every and step % eval_every == 0) or last
+                if save_now or eval_now or step % log_every == 0:
+                    _check_finite(pending, step - 1, ckpt)  # never report a bad loss
+                if step % log_every == 0 or last:
+                    means = jax.device_get(jax.tree.map(lambda *xs: np.mean(np.stack(xs)), *window))
+                    writer.write_scalars(step, {f"train_{k}": float(v) for k, v in means.items()})
+                    window = []
+                if save_now:  # before evaluating: a failing evaluation must not lose the training
+                    ckpt.save(step, state)
+                if eval_now:
+                    with hooks[0].timed("eval"):
+                        result = _run_eval(trainer, data, config, state, rest)
+                    writer.write_scalars(step, result)
         writer.flush()
         ckpt.close()
-        return dict(result, step=start)
-
-    # ---- loop ----
-    tcfg = config.train
-    log_every = int(tcfg.get("log_every_steps", 50))
-    eval_every = int(tcfg.get("eval_every_steps", 0) or 0)
-    ckpt_every = int(tcfg.get("checkpoint_every_steps", 0) or 0)
-    hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=30)]
-    if is_main and tcfg.get("profile", False):
-        hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5, first_profile=start + 10))
-    it = data.train_iterator(config.dataset, global_batch_size=int(tcfg.global_batch_size),
-                             seed=int(config.seed), start_step=start, process_index=jax.process_index(),
-                             process_count=jax.process_count())
-    result: dict[str, float] = {}
-    pending, window = None, []
-    step = start
-    # stop_after_steps: end this run early (same schedule as the full run; resume continues it).
-    end = min(num_steps, int(tcfg.get("stop_after_steps", None) or num_steps))
-    with Preemption() as preemption:
-        while step < end:
-            if preemption.agreed():
-                ckpt.save(step, state)
-                ckpt.wait()
-                log.warning("preempted: saved checkpoint %d, exiting", step)
-                break
-            batch = shard_batch(next(it), trainer.batch_sharding)
-            with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                state, metrics = trainer.train_step(state, batch, rest, teacher_params)
-            # The previous step's loss is checked now, so the check never stalls the device queue.
-            if pending is not None:
-                _check_finite(pending, step - 1, ckpt)
-            pending = metrics
-            window.append(metrics)
-            step += 1
-            for hook in hooks:
-                hook(step)
-            last = step == end
-            if (ckpt_every and step % ckpt_every == 0) or last or (eval_every and step % eval_every == 0) \
-                    or step % log_every == 0:
-                _check_finite(pending, step - 1, ckpt)  # never save or report a bad state
-            if step % log_every == 0 or last:
-                means = jax.device_get(jax.tree.map(lambda *xs: np.mean(np.stack(xs)), *window))
-                writer.write_scalars(step, {f"train_{k}": float(v) for k, v in means.items()})
-                window = []
-            if (eval_every and step % eval_every == 0) or last:
-                with hooks[0].timed("eval"):
-                    result = _run_eval(trainer, data, config, state, rest)
-                writer.write_scalars(step, result)
-            if (ckpt_every and step % ckpt_every == 0) or last:
-                ckpt.save(step, state)
-    writer.flush()
-    ckpt.close()
-    return dict(result, step=step)
+        return dict(result, step=step)
+    finally:
+        ckpt.close(quiet=True)

@@ -1,0 +1,73 @@
+"""Preemption notices (SIGTERM): every process stops at the same step, without a per-step collective.
+
+One process: a SIGTERM handler sets a flag that the loop reads at each step boundary. Several
+processes (`jax.distributed.initialize` was called): JAX's preemption sync manager, started by
+`jax.distributed.initialize`, catches SIGTERM itself and agrees in the background, through the
+coordination service, on the first step every process can still reach;
+`multihost_utils.reached_preemption_sync_point(step)` is then a local check that turns True on
+every process at that same step. The common step therefore runs no collective outside the jitted
+train step. No Python handler is installed in that case: it would replace JAX's.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+
+import jax
+
+log = logging.getLogger(__name__)
+
+
+class Preemption:
+    """Context manager; `reached(step)` is True at the step where every process should save and stop."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+        self._multi = False
+
+    def __enter__(self) -> Preemption:
+        self._multi = jax.process_count() > 1
+        if self._multi:
+            return self
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, never preempted
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("SIGTERM received: saving a checkpoint and stopping at the next step boundary")
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+            self._old = None
+
+    def reached(self, step: int) -> bool:
+        """Called at every step boundary, with the same `step` on every process."""
+        if not self._multi:
+            return self.requested
+        from jax.experimental import multihost_utils
+        try:
+            return multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError as e:  # jax_enable_preemption_service=False: no notices to agree on
+            log.warning("preemption notices are not handled: %s", e)
+            self._multi, self.requested = False, False
+            return False
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+    """Barrier through the coordination service (no device collective): aligns processes before
+    the first train step, whose collectives time out after 30 s on CPU (gloo) if one process is
+    still compiling. A no-op with one process."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client orbax itself waits on; no public barrier exists
+    client = distributed.global_state.client
+    if client is None:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
