@@ -52,7 +52,12 @@ def main(argv) -> None:
     from nest_jax.train.loop import train_and_evaluate  # after distributed init: imports jax state
     with config.unlocked():
         config.mode = FLAGS.mode
-    result = train_and_evaluate(config, FLAGS.workdir)
+    if config.get("task", "classification") == "gan":
+        from nest_jax.analysis.gan_eval import fid_evaluator
+        from nest_jax.train.gan_loop import train_gan
+        result = train_gan(config, FLAGS.workdir, evaluator=fid_evaluator(config))
+    else:
+        result = train_and_evaluate(config, FLAGS.workdir)
     logging.info("final: %s", result)
     print("final metrics:", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
 
