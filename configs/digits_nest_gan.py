@@ -3,8 +3,8 @@
     python -m nest_jax.main --config=configs/digits_nest_gan.py --workdir=/tmp/nest_gan_digits
 
 Generator: `nest_gan_32` made small (3 levels of 4×4-token blocks, 1 → 4 → 16 blocks, widths
-128 → 64 → 32, tokens of 2×2 pixels, pixel-shuffle de-aggregation; 0.45M parameters). Discriminator: the digits NesT classifier design with
-one output. Hinge loss, Adam(β1 0, β2 0.99), EMA generator. Samples land in <workdir>/samples.
+128 → 64 → 32, tokens of 2×2 pixels, pixel-shuffle de-aggregation; 0.45M parameters).
+Discriminator: the digits NesT classifier design with one output (one layer per level). Hinge loss, Adam(β1 0, β2 0.99), EMA generator. Samples land in <workdir>/samples.
 For FID during training set `gan.fid.every_steps` and `gan.fid.checkpoint` to a digits classifier
 trained with configs/digits_nest_tiny.py.
 """
