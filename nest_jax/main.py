@@ -162,7 +162,12 @@ def run_job(config, workdir: str, mode: str) -> dict[str, Any]:
     from nest_jax.train.loop import train_and_evaluate  # after distributed init: imports jax state
     with config.unlocked():
         config.mode = mode
-    result = train_and_evaluate(config, workdir)
+    if config.task == "gan":
+        from nest_jax.analysis.gan_eval import fid_evaluator
+        from nest_jax.train.gan_loop import train_gan
+        result = train_gan(config, workdir, evaluator=fid_evaluator(config))
+    else:
+        result = train_and_evaluate(config, workdir)
     logging.info("final: %s", result)
     print("final metrics:", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
     return result

@@ -24,7 +24,7 @@ def register_model(fn: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
 
 def _load_families() -> None:
     # Importing the family modules runs their @register_model decorators.
-    from nest_jax.models import deit, nest, resnet, vit  # noqa: F401
+    from nest_jax.models import conv_gan, deit, nest, nest_gan, resnet, vit, vit_gan  # noqa: F401
 
 
 def list_models(pattern: str = "*") -> list[str]:

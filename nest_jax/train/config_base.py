@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mode = "train"
+    c.task = "classification"  # or "gan" (configs/*_gan.py: nest_jax.train.gan_loop, section `gan`)
     c.model = ml_collections.ConfigDict(dict(name="", img_size=placeholder(int), remat=False,
                                              remat_policy="nothing_saveable",
                                              overrides=ml_collections.ConfigDict()))

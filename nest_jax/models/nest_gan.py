@@ -1,0 +1,226 @@
+"""NesT generator ("transposed NesT", Zhang et al. 2022, AAAI, §"generative modeling").
+
+latent z → Dense to the top level (a few blocks of b×b tokens) → for each level, top first:
++ the level's position embedding (1, T, N, C) → transformer layers with attention inside each block
+→ **block de-aggregation** (each block becomes 2×2 child blocks; depth-to-space ×2 by default,
+Shi et al. 2016) → … → LayerNorm → per-token Dense to p·p·channels → depth-to-space ×p → tanh.
+
+Level 0 here is the TOP of the hierarchy (generation order: fewest blocks first); a classifier NesT
+numbers its levels bottom first. The block edge b stays fixed, so the block grid doubles per level
+and the block tree is the classifier's 4-ary tree read downwards. No official code exists for this
+part of the paper: the widths, depths and the de-aggregation's channel projection are our choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nest_jax.models import layers as L
+from nest_jax.models.blocks import blockify, deblockify
+from nest_jax.models.registry import register_model
+
+Array = jax.Array
+DEAGGREGATIONS = ("pixel_shuffle", "nearest_conv", "transposed_conv")
+
+
+def depth_to_space(x: Array, r: int = 2) -> Array:
+    """Pixel shuffle (Shi et al. 2016). x: (B, H, W, r·r·C) -> (B, r·H, r·W, C).
+
+    Channel index (i·r + j)·C + c goes to sub-pixel (i, j), channel c: TensorFlow's
+    `depth_to_space` order ("DCR"). PyTorch's `pixel_shuffle` takes channel c·r² + i·r + j instead;
+    the two differ by a fixed permutation of the (learned) input channels.
+    """
+    b, h, w, d = x.shape
+    if d % (r * r):
+        raise ValueError(f"depth_to_space ×{r} needs channels divisible by {r * r}, got {d}")
+    c = d // (r * r)
+    x = x.reshape(b, h, w, r, r, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * r, w * r, c)
+
+
+def space_to_depth(x: Array, r: int = 2) -> Array:
+    """The exact inverse of `depth_to_space`. x: (B, r·H, r·W, C) -> (B, H, W, r·r·C)."""
+    b, hh, ww, c = x.shape
+    if hh % r or ww % r:
+        raise ValueError(f"space_to_depth ×{r} needs a map divisible by {r}, got {hh}×{ww}")
+    x = x.reshape(b, hh // r, r, ww // r, r, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, hh // r, ww // r, r * r * c)
+
+
+class BlockDeaggregation(nnx.Module):
+    """Turns every block into 2×2 child blocks and changes the width: the inverse of aggregation.
+
+    x: (B, T, N, C_in) on a g×g block grid -> (B, 4T, N, C_out) on a 2g×2g grid (same block edge).
+    Works on the deblockified map (B, g·b, g·b, C) as block aggregation does:
+      pixel_shuffle   : 1×1 projection C_in → 4·C_out, then depth-to-space ×2 (omitted when
+                        C_in = 4·C_out and `project=False`: the parameter-free transpose of
+                        space-to-depth). The paper's choice.
+      nearest_conv    : nearest-neighbour upsampling ×2, then conv 3×3 C_in → C_out.
+      transposed_conv : transposed conv 4×4 stride 2 C_in → C_out (DCGAN's upsampling).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs, kind: str = "pixel_shuffle",
+                 project: bool = True, kernel_init=L.trunc_normal_02, dtype=None, param_dtype=jnp.float32):
+        if kind not in DEAGGREGATIONS:
+            raise ValueError(f"deaggregation must be one of {DEAGGREGATIONS}, got {kind!r}")
+        if not project and (kind != "pixel_shuffle" or in_dim != 4 * out_dim):
+            raise ValueError(f"project=False needs pixel_shuffle and in_dim = 4·out_dim, got {kind}, "
+                             f"{in_dim} → {out_dim}")
+        self.kind = kind
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        bias = L.axes(nnx.initializers.zeros, "embed")
+        if kind == "pixel_shuffle":
+            self.proj = (nnx.Conv(in_dim, 4 * out_dim, (1, 1), kernel_init=L.axes(kernel_init, None, None, "conv_in",
+                                                                                   "embed"),
+                                  bias_init=bias, **kw) if project else None)
+        elif kind == "nearest_conv":
+            self.proj = nnx.Conv(in_dim, out_dim, (3, 3), padding="SAME",
+                                 kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"), bias_init=bias, **kw)
+        else:
+            self.proj = nnx.ConvTranspose(in_dim, out_dim, (4, 4), strides=(2, 2), padding="SAME",
+                                          kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"),
+                                          bias_init=bias, **kw)
+
+    def upsample(self, x: Array) -> Array:
+        """On the map: x (B, H, W, C_in) -> (B, 2H, 2W, C_out)."""
+        if self.kind == "pixel_shuffle":
+            return depth_to_space(x if self.proj is None else self.proj(x), 2)
+        if self.kind == "nearest_conv":
+            return self.proj(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+        return self.proj(x)
+
+    def __call__(self, x: Array, grid: int) -> Array:
+        b = int(round(x.shape[2] ** 0.5))
+        return blockify(self.upsample(deblockify(x, grid)), b)
+
+
+@dataclasses.dataclass(frozen=True)
+class NestGeneratorConfig:
+    """Every choice of a NesT generator. `dims`, `depths`, `heads`: one entry per level, TOP first.
+
+    Output side = patch_size · block_size · top_grid · 2^(levels-1).
+    """
+
+    img_size: int = 32
+    latent_dim: int = 128
+    out_chans: int = 3
+    patch_size: int = 1  # pixels per side of one output token (the RGB head's depth-to-space)
+    block_size: int = 4  # edge of a block in tokens
+    top_grid: int = 1  # blocks per side at the top level (1: one block)
+    dims: tuple[int, ...] = (256, 128, 64, 32)
+    depths: tuple[int, ...] = (2, 2, 2, 1)
+    heads: tuple[int, ...] = (4, 2, 2, 1)
+    mlp_ratio: float = 4.0
+    deaggregation: str = "pixel_shuffle"
+    gelu: str = "tanh"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        for name in ("dims", "depths", "heads"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if not len(self.dims) == len(self.depths) == len(self.heads):
+            raise ValueError(f"dims {self.dims}, depths {self.depths}, heads {self.heads}: one entry per level each")
+        if self.deaggregation not in DEAGGREGATIONS:
+            raise ValueError(f"deaggregation must be one of {DEAGGREGATIONS}, got {self.deaggregation!r}")
+        for d, h in zip(self.dims, self.heads):
+            if d % h:
+                raise ValueError(f"width {d} is not divisible by {h} heads")
+        side = self.patch_size * self.block_size * self.top_grid * 2 ** (self.levels - 1)
+        if side != self.img_size:
+            raise ValueError(f"img_size {self.img_size} does not fit: patch {self.patch_size} × block "
+                             f"{self.block_size} × top grid {self.top_grid} × 2^({self.levels}-1 levels) = {side}")
+
+    @property
+    def levels(self) -> int:
+        return len(self.depths)
+
+    def grid(self, level: int) -> int:
+        """Blocks per side at `level` (0 = top)."""
+        return self.top_grid * 2 ** level
+
+
+class NestGenerator(nnx.Module):
+    """z: (B, latent_dim) -> image (B, H, W, out_chans) in [-1, 1].
+
+    `__call__(z, *, train=False, return_levels=False)`; with `return_levels` also the list of each
+    level's token map (B, H_l, W_l, C_l) after its transformer layers, top first.
+    """
+
+    def __init__(self, config: NestGeneratorConfig, *, rngs: nnx.Rngs):
+        self.config = c = config
+        kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
+        init = L.trunc_normal_02
+        n = c.block_size ** 2
+        t0 = c.top_grid ** 2
+        self.stem = nnx.Linear(c.latent_dim, t0 * n * c.dims[0], kernel_init=L.axes(
+            nnx.initializers.lecun_normal(), None, "mlp"), bias_init=L.axes(nnx.initializers.zeros, "mlp"), **kw)
+        self.pos_embed = nnx.List([
+            nnx.Param(L.axes(init, None, None, None, "embed")(rngs.params(), (1, c.grid(i) ** 2, n, c.dims[i]),
+                                                              c.param_dtype))
+            for i in range(c.levels)])
+        self.levels = nnx.List([
+            nnx.List([L.TransformerLayer(c.dims[i], c.heads[i], int(c.dims[i] * c.mlp_ratio), act=c.gelu,
+                                         kernel_init=init, **kw) for _ in range(c.depths[i])])
+            for i in range(c.levels)])
+        self.deaggregate = nnx.List([
+            BlockDeaggregation(c.dims[i], c.dims[i + 1], kind=c.deaggregation, kernel_init=init, **kw)
+            for i in range(c.levels - 1)])
+        self.norm = L.layer_norm(c.dims[-1], **kw)
+        self.head = nnx.Linear(c.dims[-1], c.patch_size ** 2 * c.out_chans,
+                               kernel_init=L.axes(init, "embed", None), bias_init=nnx.initializers.zeros, **kw)
+
+    def __call__(self, z: Array, *, train: bool = False, return_levels: bool = False):
+        c = self.config
+        b = z.shape[0]
+        x = self.stem(z).reshape(b, c.top_grid ** 2, c.block_size ** 2, c.dims[0])
+        maps = []
+        for i in range(c.levels):
+            if i > 0:
+                x = self.deaggregate[i - 1](x, c.grid(i - 1))
+            x = x + self.pos_embed[i][...].astype(x.dtype)
+            for layer in self.levels[i]:
+                x = layer(x, train=train)
+            if return_levels:
+                maps.append(deblockify(x, c.grid(i)))
+        x = deblockify(self.norm(x), c.grid(c.levels - 1))
+        image = jnp.tanh(depth_to_space(self.head(x), c.patch_size).astype(jnp.float32))
+        return (image, maps) if return_levels else image
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants: 32 / 64 / 128 px, a one-block top level (4×4 tokens) and widths halving per level.
+NEST_GAN_VARIANTS = {
+    "nest_gan_32": dict(img_size=32, patch_size=1, dims=(256, 128, 64, 32), depths=(2, 2, 2, 1),
+                        heads=(4, 2, 2, 1)),
+    "nest_gan_64": dict(img_size=64, patch_size=1, dims=(512, 256, 128, 64, 32), depths=(2, 2, 2, 2, 1),
+                        heads=(8, 4, 2, 2, 1)),
+    "nest_gan_128": dict(img_size=128, patch_size=2, dims=(512, 256, 128, 64, 32), depths=(2, 2, 2, 2, 1),
+                         heads=(8, 4, 2, 2, 1)),
+}
+
+
+def _register(name: str) -> None:
+    spec = NEST_GAN_VARIANTS[name]
+
+    def builder(*, num_classes: int = 0, img_size=None, rngs: nnx.Rngs, **overrides) -> NestGenerator:
+        # num_classes is the registry's uniform argument; an unconditional generator has no classes.
+        fields = dict(spec)
+        fields.update(overrides)
+        if img_size is not None:
+            fields["img_size"] = int(img_size)
+        fields.pop("in_chans", None)
+        return NestGenerator(NestGeneratorConfig(**fields), rngs=rngs)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = (f"{name}: NesT generator, {spec['img_size']} px, dims {spec['dims']}, "
+                       f"depths {spec['depths']} (top level first).")
+    register_model(builder)
+
+
+for _name in NEST_GAN_VARIANTS:
+    _register(_name)

@@ -1,0 +1,80 @@
+"""Spectral normalization (Miyato et al. 2018, ICLR, §2.1 and Algorithm 1) for conv and dense layers.
+
+The kernel is divided by an estimate of its largest singular value σ(W), obtained by one step of
+power iteration per training call on W reshaped to (fan_in, out). The left singular vector
+estimate `u` is carried between steps as a non-parameter variable (`PowerIterate`, a subclass of
+`nnx.BatchStat`, so the train state keeps it next to batch statistics and the optimizer never sees
+it). In eval (`train=False`) the stored `u` is used without updating it.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nest_jax.models import layers as L
+
+Array = jax.Array
+
+
+class PowerIterate(nnx.BatchStat):
+    """The power-iteration vector u (out,) of a spectrally normalized kernel."""
+
+
+def _l2_normalize(v: Array, eps: float = 1e-12) -> Array:
+    return v / (jnp.linalg.norm(v) + eps)
+
+
+def spectral_sigma(w: Array, u: Array, *, update: bool) -> tuple[Array, Array]:
+    """σ(W) ≈ vᵀ W u after one power-iteration step. w: (fan_in, out), u: (out,) -> (σ, new u).
+
+    u and v are constants for the gradient (Miyato et al. 2018, Algorithm 1).
+    """
+    v = _l2_normalize(w @ u)
+    u_new = _l2_normalize(w.T @ v) if update else u
+    u_new, v = jax.lax.stop_gradient(u_new), jax.lax.stop_gradient(v)
+    return v @ (w @ u_new), u_new
+
+
+class SNConv(nnx.Module):
+    """Conv with an optionally spectrally normalized kernel. x: (B, H, W, C_in) -> (B, H', W', C_out)."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel: int = 3, *, rngs: nnx.Rngs, stride: int = 1,
+                 padding: str = "SAME", spectral: bool = True, kernel_init=nnx.initializers.xavier_uniform(),
+                 dtype=None, param_dtype=jnp.float32):
+        self.conv = nnx.Conv(in_dim, out_dim, (kernel, kernel), strides=stride, padding=padding,
+                             kernel_init=L.axes(kernel_init, None, None, "conv_in", "conv_out"),
+                             bias_init=L.axes(nnx.initializers.zeros, "conv_out"),
+                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.stride, self.padding = (stride, stride), padding
+        self.u = PowerIterate(_l2_normalize(jax.random.normal(rngs.params(), (out_dim,)))) if spectral else None
+
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        if self.u is None:
+            return self.conv(x)
+        w = self.conv.kernel[...]
+        sigma, u = spectral_sigma(w.reshape(-1, w.shape[-1]), self.u[...], update=train)
+        if train:
+            self.u[...] = u
+        y = jax.lax.conv_general_dilated(x, (w / sigma).astype(x.dtype), self.stride, self.padding,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + self.conv.bias[...].astype(y.dtype)
+
+
+class SNLinear(nnx.Module):
+    """Dense with an optionally spectrally normalized kernel. x: (..., C_in) -> (..., C_out)."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs, spectral: bool = True,
+                 kernel_init=nnx.initializers.xavier_uniform(), dtype=None, param_dtype=jnp.float32):
+        self.linear = nnx.Linear(in_dim, out_dim, kernel_init=L.axes(kernel_init, "embed", None),
+                                 bias_init=nnx.initializers.zeros, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.u = PowerIterate(_l2_normalize(jax.random.normal(rngs.params(), (out_dim,)))) if spectral else None
+
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        if self.u is None:
+            return self.linear(x)
+        w = self.linear.kernel[...]
+        sigma, u = spectral_sigma(w, self.u[...], update=train)
+        if train:
+            self.u[...] = u
+        return x @ (w / sigma).astype(x.dtype) + self.linear.bias[...].astype(x.dtype)

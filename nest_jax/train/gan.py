@@ -1,0 +1,247 @@
+"""The sharded GAN train state and train step: two networks, two optimizers, an EMA generator.
+
+State (a pure pytree, checkpointed as is): {"step", "rng" (raw key), "g", "d" (parameter dicts),
+"g_opt", "d_opt", "g_ema" (float32 copy of "g"), optional "g_stats" / "d_stats" (batch norm
+statistics, spectral-norm power iterates)}. Shardings come from shapes only (as `trainer.py`), the
+state is created already sharded and every step is one `jax.jit` with donated state.
+
+One step = one discriminator update on (real batch, G(z)) then one generator update on fresh z:
+  hinge (Lim & Ye 2017; Miyato et al. 2018):  L_D = E[relu(1 − D(x))] + E[relu(1 + D(G(z)))],
+                                               L_G = −E[D(G(z))]
+  non-saturating (Goodfellow et al. 2014):     L_D = E[softplus(−D(x))] + E[softplus(D(G(z)))],
+                                               L_G = E[softplus(−D(G(z)))]
+  R1 (Mescheder et al. 2018, eq. 9):           + γ/2 · E[‖∇_x D(x)‖²] on real images.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from nest_jax.train import optim
+from nest_jax.train import sharding as shd
+from nest_jax.train.trainer import DTYPES, params_state
+
+LOSSES = ("hinge", "non_saturating")
+
+
+def gan_section(**kw) -> ml_collections.ConfigDict:
+    """`config.gan` defaults: networks, losses, the two optimizers (Adam β1 0, TTUR-style lrs), EMA."""
+    def adam(lr):
+        return dict(name="adamw", lr=lr, b1=0.0, b2=0.99, eps=1e-8, weight_decay=0.0, wd_mask="none",
+                    clip_norm=0.0, schedule="constant", warmup_steps=0)
+    g = dict(generator=dict(name="nest_gan_32", overrides={}), discriminator=dict(name="sagan_discriminator_32",
+                                                                                   overrides={}),
+             latent_dim=128, loss="hinge", r1_gamma=0.0, ema_decay=0.999, ema_start_step=0,
+             g_optimizer=adam(1e-4), d_optimizer=adam(4e-4),
+             sample_every_steps=500, num_sample_images=64, sample_seed=1234,
+             fid=dict(every_steps=0, num_samples=2048, batch_size=256, extractor="classifier",
+                      checkpoint="", model="", overrides={}, weights="", split="train", kid_subsets=50,
+                      kid_subset_size=500))
+    g.update(kw)
+    return ml_collections.ConfigDict(g)
+
+
+def _kwargs(overrides: Any) -> dict:
+    kw = dict(overrides or {})
+    for key in ("dtype", "param_dtype"):
+        if isinstance(kw.get(key), str):
+            kw[key] = DTYPES[kw[key]]
+    return kw
+
+
+def build_generator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
+    from nest_jax.models import create_model
+    gen = config.gan.generator
+    return create_model(gen.name, img_size=config.dataset.image_size, rngs=rngs, latent_dim=int(config.gan.latent_dim),
+                        out_chans=int(config.dataset.get("num_channels", 3)), **_kwargs(gen.get("overrides")))
+
+
+def build_discriminator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
+    from nest_jax.models import create_model
+    d = config.gan.discriminator
+    return create_model(d.name, num_classes=1, img_size=config.dataset.image_size, rngs=rngs,
+                        in_chans=int(config.dataset.get("num_channels", 3)), **_kwargs(d.get("overrides")))
+
+
+class _Net:
+    """A network split at the jit boundary: pure `apply(params, stats, x, rest, key, train)`."""
+
+    def __init__(self, build: Callable[[], nnx.Module]):
+        self.build = build
+        abstract = nnx.eval_shape(build)
+        self.graphdef, abs_params, abs_stats, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
+        self.abs_params = abs_params
+        self.params_flat = list(nnx.to_flat_state(abs_params))
+        self.stats_flat = list(nnx.to_flat_state(abs_stats))
+
+    def init(self) -> tuple[dict, dict]:
+        _, params, stats, _ = nnx.split(self.build(), nnx.Param, nnx.BatchStat, ...)
+        return nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+
+    def rest(self):
+        return nnx.split(self.build(), nnx.Param, nnx.BatchStat, ...)[3]
+
+    def apply(self, params, stats, x, rest, key, train: bool):
+        """-> (output, new stats). Fresh RNG-stream Variables are reseeded with `key` (dropout)."""
+        rest = jax.tree.map(lambda v: v, rest)
+        model = nnx.merge(self.graphdef, params_state(self.params_flat, params),
+                          params_state(self.stats_flat, stats or {}), rest)
+        if key is not None:
+            nnx.reseed(model, dropout=key)
+        out = model(x, train=train)
+        new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)) if self.stats_flat else None
+        return out, new_stats
+
+
+def d_losses(kind: str, real_logits, fake_logits):
+    if kind == "hinge":
+        return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+    if kind == "non_saturating":
+        return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+    raise ValueError(f"gan.loss must be one of {LOSSES}, got {kind!r}")
+
+
+def g_loss(kind: str, fake_logits):
+    if kind == "hinge":
+        return -jnp.mean(fake_logits)
+    if kind == "non_saturating":
+        return jnp.mean(jax.nn.softplus(-fake_logits))
+    raise ValueError(f"gan.loss must be one of {LOSSES}, got {kind!r}")
+
+
+@dataclasses.dataclass
+class GanTrainer:
+    mesh: Mesh
+    state_shardings: Any
+    batch_sharding: Any
+    abstract_state: Any
+    init_state: Callable[[], dict]
+    init_rest: Callable[[], tuple]
+    train_step: Callable  # (state, batch, rests) -> (state, metrics)
+    sample: Callable  # (g params, g stats, z, rests) -> images (B, H, W, C) in [-1, 1]
+    latent_dim: int
+    generator: _Net
+    discriminator: _Net
+
+
+def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
+    cfg = config.gan
+    seed = int(config.seed)
+    kind = cfg.get("loss", "hinge")
+    if kind not in LOSSES:
+        raise ValueError(f"gan.loss must be one of {LOSSES}, got {kind!r}")
+    r1 = float(cfg.get("r1_gamma", 0.0) or 0.0)
+    ema_decay = float(cfg.get("ema_decay", 0.0) or 0.0)
+    ema_start = int(cfg.get("ema_start_step", 0) or 0)
+    latent = int(cfg.latent_dim)
+    G = _Net(lambda: build_generator(config, nnx.Rngs(params=seed, dropout=seed + 1)))
+    D = _Net(lambda: build_discriminator(config, nnx.Rngs(params=seed + 10, dropout=seed + 11)))
+    txs = {}
+    for name, net in (("g", G), ("d", D)):
+        opt = cfg[f"{name}_optimizer"]
+        schedule = optim.make_schedule(opt, peak_lr=float(opt.lr), total_steps=10 ** 9,
+                                       warmup_steps=int(opt.get("warmup_steps", 0) or 0))
+        txs[name] = optim.make_optimizer(opt, nnx.to_pure_dict(net.abs_params), schedule=schedule)
+
+    def init():
+        g, g_stats = G.init()
+        d, d_stats = D.init()
+        state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed + 2)),
+                 "g": g, "d": d, "g_opt": txs["g"].init(g), "d_opt": txs["d"].init(d),
+                 "g_ema": jax.tree.map(lambda p: p.astype(jnp.float32), g)}
+        if g_stats:
+            state["g_stats"] = g_stats
+        if d_stats:
+            state["d_stats"] = d_stats
+        return state
+
+    abstract_state = jax.eval_shape(init)
+    rules = config.get("logical_axis_rules", None) or shd.DEFAULT_LOGICAL_RULES
+    regex = config.get("sharding_rules", None) or ()
+    g_sh = shd.param_shardings(G.abs_params, mesh, logical_rules=rules, regex_rules=regex)
+    d_sh = shd.param_shardings(D.abs_params, mesh, logical_rules=rules, regex_rules=regex)
+    state_sh = {"step": shd.replicated(mesh), "rng": shd.replicated(mesh), "g": g_sh, "d": d_sh, "g_ema": g_sh,
+                "g_opt": shd.like_params(abstract_state["g_opt"], g_sh, mesh),
+                "d_opt": shd.like_params(abstract_state["d_opt"], d_sh, mesh)}
+    for k in ("g_stats", "d_stats"):
+        if k in abstract_state:
+            state_sh[k] = jax.tree.map(lambda _: shd.replicated(mesh), abstract_state[k])
+    repl = shd.replicated(mesh)
+    rest_fn = lambda: (G.rest(), D.rest())  # noqa: E731
+    rest_sh = jax.tree.map(lambda _: repl, jax.eval_shape(rest_fn))
+    batch_sh = shd.batch_sharding(mesh)
+
+    def train_step(state, batch, rests):
+        g_rest, d_rest = rests
+        step = state["step"]
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+        k_zd, k_zg, k_gd, k_dd, k_gg, k_dg = jax.random.split(key, 6)
+        real = batch["image"]
+        b = real.shape[0]
+        g_stats, d_stats = state.get("g_stats"), state.get("d_stats")
+
+        # ---- discriminator update (G's statistics are only updated by the generator update) ----
+        fake, _ = G.apply(state["g"], g_stats, jax.random.normal(k_zd, (b, latent)), g_rest, k_gd, True)
+        both = jnp.concatenate([real, jax.lax.stop_gradient(fake).astype(real.dtype)], axis=0)
+
+        def d_loss_fn(d_params):
+            def logits_sum(x):
+                logits, stats = D.apply(d_params, d_stats, x, d_rest, k_dd, True)
+                return logits.sum(), (logits, stats)
+            if r1:
+                (_, (logits, stats)), gx = jax.value_and_grad(logits_sum, has_aux=True)(both)
+                penalty = jnp.mean(jnp.sum(jnp.square(gx[:b].astype(jnp.float32)), axis=(1, 2, 3)))
+            else:
+                _, (logits, stats) = logits_sum(both)
+                penalty = jnp.zeros((), jnp.float32)
+            logits = logits.astype(jnp.float32)[:, 0]
+            loss = d_losses(kind, logits[:b], logits[b:]) + 0.5 * r1 * penalty
+            return loss, (logits, stats, penalty)
+
+        (d_loss, (logits, new_d_stats, penalty)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state["d"])
+        d_updates, d_opt = txs["d"].update(d_grads, state["d_opt"], state["d"])
+        d_params = optax.apply_updates(state["d"], d_updates)
+
+        # ---- generator update against the updated discriminator (power iterates not advanced) ----
+        def g_loss_fn(g_params):
+            fake, stats = G.apply(g_params, g_stats, jax.random.normal(k_zg, (b, latent)), g_rest, k_gg, True)
+            f_logits, _ = D.apply(d_params, new_d_stats, fake, d_rest, k_dg, True)
+            return g_loss(kind, f_logits.astype(jnp.float32)[:, 0]), stats
+
+        # Note: D runs in train mode inside the G step (dropout as in the D step) but its updated
+        # power iterates are discarded: only the discriminator update advances them.
+        (gl, new_g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
+        g_updates, g_opt = txs["g"].update(g_grads, state["g_opt"], state["g"])
+        g_params = optax.apply_updates(state["g"], g_updates)
+        decay = jnp.where(step >= ema_start, ema_decay, 0.0) if ema_decay else 0.0
+        g_ema = optim.ema_update(state["g_ema"], g_params, decay)
+
+        new = dict(state, step=step + 1, g=g_params, d=d_params, g_opt=g_opt, d_opt=d_opt, g_ema=g_ema)
+        if new_g_stats is not None:
+            new["g_stats"] = new_g_stats
+        if new_d_stats is not None:
+            new["d_stats"] = new_d_stats
+        metrics = {"d_loss": d_loss, "g_loss": gl, "d_real": jnp.mean(logits[:b]), "d_fake": jnp.mean(logits[b:]),
+                   "r1": penalty, "g_grad_norm": optax.tree.norm(g_grads), "d_grad_norm": optax.tree.norm(d_grads),
+                   "loss": d_loss + gl}
+        return new, metrics
+
+    def sample(g_params, g_stats, z, rests):
+        return G.apply(g_params, g_stats, z, rests[0], None, False)[0]
+
+    stats_sh = state_sh.get("g_stats")
+    jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh, rest_sh), out_shardings=(state_sh, repl),
+                        donate_argnums=(0,))
+    jit_sample = jax.jit(sample, in_shardings=(g_sh, stats_sh, batch_sh, rest_sh), out_shardings=batch_sh)
+    return GanTrainer(mesh=mesh, state_shardings=state_sh, batch_sharding=batch_sh, abstract_state=abstract_state,
+                      init_state=jax.jit(init, out_shardings=state_sh),
+                      init_rest=jax.jit(rest_fn, out_shardings=rest_sh), train_step=jit_train, sample=jit_sample,
+                      latent_dim=latent, generator=G, discriminator=D)
