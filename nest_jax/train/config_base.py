@@ -17,6 +17,17 @@ def augment(**kw) -> dict:
     return a
 
 
+def optimizer(**kw) -> dict:
+    """One optimizer section with every field (`config.optimizer`, and each GAN network's)."""
+    o = dict(name="adamw", lr=placeholder(float), base_lr=placeholder(float), base_batch=256,
+             weight_decay=0.0, wd_mask="nest", b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
+             clip_norm=0.0, schedule="cosine", warmup_steps=placeholder(int), warmup_epochs=0.0,
+             warmup_init_lr=0.0, min_lr=0.0, layer_decay=1.0, ema_decay=0.0, accum_steps=1,
+             mu_dtype=placeholder(str))  # mu_dtype "bfloat16": AdamW's first moment stored in bf16
+    o.update(kw)
+    return o
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -36,12 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
         global_batch_size=256, eval_batch_size=256, num_epochs=1.0, num_train_steps=placeholder(int),
         stop_after_steps=placeholder(int), log_every_steps=100, eval_every_steps=0,
         checkpoint_every_steps=1000, max_to_keep=3, profile=False))
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw", lr=placeholder(float), base_lr=placeholder(float), base_batch=256,
-        weight_decay=0.0, wd_mask="nest", b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
-        clip_norm=0.0, schedule="cosine", warmup_steps=placeholder(int), warmup_epochs=0.0,
-        warmup_init_lr=0.0, min_lr=0.0, layer_decay=1.0, ema_decay=0.0, accum_steps=1,
-        mu_dtype=placeholder(str)))  # mu_dtype "bfloat16": AdamW's first moment stored in bf16
+    c.optimizer = ml_collections.ConfigDict(optimizer())
     c.mesh = ml_collections.ConfigDict(dict(axes=dict(data=-1, fsdp=1, tensor=1)))
     c.logical_axis_rules = placeholder(list)  # None: nest_jax.train.sharding.DEFAULT_LOGICAL_RULES
     c.sharding_rules = ()

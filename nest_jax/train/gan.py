@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from nest_jax.train.config_base import optimizer
 from nest_jax.train import optim
 from nest_jax.train import sharding as shd
 from nest_jax.train.trainer import DTYPES, params_state
@@ -35,8 +36,8 @@ LOSSES = ("hinge", "non_saturating")
 def gan_section(**kw) -> ml_collections.ConfigDict:
     """`config.gan` defaults: networks, losses, the two optimizers (Adam β1 0, TTUR-style lrs), EMA."""
     def adam(lr):
-        return dict(name="adamw", lr=lr, b1=0.0, b2=0.99, eps=1e-8, weight_decay=0.0, wd_mask="none",
-                    clip_norm=0.0, schedule="constant", warmup_steps=0)
+        return optimizer(name="adamw", lr=lr, b1=0.0, b2=0.99, eps=1e-8, weight_decay=0.0, wd_mask="none",
+                         clip_norm=0.0, schedule="constant", warmup_steps=0)
     g = dict(generator=dict(name="nest_gan_32", overrides={}), discriminator=dict(name="sagan_discriminator_32",
                                                                                    overrides={}),
              latent_dim=128, loss="hinge", r1_gamma=0.0, ema_decay=0.999, ema_start_step=0,
