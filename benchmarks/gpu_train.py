@@ -167,7 +167,7 @@ def timm_case(case: str, batch: int, img: int, steps: int, compile_model: bool) 
     cuda = torch.cuda.is_available() and not ARGS.cpu
     device = "cuda" if cuda else "cpu"
     bf16 = ARGS.dtype != "float32"  # "config": the shipped configs compute in bf16
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(ARGS.torch_threads or os.cpu_count())
     torch.manual_seed(0)
     drop_path = load_config(case, batch, img).model.overrides.get("drop_path_rate", 0.2)
     model = timm.create_model(CASES[case][2], pretrained=False, num_classes=NUM_CLASSES, drop_path_rate=drop_path,
@@ -255,6 +255,9 @@ def main() -> None:
                     help="config: the shipped configs' bf16 (timm: bf16 autocast); float32: both sides in float32")
     ap.add_argument("--attn-impl", choices=("auto", "cudnn", "xla", "explicit"), default=None,
                     help="the models' attention kernel (default: the config's, i.e. auto)")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="CPU threads for PyTorch (default: all cores). On a loaded machine OpenMP's barriers "
+                         "make 2 threads slower than 1; pair with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false")
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--max-batch", action="store_true", help="binary-search the largest batch (GPU only)")
     ap.add_argument("--json", default=os.path.join(REPO, "benchmarks", "gpu_train.json"))
@@ -267,7 +270,7 @@ def main() -> None:
     records = []
     for case in cases:
         rec = dict(case=case, config=":".join(CASES[case][:2]), batch=batch, img_size=img, steps=steps,
-                   dtype=args.dtype, attn_impl=args.attn_impl or "auto")
+                   dtype=args.dtype, attn_impl=args.attn_impl or "auto", torch_threads=args.torch_threads)
         rec.update(jax_case(case, batch, img, steps))
         rec["mfu"] = 3 * rec["flops_fwd_per_img"] * rec["train_img_s"] / peak
         if not args.no_timm:

@@ -4,6 +4,7 @@
 
 1. Attention layout: transposes and copies XLA keeps in the compiled forward + backward of one
    ViT-S attention layer (8 × 197 tokens, width 384, 6 heads), per `attn_impl`.
+   And for three QKV parameter layouts feeding the fused kernel.
 2. GELU: exact (erf) vs tanh approximation, ViT-S MLP forward + backward, time per call.
 3. Rematerialization: the compiled train step's temporary memory (XLA memory analysis) of a
    ViT-Ti-width model (4 layers, 32 px, batch 32) without remat and with each policy.
@@ -44,6 +45,33 @@ def attention_layout() -> dict:
             return jnp.sum(nnx.merge(graph, p, rest)(x)[0] ** 2)
         out[impl] = _hlo_counts(jax.value_and_grad(loss), params, x)
     return out
+
+
+def qkv_layouts() -> dict:
+    """Transposes/copies of fused attention (forward + backward) for three QKV parameter layouts:
+    nest_jax's (D, 3, h, d), a (3, D, h, d) stack, and timm's flat (D, 3·h·d) + reshape."""
+    b, n, dim, h, d = 8, 197, 384, 6, 64
+    x, proj = jnp.ones((b, n, dim)), jnp.ones((h, d, dim)) * 0.01
+
+    def attend(q, k, v):
+        o = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+        return jnp.sum(jnp.einsum("bnhd,hdc->bnc", o, proj) ** 2)
+
+    def ours(w, x):
+        qkv = jnp.einsum("bnc,cthd->bnthd", x, w)
+        return attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+
+    def stacked(w, x):
+        qkv = jnp.einsum("bnc,tchd->tbnhd", x, w)
+        return attend(qkv[0], qkv[1], qkv[2])
+
+    def flat(w, x):
+        qkv = (x @ w).reshape(b, n, 3, h, d)
+        return attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+
+    shapes = {"D,3,h,d": (ours, (dim, 3, h, d)), "3,D,h,d": (stacked, (3, dim, h, d)), "D,3hd": (flat, (dim, 3 * h * d))}
+    return {name: _hlo_counts(jax.grad(fn, argnums=(0, 1)), jnp.ones(shape) * 0.01, x)
+            for name, (fn, shape) in shapes.items()}
 
 
 def _time(fn, *args, iters=5) -> float:
@@ -110,7 +138,7 @@ def main() -> None:
     ap.add_argument("--json", default=os.path.join(REPO, "benchmarks", "step_anatomy.json"))
     args = ap.parse_args()
     result = dict(backend=jax.default_backend(), device=jax.devices()[0].device_kind,
-                  attention_hlo=attention_layout(), gelu=gelu_cost(), optimizer_state_MiB=optimizer_state_bytes(),
+                  attention_hlo=attention_layout(), qkv_layout_hlo=qkv_layouts(), gelu=gelu_cost(), optimizer_state_MiB=optimizer_state_bytes(),
                   remat=remat_memory())
     print(json.dumps(result, indent=1))
     with open(args.json, "w") as f:

@@ -105,7 +105,7 @@ def test_bf16_first_moment_keeps_second_moment_float32_and_tracks_float32():
             updates, state = tx.update(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g), state, p)
             p = jax.tree.map(lambda a, u: a + u, p, updates)
         states[mu] = (state, p)
-    adam = states["bfloat16"][0][0]
+    adam = states["bfloat16"][0][0][0]  # chain -> adamw chain -> ScaleByAdamState
     assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(jnp.bfloat16)}
     assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.float32)}
     # bf16 rounding of the first moment (relative 2^-8) moves four lr-0.1 steps by well under 1e-2.
