@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
         weight_decay=0.0, wd_mask="nest", b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
         clip_norm=0.0, schedule="cosine", warmup_steps=placeholder(int), warmup_epochs=0.0,
         warmup_init_lr=0.0, min_lr=0.0, layer_decay=1.0, ema_decay=0.0, accum_steps=1))
+    # Periodic evaluations (nest_jax.train.evaluators): name -> {kind, split, every_steps, prefix, ...};
+    # split None = dataset.eval_split, every_steps None = train.eval_every_steps (0: only at the end).
+    c.evals = ml_collections.ConfigDict(dict(val=dict(kind="classification", split=placeholder(str),
+                                                      every_steps=placeholder(int), prefix="eval_")))
     c.mesh = ml_collections.ConfigDict(dict(axes=dict(data=-1, fsdp=1, tensor=1)))
     c.logical_axis_rules = placeholder(list)  # None: nest_jax.train.sharding.DEFAULT_LOGICAL_RULES
     c.sharding_rules = ()
