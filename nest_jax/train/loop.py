@@ -10,7 +10,8 @@ so a failing evaluation loses nothing. Evaluations are the `config.evals` entrie
 (`nest_jax.train.writers`), one progress line per log interval to stdout. `config.mode == "eval"`
 runs the evaluators on the newest checkpoint and writes nothing. Defaults of every field read here
 live in `config_base.base_config()` only. See docs/training.md.
-"""from __future__ import annotations
+"""
+from __future__ import annotations
 
 import importlib
 import logging
