@@ -58,7 +58,8 @@ def test_evals_from_config_run_on_their_schedule_and_are_written(tmp_path):
     data = SyntheticData()
     out = train_and_evaluate(cfg, tmp_path, data=data)
     # val every 2 steps (split not passed: the default), train_set and probe only at the end.
-    assert data.eval_splits == [None, None, None, "train", "train"]  # EMA: a second pass each time
+    # Each pass twice (params, then EMA); at the end the entries run in name order: train_set, val.
+    assert data.eval_splits == [None, None, "train", "train", None, None]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     val_steps = [r["step"] for r in rows if "eval_top1" in r]
     assert val_steps == [2, 4] and [r["step"] for r in rows if "probe_step" in r] == [4]
