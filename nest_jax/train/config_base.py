@@ -48,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
         stop_after_steps=placeholder(int), log_every_steps=100, eval_every_steps=0,
         checkpoint_every_steps=1000, max_to_keep=3, profile=False))
     c.optimizer = ml_collections.ConfigDict(optimizer())
+    # Periodic evaluations (nest_jax.train.evaluators): name -> {kind, split, every_steps, prefix, ...};
+    # split None = dataset.eval_split, every_steps None = train.eval_every_steps (0: only at the end).
+    c.evals = ml_collections.ConfigDict(dict(val=dict(kind="classification", split=placeholder(str),
+                                                      every_steps=placeholder(int), prefix="eval_")))
     c.mesh = ml_collections.ConfigDict(dict(axes=dict(data=-1, fsdp=1, tensor=1)))
     c.logical_axis_rules = placeholder(list)  # None: nest_jax.train.sharding.DEFAULT_LOGICAL_RULES
     c.sharding_rules = ()

@@ -1,29 +1,37 @@
 """`train_and_evaluate(config, workdir)`: the one training loop (setup, data, model, loop, eval).
 
-Resumes automatically from the newest readable checkpoint in `workdir`; one run per workdir (a lock
-file); SIGTERM saves (unless that step is saved already) and raises `Preempted`; a non-finite loss
-or non-finite parameters stop training with a FloatingPointError naming the last good checkpoint;
-each checkpoint is saved before the evaluation of the same step, so a failing evaluation loses
-nothing. `config.mode == "eval"` evaluates the newest checkpoint and writes nothing.
+Resumes automatically from the newest readable checkpoint in `workdir` (an `etils.epath` path:
+local or gs://), with the input iterator's saved position when the data module reports one; one
+run per workdir (a lock file); SIGTERM saves (unless that step is saved already) and raises
+`Preempted`; a non-finite loss or non-finite parameters stop training with a FloatingPointError
+naming the last good checkpoint; each checkpoint is saved before the evaluations of the same step,
+so a failing evaluation loses nothing. Evaluations are the `config.evals` entries
+(`nest_jax.train.evaluators`); metrics go to TensorBoard event files and `metrics.jsonl`
+(`nest_jax.train.writers`), one progress line per log interval to stdout. `config.mode == "eval"`
+runs the evaluators on the newest checkpoint and writes nothing. Defaults of every field read here
+live in `config_base.base_config()` only. See docs/training.md.
 """
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import math
+import time
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview
 
 from nest_jax.errors import Preempted, UserError
 from nest_jax.train.checkpoint import Checkpointer, as_path
 from nest_jax.train.lock import WorkdirLock
 from nest_jax.train.preemption import Preemption, wait_for_all_processes
 from nest_jax.train.sharding import BATCH_AXES, make_mesh
-from nest_jax.train.trainer import Trainer, make_trainer, shard_batch
+from nest_jax.train.evaluators import build_evaluators, due
+from nest_jax.train.trainer import make_trainer, shard_batch
+from nest_jax.train.writers import MetricWriter, Progress
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +47,21 @@ def mesh_axes(config: Any) -> dict:
 def schedule_lengths(config: Any, num_train: int) -> tuple[int, int, int]:
     """(num_train_steps, warmup_steps, steps_per_epoch) from steps or epochs in the config."""
     steps_per_epoch = max(num_train // int(config.train.global_batch_size), 1)
-    steps = config.train.get("num_train_steps", None) or math.ceil(config.train.num_epochs * steps_per_epoch)
+    steps = config.train.num_train_steps or math.ceil(config.train.num_epochs * steps_per_epoch)
     opt = config.optimizer
-    warmup = opt.get("warmup_steps", None)
+    warmup = opt.warmup_steps
     if warmup is None:
-        warmup = int(round(float(opt.get("warmup_epochs", 0.0)) * steps_per_epoch))
+        warmup = int(round(float(opt.warmup_epochs) * steps_per_epoch))
     return int(steps), int(warmup), steps_per_epoch
 
 
-def evaluate(trainer: Trainer, data: Any, config: Any, params: Any, stats: Any, rest: Any,
+def evaluate(trainer: Any, data: Any, config: Any, params: Any, stats: Any, rest: Any,
              prefix: str = "eval_") -> dict[str, float]:
-    """Top-1 / top-5 / loss over one pass of the eval split, padding masked out."""
-    sums = None
-    it = data.eval_iterator(config.dataset, global_batch_size=int(config.train.eval_batch_size),
-                            process_index=jax.process_index(), process_count=jax.process_count())
-    for batch in it:
-        m = trainer.eval_step(params, stats, shard_batch(batch, trainer.batch_sharding), rest)
-        sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
-    sums = jax.device_get(sums)
-    n = max(float(sums["count"]), 1.0)
-    return {f"{prefix}top1": float(sums["top1"]) / n, f"{prefix}top5": float(sums["top5"]) / n,
-            f"{prefix}loss": float(sums["loss"]) / n, f"{prefix}count": float(sums["count"])}
-
-
-def _run_eval(trainer, data, config, state, rest) -> dict[str, float]:
-    stats = state.get("batch_stats")
-    out = evaluate(trainer, data, config, state["params"], stats, rest)
-    if "ema" in state:  # the EMA is a separate model: evaluated on its own
-        out.update(evaluate(trainer, data, config, state["ema"], stats, rest, prefix="eval_ema_"))
-    return out
+    """Top-1 / top-5 / loss of (params, stats) over the eval split: the `classification` evaluator."""
+    from nest_jax.train.evaluators.classification import ClassificationEvaluator
+    cfg = ml_collections.ConfigDict(dict(kind="classification", split=None, every_steps=0, prefix=prefix))
+    return ClassificationEvaluator("val", cfg, config=config, trainer=trainer, data=data).metrics(
+        params, stats, rest, prefix)
 
 
 def _check_finite(metrics: Any, step: int, ckpt: Checkpointer) -> None:
@@ -112,11 +106,43 @@ def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[s
         return _train_and_evaluate(config, workdir, data, mesh, mode)
 
 
+def _write_parameter_table(workdir: Any, params: Any, write: bool) -> None:
+    """Full table to WORKDIR/params.txt; one summary line to the log."""
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    leaves = jax.tree.leaves(abstract)
+    count = sum(math.prod(a.shape) for a in leaves)
+    nbytes = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in leaves)
+    where = ""
+    if write:
+        (workdir / "params.txt").write_text(parameter_overview.get_parameter_overview(abstract, include_stats=False))
+        where = f" (table: {workdir / 'params.txt'})"
+    log.info("parameters: %s in %d arrays, %.1f MiB%s", f"{count:,}", len(leaves), nbytes / 2**20, where)
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+def _run_evals(evaluators: dict, state: Any, rest: Any, step: int, last: bool, writer: MetricWriter) -> dict:
+    out: dict = {}
+    for name, ev in evaluators.items():
+        if due(ev.cfg, step, last):
+            t = time.perf_counter()
+            metrics = ev.run(state, rest, step)
+            log.info("evaluation %s at step %d (%.1f s): %s", name, step, time.perf_counter() - t,
+                     {k: round(v, 4) for k, v in _scalars(metrics).items()})
+            writer.write(step, metrics)
+            out.update(_scalars(metrics))
+    return out
+
+
 def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: str) -> dict[str, Any]:
+    t_start = time.perf_counter()
     is_main = jax.process_index() == 0
     training = mode == "train"
-    writer = metric_writers.create_default_writer(str(workdir), just_logging=not (is_main and training))
+    tcfg = config.train
     if is_main and training:
+        workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     info = data.get_info(config.dataset)
     num_steps, warmup, steps_per_epoch = schedule_lengths(config, info.num_train)
@@ -131,11 +157,15 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
         teachers, teacher_params = load_teachers(config, mesh, info.num_classes)
     trainer = make_trainer(config, mesh, num_classes=info.num_classes, num_train_steps=num_steps,
                            warmup_steps=warmup, teachers=teachers)
-    ckpt = Checkpointer(workdir, max_to_keep=config.train.get("max_to_keep", 3), create=training)
+    evaluators = build_evaluators(config, trainer, data)
+    ckpt = Checkpointer(workdir, max_to_keep=tcfg.max_to_keep, create=training)
+    writer = MetricWriter(workdir, enabled=is_main and training)  # evaluation writes nothing
     try:
         found = ckpt.restore_latest(trainer.abstract_state, trainer.state_shardings, set_aside=training)
+        data_state = None
         if found is not None:
             state = found[1]
+            data_state = ckpt.restore_data(found[0])
             log.info("resumed from checkpoint step %d in %s", found[0], ckpt.directory)
         elif not training:
             raise UserError(f"--mode=eval: no readable checkpoint in {ckpt.directory}")
@@ -145,38 +175,33 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                 from nest_jax.train.init_from import initialize_from
                 state = initialize_from(config, trainer, state, info.num_classes)
         rest = trainer.init_rest()
-        if is_main:
-            log.info("parameters:\n%s", parameter_overview.get_parameter_overview(
-                jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state["params"]),
-                include_stats=False))
+        _write_parameter_table(workdir, state["params"], write=is_main and training)
         start = int(jax.device_get(state["step"]))
 
         if not training:
-            result = _run_eval(trainer, data, config, state, rest)
-            writer.write_scalars(start, result)
-            writer.flush()
-            return dict(result, step=start)
+            return dict(_run_evals(evaluators, state, rest, start, True, writer), step=start)
 
         # ---- loop ----
-        tcfg = config.train
-        log_every = int(tcfg.get("log_every_steps", 50))
-        eval_every = int(tcfg.get("eval_every_steps", 0) or 0)
-        ckpt_every = int(tcfg.get("checkpoint_every_steps", 0) or 0)
         # stop_after_steps: end this run early (same schedule as the full run; resume continues it).
-        end = min(num_steps, int(tcfg.get("stop_after_steps", None) or num_steps))
+        end = min(num_steps, int(tcfg.stop_after_steps or num_steps))
         if start >= end:
             message = (f"this run already reached step {start} of {num_steps} (stop_after_steps="
-                       f"{tcfg.get('stop_after_steps', None)}) in {workdir}: nothing to train. To continue, "
-                       "raise --config.train.stop_after_steps or the schedule length "
+                       f"{tcfg.stop_after_steps}) in {workdir}: nothing to train. To continue, raise "
+                       "--config.train.stop_after_steps or the schedule length "
                        "(--config.train.num_train_steps / num_epochs)")
             log.warning("%s", message)
             return {"step": start, "message": message}
-        hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=30)]
-        if is_main and tcfg.get("profile", False):
-            hooks.append(periodic_actions.Profile(logdir=str(workdir), num_profile_steps=5, first_profile=start + 10))
+        log_every, ckpt_every = int(tcfg.log_every_steps), int(tcfg.checkpoint_every_steps or 0)
         it = data.train_iterator(config.dataset, global_batch_size=int(tcfg.global_batch_size),
                                  seed=int(config.seed), start_step=start, process_index=jax.process_index(),
                                  process_count=jax.process_count())
+        # The iterator's own position (e.g. a grain iterator) when it can report one; otherwise
+        # start_step alone places it: batch k is a pure function of (seed, k).
+        saves_position = callable(getattr(it, "get_state", None))
+        if data_state is not None and callable(getattr(it, "set_state", None)):
+            it.set_state(data_state)
+        progress = Progress(num_steps, start, enabled=is_main)
+        profile_at = start + 10 if is_main and tcfg.profile else None
         result: dict[str, Any] = {}
         pending, window = None, []
         step = start
@@ -185,10 +210,12 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
             while step < end:
                 if preemption.reached(step):
                     if ckpt.saved_step != step:  # a regular save of this step may have just happened
-                        ckpt.save(step, state)
+                        ckpt.save(step, state, it.get_state() if saves_position else None)
                     ckpt.wait()
                     log.warning("preempted: checkpoint %d is saved in %s", step, ckpt.directory)
                     raise Preempted(step, str(ckpt.directory))
+                if step == profile_at:
+                    jax.profiler.start_trace(str(workdir / "profile"))
                 batch = shard_batch(next(it), trainer.batch_sharding)
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
                     state, metrics = trainer.train_step(state, batch, rest, teacher_params)
@@ -198,25 +225,40 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                 pending = metrics
                 window.append(metrics)
                 step += 1
-                for hook in hooks:
-                    hook(step)
+                if profile_at is not None and step == profile_at + 5:
+                    jax.block_until_ready(state)
+                    jax.profiler.stop_trace()
+                    log.info("profile of steps %d-%d in %s", profile_at, step - 1, workdir / "profile")
                 last = step == end
                 save_now = bool(ckpt_every and step % ckpt_every == 0) or last
-                eval_now = bool(eval_every and step % eval_every == 0) or last
-                if save_now or eval_now or step % log_every == 0:
+                evals_now = [ev for ev in evaluators.values() if due(ev.cfg, step, last)]
+                if save_now or evals_now or step % log_every == 0:
                     _check_finite(pending, step - 1, ckpt)  # never report a bad loss
                 if step % log_every == 0 or last:
-                    means = jax.device_get(jax.tree.map(lambda *xs: np.mean(np.stack(xs)), *window))
-                    writer.write_scalars(step, {f"train_{k}": float(v) for k, v in means.items()})
+                    means = _scalars(jax.device_get(jax.tree.map(lambda *xs: np.mean(np.stack(xs)), *window)))
+                    writer.write(step, {f"train_{k}": v for k, v in means.items()})
+                    progress.update(step, means)
                     window = []
                 if save_now:  # before evaluating: a failing evaluation must not lose the training
-                    ckpt.save(step, state)
-                if eval_now:
-                    with hooks[0].timed("eval"):
-                        result = _run_eval(trainer, data, config, state, rest)
-                    writer.write_scalars(step, result)
-        writer.flush()
+                    ckpt.save(step, state, it.get_state() if saves_position else None)
+                    writer.flush()
+                if evals_now:
+                    result.update(_run_evals(evaluators, state, rest, step, last, writer))
+                    writer.flush()
+        progress.close()
         ckpt.close()
-        return dict(result, step=step)
+        result["step"] = step
+        if is_main:
+            log.info("done: step %d in %s; final metrics %s", step, _wall(time.perf_counter() - t_start),
+                     {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
+            log.info("checkpoints: %s; metrics: %s; TensorBoard: tensorboard --logdir '%s'",
+                     ckpt.directory, workdir / "metrics.jsonl", workdir)
+        return result
     finally:
+        writer.close()
         ckpt.close(quiet=True)
+
+
+def _wall(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m} min {s} s" if m else f"{seconds:.1f} s"
