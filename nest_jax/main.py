@@ -9,7 +9,8 @@ GPU clusters; TPU pods detect them) calls `jax.distributed.initialize` before an
 Exit codes: 0 done; 2 (`USAGE_EXIT_CODE`) bad input — a `UserError` (config, flag, file or
 dataset), printed as one line `nest_jax.main: error: <what and how to fix it>` on stderr without a
 traceback; 75 (`PREEMPTED_EXIT_CODE`) SIGTERM stopped training after saving a checkpoint — rerun
-the same command to resume. `--debug` or `NEST_JAX_DEBUG=1` prints the traceback as well.
+the same command to resume; 1 training diverged (the line names the last good checkpoint) or a bug.
+`--debug` or `NEST_JAX_DEBUG=1` prints the traceback as well.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ COMMON OVERRIDES (any field of the config: --config.FIELD=VALUE, checked against
 
 EXIT CODES
   0   done
+  1   training diverged (non-finite loss or parameters): the line names the last good checkpoint
   {USAGE_EXIT_CODE}   bad input (config, flag, file or dataset): one line on stderr says what and how to fix it
   {PREEMPTED_EXIT_CODE}  preempted (SIGTERM) after saving a checkpoint: rerun the same command to resume
 
@@ -169,6 +171,9 @@ def run_job(config, workdir: str, mode: str) -> dict[str, Any]:
     else:
         result = train_and_evaluate(config, workdir)
     logging.info("final: %s", result)
+    if "message" in result:  # e.g. the run had already reached its last step: say so, plainly
+        result = dict(result)
+        print(result.pop("message"))
     print("final metrics:", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
     return result
 
@@ -206,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{PROG}: {e}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
+    except FloatingPointError as e:  # training diverged: the message names the last good checkpoint
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

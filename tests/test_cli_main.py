@@ -126,6 +126,30 @@ def test_user_error_and_preemption_from_the_job_map_to_exit_codes(capsys, monkey
         main_mod.main(argv)
 
 
+
+def test_divergence_is_one_line_exit_1_and_a_finished_run_says_so(capsys, monkeypatch):
+    monkeypatch.setattr(main_mod, "_setup_logging", lambda *a: None)
+    monkeypatch.setenv("NEST_JAX_DEBUG", "0")
+    argv = [f"--config={DIGITS}", "--workdir=/tmp/w"]
+    run_job = main_mod.run_job
+
+    def diverged(config, workdir, mode):  # what the loop raises when the loss or parameters go NaN
+        raise FloatingPointError("non-finite training loss nan at step 5: the last good checkpoint is step 4")
+
+    monkeypatch.setattr(main_mod, "run_job", diverged)
+    assert main_mod.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "last good checkpoint is step 4" in err and "Traceback" not in err
+    # A run that had already reached its last step: the loop's message gets its own line, and the
+    # metrics line holds only metrics.
+    import nest_jax.train.loop as loop
+    monkeypatch.setattr(loop, "train_and_evaluate",
+                        lambda config, workdir: {"step": 60, "message": "this run already reached step 60"})
+    result = run_job(load_config(DIGITS), "/tmp/w", "train")
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["this run already reached step 60", "final metrics: {'step': 60}"]
+    assert result == {"step": 60}
+
 def _first_docstring_lines() -> dict[str, str]:
     out = {}
     for path in sorted((REPO / "configs").glob("*.py")):
@@ -146,7 +170,7 @@ def test_help_explains_the_program_its_configs_and_exit_codes():
                    "resume", "README.md", "--debug", "NEST_JAX_DEBUG=1"):
         assert needle in text, needle
     codes = dict(line.split(None, 1) for line in text.split("EXIT CODES\n")[1].split("\n\n")[0].splitlines())
-    assert set(codes) == {"0", str(USAGE_EXIT_CODE), str(PREEMPTED_EXIT_CODE)} and "rerun" in codes["75"]
+    assert set(codes) == {"0", "1", str(USAGE_EXIT_CODE), str(PREEMPTED_EXIT_CODE)} and "rerun" in codes["75"]
     assert max(len(r) for r in text.splitlines()) <= 110
 
 
