@@ -23,5 +23,5 @@ def get_config(arg: str = "imagenet2012"):
                         log_every_steps=100, eval_every_steps=2000, checkpoint_every_steps=1000))
     c.optimizer.update(dict(name="sgd", lr=0.03, momentum=0.9, nesterov=False, weight_decay=0.0,
                             clip_norm=1.0, schedule="cosine", warmup_steps=500))
-    c.init_from.update(dict(source="vit_npz", resize_method="bilinear"))  # official: linear (scipy zoom 1)
+    c.init_from.update(dict(source="vit_npz", resize_method="linear"))  # official: linear (scipy zoom 1)
     return c
