@@ -16,6 +16,8 @@ pieces fit together and run):
   2-layer, 32-wide ViT with patch 16 (ViT-B/16 has 86M parameters); the `.npz` is written at 16 px
   with 7 classes, so loading it resizes the position table (1×1 → 2×2 patches) and re-initializes
   the head, as fine-tuning ImageNet-21k weights at 384 px does.
+Even so, 20 runs cost ~320 CPU-seconds (each compiles its own init/train/eval programs and
+orbax-saves over 8 simulated devices), hence `slow`.
 """
 from __future__ import annotations
 
