@@ -6,9 +6,9 @@
 
 --validation: the recipe in `--config` (default configs/digits_nest_tiny.py, plus `--set` overrides)
   trains in-process through `nest_jax.train.loop.train_and_evaluate` on the 1,347 digits training
-  images minus a held-out validation set (a stratified 20%, `--val-seed` 0: 270 images), and is
-  evaluated on those 270. The test split is never read. Appends one JSON line per run to
-  `--log` (default benchmarks/main_job_validation.jsonl).
+  images minus a held-out validation set (a stratified 20%: 269 images; `--val-seed K` draws
+  another split), and is evaluated on those. The test split is never read. Appends one JSON line
+  per run to `--log` (default benchmarks/main_job_validation.jsonl).
 --test: runs the real main job, `python -m nest_jax.main --config=... --workdir=<fresh> --config.seed=S`,
   in a subprocess per seed on one CPU device, and records the test top-1 the job reports, the wall
   time from launch to exit (imports and compile included), the process's CPU seconds and its
@@ -143,7 +143,7 @@ class ValidationDigits:
         if pad:
             images = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         order = np.empty(0, np.int64)
-        epoch, position = 0, 0
+        epoch = 0
         step = 0
         while True:
             while len(order) < global_batch_size:  # batches run across epoch boundaries
@@ -155,7 +155,6 @@ class ValidationDigits:
                 rng = np.random.default_rng([seed, 1_000_003, step])
                 top, left = rng.integers(0, 2 * pad + 1, (2, len(idx)))
                 batch = np.stack([b[t:t + size, l:l + size] for b, t, l in zip(batch, top, left)])
-            position += len(idx)
             if step >= start_step:
                 self.batch_times.append(time.perf_counter())
                 yield {"image": self._normalize(batch), "label": labels[idx]}
@@ -190,6 +189,7 @@ def digits_arrays():
 def run_validation(args) -> None:
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
     import jax
+
     from nest_jax.train.loop import train_and_evaluate
 
     (x_tr, y_tr), _ = digits_arrays()
@@ -241,7 +241,7 @@ def run_test(args) -> None:
         load_before = os.getloadavg()[0]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -273,16 +273,16 @@ def write_test(args, runs: list[dict], machine: str) -> None:
     with open(args.out + ".json", "w") as f:
         json.dump(summary, f, indent=1)
     lines = [f"# Main job over seeds ({summary['date']}, {machine}, {os.cpu_count()} cores)", "",
-             f"`python benchmarks/main_job_seeds.py --test --seeds {' '.join(map(str, summary['seeds']))}`"
-             + (f" with `{' '.join(args.set)}`" if args.set else ""), "",
+             (f"`python benchmarks/main_job_seeds.py --test --seeds {' '.join(map(str, summary['seeds']))}`"
+              + (f" with `{' '.join(args.set)}`" if args.set else "")), "",
              "| seed | test top-1 | errors / 450 | wall s | CPU s | steps/s | load before → after |",
              "|---:|---:|---:|---:|---:|---:|---|"]
     for r in runs:
         lines.append(f"| {r['seed']} | {100 * r['test_top1']:.2f}% | {r['test_errors']} | {r['wall_s']} | "
                      f"{r['cpu_s']} | {r['steps_per_s']} | {r['load_avg_before']:.1f} → {r['load_avg_after']:.1f} |")
-    lines += ["", f"mean {100 * summary['top1_mean']:.2f}%, min {100 * summary['top1_min']:.2f}%, "
-              f"max {100 * summary['top1_max']:.2f}%; wall mean {summary['wall_s_mean']:.1f} s, "
-              f"max {summary['wall_s_max']:.1f} s (launch to exit: imports, compile, training, eval)."]
+    lines += ["", (f"mean {100 * summary['top1_mean']:.2f}%, min {100 * summary['top1_min']:.2f}%, "
+                   f"max {100 * summary['top1_max']:.2f}%; wall mean {summary['wall_s_mean']:.1f} s, "
+                   f"max {summary['wall_s_max']:.1f} s (launch to exit: imports, compile, training, eval).")]
     with open(args.out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
 
