@@ -36,9 +36,10 @@ except ImportError:  # torch is a dev extra: parity tests need it, the rest of t
 
 # The longest test files first, so the two xdist workers (--dist loadfile) finish together instead
 # of one starting a long file at the end (longest-processing-time-first scheduling).
-LONG_FILES = ("test_train_digits.py", "test_notebook_02.py", "test_notebook_03.py", "test_gradcat.py",
-              "test_train_checkpoint.py", "test_train_step.py", "test_train_transfer.py", "test_timm_parity.py",
-              "test_cam.py", "test_nest_parity.py")
+LONG_FILES = ("test_configs_e2e.py", "test_notebook_06.py", "test_train_digits.py", "test_notebook_02.py",
+              "test_notebook_03.py", "test_train_reliability.py", "test_bf16.py", "test_gan_train.py",
+              "test_train_checkpoint.py", "test_gradcat.py", "test_train_step.py", "test_train_transfer.py",
+              "test_timm_parity.py", "test_cam.py", "test_nest_parity.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
