@@ -33,8 +33,8 @@ config.optimizer.warmup_epochs = 0.25
 workdir = tempfile.mkdtemp(prefix="nest_digits_")
 print(config.model.name, dict(config.model.overrides), "| workdir", workdir)""")
 md("""## Train, with live metrics
-The trainer writes its metrics through clu's writers: to TensorBoard event files in the workdir and
-to the `absl` log, one line per write (`[step] name=value, ...`). A small logging handler prints
+The trainer writes its metrics to TensorBoard event files and `metrics.jsonl` in the workdir and to
+the `absl` log, one line per write (`[step] name=value, ...`). A small logging handler prints
 those lines as they arrive (and keeps them for the plot below); the rest of the log is muted.""")
 code("""from absl import logging as absl_logging
 from nest_jax.train import train_and_evaluate
@@ -94,16 +94,16 @@ restored = evaluate(trainer, data, config, state["params"], state.get("batch_sta
 logged = dict(ev)[first]
 print(f"restored checkpoint {first}: test top-1 {restored['eval_top1']:.4f} (logged during training: {logged:.4f})")""")
 md("""## The TensorBoard logs
-The same scalars are in `<workdir>/events.out.tfevents.*` (open them with `tensorboard --logdir`).
-Here we read them with TensorBoard's `EventAccumulator`; clu writes scalars as TF2 summary tensors.""")
-code("""import tensorflow as tf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+The same scalars are in `<workdir>/events.out.tfevents.*` (open them with `tensorboard --logdir`;
+nest_jax writes them with tensorboardX, no TensorFlow needed) and in `<workdir>/metrics.jsonl`. Here we
+read the event files with TensorBoard's `EventAccumulator`.""")
+code("""from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 events = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]
 print("event files:", events)
-acc = EventAccumulator(workdir, size_guidance={"tensors": 0}); acc.Reload()
-print("tags:", sorted(acc.Tags()["tensors"]))
-series = {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+acc = EventAccumulator(workdir, size_guidance={"scalars": 0}); acc.Reload()
+print("tags:", sorted(acc.Tags()["scalars"]))
+series = {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
           for tag in ("train_loss", "eval_loss", "eval_top1", "train_lr")}
 fig, ax = plt.subplots(1, 2, figsize=(9, 3))
 ax[0].plot(*zip(*series["train_loss"]), label="train (mean over 8 steps)")
@@ -111,7 +111,8 @@ ax[0].plot(*zip(*series["eval_loss"]), "o-", label="test")
 ax[0].set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss (from the event files)"); ax[0].legend()
 ax[1].plot(*zip(*series["train_lr"])); ax[1].set(xlabel="step", title="learning rate: warmup + cosine")
 plt.tight_layout(); plt.show()
-print(f"event-file test top-1 at step {series['eval_top1'][-1][0]}: {series['eval_top1'][-1][1]:.4f}")""")
+print(f"event-file test top-1 at step {series['eval_top1'][-1][0]}: {series['eval_top1'][-1][1]:.4f}")
+print("TensorFlow imported:", "tensorflow" in sys.modules)""")
 
 nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                                "language": "python"}})
