@@ -34,6 +34,11 @@ setup(
             "timm",
             "safetensors",
             "tensorflow-cpu>=2.18",  # tfds.testing.mock_data and the TF reference fixtures' script
+            "imagecorruptions",  # reference for nest_jax.analysis.corruptions
+            "pytorch-fid",  # reference for nest_jax.analysis.fid and the FID Inception-v3
+            "psutil",  # benchmarks: CPU time of the input pipeline's workers
+            "ruff",  # lint + format (tests/test_repo_hygiene.py, .pre-commit-config.yaml)
+            "pre-commit",
         ],
         # TFRecord-only tfds datasets read through tf.data (nest_jax/data/tfrecord_source.py).
         "tf": ["tensorflow-cpu>=2.18"],
