@@ -108,7 +108,8 @@ def _ratio(xy, xx, yy):
 
 @functools.partial(jax.jit, static_argnames=("kernel", "unbiased", "feature_space"))
 def _cka(x, y, rbf_threshold, *, kernel, unbiased, feature_space):
-    x, y = _center(x.astype(jnp.float32)), _center(y.astype(jnp.float32))
+    dt = jnp.promote_types(jnp.promote_types(x.dtype, y.dtype), jnp.float32)  # float64 under x64
+    x, y = _center(x.astype(dt)), _center(y.astype(dt))
     if feature_space:
         terms = [_linear_feature_terms(a, b, unbiased) for a, b in ((x, y), (x, x), (y, y))]
     else:
