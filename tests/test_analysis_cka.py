@@ -113,6 +113,8 @@ def test_minibatch_cka_matches_numpy_within_and_across_models():
         within.update(fx)
     np.testing.assert_allclose(across.result(), np_minibatch(bx, by), atol=2e-5)
     np.testing.assert_allclose(within.result(), np_minibatch(bx, bx), atol=2e-5)
+    np.testing.assert_allclose(across.result("xx"), within.result(), atol=1e-6)  # same Grams, within blocks
+    np.testing.assert_allclose(across.result("yy"), np_minibatch(by, by), atol=2e-5)
     np.testing.assert_allclose(np.diag(within.result()), 1.0, atol=1e-6)
 
 

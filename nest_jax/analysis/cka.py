@@ -149,38 +149,25 @@ def _grams(feats: Sequence[Array], kernel: str, threshold: float) -> Array:
     return jnp.stack(out)
 
 
-def _pair_hsic(kx: Array, ky: Array) -> Array:
-    """HSIC₁ of every pair (a, b) of zero-diagonal Grams kx: (A, n, n), ky: (C, n, n) -> (A, C)."""
-    n = kx.shape[1]
-    tr = jnp.einsum("aij,cij->ac", kx, ky, precision=_HI)
-    rx, ry = kx.sum(2), ky.sum(2)  # K̃1
-    sx, sy = rx.sum(1), ry.sum(1)
-    t = tr + sx[:, None] * sy[None, :] / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.matmul(rx, ry.T, precision=_HI)
-    return t / (n * (n - 3))
-
-
-def _self_hsic(k: Array) -> Array:
-    """HSIC₁(K_a, K_a) for each layer: (A, n, n) -> (A,)."""
+def _pair_hsic(k: Array) -> Array:
+    """HSIC₁ of every pair (a, b) of zero-diagonal Gram matrices k: (L, n, n) -> (L, L)."""
     n = k.shape[1]
-    r = k.sum(2)
+    tr = jnp.einsum("aij,bij->ab", k, k, precision=_HI)
+    r = k.sum(2)  # K̃1
     s = r.sum(1)
-    t = (k * k).sum((1, 2)) + s * s / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (r * r).sum(1)
+    t = tr + s[:, None] * s[None, :] / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.matmul(r, r.T, precision=_HI)
     return t / (n * (n - 3))
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "same"))
-def batch_hsic_terms(feats_x: Sequence[Array], feats_y: Sequence[Array], threshold: float = 1.0, *,
-                     kernel: str = "linear", same: bool = False) -> tuple[Array, Array, Array]:
-    """One batch's HSIC₁ terms of every layer pair (the device half of `MinibatchCKA`).
+@functools.partial(jax.jit, static_argnames=("kernel",))
+def batch_hsic_terms(feats: Sequence[Array], threshold: float = 1.0, *, kernel: str = "linear") -> Array:
+    """One batch's HSIC₁ of every pair of layers (the device half of `MinibatchCKA`).
 
-    feats_x: Lx arrays (B, ...), feats_y: Ly arrays (B, ...) -> (HSIC₁(Kx_a, Ky_b) (Lx, Ly),
-    HSIC₁(Kx_a, Kx_a) (Lx,), HSIC₁(Ky_b, Ky_b) (Ly,)). `same=True`: feats_y is ignored (y = x).
-    Inputs may be sharded over the batch axis; jit inserts the reductions.
+    feats: L arrays (B, ...) — the layers of one model, or of two models concatenated ->
+    (L, L), diagonal = HSIC₁(K_a, K_a). Each Gram matrix is computed once. Inputs may be sharded
+    over the batch axis; jit inserts the reductions.
     """
-    kx = _grams(feats_x, kernel, threshold)
-    ky = kx if same else _grams(feats_y, kernel, threshold)
-    xx = _self_hsic(kx)
-    return _pair_hsic(kx, ky), xx, (xx if same else _self_hsic(ky))
+    return _pair_hsic(_grams(feats, kernel, threshold))
 
 
 class MinibatchCKA:
@@ -188,10 +175,13 @@ class MinibatchCKA:
 
     acc = MinibatchCKA(len(layers_x), len(layers_y))      # or MinibatchCKA(L) for one model
     for batch in data: acc.update(layers_x(batch), layers_y(batch))
-    acc.result()  # (Lx, Ly) float64
+    acc.result()        # (Lx, Ly) float64: x layers × y layers
+    acc.result("xx")    # within x (also "yy", and "all" for the joint (Lx+Ly)² matrix)
 
-    Each update needs a batch of at least 4 examples (HSIC₁ divides by n(n−3)). Sums are float64
-    on the host; see the module docstring for what is returned when HSIC terms are ≤ 0.
+    With two models, every pair of all Lx + Ly layers is accumulated from the same Gram matrices,
+    so the within-model matrices come at no extra cost. Each update needs a batch of at least 4
+    examples (HSIC₁ divides by n(n−3)). Sums are float64 on the host; see the module docstring
+    for what is returned when HSIC terms are ≤ 0.
     """
 
     def __init__(self, num_layers_x: int, num_layers_y: int | None = None, *, kernel: str = "linear",
@@ -200,9 +190,8 @@ class MinibatchCKA:
         self.same = num_layers_y is None
         self.shape = (num_layers_x, num_layers_x if self.same else num_layers_y)
         self.kernel, self.rbf_threshold = kernel, float(rbf_threshold)
-        self.hsic_xy = np.zeros(self.shape, np.float64)
-        self.hsic_xx = np.zeros(self.shape[0], np.float64)
-        self.hsic_yy = np.zeros(self.shape[1], np.float64)
+        total = num_layers_x + (0 if self.same else num_layers_y)
+        self.hsic = np.zeros((total, total), np.float64)  # Σ over batches of HSIC₁(K_a, K_b)
         self.num_batches = 0
         self.num_examples = 0
 
@@ -211,25 +200,32 @@ class MinibatchCKA:
         feats_x = list(feats_x)
         if self.same and feats_y is not None:
             raise ValueError("this accumulator compares one model with itself: call update(feats_x)")
-        feats_y = feats_x if self.same else list(feats_y if feats_y is not None else [])
-        if (len(feats_x), len(feats_y)) != self.shape:
-            raise ValueError(f"expected {self.shape} layers, got ({len(feats_x)}, {len(feats_y)})")
-        n = feats_x[0].shape[0]
-        if any(f.shape[0] != n for f in feats_x + feats_y):
+        feats_y = [] if self.same else list(feats_y if feats_y is not None else [])
+        got = (len(feats_x), len(feats_x) if self.same else len(feats_y))
+        if got != self.shape:
+            raise ValueError(f"expected {self.shape} layers, got {got}")
+        feats = feats_x + feats_y
+        n = feats[0].shape[0]
+        if any(f.shape[0] != n for f in feats):
             raise ValueError("every layer's features must have the same batch size")
         _check(self.kernel, n, True)
-        xy, xx, yy = jax.device_get(batch_hsic_terms(tuple(feats_x), tuple(feats_y), self.rbf_threshold,
-                                                     kernel=self.kernel, same=self.same))
-        self.hsic_xy += np.asarray(xy, np.float64)
-        self.hsic_xx += np.asarray(xx, np.float64)
-        self.hsic_yy += np.asarray(yy, np.float64)
+        terms = batch_hsic_terms(tuple(feats), self.rbf_threshold, kernel=self.kernel)
+        self.hsic += np.asarray(jax.device_get(terms), np.float64)
         self.num_batches += 1
         self.num_examples += n
 
-    def result(self) -> np.ndarray:
-        """(Lx, Ly) CKA; 0.0 where a layer's summed self-HSIC is ≤ 0 (never NaN)."""
+    def result(self, block: str = "xy") -> np.ndarray:
+        """CKA matrix: `xy` (Lx, Ly) (for one model: within it), `xx`, `yy` or `all`; 0.0 where a
+        layer's summed self-HSIC is ≤ 0 (never NaN)."""
         if not self.num_batches:
             raise ValueError("MinibatchCKA.result() before any update()")
-        xx, yy = self.hsic_xx[:, None], self.hsic_yy[None, :]
-        ok = (xx > 0) & (yy > 0)
-        return np.where(ok, self.hsic_xy / np.sqrt(np.where(ok, xx * yy, 1.0)), 0.0)
+        d = np.diag(self.hsic)
+        ok = (d[:, None] > 0) & (d[None, :] > 0)
+        full = np.where(ok, self.hsic / np.sqrt(np.where(ok, d[:, None] * d[None, :], 1.0)), 0.0)
+        lx = self.shape[0]
+        if self.same or block == "all":
+            return full  # one model: "xy", "xx" and "yy" are all the within-model matrix
+        blocks = {"xy": full[:lx, lx:], "xx": full[:lx, :lx], "yy": full[lx:, lx:]}
+        if block not in blocks:
+            raise ValueError(f"block must be one of {list(blocks)} or 'all', got {block!r}")
+        return blocks[block]

@@ -93,17 +93,19 @@ class CKAAnalysis(Analysis):
         if len(labels) < 4:
             return  # HSIC₁ needs 4 examples; only a final partial batch can be this small
         feats = [layer_representations(i, self.pool, s.family, s.prefix) for i, s in zip(inters, self.subjects)]
-        for s, f in zip(self.subjects, feats):
-            self.accs.setdefault(s.label, MinibatchCKA(len(f), kernel=self.kernel)).update(f)
-        if len(feats) == 2:
-            a, b = self.subjects
-            key = f"{a.label}|{b.label}"
-            self.accs.setdefault(key, MinibatchCKA(len(feats[0]), len(feats[1]), kernel=self.kernel)).update(*feats)
+        if "acc" not in self.accs:  # one accumulator: every Gram matrix is computed once per batch
+            self.accs["acc"] = MinibatchCKA(*[len(f) for f in feats], kernel=self.kernel)
+        self.accs["acc"].update(*feats)
 
     def finish(self):
+        acc = self.accs["acc"]
+        labels = [s.label for s in self.subjects]
+        blocks = {labels[0]: "xx"}
+        if len(labels) == 2:
+            blocks.update({labels[1]: "yy", f"{labels[0]}|{labels[1]}": "xy"})
         nums, figs = {}, {}
-        for key, acc in self.accs.items():
-            m = acc.result()
+        for key, block in blocks.items():
+            m = acc.result(block)
             nums[key] = m.tolist()
             a, _, b = key.partition("|")
             stem = "cka_" + key.replace("|", "_vs_")
