@@ -169,7 +169,8 @@ def run(args) -> dict:
             raise UserError("--label and --compare-label must differ")
         subjects.append(b)
     return analyse(names, subjects, config, out=args.out, batch_size=args.batch_size, max_batches=args.max_batches,
-                   pool=args.pool, kernel=args.kernel, num_classes=info.num_classes, step=step)
+                   pool=args.pool, kernel=args.kernel, num_classes=info.num_classes, step=step,
+                   skip_inapplicable=args.analysis == "all")
 
 
 def main(argv=None) -> int:

@@ -41,10 +41,26 @@ def _progress(iterable, total: int, desc: str):
 
 def analyse(names: list[str], subjects: list, config: Any, *, out: str, batch_size: int = 256,
             max_batches: int = 0, pool: str = "all", kernel: str = "linear", num_classes: int = 10,
-            step: int = 0) -> dict[str, dict]:
-    """Runs analyses `names` on `subjects` over config's eval split; writes under `out`; returns numbers."""
+            step: int = 0, skip_inapplicable: bool = False) -> dict[str, dict]:
+    """Runs analyses `names` on `subjects` over config's eval split; writes under `out`; returns numbers.
+
+    skip_inapplicable: leave out (with a note on stderr) analyses that do not apply to these models
+    (e.g. localization on a ResNet) instead of raising their UserError.
+    """
+    import sys
+
     from nest_jax import data
-    runners = [ANALYSES[n](subjects, pool=pool, kernel=kernel, num_classes=num_classes) for n in names]
+    from nest_jax.errors import UserError
+    runners, kept = [], []
+    for n in names:
+        try:
+            runners.append(ANALYSES[n](subjects, pool=pool, kernel=kernel, num_classes=num_classes))
+            kept.append(n)
+        except UserError as e:
+            if not skip_inapplicable:
+                raise
+            print(f"note: skipping {n}: {e}", file=sys.stderr)
+    names = kept
     capture = sorted({c for r in runners for c in r.capture})
     if any(r.needs_data for r in runners):
         fwd = [forward_fn(s.model, capture) for s in subjects]

@@ -124,6 +124,8 @@ class AttentionDistanceAnalysis(Analysis):
         super().__init__(subjects, **kw)
         self.sums: dict[str, list] = {}
         self.count = {s.label: 0 for s in subjects if s.family != "resnet"}
+        if not self.count:
+            raise UserError("attention_distance needs a transformer (ViT/DeiT/NesT), not a ResNet")
 
     def update(self, inters, labels):
         for inter, s in zip(inters, self.subjects):
@@ -136,8 +138,6 @@ class AttentionDistanceAnalysis(Analysis):
             self.count[s.label] += len(labels)
 
     def finish(self):
-        if not self.sums:
-            raise UserError("attention_distance needs a transformer (ViT/DeiT/NesT), not a ResNet")
         nums, figs = {}, {}
         for label, sums in self.sums.items():
             d = [x / self.count[label] for x in sums]
@@ -257,6 +257,11 @@ class PosEmbedAnalysis(Analysis):
 
     needs_data = False
 
+    def __init__(self, subjects, **kw):
+        super().__init__(subjects, **kw)
+        if all(s.family == "resnet" for s in subjects):
+            raise UserError("pos_embed needs a model with position embeddings (ViT/DeiT/NesT)")
+
     def finish(self):
         nums, figs = {}, {}
         for s in self.subjects:
@@ -268,8 +273,6 @@ class PosEmbedAnalysis(Analysis):
                 suffix = f"_level{lvl}" if len(sims) > 1 else ""
                 figs[f"pos_embed_{s.label}{suffix}"] = viz.plot_position_maps(
                     m, title=f"{s.label}{suffix}: position-embedding cosine similarity", vmin=-1, vmax=1)
-        if not nums:
-            raise UserError("pos_embed needs a model with position embeddings (ViT/DeiT/NesT)")
         return nums, figs
 
 
