@@ -21,7 +21,7 @@ Array = jax.Array
 
 
 def _token_norms(h: Array, family: str, prefix: int) -> dict[str, Array]:
-    """h (B, P+N, D) | (B, T, N, C) | (B, h, w, C) -> {group: sum of per-token L2 norms} and counts."""
+    """h (B, P+N, D) | (B, T, N, C) | (B, h, w, C) -> {group: per-token L2 norms over channels}."""
     norms = jnp.linalg.norm(h.astype(jnp.float32), axis=-1)
     if family == "vit":
         out = {f"token{i}": norms[:, i] for i in range(prefix)}
