@@ -106,6 +106,10 @@ def main():
                  cfgs["vit_gap"], pool="mean", **kw)
     r3 = analyse(["attention_distance"], [subjects["vit_cls_10pct"]], cfgs["vit_cls"], **kw)
 
+    from nest_jax.analyze.runners import to_json
+    with open(os.path.join(args.out, "raw.json"), "w") as f:
+        json.dump(to_json(dict(r1=r1, r2=r2, r3=r3, test_top1=accs)), f)
+
     def off_diag(m):
         m = np.asarray(m)
         return float(m[~np.eye(len(m), dtype=bool)].mean())
