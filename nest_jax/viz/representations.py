@@ -20,6 +20,8 @@ def plot_cka(matrix: np.ndarray, *, xlabel: str = "layer", ylabel: str = "layer"
     im = ax.imshow(m, origin="lower", cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    step = max(1, max(m.shape) // 12)  # integer layer ticks, at most ~12 per axis
+    ax.set_xticks(range(0, m.shape[1], step)), ax.set_yticks(range(0, m.shape[0], step))
     fig.tight_layout()
     return fig
 
