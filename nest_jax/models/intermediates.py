@@ -18,6 +18,10 @@ Every model's `__call__(x, *, train=False, capture=None)` returns the logits alo
 |                | the ViT patch grid after the final norm)                 |                       |                         |
 | `pre_logits`   | the vector the head reads                                | (B, D)                | (B, C)                  |
 
+ResNets record `layers` (each residual block's output, (B, h, w, C)) and, for `residuals`, the
+keys `block_in` (the shortcut added) and `block_branch` (the residual branch) instead of the four
+transformer keys.
+
 `capture` is an iterable of the kinds `layers`, `attention`, `residuals` (all four residual
 keys), `tokens`, `features`, `pre_logits`; or `True` / `"all"` for everything. Layers are
 numbered globally (NesT counts across levels). A "layer" is what the ViT papers call a
@@ -39,6 +43,8 @@ _KEYS = {
     "features": ("features",),
     "pre_logits": ("pre_logits",),
 }
+# Keys created on first use only (so the transformer models' dicts are unchanged): ResNet blocks.
+_LAZY_KEYS = {"block_in": "residuals", "block_branch": "residuals"}
 
 Capture = Iterable[str] | bool | str | None
 
@@ -73,6 +79,8 @@ class Recorder:
 
     def append(self, key: str, value) -> None:
         """Appends to a per-layer list (`layers`, `attention`, `attn_in`, …, `features`)."""
+        if key not in self.values and self.wants(_LAZY_KEYS.get(key, "")):
+            self.values[key] = []
         if key in self.values:
             self.values[key].append(value)
 

@@ -276,6 +276,8 @@ class TransformerLayer(nnx.Module):
     """Pre-norm encoder layer: z = z + DropPath(MHSA(LN(z))); z = z + DropPath(MLP(LN(z))).
 
     x: (..., N, D) -> (..., N, D). Attention is over the N axis only (NesT: within each block).
+    `skip=False` removes both residual connections (z = MHSA(LN(z)); z = MLP(LN(z))): the
+    skip-removal ablation of Raghu et al. 2021, §5.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
@@ -283,8 +285,9 @@ class TransformerLayer(nnx.Module):
                  attn_drop: float = 0.0, drop_path: float = 0.0, act: str = "exact",
                  kernel_init: Init = trunc_normal_02, mlp_bias_init: Init = nnx.initializers.zeros,
                  qkv_init: Init | None = None, dtype: Dtype = None, param_dtype: Dtype = jnp.float32,
-                 attn_impl: str = "auto"):
+                 attn_impl: str = "auto", skip: bool = True):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.skip = skip
         self.norm1 = layer_norm(dim, **kw)
         self.attn = Attention(dim, num_heads, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias,
                               attn_drop=attn_drop, proj_drop=drop, kernel_init=qkv_init or kernel_init,
@@ -302,12 +305,12 @@ class TransformerLayer(nnx.Module):
             rec.append("attn_in", x)
             rec.append("attn_branch", branch)
             rec.append("attention", weights)
-        x = x + branch
+        x = x + branch if self.skip else branch
         branch = self.drop_path(self.mlp(self.norm2(x), train=train), train=train)
         if rec is not None:
             rec.append("mlp_in", x)
             rec.append("mlp_branch", branch)
-        x = x + branch
+        x = x + branch if self.skip else branch
         if rec is not None:
             rec.append("layers", x)
         return x

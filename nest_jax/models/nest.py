@@ -69,6 +69,7 @@ class NestConfig:
     drop_path_rate: float = 0.0
     drop_rate: float = 0.0  # dropout after the attention projection and in the MLP (official proj_drop)
     attn_drop_rate: float = 0.0
+    skip_removed: tuple[int, ...] = ()  # global layer indices trained without residuals (ablation)
     dtype: Any = None
     param_dtype: Any = jnp.float32
     attn_impl: str = "auto"  # attention kernel: "auto" | "cudnn" | "xla" | "explicit" (layers.Attention)
@@ -76,8 +77,10 @@ class NestConfig:
     def __post_init__(self):
         if self.attn_impl not in L.ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {L.ATTN_IMPLS}, got {self.attn_impl!r}")
-        for name in ("dims", "depths", "heads"):
+        for name in ("dims", "depths", "heads", "skip_removed"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if any(not 0 <= i < sum(self.depths) for i in self.skip_removed):
+            raise ValueError(f"skip_removed {self.skip_removed} must be layer indices in [0, {sum(self.depths)})")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.pool_padding not in POOL_PADDINGS:
@@ -132,6 +135,7 @@ class NestLevel(nnx.Module):
         self.grid = c.blocks_per_level[index]
         self.block_size = c.block_size
         t = self.grid[0] * self.grid[1]
+        first = sum(c.depths[:index])
         self.pos_embed = nnx.Param(L.axes(init, None, None, None, "embed")(
             rngs.params(), (1, t, c.tokens_per_block, dim), c.param_dtype))
         self.pool = (BlockAggregation(c.dims[index - 1], dim, padding=c.pool_padding, kernel_init=init, **kw)
@@ -140,8 +144,8 @@ class NestLevel(nnx.Module):
             L.TransformerLayer(dim, c.heads[index], int(dim * c.mlp_ratio),
                                num_kv_heads=1 if c.attention == "multi_query" else None,
                                drop=c.drop_rate, attn_drop=c.attn_drop_rate, drop_path=rate, act=c.gelu,
-                               kernel_init=init, attn_impl=c.attn_impl, **kw)
-            for rate in drop_path])
+                               kernel_init=init, attn_impl=c.attn_impl, skip=first + j not in c.skip_removed, **kw)
+            for j, rate in enumerate(drop_path)])
 
     def __call__(self, x: Array, *, train: bool = False, rec=None) -> Array:
         if self.pool is not None:

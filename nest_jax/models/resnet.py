@@ -5,7 +5,9 @@ All NHWC. Parameter paths follow one scheme for every variant: `stem/conv`, `ste
 `stages/{i}/{j}/{conv1,norm1,conv2,norm2,conv3,norm3}`, `stages/{i}/0/downsample/{conv,norm}`,
 `norm` (pre-activation nets only), `head`. Conv kernels are HWIO, named `kernel`.
 
-Intermediates (`capture`): `features` = each stage's output map (B, h, w, C); for pre-activation
+Intermediates (`capture`): `layers` = every residual block's output (B, h, w, C); `residuals` =
+`block_in` (the shortcut added, after any projection) and `block_branch` (the residual branch,
+before the sum and the final ReLU of v1 blocks); `features` = each stage's output map; for pre-activation
 nets the last entry is taken after the final norm + ReLU (the map the head pools), since a
 pre-activation stage output is an un-normalized residual sum. `pre_logits` = pooled (B, C).
 """
@@ -144,12 +146,15 @@ class Bottleneck(nnx.Module):
         self.downsample = Downsample(cin, cout, stride, parts, with_norm=True, rngs=rngs) if needs_proj else None
         self.drop_path = L.DropPath(drop_path, rngs=rngs)
 
-    def __call__(self, x: Array, *, train: bool = False) -> Array:
+    def __call__(self, x: Array, *, train: bool = False, rec=None) -> Array:
         shortcut = x if self.downsample is None else self.downsample(x, train=train)
         y = jax.nn.relu(apply_norm(self.norm1, self.conv1(x), train))
         y = jax.nn.relu(apply_norm(self.norm2, self.conv2(y), train))
-        y = apply_norm(self.norm3, self.conv3(y), train)
-        return jax.nn.relu(self.drop_path(y, train=train) + shortcut)
+        y = self.drop_path(apply_norm(self.norm3, self.conv3(y), train), train=train)
+        if rec is not None:
+            rec.append("block_in", shortcut)
+            rec.append("block_branch", y)
+        return jax.nn.relu(y + shortcut)
 
 
 class PreActBottleneck(nnx.Module):
@@ -174,13 +179,16 @@ class PreActBottleneck(nnx.Module):
         self.downsample = Downsample(cin, cout, stride, parts, with_norm=False, rngs=rngs) if needs_proj else None
         self.drop_path = L.DropPath(drop_path, rngs=rngs)
 
-    def __call__(self, x: Array, *, train: bool = False) -> Array:
+    def __call__(self, x: Array, *, train: bool = False, rec=None) -> Array:
         p = jax.nn.relu(apply_norm(self.norm1, x, train))
         shortcut = x if self.downsample is None else self.downsample(p, train=train)
         y = self.conv1(p)
         y = self.conv2(jax.nn.relu(apply_norm(self.norm2, y, train)))
-        y = self.conv3(jax.nn.relu(apply_norm(self.norm3, y, train)))
-        return self.drop_path(y, train=train) + shortcut
+        y = self.drop_path(self.conv3(jax.nn.relu(apply_norm(self.norm3, y, train))), train=train)
+        if rec is not None:
+            rec.append("block_in", shortcut)
+            rec.append("block_branch", y)
+        return y + shortcut
 
 
 class Stem(nnx.Module):
@@ -227,12 +235,14 @@ def make_stages(block: Callable[..., nnx.Module], layers: Sequence[int], widths:
     return nnx.List(stages)
 
 
-def run_stages(stages: nnx.List, x: Array, *, train: bool) -> list[Array]:
-    """Returns every stage's output map."""
+def run_stages(stages: nnx.List, x: Array, *, train: bool, rec=None) -> list[Array]:
+    """Returns every stage's output map; `rec` records each residual block (`layers`, residuals)."""
     outs = []
     for stage in stages:
         for blk in stage:
-            x = blk(x, train=train)
+            x = blk(x, train=train, rec=rec)
+            if rec is not None:
+                rec.append("layers", x)
         outs.append(x)
     return outs
 
@@ -287,7 +297,7 @@ class ResNet(nnx.Module):
 
     def __call__(self, x: Array, *, train: bool = False, capture: Capture = None):
         rec = maybe_recorder(capture)
-        feats = run_stages(self.stages, self.stem(x, train=train), train=train)
+        feats = run_stages(self.stages, self.stem(x, train=train), train=train, rec=rec)
         if self.norm is not None:
             feats[-1] = jax.nn.relu(apply_norm(self.norm, feats[-1], train))
         pooled = feats[-1].mean(axis=(1, 2))

@@ -48,6 +48,7 @@ class ViTConfig:
     drop_path_rate: float = 0.0
     init: str = "timm"
     stem: str | None = None  # "bit_r50": hybrid on a BiT ResNet-50 stem (stages 3, 4, 9)
+    skip_removed: tuple[int, ...] = ()  # layers trained without residual connections (ablation)
     dtype: Any = None  # compute dtype, e.g. jnp.bfloat16
     param_dtype: Any = jnp.float32
     attn_impl: str = "auto"  # attention kernel: "auto" | "cudnn" | "xla" | "explicit" (layers.Attention)
@@ -63,6 +64,9 @@ class ViTConfig:
             raise ValueError(f"pos_embed must be 'learned', 'sincos' or 'none', got {self.pos_embed!r}")
         if self.init not in ("timm", "official"):
             raise ValueError(f"init must be 'timm' or 'official', got {self.init!r}")
+        object.__setattr__(self, "skip_removed", tuple(int(i) for i in self.skip_removed))
+        if any(not 0 <= i < self.depth for i in self.skip_removed):
+            raise ValueError(f"skip_removed {self.skip_removed} must be layer indices in [0, {self.depth})")
         unknown = set(self.prefix_tokens) - set(HEAD_NAMES)
         if unknown:
             raise ValueError(f"unknown prefix tokens {sorted(unknown)}; known: {list(HEAD_NAMES)}")
@@ -135,7 +139,7 @@ class ViT(nnx.Module):
             L.TransformerLayer(c.dim, c.num_heads, c.mlp_dim, qkv_bias=c.qkv_bias, drop=c.drop_rate,
                                attn_drop=c.attn_drop_rate, drop_path=rates[i], act=c.gelu,
                                kernel_init=dense_init, qkv_init=qkv_init, mlp_bias_init=mlp_bias,
-                               attn_impl=c.attn_impl, **kw)
+                               attn_impl=c.attn_impl, skip=i not in c.skip_removed, **kw)
             for i in range(c.depth)])
         self.norm = L.layer_norm(c.dim, **kw)
         width = c.dim
