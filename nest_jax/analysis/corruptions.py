@@ -70,24 +70,34 @@ def _p(name: str, severity: int):
     return PARAMS[name][int(severity) - 1]
 
 
+def _pd(name: str, severity) -> Array:
+    """A scalar parameter looked up with a traced severity: one compiled program serves all five."""
+    return jnp.asarray(PARAMS[name], jnp.float32)[jnp.asarray(severity, jnp.int32) - 1]
+
+
+def _pd2(name: str, severity) -> tuple[Array, ...]:
+    row = jnp.asarray(PARAMS[name], jnp.float32)[jnp.asarray(severity, jnp.int32) - 1]
+    return tuple(row[i] for i in range(row.shape[0]))
+
+
 def _clip(x: Array) -> Array:
     return jnp.clip(x, 0.0, 1.0)
 
 
 # --- noise -----------------------------------------------------------------------------------------
 def gaussian_noise(key, x, severity):
-    return _clip(x + _p("gaussian_noise", severity) * jax.random.normal(key, x.shape, x.dtype))
+    return _clip(x + _pd("gaussian_noise", severity) * jax.random.normal(key, x.shape, x.dtype))
 
 
 def shot_noise(key, x, severity):
-    lam = _p("shot_noise", severity)
+    lam = _pd("shot_noise", severity)
     return _clip(jax.random.poisson(key, x * lam, x.shape).astype(x.dtype) / lam)
 
 
 def impulse_noise(key, x, severity):
     """Salt and pepper per element (skimage `random_noise(mode="s&p")`, half salt, half pepper)."""
     k1, k2 = jax.random.split(key)
-    flip = jax.random.bernoulli(k1, _p("impulse_noise", severity), x.shape)
+    flip = jax.random.bernoulli(k1, _pd("impulse_noise", severity), x.shape)
     salt = jax.random.bernoulli(k2, 0.5, x.shape)
     return jnp.where(flip, salt.astype(x.dtype), x)
 
@@ -120,8 +130,8 @@ def glass_blur(key, x, severity):
     sigma, d, iterations = _p("glass_blur", severity)
     b, h, w, _ = x.shape
     x = ops.gaussian_blur(x, sigma)
-    for k in jax.random.split(key, iterations):
-        off = jax.random.randint(k, (2, b, h, w), -d, d)
+    offsets = jax.random.randint(key, (iterations, 2, b, h, w), -d, d)
+    for off in offsets:
         rows = jnp.clip(jnp.arange(h)[None, :, None] + off[0], 0, h - 1)
         cols = jnp.clip(jnp.arange(w)[None, None, :] + off[1], 0, w - 1)
         x = jax.vmap(lambda img, r, c: img[r, c])(x, rows, cols)
@@ -146,26 +156,30 @@ def zoom_blur(key, x, severity):
 
 
 # --- weather ---------------------------------------------------------------------------------------
-def plasma_fractal(key: Array, size: int, decay: float) -> Array:
-    """Diamond-square height map (size a power of 2), min–max normalized to [0, 1].  -> (size, size)."""
+def plasma_fractal(key: Array, size: int, decay) -> Array:
+    """Diamond-square height map (size a power of 2), min–max normalized to [0, 1].  -> (size, size).
+
+    Each level adds uniform noise of amplitude wibble² (wibble = 100, divided by `decay` per level),
+    as the ImageNet-C code does; all levels' noise is drawn in one call (compiles much faster).
+    """
+    levels = max(int(np.log2(size)), 1)
+    noise = jax.random.uniform(key, (levels, 3, max(size // 2, 1), max(size // 2, 1)), minval=-1.0, maxval=1.0)
     m = jnp.zeros((size, size), jnp.float32)
-    step, wibble = size, 100.0
+    step, wibble, level = size, jnp.float32(100.0), 0
     while step >= 2:
         half = step // 2
-        key, k1, k2, k3 = jax.random.split(key, 4)
+        n = size // step
+        amp = wibble * wibble
         corners = m[::step, ::step]
         sq = corners + jnp.roll(corners, -1, axis=0)
         sq = sq + jnp.roll(sq, -1, axis=1)
-        m = m.at[half::step, half::step].set(sq / 4 + wibble * jax.random.uniform(k1, sq.shape, minval=-wibble,
-                                                                                   maxval=wibble))
+        m = m.at[half::step, half::step].set(sq / 4 + amp * noise[level, 0, :n, :n])
         centres, corners = m[half::step, half::step], m[::step, ::step]
         s1 = centres + jnp.roll(centres, 1, axis=0) + corners + jnp.roll(corners, -1, axis=1)
-        m = m.at[::step, half::step].set(s1 / 4 + wibble * jax.random.uniform(k2, s1.shape, minval=-wibble,
-                                                                              maxval=wibble))
+        m = m.at[::step, half::step].set(s1 / 4 + amp * noise[level, 1, :n, :n])
         s2 = centres + jnp.roll(centres, 1, axis=1) + corners + jnp.roll(corners, -1, axis=0)
-        m = m.at[half::step, ::step].set(s2 / 4 + wibble * jax.random.uniform(k3, s2.shape, minval=-wibble,
-                                                                              maxval=wibble))
-        step, wibble = half, wibble / decay
+        m = m.at[half::step, ::step].set(s2 / 4 + amp * noise[level, 2, :n, :n])
+        step, wibble, level = half, wibble / decay, level + 1
     m = m - m.min()
     return m / m.max()
 
@@ -177,7 +191,7 @@ def _plasma_batch(key, b: int, h: int, w: int, decay: float) -> Array:
 
 
 def fog(key, x, severity):
-    strength, decay = _p("fog", severity)
+    strength, decay = _pd2("fog", severity)
     b, h, w, _ = x.shape
     peak = x.max(axis=(1, 2, 3), keepdims=True)
     x = x + strength * _plasma_batch(key, b, h, w, decay)
@@ -242,7 +256,7 @@ def prepare_frost_textures(textures, h: int, w: int) -> np.ndarray:
 
 def frost(key, x, severity, textures: Array | None = None):
     """c0·x + c1·frost, the frost a random crop of a random texture (prepared, (n, H', W', 3))."""
-    a, c = _p("frost", severity)
+    a, c = _pd2("frost", severity)
     b, h, w, ch = x.shape
     k1, k2, k3 = jax.random.split(key, 3)
     if textures is None:
@@ -266,7 +280,7 @@ def brightness(key, x, severity):
     """HSV value + c. Hue and saturation fixed make RGB proportional to V, so the HSV round trip is
     the scaling rgb·V'/V (V = max channel; black pixels become grey V')."""
     del key
-    c = _p("brightness", severity)
+    c = _pd("brightness", severity)
     if x.shape[-1] == 1:
         return _clip(x + c)
     v = x.max(axis=-1, keepdims=True)
@@ -277,7 +291,7 @@ def brightness(key, x, severity):
 # --- digital ---------------------------------------------------------------------------------------
 def contrast(key, x, severity):
     del key
-    c = _p("contrast", severity)
+    c = _pd("contrast", severity)
     mean = x.mean(axis=(1, 2), keepdims=True)
     return _clip((x - mean) * c + mean)
 
@@ -285,7 +299,7 @@ def contrast(key, x, severity):
 def elastic_transform(key, x, severity):
     """The package's size-relative elastic warp: uniform displacements in ±0.005·H, smoothed by a
     Gaussian of σ = 0.01·(H, W) (truncate 3, reflect), times α; bilinear resampling, reflect."""
-    alpha = _p("elastic_transform", severity)
+    alpha = _pd("elastic_transform", severity)
     b, h, w, _ = x.shape
     m = h * 0.005
     noise = jax.random.uniform(key, (b, h, w, 2), x.dtype, -m, m)
@@ -323,8 +337,16 @@ def jpeg_compression(key, x, severity):
 FUNCTIONS: dict[str, Callable] = {n: globals()[n] for n in CORRUPTIONS}
 
 
+# Corruptions whose severity changes only scalar values (not shapes or loop counts) take the
+# severity as a traced argument: one compiled program serves all five severities.
+TRACED_SEVERITY = ("gaussian_noise", "shot_noise", "impulse_noise", "fog", "brightness", "contrast",
+                   "elastic_transform")
+
+
 @functools.lru_cache(maxsize=None)
-def _jitted(name: str, severity: int) -> Callable:
+def _jitted(name: str, severity: int | None) -> Callable:
+    if severity is None:
+        return jax.jit(FUNCTIONS[name])
     return jax.jit(functools.partial(FUNCTIONS[name], severity=severity))
 
 
@@ -338,6 +360,14 @@ def corrupt(name: str, key: Array, images: Array, severity: int, *, frost_textur
         raise ValueError(f"unknown corruption {name!r}; choose from {list(CORRUPTIONS)}")
     if name == "jpeg_compression":
         return jpeg_compression(key, images, severity)
-    if name == "frost" and frost_textures is not None:
-        return jax.jit(frost, static_argnums=2)(key, images, int(severity), jnp.asarray(frost_textures))
+    if not 1 <= int(severity) <= 5:
+        raise ValueError(f"severity must be 1..5, got {severity}")
+    if name == "frost":
+        return _frost_jit(key, images, jnp.int32(severity),
+                          None if frost_textures is None else jnp.asarray(frost_textures))
+    if name in TRACED_SEVERITY:
+        return _jitted(name, None)(key, images, jnp.int32(severity))
     return _jitted(name, int(severity))(key, images)
+
+
+_frost_jit = jax.jit(frost)
