@@ -69,6 +69,8 @@ def paste(images: Array, patch: Array, mask: Array, offsets: Array, angles: Arra
     """
     b, h, w, _ = images.shape
     s = patch.shape[0]
+    if s == 0:  # a patch of area 0 covers nothing
+        return images
     centre = (s - 1) / 2
     rgba = jnp.concatenate([patch, mask[..., None]], axis=-1)
 

@@ -115,7 +115,7 @@ def run_per_block_tokens(model, batches: Iterable[dict], *, mean: tuple, std: tu
     for bt in batches:
         x = normalize(jnp.asarray(bt["image"]), mean, std)
         per = per_layer_logits(model, x)
-        m = batch_mask(bt)
+        m = batch_mask(bt).astype(np.float64)
         ok = {n: (np.asarray(jnp.argmax(v, -1)) == np.asarray(bt["label"])[None]) @ m for n, v in per.items()}
         hits = ok if hits is None else {n: hits[n] + ok[n] for n in hits}
         count += float(m.sum())
