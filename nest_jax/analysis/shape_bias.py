@@ -118,11 +118,12 @@ def parse_cue_conflict_name(filename: str) -> tuple[str, str]:
 def cue_conflict_folder(root: str, *, image_size: int = 224, batch_size: int = 64,
                         categories: Sequence[str] = CATEGORIES16) -> Iterator[dict]:
     """Batches {"image" (B, S, S, 3) in [0, 1], "label" (shape), "texture_label"} from a folder of
-    cue-conflict stimuli, searched recursively; class ids are positions in `categories`."""
+    cue-conflict stimuli in `root` or its class folders; class ids are positions in `categories`."""
     from etils import epath
     from PIL import Image
     index = {c: i for i, c in enumerate(categories)}
-    files = sorted(p for p in epath.Path(root).rglob("*") if _NAME.match(p.name))
+    base = epath.Path(root)
+    files = sorted(p for pattern in ("*", "*/*") for p in base.glob(pattern) if _NAME.match(p.name))
     if not files:
         from nest_jax.errors import UserError
         raise UserError(f"no cue-conflict images (<shape><i>-<texture><j>.png) under {root}")
