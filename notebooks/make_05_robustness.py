@@ -35,7 +35,7 @@ x = np.asarray(jax.image.resize(jnp.asarray(d.images / 16.0, jnp.float32)[..., N
 x = np.clip(np.repeat(x, 3, -1), 0, 1)
 x_tr, x_te, y_tr, y_te = train_test_split(x, d.target.astype(np.int32), test_size=0.25, stratify=d.target, random_state=0)
 
-def train(model, x, y, steps=300, lr=2e-3, bs=64, seed=0):
+def train(model, x, y, steps=150, lr=2e-3, bs=64, seed=0):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=0.05)
     opt = tx.init(params)
@@ -108,7 +108,7 @@ bias, acc = {}, {}
 for variant in ("natural", "stylized"):
     xs, ys, _ = shapes(variant, "train", 2000)
     m = train(create_model("vit_tiny_patch16_224", num_classes=8, img_size=32, patch_size=4, dim=32, depth=3,
-                           num_heads=2, mlp_dim=64), xs, ys, steps=300)
+                           num_heads=2, mlp_dim=64), xs, ys, steps=200)
     nx, ny, _ = shapes("natural", "test", 400)
     acc[variant] = occlusion.run_occlusion(m, batches(nx, ny), mean=MEAN, std=STD, ratios=(0.0,))["top1"][0]
     bias[f"ViT ({variant})"] = shape_bias.run_shape_bias(m, cue, mean=MEAN, std=STD)

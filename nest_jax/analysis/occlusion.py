@@ -87,16 +87,18 @@ def mass_mask(saliency: Array, lam: float) -> Array:
     return jnp.take_along_axis(chosen_sorted, inverse, -1).reshape(shape)
 
 
-@nnx.jit(static_argnames=("grid", "num_drop", "per_image", "mean", "std"))
-def random_occlusion_logits(model, images: Array, key: Array, *, grid: tuple, num_drop: int, per_image: bool,
+@nnx.jit(static_argnames=("grid", "per_image", "mean", "std"))
+def random_occlusion_logits(model, images: Array, key: Array, *, grid: tuple, num_drop, per_image: bool,
                             mean: tuple, std: tuple) -> Array:
+    """Logits under random PatchDrop; num_drop is traced (one compiled program for every ratio)."""
     dropped = random_drop_mask(key, images.shape[0], grid, num_drop, per_image)
     return model(normalize(drop_cells(images, dropped), mean, std), train=False)
 
 
-@nnx.jit(static_argnames=("lam", "mode", "mean", "std"))
-def salient_occlusion_logits(model, images: Array, saliency: Array, *, lam: float, mode: str, mean: tuple,
+@nnx.jit(static_argnames=("mode", "mean", "std"))
+def salient_occlusion_logits(model, images: Array, saliency: Array, *, lam, mode: str, mean: tuple,
                              std: tuple) -> Array:
+    """Logits under salient / non-salient PatchDrop; λ is traced (one program for every λ)."""
     fg = mass_mask(saliency, lam)
     dropped = fg if mode == "salient" else ~fg
     return model(normalize(drop_cells(images, dropped), mean, std), train=False)
@@ -123,7 +125,7 @@ def run_occlusion(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
         for bi, b in enumerate(batches):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), ri), bi)
             logits = random_occlusion_logits(model, jnp.asarray(b["image"]), key, grid=grid,
-                                             num_drop=num_dropped(r, n), per_image=per_image,
+                                             num_drop=jnp.int32(num_dropped(r, n)), per_image=per_image,
                                              mean=tuple(mean), std=tuple(std))
             acc.add(logits, b["label"], batch_mask(b))
         top1.append(acc.value)
@@ -147,7 +149,7 @@ def run_salient_occlusion(model, batches: Iterable[dict], *, mean: tuple, std: t
         for mode in ("salient", "non_salient"):
             acc = Accuracy()
             for b, s in zip(batches, sal):
-                logits = salient_occlusion_logits(model, jnp.asarray(b["image"]), s, lam=float(lam), mode=mode,
+                logits = salient_occlusion_logits(model, jnp.asarray(b["image"]), s, lam=jnp.float32(lam), mode=mode,
                                                   mean=tuple(mean), std=tuple(std))
                 acc.add(logits, b["label"], batch_mask(b))
             out[f"{mode}_drop_top1"].append(acc.value)
