@@ -8,8 +8,7 @@ corruptions built on them match that code where it is deterministic:
   exp(−t²/2σ²) normalized), with scipy's boundary modes;
 - `filter2d`: OpenCV's `filter2D` (correlation, BORDER_REFLECT_101);
 - `clipped_zoom`: centre crop of ceil(n/z) pixels, `scipy.ndimage.zoom(order=1)` (corner-aligned
-  linear resampling to round(crop·z) pixels), cropped back to n — written as two interpolation
-  matrices so the zoom is two small matmuls;
+  linear resampling to round(crop·z) pixels), cropped back to n — as two-tap gathers per axis;
 - `line_shift_blur`: the motion-blur kernel of the `imagecorruptions` package (Michaelis et al.
   2019): a one-sided Gaussian-weighted average of copies of the image shifted along a line at a
   given angle, borders replicated, stopping once a shift leaves the image;
@@ -79,29 +78,43 @@ def filter2d(x: Array, kernel: np.ndarray) -> Array:
     return y[:, 2 * ph:2 * ph + h, 2 * pw:2 * pw + w].astype(x.dtype)
 
 
-def linear_zoom_matrix(n: int, zoom: float) -> np.ndarray:
-    """(n, n) matrix of `clipped_zoom` along one axis: crop the centre ceil(n/zoom) pixels,
-    resample them like scipy.ndimage.zoom(order=1) to round(crop·zoom) pixels, keep the first n."""
+def linear_zoom_taps(n: int, zoom: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`clipped_zoom` along one axis as two-tap interpolation: output i = (1 − f_i)·x[lo_i] + f_i·x[hi_i].
+
+    Crop the centre ceil(n/zoom) pixels, resample them like scipy.ndimage.zoom(order=1) (corner-
+    aligned) to round(crop·zoom) pixels, keep the first n.
+    """
     crop = int(math.ceil(n / float(zoom)))
     top = (n - crop) // 2
     out = int(round(crop * float(zoom)))
     scale = (crop - 1) / (out - 1) if out > 1 else 1.0
+    c = np.arange(min(n, out)) * scale
+    lo = np.minimum(np.floor(c).astype(int), crop - 1)
+    hi = np.minimum(lo + 1, crop - 1)
+    return top + lo, top + hi, (c - lo).astype(np.float32)
+
+
+def linear_zoom_matrix(n: int, zoom: float) -> np.ndarray:
+    """The same as an (n, n) matrix (for tests and small images)."""
+    lo, hi, f = linear_zoom_taps(n, zoom)
     m = np.zeros((n, n))
-    for i in range(min(n, out)):
-        c = i * scale
-        lo = min(int(math.floor(c)), crop - 1)
-        hi = min(lo + 1, crop - 1)
-        f = c - lo
-        m[i, top + lo] += 1.0 - f
-        m[i, top + hi] += f
+    np.add.at(m, (np.arange(len(lo)), lo), 1.0 - f)
+    np.add.at(m, (np.arange(len(hi)), hi), f)
     return m
+
+
+def _interp_axis(x: Array, taps, axis: int) -> Array:
+    lo, hi, f = taps
+    shape = [1] * x.ndim
+    shape[axis] = len(f)
+    f = jnp.asarray(f, x.dtype).reshape(shape)
+    return jnp.take(x, jnp.asarray(lo), axis=axis) * (1 - f) + jnp.take(x, jnp.asarray(hi), axis=axis) * f
 
 
 def clipped_zoom(x: Array, zoom: float) -> Array:
     """Zooms into the centre of every image by `zoom` ≥ 1, keeping the size.  (B, H, W, C) -> same."""
-    mh = jnp.asarray(linear_zoom_matrix(x.shape[1], zoom), x.dtype)
-    mw = jnp.asarray(linear_zoom_matrix(x.shape[2], zoom), x.dtype)
-    return jnp.einsum("ih,bhwc,jw->bijc", mh, x, mw, precision=jax.lax.Precision.HIGHEST)
+    x = _interp_axis(x, linear_zoom_taps(x.shape[1], zoom), 1)
+    return _interp_axis(x, linear_zoom_taps(x.shape[2], zoom), 2)
 
 
 def line_shift_blur(x: Array, radius: int, sigma: float, angle_deg: Array) -> Array:
@@ -159,9 +172,13 @@ def pil_nearest_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def resize_separable(x: Array, mh: np.ndarray, mw: np.ndarray) -> Array:
-    """Applies per-axis resampling matrices (out_h, H), (out_w, W) to x (B, H, W, C)."""
-    return jnp.einsum("ih,bhwc,jw->bijc", jnp.asarray(mh, x.dtype), x, jnp.asarray(mw, x.dtype),
-                      precision=jax.lax.Precision.HIGHEST)
+    """Applies per-axis resampling matrices (out_h, H), (out_w, W) to x (B, H, W, C).
+
+    Two separate contractions (rows, then columns): one three-operand einsum lets XLA:CPU pick a
+    contraction order several times slower."""
+    hi = jax.lax.Precision.HIGHEST
+    y = jnp.einsum("ih,bhwc->biwc", jnp.asarray(mh, x.dtype), x, precision=hi)
+    return jnp.einsum("jw,biwc->bijc", jnp.asarray(mw, x.dtype), y, precision=hi)
 
 
 def rgb_to_gray(x: Array) -> Array:
