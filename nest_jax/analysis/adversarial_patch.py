@@ -1,0 +1,201 @@
+"""Universal adversarial patch (Brown et al. 2017; evaluated on ViTs by Naseer et al. 2021, §3.3).
+
+One patch p (S, S, C) in [0, 1] is pasted into every image at a random position (and, for a
+circular patch, a random rotation), covering `fraction` of the image area: a square of side
+round(√(fraction·H·W)) or a disk of that area. It is optimized over correctly classified training
+images to maximize the cross-entropy of the true class (untargeted) or minimize that of a target
+class (targeted), by signed-gradient steps p ← clip(p ± lr·sign(∇)) or Adam (optax), each step one
+jitted call. Evaluation: the fooling rate on held-out images that the model classifies correctly
+without the patch — the fraction whose prediction is no longer the label (untargeted) or becomes
+the target (targeted; images of the target class excluded).
+
+Pasting samples the patch bilinearly at rotated coordinates (exact copy for unrotated squares);
+pixels outside the patch's support keep the image, so a patch of area 0 leaves images unchanged.
+All of this happens in [0, 1] pixel space, before normalization.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from nest_jax.analysis.forward import as_list, batch_mask, logits_from_pixels, normalize
+
+Array = jax.Array
+
+
+def patch_side(image_hw: tuple[int, int], fraction: float, shape: str = "square") -> int:
+    """Side S of the patch's bounding square: area fraction·H·W as a square or as a disk."""
+    area = fraction * image_hw[0] * image_hw[1]
+    side = math.sqrt(area) if shape == "square" else 2.0 * math.sqrt(area / math.pi)
+    return int(round(side))
+
+
+def support_mask(side: int, shape: str) -> np.ndarray:
+    """(S, S) float mask of the patch: all ones (square) or the inscribed disk (circle)."""
+    if shape == "square":
+        return np.ones((side, side), np.float32)
+    if shape != "circle":
+        raise ValueError(f"shape must be 'square' or 'circle', got {shape!r}")
+    t = np.arange(side) - (side - 1) / 2
+    return ((t[:, None] ** 2 + t[None, :] ** 2) <= (side / 2) ** 2).astype(np.float32)
+
+
+def _sample_zero(img: Array, rows: Array, cols: Array) -> Array:
+    """Bilinear sample of img (S, S, C) at (rows, cols) (H, W); zero outside."""
+    s = img.shape[0]
+    r0, c0 = jnp.floor(rows), jnp.floor(cols)
+    fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
+    r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
+
+    def at(r, c):
+        ok = ((r >= 0) & (r < s) & (c >= 0) & (c < s))[..., None]
+        return jnp.where(ok, img[jnp.clip(r, 0, s - 1), jnp.clip(c, 0, s - 1)], 0.0)
+
+    return ((at(r0, c0) * (1 - fc) + at(r0, c0 + 1) * fc) * (1 - fr)
+            + (at(r0 + 1, c0) * (1 - fc) + at(r0 + 1, c0 + 1) * fc) * fr)
+
+
+def paste(images: Array, patch: Array, mask: Array, offsets: Array, angles: Array) -> Array:
+    """Composites the patch into each image.
+
+    images (B, H, W, C); patch (S, S, C); mask (S, S); offsets (B, 2) top-left (row, col) of the
+    patch's bounding square; angles (B,) radians (rotation about its centre).
+    """
+    b, h, w, _ = images.shape
+    s = patch.shape[0]
+    if s == 0:  # a patch of area 0 covers nothing
+        return images
+    centre = (s - 1) / 2
+    rgba = jnp.concatenate([patch, mask[..., None]], axis=-1)
+
+    def one(img, off, ang):
+        y = jnp.arange(h, dtype=jnp.float32)[:, None] - off[0] - centre
+        x = jnp.arange(w, dtype=jnp.float32)[None, :] - off[1] - centre
+        cos, sin = jnp.cos(ang), jnp.sin(ang)  # inverse rotation: output -> patch coordinates
+        u = cos * y + sin * x + centre
+        v = -sin * y + cos * x + centre
+        sample = _sample_zero(rgba, jnp.broadcast_to(u, (h, w)), jnp.broadcast_to(v, (h, w)))
+        m = sample[..., -1:]
+        return img * (1 - m) + sample[..., :-1] * m
+
+    return jax.vmap(one)(images, offsets.astype(jnp.float32), angles)
+
+
+def random_placement(key: Array, batch: int, image_hw: tuple[int, int], side: int, rotate: bool):
+    """Offsets (B, 2) uniform over positions that keep the patch inside, angles (B,) in [0, 2π)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    oy = jax.random.randint(k1, (batch,), 0, image_hw[0] - side + 1)
+    ox = jax.random.randint(k2, (batch,), 0, image_hw[1] - side + 1)
+    ang = jax.random.uniform(k3, (batch,), maxval=2 * jnp.pi) if rotate else jnp.zeros((batch,))
+    return jnp.stack([oy, ox], -1), ang
+
+
+def patch_loss(model, images, labels, patch, mask, key, *, rotate, mean, std, target):
+    """Untargeted: −CE(true class) (to minimize); targeted: CE(target class). Scalar mean."""
+    offsets, angles = random_placement(key, images.shape[0], images.shape[1:3], patch.shape[0], rotate)
+    logits = model(normalize(paste(images, patch, mask, offsets, angles), mean, std), train=False)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    if target is None:
+        return jnp.take_along_axis(logp, labels[:, None], -1).mean()
+    return -logp[:, target].mean()
+
+
+@nnx.jit(static_argnames=("rotate", "mean", "std", "target", "tx"))
+def _step(model, images, labels, patch, opt_state, mask, key, *, rotate, mean, std, target, tx):
+    loss, g = jax.value_and_grad(lambda p: patch_loss(model, images, labels, p, mask, key, rotate=rotate, mean=mean,
+                                                      std=std, target=target))(patch)
+    updates, opt_state = tx.update(g, opt_state, patch)
+    return jnp.clip(optax.apply_updates(patch, updates), 0.0, 1.0), opt_state, loss
+
+
+def correctly_classified(model, batches, mean, std) -> list[dict]:
+    """Keeps only the images the model gets right (padding dropped)."""
+    out = []
+    for b in batches:
+        pred = np.asarray(jnp.argmax(logits_from_pixels(model, jnp.asarray(b["image"]), mean=mean, std=std), -1))
+        keep = (pred == np.asarray(b["label"])) & (batch_mask(b) > 0)
+        if keep.any():
+            out.append({"image": np.asarray(b["image"])[keep], "label": np.asarray(b["label"])[keep]})
+    return out
+
+
+def train_patch(model, batches: Iterable[dict], *, mean: tuple, std: tuple, fraction: float = 0.05,
+                shape: str = "square", rotate: bool | None = None, steps: int = 100, lr: float = 2 / 255,
+                optimizer: str = "sign", target: int | None = None, seed: int = 0) -> tuple[Array, Array, list]:
+    """Optimizes a universal patch over correctly classified images.  -> (patch, mask, losses per step).
+
+    optimizer "sign": p ← clip(p − lr·sign(∇L)) with L the objective of `patch_loss`; "adam": optax.adam(lr).
+    """
+    mean, std = tuple(mean), tuple(std)
+    data = correctly_classified(model, as_list(batches), mean, std)
+    if not data:
+        raise ValueError("the model classifies none of the training images correctly; nothing to attack")
+    h, w, c = data[0]["image"].shape[1:]
+    side = patch_side((h, w), fraction, shape)
+    rotate = (shape == "circle") if rotate is None else rotate
+    mask = jnp.asarray(support_mask(side, shape))
+    init_key, key = jax.random.split(jax.random.key(seed))
+    patch = jax.random.uniform(init_key, (side, side, c))
+    if optimizer not in ("sign", "adam"):
+        raise ValueError(f"optimizer must be 'sign' or 'adam', got {optimizer!r}")
+    tx = optax.sign_sgd(lr) if optimizer == "sign" else optax.adam(lr)
+    opt_state = tx.init(patch)
+    losses = []
+    for i in range(steps):
+        b = data[i % len(data)]
+        patch, opt_state, loss = _step(model, jnp.asarray(b["image"]), jnp.asarray(b["label"]), patch, opt_state,
+                                       mask, jax.random.fold_in(key, i), rotate=rotate, mean=mean, std=std,
+                                       target=target, tx=tx)
+        losses.append(float(loss))
+    return patch, mask, losses
+
+
+@nnx.jit(static_argnames=("rotate", "mean", "std"))
+def patched_logits(model, images, patch, mask, key, *, rotate, mean, std):
+    offsets, angles = random_placement(key, images.shape[0], images.shape[1:3], patch.shape[0], rotate)
+    return model(normalize(paste(images, patch, mask, offsets, angles), mean, std), train=False)
+
+
+def fooling_rate(model, batches: Iterable[dict], patch: Array, mask: Array, *, mean: tuple, std: tuple,
+                 rotate: bool = False, target: int | None = None, seed: int = 1) -> dict:
+    """Fooling rate on the correctly classified images of `batches`.  -> {"fooling_rate", "evaluated"}."""
+    mean, std = tuple(mean), tuple(std)
+    data = correctly_classified(model, as_list(batches), mean, std)
+    fooled, total = 0, 0
+    for i, b in enumerate(data):
+        labels = b["label"]
+        pred = np.asarray(jnp.argmax(patched_logits(model, jnp.asarray(b["image"]), patch, mask,
+                                                    jax.random.fold_in(jax.random.key(seed), i), rotate=rotate,
+                                                    mean=mean, std=std), -1))
+        if target is None:
+            fooled += int((pred != labels).sum())
+            total += len(labels)
+        else:
+            keep = labels != target
+            fooled += int((pred[keep] == target).sum())
+            total += int(keep.sum())
+    return {"fooling_rate": fooled / max(total, 1), "evaluated": total}
+
+
+def run_adversarial_patch(model, train_batches: Iterable[dict], eval_batches: Iterable[dict], *, mean: tuple,
+                          std: tuple, fraction: float = 0.05, shape: str = "square", rotate: bool | None = None,
+                          steps: int = 100, lr: float = 2 / 255, optimizer: str = "sign",
+                          target: int | None = None, seed: int = 0, return_patch: bool = False) -> dict:
+    """Trains a universal patch and reports its fooling rate on held-out images."""
+    rotate = (shape == "circle") if rotate is None else rotate
+    patch, mask, losses = train_patch(model, train_batches, mean=mean, std=std, fraction=fraction, shape=shape,
+                                      rotate=rotate, steps=steps, lr=lr, optimizer=optimizer, target=target,
+                                      seed=seed)
+    out = fooling_rate(model, eval_batches, patch, mask, mean=mean, std=std, rotate=rotate, target=target)
+    out.update(patch_side=int(patch.shape[0]), fraction=fraction, shape=shape,
+               objective_first=losses[0], objective_last=losses[-1])
+    if return_patch:
+        out["patch"] = np.asarray(patch)
+        out["mask"] = np.asarray(mask)
+    return out

@@ -1,0 +1,132 @@
+"""Corruption error (CE), mean CE and relative mCE (Hendrycks & Dietterich 2019, Section 4).
+
+For a model f, corruption c and severities s = 1..5 with top-1 errors E_{s,c}:
+
+    CE_c = Σ_s E_{s,c} / Σ_s E^{AlexNet}_{s,c}            mCE = mean over the 15 c of CE_c
+    relative CE_c = Σ_s (E_{s,c} − E_clean) / Σ_s (E^{AlexNet}_{s,c} − E^{AlexNet}_clean)
+
+reported ×100. AlexNet's errors are the published per-severity figures of the ImageNet-C release
+(the same numbers timm ships as `imagenetc_alexnet_error_rates_list`), keyed by corruption name;
+their means per corruption are the familiar table (gaussian_noise .886428, …). AlexNet's clean
+top-1 error is 0.43478 (torchvision's AlexNet, 56.522% top-1, the model the paper evaluated; the
+paper's table rounds it to 43.5).
+
+`run_corruptions` corrupts every batch on the fly (`corruptions.corrupt`, one key per batch and
+severity); `imagenet_c_folder` reads a released ImageNet-C folder instead when one is on disk.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from nest_jax.analysis import corruptions as C
+from nest_jax.analysis.forward import Accuracy, as_list, batch_mask, logits_from_pixels
+
+ALEXNET_ERRORS_BY_SEVERITY = {
+    "gaussian_noise": (0.69528, 0.82542, 0.93554, 0.98138, 0.99452),
+    "shot_noise": (0.71224, 0.85108, 0.93574, 0.98182, 0.99146),
+    "impulse_noise": (0.78374, 0.89808, 0.9487, 0.9872, 0.99548),
+    "defocus_blur": (0.65624, 0.73202, 0.85036, 0.91364, 0.94714),
+    "glass_blur": (0.64308, 0.75054, 0.88806, 0.91622, 0.93344),
+    "motion_blur": (0.5843, 0.70048, 0.82108, 0.8975, 0.92638),
+    "zoom_blur": (0.70008, 0.76992, 0.80784, 0.84198, 0.87198),
+    "snow": (0.71726, 0.88392, 0.86468, 0.9187, 0.94952),
+    "frost": (0.6139, 0.79734, 0.8879, 0.89942, 0.9343),
+    "fog": (0.67474, 0.7605, 0.84378, 0.8726, 0.945),
+    "brightness": (0.4514, 0.48502, 0.54048, 0.62166, 0.7244),
+    "contrast": (0.64548, 0.7615, 0.88874, 0.9776, 0.9927),
+    "elastic_transform": (0.52596, 0.70116, 0.55686, 0.64076, 0.80554),
+    "pixelate": (0.52218, 0.5462, 0.73728, 0.87092, 0.91262),
+    "jpeg_compression": (0.51002, 0.54718, 0.57294, 0.65458, 0.74778),
+}
+ALEXNET_ERRORS = {k: float(np.mean(v)) for k, v in ALEXNET_ERRORS_BY_SEVERITY.items()}
+ALEXNET_CLEAN_ERROR = 0.43478
+
+
+def corruption_error(errors: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """CE_c (×100) per corruption name from its top-1 errors over the severities evaluated.
+
+    errors: name -> errors at severities 1..n (n ≤ 5, the first n of AlexNet's are used).
+    """
+    out = {}
+    for name, e in errors.items():
+        if name not in ALEXNET_ERRORS_BY_SEVERITY:
+            raise ValueError(f"no AlexNet baseline for corruption {name!r}")
+        ref = ALEXNET_ERRORS_BY_SEVERITY[name][:len(e)]
+        out[name] = 100.0 * float(np.sum(e)) / float(np.sum(ref))
+    return out
+
+
+def relative_corruption_error(errors: Mapping[str, Sequence[float]], clean_error: float,
+                              alexnet_clean_error: float = ALEXNET_CLEAN_ERROR) -> dict[str, float]:
+    """Relative CE_c (×100): the degradation from the model's own clean error, over AlexNet's."""
+    out = {}
+    for name, e in errors.items():
+        ref = np.asarray(ALEXNET_ERRORS_BY_SEVERITY[name][:len(e)])
+        out[name] = 100.0 * float(np.sum(np.asarray(e) - clean_error)) / float(np.sum(ref - alexnet_clean_error))
+    return out
+
+
+def mean_corruption_error(errors: Mapping[str, Sequence[float]], clean_error: float | None = None) -> dict:
+    """{"ce": {name: CE}, "mce": mean CE, and with clean_error "relative_ce", "relative_mce"}."""
+    ce = corruption_error(errors)
+    out = {"ce": ce, "mce": float(np.mean(list(ce.values())))}
+    if clean_error is not None:
+        rel = relative_corruption_error(errors, clean_error)
+        out.update(relative_ce=rel, relative_mce=float(np.mean(list(rel.values()))))
+    return out
+
+
+def run_corruptions(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
+                    corruptions: Sequence[str] = C.CORRUPTIONS, severities: Sequence[int] = (1, 2, 3, 4, 5),
+                    seed: int = 0, frost_textures=None) -> dict:
+    """Top-1 on clean and corrupted copies of `batches` ([0, 1] pixels), CE, mCE, relative mCE.
+
+    Returns {"clean_top1", "top1": {name: [per severity]}, "ce", "mce", "relative_ce", "relative_mce"}.
+    """
+    batches = as_list(batches)
+    mean, std = tuple(mean), tuple(std)
+    clean = Accuracy()
+    for b in batches:
+        clean.add(logits_from_pixels(model, b["image"], mean=mean, std=std), b["label"], batch_mask(b))
+    top1 = {}
+    key = jax.random.key(seed)
+    for ci, name in enumerate(corruptions):
+        top1[name] = []
+        for s in severities:
+            acc = Accuracy()
+            for bi, b in enumerate(batches):
+                k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, ci), s), bi)
+                x = C.corrupt(name, k, b["image"], s, frost_textures=frost_textures)
+                acc.add(logits_from_pixels(model, x, mean=mean, std=std), b["label"], batch_mask(b))
+            top1[name].append(acc.value)
+    errors = {n: [1.0 - a for a in v] for n, v in top1.items()}
+    out = {"clean_top1": clean.value, "top1": top1}
+    out.update(mean_corruption_error(errors, clean_error=1.0 - clean.value))
+    return out
+
+
+def imagenet_c_folder(root: str, name: str, severity: int, *, batch_size: int = 64,
+                      classes: Sequence[str] | None = None) -> Iterator[dict]:
+    """Batches of a released ImageNet-C folder `root/<name>/<severity>/<wnid>/*.JPEG`.
+
+    Images are read as they are stored (224 px, RGB, [0, 1]); labels are positions of the wnid in
+    `classes` (default: the sorted wnids found, which is ImageNet's standard class order).
+    """
+    from etils import epath
+    from PIL import Image
+    folder = epath.Path(root) / name / str(severity)
+    if not folder.exists():
+        from nest_jax.errors import UserError
+        raise UserError(f"{folder} does not exist; expected an ImageNet-C folder <root>/<corruption>/<severity>/<wnid>/")
+    wnids = list(classes) if classes is not None else sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files = [(f, i) for i, w in enumerate(wnids) for f in sorted((folder / w).iterdir())]
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        imgs = []
+        for f, _ in chunk:
+            with f.open("rb") as fh:
+                imgs.append(np.asarray(Image.open(fh).convert("RGB"), np.float32) / 255.0)
+        yield {"image": np.stack(imgs), "label": np.asarray([i for _, i in chunk], np.int32)}

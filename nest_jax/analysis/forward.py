@@ -1,0 +1,70 @@
+"""The forward pass every robustness analysis shares: [0, 1] pixels → normalization → logits.
+
+The robustness analyses perturb images in [0, 1] pixel space (a dropped patch is black, a
+corruption is defined on pixel values) and normalize afterwards, as the model saw its training
+data (Naseer et al. 2021 occlude before normalization). Batches are dicts
+{"image": (B, H, W, C) float in [0, 1], "label": (B,) int, optional "mask": (B,) 1 real / 0 padding}.
+`to_pixels` turns a normalized evaluation batch of `nest_jax.data` back into that form.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+Batch = dict
+
+
+def normalize(x: Array, mean: Sequence[float], std: Sequence[float]) -> Array:
+    """(x − mean) / std per channel.  x: (B, H, W, C) in [0, 1]."""
+    c = x.shape[-1]
+    return (x - jnp.asarray(mean[:c], x.dtype)) / jnp.asarray(std[:c], x.dtype)
+
+
+def to_pixels(batch: Batch, mean: Sequence[float], std: Sequence[float]) -> Batch:
+    """Inverts the normalization of a `nest_jax.data` batch: image·std + mean, back in [0, 1]."""
+    x = np.asarray(batch["image"], np.float32)
+    c = x.shape[-1]
+    out = dict(batch)
+    out["image"] = np.clip(x * np.asarray(std[:c], np.float32) + np.asarray(mean[:c], np.float32), 0.0, 1.0)
+    return out
+
+
+@nnx.jit(static_argnames=("mean", "std"))
+def logits_from_pixels(model, images: Array, *, mean: tuple, std: tuple) -> Array:
+    """The model's inference logits (B, K) (the mean of the heads for distilled DeiTs)."""
+    return model(normalize(images, mean, std), train=False)
+
+
+def correct(logits: Array, labels: Array) -> Array:
+    return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+
+
+def batch_mask(batch: Batch) -> np.ndarray:
+    m = batch.get("mask")
+    return np.ones(len(batch["label"]), np.float32) if m is None else np.asarray(m, np.float32)
+
+
+class Accuracy:
+    """Running top-1 over batches with padding masks."""
+
+    def __init__(self):
+        self.hits, self.count = 0.0, 0.0
+
+    def add(self, logits, labels, mask) -> None:
+        ok = np.asarray(jnp.argmax(logits, -1) == jnp.asarray(labels), np.float64)
+        self.hits += float((ok * mask).sum())
+        self.count += float(np.sum(mask))
+
+    @property
+    def value(self) -> float:
+        return self.hits / max(self.count, 1.0)
+
+
+def as_list(batches: Iterable[Batch]) -> list[Batch]:
+    """Analyses sweep several settings over the same images, so iterators are materialized once."""
+    return batches if isinstance(batches, list) else list(batches)

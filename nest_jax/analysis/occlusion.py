@@ -1,0 +1,156 @@
+"""Occlusion: random, salient and non-salient PatchDrop (Naseer et al. 2021, Section 3.1).
+
+The image (B, H, W, C) in [0, 1] is divided into a grid of gh × gw cells; dropped cells are set
+to 0 (black) BEFORE normalization, as in the paper (after normalization black is not 0).
+
+- Random PatchDrop: exactly floor(ratio · gh·gw) cells are dropped (the paper: k·196 // 10 cells of
+  the 14×14 grid for k = 0..9), one random pattern for the whole batch (the paper) or one per
+  image (`per_image=True`).
+- Salient / non-salient PatchDrop: the saliency of a cell is the class token's attention to that
+  patch in the last layer (mean over heads, or one head: the paper used DINO ViT-S/16, head 1),
+  from the model itself or from another ViT (`saliency_model`). The foreground mask for λ is the
+  smallest set of cells holding the top-λ fraction of the attention mass: sort the normalized
+  attention ascending, take the cumulative sum, keep cells where it exceeds 1 − λ (the DINO
+  visualization rule the paper used). Salient drop removes that set; non-salient drop keeps only it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from nest_jax.analysis.forward import Accuracy, as_list, batch_mask, normalize
+from nest_jax.analysis.per_block_tokens import is_vit
+from nest_jax.errors import UserError
+
+Array = jax.Array
+PAPER_RATIOS = tuple(k / 10 for k in range(10))
+
+
+def num_dropped(ratio: float, cells: int) -> int:
+    """floor(ratio · cells), robust to float representation (0.3 · 10 is 2.9999…)."""
+    return int(np.floor(ratio * cells + 1e-9))
+
+
+def random_drop_mask(key: Array, batch: int, grid: tuple[int, int], num_drop: int,
+                     per_image: bool = False) -> Array:
+    """(B, gh, gw) bool, True = dropped; exactly `num_drop` cells per image."""
+    n = grid[0] * grid[1]
+    scores = jax.random.uniform(key, (batch if per_image else 1, n))
+    ranks = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
+    mask = ranks < num_drop
+    return jnp.broadcast_to(mask, (batch, n)).reshape(batch, *grid)
+
+
+def drop_cells(images: Array, dropped: Array) -> Array:
+    """Sets the dropped cells to black.  images (B, H, W, C), dropped (B, gh, gw) -> images."""
+    b, h, w, _ = images.shape
+    gh, gw = dropped.shape[1:]
+    if h % gh or w % gw:
+        raise ValueError(f"grid {gh}×{gw} does not divide the image {h}×{w}")
+    keep = jnp.repeat(jnp.repeat(~dropped, h // gh, axis=1), w // gw, axis=2)
+    return images * keep[..., None].astype(images.dtype)
+
+
+def cls_attention(model, images: Array, head: int | None = None) -> Array:
+    """Last-layer attention of the class token to each patch, (B, gh, gw), summing to 1 per image.
+
+    images: normalized for `model` (a ViT/DeiT with a class token). head None = mean over heads.
+    """
+    if not is_vit(model) or "cls" not in model.config.prefix_tokens:
+        raise UserError("salient PatchDrop needs a ViT/DeiT with a class token as saliency model "
+                        "(pass saliency_model=... for NesT or ResNet)")
+    c = model.config
+    _, inter = model(images, train=False, capture=("attention",))
+    att = inter["attention"][-1]  # (B, heads, T, T)
+    row = att[:, :, c.token_index("cls"), c.num_prefix:]
+    row = row.mean(axis=1) if head is None else row[:, head]
+    row = row / row.sum(-1, keepdims=True)
+    return row.reshape(row.shape[0], *c.grid)
+
+
+def mass_mask(saliency: Array, lam: float) -> Array:
+    """Smallest set of cells holding the top-λ of the mass.  saliency (B, ...) ≥ 0 -> bool, same shape.
+
+    Ascending sort, cumulative sum of the normalized values, cells where it exceeds 1 − λ.
+    """
+    shape = saliency.shape
+    s = saliency.reshape(shape[0], -1)
+    s = s / s.sum(-1, keepdims=True)
+    order = jnp.argsort(s, axis=-1)
+    cum = jnp.cumsum(jnp.take_along_axis(s, order, -1), axis=-1)
+    chosen_sorted = cum > 1.0 - lam
+    inverse = jnp.argsort(order, axis=-1)
+    return jnp.take_along_axis(chosen_sorted, inverse, -1).reshape(shape)
+
+
+@nnx.jit(static_argnames=("grid", "per_image", "mean", "std"))
+def random_occlusion_logits(model, images: Array, key: Array, *, grid: tuple, num_drop, per_image: bool,
+                            mean: tuple, std: tuple) -> Array:
+    """Logits under random PatchDrop; num_drop is traced (one compiled program for every ratio)."""
+    dropped = random_drop_mask(key, images.shape[0], grid, num_drop, per_image)
+    return model(normalize(drop_cells(images, dropped), mean, std), train=False)
+
+
+@nnx.jit(static_argnames=("mode", "mean", "std"))
+def salient_occlusion_logits(model, images: Array, saliency: Array, *, lam, mode: str, mean: tuple,
+                             std: tuple) -> Array:
+    """Logits under salient / non-salient PatchDrop; λ is traced (one program for every λ)."""
+    fg = mass_mask(saliency, lam)
+    dropped = fg if mode == "salient" else ~fg
+    return model(normalize(drop_cells(images, dropped), mean, std), train=False)
+
+
+def default_grid(model, image_shape: Sequence[int]) -> tuple[int, int]:
+    """The ViT's patch grid; otherwise 16-px cells (14×14 at 224) when they fit, else 4×4."""
+    if is_vit(model):
+        return tuple(model.config.grid)
+    h, w = image_shape[1:3]
+    return (h // 16, w // 16) if h % 16 == 0 and w % 16 == 0 and h >= 64 else (4, 4)
+
+
+def run_occlusion(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
+                  ratios: Sequence[float] = PAPER_RATIOS, grid: tuple[int, int] | None = None,
+                  per_image: bool = False, seed: int = 0) -> dict:
+    """Top-1 under random PatchDrop for each drop ratio.  -> {"ratios", "top1", "grid", "dropped"}."""
+    batches = as_list(batches)
+    grid = tuple(grid or default_grid(model, np.shape(batches[0]["image"])))
+    n = grid[0] * grid[1]
+    top1 = []
+    for ri, r in enumerate(ratios):
+        acc = Accuracy()
+        for bi, b in enumerate(batches):
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), ri), bi)
+            logits = random_occlusion_logits(model, jnp.asarray(b["image"]), key, grid=grid,
+                                             num_drop=jnp.int32(num_dropped(r, n)), per_image=per_image,
+                                             mean=tuple(mean), std=tuple(std))
+            acc.add(logits, b["label"], batch_mask(b))
+        top1.append(acc.value)
+    return {"ratios": list(ratios), "top1": top1, "grid": list(grid),
+            "dropped": [num_dropped(r, n) for r in ratios]}
+
+
+def run_salient_occlusion(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
+                          lambdas: Sequence[float] = tuple(k / 10 for k in range(1, 11)),
+                          saliency_model=None, saliency_mean: tuple | None = None,
+                          saliency_std: tuple | None = None, head: int | None = None) -> dict:
+    """Top-1 under salient and non-salient PatchDrop for each λ, on the saliency model's grid."""
+    batches = as_list(batches)
+    smodel = saliency_model if saliency_model is not None else model
+    smean, sstd = tuple(saliency_mean or mean), tuple(saliency_std or std)
+    att = nnx.jit(cls_attention, static_argnames=("head",))
+    sal = [att(smodel, normalize(jnp.asarray(b["image"]), smean, sstd), head=head) for b in batches]
+    out = {"lambdas": list(lambdas), "salient_drop_top1": [], "non_salient_drop_top1": [],
+           "grid": list(sal[0].shape[1:])}
+    for lam in lambdas:
+        for mode in ("salient", "non_salient"):
+            acc = Accuracy()
+            for b, s in zip(batches, sal):
+                logits = salient_occlusion_logits(model, jnp.asarray(b["image"]), s, lam=jnp.float32(lam), mode=mode,
+                                                  mean=tuple(mean), std=tuple(std))
+                acc.add(logits, b["label"], batch_mask(b))
+            out[f"{mode}_drop_top1"].append(acc.value)
+    return out

@@ -1,0 +1,108 @@
+"""Plots of the robustness analyses (`nest_jax.analysis.occlusion`, `patch_shuffle`,
+`corruption_eval`, `adversarial_patch`, `per_block_tokens`, `shape_bias`).
+
+Each function takes the dicts the `run_*` functions return, one per model (name -> result), and
+returns a matplotlib Figure (no pyplot state; works under Agg).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def plot_occlusion(results: Mapping[str, dict], title: str = "Random PatchDrop") -> Figure:
+    """Top-1 vs fraction of cells dropped, one line per model (results of `run_occlusion`)."""
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.add_subplot()
+    for name, r in results.items():
+        ax.plot(np.asarray(r["ratios"]) * 100, np.asarray(r["top1"]) * 100, marker="o", ms=3, label=name)
+    ax.set_xlabel("image occluded (%)"), ax.set_ylabel("top-1 (%)"), ax.set_title(title)
+    ax.set_ylim(0, 100), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_salient_occlusion(results: Mapping[str, dict]) -> Figure:
+    """Top-1 vs λ for salient (solid) and non-salient (dashed) PatchDrop (`run_salient_occlusion`)."""
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.add_subplot()
+    for i, (name, r) in enumerate(results.items()):
+        c = f"C{i}"
+        ax.plot(r["lambdas"], np.asarray(r["salient_drop_top1"]) * 100, c=c, marker="o", ms=3, label=f"{name} salient")
+        ax.plot(r["lambdas"], np.asarray(r["non_salient_drop_top1"]) * 100, c=c, ls="--", marker="s", ms=3,
+                label=f"{name} non-salient")
+    ax.set_xlabel("attention mass λ"), ax.set_ylabel("top-1 (%)"), ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3), ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def plot_shuffle(results: Mapping[str, dict]) -> Figure:
+    """Top-1 per shuffle grid (`run_patch_shuffle`)."""
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.add_subplot()
+    for name, r in results.items():
+        labels = [f"{g[0]}×{g[1]}" for g in r["grids"]]
+        ax.plot(labels, np.asarray(r["top1"]) * 100, marker="o", ms=3, label=name)
+    ax.set_xlabel("shuffle grid"), ax.set_ylabel("top-1 (%)"), ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_corruption_errors(results: Mapping[str, dict]) -> Figure:
+    """Corruption error CE per corruption (AlexNet = 100), grouped bars per model (`run_corruptions`)."""
+    names = list(next(iter(results.values()))["ce"])
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.add_subplot()
+    width = 0.8 / len(results)
+    for i, (model, r) in enumerate(results.items()):
+        ax.bar(np.arange(len(names)) + i * width, [r["ce"][n] for n in names], width,
+               label=f"{model} (mCE {r['mce']:.1f})")
+    ax.axhline(100, c="k", lw=0.8, ls=":")
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, [n.replace("_", " ") for n in names], rotation=60,
+                  ha="right", fontsize=7)
+    ax.set_ylabel("CE (AlexNet = 100)"), ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_patched_images(images: np.ndarray, titles=None) -> Figure:
+    """A row of images in [0, 1] (e.g. clean, patched, the patch itself)."""
+    fig = Figure(figsize=(2.0 * len(images), 2.2))
+    for i, img in enumerate(images):
+        ax = fig.add_subplot(1, len(images), i + 1)
+        img = np.clip(np.asarray(img, np.float64), 0, 1)
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+        ax.set_xticks([]), ax.set_yticks([])
+        if titles:
+            ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_layer(results: Mapping[str, dict]) -> Figure:
+    """Top-1 of every layer's tokens through the shared head (`run_per_block_tokens`)."""
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.add_subplot()
+    for name, r in results.items():
+        for token, acc in r["top1"].items():
+            ax.plot(np.arange(1, len(acc) + 1), np.asarray(acc) * 100, marker="o", ms=3, label=f"{name} {token}")
+    ax.set_xlabel("layer"), ax.set_ylabel("top-1 (%)"), ax.set_ylim(0, 100), ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def plot_shape_bias(results: Mapping[str, dict]) -> Figure:
+    """Shape bias per model or token (`shape_bias` results), humans ≈ 0.96 for reference."""
+    fig = Figure(figsize=(4.5, 3.0))
+    ax = fig.add_subplot()
+    names = list(results)
+    ax.barh(names, [results[n]["shape_bias"] for n in names], color="C2")
+    ax.axvline(0.5, c="k", lw=0.8, ls=":")
+    ax.set_xlim(0, 1), ax.set_xlabel("shape bias (fraction of shape decisions)")
+    fig.tight_layout()
+    return fig
