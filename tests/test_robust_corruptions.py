@@ -13,7 +13,13 @@ from nest_jax.analysis import image_ops as ops
 from tests._imagecorruptions import load
 
 ic = load()
-needs_package = pytest.mark.skipif(ic is None, reason="imagecorruptions (dev extra) is not installed")
+# The package is a dev dependency: a missing one fails these tests (it is never a silent skip).
+needs_package = pytest.mark.usefixtures("_imagecorruptions_installed")
+
+
+@pytest.fixture()
+def _imagecorruptions_installed():
+    assert ic is not None, "imagecorruptions (dev extra) is not installed: pip install -e '.[dev]'"
 
 
 def smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:

@@ -49,6 +49,11 @@ def get_source(ds_cfg):
     if name == "digits":
         from nest_jax.data.digits import DigitsSource
         return DigitsSource()
+    if name == "shapes":  # the procedural shapes × textures set (shape-bias studies)
+        from nest_jax.data.shapes import ShapesTexturesSource
+        return ShapesTexturesSource(num_classes=ds_cfg.shapes_classes, image_size=ds_cfg.image_size,
+                                    variant=ds_cfg.shapes_variant, num_train=ds_cfg.shapes_train,
+                                    num_test=ds_cfg.shapes_test, seed=ds_cfg.shapes_seed)
     if name == "image_folder":
         from nest_jax.data.image_folder import ImageFolderSource
         return ImageFolderSource.get(data_dir, train_split=ds_cfg.train_split,

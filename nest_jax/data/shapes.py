@@ -136,9 +136,9 @@ class ShapesTexturesSource:
         split, index = item if isinstance(item, tuple) else ("train", item)
         return self.get(split, int(index))
 
-    def lookup(self, split: str):
-        """index -> example, for pipelines that read a source by split."""
-        return lambda index: self.get(split, int(index))
+    def lookup(self, split: str) -> "SplitRecords":
+        """`records[i]` → example i of `split`, the random access the input pipelines read."""
+        return SplitRecords(self, split)
 
     def arrays(self, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
         """The whole split (or its first `limit` examples) as arrays: image uint8 (N, H, W, 3), labels."""
@@ -147,3 +147,17 @@ class ShapesTexturesSource:
         return {"image": np.stack([e["image"] for e in ex]),
                 "label": np.asarray([e["label"] for e in ex], np.int32),
                 "texture_label": np.asarray([e["texture_label"] for e in ex], np.int32)}
+
+
+class SplitRecords:
+    """One split of a ShapesTexturesSource as a sequence: `len(records)`, `records[i]`."""
+
+    def __init__(self, source: ShapesTexturesSource, split: str):
+        self.source, self.split = source, split
+
+    def __len__(self) -> int:
+        return self.source.num_examples(self.split)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.source.get(self.split, int(index))
+        return {"image": example["image"], "label": example["label"]}

@@ -25,7 +25,7 @@ import ml_collections
 from nest_jax.errors import UserError
 
 # Modules that register more kinds; imported only when a config asks for a kind not yet known.
-PLUGIN_MODULES: tuple[str, ...] = ("nest_jax.analysis.evaluators",)
+PLUGIN_MODULES: tuple[str, ...] = ("nest_jax.analysis.evaluators", "nest_jax.analysis.robustness_evaluators")
 
 _REGISTRY: dict[str, type] = {}
 
