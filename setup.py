@@ -1,4 +1,5 @@
 """Install nest_jax: `pip install -e .` (runtime) or `pip install -e ".[dev]"` (tests, parity)."""
+
 from pathlib import Path
 
 from setuptools import find_packages, setup

@@ -14,6 +14,7 @@ NumPy: the straightforward float64 implementation — each layer's Gram matrix o
 Song et al.'s HSIC₁ for every pair in a Python loop. Each implementation runs in its own
 subprocess; peak memory is the subprocess's maximum resident set size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,15 @@ def feature_shapes(img_size: int, pool: str) -> dict[str, list[tuple[int, ...]]]
 
     from nest_jax.analysis.representations import layer_representations, model_family, num_prefix
     from nest_jax.models import create_model
+
     out = {}
     for name in ("vit_base_patch16_224", "resnet50"):
+
         def reps(x, name=name):
             m = create_model(name, img_size=img_size, rngs=nnx.Rngs(0))
             _, inter = m(x, capture="layers")
             return layer_representations(inter, pool, model_family(m), num_prefix(m))
+
         shapes = jax.eval_shape(reps, jax.ShapeDtypeStruct((1, img_size, img_size, 3), jnp.float32))
         out[name] = [tuple(s.shape[1:]) for s in shapes]
     return out
@@ -60,8 +64,9 @@ def np_grams(feats):
 
 def np_hsic1(k, l):
     n = len(k)
-    return (np.sum(k * l) + k.sum() * l.sum() / ((n - 1) * (n - 2))
-            - 2.0 / (n - 2) * k.sum(1) @ l.sum(1)) / (n * (n - 3))
+    return (np.sum(k * l) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * k.sum(1) @ l.sum(1)) / (
+        n * (n - 3)
+    )
 
 
 def run_numpy(batches):
@@ -77,11 +82,13 @@ def worker(args) -> dict:
     steps = args.images // args.batch
     if args.impl == "nest_jax":
         import jax
+
         from nest_jax.analysis.cka import MinibatchCKA
+
         acc = MinibatchCKA(len(vit), len(res))  # all 28 × 28 pairs from one set of Gram matrices
         warm = None
     elapsed = 0.0
-    for step in range(steps):
+    for _step in range(steps):
         fx = [rng.standard_normal((args.batch, *s), dtype=np.float32) for s in vit]
         fy = [rng.standard_normal((args.batch, *s), dtype=np.float32) for s in res]
         if args.impl == "nest_jax":
@@ -97,8 +104,12 @@ def worker(args) -> dict:
             t0 = time.perf_counter()
             run_numpy((fx, fy))
             elapsed += time.perf_counter() - t0
-    return {"impl": args.impl, "seconds": elapsed, "batches": steps,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    return {
+        "impl": args.impl,
+        "seconds": elapsed,
+        "batches": steps,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
 
 
 def main():
@@ -119,14 +130,27 @@ def main():
     print(f"features per image: {feats} ({args.pool}, {args.img_size} px)", flush=True)
     rows = {}
     for impl in ("nest_jax", "numpy"):
-        cmd = [sys.executable, __file__, f"--impl={impl}", f"--images={args.images}", f"--batch={args.batch}",
-               f"--shapes={json.dumps(shapes)}"]
+        cmd = [
+            sys.executable,
+            __file__,
+            f"--impl={impl}",
+            f"--images={args.images}",
+            f"--batch={args.batch}",
+            f"--shapes={json.dumps(shapes)}",
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[impl] = json.loads(res.stdout.strip().splitlines()[-1])
         print(rows[impl], flush=True)
-    summary = dict(images=args.images, batch=args.batch, img_size=args.img_size, pool=args.pool,
-                   features_per_image=feats, nest_jax=rows["nest_jax"], numpy=rows["numpy"],
-                   speedup=rows["numpy"]["seconds"] / rows["nest_jax"]["seconds"])
+    summary = dict(
+        images=args.images,
+        batch=args.batch,
+        img_size=args.img_size,
+        pool=args.pool,
+        features_per_image=feats,
+        nest_jax=rows["nest_jax"],
+        numpy=rows["numpy"],
+        speedup=rows["numpy"]["seconds"] / rows["nest_jax"]["seconds"],
+    )
     print(json.dumps(summary))
     if args.out:
         with open(args.out, "a") as f:

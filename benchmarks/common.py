@@ -3,6 +3,7 @@
 Timings on a shared machine are noisy; callers should alternate the systems they compare and report
 ratios measured side by side, not absolute numbers from separate runs.
 """
+
 from __future__ import annotations
 
 import platform
@@ -50,7 +51,7 @@ def matmul_peak_flops(n: int = 2048, iters: int = 5, dtype=jnp.float32) -> float
     mm = jax.jit(jnp.matmul)
     mm(a, b).block_until_ready()
     best = min(time_calls(lambda: mm(a, b).block_until_ready(), 1) for _ in range(iters))
-    return 2.0 * n ** 3 / best
+    return 2.0 * n**3 / best
 
 
 def compiled_flops(compiled) -> float:

@@ -8,6 +8,7 @@ whole batch. Package: one warm-up image, then the images/s over `--package-image
 package is per image, so a subset gives its rate; its slow corruptions — glass blur takes seconds
 per 224-px image — would otherwise dominate the run). Writes JSON and prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ from nest_jax.analysis import corruptions as C  # noqa: E402
 
 def test_images(n: int, size: int) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
+
     a = gaussian_filter(np.random.default_rng(0).random((n, size, size, 3)), (0, 3, 3, 0))
     lo, hi = a.min(axis=(1, 2, 3), keepdims=True), a.max(axis=(1, 2, 3), keepdims=True)
     return np.round((0.05 + 0.9 * (a - lo) / (hi - lo)) * 255).astype(np.uint8)
@@ -45,6 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from _imagecorruptions import load
+
     ic = load()
     imgs = test_images(args.batch, args.size)
     x = jax.device_put(imgs.astype(np.float32) / 255.0)
@@ -69,21 +72,35 @@ def main() -> None:
             for im in imgs[:k]:
                 ic.corrupt(im, severity=args.severity, corruption_name=name)
             theirs = k / (time.perf_counter() - t0)
-        rows.append(dict(corruption=name, nest_jax_images_per_s=ours, package_images_per_s=theirs,
-                         first_call_s=compile_s))
-        print(f"{name:18s} nest_jax {ours:9.1f} img/s   package {theirs or float('nan'):9.1f} img/s   "
-              f"(first call {compile_s:.1f} s)", flush=True)
-    meta = dict(command=" ".join(sys.argv), batch=args.batch, size=args.size, severity=args.severity,
-                device=str(jax.devices()[0]), cpu=cpu_model(), jax=jax.__version__,
-                date=time.strftime("%Y-%m-%d"))
+        rows.append(
+            dict(corruption=name, nest_jax_images_per_s=ours, package_images_per_s=theirs, first_call_s=compile_s)
+        )
+        print(
+            f"{name:18s} nest_jax {ours:9.1f} img/s   package {theirs or float('nan'):9.1f} img/s   "
+            f"(first call {compile_s:.1f} s)",
+            flush=True,
+        )
+    meta = dict(
+        command=" ".join(sys.argv),
+        batch=args.batch,
+        size=args.size,
+        severity=args.severity,
+        device=str(jax.devices()[0]),
+        cpu=cpu_model(),
+        jax=jax.__version__,
+        date=time.strftime("%Y-%m-%d"),
+    )
     with open(args.json, "w") as f:
         json.dump(dict(meta, results=rows), f, indent=1)
     print("\n| corruption | nest_jax img/s | imagecorruptions img/s | speed-up |\n|---|---:|---:|---:|")
     for r in rows:
         p = r["package_images_per_s"]
-        print(f"| {r['corruption']} | {r['nest_jax_images_per_s']:.1f} | {p:.1f} | "
-              f"{r['nest_jax_images_per_s'] / p:.1f}× |" if p else f"| {r['corruption']} | "
-              f"{r['nest_jax_images_per_s']:.1f} | — | — |")
+        print(
+            f"| {r['corruption']} | {r['nest_jax_images_per_s']:.1f} | {p:.1f} | "
+            f"{r['nest_jax_images_per_s'] / p:.1f}× |"
+            if p
+            else f"| {r['corruption']} | {r['nest_jax_images_per_s']:.1f} | — | — |"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ alternating, best of `--rounds`. The per-kernel ratio bounds what any arrangemen
 model code can reach: a model made of these kernels cannot be much faster than its slowest
 big kernel allows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,22 +52,24 @@ def jax_kernels() -> dict:
         return (x - m) * jax.lax.rsqrt(v + 1e-6) * s + b
 
     def attn(q):
-        p = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q, q) * DH ** -0.5, axis=-1)
+        p = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q, q) * DH**-0.5, axis=-1)
         return jnp.einsum("bhqk,bhkd->bhqd", p, q)
 
     fns = {
         "mlp fc1 GEMM (6304x384 @ 384x1536)": (jax.jit(jnp.matmul), (x2, w1)),
-        "attention logits (192 x 197x64 @ 64x197)":
-            (jax.jit(lambda q: jnp.einsum("bhqd,bhkd->bhqk", q, q)), (q,)),
+        "attention logits (192 x 197x64 @ 64x197)": (jax.jit(lambda q: jnp.einsum("bhqd,bhkd->bhqk", q, q)), (q,)),
         "attention core fwd (logits, softmax, AV)": (jax.jit(attn), (q,)),
-        "LayerNorm fwd+bwd (x, scale, bias)":
-            (jax.jit(jax.grad(lambda x, s, b: jnp.sum(ln(x, s, b) ** 2), argnums=(0, 1, 2))), (x3, s, s * 0)),
+        "LayerNorm fwd+bwd (x, scale, bias)": (
+            jax.jit(jax.grad(lambda x, s, b: jnp.sum(ln(x, s, b) ** 2), argnums=(0, 1, 2))),
+            (x3, s, s * 0),
+        ),
     }
     return {name: (lambda f=f, a=a: jax.block_until_ready(f(*a))) for name, (f, a) in fns.items()}
 
 
 def torch_kernels() -> dict:
     import torch
+
     torch.set_num_threads(os.cpu_count())
     x2, w1 = torch.randn(B * N, D), torch.randn(D, 4 * D)
     q = torch.randn(B, H, N, DH)
@@ -83,6 +86,7 @@ def torch_kernels() -> dict:
         def run():
             with torch.no_grad():
                 f()
+
         return run
 
     return {
@@ -105,8 +109,9 @@ def main():
         j, t = best_ms(jx[name], args.rounds), best_ms(tm[name], args.rounds)
         rows.append(dict(kernel=name, jax_ms=j, torch_ms=t, speed_ratio=t / j))
         print(f"| {name} | {j:.1f} | {t:.1f} | {t / j:.2f} |")
-    meta = dict(date=datetime.date.today().isoformat(), cpu=cpu_model(), cores=os.cpu_count(),
-                jax=jax.__version__, rows=rows)
+    meta = dict(
+        date=datetime.date.today().isoformat(), cpu=cpu_model(), cores=os.cpu_count(), jax=jax.__version__, rows=rows
+    )
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:

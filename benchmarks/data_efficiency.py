@@ -18,6 +18,7 @@ has no subset option) and `loop.evaluate`. One trainer (one compile) per (model,
 subset runs reuse it with a fresh initial state.
 Writes `<out>.json`, `<out>.md` (table) and `<out>.png`, updated after every (model, seed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,13 +68,16 @@ def subset_source(fraction: float, seed: int):
             if split == "train":
                 return images[keep], labels[keep]
             return super()._arrays(split)
+
     return SubsetDigits(), len(keep)
 
 
 def train_iterator(source, ds_cfg, batch: int, seed: int):
     from nest_jax.data import train_stream
-    return train_stream.train_iterator(source, ds_cfg, local_batch=batch, seed=seed, start_step=0,
-                                       process_index=0, process_count=1)
+
+    return train_stream.train_iterator(
+        source, ds_cfg, local_batch=batch, seed=seed, start_step=0, process_index=0, process_count=1
+    )
 
 
 def model_config(kind: str, seed: int, steps: int):
@@ -91,7 +95,9 @@ def model_config(kind: str, seed: int, steps: int):
 
 def param_count(config) -> int:
     from flax import nnx
+
     from nest_jax.train.trainer import build_model
+
     model = nnx.eval_shape(lambda: build_model(config, 10, nnx.Rngs(0)))
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
@@ -103,8 +109,13 @@ def run_model(kind: str, seed: int, steps: int, fractions: list[float]) -> list[
     from nest_jax.train.trainer import make_trainer, shard_batch
 
     config = model_config(kind, seed, steps)
-    trainer = make_trainer(config, make_mesh(dict(config.mesh.axes)), num_classes=10, num_train_steps=steps,
-                           warmup_steps=int(config.optimizer.warmup_steps))
+    trainer = make_trainer(
+        config,
+        make_mesh(dict(config.mesh.axes)),
+        num_classes=10,
+        num_train_steps=steps,
+        warmup_steps=int(config.optimizer.warmup_steps),
+    )
     rest = trainer.init_rest()
     out = []
     for fraction in fractions:
@@ -115,12 +126,23 @@ def run_model(kind: str, seed: int, steps: int, fractions: list[float]) -> list[
         for _ in range(steps):
             state, metrics = trainer.train_step(state, shard_batch(next(it), trainer.batch_sharding), rest, {})
         res = evaluate(trainer, data, config, state["params"], state.get("batch_stats"), rest)
-        rec = dict(model=kind, seed=seed, fraction=fraction, num_train=n, steps=steps,
-                   epochs=steps * int(config.train.global_batch_size) / n,
-                   train_loss_last=float(metrics["loss"]), test_top1=res["eval_top1"],
-                   test_loss=res["eval_loss"], seconds=round(time.time() - t0, 1))
-        print(f"  {kind:4s} seed {seed} {100 * fraction:5.1f}% ({n:4d} images, {rec['epochs']:5.1f} epochs): "
-              f"test top-1 {100 * rec['test_top1']:.2f}%  [{rec['seconds']:.0f} s]", flush=True)
+        rec = dict(
+            model=kind,
+            seed=seed,
+            fraction=fraction,
+            num_train=n,
+            steps=steps,
+            epochs=steps * int(config.train.global_batch_size) / n,
+            train_loss_last=float(metrics["loss"]),
+            test_top1=res["eval_top1"],
+            test_loss=res["eval_loss"],
+            seconds=round(time.time() - t0, 1),
+        )
+        print(
+            f"  {kind:4s} seed {seed} {100 * fraction:5.1f}% ({n:4d} images, {rec['epochs']:5.1f} epochs): "
+            f"test top-1 {100 * rec['test_top1']:.2f}%  [{rec['seconds']:.0f} s]",
+            flush=True,
+        )
         out.append(rec)
     return out
 
@@ -131,8 +153,9 @@ def summarize(records: list[dict], fractions: list[float]) -> dict:
         for f in fractions:
             accs = [r["test_top1"] for r in records if r["model"] == kind and r["fraction"] == f]
             if accs:
-                table[f"{kind}@{f}"] = dict(mean=float(np.mean(accs)), std=float(np.std(accs)), n=len(accs),
-                                            values=accs)
+                table[f"{kind}@{f}"] = dict(
+                    mean=float(np.mean(accs)), std=float(np.std(accs)), n=len(accs), values=accs
+                )
     return table
 
 
@@ -156,15 +179,26 @@ def main() -> None:
 def write(args, records: list[dict], counts: dict, t_start: float) -> None:
     """The JSON, markdown table and plot of the runs so far."""
     table = summarize(records, args.fractions)
-    meta = dict(date=datetime.date.today().isoformat(), machine=cpu_model(), cores=os.cpu_count(),
-                load_average_at_end=os.getloadavg(), total_seconds=round(time.time() - t_start, 1),
-                steps=args.steps, batch=64, seeds=sorted({r["seed"] for r in records}), fractions=args.fractions, params=counts,
-                command=" ".join(["python"] + sys.argv))
+    meta = dict(
+        date=datetime.date.today().isoformat(),
+        machine=cpu_model(),
+        cores=os.cpu_count(),
+        load_average_at_end=os.getloadavg(),
+        total_seconds=round(time.time() - t_start, 1),
+        steps=args.steps,
+        batch=64,
+        seeds=sorted({r["seed"] for r in records}),
+        fractions=args.fractions,
+        params=counts,
+        command=" ".join(["python"] + sys.argv),
+    )
     with open(args.out + ".json", "w") as f:
         json.dump(dict(meta, summary=table, runs=records), f, indent=1)
 
-    lines = [f"| train images | NesT ({counts['nest']:,} params) | ViT ({counts['vit']:,} params) | NesT − ViT |",
-             "|---|---|---|---|"]
+    lines = [
+        f"| train images | NesT ({counts['nest']:,} params) | ViT ({counts['vit']:,} params) | NesT − ViT |",
+        "|---|---|---|---|",
+    ]
     for f in args.fractions:
         a, b = table.get(f"nest@{f}"), table.get(f"vit@{f}")
         n = round(f * 1347)
@@ -177,8 +211,10 @@ def write(args, records: list[dict], counts: dict, t_start: float) -> None:
     print(md)
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, label in (("nest", f"NesT ({counts['nest'] / 1e3:.0f}k)"), ("vit", f"ViT ({counts['vit'] / 1e3:.0f}k)")):
         xs = [f for f in args.fractions if f"{kind}@{f}" in table]
@@ -186,8 +222,13 @@ def write(args, records: list[dict], counts: dict, t_start: float) -> None:
         stds = [100 * table[f"{kind}@{f}"]["std"] for f in xs]
         ax.errorbar([100 * x for x in xs], means, yerr=stds, marker="o", capsize=3, label=label)
         for f in xs:  # every seed as a dot
-            ax.plot([100 * f] * len(table[f"{kind}@{f}"]["values"]),
-                    [100 * v for v in table[f"{kind}@{f}"]["values"]], ".", color="gray", alpha=0.5)
+            ax.plot(
+                [100 * f] * len(table[f"{kind}@{f}"]["values"]),
+                [100 * v for v in table[f"{kind}@{f}"]["values"]],
+                ".",
+                color="gray",
+                alpha=0.5,
+            )
     ax.set_xscale("log")
     ax.set_xticks([100 * f for f in args.fractions], [f"{100 * f:g}%" for f in args.fractions])
     ax.set_xlabel("fraction of the 1,347 digits training images")

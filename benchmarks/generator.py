@@ -11,6 +11,7 @@ fid: trains the NesT and the conv generator on digits against the same NesT disc
 same number of steps, evaluating FID (features of a digits classifier, its workdir given) every
 `--every` steps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,19 @@ def abstract_count(name: str, **kw) -> int:
 def matched(size: int, target: int) -> dict[str, tuple[str, dict]]:
     """Conv and ViT generator settings whose parameter counts are closest to `target`."""
     ups = int(np.log2(size // 4))
-    conv = min(((abs(abstract_count(f"sagan_generator_{size}", widths=(w,) * (ups + 1)) - target), w)
-                for w in range(32, 1025, 16)))[1]
-    vit = min(((abs(abstract_count(f"vit_generator_{size}", dim=d, num_heads=d // 64, depth=6) - target), d)
-               for d in range(128, 1025, 64)))[1]
-    return {"nest": NEST[size], "conv": (f"sagan_generator_{size}", dict(widths=(conv,) * (ups + 1))),
-            "vit": (f"vit_generator_{size}", dict(dim=vit, num_heads=vit // 64, depth=6))}
+    conv = min(
+        (abs(abstract_count(f"sagan_generator_{size}", widths=(w,) * (ups + 1)) - target), w)
+        for w in range(32, 1025, 16)
+    )[1]
+    vit = min(
+        (abs(abstract_count(f"vit_generator_{size}", dim=d, num_heads=d // 64, depth=6) - target), d)
+        for d in range(128, 1025, 64)
+    )[1]
+    return {
+        "nest": NEST[size],
+        "conv": (f"sagan_generator_{size}", dict(widths=(conv,) * (ups + 1))),
+        "vit": (f"vit_generator_{size}", dict(dim=vit, num_heads=vit // 64, depth=6)),
+    }
 
 
 def speed(sizes, batch: int, repeats: int) -> list[dict]:
@@ -62,17 +70,25 @@ def speed(sizes, batch: int, repeats: int) -> list[dict]:
             z = jax.random.normal(jax.random.key(0), (batch, model.config.latent_dim))
             compiled = fwd.lower(state, z).compile()
             mem = compiled.memory_analysis()
-            peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                    - mem.alias_size_in_bytes)
+            peak = (
+                mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+            )
             jax.block_until_ready(compiled(state, z))
             t = time.perf_counter()
             for _ in range(repeats):
                 jax.block_until_ready(compiled(state, z))
             dt = (time.perf_counter() - t) / repeats
-            row = dict(size=size, kind=kind, model=name, overrides={k: list(v) if isinstance(v, tuple) else v
-                                                                    for k, v in kw.items()},
-                       params=count(model), images_per_s=batch / dt, peak_mb=peak / 2 ** 20,
-                       temp_mb=mem.temp_size_in_bytes / 2 ** 20, batch=batch)
+            row = dict(
+                size=size,
+                kind=kind,
+                model=name,
+                overrides={k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()},
+                params=count(model),
+                images_per_s=batch / dt,
+                peak_mb=peak / 2**20,
+                temp_mb=mem.temp_size_in_bytes / 2**20,
+                batch=batch,
+            )
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -81,8 +97,10 @@ def speed(sizes, batch: int, repeats: int) -> list[dict]:
 def fid_curve(classifier: str, steps: int, every: int, batch: int, samples: int) -> dict:
     from nest_jax.analysis.gan_eval import fid_evaluator
     from nest_jax.train.gan_loop import train_gan
+
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "configs"))
     import digits_nest_gan
+
     curves = {}
     generators = {
         "nest": digits_nest_gan.get_config().gan.generator.to_dict(),
@@ -102,17 +120,26 @@ def fid_curve(classifier: str, steps: int, every: int, batch: int, samples: int)
         train_gan(c, workdir, evaluator=fid_evaluator(c))
         rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")) if '"fid"' in line]
         from nest_jax.train.gan import build_generator
+
         n = count(build_generator(c, nnx.Rngs(0)))
-        curves[kind] = dict(steps=[r["step"] for r in rows], fid=[r["fid"] for r in rows],
-                            kid=[r["kid"] for r in rows], params=n, seconds=time.time() - t, workdir=workdir)
+        curves[kind] = dict(
+            steps=[r["step"] for r in rows],
+            fid=[r["fid"] for r in rows],
+            kid=[r["kid"] for r in rows],
+            params=n,
+            seconds=time.time() - t,
+            workdir=workdir,
+        )
         print(kind, json.dumps(curves[kind]), flush=True)
     return curves
 
 
 def plot(curves: dict, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for kind, c in curves.items():
         ax.plot(c["steps"], c["fid"], marker="o", label=f"{kind} generator ({c['params'] / 1e6:.2f}M)")
@@ -141,8 +168,13 @@ def main() -> None:
     f.add_argument("--samples", type=int, default=1000)
     f.add_argument("--out", default=os.path.join(HERE, "generator_fid"))
     a = p.parse_args()
-    meta = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(), jax=jax.__version__,
-                date=time.strftime("%Y-%m-%d"), argv=sys.argv[1:])
+    meta = dict(
+        device=str(jax.devices()[0].device_kind),
+        backend=jax.default_backend(),
+        jax=jax.__version__,
+        date=time.strftime("%Y-%m-%d"),
+        argv=sys.argv[1:],
+    )
     if a.cmd == "speed":
         rows = speed(a.sizes, a.batch, a.repeats)
         with open(a.out, "w") as fh:

@@ -23,13 +23,13 @@ heads; NesT adds, per level, its blocks × that layer cost and the 3×3 aggregat
 (NVIDIA's datasheet), else the measured bf16 matmul peak of the device.
 Prints a markdown table and writes JSON (`--json`).
 """
+
 from __future__ import annotations
 
 import argparse
 import datetime
 import importlib.util
 import json
-import math
 import os
 import sys
 import time
@@ -69,10 +69,10 @@ def forward_flops(model) -> float:
     if type(model).__name__ == "ViT":
         gh, gw = c.grid
         n = gh * gw + c.num_prefix
-        stem = 2 * gh * gw * c.patch_size ** 2 * c.in_chans * c.dim
+        stem = 2 * gh * gw * c.patch_size**2 * c.in_chans * c.dim
         heads = 2 * c.dim * c.num_classes * (c.num_prefix if c.pool == "token" else 1)
         return stem + c.depth * layer_flops(n, c.dim, c.mlp_dim, c.num_heads, c.num_heads, c.dim // c.num_heads) + heads
-    total = 2 * (c.feature_sizes[0][0] * c.feature_sizes[0][1]) * c.patch_size ** 2 * c.in_chans * c.dims[0]
+    total = 2 * (c.feature_sizes[0][0] * c.feature_sizes[0][1]) * c.patch_size**2 * c.in_chans * c.dims[0]
     for i, (dim, depth, heads) in enumerate(zip(c.dims, c.depths, c.heads)):
         blocks = c.blocks_per_level[i][0] * c.blocks_per_level[i][1]
         kv = 1 if c.attention == "multi_query" else heads
@@ -89,6 +89,7 @@ def peak_flops() -> tuple[float, str]:
         if name in kind:
             return peak, f"{kind} datasheet bf16 dense"
     import jax.numpy as jnp
+
     return matmul_peak_flops(n=1024, dtype=jnp.bfloat16), f"{kind} measured bf16 matmul"
 
 
@@ -117,16 +118,20 @@ def _sync(tree):
 
 
 def jax_case(case: str, batch: int, img: int, steps: int, remat: bool = False) -> dict:
+    from flax import nnx
+
     from nest_jax.train.sharding import make_mesh
     from nest_jax.train.trainer import build_model, make_trainer
-    from flax import nnx
+
     config = load_config(case, batch, img, remat, ARGS.dtype)
     mesh = make_mesh(dict(config.mesh.axes), devices=jax.devices()[:1])
     tr = make_trainer(config, mesh, num_classes=NUM_CLASSES, num_train_steps=100_000, warmup_steps=100)
     flops = forward_flops(nnx.eval_shape(lambda: build_model(config, NUM_CLASSES, nnx.Rngs(0))))
     key = jax.random.key(0)
-    batch_arrays = {"image": jax.device_put(jax.random.normal(key, (batch, img, img, 3)), tr.batch_sharding),
-                    "label": jax.device_put(jax.random.randint(key, (batch,), 0, NUM_CLASSES), tr.batch_sharding)}
+    batch_arrays = {
+        "image": jax.device_put(jax.random.normal(key, (batch, img, img, 3)), tr.batch_sharding),
+        "label": jax.device_put(jax.random.randint(key, (batch,), 0, NUM_CLASSES), tr.batch_sharding),
+    }
     state, rest = tr.init_state(), tr.init_rest()
     t0 = time.perf_counter()
     step = tr.train_step.lower(state, batch_arrays, rest, {}).compile()
@@ -151,11 +156,21 @@ def jax_case(case: str, batch: int, img: int, steps: int, remat: bool = False) -
     _sync(out)
     infer_s = (time.perf_counter() - t0) / steps
     stats = jax.devices()[0].memory_stats() or {}
-    return dict(train_img_s=batch / step_s, infer_img_s=batch / infer_s, step_ms=1e3 * step_s,
-                dispatch_ms=1e3 * float(np.median(dispatch)), compile_s=compile_s,
-                flops_fwd_per_img=flops, peak_bytes=stats.get("peak_bytes_in_use"),
-                compiled_bytes=mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                - mem.alias_size_in_bytes if mem is not None else None)
+    return dict(
+        train_img_s=batch / step_s,
+        infer_img_s=batch / infer_s,
+        step_ms=1e3 * step_s,
+        dispatch_ms=1e3 * float(np.median(dispatch)),
+        compile_s=compile_s,
+        flops_fwd_per_img=flops,
+        peak_bytes=stats.get("peak_bytes_in_use"),
+        compiled_bytes=mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        + mem.temp_size_in_bytes
+        - mem.alias_size_in_bytes
+        if mem is not None
+        else None,
+    )
 
 
 # ------------------------------------------------------------------------------------- timm
@@ -164,14 +179,20 @@ def timm_case(case: str, batch: int, img: int, steps: int, compile_model: bool) 
     import torch
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
+
     cuda = torch.cuda.is_available() and not ARGS.cpu
     device = "cuda" if cuda else "cpu"
     bf16 = ARGS.dtype != "float32"  # "config": the shipped configs compute in bf16
     torch.set_num_threads(ARGS.torch_threads or os.cpu_count())
     torch.manual_seed(0)
     drop_path = load_config(case, batch, img).model.overrides.get("drop_path_rate", 0.2)
-    model = timm.create_model(CASES[case][2], pretrained=False, num_classes=NUM_CLASSES, drop_path_rate=drop_path,
-                              img_size=img).to(device).train()
+    model = (
+        timm.create_model(
+            CASES[case][2], pretrained=False, num_classes=NUM_CLASSES, drop_path_rate=drop_path, img_size=img
+        )
+        .to(device)
+        .train()
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, **({"fused": True} if cuda else {}))
     mix = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=NUM_CLASSES)
     loss_fn = SoftTargetCrossEntropy()
@@ -210,8 +231,12 @@ def timm_case(case: str, batch: int, img: int, steps: int, compile_model: bool) 
             fwd(x)
         sync()
     infer_s = (time.perf_counter() - t0) / steps
-    return dict(timm_train_img_s=batch / step_s, timm_infer_img_s=batch / infer_s, timm_compile_s=compile_s,
-                timm_peak_bytes=torch.cuda.max_memory_allocated() if cuda else None)
+    return dict(
+        timm_train_img_s=batch / step_s,
+        timm_infer_img_s=batch / infer_s,
+        timm_compile_s=compile_s,
+        timm_peak_bytes=torch.cuda.max_memory_allocated() if cuda else None,
+    )
 
 
 # ------------------------------------------------------------------------------------- max batch
@@ -219,11 +244,14 @@ def fits(case: str, batch: int, img: int, remat: bool) -> bool:
     """Compiles the train step and compares its memory analysis with the device's limit."""
     from nest_jax.train.sharding import make_mesh
     from nest_jax.train.trainer import make_trainer
+
     config = load_config(case, batch, img, remat)
     mesh = make_mesh(dict(config.mesh.axes), devices=jax.devices()[:1])
     tr = make_trainer(config, mesh, num_classes=NUM_CLASSES, num_train_steps=1000, warmup_steps=10)
-    shape = {"image": jax.ShapeDtypeStruct((batch, img, img, 3), np.float32, sharding=tr.batch_sharding),
-             "label": jax.ShapeDtypeStruct((batch,), np.int32, sharding=tr.batch_sharding)}
+    shape = {
+        "image": jax.ShapeDtypeStruct((batch, img, img, 3), np.float32, sharding=tr.batch_sharding),
+        "label": jax.ShapeDtypeStruct((batch,), np.int32, sharding=tr.batch_sharding),
+    }
     try:
         m = tr.train_step.lower(tr.abstract_state, shape, jax.eval_shape(tr.init_rest), {}).compile().memory_analysis()
     except Exception as e:  # XLA refuses programs that cannot fit
@@ -251,13 +279,25 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--cpu", action="store_true", help="quick CPU record: batch 4, 64 px, timm eager")
-    ap.add_argument("--dtype", choices=("config", "float32"), default="config",
-                    help="config: the shipped configs' bf16 (timm: bf16 autocast); float32: both sides in float32")
-    ap.add_argument("--attn-impl", choices=("auto", "cudnn", "xla", "explicit"), default=None,
-                    help="the models' attention kernel (default: the config's, i.e. auto)")
-    ap.add_argument("--torch-threads", type=int, default=None,
-                    help="CPU threads for PyTorch (default: all cores). On a loaded machine OpenMP's barriers "
-                         "make 2 threads slower than 1; pair with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false")
+    ap.add_argument(
+        "--dtype",
+        choices=("config", "float32"),
+        default="config",
+        help="config: the shipped configs' bf16 (timm: bf16 autocast); float32: both sides in float32",
+    )
+    ap.add_argument(
+        "--attn-impl",
+        choices=("auto", "cudnn", "xla", "explicit"),
+        default=None,
+        help="the models' attention kernel (default: the config's, i.e. auto)",
+    )
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="CPU threads for PyTorch (default: all cores). On a loaded machine OpenMP's barriers "
+        "make 2 threads slower than 1; pair with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false",
+    )
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--max-batch", action="store_true", help="binary-search the largest batch (GPU only)")
     ap.add_argument("--json", default=os.path.join(REPO, "benchmarks", "gpu_train.json"))
@@ -269,8 +309,16 @@ def main() -> None:
     peak, peak_src = peak_flops()
     records = []
     for case in cases:
-        rec = dict(case=case, config=":".join(CASES[case][:2]), batch=batch, img_size=img, steps=steps,
-                   dtype=args.dtype, attn_impl=args.attn_impl or "auto", torch_threads=args.torch_threads)
+        rec = dict(
+            case=case,
+            config=":".join(CASES[case][:2]),
+            batch=batch,
+            img_size=img,
+            steps=steps,
+            dtype=args.dtype,
+            attn_impl=args.attn_impl or "auto",
+            torch_threads=args.torch_threads,
+        )
         rec.update(jax_case(case, batch, img, steps))
         rec["mfu"] = 3 * rec["flops_fwd_per_img"] * rec["train_img_s"] / peak
         if not args.no_timm:
@@ -285,22 +333,33 @@ def main() -> None:
             for remat in (False, True):
                 largest[f"{case} remat={remat}"] = max_batch(case, img, remat)
                 print(case, remat, largest[f"{case} remat={remat}"], flush=True)
-    gb = lambda b: f"{b / 2 ** 30:.1f}" if b else "—"  # noqa: E731
+    gb = lambda b: f"{b / 2**30:.1f}" if b else "—"  # noqa: E731
     print(f"\npeak {peak / 1e9:.1f} GFLOP/s ({peak_src}); {jax.devices()[0].device_kind}\n")
-    print("| case | batch | img | train img/s nest_jax | timm | ratio | infer img/s nest_jax | timm | ratio | "
-          "MFU | step ms | dispatch ms | compile s nest_jax / timm | peak GiB nest_jax / timm |")
+    print(
+        "| case | batch | img | train img/s nest_jax | timm | ratio | infer img/s nest_jax | timm | ratio | "
+        "MFU | step ms | dispatch ms | compile s nest_jax / timm | peak GiB nest_jax / timm |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         t = lambda k, f="{:.1f}": f.format(r[k]) if r.get(k) is not None else "—"  # noqa: E731
-        print(f"| {r['case']} | {r['batch']} | {r['img_size']} | {t('train_img_s')} | {t('timm_train_img_s')} | "
-              f"{t('train_ratio', '{:.2f}')} | {t('infer_img_s')} | {t('timm_infer_img_s')} | {t('infer_ratio', '{:.2f}')} | "
-              f"{100 * r['mfu']:.1f}% | {r['step_ms']:.1f} | {r['dispatch_ms']:.2f} | {t('compile_s')} / "
-              f"{t('timm_compile_s')} | {gb(r.get('peak_bytes') or r.get('compiled_bytes'))} / "
-              f"{gb(r.get('timm_peak_bytes'))} |")
+        print(
+            f"| {r['case']} | {r['batch']} | {r['img_size']} | {t('train_img_s')} | {t('timm_train_img_s')} | "
+            f"{t('train_ratio', '{:.2f}')} | {t('infer_img_s')} | {t('timm_infer_img_s')} | {t('infer_ratio', '{:.2f}')} | "
+            f"{100 * r['mfu']:.1f}% | {r['step_ms']:.1f} | {r['dispatch_ms']:.2f} | {t('compile_s')} / "
+            f"{t('timm_compile_s')} | {gb(r.get('peak_bytes') or r.get('compiled_bytes'))} / "
+            f"{gb(r.get('timm_peak_bytes'))} |"
+        )
     for k, v in largest.items():
         print(f"largest batch {k}: {v}")
-    meta = dict(date=datetime.date.today().isoformat(), device=jax.devices()[0].device_kind, backend=jax.default_backend(),
-                jax=jax.__version__, peak_flops=peak, peak_source=peak_src, load_average=os.getloadavg())
+    meta = dict(
+        date=datetime.date.today().isoformat(),
+        device=jax.devices()[0].device_kind,
+        backend=jax.default_backend(),
+        jax=jax.__version__,
+        peak_flops=peak,
+        peak_source=peak_src,
+        load_average=os.getloadavg(),
+    )
     with open(args.json, "w") as f:
         json.dump(dict(meta, records=records, largest_batch=largest), f, indent=1)
 

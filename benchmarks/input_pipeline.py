@@ -17,6 +17,7 @@ per image summed over the process and its workers (psutil; on a shared machine t
 figure: one fully available core delivers 1000 / (CPU ms per image) images/s), and the load.
 Results are merged into `--json` under `--label` (e.g. "before_tf", "after").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,7 @@ def write_folder(root: str, num_images: int, seed: int = 0) -> None:
     size in [256, 500] per side, quality 90."""
     import numpy as np
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     for i in range(num_images):
         h, w = rng.integers(256, 501, size=2)
@@ -75,6 +77,7 @@ def folder_cfg(root: str, full_chain: bool):
 def cpu_seconds() -> float:
     """CPU time (user + system) of this process and all its live descendants (the workers)."""
     import psutil
+
     me = psutil.Process()
     total = sum(me.cpu_times()[:2])
     for child in me.children(recursive=True):
@@ -90,11 +93,11 @@ def time_iterator(ds_cfg, batch: int, batches: int, warmup: int, workers: int) -
     on a loaded machine the CPU figure is the steadier one — 1 / it is what one fully
     available core delivers."""
     from nest_jax import data
+
     if "num_workers" in ds_cfg or workers:
         ds_cfg.num_workers = workers
     t0 = time.perf_counter()
-    it = data.train_iterator(ds_cfg, global_batch_size=batch, seed=0, process_index=0,
-                             process_count=1)
+    it = data.train_iterator(ds_cfg, global_batch_size=batch, seed=0, process_index=0, process_count=1)
     for _ in range(warmup):
         next(it)
     t1, c1 = time.perf_counter(), cpu_seconds()
@@ -106,18 +109,22 @@ def time_iterator(ds_cfg, batch: int, batches: int, warmup: int, workers: int) -
         it.close()
     del it
     n = batches * batch
-    return dict(img_s=round(n / (t2 - t1), 1), cpu_ms_per_img=round((c2 - c1) / n * 1e3, 2),
-                img_per_cpu_s=round(n / max(c2 - c1, 1e-9), 1), startup_s=round(t1 - t0, 2),
-                shape=list(b["image"].shape), load_1min=round(load, 2), workers=workers)
+    return dict(
+        img_s=round(n / (t2 - t1), 1),
+        cpu_ms_per_img=round((c2 - c1) / n * 1e3, 2),
+        img_per_cpu_s=round(n / max(c2 - c1, 1e-9), 1),
+        startup_s=round(t1 - t0, 2),
+        shape=list(b["image"].shape),
+        load_1min=round(load, 2),
+        workers=workers,
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", default="after")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--cases", nargs="+", default=["folder_ra224", "folder_nest224",
-                                                   "digits_plain"])
+    ap.add_argument("--cases", nargs="+", default=["folder_ra224", "folder_nest224", "digits_plain"])
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--batches", type=int, default=6)
@@ -148,11 +155,20 @@ def main() -> None:
         if "error" in r:
             print(f"| {k.split('/')[0]} | {r['workers']} | error: {r['error'][:60]} | | | |")
         else:
-            print(f"| {k.split('/')[0]} | {r['workers']} | {r['img_s']:.0f} | "
-                  f"{r['cpu_ms_per_img']:.1f} | {r['startup_s']:.1f} | {r['load_1min']:.1f} |")
-    meta = dict(date=datetime.date.today().isoformat(), machine=cpu_model(), cores=os.cpu_count(),
-                images=args.images, batch=args.batch, batches=args.batches,
-                command=" ".join(["python"] + sys.argv), results=results)
+            print(
+                f"| {k.split('/')[0]} | {r['workers']} | {r['img_s']:.0f} | "
+                f"{r['cpu_ms_per_img']:.1f} | {r['startup_s']:.1f} | {r['load_1min']:.1f} |"
+            )
+    meta = dict(
+        date=datetime.date.today().isoformat(),
+        machine=cpu_model(),
+        cores=os.cpu_count(),
+        images=args.images,
+        batch=args.batch,
+        batches=args.batches,
+        command=" ".join(["python"] + sys.argv),
+        results=results,
+    )
     merged = {}
     if os.path.exists(args.json):
         with open(args.json) as f:

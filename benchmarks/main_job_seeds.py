@@ -27,6 +27,7 @@ seeded by (seed, epoch); batches run across epoch boundaries, as in the real tra
 random draws differ from the real pipeline's (NumPy instead of stateless TF/grain keys), which is
 why validation figures are averaged over seeds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,6 +101,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 def resize_01(images: np.ndarray, size: int, method: str) -> np.ndarray:
     """(n, 8, 8, c) in [0, 1] → (n, size, size, c) in [0, 1], as the real pipeline resizes."""
     import jax
+
     if images.shape[1] == size:
         return images.astype(np.float32)
     out = jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), method=method)
@@ -128,13 +130,17 @@ class ValidationDigits:
         s, c = int(ds_cfg.image_size), int(ds_cfg.num_channels)
         return Info("digits_validation", 10, len(self.train[1]), len(self.evaluation[1]), (s, s, c))
 
-    def train_iterator(self, ds_cfg, *, global_batch_size, seed, start_step=0, process_index=None,
-                       process_count=None):
+    def train_iterator(self, ds_cfg, *, global_batch_size, seed, start_step=0, process_index=None, process_count=None):
         if process_count not in (None, 1):
             raise ValueError("the validation module serves one process")
         aug = ds_cfg.augment
-        if aug.get("inception_crop") or aug.get("flip") or aug.get("color_jitter", 0) \
-                or aug.get("random_erasing", 0) or aug["randaugment"]["layers"]:
+        if (
+            aug.get("inception_crop")
+            or aug.get("flip")
+            or aug.get("color_jitter", 0)
+            or aug.get("random_erasing", 0)
+            or aug["randaugment"]["layers"]
+        ):
             raise ValueError("ValidationDigits implements only cifar_crop (pad-and-crop) augmentation")
         images = self._prepared(ds_cfg, self.train[0])
         labels = self.train[1]
@@ -154,7 +160,7 @@ class ValidationDigits:
             if pad:
                 rng = np.random.default_rng([seed, 1_000_003, step])
                 top, left = rng.integers(0, 2 * pad + 1, (2, len(idx)))
-                batch = np.stack([b[t:t + size, l:l + size] for b, t, l in zip(batch, top, left)])
+                batch = np.stack([b[t : t + size, l : l + size] for b, t, l in zip(batch, top, left)])
             if step >= start_step:
                 self.batch_times.append(time.perf_counter())
                 yield {"image": self._normalize(batch), "label": labels[idx]}
@@ -177,11 +183,11 @@ class ValidationDigits:
 def digits_arrays():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     digits = load_digits()  # the same fixed split as nest_jax.data.digits
     images = (digits.images / 16.0).astype(np.float32)[..., None]
     labels = digits.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.25, stratify=labels,
-                                              random_state=0)
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.25, stratify=labels, random_state=0)
     return (x_tr, y_tr), (x_te, y_te)
 
 
@@ -210,14 +216,25 @@ def run_validation(args) -> None:
         # steps/s over the second half of training (compile and warm-up excluded)
         half = len(t) // 2
         sps = (len(t) - 1 - half) / (t[-1] - t[half]) if len(t) > 4 else None
-        record = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "tag": args.tag,
-                  "config": args.config, "set": args.set, "seed": seed, "val_images": len(val),
-                  "train_images": len(keep), "steps": int(result["step"]),
-                  "val_top1": result["eval_top1"], "val_loss": result["eval_loss"],
-                  "val_errors": round((1 - result["eval_top1"]) * len(val)),
-                  "val_ema_top1": result.get("eval_ema_top1"), "val_ema_loss": result.get("eval_ema_loss"),
-                  "wall_s": round(wall, 1), "steps_per_s": round(sps, 2) if sps else None,
-                  "load_avg": os.getloadavg()[0], "devices": jax.device_count()}
+        record = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "tag": args.tag,
+            "config": args.config,
+            "set": args.set,
+            "seed": seed,
+            "val_images": len(val),
+            "train_images": len(keep),
+            "steps": int(result["step"]),
+            "val_top1": result["eval_top1"],
+            "val_loss": result["eval_loss"],
+            "val_errors": round((1 - result["eval_top1"]) * len(val)),
+            "val_ema_top1": result.get("eval_ema_top1"),
+            "val_ema_loss": result.get("eval_ema_loss"),
+            "wall_s": round(wall, 1),
+            "steps_per_s": round(sps, 2) if sps else None,
+            "load_avg": os.getloadavg()[0],
+            "devices": jax.device_count(),
+        }
         print("VALIDATION", json.dumps(record), flush=True)
         with open(args.log, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -236,8 +253,15 @@ def run_test(args) -> None:
     runs = []
     for seed in args.seeds:
         workdir = tempfile.mkdtemp(prefix=f"main_job_seed{seed}_")
-        cmd = [sys.executable, "-m", "nest_jax.main", f"--config={args.config}", f"--workdir={workdir}",
-               f"--config.seed={seed}", *[f"--config.{s}" for s in args.set]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nest_jax.main",
+            f"--config={args.config}",
+            f"--workdir={workdir}",
+            f"--config.seed={seed}",
+            *[f"--config.{s}" for s in args.set],
+        ]
         load_before = os.getloadavg()[0]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
@@ -249,14 +273,19 @@ def run_test(args) -> None:
         if proc.returncode:
             sys.exit(f"seed {seed} failed (exit {proc.returncode}):\n{out[-4000:]}")
         top1 = last_float(r"eval_top1'?", out)
-        run = {"seed": seed, "test_top1": top1,
-               "test_errors": round((1 - top1) * 450) if top1 is not None else None,
-               "test_ema_top1": last_float(r"eval_ema_top1'?", out),
-               "wall_s": round(wall, 1),
-               "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
-               "steps_per_s": last_float(r"steps_per_sec", out), "steps": last_float(r"'step'", out),
-               "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0],
-               "command": "python " + " ".join(cmd[1:]).replace(workdir, "DIR")}
+        run = {
+            "seed": seed,
+            "test_top1": top1,
+            "test_errors": round((1 - top1) * 450) if top1 is not None else None,
+            "test_ema_top1": last_float(r"eval_ema_top1'?", out),
+            "wall_s": round(wall, 1),
+            "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+            "steps_per_s": last_float(r"steps_per_sec", out),
+            "steps": last_float(r"'step'", out),
+            "load_avg_before": load_before,
+            "load_avg_after": os.getloadavg()[0],
+            "command": "python " + " ".join(cmd[1:]).replace(workdir, "DIR"),
+        }
         runs.append(run)
         print("TEST", json.dumps(run), flush=True)
         write_test(args, runs, cpu_model())
@@ -265,24 +294,47 @@ def run_test(args) -> None:
 def write_test(args, runs: list[dict], machine: str) -> None:
     top1 = [r["test_top1"] for r in runs]
     wall = [r["wall_s"] for r in runs]
-    summary = {"date": datetime.date.today().isoformat(), "machine": machine, "cores": os.cpu_count(),
-               "config": args.config, "overrides": args.set, "seeds": [r["seed"] for r in runs],
-               "top1_mean": statistics.mean(top1), "top1_min": min(top1), "top1_max": max(top1),
-               "all_at_least_99_5": all(t >= 0.995 for t in top1),
-               "wall_s_mean": statistics.mean(wall), "wall_s_max": max(wall), "runs": runs}
+    summary = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine,
+        "cores": os.cpu_count(),
+        "config": args.config,
+        "overrides": args.set,
+        "seeds": [r["seed"] for r in runs],
+        "top1_mean": statistics.mean(top1),
+        "top1_min": min(top1),
+        "top1_max": max(top1),
+        "all_at_least_99_5": all(t >= 0.995 for t in top1),
+        "wall_s_mean": statistics.mean(wall),
+        "wall_s_max": max(wall),
+        "runs": runs,
+    }
     with open(args.out + ".json", "w") as f:
         json.dump(summary, f, indent=1)
-    lines = [f"# Main job over seeds ({summary['date']}, {machine}, {os.cpu_count()} cores)", "",
-             (f"`python benchmarks/main_job_seeds.py --test --seeds {' '.join(map(str, summary['seeds']))}`"
-              + (f" with `{' '.join(args.set)}`" if args.set else "")), "",
-             "| seed | test top-1 | errors / 450 | wall s | CPU s | steps/s | load before → after |",
-             "|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# Main job over seeds ({summary['date']}, {machine}, {os.cpu_count()} cores)",
+        "",
+        (
+            f"`python benchmarks/main_job_seeds.py --test --seeds {' '.join(map(str, summary['seeds']))}`"
+            + (f" with `{' '.join(args.set)}`" if args.set else "")
+        ),
+        "",
+        "| seed | test top-1 | errors / 450 | wall s | CPU s | steps/s | load before → after |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in runs:
-        lines.append(f"| {r['seed']} | {100 * r['test_top1']:.2f}% | {r['test_errors']} | {r['wall_s']} | "
-                     f"{r['cpu_s']} | {r['steps_per_s']} | {r['load_avg_before']:.1f} → {r['load_avg_after']:.1f} |")
-    lines += ["", (f"mean {100 * summary['top1_mean']:.2f}%, min {100 * summary['top1_min']:.2f}%, "
-                   f"max {100 * summary['top1_max']:.2f}%; wall mean {summary['wall_s_mean']:.1f} s, "
-                   f"max {summary['wall_s_max']:.1f} s (launch to exit: imports, compile, training, eval).")]
+        lines.append(
+            f"| {r['seed']} | {100 * r['test_top1']:.2f}% | {r['test_errors']} | {r['wall_s']} | "
+            f"{r['cpu_s']} | {r['steps_per_s']} | {r['load_avg_before']:.1f} → {r['load_avg_after']:.1f} |"
+        )
+    lines += [
+        "",
+        (
+            f"mean {100 * summary['top1_mean']:.2f}%, min {100 * summary['top1_min']:.2f}%, "
+            f"max {100 * summary['top1_max']:.2f}%; wall mean {summary['wall_s_mean']:.1f} s, "
+            f"max {summary['wall_s_max']:.1f} s (launch to exit: imports, compile, training, eval)."
+        ),
+    ]
     with open(args.out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -290,14 +342,16 @@ def write_test(args, runs: list[dict], machine: str) -> None:
 # ---------------------------------------------------------------------------- preprocessing check
 def check_preprocessing(args) -> None:
     import nest_jax.data as real
+
     config = load_config(args.config, args.set)
     (x_tr, y_tr), (x_te, y_te) = digits_arrays()
     mine = ValidationDigits((x_tr, y_tr), (x_te, y_te))
     bs = int(config.train.eval_batch_size)
     worst, count = 0.0, 0
-    for a, b in zip(mine.eval_iterator(config.dataset, global_batch_size=bs),
-                    real.eval_iterator(config.dataset, global_batch_size=bs, process_index=0,
-                                       process_count=1)):
+    for a, b in zip(
+        mine.eval_iterator(config.dataset, global_batch_size=bs),
+        real.eval_iterator(config.dataset, global_batch_size=bs, process_index=0, process_count=1),
+    ):
         assert np.array_equal(a["label"], b["label"]) and np.array_equal(a["mask"], b["mask"])
         worst = max(worst, float(np.max(np.abs(a["image"] - b["image"]))))
         count += int(a["mask"].sum())

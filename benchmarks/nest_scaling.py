@@ -16,6 +16,7 @@ at 384, 32×32 at 512); DeiT keeps 16-px patches, so its token count grows. JAX:
 `memory_analysis()` of the compiled forward (temp + argument bytes). PyTorch (timm): images/s and
 peak-RSS growth of one forward, each config in a fresh subprocess (`resource.getrusage`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import cpu_model, median, time_calls  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CIFAR_TIMM = dict(img_size=32, patch_size=1, num_levels=4, embed_dims=(192,) * 4, num_heads=(3,) * 4,
-                  depths=(3,) * 4, num_classes=10, pad_type="same", drop_path_rate=0.0)
+CIFAR_TIMM = dict(
+    img_size=32,
+    patch_size=1,
+    num_levels=4,
+    embed_dims=(192,) * 4,
+    num_heads=(3,) * 4,
+    depths=(3,) * 4,
+    num_classes=10,
+    pad_type="same",
+    drop_path_rate=0.0,
+)
 SIDE = [  # name, nest_jax (model, kwargs), timm (name or kwargs for timm's Nest), batch
     ("nest_tiny @224", ("nest_tiny", dict(num_classes=1000, drop_path_rate=0.0)), "nest_tiny_jx", 4),
-    ("nest_tiny_cifar @32", ("nest_tiny_cifar", dict(num_classes=10, drop_path_rate=0.0, attention="multi_head")),
-     CIFAR_TIMM, 32),
+    (
+        "nest_tiny_cifar @32",
+        ("nest_tiny_cifar", dict(num_classes=10, drop_path_rate=0.0, attention="multi_head")),
+        CIFAR_TIMM,
+        32,
+    ),
 ]
 SCALING = [("nest_tiny", "nest_tiny_jx"), ("deit_small_patch16_224", "deit_small_patch16_224")]
 RESOLUTIONS = (224, 384, 512)
@@ -45,7 +59,6 @@ RESOLUTIONS = (224, 384, 512)
 def jax_runners(name: str, kwargs: dict, batch: int, img: int, train: bool):
     """(infer runner, train runner or None, compiled forward) for a nest_jax model."""
     import jax
-    import jax.numpy as jnp
     import optax
 
     from nest_jax.models import create_model
@@ -65,6 +78,7 @@ def jax_runners(name: str, kwargs: dict, batch: int, img: int, train: bool):
     def step(params, opt_state, x, y):
         def loss_fn(p):
             return optax.softmax_cross_entropy_with_integer_labels(apply(p, x, state=state), y).mean()
+
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -75,6 +89,7 @@ def jax_runners(name: str, kwargs: dict, batch: int, img: int, train: bool):
     def run_train():
         carry[0], carry[1], loss = compiled(*carry, x, y)
         loss.block_until_ready()
+
     return infer, run_train, fwd
 
 
@@ -82,6 +97,7 @@ def jax_runners(name: str, kwargs: dict, batch: int, img: int, train: bool):
 def timm_model(spec, img: int):
     import timm
     from timm.models.nest import Nest
+
     if isinstance(spec, dict):
         return Nest(**spec)
     return timm.create_model(spec, pretrained=False, img_size=img, drop_path_rate=0.0)
@@ -89,6 +105,7 @@ def timm_model(spec, img: int):
 
 def timm_runners(spec, batch: int, img: int):
     import torch
+
     torch.set_num_threads(os.cpu_count())
     model = timm_model(spec, img)
     x = torch.randn(batch, 3, img, img)
@@ -107,12 +124,14 @@ def timm_runners(spec, batch: int, img: int):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return infer, train
 
 
 def torch_worker(spec: str, img: int, batch: int, iters: int) -> None:
     """Runs in a fresh process: peak-RSS growth of one forward and images/s; prints JSON."""
     import torch
+
     torch.set_num_threads(os.cpu_count())
     model = timm_model(spec, img).eval()
     x = torch.randn(batch, 3, img, img)
@@ -137,8 +156,14 @@ def side_by_side(rounds: int, iters: int) -> list[dict]:
             for _ in range(rounds):  # alternate: background load hits both alike
                 js.append(time_calls(rj, iters))
                 ts.append(time_calls(rt, iters))
-            rec = dict(model=label, mode=mode, batch=batch, jax_img_s=batch / median(js),
-                       timm_img_s=batch / median(ts), ratio=median([t / j for j, t in zip(js, ts)]))
+            rec = dict(
+                model=label,
+                mode=mode,
+                batch=batch,
+                jax_img_s=batch / median(js),
+                timm_img_s=batch / median(ts),
+                ratio=median([t / j for j, t in zip(js, ts)]),
+            )
             print(json.dumps(rec), flush=True)
             out.append(rec)
     return out
@@ -152,13 +177,22 @@ def scaling(iters: int) -> list[dict]:
             j_inf()
             secs = [time_calls(j_inf, 1) for _ in range(iters)]
             mem = fwd.memory_analysis()
-            proc = subprocess.run([sys.executable, __file__, "--torch-worker", timm_name, str(img), "1",
-                                   str(iters)], capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--torch-worker", timm_name, str(img), "1", str(iters)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             torch_rec = json.loads(proc.stdout.strip().splitlines()[-1])
-            rec = dict(model=name, img=img, jax_img_s=1 / median(secs),
-                       xla_temp_mb=mem.temp_size_in_bytes / 2**20,
-                       xla_arg_mb=mem.argument_size_in_bytes / 2**20,
-                       timm_img_s=torch_rec["img_s"], torch_rss_growth_mb=torch_rec["rss_growth_mb"])
+            rec = dict(
+                model=name,
+                img=img,
+                jax_img_s=1 / median(secs),
+                xla_temp_mb=mem.temp_size_in_bytes / 2**20,
+                xla_arg_mb=mem.argument_size_in_bytes / 2**20,
+                timm_img_s=torch_rec["img_s"],
+                torch_rss_growth_mb=torch_rec["rss_growth_mb"],
+            )
             print(json.dumps(rec), flush=True)
             out.append(rec)
     return out
@@ -166,6 +200,7 @@ def scaling(iters: int) -> list[dict]:
 
 def plot(records: list[dict], path: str) -> None:
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(11, 3.6))
     axes = fig.subplots(1, 3)
     for name, marker in (("nest_tiny", "o"), ("deit_small_patch16_224", "s")):
@@ -204,15 +239,21 @@ def main(argv=None) -> None:
         recs = side_by_side(args.rounds, args.iters)
         print("| model | mode | batch | img/s JAX | img/s timm | timm time / JAX time |\n|---|---|---|---|---|---|")
         for r in recs:
-            print(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['jax_img_s']:.2f} | {r['timm_img_s']:.2f} "
-                  f"| {r['ratio']:.2f} |")
+            print(
+                f"| {r['model']} | {r['mode']} | {r['batch']} | {r['jax_img_s']:.2f} | {r['timm_img_s']:.2f} "
+                f"| {r['ratio']:.2f} |"
+            )
     if args.part in ("scaling", "both"):
         recs = scaling(args.iters + 1)
-        print("| model | px | img/s JAX | img/s timm | XLA temp+args MiB | torch RSS growth MiB |\n"
-              "|---|---|---|---|---|---|")
+        print(
+            "| model | px | img/s JAX | img/s timm | XLA temp+args MiB | torch RSS growth MiB |\n"
+            "|---|---|---|---|---|---|"
+        )
         for r in recs:
-            print(f"| {r['model']} | {r['img']} | {r['jax_img_s']:.2f} | {r['timm_img_s']:.2f} | "
-                  f"{r['xla_temp_mb'] + r['xla_arg_mb']:.0f} | {r['torch_rss_growth_mb']:.0f} |")
+            print(
+                f"| {r['model']} | {r['img']} | {r['jax_img_s']:.2f} | {r['timm_img_s']:.2f} | "
+                f"{r['xla_temp_mb'] + r['xla_arg_mb']:.0f} | {r['torch_rss_growth_mb']:.0f} |"
+            )
         plot(recs, args.png)
         print(f"wrote {args.png}")
 

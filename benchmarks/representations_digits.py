@@ -11,6 +11,7 @@ plus vit_cls trained on a stratified 10% of the training images (same steps) for
 Every analysis runs on the 450 test digits (`nest_jax.analyze.loop.analyse`), figures under --out.
 Writes <out>/summary.json with the numbers behind each finding.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ def load(name: str):
 
 
 def configs(steps: int) -> dict:
-    out = {"vit_cls": load("digits_vit"), "vit_gap": load("digits_vit"), "resnet": load("digits_vit"),
-           "nest": load("digits_nest_tiny")}
+    out = {
+        "vit_cls": load("digits_vit"),
+        "vit_gap": load("digits_vit"),
+        "resnet": load("digits_vit"),
+        "nest": load("digits_nest_tiny"),
+    }
     out["vit_gap"].model.overrides = dict(out["vit_gap"].model.overrides, pool="gap", prefix_tokens=())
     out["resnet"].model.name = "resnet50"
     out["resnet"].model.overrides = dict(layers=(1, 1, 1), widths=(64, 128, 256))
@@ -49,17 +54,23 @@ def configs(steps: int) -> dict:
 
 def train(config, fraction: float = 1.0, seed: int = 0):
     """Trains in process (no checkpoints); returns (model with the trained weights, test top-1, seconds)."""
+    from data_efficiency import subset_source, train_iterator
     from flax import nnx
 
-    from data_efficiency import subset_source, train_iterator
     from nest_jax import data
     from nest_jax.train.loop import evaluate
     from nest_jax.train.sharding import make_mesh
     from nest_jax.train.trainer import build_model, make_trainer, shard_batch
+
     steps = int(config.train.num_train_steps)
     t0 = time.time()
-    trainer = make_trainer(config, make_mesh(dict(config.mesh.axes)), num_classes=10, num_train_steps=steps,
-                           warmup_steps=int(config.optimizer.warmup_steps))
+    trainer = make_trainer(
+        config,
+        make_mesh(dict(config.mesh.axes)),
+        num_classes=10,
+        num_train_steps=steps,
+        warmup_steps=int(config.optimizer.warmup_steps),
+    )
     rest = trainer.init_rest()
     state = trainer.init_state()
     source, _ = subset_source(fraction, seed)
@@ -78,6 +89,7 @@ def train(config, fraction: float = 1.0, seed: int = 0):
 
 def jax_get(tree):
     import jax
+
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
@@ -88,6 +100,7 @@ def main():
     args = ap.parse_args()
     from nest_jax.analyze.loop import analyse
     from nest_jax.analyze.runners import Subject
+
     os.makedirs(args.out, exist_ok=True)
     cfgs = configs(args.steps)
     subjects, accs = {}, {}
@@ -100,26 +113,42 @@ def main():
     print(f"vit_cls on 10%: test top-1 {acc:.4f} [{sec:.0f} s]", flush=True)
 
     kw = dict(out=args.out, batch_size=150, num_classes=10)
-    r1 = analyse(["cka", "attention_distance", "norm_ratio", "probes", "localization"],
-                 [subjects["vit_cls"], subjects["resnet"]], cfgs["vit_cls"], pool="mean", **kw)
-    r2 = analyse(["cka", "attention_distance", "probes", "localization"], [subjects["vit_gap"], subjects["nest"]],
-                 cfgs["vit_gap"], pool="mean", **kw)
+    r1 = analyse(
+        ["cka", "attention_distance", "norm_ratio", "probes", "localization"],
+        [subjects["vit_cls"], subjects["resnet"]],
+        cfgs["vit_cls"],
+        pool="mean",
+        **kw,
+    )
+    r2 = analyse(
+        ["cka", "attention_distance", "probes", "localization"],
+        [subjects["vit_gap"], subjects["nest"]],
+        cfgs["vit_gap"],
+        pool="mean",
+        **kw,
+    )
     r3 = analyse(["attention_distance"], [subjects["vit_cls_10pct"]], cfgs["vit_cls"], **kw)
 
     from nest_jax.analyze.runners import to_json
+
     with open(os.path.join(args.out, "raw.json"), "w") as f:
         json.dump(to_json(dict(r1=r1, r2=r2, r3=r3, test_top1=accs)), f)
 
     def off_diag(m):
         m = np.asarray(m)
         return float(m[~np.eye(len(m), dtype=bool)].mean())
+
     cka = {**r1["cka"]["matrices"], **r2["cka"]["matrices"]}
-    dist = {**r1["attention_distance"]["pixels"], **r2["attention_distance"]["pixels"],
-            **r3["attention_distance"]["pixels"]}
+    dist = {
+        **r1["attention_distance"]["pixels"],
+        **r2["attention_distance"]["pixels"],
+        **r3["attention_distance"]["pixels"],
+    }
     probes = {**r1["probes"]["accuracy"], **r2["probes"]["accuracy"]}
     loc = {k: v["own_patch_is_most_similar"] for k, v in {**r1["localization"], **r2["localization"]}.items()}
     summary = dict(
-        steps=args.steps, test_top1=accs,
+        steps=args.steps,
+        test_top1=accs,
         a_mean_offdiag_cka={k: off_diag(cka[k]) for k in ("vit_cls", "vit_gap", "resnet", "nest")},
         a_first_last_cka={k: float(np.asarray(cka[k])[0, -1]) for k in ("vit_cls", "vit_gap", "resnet", "nest")},
         b_head_distance_range={k: [[float(min(h)), float(max(h))] for h in dist[k]] for k in dist},

@@ -12,6 +12,7 @@ No augmentation, AdamW, α = 0.5 (the DeiT loss of nest_jax.train.losses). Repor
 token: natural-test top-1 and shape bias on cue-conflict images; and the cosine similarity of
 class vs shape / distillation token at the input and after every layer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,13 +45,13 @@ DEIT = dict(patch_size=4, dim=64, depth=4, num_heads=2, mlp_dim=256)
 
 
 def data(variant: str, split: str, n: int, classes: int):
-    a = ShapesTexturesSource(num_classes=classes, image_size=32, variant=variant, num_train=n,
-                             num_test=n).arrays(split)
+    a = ShapesTexturesSource(num_classes=classes, image_size=32, variant=variant, num_train=n, num_test=n).arrays(split)
     return a["image"].astype(np.float32) / 255.0, a["label"], a["texture_label"]
 
 
-def train(model, x, y, steps: int, *, teacher=None, token: str | None = None, lr: float = 1e-3, bs: int = 64,
-          seed: int = 0):
+def train(
+    model, x, y, steps: int, *, teacher=None, token: str | None = None, lr: float = 1e-3, bs: int = 64, seed: int = 0
+):
     apply, params, state = pure(model)
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, steps // 20, steps), weight_decay=0.05)
     opt = tx.init(params)
@@ -61,7 +62,11 @@ def train(model, x, y, steps: int, *, teacher=None, token: str | None = None, lr
     @jax.jit
     def step(params, state, opt, xb, yb):
         xn = normalize(xb, MEAN, STD)
-        teachers = {token: (t_apply(t_params, xn, state=jax.tree.map(lambda v: v, t_state)), t_cfg)} if teacher is not None else None
+        teachers = (
+            {token: (t_apply(t_params, xn, state=jax.tree.map(lambda v: v, t_state)), t_cfg)}
+            if teacher is not None
+            else None
+        )
 
         def loss(p):
             # Fresh Variables for this trace level: training mutates the BatchNorm statistics.
@@ -91,16 +96,23 @@ def evaluate(model, nat, cue) -> dict:
         cue_logits = T.per_layer_logits(model, normalize(jnp.asarray(cx), MEAN, STD))
         for t in tokens:
             pred = np.asarray(jnp.argmax(cue_logits[t][-1], -1))
-            out[t] = dict(top1=float(np.mean(np.asarray(jnp.argmax(nat_logits[t][-1], -1)) == ny)),
-                          shape_bias=SB.shape_bias(pred, cy, ct)["shape_bias"])
+            out[t] = dict(
+                top1=float(np.mean(np.asarray(jnp.argmax(nat_logits[t][-1], -1)) == ny)),
+                shape_bias=SB.shape_bias(pred, cy, ct)["shape_bias"],
+            )
         other = [t for t in model.config.prefix_tokens if t != "cls"][0]
-        out["cosine_cls_" + other] = np.asarray(T.token_cosine_per_layer(
-            model, normalize(jnp.asarray(nx[:500]), MEAN, STD), a="cls", b=other)).round(4).tolist()
+        out["cosine_cls_" + other] = (
+            np.asarray(T.token_cosine_per_layer(model, normalize(jnp.asarray(nx[:500]), MEAN, STD), a="cls", b=other))
+            .round(4)
+            .tolist()
+        )
     else:
         logits = model(normalize(jnp.asarray(nx), MEAN, STD))
         cue_pred = np.asarray(jnp.argmax(model(normalize(jnp.asarray(cx), MEAN, STD)), -1))
-        out["model"] = dict(top1=float(np.mean(np.asarray(jnp.argmax(logits, -1)) == ny)),
-                            shape_bias=SB.shape_bias(cue_pred, cy, ct)["shape_bias"])
+        out["model"] = dict(
+            top1=float(np.mean(np.asarray(jnp.argmax(logits, -1)) == ny)),
+            shape_bias=SB.shape_bias(cue_pred, cy, ct)["shape_bias"],
+        )
     return out
 
 
@@ -126,14 +138,23 @@ def main() -> None:
     nat = train(resnet(), nat_tr[0], nat_tr[1], args.steps)
     results["resnet_natural"] = evaluate(nat, nat_te, cue_te)
     print("resnet_natural", results["resnet_natural"], f"{time.time() - t0:.0f} s", flush=True)
-    for name, model_name, teacher, token in (("deit_shape", "deit_tiny_shape_patch16_224", sin, "shape"),
-                                             ("deit_distilled", "deit_tiny_distilled_patch16_224", nat, "dist")):
+    for name, model_name, teacher, token in (
+        ("deit_shape", "deit_tiny_shape_patch16_224", sin, "shape"),
+        ("deit_distilled", "deit_tiny_distilled_patch16_224", nat, "dist"),
+    ):
         m = create_model(model_name, num_classes=k, img_size=32, rngs=nnx.Rngs(1), **DEIT)
         m = train(m, nat_tr[0], nat_tr[1], args.steps, teacher=teacher, token=token)
         results[name] = evaluate(m, nat_te, cue_te)
         print(name, results[name], f"{time.time() - t0:.0f} s", flush=True)
-    meta = dict(command=" ".join(sys.argv), steps=args.steps, classes=k, train_images=args.train_images,
-                seconds=round(time.time() - t0), date=time.strftime("%Y-%m-%d"), device=str(jax.devices()[0]))
+    meta = dict(
+        command=" ".join(sys.argv),
+        steps=args.steps,
+        classes=k,
+        train_images=args.train_images,
+        seconds=round(time.time() - t0),
+        date=time.strftime("%Y-%m-%d"),
+        device=str(jax.devices()[0]),
+    )
     with open(args.json, "w") as f:
         json.dump(dict(meta, results=results), f, indent=1)
 

@@ -10,6 +10,7 @@
    ViT-Ti-width model (4 layers, 32 px, batch 32) without remat and with each policy.
 4. Optimizer state: bytes of the AdamW state of DeiT-S with float32 vs bfloat16 first moments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ def _hlo_counts(fn, *args) -> dict[str, int]:
 
 def attention_layout() -> dict:
     from nest_jax.models.layers import Attention
+
     x = jax.random.normal(jax.random.key(0), (8, 197, 384))
     out = {}
     for impl in ("explicit", "xla"):
@@ -43,6 +45,7 @@ def attention_layout() -> dict:
 
         def loss(p, x):
             return jnp.sum(nnx.merge(graph, p, rest)(x)[0] ** 2)
+
         out[impl] = _hlo_counts(jax.value_and_grad(loss), params, x)
     return out
 
@@ -69,9 +72,15 @@ def qkv_layouts() -> dict:
         qkv = (x @ w).reshape(b, n, 3, h, d)
         return attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
 
-    shapes = {"D,3,h,d": (ours, (dim, 3, h, d)), "3,D,h,d": (stacked, (3, dim, h, d)), "D,3hd": (flat, (dim, 3 * h * d))}
-    return {name: _hlo_counts(jax.grad(fn, argnums=(0, 1)), jnp.ones(shape) * 0.01, x)
-            for name, (fn, shape) in shapes.items()}
+    shapes = {
+        "D,3,h,d": (ours, (dim, 3, h, d)),
+        "3,D,h,d": (stacked, (3, dim, h, d)),
+        "D,3hd": (flat, (dim, 3 * h * d)),
+    }
+    return {
+        name: _hlo_counts(jax.grad(fn, argnums=(0, 1)), jnp.ones(shape) * 0.01, x)
+        for name, (fn, shape) in shapes.items()
+    }
 
 
 def _time(fn, *args, iters=5) -> float:
@@ -85,6 +94,7 @@ def _time(fn, *args, iters=5) -> float:
 
 def gelu_cost() -> dict:
     from nest_jax.models.layers import Mlp, gelu
+
     x = jax.random.normal(jax.random.key(0), (8 * 197, 384))
     out = {}
     for kind in ("exact", "tanh"):
@@ -99,6 +109,7 @@ def remat_memory() -> dict:
     from nest_jax.train.config_base import base_config
     from nest_jax.train.sharding import make_mesh
     from nest_jax.train.trainer import make_trainer
+
     out = {}
     for policy in (None, "nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable"):
         c = base_config()
@@ -108,13 +119,18 @@ def remat_memory() -> dict:
         c.dataset.image_size = 32
         c.train.global_batch_size = 32
         c.optimizer.lr = 1e-3
-        tr = make_trainer(c, make_mesh({"data": 1}, jax.devices()[:1]), num_classes=10, num_train_steps=10,
-                          warmup_steps=0)
-        batch = {"image": jax.ShapeDtypeStruct((32, 32, 32, 3), np.float32),
-                 "label": jax.ShapeDtypeStruct((32,), np.int32)}
+        tr = make_trainer(
+            c, make_mesh({"data": 1}, jax.devices()[:1]), num_classes=10, num_train_steps=10, warmup_steps=0
+        )
+        batch = {
+            "image": jax.ShapeDtypeStruct((32, 32, 32, 3), np.float32),
+            "label": jax.ShapeDtypeStruct((32,), np.int32),
+        }
         m = tr.train_step.lower(tr.abstract_state, batch, jax.eval_shape(tr.init_rest), {}).compile().memory_analysis()
-        out[policy or "off"] = {"temp_MiB": m.temp_size_in_bytes / 2 ** 20,
-                                "argument_MiB": m.argument_size_in_bytes / 2 ** 20}
+        out[policy or "off"] = {
+            "temp_MiB": m.temp_size_in_bytes / 2**20,
+            "argument_MiB": m.argument_size_in_bytes / 2**20,
+        }
     return out
 
 
@@ -122,14 +138,15 @@ def optimizer_state_bytes() -> dict:
     from nest_jax.models import create_model
     from nest_jax.train.config_base import base_config
     from nest_jax.train.optim import make_optimizer
+
     params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: create_model("deit_small_patch16_224")), nnx.Param))
     out = {}
     for mu in (None, "bfloat16"):
         opt = base_config().optimizer
         opt.update(dict(lr=1e-3, mu_dtype=mu))
         state = jax.eval_shape(make_optimizer(opt, params, schedule=lambda s: 1e-3).init, params)
-        out[mu or "float32"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / 2 ** 20
-    out["params_MiB"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) / 2 ** 20
+        out[mu or "float32"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / 2**20
+    out["params_MiB"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) / 2**20
     return out
 
 
@@ -137,9 +154,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=os.path.join(REPO, "benchmarks", "step_anatomy.json"))
     args = ap.parse_args()
-    result = dict(backend=jax.default_backend(), device=jax.devices()[0].device_kind,
-                  attention_hlo=attention_layout(), qkv_layout_hlo=qkv_layouts(), gelu=gelu_cost(), optimizer_state_MiB=optimizer_state_bytes(),
-                  remat=remat_memory())
+    result = dict(
+        backend=jax.default_backend(),
+        device=jax.devices()[0].device_kind,
+        attention_hlo=attention_layout(),
+        qkv_layout_hlo=qkv_layouts(),
+        gelu=gelu_cost(),
+        optimizer_state_MiB=optimizer_state_bytes(),
+        remat=remat_memory(),
+    )
     print(json.dumps(result, indent=1))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)

@@ -12,6 +12,7 @@ float32 matmul peak (`benchmarks/common.py`).
 
 Prints a markdown table row per (model, mode) and a JSON record (also written to `--json`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import compiled_flops, cpu_model, matmul_peak_flops, median, time_calls  # noqa: E402
@@ -40,8 +39,9 @@ Runner = Callable[[], None]  # one blocking call: one batch through the model (o
 def cross_entropy(logits, labels):
     """Mean CE; multi-token models (DeiT distilled) train every head on the labels here."""
     heads = logits.values() if isinstance(logits, dict) else [logits]
-    return sum(optax.softmax_cross_entropy_with_integer_labels(h.astype(jnp.float32), labels).mean()
-               for h in heads) / len(heads)
+    return sum(
+        optax.softmax_cross_entropy_with_integer_labels(h.astype(jnp.float32), labels).mean() for h in heads
+    ) / len(heads)
 
 
 def jax_runners(args) -> dict[str, tuple[Runner, float]]:
@@ -64,6 +64,7 @@ def jax_runners(args) -> dict[str, tuple[Runner, float]]:
         def loss_fn(p):
             logits, new_state = apply(p, x, state=state, train=True)
             return cross_entropy(logits, y), new_state
+
         (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, state, loss
@@ -87,18 +88,19 @@ def timm_runners(args) -> dict[str, Runner]:
     import torch
 
     torch.set_num_threads(os.cpu_count())
-    model = timm.create_model(args.timm_model or args.model, pretrained=False, num_classes=1000,
-                              img_size=args.img_size)
+    model = timm.create_model(args.timm_model or args.model, pretrained=False, num_classes=1000, img_size=args.img_size)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     y = torch.randint(0, 1000, (args.batch,))
     bf16 = args.dtype == "bfloat16"
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     out = {}
     if args.mode in ("infer", "both"):
+
         def run_infer():
             model.eval()
             with torch.inference_mode(), autocast():
                 model(x)
+
         out["infer"] = run_infer
     if args.mode in ("train", "both"):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
@@ -112,6 +114,7 @@ def timm_runners(args) -> dict[str, Runner]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         out["train"] = run_train
     return out
 
@@ -134,15 +137,28 @@ def measure(args) -> list[dict]:
             if run_timm:
                 timm_s.append(time_calls(run_timm, args.iters))
         jax_ips = args.batch / median(jax_s)
-        rec = dict(model=args.model, mode=mode, batch=args.batch, img_size=args.img_size,
-                   dtype=args.dtype, jax_img_s=jax_ips, flops_per_step=flops,
-                   mfu=flops / median(jax_s) / peak, peak_flops=peak, rounds=args.rounds,
-                   iters=args.iters, jax_s=jax_s)
+        rec = dict(
+            model=args.model,
+            mode=mode,
+            batch=args.batch,
+            img_size=args.img_size,
+            dtype=args.dtype,
+            jax_img_s=jax_ips,
+            flops_per_step=flops,
+            mfu=flops / median(jax_s) / peak,
+            peak_flops=peak,
+            rounds=args.rounds,
+            iters=args.iters,
+            jax_s=jax_s,
+        )
         if run_timm:
-            rec.update(timm_img_s=args.batch / median(timm_s), timm_s=timm_s,
-                       ratio=median([t / j for j, t in zip(jax_s, timm_s)]),
-                       ratio_min=min(t / j for j, t in zip(jax_s, timm_s)),
-                       ratio_max=max(t / j for j, t in zip(jax_s, timm_s)))
+            rec.update(
+                timm_img_s=args.batch / median(timm_s),
+                timm_s=timm_s,
+                ratio=median([t / j for j, t in zip(jax_s, timm_s)]),
+                ratio_min=min(t / j for j, t in zip(jax_s, timm_s)),
+                ratio_max=max(t / j for j, t in zip(jax_s, timm_s)),
+            )
         records.append(rec)
     return records
 
@@ -150,8 +166,10 @@ def measure(args) -> list[dict]:
 def table_row(r: dict) -> str:
     timm_ips = f"{r['timm_img_s']:.1f}" if "timm_img_s" in r else "—"
     ratio = f"{r['ratio']:.2f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f})" if "ratio" in r else "—"
-    return (f"| {r['model']} | {r['mode']} | {r['dtype']} | {r['batch']} | {r['jax_img_s']:.1f} | "
-            f"{timm_ips} | {ratio} | {100 * r['mfu']:.0f}% |")
+    return (
+        f"| {r['model']} | {r['mode']} | {r['dtype']} | {r['batch']} | {r['jax_img_s']:.1f} | "
+        f"{timm_ips} | {ratio} | {100 * r['mfu']:.0f}% |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,9 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, help="also append the JSON records to this file")
     args = p.parse_args(argv)
     records = measure(args)
-    meta = dict(date=datetime.date.today().isoformat(), cpu=cpu_model(), cores=os.cpu_count(),
-                jax=jax.__version__, backend=jax.default_backend(),
-                xla_flags=os.environ.get("XLA_FLAGS", ""))
+    meta = dict(
+        date=datetime.date.today().isoformat(),
+        cpu=cpu_model(),
+        cores=os.cpu_count(),
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+    )
     print("| model | mode | dtype | batch | img/s JAX | img/s timm | JAX/timm (min–max) | MFU |")
     print("|---|---|---|---|---|---|---|---|")
     for r in records:

@@ -4,6 +4,7 @@
 
 Paper top-1: 78.69 / 81.70 / 82.56 (tiny / small / base).
 """
+
 import importlib.util
 import os
 

@@ -10,6 +10,7 @@ published-comparable figure (50k samples against the train split); with `extract
 and `fid.checkpoint` = a CIFAR-10 run of configs/cifar10_nest.py it is a cheaper proxy.
 `:nest` (default) or `:conv` (the SAGAN-style conv generator baseline) picks the generator.
 """
+
 from nest_jax.train.config_base import augment, base_config
 from nest_jax.train.gan import gan_section
 
@@ -18,16 +19,52 @@ def get_config(arg: str = "nest"):
     c = base_config()
     c.task = "gan"
     c.model.name = "nest_gan_32"
-    c.dataset.update(dict(name="cifar10", train_split="train", eval_split="test", image_size=32, num_channels=3,
-                          normalize="inception", shuffle_buffer=50_000, cache=True, augment=augment(flip=True),
-                          eval_resize="none"))
-    c.train.update(dict(global_batch_size=64, num_epochs=0, num_train_steps=100_000, log_every_steps=100,
-                        checkpoint_every_steps=5000, max_to_keep=3))
-    generator = (dict(name="nest_gan_32", overrides={}) if arg == "nest" else
-                 dict(name="sagan_generator_32", overrides={}))
-    c.gan = gan_section(generator=generator, discriminator=dict(name="sagan_discriminator_32", overrides={}),
-                        latent_dim=128, loss="hinge", ema_decay=0.9999, ema_start_step=1000,
-                        sample_every_steps=2000, num_sample_images=64)
-    c.gan.fid.update(dict(every_steps=0, num_samples=10_000, batch_size=250, split="train", extractor="inception",
-                          kid_subsets=100, kid_subset_size=1000))
+    c.dataset.update(
+        dict(
+            name="cifar10",
+            train_split="train",
+            eval_split="test",
+            image_size=32,
+            num_channels=3,
+            normalize="inception",
+            shuffle_buffer=50_000,
+            cache=True,
+            augment=augment(flip=True),
+            eval_resize="none",
+        )
+    )
+    c.train.update(
+        dict(
+            global_batch_size=64,
+            num_epochs=0,
+            num_train_steps=100_000,
+            log_every_steps=100,
+            checkpoint_every_steps=5000,
+            max_to_keep=3,
+        )
+    )
+    generator = (
+        dict(name="nest_gan_32", overrides={}) if arg == "nest" else dict(name="sagan_generator_32", overrides={})
+    )
+    c.gan = gan_section(
+        generator=generator,
+        discriminator=dict(name="sagan_discriminator_32", overrides={}),
+        latent_dim=128,
+        loss="hinge",
+        ema_decay=0.9999,
+        ema_start_step=1000,
+        sample_every_steps=2000,
+        num_sample_images=64,
+    )
+    c.gan.fid.update(
+        dict(
+            every_steps=0,
+            num_samples=10_000,
+            batch_size=250,
+            split="train",
+            extractor="inception",
+            kid_subsets=100,
+            kid_subset_size=1000,
+        )
+    )
     return c

@@ -1,7 +1,8 @@
 """A small ViT on scikit-learn digits at 32 px (patch 4: 64 tokens + class token), plain AdamW.
 
-    python -m nest_jax.main --config=configs/digits_vit.py --workdir=/tmp/vit_digits
+python -m nest_jax.main --config=configs/digits_vit.py --workdir=/tmp/vit_digits
 """
+
 from nest_jax.train.config_base import digits_vit_config
 
 

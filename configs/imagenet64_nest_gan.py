@@ -13,6 +13,7 @@ Known gap: `nest_jax.data`'s tfds source reads a class-label feature, which
 `downsampled_imagenet` lacks; until it accepts label-free sets, use the image-folder form (e.g.
 ImageNet's train folders resized to 64 px).
 """
+
 from nest_jax.train.config_base import augment, base_config
 from nest_jax.train.gan import gan_section
 
@@ -21,16 +22,51 @@ def get_config(arg: str = "nest"):
     c = base_config()
     c.task = "gan"
     c.model.name = "nest_gan_64"
-    c.dataset.update(dict(name="downsampled_imagenet/64x64", train_split="train", eval_split="validation",
-                          image_size=64, num_channels=3, normalize="inception", shuffle_buffer=20_000,
-                          augment=augment(flip=True), eval_resize="resize"))
-    c.train.update(dict(global_batch_size=256, num_epochs=0, num_train_steps=500_000, log_every_steps=200,
-                        checkpoint_every_steps=5000, max_to_keep=3))
-    generator = (dict(name="nest_gan_64", overrides={}) if arg == "nest" else
-                 dict(name="sagan_generator_64", overrides={}))
-    c.gan = gan_section(generator=generator, discriminator=dict(name="sagan_discriminator_64", overrides={}),
-                        latent_dim=128, loss="hinge", ema_decay=0.9999, ema_start_step=2000,
-                        sample_every_steps=5000, num_sample_images=64)
-    c.gan.fid.update(dict(every_steps=0, num_samples=50_000, batch_size=500, split="train", extractor="inception",
-                          kid_subsets=100, kid_subset_size=1000))
+    c.dataset.update(
+        dict(
+            name="downsampled_imagenet/64x64",
+            train_split="train",
+            eval_split="validation",
+            image_size=64,
+            num_channels=3,
+            normalize="inception",
+            shuffle_buffer=20_000,
+            augment=augment(flip=True),
+            eval_resize="resize",
+        )
+    )
+    c.train.update(
+        dict(
+            global_batch_size=256,
+            num_epochs=0,
+            num_train_steps=500_000,
+            log_every_steps=200,
+            checkpoint_every_steps=5000,
+            max_to_keep=3,
+        )
+    )
+    generator = (
+        dict(name="nest_gan_64", overrides={}) if arg == "nest" else dict(name="sagan_generator_64", overrides={})
+    )
+    c.gan = gan_section(
+        generator=generator,
+        discriminator=dict(name="sagan_discriminator_64", overrides={}),
+        latent_dim=128,
+        loss="hinge",
+        ema_decay=0.9999,
+        ema_start_step=2000,
+        sample_every_steps=5000,
+        num_sample_images=64,
+    )
+    c.gan.fid.update(
+        dict(
+            every_steps=0,
+            num_samples=50_000,
+            batch_size=500,
+            split="train",
+            extractor="inception",
+            kid_subsets=100,
+            kid_subset_size=1000,
+        )
+    )
     return c

@@ -11,6 +11,7 @@ EMA 0.99996; eval bicubic resize 256 + crop 224. The paper's teacher is a RegNet
 nest_jax does not implement: the default teacher here is an imported NesT-B (official weights),
 hard distillation with α = 0.5.
 """
+
 from nest_jax.train.config_base import augment, base_config, teacher
 
 
@@ -21,18 +22,53 @@ def get_config(arg: str = "tiny"):
     c = base_config()
     c.model.name = f"deit_{size}{'_distilled' if distilled else ''}_patch16_224"
     c.model.overrides = dict(drop_path_rate=0.1, dtype="bfloat16")
-    c.dataset.update(dict(
-        name="imagenet2012", image_size=224, num_channels=3, normalize="imagenet", train_split="train",
-        eval_split="validation", shuffle_buffer=50_000, repeated_aug=3, eval_resize="resize_crop",
-        crop_fraction=0.875, resize_method="bicubic",
-        augment=augment(inception_crop=True, min_area=0.08, flip=True, random_erasing=0.25,
-                        randaugment=dict(layers=2, magnitude=9.0, magnitude_std=0.5, prob=1.0))))
+    c.dataset.update(
+        dict(
+            name="imagenet2012",
+            image_size=224,
+            num_channels=3,
+            normalize="imagenet",
+            train_split="train",
+            eval_split="validation",
+            shuffle_buffer=50_000,
+            repeated_aug=3,
+            eval_resize="resize_crop",
+            crop_fraction=0.875,
+            resize_method="bicubic",
+            augment=augment(
+                inception_crop=True,
+                min_area=0.08,
+                flip=True,
+                random_erasing=0.25,
+                randaugment=dict(layers=2, magnitude=9.0, magnitude_std=0.5, prob=1.0),
+            ),
+        )
+    )
     c.mix.update(dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1, sampling="beta"))
-    c.train.update(dict(global_batch_size=1024, eval_batch_size=1000, num_epochs=300, log_every_steps=100,
-                        eval_every_steps=5000, checkpoint_every_steps=2500))
-    c.optimizer.update(dict(name="adamw", base_lr=5e-4, base_batch=512, weight_decay=0.05, wd_mask="timm",
-                            schedule="cosine", warmup_epochs=5.0, warmup_init_lr=1e-6, min_lr=1e-5,
-                            ema_decay=0.99996))
+    c.train.update(
+        dict(
+            global_batch_size=1024,
+            eval_batch_size=1000,
+            num_epochs=300,
+            log_every_steps=100,
+            eval_every_steps=5000,
+            checkpoint_every_steps=2500,
+        )
+    )
+    c.optimizer.update(
+        dict(
+            name="adamw",
+            base_lr=5e-4,
+            base_batch=512,
+            weight_decay=0.05,
+            wd_mask="timm",
+            schedule="cosine",
+            warmup_epochs=5.0,
+            warmup_init_lr=1e-6,
+            min_lr=1e-5,
+            ema_decay=0.99996,
+        )
+    )
     if distilled:
         c.distill.dist = teacher("nest_base", "", source="nest_official", kind="hard", alpha=0.5)
     return c

@@ -19,6 +19,7 @@ cosine similarity of class vs shape / distillation tokens (`nest_jax.analysis.pe
 `shape_bias`). Dataset fields `shapes_variant`, `shapes_classes`, `shapes_train`, `shapes_test`
 configure `nest_jax.data.shapes.ShapesTexturesSource` (dataset name "shapes").
 """
+
 from nest_jax.train.config_base import augment, base_config, teacher
 
 RESNET = dict(layers=(1, 1, 1, 1), widths=(64, 128, 256, 512))
@@ -28,16 +29,35 @@ DEIT = dict(patch_size=4, dim=64, depth=4, num_heads=2, mlp_dim=256, drop_path_r
 def _base(model: str, variant: str):
     c = base_config()
     c.model.name = model
-    c.dataset.update(dict(name="shapes", image_size=32, num_channels=3, normalize="inception",
-                          shuffle_buffer=4096, cache=True, augment=augment(), eval_resize="resize"))
+    c.dataset.update(
+        dict(
+            name="shapes",
+            image_size=32,
+            num_channels=3,
+            normalize="inception",
+            shuffle_buffer=4096,
+            cache=True,
+            augment=augment(),
+            eval_resize="resize",
+        )
+    )
     c.dataset.shapes_variant = variant
     c.dataset.shapes_classes = 8
     c.dataset.shapes_train = 4000
     c.dataset.shapes_test = 1000
-    c.train.update(dict(global_batch_size=64, eval_batch_size=200, num_epochs=8, log_every_steps=50,
-                        checkpoint_every_steps=250, max_to_keep=1))
-    c.optimizer.update(dict(name="adamw", lr=1e-3, weight_decay=0.05, wd_mask="timm", schedule="cosine",
-                            warmup_epochs=0.5))
+    c.train.update(
+        dict(
+            global_batch_size=64,
+            eval_batch_size=200,
+            num_epochs=8,
+            log_every_steps=50,
+            checkpoint_every_steps=250,
+            max_to_keep=1,
+        )
+    )
+    c.optimizer.update(
+        dict(name="adamw", lr=1e-3, weight_decay=0.05, wd_mask="timm", schedule="cosine", warmup_epochs=0.5)
+    )
     return c
 
 

@@ -6,6 +6,7 @@ one `UserError` line that names the problem and the fix. Configs are Python file
 `get_config([arg])` (`--config=configs/cifar10_nest.py:small` passes "small"); override values are
 parsed as data for the field's type (`ast.literal_eval` for tuples and lists), never evaluated.
 """
+
 from __future__ import annotations
 
 import ast
@@ -26,6 +27,7 @@ _TRUE, _FALSE = ("true", "t", "1", "yes", "y", "on"), ("false", "f", "0", "no", 
 @dataclass
 class CommandLine:
     """argv split into what nest_jax.main reads and what it hands to absl."""
+
     config: str | None = None
     workdir: str | None = None
     mode: str = "train"
@@ -86,6 +88,7 @@ def split_argv(argv: list[str]) -> CommandLine:
 
 def _absl_takes_value(name: str) -> bool:
     from absl import flags, logging  # noqa: F401  (absl.logging defines --verbosity, --log_dir, ...)
+
     return name in flags.FLAGS and not flags.FLAGS[name].boolean
 
 
@@ -111,17 +114,25 @@ def check_required(cl: CommandLine) -> None:
         if close:
             raise UserError(f"unknown flag --{name}; did you mean --{close[0]}?")
     if cl.positional:
-        raise UserError(f"unexpected arguments {cl.positional}: every setting is a flag "
-                        "(--config=PATH, --workdir=DIR, --config.FIELD=VALUE)")
+        raise UserError(
+            f"unexpected arguments {cl.positional}: every setting is a flag "
+            "(--config=PATH, --workdir=DIR, --config.FIELD=VALUE)"
+        )
     if not cl.config:
-        raise UserError("missing --config=PATH[:ARG], e.g. --config=configs/digits_nest_tiny.py "
-                        "(nest-jax --help lists the shipped configs)")
+        raise UserError(
+            "missing --config=PATH[:ARG], e.g. --config=configs/digits_nest_tiny.py "
+            "(nest-jax --help lists the shipped configs)"
+        )
     if not cl.workdir:
-        raise UserError("missing --workdir=DIR: the directory for checkpoints and metrics "
-                        "(a run already there is resumed), e.g. --workdir=/tmp/nest_digits")
+        raise UserError(
+            "missing --workdir=DIR: the directory for checkpoints and metrics "
+            "(a run already there is resumed), e.g. --workdir=/tmp/nest_digits"
+        )
     if cl.mode not in MODES:
-        raise UserError(f"--mode={cl.mode} is not a mode: use --mode=train (resumes from the workdir) "
-                        "or --mode=eval (evaluates its latest checkpoint)")
+        raise UserError(
+            f"--mode={cl.mode} is not a mode: use --mode=train (resumes from the workdir) "
+            "or --mode=eval (evaluates its latest checkpoint)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,7 +165,7 @@ def shipped_configs() -> list[tuple[str, str]]:
 
 
 def split_config_spec(spec: str) -> tuple[str, str | None]:
-    """"configs/x.py:small" -> ("configs/x.py", "small"); a ':' before the last '/' (gs://) is kept."""
+    """ "configs/x.py:small" -> ("configs/x.py", "small"); a ':' before the last '/' (gs://) is kept."""
     head, sep, arg = spec.rpartition(":")
     if sep and "/" not in arg and head and not head.endswith(":"):
         return head, arg
@@ -163,12 +174,14 @@ def split_config_spec(spec: str) -> tuple[str, str | None]:
 
 def _load_module(path: str) -> types.ModuleType:
     from etils import epath  # every path through epath, so a config may live on gs://
+
     p = epath.Path(path)
     if not p.exists():
         raise UserError(f"config file {path} does not exist{_config_hint(path)}")
     if p.is_dir():
-        raise UserError(f"--config={path} is a directory; pass a config file, e.g. {path.rstrip('/')}/"
-                        f"digits_nest_tiny.py")
+        raise UserError(
+            f"--config={path} is a directory; pass a config file, e.g. {path.rstrip('/')}/digits_nest_tiny.py"
+        )
     module = types.ModuleType(f"nest_jax_config_{Path(path).stem}")
     module.__file__ = str(Path(path).absolute()) if "://" not in path else path
     try:
@@ -177,8 +190,9 @@ def _load_module(path: str) -> types.ModuleType:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"config file {path} failed to load: {_one_line(e)} (fix the file; --debug shows "
-                        "the traceback)") from e
+        raise UserError(
+            f"config file {path} failed to load: {_one_line(e)} (fix the file; --debug shows the traceback)"
+        ) from e
     return module
 
 
@@ -213,17 +227,23 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = _load_module(path)
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
-        raise UserError(f"config file {path} defines no get_config(); a config file is "
-                        "`def get_config(): return ml_collections.ConfigDict(...)`")
+        raise UserError(
+            f"config file {path} defines no get_config(); a config file is "
+            "`def get_config(): return ml_collections.ConfigDict(...)`"
+        )
     call = f"get_config({arg!r})" if arg is not None else "get_config()"
     try:
         config = get_config(arg) if arg is not None else get_config()
     except Exception as e:
-        raise UserError(f"--config={spec}: {call} raised {_one_line(e)} (fix the config or its argument; "
-                        "--debug shows the traceback)") from e
+        raise UserError(
+            f"--config={spec}: {call} raised {_one_line(e)} (fix the config or its argument; "
+            "--debug shows the traceback)"
+        ) from e
     if not isinstance(config, ml_collections.ConfigDict):
-        raise UserError(f"--config={spec}: {call} returned {type(config).__name__}, not an "
-                        "ml_collections.ConfigDict; return the config from get_config()")
+        raise UserError(
+            f"--config={spec}: {call} returned {type(config).__name__}, not an "
+            "ml_collections.ConfigDict; return the config from get_config()"
+        )
     config.lock()
     return config
 
@@ -259,20 +279,24 @@ def _no_such_field(config: ml_collections.ConfigDict, path: str, depth: int) -> 
             node = node[part]
         group = "".join(f".{p}" for p in parts[:depth])
         hint = f"the fields of config{group} are: {', '.join(sorted(node.keys()))}"
-    return UserError(f"--config.{path}: the config has no field {'.'.join(parts[:depth + 1])!r}; {hint}")
+    return UserError(f"--config.{path}: the config has no field {'.'.join(parts[: depth + 1])!r}; {hint}")
 
 
 def _resolve(config: ml_collections.ConfigDict, path: str) -> tuple[ml_collections.ConfigDict, str]:
     parts = path.split(".")
     if not all(parts):
-        raise UserError(f"--config.{path}: malformed field name; write --config.GROUP.FIELD=VALUE, "
-                        "e.g. --config.train.num_train_steps=100")
+        raise UserError(
+            f"--config.{path}: malformed field name; write --config.GROUP.FIELD=VALUE, "
+            "e.g. --config.train.num_train_steps=100"
+        )
     node = config
     for depth, part in enumerate(parts):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             if not isinstance(node, ml_collections.ConfigDict):
-                raise UserError(f"--config.{path}: config.{'.'.join(parts[:depth])} is a value, not a group "
-                                f"of fields; override it as --config.{'.'.join(parts[:depth])}=VALUE")
+                raise UserError(
+                    f"--config.{path}: config.{'.'.join(parts[:depth])} is a value, not a group "
+                    f"of fields; override it as --config.{'.'.join(parts[:depth])}=VALUE"
+                )
             raise _no_such_field(config, path, depth)
         if depth == len(parts) - 1:
             return node, part
@@ -297,20 +321,25 @@ def parse_value(flag: str, text: str | None, field_type: type, current: Any) -> 
             return field_type(text)
         except ValueError:
             kind = "an integer" if field_type is int else "a number"
-            raise UserError(f"{flag}={text}: expects {kind} ({field_type.__name__}), e.g. "
-                            f"{flag}={_example(field_type, current)}") from None
+            raise UserError(
+                f"{flag}={text}: expects {kind} ({field_type.__name__}), e.g. {flag}={_example(field_type, current)}"
+            ) from None
     if field_type is str:
         return text
     if isinstance(field_type, type) and issubclass(field_type, (ml_collections.ConfigDict, dict)):
-        raise UserError(f"{flag} is a group of fields; override one of them, e.g. "
-                        f"{flag}.{next(iter(current.keys()), 'FIELD')}=VALUE" if current else
-                        f"{flag} is a group of fields; override its fields one at a time")
+        raise UserError(
+            f"{flag} is a group of fields; override one of them, e.g. "
+            f"{flag}.{next(iter(current.keys()), 'FIELD')}=VALUE"
+            if current
+            else f"{flag} is a group of fields; override its fields one at a time"
+        )
     try:
         value = ast.literal_eval(text)  # data only: numbers, strings, tuples, lists, dicts, None
     except (ValueError, SyntaxError):
         if field_type in (tuple, list):
-            raise UserError(f"{flag}={text}: expects a {field_type.__name__} literal, e.g. "
-                            f"{flag}='{_example(field_type, current)}'") from None
+            raise UserError(
+                f"{flag}={text}: expects a {field_type.__name__} literal, e.g. {flag}='{_example(field_type, current)}'"
+            ) from None
         return text  # a field without a declared type: take the text as a string
     if field_type in (tuple, list):
         return field_type(value) if isinstance(value, (tuple, list)) else field_type((value,))
@@ -321,7 +350,8 @@ def _example(field_type: type, current: Any) -> str:
     if current is not None and not isinstance(current, ml_collections.ConfigDict):
         return str(tuple(current) if field_type is tuple else current)
     return {int: "100", float: "0.001", bool: "true", str: "TEXT", tuple: "(1, 2)", list: "[1, 2]"}.get(
-        field_type, "VALUE")
+        field_type, "VALUE"
+    )
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[tuple[str, str | None]]) -> None:

@@ -5,6 +5,7 @@
 `<program>: error: <message>` and exit with `USAGE_EXIT_CODE`, without a traceback (set
 `NEST_JAX_DEBUG=1` or pass `--debug` to see one). Library callers catch it like any exception.
 """
+
 from __future__ import annotations
 
 USAGE_EXIT_CODE = 2  # bad input: config, flag, file or dataset (as argparse/absl usage errors)
@@ -19,6 +20,8 @@ class Preempted(Exception):
     """Training stopped on SIGTERM after a checkpoint was saved; resuming continues from it."""
 
     def __init__(self, step: int, directory: str):
-        super().__init__(f"preempted: saved checkpoint {step} in {directory}; rerun the same command "
-                         f"to resume (exit code {PREEMPTED_EXIT_CODE})")
+        super().__init__(
+            f"preempted: saved checkpoint {step} in {directory}; rerun the same command "
+            f"to resume (exit code {PREEMPTED_EXIT_CODE})"
+        )
         self.step, self.directory = step, directory

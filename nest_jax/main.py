@@ -12,6 +12,7 @@ traceback; 75 (`PREEMPTED_EXIT_CODE`) SIGTERM stopped training after saving a ch
 the same command to resume; 1 training diverged (the line names the last good checkpoint) or a bug.
 `--debug` or `NEST_JAX_DEBUG=1` prints the traceback as well.
 """
+
 from __future__ import annotations
 
 import logging as pylogging
@@ -20,8 +21,7 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
-from nest_jax.cli_config import (CommandLine, apply_overrides, check_required, load_config, shipped_configs,
-                                 split_argv)
+from nest_jax.cli_config import CommandLine, apply_overrides, check_required, load_config, shipped_configs, split_argv
 from nest_jax.errors import PREEMPTED_EXIT_CODE, USAGE_EXIT_CODE, Preempted, UserError
 
 PROG = "nest_jax.main"
@@ -35,7 +35,8 @@ def usage(full: bool = False) -> str:
     width = max((len(n) for n, _ in configs), default=0) + 2
     listing = [f"  {name:<{width}}{_clip(doc, 96 - width)}" for name, doc in configs] or [
         "  (no configs/ folder beside this installation: clone the repository for the shipped configs,",
-        "   or write a file with `def get_config(): return ml_collections.ConfigDict(...)`)"]
+        "   or write a file with `def get_config(): return ml_collections.ConfigDict(...)`)",
+    ]
     text = f"""nest-jax (python -m nest_jax.main): train or evaluate a ViT, DeiT or NesT image classifier
 from a config file, on one CPU, GPUs or a TPU pod; checkpoints and metrics go to --workdir.
 
@@ -70,12 +71,13 @@ The README (README.md, section Training) has the full guide.
 """
     if full:
         from absl import flags, logging  # noqa: F401  (defines absl's logging flags)
+
         text += "\nabsl logging flags:\n" + flags.FLAGS.module_help("absl.logging") + "\n"
     return text
 
 
 def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 1].rstrip() + "…"
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,13 +89,15 @@ def _accelerator_plugin_installed() -> bool:
     import importlib.metadata
     import importlib.util
     import pkgutil
+
     if os.environ.get("TPU_LIBRARY_PATH") or importlib.util.find_spec("libtpu") is not None:
         return True
     if list(importlib.metadata.entry_points(group="jax_plugins")):
         return True
     spec = importlib.util.find_spec("jax_plugins")  # the namespace package CUDA/ROCm plugins install into
-    return bool(spec and spec.submodule_search_locations
-                and any(pkgutil.iter_modules(list(spec.submodule_search_locations))))
+    return bool(
+        spec and spec.submodule_search_locations and any(pkgutil.iter_modules(list(spec.submodule_search_locations)))
+    )
 
 
 def quiet_environment() -> None:
@@ -106,8 +110,10 @@ def quiet_environment() -> None:
     if "JAX_PLATFORMS" not in os.environ and not _accelerator_plugin_installed():
         os.environ["JAX_PLATFORMS"] = "cpu"
         if any(os.path.exists(f"/dev/nvidia{i}") for i in range(8)):
-            _notes.append("running on CPU: no JAX GPU plugin is installed (pip install -U 'jax[cuda12]'), "
-                          "or set JAX_PLATFORMS to choose")
+            _notes.append(
+                "running on CPU: no JAX GPU plugin is installed (pip install -U 'jax[cuda12]'), "
+                "or set JAX_PLATFORMS to choose"
+            )
 
 
 def _setup_logging(absl_args: list[str], debug: bool) -> None:
@@ -115,6 +121,7 @@ def _setup_logging(absl_args: list[str], debug: bool) -> None:
     import faulthandler
 
     from absl import flags, logging
+
     try:
         flags.FLAGS([PROG, *absl_args])
     except flags.Error as e:
@@ -146,27 +153,37 @@ def initialize_distributed(config) -> None:
         return
     import jax
     from absl import logging
+
     if dist.get("cpu_collectives", None):
         jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
-    kwargs = {k: dist.get(k) for k in ("coordinator_address", "num_processes", "process_id")
-              if dist.get(k, None) is not None}
+    kwargs = {
+        k: dist.get(k) for k in ("coordinator_address", "num_processes", "process_id") if dist.get(k, None) is not None
+    }
     if dist.get("local_device_ids", None) is not None:
         kwargs["local_device_ids"] = list(dist.local_device_ids)
     jax.distributed.initialize(**kwargs)
-    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+    logging.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def run_job(config, workdir: str, mode: str) -> dict[str, Any]:
     """Trains (resuming) or evaluates; prints the `final metrics:` line and returns the metrics."""
     from absl import logging
+
     initialize_distributed(config)
     from nest_jax.train.loop import train_and_evaluate  # after distributed init: imports jax state
+
     with config.unlocked():
         config.mode = mode
     if config.task == "gan":
         from nest_jax.analysis.gan_eval import fid_evaluator
         from nest_jax.train.gan_loop import train_gan
+
         result = train_gan(config, workdir, evaluator=fid_evaluator(config))
     else:
         result = train_and_evaluate(config, workdir)

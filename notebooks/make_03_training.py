@@ -1,4 +1,5 @@
 """Writes notebooks/03_training.ipynb (kept as code so the notebook's source is reviewable)."""
+
 import nbformat as nbf
 
 cells = []
@@ -114,6 +115,7 @@ plt.tight_layout(); plt.show()
 print(f"event-file test top-1 at step {series['eval_top1'][-1][0]}: {series['eval_top1'][-1][1]:.4f}")
 print("TensorFlow imported:", "tensorflow" in sys.modules)""")
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                               "language": "python"}})
+nb = nbf.v4.new_notebook(
+    cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+)
 nbf.write(nb, __file__.replace("make_03_training.py", "03_training.ipynb"))

@@ -1,4 +1,5 @@
 """Writes notebooks/06_generation.ipynb (kept as code so the notebook's source is reviewable)."""
+
 import nbformat as nbf
 
 cells = []

@@ -1,5 +1,6 @@
 """Every shipped config (configs/*.py) with each of its get_config arguments, made small enough to
 build and step on a CPU in seconds: `config_for_test(path, arg, tmp_path)`."""
+
 import importlib.util
 import os
 
@@ -20,8 +21,7 @@ CONFIG_ARGS = {
     "digits_nest_tiny.py": [None],
     "digits_vit.py": [None],
     "image_folder_example.py": [None],
-    "imagenet_deit.py": ["tiny", "small", "base", "tiny_distilled", "small_distilled",
-                         "base_distilled"],
+    "imagenet_deit.py": ["tiny", "small", "base", "tiny_distilled", "small_distilled", "base_distilled"],
     "imagenet_nest.py": ["tiny", "small", "base"],
     "vit_b16_finetune_384.py": ["imagenet2012"],  # the argument is the tfds dataset name
 }
@@ -49,9 +49,9 @@ def write_image_folder(root: str) -> None:
         for c in ("cat", "dog"):
             d = os.path.join(root, split, c)
             os.makedirs(d, exist_ok=True)
-            for i, (ext, mode, size) in enumerate((("jpg", "RGB", (48, 40)),
-                                                   ("png", "RGB", (33, 50)),
-                                                   ("png", "L", (40, 40)))):
+            for i, (ext, mode, size) in enumerate(
+                (("jpg", "RGB", (48, 40)), ("png", "RGB", (33, 50)), ("png", "L", (40, 40)))
+            ):
                 pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
                 Image.fromarray(pixels).convert(mode).save(os.path.join(d, f"{i}.{ext}"))
 

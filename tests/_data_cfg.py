@@ -1,5 +1,6 @@
 """Shared `config.dataset` builder for the data tests (a plain ConfigDict, as configs/ make), and
 tfds datasets "prepared" from `tfds.testing.mock_data` for the tfds source."""
+
 import contextlib
 import os
 
@@ -7,21 +8,45 @@ import ml_collections
 
 
 def dataset_config(name="digits", **overrides) -> ml_collections.ConfigDict:
-    augment = dict(inception_crop=False, min_area=0.08, flip=False, cifar_crop=False,
-                   crop_padding=2, randaugment=dict(layers=0, magnitude=9.0, magnitude_std=0.5,
-                                                    prob=0.5),
-                   color_jitter=0.0, random_erasing=0.0)
+    augment = dict(
+        inception_crop=False,
+        min_area=0.08,
+        flip=False,
+        cifar_crop=False,
+        crop_padding=2,
+        randaugment=dict(layers=0, magnitude=9.0, magnitude_std=0.5, prob=0.5),
+        color_jitter=0.0,
+        random_erasing=0.0,
+    )
     augment.update(overrides.pop("augment", {}))
-    cfg = dict(name=name, data_dir=None, train_split="train", eval_split="test", image_size=8,
-               num_channels=1, normalize="digits", shuffle_buffer=1000, repeated_aug=1,
-               cache=False, augment=augment, eval_resize="resize", crop_fraction=0.875,
-               resize_method="bilinear", num_workers=0)
+    cfg = dict(
+        name=name,
+        data_dir=None,
+        train_split="train",
+        eval_split="test",
+        image_size=8,
+        num_channels=1,
+        normalize="digits",
+        shuffle_buffer=1000,
+        repeated_aug=1,
+        cache=False,
+        augment=augment,
+        eval_resize="resize",
+        crop_fraction=0.875,
+        resize_method="bilinear",
+        num_workers=0,
+    )
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)
 
 
-FULL_AUGMENT = dict(flip=True, cifar_crop=True, color_jitter=0.3, random_erasing=0.25,
-                    randaugment=dict(layers=2, magnitude=9.0, magnitude_std=0.5, prob=0.5))
+FULL_AUGMENT = dict(
+    flip=True,
+    cifar_crop=True,
+    color_jitter=0.3,
+    random_erasing=0.25,
+    randaugment=dict(layers=2, magnitude=9.0, magnitude_std=0.5, prob=0.5),
+)
 
 
 @contextlib.contextmanager
@@ -37,10 +62,18 @@ def mock_tfds(name: str, data_dir, num_examples: int, splits=("train", "test")):
         builder = tfds.builder(name, data_dir=str(data_dir))
         os.makedirs(builder.data_dir, exist_ok=True)
         template = tfds.core.naming.ShardedFileTemplate(
-            data_dir=builder.data_dir, dataset_name=builder.name, filetype_suffix="array_record")
-        builder.info.set_splits(tfds.core.SplitDict([
-            tfds.core.SplitInfo(name=s, shard_lengths=[num_examples], num_bytes=0,
-                                filename_template=template.replace(split=s)) for s in splits]))
+            data_dir=builder.data_dir, dataset_name=builder.name, filetype_suffix="array_record"
+        )
+        builder.info.set_splits(
+            tfds.core.SplitDict(
+                [
+                    tfds.core.SplitInfo(
+                        name=s, shard_lengths=[num_examples], num_bytes=0, filename_template=template.replace(split=s)
+                    )
+                    for s in splits
+                ]
+            )
+        )
         builder.info.set_file_format("array_record", override=True, override_if_initialized=True)
         builder.info.write_to_directory(builder.data_dir)
     with tfds.testing.mock_data(num_examples=num_examples):
@@ -50,8 +83,9 @@ def mock_tfds(name: str, data_dir, num_examples: int, splits=("train", "test")):
             TfdsSource._instances.clear()
 
 
-def write_tfds(name: str, data_dir, splits: dict, *, sizes=((32, 32),), seed: int = 0,
-               file_format: str = "array_record") -> None:
+def write_tfds(
+    name: str, data_dir, splits: dict, *, sizes=((32, 32),), seed: int = 0, file_format: str = "array_record"
+) -> None:
     """A real, tiny tfds dataset `name` prepared as array_record under `data_dir` (no TensorFlow:
     images are PNG-encoded with PIL and passed to the tfds features as bytes). splits: {split:
     number of examples}; image i has size sizes[i % len(sizes)] and label i mod num_classes, its
@@ -71,7 +105,8 @@ def write_tfds(name: str, data_dir, splits: dict, *, sizes=((32, 32),), seed: in
     features = builder.info.features
     num_classes = features["label"].num_classes
     template = tfds.core.naming.ShardedFileTemplate(
-        data_dir=builder.data_dir, dataset_name=builder.name, filetype_suffix=file_format)
+        data_dir=builder.data_dir, dataset_name=builder.name, filetype_suffix=file_format
+    )
     infos = []
     for s, (split, n) in enumerate(splits.items()):
         split_template = template.replace(split=split)
@@ -80,6 +115,7 @@ def write_tfds(name: str, data_dir, splits: dict, *, sizes=((32, 32),), seed: in
             writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
         else:
             import tensorflow as tf
+
             writer = tf.io.TFRecordWriter(path)
         rng = np.random.default_rng([seed, s])
         for i in range(n):
@@ -92,8 +128,7 @@ def write_tfds(name: str, data_dir, splits: dict, *, sizes=((32, 32),), seed: in
                     example[key] = f"{split}_{i}" if feature.dtype == np.object_ else 0
             writer.write(features.serialize_example(example))
         writer.close()
-        infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0,
-                                         filename_template=split_template))
+        infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0, filename_template=split_template))
     builder.info.set_splits(tfds.core.SplitDict(infos))
     builder.info.set_file_format(file_format, override=True, override_if_initialized=True)
     builder.info.write_to_directory(builder.data_dir)

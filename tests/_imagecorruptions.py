@@ -4,6 +4,7 @@ The package (1.1.2, 2019) imports `pkg_resources`, `scipy.ndimage.interpolation`
 `np.float_` and skimage's removed `multichannel=` argument; small stand-ins are installed for the
 missing names before it is imported. Returns None when the package is not installed.
 """
+
 import importlib.util
 import pathlib
 import sys
@@ -21,10 +22,10 @@ def load():
             import pkg_resources  # noqa: F401
         except ImportError:
             shim = types.ModuleType("pkg_resources")
-            shim.resource_filename = lambda module, name: str(
-                pathlib.Path(sys.modules[module].__file__).parent / name)
+            shim.resource_filename = lambda module, name: str(pathlib.Path(sys.modules[module].__file__).parent / name)
             sys.modules["pkg_resources"] = shim
     import scipy.ndimage
+
     if "scipy.ndimage.interpolation" not in sys.modules:
         interp = types.ModuleType("scipy.ndimage.interpolation")
         interp.map_coordinates = scipy.ndimage.map_coordinates
@@ -32,8 +33,8 @@ def load():
     if not hasattr(np, "float_"):
         np.float_ = np.float64
     import imagecorruptions
-    from imagecorruptions import corruptions as ic
     import skimage.filters
+    from imagecorruptions import corruptions as ic
 
     def gaussian(image, sigma=1, multichannel=None, **kw):
         if multichannel:

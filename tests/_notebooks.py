@@ -1,4 +1,5 @@
 """Runs a notebook of notebooks/ top to bottom with nbclient (kernel python3, cwd notebooks/)."""
+
 import os
 import pathlib
 
@@ -19,8 +20,9 @@ def run_notebook(name: str, timeout: int = 300) -> str:
     flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = os.environ.get("NEST_JAX_USER_XLA_FLAGS", "")
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+        NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+        ).execute()
     finally:
         os.environ["XLA_FLAGS"] = flags
     return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))

@@ -1,5 +1,6 @@
 """Test helpers for the training tests: a tiny config and an in-memory data source with the
 `nest_jax.data` API (batch k a pure function of (seed, k), disjoint process shards, padded eval)."""
+
 from __future__ import annotations
 
 import sys
@@ -24,9 +25,19 @@ class SyntheticData:
     eval iterator raise it. `eval_calls` counts eval passes, `eval_splits` records the splits asked
     for. The train iterator reports its position (`get_state`/`set_state`, JSON dicts)."""
 
-    def __init__(self, num_classes=4, image_size=8, channels=3, num_train=64, num_eval=20,
-                 nan_at_step=None, announce=False, sigterm_at_step=None, eval_error=None,
-                 ignore_start_step=False):
+    def __init__(
+        self,
+        num_classes=4,
+        image_size=8,
+        channels=3,
+        num_train=64,
+        num_eval=20,
+        nan_at_step=None,
+        announce=False,
+        sigterm_at_step=None,
+        eval_error=None,
+        ignore_start_step=False,
+    ):
         self.k, self.size, self.c = num_classes, image_size, channels
         self.num_train, self.num_eval = num_train, num_eval
         self.nan_at_step, self.announce = nan_at_step, announce
@@ -43,9 +54,9 @@ class SyntheticData:
     def get_info(self, ds_cfg):
         return Info("synthetic", self.k, self.num_train, self.num_eval, (self.size, self.size, self.c))
 
-    def train_iterator(self, ds_cfg, *, global_batch_size, seed, start_step=0, process_index=None,
-                       process_count=None):
+    def train_iterator(self, ds_cfg, *, global_batch_size, seed, start_step=0, process_index=None, process_count=None):
         import jax
+
         p = jax.process_index() if process_index is None else process_index
         n = jax.process_count() if process_count is None else process_count
         self.iterator = _TrainIterator(self, global_batch_size, seed, 0 if self.ignore_start_step else start_step, p, n)
@@ -53,6 +64,7 @@ class SyntheticData:
 
     def eval_iterator(self, ds_cfg, *, global_batch_size, process_index=None, process_count=None, split=None):
         import jax
+
         p = jax.process_index() if process_index is None else process_index
         n = jax.process_count() if process_count is None else process_count
         self.eval_calls += 1
@@ -91,6 +103,7 @@ class _TrainIterator:
         if step == src.sigterm_at_step:
             import os
             import signal
+
             os.kill(os.getpid(), signal.SIGTERM)
         self.step += 1
         sl = slice(self.p * local, (self.p + 1) * local)
@@ -108,22 +121,34 @@ def tiny_config(**train) -> ml_collections.ConfigDict:
     """`base_config()` with a 1-layer ViT (8 px, patch 4, width 16) on SyntheticData; `train`
     overrides config.train."""
     from nest_jax.train.config_base import base_config
+
     c = base_config()
     c.model.name = "vit_tiny_patch16_224"
     c.model.overrides = dict(patch_size=4, dim=16, depth=1, num_heads=2, mlp_dim=32, drop_path_rate=0.1)
     c.dataset.update(dict(name="synthetic", image_size=8, num_channels=3))
     c.mix.label_smoothing = 0.1
-    c.train.update(dict(global_batch_size=16, eval_batch_size=8, num_train_steps=6, log_every_steps=2,
-                        eval_every_steps=0, checkpoint_every_steps=3, max_to_keep=5))
+    c.train.update(
+        dict(
+            global_batch_size=16,
+            eval_batch_size=8,
+            num_train_steps=6,
+            log_every_steps=2,
+            eval_every_steps=0,
+            checkpoint_every_steps=3,
+            max_to_keep=5,
+        )
+    )
     c.train.update(train)
-    c.optimizer.update(dict(name="adamw", lr=3e-3, weight_decay=0.05, wd_mask="nest", schedule="cosine",
-                            warmup_steps=2, ema_decay=0.9))
+    c.optimizer.update(
+        dict(name="adamw", lr=3e-3, weight_decay=0.05, wd_mask="nest", schedule="cosine", warmup_steps=2, ema_decay=0.9)
+    )
     return c
 
 
 if __name__ == "__main__":  # worker for the subprocess tests: `python -m tests._train_helpers MODE WORKDIR ...`
     mode, workdir = sys.argv[1], sys.argv[2]
     import jax
+
     if mode == "multiprocess":
         port, pid = sys.argv[3], int(sys.argv[4])
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -136,6 +161,7 @@ if __name__ == "__main__":  # worker for the subprocess tests: `python -m tests.
         data = SyntheticData(announce=True)
     from nest_jax.errors import PREEMPTED_EXIT_CODE, Preempted
     from nest_jax.train.loop import train_and_evaluate
+
     try:
         result = train_and_evaluate(cfg, workdir, data=data)
     except Preempted as e:  # as nest_jax.main does: a requeueable exit

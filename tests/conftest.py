@@ -1,4 +1,5 @@
 """Test set-up: 8 simulated CPU devices for the sharding tests, no GPU/TPU, no network."""
+
 import os
 
 # Must be set before jax is imported anywhere: every test process sees 8 CPU devices, so sharded
@@ -16,9 +17,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # One XLA compilation cache shared by both xdist workers and every subprocess they start (CLI runs,
 # notebook kernels): the same small programs (initializers, layers) are otherwise compiled again in
 # each process. Empty on a fresh clone; keyed by jax version and program, so never stale.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                   ".pytest_cache", "xla_cache"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla_cache"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -36,10 +38,23 @@ except ImportError:  # torch is a dev extra: parity tests need it, the rest of t
 
 # The longest test files first, so the two xdist workers (--dist loadfile) finish together instead
 # of one starting a long file at the end (longest-processing-time-first scheduling).
-LONG_FILES = ("test_configs_e2e.py", "test_notebook_06.py", "test_train_digits.py", "test_notebook_02.py",
-              "test_notebook_03.py", "test_train_reliability.py", "test_bf16.py", "test_gan_train.py",
-              "test_train_checkpoint.py", "test_gradcat.py", "test_train_step.py", "test_train_transfer.py",
-              "test_timm_parity.py", "test_cam.py", "test_nest_parity.py")
+LONG_FILES = (
+    "test_configs_e2e.py",
+    "test_notebook_06.py",
+    "test_train_digits.py",
+    "test_notebook_02.py",
+    "test_notebook_03.py",
+    "test_train_reliability.py",
+    "test_bf16.py",
+    "test_gan_train.py",
+    "test_train_checkpoint.py",
+    "test_gradcat.py",
+    "test_train_step.py",
+    "test_train_transfer.py",
+    "test_timm_parity.py",
+    "test_cam.py",
+    "test_nest_parity.py",
+)
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -1,6 +1,6 @@
 """Mean attention distance, ratio of norms and the skip-removal option, against hand values and
 NumPy float64 loops written here."""
-import jax
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -36,8 +36,10 @@ def np_distance(w, grid, patch, prefix, renormalize):
                 row = w[img, hd, prefix + q, prefix:].astype(np.float64)
                 if renormalize:
                     row = row / row.sum()
-                tot += sum(row[k] * np.hypot(centres[q][0] - centres[k][0], centres[q][1] - centres[k][1])
-                           for k in range(h * wd))
+                tot += sum(
+                    row[k] * np.hypot(centres[q][0] - centres[k][0], centres[q][1] - centres[k][1])
+                    for k in range(h * wd)
+                )
         out[hd] = tot / (b * h * wd)
     return out
 
@@ -51,8 +53,17 @@ def test_attention_distance_with_prefix_tokens_matches_numpy(renormalize):
 
 
 def test_nest_distances_are_within_block_in_input_pixels():
-    model = create_model("nest_tiny_cifar", num_classes=10, img_size=16, rngs=nnx.Rngs(0), patch_size=2,
-                         block_size=4, dims=(8, 16), heads=(2, 2), depths=(1, 1))
+    model = create_model(
+        "nest_tiny_cifar",
+        num_classes=10,
+        img_size=16,
+        rngs=nnx.Rngs(0),
+        patch_size=2,
+        block_size=4,
+        dims=(8, 16),
+        heads=(2, 2),
+        depths=(1, 1),
+    )
     geo = layer_geometry(model.config)
     assert geo == [((4, 4), 2.0), ((4, 4), 4.0)]  # patch 2 px, 4×4 blocks; level 1 tokens 4 px apart
     _, inter = forward_fn(model, "attention")(rng.normal(size=(2, 16, 16, 3)).astype(np.float32))
@@ -61,7 +72,7 @@ def test_nest_distances_are_within_block_in_input_pixels():
     for lvl, w in enumerate(inter["attention"]):
         w = np.asarray(w)  # (B, T, h, 16, 16)
         flat = w.reshape(-1, *w.shape[2:]).transpose(1, 0, 2, 3)  # (h, B·T, 16, 16)
-        want = np_distance(flat.transpose(1, 0, 2, 3), (4, 4), 2.0 * 2 ** lvl, 0, False)
+        want = np_distance(flat.transpose(1, 0, 2, 3), (4, 4), 2.0 * 2**lvl, 0, False)
         np.testing.assert_allclose(np.asarray(d[lvl]).mean(0), want, rtol=1e-5)
 
 
@@ -70,6 +81,7 @@ def test_norm_ratios_on_a_layer_with_a_known_zero_branch():
     layer.mlp.fc2.kernel[...] = jnp.zeros_like(layer.mlp.fc2.kernel[...])  # MLP branch ≡ 0
     x = jnp.asarray(rng.normal(size=(3, 1 + 6, 8)) + 1.0, jnp.float32)
     from nest_jax.models.intermediates import Recorder
+
     rec = Recorder("residuals")
     y = layer(x, rec=rec)
     inter = rec.values
@@ -83,8 +95,9 @@ def test_norm_ratios_on_a_layer_with_a_known_zero_branch():
 
 
 def test_resnet_norm_ratios_from_block_residuals():
-    model = create_model("resnet50", num_classes=10, img_size=32, rngs=nnx.Rngs(0), layers=(1, 1),
-                         widths=(32, 64), zero_init_last=True)
+    model = create_model(
+        "resnet50", num_classes=10, img_size=32, rngs=nnx.Rngs(0), layers=(1, 1), widths=(32, 64), zero_init_last=True
+    )
     _, inter = forward_fn(model, ("layers", "residuals"))(rng.normal(size=(2, 32, 32, 3)).astype(np.float32))
     assert len(inter["layers"]) == len(inter["block_in"]) == 2
     r = norm_ratios(inter, "resnet")

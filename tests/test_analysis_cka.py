@@ -1,9 +1,11 @@
 """CKA and minibatch CKA against plain NumPy float64 implementations written here, and the
 invariances CKA is defined to have (Kornblith et al. 2019; Nguyen et al. 2021)."""
+
 import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nest_jax.analysis.cka import MinibatchCKA, cka
 
@@ -15,7 +17,7 @@ def np_gram(x, kernel="linear", threshold=1.0):
     if kernel == "linear":
         return k
     d2 = np.diag(k)[:, None] + np.diag(k)[None] - 2 * k
-    return np.exp(-d2 / (2 * threshold ** 2 * np.median(d2)))
+    return np.exp(-d2 / (2 * threshold**2 * np.median(d2)))
 
 
 def np_hsic0(k, l):
@@ -28,8 +30,9 @@ def np_hsic1(k, l):
     n = len(k)
     k, l = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
     one = np.ones(n)
-    return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-            - 2 / (n - 2) * one @ k @ l @ one) / (n * (n - 3))
+    return (
+        np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ k @ l @ one
+    ) / (n * (n - 3))
 
 
 def np_cka(x, y, kernel="linear", unbiased=False, threshold=1.0):
@@ -98,15 +101,16 @@ def np_minibatch(batches_x, batches_y):
 
 def _layers(n, dims=(6, 10, 5)):
     z = rng.normal(size=(n, 8))
-    return [np.tanh(z @ rng.normal(size=(8, d)) * s) + 0.5 * rng.normal(size=(n, d))
-            for d, s in zip(dims, (0.5, 1.0, 2.0))]
+    return [
+        np.tanh(z @ rng.normal(size=(8, d)) * s) + 0.5 * rng.normal(size=(n, d)) for d, s in zip(dims, (0.5, 1.0, 2.0))
+    ]
 
 
 def test_minibatch_cka_matches_numpy_within_and_across_models():
     data_x = _layers(64)
     data_y = [np.abs(data_x[0]) @ rng.normal(size=(6, 4)), data_x[2] ** 2]
-    bx = [[f[i:i + 16] for f in data_x] for i in range(0, 64, 16)]
-    by = [[f[i:i + 16] for f in data_y] for i in range(0, 64, 16)]
+    bx = [[f[i : i + 16] for f in data_x] for i in range(0, 64, 16)]
+    by = [[f[i : i + 16] for f in data_y] for i in range(0, 64, 16)]
     across, within = MinibatchCKA(3, 2), MinibatchCKA(3)
     for fx, fy in zip(bx, by):
         across.update(fx, fy)
@@ -131,7 +135,7 @@ def test_minibatch_cka_converges_to_full_data_unbiased_value():
             perm = rng.permutation(n)
             acc = MinibatchCKA(1, 1)
             for i in range(0, n, b):
-                acc.update([data[0][perm[i:i + b]]], [data[1][perm[i:i + b]]])
+                acc.update([data[0][perm[i : i + b]]], [data[1][perm[i : i + b]]])
             errs.append(abs(acc.result()[0, 0] - full))
         errors.append(np.mean(errs))
     assert errors[-1] < 1e-5  # one batch of everything is the full-data estimator

@@ -1,4 +1,5 @@
 """Probes, position-embedding similarity and localization maps against NumPy float64 versions."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -58,13 +59,31 @@ def np_cos(table):
 
 
 def test_pos_embed_similarity_vit_and_nest_levels():
-    vit = create_model("vit_tiny_patch16_224", num_classes=10, img_size=16, rngs=nnx.Rngs(0), patch_size=4,
-                       dim=8, depth=1, num_heads=2, mlp_dim=16)
+    vit = create_model(
+        "vit_tiny_patch16_224",
+        num_classes=10,
+        img_size=16,
+        rngs=nnx.Rngs(0),
+        patch_size=4,
+        dim=8,
+        depth=1,
+        num_heads=2,
+        mlp_dim=16,
+    )
     (sim,) = pos_embed_similarity(vit)
     table = np.asarray(vit.pos_embed[...])[0, 1:]  # class-token slot dropped; 4×4 grid, raster order
     np.testing.assert_allclose(sim.reshape(16, 16), np_cos(table), atol=1e-6)
-    nest = create_model("nest_tiny_cifar", num_classes=10, img_size=16, rngs=nnx.Rngs(0), patch_size=2,
-                        block_size=4, dims=(8, 16), heads=(2, 2), depths=(1, 1))
+    nest = create_model(
+        "nest_tiny_cifar",
+        num_classes=10,
+        img_size=16,
+        rngs=nnx.Rngs(0),
+        patch_size=2,
+        block_size=4,
+        dims=(8, 16),
+        heads=(2, 2),
+        depths=(1, 1),
+    )
     sims = pos_embed_similarity(nest)
     assert [s.shape for s in sims] == [(8, 8, 8, 8), (4, 4, 4, 4)]
     pe = np.asarray(nest.levels[0].pos_embed[...])[0]  # (T=4 blocks, N=16, C)

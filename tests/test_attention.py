@@ -1,6 +1,7 @@
 """Attention paths: the fused kernels (XLA's, and the padding + sequence-length logic cuDNN gets)
 equal the explicit softmax attention and a float64 NumPy reference; the option is validated and
 dispatched as documented."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,12 +32,15 @@ def test_padded_fused_attention_with_lengths_matches_numpy(kv_heads):
     want = _np_attention(q, k, v)
     for multiple in (1, 2, 64):  # 197 -> 197, 198, 256
         got = jax.jit(lambda q, k, v, m=multiple: fused_attention(q, k, v, implementation="xla", seq_multiple=m))(
-            q, k, v)
+            q, k, v
+        )
         assert got.shape == q.shape
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=str(multiple))
+
     # The padded rows and keys carry no gradient: the same gradient as without padding.
     def loss(q, k, v, m):
         return jnp.sum(fused_attention(q, k, v, implementation="xla", seq_multiple=m) ** 2)
+
     g1 = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(q, k, v, 1)
     g64 = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(q, k, v, 64)
     for a, b in zip(g1, g64):
@@ -46,16 +50,42 @@ def test_padded_fused_attention_with_lengths_matches_numpy(kv_heads):
 
 MODELS = {
     # DeiT with cls + dist tokens: 2 + 4·4 = 18 tokens; padded to 24 below.
-    "deit": lambda impl: create_model("deit_tiny_distilled_patch16_224", num_classes=5, img_size=16, patch_size=4,
-                                      depth=2, dim=32, num_heads=2, mlp_dim=64, attn_impl=impl,
-                                      rngs=nnx.Rngs(0)),
+    "deit": lambda impl: create_model(
+        "deit_tiny_distilled_patch16_224",
+        num_classes=5,
+        img_size=16,
+        patch_size=4,
+        depth=2,
+        dim=32,
+        num_heads=2,
+        mlp_dim=64,
+        attn_impl=impl,
+        rngs=nnx.Rngs(0),
+    ),
     # NesT blocks of 2×2 = 4 tokens with one shared K/V head (multi-query), and plain multi-head.
-    "nest_mq": lambda impl: create_model("nest_tiny_cifar", num_classes=5, img_size=8, block_size=2,
-                                         dims=(16, 16, 16), depths=(1, 1, 1), heads=(2, 2, 2),
-                                         attn_impl=impl, rngs=nnx.Rngs(0)),
-    "nest_mh": lambda impl: create_model("nest_tiny_cifar", num_classes=5, img_size=8, block_size=2,
-                                         dims=(16, 16, 16), depths=(1, 1, 1), heads=(2, 2, 2),
-                                         attention="multi_head", attn_impl=impl, rngs=nnx.Rngs(0)),
+    "nest_mq": lambda impl: create_model(
+        "nest_tiny_cifar",
+        num_classes=5,
+        img_size=8,
+        block_size=2,
+        dims=(16, 16, 16),
+        depths=(1, 1, 1),
+        heads=(2, 2, 2),
+        attn_impl=impl,
+        rngs=nnx.Rngs(0),
+    ),
+    "nest_mh": lambda impl: create_model(
+        "nest_tiny_cifar",
+        num_classes=5,
+        img_size=8,
+        block_size=2,
+        dims=(16, 16, 16),
+        depths=(1, 1, 1),
+        heads=(2, 2, 2),
+        attention="multi_head",
+        attn_impl=impl,
+        rngs=nnx.Rngs(0),
+    ),
 }
 
 

@@ -1,5 +1,6 @@
 """bfloat16 compute for every family against float32, and the train step's on-device pieces
 (mixup/CutMix, EMA under gradient accumulation) against independent recomputations."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,10 +16,11 @@ from tests._train_helpers import SyntheticData, tiny_config
 # Small members of each family (16 px images), parameters float32 in both runs.
 FAMILIES = {
     "vit": ("vit_tiny_patch16_224", dict(img_size=16, patch_size=4, dim=32, depth=2, num_heads=2, mlp_dim=64)),
-    "deit": ("deit_tiny_distilled_patch16_224", dict(img_size=16, patch_size=4, dim=32, depth=2, num_heads=2,
-                                                     mlp_dim=64)),
-    "nest": ("nest_tiny_cifar", dict(img_size=16, block_size=4, dims=(32, 32, 32), depths=(1, 1, 1),
-                                     heads=(2, 2, 2))),
+    "deit": (
+        "deit_tiny_distilled_patch16_224",
+        dict(img_size=16, patch_size=4, dim=32, depth=2, num_heads=2, mlp_dim=64),
+    ),
+    "nest": ("nest_tiny_cifar", dict(img_size=16, block_size=4, dims=(32, 32, 32), depths=(1, 1, 1), heads=(2, 2, 2))),
     "resnet": ("resnet50", dict(img_size=16, layers=(1, 1), widths=(64, 128))),
 }
 # bf16 keeps 8 mantissa bits (relative step 2^-8 ≈ 0.4%); a few layers of rounding stay within
@@ -74,8 +76,10 @@ def test_bf16_train_step_matches_float32(family):
     np.testing.assert_allclose(l16, l32, rtol=TOL)
     np.testing.assert_allclose(g16, g32, rtol=0.1)
     # The first Adam step moves each weight by ≈ lr·sign(g): the directions must agree.
-    a, b = np.concatenate([x.ravel() for x in jax.tree.leaves(d32)]), np.concatenate(
-        [x.ravel() for x in jax.tree.leaves(d16)])
+    a, b = (
+        np.concatenate([x.ravel() for x in jax.tree.leaves(d32)]),
+        np.concatenate([x.ravel() for x in jax.tree.leaves(d16)]),
+    )
     assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.9
 
 
@@ -86,13 +90,19 @@ def test_mixing_inside_the_jitted_step_matches_a_recomputation():
     cfg.mix.update(dict(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, sampling="nest"))
     tr = make_trainer(cfg, _mesh(), num_classes=4, num_train_steps=4, warmup_steps=0)
     state, rest = tr.init_state(), tr.init_rest()
-    batch = next(SyntheticData().train_iterator(None, global_batch_size=16, seed=0, process_index=0,
-                                                process_count=1))
+    batch = next(SyntheticData().train_iterator(None, global_batch_size=16, seed=0, process_index=0, process_count=1))
     params = jax.tree.map(np.asarray, state["params"])
     model = tr.model(jax.tree.map(jnp.asarray, params), None, rest)
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 0)
-    images, targets = mix_batch(jax.random.split(key)[0], jnp.asarray(batch["image"]), jnp.asarray(batch["label"]),
-                                num_classes=4, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+    images, targets = mix_batch(
+        jax.random.split(key)[0],
+        jnp.asarray(batch["image"]),
+        jnp.asarray(batch["label"]),
+        num_classes=4,
+        mixup_alpha=0.8,
+        cutmix_alpha=1.0,
+        label_smoothing=0.1,
+    )
     assert not np.allclose(images, batch["image"])  # something was mixed
     logits = np.asarray(model(images, train=True), np.float64)
     logp = logits - logits.max(-1, keepdims=True)

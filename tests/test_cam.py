@@ -1,5 +1,6 @@
 """CAM for NesT against a NumPy float64 hand computation, the mean-of-CAM = logit identity, and the
 weakly-supervised localization helpers on hand cases."""
+
 import jax
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ from nest_jax.models import create_model
 
 @pytest.fixture(scope="module")
 def model_and_result():
-    model = create_model("nest_tiny_cifar", num_classes=10, rngs=nnx.Rngs(0),
-                         dims=(8,) * 4, depths=(1,) * 4, heads=(1,) * 4)
+    model = create_model(
+        "nest_tiny_cifar", num_classes=10, rngs=nnx.Rngs(0), dims=(8,) * 4, depths=(1,) * 4, heads=(1,) * 4
+    )
     # non-trivial LayerNorm affine and head bias, so the test sees every term
     model.norm.scale[...] = 1.0 + 0.3 * jax.random.normal(jax.random.key(5), (8,))
     model.norm.bias[...] = 0.2 * jax.random.normal(jax.random.key(6), (8,))
@@ -56,7 +58,7 @@ def test_box_iou_hand_cases():
 
 def test_box_from_cam_largest_component_and_tight():
     cam = np.zeros((20, 30))
-    cam[2:6, 3:8] = 1.0    # 20 px blob
+    cam[2:6, 3:8] = 1.0  # 20 px blob
     cam[10:18, 15:27] = 0.9  # 96 px blob: the largest component
     assert box_from_cam(cam, 0.5) == (10, 15, 18, 27)
     assert box_from_cam(cam, 0.5, mode="tight") == (2, 3, 18, 27)

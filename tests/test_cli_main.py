@@ -3,6 +3,7 @@
 Parsing is tested in-process (no jax work happens before the config is built); two short
 subprocesses check what a user's shell sees.
 """
+
 import ast
 import os
 import subprocess
@@ -28,26 +29,41 @@ def _error(argv, capsys, monkeypatch):
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--config=configs/digits_nest_tny.py", "--workdir=/tmp/w"],
-     "config file configs/digits_nest_tny.py does not exist; did you mean --config=configs/digits_nest_tiny.py?"),
-    ([f"--config={REPO}/configs/cifar10_nest.py:huge", "--workdir=/tmp/w"],
-     "get_config('huge') raised ValueError: config argument must be tiny, small or base, got 'huge'"),
-    ([f"--config={DIGITS}", "--workdir=/tmp/w", "--config.train.num_train_stepz=3"],
-     "--config.train.num_train_stepz: the config has no field 'train.num_train_stepz'; "
-     "close field names: --config.train.num_train_steps"),
-    ([f"--config={DIGITS}", "--workdir=/tmp/w", "--config.num_train_steps=3"],  # right name, wrong group
-     "close field names: --config.train.num_train_steps"),
-    ([f"--config={DIGITS}", "--workdir=/tmp/w", "--config.train.num_train_steps=abc"],
-     "--config.train.num_train_steps=abc: expects an integer (int), e.g. --config.train.num_train_steps=100"),
-    ([f"--config={DIGITS}", "--workdir=/tmp/w", "--config.optimizer.lr=fast"],
-     "--config.optimizer.lr=fast: expects a number (float), e.g. --config.optimizer.lr=0.002"),
-    ([f"--config={DIGITS}", "--workdir=/tmp/w", "--config.model.remat=maybe"], "expects true or false"),
-    ([f"--config={DIGITS}"], "missing --workdir=DIR"),
-    (["--workdir=/tmp/w"], "missing --config=PATH[:ARG]"),
-    ([f"--config={DIGITS}", "--workdirr=/tmp/w"], "unknown flag --workdirr; did you mean --workdir?"),
-    ([f"--config={DIGITS}", "--workdir=/tmp/w", "--mode=evaluate"], "--mode=evaluate is not a mode"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["--config=configs/digits_nest_tny.py", "--workdir=/tmp/w"],
+            "config file configs/digits_nest_tny.py does not exist; did you mean --config=configs/digits_nest_tiny.py?",
+        ),
+        (
+            [f"--config={REPO}/configs/cifar10_nest.py:huge", "--workdir=/tmp/w"],
+            "get_config('huge') raised ValueError: config argument must be tiny, small or base, got 'huge'",
+        ),
+        (
+            [f"--config={DIGITS}", "--workdir=/tmp/w", "--config.train.num_train_stepz=3"],
+            "--config.train.num_train_stepz: the config has no field 'train.num_train_stepz'; "
+            "close field names: --config.train.num_train_steps",
+        ),
+        (
+            [f"--config={DIGITS}", "--workdir=/tmp/w", "--config.num_train_steps=3"],  # right name, wrong group
+            "close field names: --config.train.num_train_steps",
+        ),
+        (
+            [f"--config={DIGITS}", "--workdir=/tmp/w", "--config.train.num_train_steps=abc"],
+            "--config.train.num_train_steps=abc: expects an integer (int), e.g. --config.train.num_train_steps=100",
+        ),
+        (
+            [f"--config={DIGITS}", "--workdir=/tmp/w", "--config.optimizer.lr=fast"],
+            "--config.optimizer.lr=fast: expects a number (float), e.g. --config.optimizer.lr=0.002",
+        ),
+        ([f"--config={DIGITS}", "--workdir=/tmp/w", "--config.model.remat=maybe"], "expects true or false"),
+        ([f"--config={DIGITS}"], "missing --workdir=DIR"),
+        (["--workdir=/tmp/w"], "missing --config=PATH[:ARG]"),
+        ([f"--config={DIGITS}", "--workdirr=/tmp/w"], "unknown flag --workdirr; did you mean --workdir?"),
+        ([f"--config={DIGITS}", "--workdir=/tmp/w", "--mode=evaluate"], "--mode=evaluate is not a mode"),
+    ],
+)
 def test_command_line_mistakes_are_one_line_exit_2(argv, expected, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     code, err = _error(argv, capsys, monkeypatch)
@@ -58,10 +74,21 @@ def test_command_line_mistakes_are_one_line_exit_2(argv, expected, capsys, monke
 
 def test_overrides_are_parsed_as_the_fields_types():
     config = load_config(f"{DIGITS}")
-    cl = split_argv(["--config.train.num_train_steps=60", "--config.optimizer.lr", "1e-3", "--config.seed=7",
-                     "--config.model.remat", "--config.model.overrides.depths=(2, 2)",
-                     "--config.dataset.data_dir=/data/tfds", "--noconfig.dataset.cache",
-                     "--config.mesh.axes.data", "-1", "--config.mesh.axes.fsdp=2"])
+    cl = split_argv(
+        [
+            "--config.train.num_train_steps=60",
+            "--config.optimizer.lr",
+            "1e-3",
+            "--config.seed=7",
+            "--config.model.remat",
+            "--config.model.overrides.depths=(2, 2)",
+            "--config.dataset.data_dir=/data/tfds",
+            "--noconfig.dataset.cache",
+            "--config.mesh.axes.data",
+            "-1",
+            "--config.mesh.axes.fsdp=2",
+        ]
+    )
     apply_overrides(config, cl.overrides)
     assert config.train.num_train_steps == 60 and type(config.train.num_train_steps) is int
     assert config.optimizer.lr == 0.001 and config.seed == 7 and config.model.remat is True
@@ -91,8 +118,9 @@ def test_a_config_without_get_config_or_returning_something_else(tmp_path):
     (tmp_path / "dict.py").write_text("def get_config():\n    return {'a': 1}\n")
     with pytest.raises(UserError, match="returned dict, not an ml_collections.ConfigDict"):
         load_config(str(tmp_path / "dict.py"))
-    (tmp_path / "ok.py").write_text("import ml_collections\n"
-                                    "def get_config(arg='a'):\n    return ml_collections.ConfigDict({'v': arg})\n")
+    (tmp_path / "ok.py").write_text(
+        "import ml_collections\ndef get_config(arg='a'):\n    return ml_collections.ConfigDict({'v': arg})\n"
+    )
     assert load_config(str(tmp_path / "ok.py") + ":b").v == "b"
     assert isinstance(load_config(str(tmp_path / "ok.py")), ml_collections.ConfigDict)
 
@@ -107,8 +135,9 @@ def test_user_error_and_preemption_from_the_job_map_to_exit_codes(capsys, monkey
 
     monkeypatch.setattr(main_mod, "run_job", no_checkpoint)
     assert main_mod.main(argv) == USAGE_EXIT_CODE == 2
-    assert capsys.readouterr().err == ("nest_jax.main: error: no checkpoint in /tmp/w/checkpoints to evaluate; "
-                                       "train first (--mode=train)\n")
+    assert capsys.readouterr().err == (
+        "nest_jax.main: error: no checkpoint in /tmp/w/checkpoints to evaluate; train first (--mode=train)\n"
+    )
     assert main_mod.main([*argv, "--debug"]) == 2  # --debug: the traceback, then the same line
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and "no_checkpoint" in err and err.endswith("(--mode=train)\n")
@@ -124,7 +153,6 @@ def test_user_error_and_preemption_from_the_job_map_to_exit_codes(capsys, monkey
     monkeypatch.setattr(main_mod, "run_job", lambda *a: (_ for _ in ()).throw(KeyError("bug")))
     with pytest.raises(KeyError):  # a bug is not a user error: it keeps its traceback and exit code 1
         main_mod.main(argv)
-
 
 
 def test_divergence_is_one_line_exit_1_and_a_finished_run_says_so(capsys, monkeypatch):
@@ -143,12 +171,15 @@ def test_divergence_is_one_line_exit_1_and_a_finished_run_says_so(capsys, monkey
     # A run that had already reached its last step: the loop's message gets its own line, and the
     # metrics line holds only metrics.
     import nest_jax.train.loop as loop
-    monkeypatch.setattr(loop, "train_and_evaluate",
-                        lambda config, workdir: {"step": 60, "message": "this run already reached step 60"})
+
+    monkeypatch.setattr(
+        loop, "train_and_evaluate", lambda config, workdir: {"step": 60, "message": "this run already reached step 60"}
+    )
     result = run_job(load_config(DIGITS), "/tmp/w", "train")
     out = capsys.readouterr().out
     assert out.splitlines() == ["this run already reached step 60", "final metrics: {'step': 60}"]
     assert result == {"step": 60}
+
 
 def _first_docstring_lines() -> dict[str, str]:
     out = {}
@@ -165,9 +196,19 @@ def test_help_explains_the_program_its_configs_and_exit_codes():
         row = next(r for r in text.splitlines() if r.strip().startswith(name))
         shown = row.split(name, 1)[1].strip().rstrip("…")
         assert line.startswith(shown) and len(shown) >= 40, (name, row)
-    for needle in ("--config.train.num_train_steps=", "--config.optimizer.lr=", "--config.dataset.data_dir=",
-                   "--config.seed=", "--mode=train", "--mode=eval", "--config.init_from.checkpoint=",
-                   "resume", "README.md", "--debug", "NEST_JAX_DEBUG=1"):
+    for needle in (
+        "--config.train.num_train_steps=",
+        "--config.optimizer.lr=",
+        "--config.dataset.data_dir=",
+        "--config.seed=",
+        "--mode=train",
+        "--mode=eval",
+        "--config.init_from.checkpoint=",
+        "resume",
+        "README.md",
+        "--debug",
+        "NEST_JAX_DEBUG=1",
+    ):
         assert needle in text, needle
     codes = dict(line.split(None, 1) for line in text.split("EXIT CODES\n")[1].split("\n\n")[0].splitlines())
     assert set(codes) == {"0", "1", str(USAGE_EXIT_CODE), str(PREEMPTED_EXIT_CODE)} and "rerun" in codes["75"]
@@ -182,8 +223,9 @@ def test_help_without_the_configs_folder(monkeypatch):
 def _shell(*args, cwd=REPO):
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "nest_jax.main", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nest_jax.main", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_shell_sees_help_and_a_one_line_error(tmp_path):

@@ -19,6 +19,7 @@ pieces fit together and run):
 Even so, 20 runs cost ~320 CPU-seconds (each compiles its own init/train/eval programs and
 orbax-saves over 8 simulated devices), hence `slow`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,6 +59,7 @@ def data_dir(tmp_path_factory):
 
 def _flat(tree) -> dict[str, np.ndarray]:
     from nest_jax.train.sharding import path_str
+
     return {path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]}
 
 
@@ -75,6 +77,7 @@ class Recorder:
         def make_trainer(*args, **kwargs):
             trainer = real(*args, **kwargs)
             return dataclasses.replace(trainer, train_step=self._wrap(trainer.train_step))
+
         monkeypatch.setattr(loop, "make_trainer", make_trainer)
 
     def _wrap(self, step):
@@ -91,6 +94,7 @@ class Recorder:
                 self.loss_zero_teachers = float(step(replay, batch, rest, zeroed)[1]["loss"])
             self.final = _flat(new["params"])
             return new, metrics
+
         return train_step
 
 
@@ -103,6 +107,7 @@ def _random_teacher(config, token: str, out_dir: str) -> dict[str, np.ndarray]:
     """Writes a random teacher of the architecture `config.distill[token]` names, in its source's
     format, points the config at it and returns its parameters ({path: array})."""
     from nest_jax.models import create_model
+
     t = config.distill[token]
     if config.dataset.name != "digits" and t.model in SHRINK:
         t.overrides.update(SHRINK[t.model])
@@ -113,11 +118,12 @@ def _random_teacher(config, token: str, out_dir: str) -> dict[str, np.ndarray]:
     model = create_model(t.model, num_classes=num_classes, img_size=img, rngs=nnx.Rngs(123), **kw)
     if t.source == "nest_jax":
         from nest_jax.convert.checkpoint import save_params
+
         path = os.path.join(out_dir, f"teacher_{token}")
-        save_params(model, path, model_name=t.model,
-                    model_kwargs=dict(kw, num_classes=num_classes, img_size=img))
+        save_params(model, path, model_name=t.model, model_kwargs=dict(kw, num_classes=num_classes, img_size=img))
     elif t.source == "nest_official":
         from nest_jax.convert.nest import params_to_official_nest
+
         path = os.path.join(out_dir, f"teacher_{token}.npz")
         np.savez(path, **_flat(params_to_official_nest(model)))
     else:
@@ -130,6 +136,7 @@ def _finetune_checkpoint(config, out_dir: str) -> dict[str, np.ndarray]:
     """A tiny Google-style ViT `.npz` (16 px, 7 classes) for `config.init_from`; returns it."""
     from nest_jax.convert.vit_npz import params_to_vit_npz
     from nest_jax.models import create_model
+
     config.model.overrides.update(TINY_VIT)
     kw = {k: v for k, v in config.model.overrides.items() if k != "dtype"}
     model = create_model(config.model.name, num_classes=7, img_size=16, rngs=nnx.Rngs(5), **kw)
@@ -166,6 +173,7 @@ def _train(config_file: str, arg, data_dir, tmp_path, monkeypatch) -> None:
         assert result["eval_ema_count"] == NUM_EVAL[name], result
     # The step-2 checkpoint exists and holds the trained parameters.
     from nest_jax.train.init_from import _workdir_params
+
     saved = _workdir_params(workdir)
     assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
     assert saved.keys() == rec.final.keys()
@@ -187,8 +195,9 @@ def _train(config_file: str, arg, data_dir, tmp_path, monkeypatch) -> None:
     if npz is not None:
         first = rec.initial
         np.testing.assert_array_equal(first["patch_embed/proj/kernel"], npz["embedding/kernel"])
-        np.testing.assert_array_equal(first["layers/1/mlp/fc2/kernel"],
-                                      npz["Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel"])
+        np.testing.assert_array_equal(
+            first["layers/1/mlp/fc2/kernel"], npz["Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel"]
+        )
         pos, src = first["pos_embed"], npz["Transformer/posembed_input/pos_embedding"]
         assert pos.shape == (1, 1 + 4, 32) and src.shape == (1, 1 + 1, 32)
         np.testing.assert_array_equal(pos[:, 0], src[:, 0])

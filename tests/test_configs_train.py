@@ -1,6 +1,7 @@
 """Every shipped config builds its own train and eval input pipelines (its augmentation chain, at
 32 px, on data written for the test) and yields two batches of each — for every get_config
 argument. The ImageNet configs' chain (inception crop → RandAugment) once failed here."""
+
 import json
 
 import numpy as np
@@ -10,8 +11,7 @@ from nest_jax import data
 from nest_jax.data import preprocess
 from tests._configs import CONFIG_ARGS, config_for_test
 
-NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000,
-               "image_folder": 2}
+NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "image_folder": 2}
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +23,9 @@ def _check_pipelines(ds_cfg) -> None:
     info = data.get_info(ds_cfg)
     size, c = ds_cfg.image_size, ds_cfg.num_channels
     assert info.num_classes == NUM_CLASSES[ds_cfg.name] and info.image_shape == (size, size, c)
-    it = data.train_iterator(ds_cfg, global_batch_size=8, seed=0, process_index=0,
-                             process_count=1)
+    it = data.train_iterator(ds_cfg, global_batch_size=8, seed=0, process_index=0, process_count=1)
     train = [next(it) for _ in range(2)]
-    evals = list(data.eval_iterator(ds_cfg, global_batch_size=8, process_index=0,
-                                    process_count=1))[:2]
+    evals = list(data.eval_iterator(ds_cfg, global_batch_size=8, process_index=0, process_count=1))[:2]
     for b in train + evals:
         assert b["image"].shape == (8, size, size, c) and b["image"].dtype == np.float32
         assert np.isfinite(b["image"]).all() and b["label"].dtype == np.int32

@@ -1,4 +1,5 @@
 """`python -m nest_jax.convert`, run in-process: npz in, orbax checkpoint out, `restore_params` back."""
+
 import json
 
 import numpy as np
@@ -15,8 +16,9 @@ ARCH = ["--set", "depth=2", "--set", "patch_size=8"]
 @pytest.fixture(scope="module")
 def google_npz(tmp_path_factory):
     """A tiny ViT with random (timm-init, nowhere zero) weights, saved under Google's Linen names."""
-    src = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10, gelu="tanh",
-                       rngs=nnx.Rngs(4))
+    src = create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10, gelu="tanh", rngs=nnx.Rngs(4)
+    )
     path = tmp_path_factory.mktemp("npz") / "vit.npz"
     np.savez(path, **params_to_vit_npz(src, "prelinen"))
     return src, path
@@ -25,8 +27,24 @@ def google_npz(tmp_path_factory):
 def test_cli_vit_npz_checkpoint_restores_same_logits(tmp_path, google_npz):
     src, npz = google_npz
     out = tmp_path / "ckpt"
-    assert main(["--model", "vit_tiny_patch16_224", "--source", "vit_npz", "--input", str(npz),
-                 "--output", str(out), "--img-size", "32", *ARCH]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                "vit_tiny_patch16_224",
+                "--source",
+                "vit_npz",
+                "--input",
+                str(npz),
+                "--output",
+                str(out),
+                "--img-size",
+                "32",
+                *ARCH,
+            ]
+        )
+        == 0
+    )
     meta = read_meta(out)
     assert meta["model"] == "vit_tiny_patch16_224"
     # Class count read from the checkpoint; Google's tanh GELU chosen for a Google source.
@@ -39,8 +57,26 @@ def test_cli_vit_npz_checkpoint_restores_same_logits(tmp_path, google_npz):
 def test_cli_adapts_resolution_and_head(tmp_path, google_npz):
     src, npz = google_npz
     out = tmp_path / "ckpt"
-    assert main(["--model", "vit_tiny_patch16_224", "--source", "vit_npz", "--input", str(npz),
-                 "--output", str(out), "--img-size", "48", "--num-classes", "5", *ARCH]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                "vit_tiny_patch16_224",
+                "--source",
+                "vit_npz",
+                "--input",
+                str(npz),
+                "--output",
+                str(out),
+                "--img-size",
+                "48",
+                "--num-classes",
+                "5",
+                *ARCH,
+            ]
+        )
+        == 0
+    )
     model = restore_params(out)
     assert model.config.grid == (6, 6) and model.head.kernel.shape == (192, 5)
     want = resize_pos_embed(np.asarray(src.pos_embed[...]), num_prefix=1, new_grid=(6, 6), method="linear")
@@ -60,8 +96,20 @@ def test_cli_bad_inputs_give_one_clear_error(tmp_path, google_npz, capsys):
     # One line: the first mismatches with both shapes, then how many more (ViT-Ti is 192 wide, ViT-S 384).
     assert "shape mismatch for 'cls_token': vit_npz has (1, 1, 192), model expects (1, 1, 384)" in err
     assert "more (--debug shows all)" in err and err.count("\n") == 1
-    assert main(["--model", "vit_tiny_patch16_224", "--output", str(tmp_path / "c"), *base[:3],
-                 str(tmp_path / "missing.npz"), *base[4:]]) == 2
+    assert (
+        main(
+            [
+                "--model",
+                "vit_tiny_patch16_224",
+                "--output",
+                str(tmp_path / "c"),
+                *base[:3],
+                str(tmp_path / "missing.npz"),
+                *base[4:],
+            ]
+        )
+        == 2
+    )
     assert "no checkpoint file" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abc")  # nothing written on failure
 
@@ -98,8 +146,22 @@ def test_save_restore_roundtrips_batch_stats(tmp_path):
 
 
 def _convert(npz, out, *extra):
-    return main(["--model", "vit_tiny_patch16_224", "--source", "vit_npz", "--input", str(npz), "--output", str(out),
-                 "--img-size", "32", *ARCH, *extra])
+    return main(
+        [
+            "--model",
+            "vit_tiny_patch16_224",
+            "--source",
+            "vit_npz",
+            "--input",
+            str(npz),
+            "--output",
+            str(out),
+            "--img-size",
+            "32",
+            *ARCH,
+            *extra,
+        ]
+    )
 
 
 def test_cli_refuses_nonfinite_weights_unless_allowed(tmp_path, google_npz, capsys):
@@ -154,8 +216,8 @@ def test_cli_overwrite_replaces_only_a_nest_jax_checkpoint(tmp_path, google_npz,
 
 def test_save_params_overwrite_keeps_the_old_checkpoint_if_writing_fails(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
-    model = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=3,
-                         rngs=nnx.Rngs(0))
+
+    model = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=3, rngs=nnx.Rngs(0))
     save_params(model, tmp_path / "ck", model_name="vit_tiny_patch16_224", model_kwargs={"num_classes": 3})
     before = np.asarray(model.head.kernel[...]).copy()
 
@@ -163,13 +225,13 @@ def test_save_params_overwrite_keeps_the_old_checkpoint_if_writing_fails(tmp_pat
         raise OSError("No space left on device")
 
     monkeypatch.setattr(ocp.CompositeCheckpointHandler, "save", disk_full)
-    other = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=3,
-                         rngs=nnx.Rngs(1))
+    other = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=3, rngs=nnx.Rngs(1))
     with pytest.raises(OSError, match="No space left"):
         save_params(other, tmp_path / "ck", overwrite=True)
     monkeypatch.undo()
     # orbax's own force=True would have deleted the old checkpoint before failing.
-    restored = restore_params(tmp_path / "ck", create_model("vit_tiny_patch16_224", img_size=32, patch_size=8,
-                                                            depth=1, num_classes=3))
+    restored = restore_params(
+        tmp_path / "ck", create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=3)
+    )
     np.testing.assert_array_equal(np.asarray(restored.head.kernel[...]), before)
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]

@@ -2,6 +2,7 @@
 versions they replace (tests/data/tf_reference.npz, see make_tf_reference.py), against independent
 formulations (PIL.ImageOps / ImageEnhance, colorsys, per-pixel loops written here), and by the
 properties of the random ops (crop area and aspect, erasing box and noise, CIFAR crop offsets)."""
+
 import colorsys
 import math
 import os
@@ -13,8 +14,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from nest_jax.data import augment, preprocess, randaugment
 
-REF = np.load(os.path.join(os.path.dirname(__file__), "data", "tf_reference.npz"),
-              allow_pickle=False)
+REF = np.load(os.path.join(os.path.dirname(__file__), "data", "tf_reference.npz"), allow_pickle=False)
 IMAGE = REF["image"]  # (20, 24, 3) float32, multiples of 1/255
 U8 = np.round(IMAGE * 255).astype(np.uint8)
 PIL_IMAGE = Image.fromarray(U8)
@@ -25,6 +25,7 @@ def _rng(i):
 
 
 # ---- the ports reproduce the TensorFlow ops ----
+
 
 @pytest.mark.parametrize("op", randaugment.OPS)
 def test_randaugment_op_matches_tensorflow_reference(op):
@@ -41,10 +42,8 @@ def test_randaugment_op_matches_tensorflow_reference(op):
 
 def test_colour_adjustments_match_tensorflow_reference():
     for f in (0.3, 1.7):
-        np.testing.assert_allclose(augment.adjust_contrast(IMAGE, f), REF[f"contrast/{f}"],
-                                   atol=1e-5)
-        np.testing.assert_allclose(augment.adjust_saturation(IMAGE, f), REF[f"saturation/{f}"],
-                                   atol=1e-5)
+        np.testing.assert_allclose(augment.adjust_contrast(IMAGE, f), REF[f"contrast/{f}"], atol=1e-5)
+        np.testing.assert_allclose(augment.adjust_saturation(IMAGE, f), REF[f"saturation/{f}"], atol=1e-5)
     for d in (-0.2, 0.05):
         np.testing.assert_allclose(augment.adjust_hue(IMAGE, d), REF[f"hue/{d}"], atol=1e-5)
     np.testing.assert_allclose(randaugment.gray(IMAGE), REF["grayscale"], atol=1e-6)
@@ -53,9 +52,17 @@ def test_colour_adjustments_match_tensorflow_reference():
 @pytest.mark.parametrize("mode", ["resize_crop", "resize"])
 @pytest.mark.parametrize("method", ["bilinear", "bicubic"])
 def test_eval_view_matches_tensorflow_reference(mode, method):
-    cfg = ml_collections.ConfigDict(dict(name="x", image_size=16, num_channels=3,
-                                         normalize="imagenet", eval_resize=mode,
-                                         crop_fraction=0.875, resize_method=method))
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name="x",
+            image_size=16,
+            num_channels=3,
+            normalize="imagenet",
+            eval_resize=mode,
+            crop_fraction=0.875,
+            resize_method=method,
+        )
+    )
     ref, std = REF[f"eval/{mode}/{method}"], np.array([0.229, 0.224, 0.225])
     # Float input: PIL's and TF's antialiased resampling kernels agree to < 1e-4 of a level.
     float_out = preprocess.eval_image(REF["eval_input"], cfg)
@@ -67,6 +74,7 @@ def test_eval_view_matches_tensorflow_reference(mode, method):
 
 
 # ---- each RandAugment op against an independent formulation ----
+
 
 def _levels(image):
     return np.round(np.asarray(image, np.float64) * 255)
@@ -89,10 +97,15 @@ def test_histogram_ops_equal_pil_imageops():
     assert np.abs(auto - _pil(ImageOps.autocontrast(PIL_IMAGE))).max() <= 1
 
 
-@pytest.mark.parametrize("op,enhancer", [("color", ImageEnhance.Color),
-                                         ("contrast", ImageEnhance.Contrast),
-                                         ("brightness", ImageEnhance.Brightness),
-                                         ("sharpness", ImageEnhance.Sharpness)])
+@pytest.mark.parametrize(
+    "op,enhancer",
+    [
+        ("color", ImageEnhance.Color),
+        ("contrast", ImageEnhance.Contrast),
+        ("brightness", ImageEnhance.Brightness),
+        ("sharpness", ImageEnhance.Sharpness),
+    ],
+)
 def test_enhance_ops_equal_pil_imageenhance(op, enhancer):
     for level in (0.0, 0.5, 1.0):
         factor = 0.1 + 1.8 * level  # the official level → factor map
@@ -106,15 +119,14 @@ def test_rotation_equals_pil_rotate_and_translation_pil_affine():
     for level in (0.5, 1.0):
         for sign in (-1.0, 1.0):
             out = randaugment.apply_op("rotate", IMAGE, level, sign)
-            expected = PIL_IMAGE.rotate(sign * level * 30, resample=Image.NEAREST,
-                                        fillcolor=(128, 128, 128))
+            expected = PIL_IMAGE.rotate(sign * level * 30, resample=Image.NEAREST, fillcolor=(128, 128, 128))
             np.testing.assert_array_equal(_levels(out), _pil(expected))
             pixels = sign * level * int(0.3 * 24)  # width 24 is not in the table: 0.3 × size
             if pixels == round(pixels):  # whole-pixel shifts: no rounding convention involved
                 out = randaugment.apply_op("translate_x", IMAGE, level, sign)
-                expected = PIL_IMAGE.transform(PIL_IMAGE.size, Image.AFFINE,
-                                               (1, 0, pixels, 0, 1, 0), Image.NEAREST,
-                                               fillcolor=(128, 128, 128))
+                expected = PIL_IMAGE.transform(
+                    PIL_IMAGE.size, Image.AFFINE, (1, 0, pixels, 0, 1, 0), Image.NEAREST, fillcolor=(128, 128, 128)
+                )
                 np.testing.assert_array_equal(_levels(out), _pil(expected))
 
 
@@ -127,8 +139,7 @@ def test_shear_and_translate_equal_a_per_pixel_loop():
             expected = np.full_like(IMAGE, 0.5)
             for y in range(h):
                 for x in range(w):
-                    sx, sy = {"shear_x": (x + s * y, y), "shear_y": (x, y + s * x),
-                              "translate_y": (x, y + px)}[op]
+                    sx, sy = {"shear_x": (x + s * y, y), "shear_y": (x, y + s * x), "translate_y": (x, y + px)}[op]
                     sx, sy = (int(math.copysign(math.floor(abs(v) + 0.5), v)) for v in (sx, sy))
                     if 0 <= sx < w and 0 <= sy < h:
                         expected[y, x] = IMAGE[sy, sx]
@@ -138,8 +149,10 @@ def test_shear_and_translate_equal_a_per_pixel_loop():
 def test_rand_augment_probability_zero_is_identity_and_one_changes():
     same = randaugment.rand_augment(IMAGE, _rng(0), layers=2, magnitude=9, prob=0.0)
     np.testing.assert_array_equal(same, IMAGE)
-    changed = [not np.array_equal(randaugment.rand_augment(IMAGE, _rng(i), layers=2, magnitude=9,
-                                                           prob=1.0), IMAGE) for i in range(8)]
+    changed = [
+        not np.array_equal(randaugment.rand_augment(IMAGE, _rng(i), layers=2, magnitude=9, prob=1.0), IMAGE)
+        for i in range(8)
+    ]
     assert sum(changed) >= 6  # only "identity" (1 of 14, twice) leaves it unchanged
     a = randaugment.rand_augment(IMAGE, _rng(3), layers=2, prob=0.5)
     np.testing.assert_array_equal(a, randaugment.rand_augment(IMAGE, _rng(3), layers=2, prob=0.5))
@@ -147,12 +160,13 @@ def test_rand_augment_probability_zero_is_identity_and_one_changes():
 
 # ---- colour jitter: each adjustment changes what it should ----
 
+
 def test_colour_adjustments_have_their_measurable_effects():
     std = IMAGE.std(axis=(0, 1))
-    np.testing.assert_allclose(augment.adjust_contrast(IMAGE, 0.5).std(axis=(0, 1)), 0.5 * std,
-                               rtol=1e-5)
-    np.testing.assert_allclose(augment.adjust_contrast(IMAGE, 0.5).mean(axis=(0, 1)),
-                               IMAGE.mean(axis=(0, 1)), atol=1e-5)
+    np.testing.assert_allclose(augment.adjust_contrast(IMAGE, 0.5).std(axis=(0, 1)), 0.5 * std, rtol=1e-5)
+    np.testing.assert_allclose(
+        augment.adjust_contrast(IMAGE, 0.5).mean(axis=(0, 1)), IMAGE.mean(axis=(0, 1)), atol=1e-5
+    )
     for y, x in ((0, 0), (7, 11), (19, 23)):  # colorsys: the standard library's HSV
         h, s, v = colorsys.rgb_to_hsv(*IMAGE[y, x].astype(np.float64))
         sat = colorsys.rgb_to_hsv(*augment.adjust_saturation(IMAGE, 0.6)[y, x].astype(np.float64))
@@ -170,14 +184,15 @@ def test_color_jitter_strength_zero_is_identity_or_grey_and_strength_changes_sta
     assert all(o.shape == IMAGE.shape and o.min() >= 0 and o.max() <= 1 for o in outs)
     means = np.array([o.mean() for o in outs])
     assert means.std() > 0.02  # brightness/contrast move the mean from image to image
-    greys = sum(np.allclose(o[..., 0], o[..., 1]) and np.allclose(o[..., 1], o[..., 2])
-                for o in outs)
+    greys = sum(np.allclose(o[..., 0], o[..., 1]) and np.allclose(o[..., 1], o[..., 2]) for o in outs)
     assert 2 <= greys <= 18  # greyscale with probability 0.2 (40 draws)
-    np.testing.assert_array_equal(augment.color_jitter(IMAGE, _rng(5), strength=0.5),
-                                  augment.color_jitter(IMAGE, _rng(5), strength=0.5))
+    np.testing.assert_array_equal(
+        augment.color_jitter(IMAGE, _rng(5), strength=0.5), augment.color_jitter(IMAGE, _rng(5), strength=0.5)
+    )
 
 
 # ---- random crops, erasing ----
+
 
 def _coordinate_image(size=64):
     rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
@@ -189,8 +204,7 @@ def test_inception_crop_respects_minimum_area_and_aspect(min_area):
     image = _coordinate_image(64)
     areas = []
     for i in range(60):
-        out = augment.inception_crop(image, _rng(i), size=64, min_area=min_area,
-                                     method="nearest")
+        out = augment.inception_crop(image, _rng(i), size=64, min_area=min_area, method="nearest")
         assert out.shape == (64, 64, 3)
         # Nearest upsampling keeps every source row/column: extents give the crop box.
         rows, cols = np.round(out[..., 0] * 255), np.round(out[..., 1] * 255)
@@ -231,17 +245,18 @@ def test_cifar_pad_and_crop_is_a_shifted_window():
     offsets = set()
     for i in range(12):
         out = augment.pad_and_crop(image, _rng(i), padding=2)
-        matches = [(dy, dx) for dy in range(5) for dx in range(5)
-                   if np.array_equal(out, padded[dy:dy + 32, dx:dx + 32])]
+        matches = [
+            (dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(out, padded[dy : dy + 32, dx : dx + 32])
+        ]
         assert len(matches) == 1
         offsets.add(matches[0])
     assert len(offsets) > 3
 
 
 def test_train_chain_grey_to_rgb_and_rgb_to_grey():
-    cfg = ml_collections.ConfigDict(dict(name="x", image_size=8, num_channels=3,
-                                         normalize="inception", augment=dict(),
-                                         resize_method="bilinear"))
+    cfg = ml_collections.ConfigDict(
+        dict(name="x", image_size=8, num_channels=3, normalize="inception", augment=dict(), resize_method="bilinear")
+    )
     grey = np.arange(64, dtype=np.uint8).reshape(8, 8, 1)
     out = preprocess.train_fn(cfg)(grey, (0, 0, 0))
     np.testing.assert_allclose(out, np.repeat(grey / 127.5 - 1, 3, -1), atol=1e-6)

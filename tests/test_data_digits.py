@@ -1,4 +1,5 @@
 """Digits pipeline: shapes, normalization, the fixed split, determinism, resume, process shards."""
+
 import collections
 import itertools
 
@@ -32,15 +33,13 @@ def test_digits_fixed_split_is_stratified_and_complete():
     assert test_counts.min() >= 43 and test_counts.max() <= 46  # 25% of each class (174..183)
     # The two splits together are exactly sklearn's 1,797 images (as a multiset).
     every = collections.Counter(x.tobytes() for x in (load_digits().images / 16).astype(np.float32))
-    both = collections.Counter(x[..., 0].tobytes()
-                               for split in ("train", "test") for x in arrays[split][0])
+    both = collections.Counter(x[..., 0].tobytes() for split in ("train", "test") for x in arrays[split][0])
     assert every == both
 
 
 def test_digits_eval_is_normalized_raw_digits_in_order():
     cfg = dataset_config(image_size=8, eval_resize="resize")
-    batches = list(data.eval_iterator(cfg, global_batch_size=100, process_index=0,
-                                      process_count=1))
+    batches = list(data.eval_iterator(cfg, global_batch_size=100, process_index=0, process_count=1))
     assert len(batches) == data.num_eval_steps(cfg, 100) == 5
     images = np.concatenate([b["image"] for b in batches])
     labels = np.concatenate([b["label"] for b in batches])
@@ -90,8 +89,7 @@ def test_start_step_resumes_exactly_across_an_epoch_boundary(fresh_stream, k):
 
 
 def _epoch_keys(cfg, process_index, process_count, length, batch=24):
-    it = _train(cfg, batch=batch * process_count, process_index=process_index,
-                process_count=process_count)
+    it = _train(cfg, batch=batch * process_count, process_index=process_index, process_count=process_count)
     images = np.concatenate([b["image"] for b in _take(it, -(-length // batch))])[:length]
     return [np.round(x, 4).tobytes() for x in images]
 

@@ -1,4 +1,5 @@
 """Padded eval: every process runs the same steps; every example counted exactly once."""
+
 import collections
 
 import numpy as np
@@ -23,8 +24,9 @@ def test_eval_covers_every_example_once_with_equal_steps(process_count, global_b
     assert steps == -(-450 // global_batch) and 450 % global_batch != 0
     seen, labels = collections.Counter(), collections.Counter()
     for p in range(process_count):
-        batches = list(data.eval_iterator(cfg, global_batch_size=global_batch, process_index=p,
-                                          process_count=process_count))
+        batches = list(
+            data.eval_iterator(cfg, global_batch_size=global_batch, process_index=p, process_count=process_count)
+        )
         assert len(batches) == steps
         for b in batches:
             assert b["image"].shape[0] == global_batch // process_count
@@ -52,8 +54,7 @@ def test_eval_split_argument_reads_another_split():
     """`split=` (for evaluators) overrides eval_split: the train split's 1,347 digits in order."""
     cfg = dataset_config(image_size=8, eval_resize="resize")
     assert data.num_eval_steps(cfg, 500, split="train") == 3
-    batches = list(data.eval_iterator(cfg, global_batch_size=500, split="train", process_index=0,
-                                      process_count=1))
+    batches = list(data.eval_iterator(cfg, global_batch_size=500, split="train", process_index=0, process_count=1))
     assert len(batches) == 3
     labels = np.concatenate([b["label"] for b in batches])
     mask = np.concatenate([b["mask"] for b in batches])

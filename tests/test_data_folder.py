@@ -1,5 +1,6 @@
 """Image-folder source: classes from subfolders, corrupt files (garbage, truncated, broken
 Huffman tables, broken entropy-coded data) reported by name, an empty class folder refused."""
+
 import io
 import logging
 import shutil
@@ -30,7 +31,7 @@ def broken_huffman_table(jpeg: bytes) -> bytes:
     still parses, decoding fails (TF: `jpeg::Uncompress failed`)."""
     data = bytearray(jpeg)
     dht = data.index(b"\xff\xc4")
-    data[dht + 5:dht + 21] = b"\xff" * 16
+    data[dht + 5 : dht + 21] = b"\xff" * 16
     return bytes(data)
 
 
@@ -39,8 +40,8 @@ def broken_entropy_data(jpeg: bytes) -> bytes:
     the file still ends with the end-of-image marker."""
     data = bytearray(jpeg)
     sos = data.index(b"\xff\xda")
-    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
-    data[start + 20:start + 400] = b"\xff" * 380
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    data[start + 20 : start + 400] = b"\xff" * 380
     return bytes(data)
 
 
@@ -72,8 +73,9 @@ def folder(tmp_path_factory):
 
 
 def _cfg(root, **kw):
-    return dataset_config("image_folder", data_dir=str(root), eval_split="val", image_size=8,
-                          num_channels=3, normalize="inception", **kw)
+    return dataset_config(
+        "image_folder", data_dir=str(root), eval_split="val", image_size=8, num_channels=3, normalize="inception", **kw
+    )
 
 
 def test_classes_come_from_subfolders_and_corrupt_file_is_reported(folder, caplog):
@@ -83,8 +85,7 @@ def test_classes_come_from_subfolders_and_corrupt_file_is_reported(folder, caplo
     source = ImageFolderSource.get(str(folder))
     assert source.classes == CLASSES
     bad = source.bad_files("train")
-    assert sorted(p.split("/")[-1] for p, _ in bad) == ["broken.jpg", "cut.jpg", "huffman.jpg",
-                                                         "scan.jpg"]
+    assert sorted(p.split("/")[-1] for p, _ in bad) == ["broken.jpg", "cut.jpg", "huffman.jpg", "scan.jpg"]
     for name in ("broken.jpg", "cut.jpg", "huffman.jpg", "scan.jpg"):
         assert name in caplog.text
     assert "skipping 4 unreadable file(s)" in caplog.text
@@ -103,8 +104,7 @@ def test_folder_train_epoch_decodes_every_readable_file(folder):
 
 def test_folder_eval_reads_val_in_order_with_labels(folder):
     cfg = _cfg(folder)
-    (batch,) = list(data.eval_iterator(cfg, global_batch_size=8, process_index=0,
-                                       process_count=1))
+    (batch,) = list(data.eval_iterator(cfg, global_batch_size=8, process_index=0, process_count=1))
     assert batch["mask"].tolist() == [1.0] * 6 + [0.0] * 2
     assert batch["label"][:6].tolist() == [0, 0, 1, 1, 2, 2]
     # Flat colours survive resizing: red channel in [-1, 1] units gives back 40·c + 10·i.

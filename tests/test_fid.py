@@ -2,6 +2,7 @@
 with itself, growing with noise), batched float64 statistics against numpy.cov, KID against a
 loop implementation, the Inception-v3 definition against pytorch-fid's modules with random weights
 copied across, and the reference resizing against PyTorch and a loop."""
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -25,6 +26,7 @@ def test_frechet_distance_matches_scipy_sqrtm_and_pytorch_fid():
     assert ours == pytest.approx(reference, rel=1e-9)
     assert F.frechet_distance(mu1, s1, mu2, s2, method="sqrtm") == pytest.approx(reference, rel=1e-12)
     from pytorch_fid.fid_score import calculate_frechet_distance
+
     assert ours == pytest.approx(float(calculate_frechet_distance(mu1, s1, mu2, s2)), rel=1e-9)
 
 
@@ -50,6 +52,7 @@ def test_frechet_distance_stays_real_with_singular_covariances():
     mu2, s2, _ = _stats(rng, 20, 64, shift=0.1)
     ours = F.frechet_distance(mu1, s1, mu2, s2)
     from pytorch_fid.fid_score import calculate_frechet_distance
+
     theirs = float(calculate_frechet_distance(mu1, s1, mu2, s2))
     assert np.isfinite(ours) and ours == pytest.approx(theirs, rel=1e-3)
 
@@ -59,7 +62,7 @@ def test_batched_float64_statistics_equal_numpy_cov():
     x = (rng.normal(size=(301, 8)) * 1e3 + 5e3).astype(np.float32)  # large offset: naive float32 fails
     acc = F.FeatureStats()
     for i in range(0, len(x), 64):
-        acc.update(x[i:i + 64])
+        acc.update(x[i : i + 64])
     mu, cov = acc.mean_cov()
     np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-12)
     np.testing.assert_allclose(cov, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-7)
@@ -92,6 +95,7 @@ def _torch_fid_inception():
     """pytorch-fid's FID Inception built exactly as `fid_inception_v3` does, minus the download."""
     import torch
     from pytorch_fid import inception as pfi
+
     torch.manual_seed(0)
     net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
     net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
@@ -118,6 +122,7 @@ def test_inception_matches_pytorch_fid_modules_with_random_weights(tmp_path):
     import torch
 
     from nest_jax.analysis.inception import inception_pool3, load_inception_weights, param_shapes
+
     net = _torch_fid_inception()
     state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     ours = sum(int(np.prod(s)) for s in param_shapes().values())
@@ -126,13 +131,25 @@ def test_inception_matches_pytorch_fid_modules_with_random_weights(tmp_path):
     torch.save(net.state_dict(), path)
     params = load_inception_weights(str(path))  # torch.load(weights_only=True)
     # pytorch-fid's `InceptionV3` stages (its wrapper would fetch torchvision weights), on the random net.
-    stages = torch.nn.Sequential(*[
-        torch.nn.Sequential(net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3,
-                            torch.nn.MaxPool2d(kernel_size=3, stride=2)),
-        torch.nn.Sequential(net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, torch.nn.MaxPool2d(kernel_size=3, stride=2)),
-        torch.nn.Sequential(net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c,
-                            net.Mixed_6d, net.Mixed_6e),
-        torch.nn.Sequential(net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, torch.nn.AdaptiveAvgPool2d((1, 1)))]).eval()
+    stages = torch.nn.Sequential(
+        *[
+            torch.nn.Sequential(
+                net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, torch.nn.MaxPool2d(kernel_size=3, stride=2)
+            ),
+            torch.nn.Sequential(net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, torch.nn.MaxPool2d(kernel_size=3, stride=2)),
+            torch.nn.Sequential(
+                net.Mixed_5b,
+                net.Mixed_5c,
+                net.Mixed_5d,
+                net.Mixed_6a,
+                net.Mixed_6b,
+                net.Mixed_6c,
+                net.Mixed_6d,
+                net.Mixed_6e,
+            ),
+            torch.nn.Sequential(net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, torch.nn.AdaptiveAvgPool2d((1, 1))),
+        ]
+    ).eval()
     x = np.random.default_rng(0).uniform(-1, 1, size=(2, 3, 107, 107)).astype(np.float32)
     with torch.no_grad():
         ref = stages(torch.from_numpy(x))[:, :, 0, 0].numpy()
@@ -143,6 +160,7 @@ def test_inception_matches_pytorch_fid_modules_with_random_weights(tmp_path):
 
 def test_inception_weights_missing_is_a_user_error(tmp_path):
     from nest_jax.analysis.inception import load_inception_weights
+
     for path in (None, str(tmp_path / "absent.pth")):
         with pytest.raises(UserError, match="pt_inception-2015-12-05"):
             load_inception_weights(path)
@@ -154,10 +172,17 @@ def test_inception_weights_missing_is_a_user_error(tmp_path):
 def test_bilinear_resize_matches_pytorch_and_tf1_legacy():
     import jax.numpy as jnp
     import torch
+
     from nest_jax.analysis.inception import resize_bilinear
+
     x = np.random.default_rng(0).normal(size=(1, 5, 7, 2)).astype(np.float32)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size=(11, 11), mode="bilinear",
-                                          align_corners=False).numpy().transpose(0, 2, 3, 1)
+    ref = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(x.transpose(0, 3, 1, 2)), size=(11, 11), mode="bilinear", align_corners=False
+        )
+        .numpy()
+        .transpose(0, 2, 3, 1)
+    )
     np.testing.assert_allclose(np.asarray(resize_bilinear(jnp.asarray(x), 11, "half_pixel")), ref, atol=1e-5)
     # TF1 resize_bilinear(align_corners=False): src = dst · in/out, no half-pixel offset.
     legacy = np.zeros((1, 11, 11, 2), np.float64)
@@ -167,6 +192,7 @@ def test_bilinear_resize_matches_pytorch_and_tf1_legacy():
             y0, x0 = int(np.floor(sy)), int(np.floor(sx))
             y1, x1 = min(y0 + 1, 4), min(x0 + 1, 6)
             fy, fx = sy - y0, sx - x0
-            legacy[0, i, j] = ((1 - fy) * ((1 - fx) * x[0, y0, x0] + fx * x[0, y0, x1])
-                               + fy * ((1 - fx) * x[0, y1, x0] + fx * x[0, y1, x1]))
+            legacy[0, i, j] = (1 - fy) * ((1 - fx) * x[0, y0, x0] + fx * x[0, y0, x1]) + fy * (
+                (1 - fx) * x[0, y1, x0] + fx * x[0, y1, x1]
+            )
     np.testing.assert_allclose(np.asarray(resize_bilinear(jnp.asarray(x), 11, "tf_legacy")), legacy, atol=1e-5)

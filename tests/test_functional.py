@@ -1,4 +1,5 @@
 """Models as pure functions (jit / grad / vmap) and inside Linen via the NNX→Linen bridge."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,7 +81,7 @@ def test_pure_vmap_over_inputs_matches_loop(vit, images):
     groups = images.reshape(2, 2, 32, 32, 3)  # 2 groups of 2 images
     batched = jax.jit(jax.vmap(apply, in_axes=(None, 0)))(params, groups)
     for i in range(2):  # images are independent, so group i is rows 2i, 2i+1 of the eager batch
-        np.testing.assert_allclose(batched[i], eager[2 * i:2 * i + 2], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(batched[i], eager[2 * i : 2 * i + 2], atol=1e-5, rtol=1e-5)
 
 
 def test_pure_train_mode_matches_the_stateful_model_and_threads_its_rng(images):
@@ -96,8 +97,9 @@ def test_pure_train_mode_matches_the_stateful_model_and_threads_its_rng(images):
     np.testing.assert_allclose(out2, forward(model, images), atol=1e-5, rtol=1e-5)
     assert not np.allclose(out1, out2)  # the masks really changed between steps
     # Eval ignores the RNG: the logits of the stateful model in eval mode.
-    np.testing.assert_allclose(jax.jit(apply)(params, images, state=state1), nnx.jit(lambda m, x: m(x))(model, images),
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        jax.jit(apply)(params, images, state=state1), nnx.jit(lambda m, x: m(x))(model, images), atol=1e-5, rtol=1e-5
+    )
 
 
 class ConvBN(nnx.Module):

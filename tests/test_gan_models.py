@@ -1,6 +1,7 @@
 """Generators and discriminators of the GAN family: shapes and range at every size, the block
 de-aggregation as the exact inverse of block aggregation by space-to-depth, the 4-ary block tree,
 spectral normalization against an SVD, and the NesT generator's parameter count by hand."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,12 +13,15 @@ from nest_jax.models.blocks import blockify, deblockify
 from nest_jax.models.nest_gan import BlockDeaggregation, depth_to_space, space_to_depth
 from nest_jax.models.spectral_norm import spectral_sigma
 
-TINY = dict(nest_gan_32=dict(dims=(16, 8, 8, 8), depths=(1, 1, 1, 1), heads=(1, 1, 1, 1)),
-            nest_gan_64=dict(dims=(16, 8, 8, 8, 8), depths=(1, 1, 1, 1, 1), heads=(1, 1, 1, 1, 1)),
-            nest_gan_128=dict(dims=(16, 8, 8, 8, 8), depths=(1, 1, 1, 1, 1), heads=(1, 1, 1, 1, 1)),
-            sagan_generator_32=dict(widths=(8, 8, 8, 8)), sagan_generator_64=dict(widths=(8, 8, 8, 8, 8)),
-            vit_generator_32=dict(dim=16, depth=1, num_heads=2, patch_size=4),
-            vit_generator_64=dict(dim=16, depth=1, num_heads=2, patch_size=8))
+TINY = dict(
+    nest_gan_32=dict(dims=(16, 8, 8, 8), depths=(1, 1, 1, 1), heads=(1, 1, 1, 1)),
+    nest_gan_64=dict(dims=(16, 8, 8, 8, 8), depths=(1, 1, 1, 1, 1), heads=(1, 1, 1, 1, 1)),
+    nest_gan_128=dict(dims=(16, 8, 8, 8, 8), depths=(1, 1, 1, 1, 1), heads=(1, 1, 1, 1, 1)),
+    sagan_generator_32=dict(widths=(8, 8, 8, 8)),
+    sagan_generator_64=dict(widths=(8, 8, 8, 8, 8)),
+    vit_generator_32=dict(dim=16, depth=1, num_heads=2, patch_size=4),
+    vit_generator_64=dict(dim=16, depth=1, num_heads=2, patch_size=8),
+)
 
 
 def _params(m):
@@ -62,7 +66,7 @@ def test_depth_to_space_matches_a_loop():
         for w in range(4):
             for i in range(2):
                 for j in range(2):
-                    ref[:, 2 * h + i, 2 * w + j] = x[:, h, w, (i * 2 + j) * 5:(i * 2 + j + 1) * 5]
+                    ref[:, 2 * h + i, 2 * w + j] = x[:, h, w, (i * 2 + j) * 5 : (i * 2 + j + 1) * 5]
     np.testing.assert_array_equal(y, ref)
     np.testing.assert_array_equal(np.asarray(space_to_depth(jnp.asarray(y), 2)), x)
 
@@ -84,11 +88,21 @@ def test_deaggregation_is_the_exact_inverse_of_blockify_and_space_to_depth():
 
 def test_nest_generator_parameter_count_by_hand():
     dims, depths, latent, n, out, p = (32, 16, 8), (2, 1, 1), 10, 16, 3, 2
-    g = create_model("nest_gan_32", rngs=nnx.Rngs(0), img_size=32, latent_dim=latent, out_chans=out,
-                     patch_size=p, block_size=4, dims=dims, depths=depths, heads=(2, 1, 1))
+    g = create_model(
+        "nest_gan_32",
+        rngs=nnx.Rngs(0),
+        img_size=32,
+        latent_dim=latent,
+        out_chans=out,
+        patch_size=p,
+        block_size=4,
+        dims=dims,
+        depths=depths,
+        heads=(2, 1, 1),
+    )
     layer = lambda c: 4 * c + (3 * c * c + 3 * c) + (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c)  # noqa: E731
     expect = latent * n * dims[0] + n * dims[0]  # stem to one 4×4 block
-    expect += sum((4 ** i) * n * d for i, d in enumerate(dims))  # per-level position embeddings
+    expect += sum((4**i) * n * d for i, d in enumerate(dims))  # per-level position embeddings
     expect += sum(k * layer(d) for k, d in zip(depths, dims))
     expect += sum(a * 4 * b + 4 * b for a, b in zip(dims[:-1], dims[1:]))  # 1×1 projections
     expect += 2 * dims[-1] + dims[-1] * p * p * out + p * p * out  # norm, RGB head
@@ -103,8 +117,15 @@ def test_spectral_norm_matches_the_largest_singular_value():
     top = np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)[0]
     assert abs(float(sigma) - top) < 1e-4 * top
     # The discriminator's power iterates are state, advanced only in training mode.
-    d = create_model("sagan_discriminator_32", num_classes=1, img_size=16, widths=(8, 8), down=(True, False),
-                     in_chans=3, rngs=nnx.Rngs(0))
+    d = create_model(
+        "sagan_discriminator_32",
+        num_classes=1,
+        img_size=16,
+        widths=(8, 8),
+        down=(True, False),
+        in_chans=3,
+        rngs=nnx.Rngs(0),
+    )
     u0 = np.asarray(d.blocks[1].conv1.u[...])
     x = jnp.ones((2, 16, 16, 3))
     d(x, train=False)
@@ -114,6 +135,16 @@ def test_spectral_norm_matches_the_largest_singular_value():
 
 
 def test_nest_discriminator_is_the_classifier_with_one_output():
-    d = create_model("nest_tiny_cifar", num_classes=1, img_size=32, in_chans=1, patch_size=4, block_size=4,
-                     dims=(16, 16), depths=(1, 1), heads=(1, 1), rngs=nnx.Rngs(0))
+    d = create_model(
+        "nest_tiny_cifar",
+        num_classes=1,
+        img_size=32,
+        in_chans=1,
+        patch_size=4,
+        block_size=4,
+        dims=(16, 16),
+        depths=(1, 1),
+        heads=(1, 1),
+        rngs=nnx.Rngs(0),
+    )
     assert d(jnp.zeros((3, 32, 32, 1))).shape == (3, 1)

@@ -1,6 +1,7 @@
 """GAN training: the losses by hand, one step moves both networks (and the EMA and the spectral-norm
 power iterates), and a run stopped and resumed from its checkpoint is bit-identical to an
 uninterrupted one (train_gan on an in-memory data source, 8 simulated devices)."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,14 +19,29 @@ def tiny_gan_config(loss="hinge", r1=0.0, steps=4):
     c.seed = 0
     c.task = "gan"
     c.dataset = dict(name="synthetic", image_size=8, num_channels=3)
-    c.train = dict(global_batch_size=8, num_train_steps=steps, stop_after_steps=None, log_every_steps=2,
-                   checkpoint_every_steps=2, max_to_keep=5, num_epochs=0)
+    c.train = dict(
+        global_batch_size=8,
+        num_train_steps=steps,
+        stop_after_steps=None,
+        log_every_steps=2,
+        checkpoint_every_steps=2,
+        max_to_keep=5,
+        num_epochs=0,
+    )
     c.mesh = dict(axes=dict(data=-1, fsdp=1, tensor=1))
     c.gan = G.gan_section(
-        generator=dict(name="nest_gan_32", overrides=dict(dims=(16, 8, 8), depths=(1, 1, 1), heads=(2, 1, 1),
-                                                          block_size=2, patch_size=1)),
+        generator=dict(
+            name="nest_gan_32",
+            overrides=dict(dims=(16, 8, 8), depths=(1, 1, 1), heads=(2, 1, 1), block_size=2, patch_size=1),
+        ),
         discriminator=dict(name="sagan_discriminator_32", overrides=dict(widths=(8, 8), down=(True, False))),
-        latent_dim=8, loss=loss, r1_gamma=r1, ema_decay=0.9, sample_every_steps=2, num_sample_images=4)
+        latent_dim=8,
+        loss=loss,
+        r1_gamma=r1,
+        ema_decay=0.9,
+        sample_every_steps=2,
+        num_sample_images=4,
+    )
     return c
 
 
@@ -43,18 +59,25 @@ def test_losses_by_hand():
 @pytest.mark.parametrize("loss,r1", [("non_saturating", 1.0)])
 def test_one_step_updates_both_networks(loss, r1):
     from nest_jax.train.sharding import make_mesh
+
     config = tiny_gan_config(loss, r1)
     trainer = G.make_gan_trainer(config, make_mesh({"data": -1}))
     state = trainer.init_state()
     before = jax.device_get(state)
     rests = trainer.init_rest()
-    batch = {"image": jax.device_put(np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32),
-                                     trainer.batch_sharding)}
+    batch = {
+        "image": jax.device_put(
+            np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32), trainer.batch_sharding
+        )
+    }
     state, m = trainer.train_step(state, batch, rests)
     after = jax.device_get(state)
     for key in ("g", "d", "g_ema", "d_stats"):
-        moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[key]), jax.tree.leaves(after[key]))
-                 if np.size(a) > 1]  # a power iterate of length 1 is ±1 for good
+        moved = [
+            not np.array_equal(a, b)
+            for a, b in zip(jax.tree.leaves(before[key]), jax.tree.leaves(after[key]))
+            if np.size(a) > 1
+        ]  # a power iterate of length 1 is ±1 for good
         assert all(moved), f"{key}: {moved.count(False)} of {len(moved)} leaves unchanged"
     assert int(after["step"]) == 1
     assert all(np.isfinite(float(v)) for v in m.values()) and float(m["r1"]) > 0

@@ -1,5 +1,6 @@
 """GradCAT on NesT: a hand-built model whose evidence sits in one known block at every level, the
 traversal against a NumPy loop, scores against finite differences, nesting of the chosen boxes."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,7 +62,7 @@ def test_gradcat_follows_evidence_in_one_block_per_level(pixel, path, source):
     # Expected box at each level: the block (edge 32/2^k px) that contains the pixel.
     y, x = pixel
     for k, box in enumerate(np.asarray(r.boxes[0])):
-        edge = 32 // 2 ** k
+        edge = 32 // 2**k
         assert tuple(box) == ((y // edge) * edge, (x // edge) * edge, (y // edge + 1) * edge, (x // edge + 1) * edge)
     # Only the chosen block of every level below the top scores; all others are exactly 0.
     for lvl in range(3):
@@ -102,7 +103,7 @@ def test_gradcat_scores_match_finite_differences(random_cifar):
 
     def logit(level, row, col, alpha):
         taps = [jnp.zeros_like(f) for f in feats]
-        mask = jnp.zeros(feats[level].shape[1:3]).at[row * b:(row + 1) * b, col * b:(col + 1) * b].set(1.0)
+        mask = jnp.zeros(feats[level].shape[1:3]).at[row * b : (row + 1) * b, col * b : (col + 1) * b].set(1.0)
         taps[level] = alpha * feats[level] * mask[None, :, :, None]
         return float(forward(model, taps))
 
@@ -123,8 +124,9 @@ def test_top_level_raw_score_vanishes_by_layernorm_invariance(random_cifar):
 
 def test_gradcat_boxes_nest_on_nest_tiny_and_run_under_plain_jit():
     """nest_tiny geometry (224 px, patch 4, blocks 14×14, 16→4→1): each chosen box holds the next."""
-    model = create_model("nest_tiny", num_classes=5, rngs=nnx.Rngs(0),
-                         dims=(12, 24, 48), depths=(1, 1, 1), heads=(1, 2, 4))
+    model = create_model(
+        "nest_tiny", num_classes=5, rngs=nnx.Rngs(0), dims=(12, 24, 48), depths=(1, 1, 1), heads=(1, 2, 4)
+    )
     x = jax.random.normal(jax.random.key(4), (2, 224, 224, 3))
     r = gradcat(model, x, target=jnp.array([0, 3]))
     assert [s.shape for s in r.scores] == [(2, 4, 4), (2, 2, 2), (2, 1, 1)]

@@ -1,5 +1,6 @@
 """NesT structure: parameter counts, blockify order, TF-SAME pooling, sizes, intermediates and taps,
 official-tree round trip and layout, position-embedding resize."""
+
 import functools
 
 import jax
@@ -8,23 +9,29 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nest_jax.convert.nest import (load_official_nest, params_to_official_nest, resize_nest_pos_embed)
+from nest_jax.convert.nest import load_official_nest, params_to_official_nest, resize_nest_pos_embed
 from nest_jax.models import create_model
 from nest_jax.models.blocks import BlockAggregation, blockify, deblockify, max_pool_3x3_s2
 from nest_jax.models.nest import Nest, NestConfig
 
 # docs/models.md: (variant, classes) -> exact parameter count.
 PARAM_COUNTS = {
-    ("nest_tiny", 1000): 17_057_608, ("nest_small", 1000): 38_351_176, ("nest_base", 1000): 67_723_368,
-    ("nest_tiny_cifar", 10): 6_006_730, ("nest_small_cifar", 10): 22_849_930,
-    ("nest_base_cifar", 10): 89_050_378, ("nest_tiny_cifar", 100): 6_024_100,
-    ("nest_small_cifar", 100): 22_884_580, ("nest_base_cifar", 100): 89_119_588,
+    ("nest_tiny", 1000): 17_057_608,
+    ("nest_small", 1000): 38_351_176,
+    ("nest_base", 1000): 67_723_368,
+    ("nest_tiny_cifar", 10): 6_006_730,
+    ("nest_small_cifar", 10): 22_849_930,
+    ("nest_base_cifar", 10): 89_050_378,
+    ("nest_tiny_cifar", 100): 6_024_100,
+    ("nest_small_cifar", 100): 22_884_580,
+    ("nest_base_cifar", 100): 89_119_588,
 }
-SMALL = dict(img_size=16, patch_size=1, block_size=4, dims=(16, 24, 32), heads=(2, 3, 4),
-             depths=(1, 1, 1), num_classes=5)
+SMALL = dict(
+    img_size=16, patch_size=1, block_size=4, dims=(16, 24, 32), heads=(2, 3, 4), depths=(1, 1, 1), num_classes=5
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _abstract_split(config: NestConfig):
     return nnx.split(nnx.eval_shape(lambda: Nest(config, rngs=nnx.Rngs(0))))
 
@@ -49,7 +56,7 @@ def n_params(model) -> int:
     return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def abstract(name: str, classes: int = 1000, **kw) -> Nest:
     return nnx.eval_shape(lambda: create_model(name, num_classes=classes, rngs=nnx.Rngs(0), **kw))
 
@@ -98,6 +105,7 @@ def test_blockify_raster_order_and_inverse():
 def test_tf_same_pool_pads_bottom_right_only():
     """4×4 input, 3×3 windows, stride 2. TF SAME pads (0, 1): windows cover rows/cols {0,1,2} and
     {2,3,pad}. Symmetric pads (1, 1): windows cover {pad,0,1} and {1,2,3}."""
+
     def pool(spike_at, padding):
         x = np.zeros((1, 4, 4, 1), np.float32)
         x[0, spike_at, spike_at, 0] = 3.0
@@ -132,6 +140,7 @@ def test_capture_shapes_and_taps_give_feature_gradients():
         def logit(taps):
             logits, inter = nnx.merge(graphdef, state)(x, capture="all", taps=taps)
             return logits[:, 3].sum(), (logits, inter)
+
         grads, (logits, inter) = jax.grad(logit, has_aux=True)(taps)
         model = nnx.merge(graphdef, state)
         top = inter["features"][-1]  # ∂logit/∂(top map) of the head alone: LN -> mean -> Dense
@@ -173,9 +182,12 @@ def test_official_tree_round_trip_and_layout(attention):
     model = random_model(cfg, seed=2)
     tree = params_to_official_nest(model)
     name = "MultiQueryAttention_0" if attention == "multi_query" else "MultiHeadAttention_0"
-    assert sorted(tree) == sorted(["PatchEmbedding_0", "LayerNorm_0", "Dense_0"]
-                                  + [f"PositionEmbedding_{i}" for i in range(3)]
-                                  + [f"EncoderNDBlock_{k}" for k in range(3)] + [f"ConvPool_{i}" for i in range(2)])
+    assert sorted(tree) == sorted(
+        ["PatchEmbedding_0", "LayerNorm_0", "Dense_0"]
+        + [f"PositionEmbedding_{i}" for i in range(3)]
+        + [f"EncoderNDBlock_{k}" for k in range(3)]
+        + [f"ConvPool_{i}" for i in range(2)]
+    )
     attn = tree["EncoderNDBlock_1"][name]  # level 1: C=24, 3 heads of 8
     assert attn["DenseGeneral_0"]["kernel"].shape == (24, 3, 8) and attn["proj_kernel"].shape == (3, 8, 24)
     kv_shape = attn["Dense_0"]["kernel"].shape if attention == "multi_query" else attn["DenseGeneral_1"]["kernel"].shape

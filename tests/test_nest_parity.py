@@ -1,13 +1,13 @@
 """NesT matches timm's PyTorch NesT with the same (randomized) weights: nest_tiny with both pool
 paddings (`nest_tiny_jx` ↔ tf_same, `nest_tiny` ↔ symmetric) and a CIFAR-size multi-head model."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import timm.models.nest as timm_nest
 import torch
 from flax import nnx
-
-import timm.models.nest as timm_nest
 
 from nest_jax.convert.nest import load_timm_nest  # noqa: E402
 from nest_jax.models import create_model  # noqa: E402
@@ -58,9 +58,21 @@ def test_nest_tiny_matches_timm_both_paddings():
 
 
 def test_cifar_multi_head_matches_timm():
-    tm = randomize(timm_nest.Nest(img_size=32, in_chans=3, patch_size=1, num_levels=4, embed_dims=(192,) * 4,
-                                  num_heads=(3,) * 4, depths=(3,) * 4, num_classes=10, pad_type="same",
-                                  drop_path_rate=0.0), seed=2)
+    tm = randomize(
+        timm_nest.Nest(
+            img_size=32,
+            in_chans=3,
+            patch_size=1,
+            num_levels=4,
+            embed_dims=(192,) * 4,
+            num_heads=(3,) * 4,
+            depths=(3,) * 4,
+            num_classes=10,
+            pad_type="same",
+            drop_path_rate=0.0,
+        ),
+        seed=2,
+    )
     model = abstract_model("nest_tiny_cifar", num_classes=10, attention="multi_head", gelu="exact")
     x = np.random.default_rng(3).normal(size=(2, 3, 32, 32)).astype(np.float32)
     ours, ref = logits_both(tm, model, x)
@@ -68,11 +80,19 @@ def test_cifar_multi_head_matches_timm():
 
 
 def test_timm_import_rejects_wrong_shapes_and_multi_query():
-    tm = timm_nest.Nest(img_size=32, patch_size=1, num_levels=4, embed_dims=(16,) * 4, num_heads=(2,) * 4,
-                        depths=(1,) * 4, num_classes=10)
+    tm = timm_nest.Nest(
+        img_size=32,
+        patch_size=1,
+        num_levels=4,
+        embed_dims=(16,) * 4,
+        num_heads=(2,) * 4,
+        depths=(1,) * 4,
+        num_classes=10,
+    )
     sd = tm.state_dict()
-    model = abstract_model("nest_tiny_cifar", num_classes=10, attention="multi_head", dims=(16,) * 4,
-                           heads=(2,) * 4, depths=(1,) * 4)
+    model = abstract_model(
+        "nest_tiny_cifar", num_classes=10, attention="multi_head", dims=(16,) * 4, heads=(2,) * 4, depths=(1,) * 4
+    )
     load_timm_nest(model, sd)
     sd["levels.1.pos_embed"] = torch.zeros(1, 16, 9, 16)
     with pytest.raises(ValueError, match=r"'levels/1/pos_embed'.*\(1, 16, 9, 16\).*\(1, 16, 16, 16\)"):

@@ -1,4 +1,5 @@
 """notebooks/01_models.ipynb runs top to bottom (nbclient), and its timm import matches timm."""
+
 import pytest
 
 from tests._notebooks import run_notebook

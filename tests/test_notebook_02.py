@@ -1,4 +1,5 @@
 """notebooks/02_nest_interpretability.ipynb runs top to bottom (nbclient, kernel python3)."""
+
 import pytest
 
 from tests._notebooks import run_notebook

@@ -1,5 +1,6 @@
 """notebooks/03_training.ipynb runs top to bottom (nbclient, kernel python3): the short digits run
 learns, its checkpoints restore to the logged accuracy, and its event files hold the same numbers."""
+
 import re
 
 import pytest

@@ -1,6 +1,7 @@
 """notebooks/04_representations.ipynb runs top to bottom: four small digits models train, and the
 representation analyses (CKA, attention distance, norm ratios, probes, localization) produce sane
 values and their figures."""
+
 import re
 
 import pytest
@@ -20,6 +21,6 @@ def test_notebook_04_trains_four_models_and_analyses_them():
     assert "vit_cls x resnet shape (4, 3)" in text
     # Mean attention distances lie between 0 and the largest distance on the 32-px image.
     for row in re.findall(r"per-layer mean distance \(px\): \[([^\]]+)\]", text):
-        assert all(0 < float(x) < 32 * 2 ** 0.5 for x in row.split(","))
+        assert all(0 < float(x) < 32 * 2**0.5 for x in row.split(","))
     assert re.search(r"tokens most similar to their own patch [\d.]+", text)
     assert "event files: ['events.out.tfevents" in text

@@ -1,5 +1,6 @@
 """notebooks/05_robustness.ipynb runs top to bottom: the digits models learn, every analysis prints
 its numbers, and the stylized-trained model is more shape-biased than the natural-trained one."""
+
 import re
 
 import pytest

@@ -1,5 +1,6 @@
 """notebooks/06_generation.ipynb runs top to bottom: a short digits GAN run lowers FID (classifier
 features) clearly from its value at initialization and writes sample grids."""
+
 import re
 
 import pytest

@@ -1,5 +1,6 @@
 """Exact parameter counts: ViTs against the published table (docs/models.md), DeiT / ResNet / hybrid
 against timm's own models. Shapes only (`nnx.eval_shape`, timm on the meta device): no memory."""
+
 import math
 
 import jax
@@ -30,13 +31,14 @@ def count(name: str, **kw) -> int:
 
 @pytest.fixture(scope="module")
 def timm_count():
-    import torch
     import timm
+    import torch
 
     def f(name: str, **kw) -> int:
         with torch.device("meta"):
             m = timm.create_model(name, pretrained=False, **kw)
         return sum(p.numel() for p in m.parameters())
+
     return f
 
 

@@ -1,4 +1,5 @@
 """Position-table resizing against scipy / torch / timm, and fitting weights to a new resolution and head."""
+
 import logging
 
 import numpy as np
@@ -38,8 +39,13 @@ def test_resize_pos_embed_keeps_prefix_rows_and_is_identity_on_same_grid(prefix,
 def test_bicubic_matches_torch_interpolate(old, new):
     """DeiT's resize: F.interpolate(bicubic, align_corners=False). torch computes in float32: 1e-5 covers its round-off."""
     grid = table(0, old)[0].reshape(*old, 5)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(grid).permute(2, 0, 1)[None], size=new,
-                                          mode="bicubic", align_corners=False)[0].permute(1, 2, 0).numpy()
+    ref = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(grid).permute(2, 0, 1)[None], size=new, mode="bicubic", align_corners=False
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     np.testing.assert_allclose(resize_grid(grid, new, "bicubic"), ref, atol=1e-5)
 
 
@@ -48,8 +54,9 @@ def test_bicubic_matches_torch_interpolate(old, new):
 def test_bicubic_aa_matches_timm_resample_abs_pos_embed(old, new, prefix):
     """timm's default (antialiased bicubic), whole table with its prefix rows; float32 round-off again."""
     pos = table(prefix, old)
-    ref = resample_abs_pos_embed(torch.from_numpy(pos), new_size=list(new), old_size=list(old),
-                                 num_prefix_tokens=prefix).numpy()
+    ref = resample_abs_pos_embed(
+        torch.from_numpy(pos), new_size=list(new), old_size=list(old), num_prefix_tokens=prefix
+    ).numpy()
     ours = resize_pos_embed(pos, num_prefix=prefix, old_grid=old, new_grid=new, method="bicubic_aa")
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
@@ -70,8 +77,16 @@ def test_resize_pos_embed_needs_old_grid_when_not_square():
 
 def tiny(num_classes=10, img_size=32, tokens=("cls",), seed=0):
     from nest_jax.models import create_model
-    return create_model("vit_tiny_patch16_224", img_size=img_size, patch_size=8, depth=1, num_classes=num_classes,
-                        prefix_tokens=tokens, rngs=nnx.Rngs(seed))
+
+    return create_model(
+        "vit_tiny_patch16_224",
+        img_size=img_size,
+        patch_size=8,
+        depth=1,
+        num_classes=num_classes,
+        prefix_tokens=tokens,
+        rngs=nnx.Rngs(seed),
+    )
 
 
 def flat(model):
@@ -88,7 +103,8 @@ def test_adapt_resizes_pos_embed_and_reinitializes_heads_whose_class_count_diffe
     assert not {"head/kernel", "head/bias", "head_dist/kernel", "head_dist/bias"} & adapted.keys()
     assert "re-initializing head_dist/kernel" in caplog.text and "resized pos_embed" in caplog.text
     np.testing.assert_array_equal(
-        adapted["pos_embed"], resize_pos_embed(src["pos_embed"], num_prefix=2, new_grid=(6, 6), method="linear"))
+        adapted["pos_embed"], resize_pos_embed(src["pos_embed"], num_prefix=2, new_grid=(6, 6), method="linear")
+    )
     fresh = load_adapted(dst, src, resize_method="linear")
     assert sorted(fresh) == ["head/bias", "head/kernel", "head_dist/bias", "head_dist/kernel"]
     after = flat(dst)
@@ -118,6 +134,7 @@ def test_adapt_hands_nest_level_tables_to_the_nest_resizer():
     """NesT at twice the resolution: same block count, blocks 4x4 -> 8x8 (official per-block resize)."""
     from nest_jax.convert.nest import resize_nest_pos_embed
     from nest_jax.models import create_model
+
     kw = dict(dims=(16,) * 4, depths=(1,) * 4, heads=(2,) * 4, num_classes=3)
     # Shapes are all adapt_params needs: abstract models (no initialisation) keep this test cheap.
     src_shapes = param_shapes(nnx.eval_shape(lambda: create_model("nest_tiny_cifar", img_size=32, **kw)))
@@ -132,4 +149,4 @@ def test_adapt_hands_nest_level_tables_to_the_nest_resizer():
             continue
         level = int(key.split("/")[1])
         assert adapted[key].shape == shape
-        np.testing.assert_array_equal(adapted[key], resize_nest_pos_embed(src[key], 8 // 2 ** level, 8))
+        np.testing.assert_array_equal(adapted[key], resize_nest_pos_embed(src[key], 8 // 2**level, 8))

@@ -1,6 +1,7 @@
 """ResNet building blocks and models: weight standardization and padding against NumPy float64,
 BatchNorm semantics (PyTorch momentum, per-sample eval), zero-init identity blocks, intermediates,
 the hybrid's BiT stem shapes, logical partition names. Small widths keep it fast."""
+
 import zlib
 
 import jax
@@ -23,13 +24,18 @@ def conv_numpy(x, w, stride, pads):
     out = np.zeros((x.shape[0], ho, wo, w.shape[3]))
     for i in range(ho):
         for j in range(wo):
-            patch = x[:, i * stride:i * stride + k, j * stride:j * stride + k, :]
+            patch = x[:, i * stride : i * stride + k, j * stride : j * stride + k, :]
             out[:, i, j] = np.einsum("bhwc,hwco->bo", patch, w)
     return out
 
 
-@pytest.mark.parametrize("padding,size,pads", [("torch", 7, ((1, 1), (1, 1))),   # PyTorch padding=1
-                                               ("same", 8, ((0, 1), (0, 1)))])   # TF SAME: bottom/right
+@pytest.mark.parametrize(
+    "padding,size,pads",
+    [
+        ("torch", 7, ((1, 1), (1, 1))),  # PyTorch padding=1
+        ("same", 8, ((0, 1), (0, 1))),
+    ],
+)  # TF SAME: bottom/right
 def test_weight_standardized_conv_matches_numpy(padding, size, pads):
     conv = Conv(3, 4, 3, stride=2, padding=padding, standardize=True, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
@@ -55,8 +61,9 @@ def filled_model(name: str, **kw) -> nnx.Module:
     def fill(path, x):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             return jax.random.key(0)
-        key = "/".join(str(getattr(p, "key", getattr(p, "idx", ""))) for p in path
-                       if not isinstance(p, jax.tree_util.GetAttrKey))  # drop the Variable's `.value`
+        key = "/".join(
+            str(getattr(p, "key", getattr(p, "idx", ""))) for p in path if not isinstance(p, jax.tree_util.GetAttrKey)
+        )  # drop the Variable's `.value`
         rng = np.random.default_rng(zlib.crc32(key.encode()))
         if key.endswith("/var"):
             value = np.ones(x.shape)
@@ -69,6 +76,7 @@ def filled_model(name: str, **kw) -> nnx.Module:
         else:  # kernels: He-normal over the fan-in
             value = rng.normal(size=x.shape) * np.sqrt(2.0 / np.prod(x.shape[:-1]))
         return jnp.asarray(value, x.dtype)
+
     return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
 
 
@@ -79,6 +87,7 @@ def test_zero_init_last_bottleneck_starts_as_identity():
     def run(x):
         block = Bottleneck(16, 16, 1, Parts(), zero_init_last=True, rngs=nnx.Rngs(0))
         return block(x, train=True)
+
     # The residual branch ends in a zero-scale BatchNorm: y = ReLU(x + 0).
     np.testing.assert_allclose(np.asarray(run(x)), np.maximum(x, 0), atol=1e-6)
 
@@ -92,10 +101,12 @@ def test_resnet_intermediates_features_and_pre_logits(name):
     @nnx.jit
     def run(model, headless, x):
         return model(x, capture=["features", "pre_logits"]), model(x), headless(x)
+
     (logits, rec), plain, features = run(model, headless, x)
     assert [f.shape for f in rec["features"]] == [(2, 16, 16, 128), (2, 8, 8, 128), (2, 4, 4, 256), (2, 2, 2, 256)]
-    np.testing.assert_allclose(np.asarray(rec["pre_logits"]), np.asarray(rec["features"][-1].mean(axis=(1, 2))),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(rec["pre_logits"]), np.asarray(rec["features"][-1].mean(axis=(1, 2))), atol=1e-6
+    )
     kernel, bias = np.asarray(model.head.kernel[...]), np.asarray(model.head.bias[...])
     np.testing.assert_allclose(np.asarray(logits), np.asarray(rec["pre_logits"]) @ kernel + bias, atol=1e-5)
     np.testing.assert_allclose(np.asarray(plain), np.asarray(logits), atol=1e-6)  # capture changes nothing
@@ -112,6 +123,7 @@ def test_batchnorm_running_stats_follow_pytorch_momentum_and_eval_is_per_sample(
         conv_out = model.stem.conv(x)
         train_out = model(x, train=True)  # batch statistics; updates the running ones
         return alone, in_batch, model(x), train_out, conv_out, model.stem.norm.mean[...]
+
     alone, in_batch, eval_out, train_out, conv_out, running_mean = map(np.asarray, run(model, x))
     np.testing.assert_allclose(alone, in_batch, rtol=1e-5, atol=1e-5)  # eval: running statistics, per sample
     assert np.abs(train_out - eval_out).max() > 1e-3  # train: batch statistics, not (0, 1)
@@ -124,8 +136,9 @@ def test_bit_stem_output_is_stride_16_with_1024_channels():
     assert stem.out_chans == 1024
     assert len(stem.stages) == 3 and [len(s) for s in stem.stages] == [3, 4, 9]
     graphdef, state = nnx.split(stem)
-    out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, jax.ShapeDtypeStruct((2, 224, 224, 3),
-                                                                                               jnp.float32))
+    out = jax.eval_shape(
+        lambda s, x: nnx.merge(graphdef, s)(x), state, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    )
     assert out.shape == (2, 14, 14, 1024)
 
 

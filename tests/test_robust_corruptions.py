@@ -1,5 +1,6 @@
 """ImageNet-C corruptions against the `imagecorruptions` package (deterministic ones pixel by pixel,
 random ones by the statistics of the change), scipy, and the CE/mCE definitions."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +47,7 @@ def test_deterministic_corruptions_match_the_package(name):
 @needs_package
 def test_motion_blur_kernel_equals_the_package():
     from imagecorruptions import corruptions as icc
+
     img = smooth_images(1, 40)[0].astype(np.float64)
     for angle in (-44.0, -7.5, 0.0, 30.0):
         for radius, sigma in ((10, 3), (20, 15)):  # at 40 px radius 20 runs into the package's `break`
@@ -59,14 +61,26 @@ def test_clipped_zoom_equals_scipy_zoom():
     for z in (1.07, 1.3, 2.5, 4.5):
         ch = int(np.ceil(37 / z))
         top = (37 - ch) // 2
-        ref = scipy.ndimage.zoom(img[top:top + ch, top:top + ch], (z, z, 1), order=1)[:37, :37]
+        ref = scipy.ndimage.zoom(img[top : top + ch, top : top + ch], (z, z, 1), order=1)[:37, :37]
         mine = ops.clipped_zoom(jnp.asarray(img[None], jnp.float32), z)[0]
         np.testing.assert_allclose(np.asarray(mine), ref, atol=1e-5)
 
 
 @needs_package
-@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "impulse_noise", "motion_blur", "snow", "fog",
-                                  "elastic_transform", "glass_blur", "frost"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "motion_blur",
+        "snow",
+        "fog",
+        "elastic_transform",
+        "glass_blur",
+        "frost",
+    ],
+)
 def test_random_corruptions_change_images_like_the_package(name):
     """Mean and spread of (corrupted − clean) over 8 images at severities 1 and 5; the documented
     approximations (glass blur's parallel displacements, frost with the package's photographs but
@@ -105,10 +119,23 @@ def test_every_corruption_keeps_shape_dtype_range_and_grows_with_severity():
 
 
 def test_published_alexnet_table_and_mce_of_alexnet_is_100():
-    published_means = {"gaussian_noise": .886428, "shot_noise": .894468, "impulse_noise": .922640,
-                       "defocus_blur": .819880, "glass_blur": .826268, "motion_blur": .785948, "zoom_blur": .798360,
-                       "snow": .866816, "frost": .826572, "fog": .819324, "brightness": .564592, "contrast": .853204,
-                       "elastic_transform": .646056, "pixelate": .717840, "jpeg_compression": .606500}
+    published_means = {
+        "gaussian_noise": 0.886428,
+        "shot_noise": 0.894468,
+        "impulse_noise": 0.922640,
+        "defocus_blur": 0.819880,
+        "glass_blur": 0.826268,
+        "motion_blur": 0.785948,
+        "zoom_blur": 0.798360,
+        "snow": 0.866816,
+        "frost": 0.826572,
+        "fog": 0.819324,
+        "brightness": 0.564592,
+        "contrast": 0.853204,
+        "elastic_transform": 0.646056,
+        "pixelate": 0.717840,
+        "jpeg_compression": 0.606500,
+    }
     assert set(E.ALEXNET_ERRORS) == set(C.CORRUPTIONS) == set(published_means)
     for k, v in published_means.items():
         assert abs(E.ALEXNET_ERRORS[k] - v) < 1e-6, k

@@ -1,5 +1,6 @@
 """Occlusion, patch shuffle, token dropping and per-layer tokens: identities, exact counts, the
 attention-mass partition against a NumPy float64 reference, last layer = the model."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +17,16 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 
 @pytest.fixture(scope="module")
 def deit():
-    return create_model("deit_tiny_distilled_patch16_224", num_classes=4, img_size=32, patch_size=8, depth=3,
-                        dim=32, num_heads=2, mlp_dim=64)
+    return create_model(
+        "deit_tiny_distilled_patch16_224",
+        num_classes=4,
+        img_size=32,
+        patch_size=8,
+        depth=3,
+        dim=32,
+        num_heads=2,
+        mlp_dim=64,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +37,15 @@ def images():
 def test_drop_ratio_zero_and_grid_1x1_are_the_identity(deit, images):
     x = jnp.asarray(images)
     clean = logits_from_pixels(deit, x, mean=MEAN, std=STD)
-    occl = O.random_occlusion_logits(deit, x, jax.random.key(0), grid=(4, 4), num_drop=0, per_image=False,
-                                     mean=MEAN, std=STD)
+    occl = O.random_occlusion_logits(
+        deit, x, jax.random.key(0), grid=(4, 4), num_drop=0, per_image=False, mean=MEAN, std=STD
+    )
     shuf = S.shuffled_logits(deit, x, jax.random.key(0), grid=(1, 1), mean=MEAN, std=STD)
     np.testing.assert_array_equal(np.asarray(occl), np.asarray(clean))
     np.testing.assert_array_equal(np.asarray(shuf), np.asarray(clean))
-    drop0 = S.token_drop_logits(deit, (x - jnp.asarray(MEAN)) / jnp.asarray(STD), jax.random.key(0), layer=1,
-                                num_keep=16)
+    drop0 = S.token_drop_logits(
+        deit, (x - jnp.asarray(MEAN)) / jnp.asarray(STD), jax.random.key(0), layer=1, num_keep=16
+    )
     np.testing.assert_allclose(np.asarray(drop0), np.asarray(clean), atol=1e-5)  # only the order of tokens changes
 
 
@@ -101,17 +112,19 @@ def test_patch_shuffle_permutes_cells_like_numpy():
     x = np.random.default_rng(3).random((2, 16, 16, 3)).astype(np.float32)
     perm = np.random.default_rng(4).permutation(8)
     y = np.asarray(S.shuffle_cells(jnp.asarray(x), (2, 4), jnp.asarray(perm)))
-    cells = [x[:, r * 8:(r + 1) * 8, c * 4:(c + 1) * 4] for r in range(2) for c in range(4)]
+    cells = [x[:, r * 8 : (r + 1) * 8, c * 4 : (c + 1) * 4] for r in range(2) for c in range(4)]
     for i, src in enumerate(perm):
         r, c = divmod(i, 4)
-        np.testing.assert_array_equal(y[:, r * 8:(r + 1) * 8, c * 4:(c + 1) * 4], cells[src])
+        np.testing.assert_array_equal(y[:, r * 8 : (r + 1) * 8, c * 4 : (c + 1) * 4], cells[src])
 
 
 def test_last_layer_tokens_reproduce_the_model(deit, images):
     labels = np.array(jnp.argmax(logits_from_pixels(deit, jnp.asarray(images), mean=MEAN, std=STD), -1))
     labels[:2] = (labels[:2] + 1) % 4  # two wrong: accuracy 4/6
-    batches = [{"image": images[:4], "label": labels[:4]},
-               {"image": images[4:], "label": labels[4:], "mask": np.asarray([1.0, 1.0])}]
+    batches = [
+        {"image": images[:4], "label": labels[:4]},
+        {"image": images[4:], "label": labels[4:], "mask": np.asarray([1.0, 1.0])},
+    ]
     out = T.run_per_block_tokens(deit, batches, mean=MEAN, std=STD)
     assert out["layers"] == 3
     assert abs(out["top1"]["inference"][-1] - 4 / 6) < 1e-9
@@ -124,8 +137,9 @@ def test_last_layer_tokens_reproduce_the_model(deit, images):
 
 
 def test_occlusion_curves_run_on_nest_and_resnet_grids(images):
-    nest = create_model("nest_tiny_cifar", num_classes=4, img_size=32, depths=(1, 1, 1, 1), dims=(16,) * 4,
-                        heads=(2,) * 4)
+    nest = create_model(
+        "nest_tiny_cifar", num_classes=4, img_size=32, depths=(1, 1, 1, 1), dims=(16,) * 4, heads=(2,) * 4
+    )
     b = [{"image": images, "label": np.zeros(6, np.int32)}]
     r = O.run_occlusion(nest, b, mean=MEAN, std=STD, ratios=(0.0, 0.5))
     assert r["grid"] == [4, 4] and r["dropped"] == [0, 8]

@@ -1,5 +1,6 @@
 """Adversarial patch (identity, pasting, optimization), shape bias by hand, the ImageNet→16 mapping,
 the cue-conflict folder loader and the procedural shapes × textures source."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,7 @@ from PIL import Image
 
 from nest_jax.analysis import adversarial_patch as A
 from nest_jax.analysis import shape_bias as SB
-from nest_jax.analysis.forward import logits_from_pixels, normalize
+from nest_jax.analysis.forward import logits_from_pixels
 from nest_jax.data.shapes import ShapesTexturesSource
 from nest_jax.models import create_model
 
@@ -17,8 +18,9 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 @pytest.fixture(scope="module")
 def vit_and_batch():
-    model = create_model("vit_tiny_patch16_224", num_classes=3, img_size=16, patch_size=4, depth=1, dim=16,
-                         num_heads=2, mlp_dim=32)
+    model = create_model(
+        "vit_tiny_patch16_224", num_classes=3, img_size=16, patch_size=4, depth=1, dim=16, num_heads=2, mlp_dim=32
+    )
     # Larger input and output weights than the initialization's, so the logits depend on the image.
     model.head.kernel[...] = model.head.kernel[...] * 100
     model.patch_embed.proj.kernel[...] = model.patch_embed.proj.kernel[...] * 10
@@ -43,7 +45,7 @@ def test_unrotated_square_is_pasted_exactly_and_circle_covers_its_area():
     y = np.asarray(A.paste(jnp.asarray(x), jnp.asarray(patch), jnp.ones((5, 5)), jnp.asarray(off), jnp.zeros(2)))
     ref = x.copy()
     for i, (r, c) in enumerate(off):
-        ref[i, r:r + 5, c:c + 5] = patch
+        ref[i, r : r + 5, c : c + 5] = patch
     np.testing.assert_allclose(y, ref, atol=1e-6)
     side = A.patch_side((224, 224), 0.05, "circle")
     assert abs(A.support_mask(side, "circle").sum() / (224 * 224) - 0.05) < 0.003
@@ -94,7 +96,8 @@ def test_cue_conflict_folder_reads_the_standard_names(tmp_path):
     b = next(SB.cue_conflict_folder(str(tmp_path), image_size=8))
     cat = SB.CATEGORIES16.index
     assert sorted(zip(b["label"].tolist(), b["texture_label"].tolist())) == sorted(
-        [(cat("airplane"), cat("bicycle")), (cat("cat"), cat("cat")), (cat("truck"), cat("knife"))])
+        [(cat("airplane"), cat("bicycle")), (cat("cat"), cat("cat")), (cat("truck"), cat("knife"))]
+    )
     assert b["image"].shape == (3, 8, 8, 3) and abs(b["image"].max() - 200 / 255) < 1e-6
 
 

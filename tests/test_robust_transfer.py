@@ -1,9 +1,11 @@
 """Transfer evaluators recover a linearly separable synthetic task; ridge few-shot equals the primal
 float64 solution; frozen features are the tokens the model computes; sharded == single device."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nest_jax.analysis import corruptions as C
 from nest_jax.analysis import occlusion as O
@@ -33,8 +35,11 @@ def test_ridge_dual_form_equals_the_primal_solution():
     rng = np.random.default_rng(2)
     x, xt = rng.normal(size=(12, 30)), rng.normal(size=(5, 30))
     y = np.eye(3)[rng.integers(0, 3, 12)]
-    got = np.asarray(TR.ridge_fit_predict(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
-                                          jnp.asarray(xt, jnp.float32), 7.0))
+    got = np.asarray(
+        TR.ridge_fit_predict(
+            jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), jnp.asarray(xt, jnp.float32), 7.0
+        )
+    )
     mu, sd = x.mean(0), x.std(0) + 1e-5
     a = np.c_[(x - mu) / sd, np.ones(12)]
     at = np.c_[(xt - mu) / sd, np.ones(5)]
@@ -43,12 +48,14 @@ def test_ridge_dual_form_equals_the_primal_solution():
 
 
 def test_features_are_the_models_normalized_tokens():
-    m = create_model("deit_tiny_patch16_224", num_classes=3, img_size=16, patch_size=4, depth=4, dim=16,
-                     num_heads=2, mlp_dim=32)
+    m = create_model(
+        "deit_tiny_patch16_224", num_classes=3, img_size=16, patch_size=4, depth=4, dim=16, num_heads=2, mlp_dim=32
+    )
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
     _, inter = m(x, capture=("tokens", "layers"))
-    np.testing.assert_allclose(np.asarray(TR.features_of(m, x, kind="cls")), np.asarray(inter["tokens"]["cls"]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(TR.features_of(m, x, kind="cls")), np.asarray(inter["tokens"]["cls"]), atol=1e-6
+    )
     ens = np.asarray(TR.features_of(m, x, kind="ensemble_patch"))
     assert ens.shape == (3, 5 * 16)
     np.testing.assert_allclose(ens[:, :16], np.asarray(m.norm(inter["layers"][0])[:, 0]), atol=1e-6)
@@ -57,8 +64,16 @@ def test_features_are_the_models_normalized_tokens():
 
 def test_sharded_analyses_equal_single_device():
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
-    m = create_model("deit_tiny_distilled_patch16_224", num_classes=4, img_size=16, patch_size=4, depth=2,
-                     dim=16, num_heads=2, mlp_dim=32)
+    m = create_model(
+        "deit_tiny_distilled_patch16_224",
+        num_classes=4,
+        img_size=16,
+        patch_size=4,
+        depth=2,
+        dim=16,
+        num_heads=2,
+        mlp_dim=32,
+    )
     x = jnp.asarray(np.random.default_rng(0).random((8, 16, 16, 3)), jnp.float32)
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
     assert len(xs.sharding.device_set) == 8
@@ -66,8 +81,12 @@ def test_sharded_analyses_equal_single_device():
     single = O.random_occlusion_logits(m, x, jax.random.key(1), **kw)
     sharded = O.random_occlusion_logits(m, xs, jax.random.key(1), **kw)
     np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(T.per_layer_logits(m, xs)["inference"]),
-                               np.asarray(T.per_layer_logits(m, x)["inference"]), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(T.per_layer_logits(m, xs)["inference"]), np.asarray(T.per_layer_logits(m, x)["inference"]), atol=1e-5
+    )
     for name in ("contrast", "defocus_blur"):  # batch statistics per image; reflect padding at shard edges
-        np.testing.assert_allclose(np.asarray(C.corrupt(name, jax.random.key(0), xs, 3)),
-                                   np.asarray(C.corrupt(name, jax.random.key(0), x, 3)), atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(C.corrupt(name, jax.random.key(0), xs, 3)),
+            np.asarray(C.corrupt(name, jax.random.key(0), x, 3)),
+            atol=1e-6,
+        )

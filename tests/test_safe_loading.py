@@ -1,5 +1,6 @@
 """Checkpoint files are read without unpickling code, also in a process that already runs TensorFlow;
 damaged or unexpected contents are one-line `UserError`s naming the file and the entry."""
+
 import subprocess
 import sys
 
@@ -38,6 +39,7 @@ def test_npz_with_objects_is_refused(tmp_path):
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".pth"])
 def test_truncated_files_are_refused(tmp_path, suffix):
     from safetensors.numpy import save_file
+
     want = {"w": np.arange(12000, dtype=np.float32).reshape(120, 100), "b": np.ones(5, np.float32)}
     path = tmp_path / f"w{suffix}"
     if suffix == ".npz":
@@ -80,9 +82,11 @@ def test_pth_loads_after_tensorflow_was_imported(tmp_path):
     path, evil = tmp_path / "w.pth", tmp_path / "evil.pth"
     torch.save({"model": {"a": torch.arange(6.0).reshape(2, 3)}}, path)
     torch.save({"w": torch.ones(2), "obj": _Evil()}, evil)
-    code = ("import tensorflow, numpy as np; from nest_jax.convert.common import load_array_file\n"
-            f"a = load_array_file({str(path)!r})['a']; print('SUM', float(a.sum()), a.shape)\n"
-            f"try:\n    load_array_file({str(evil)!r})\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    code = (
+        "import tensorflow, numpy as np; from nest_jax.convert.common import load_array_file\n"
+        f"a = load_array_file({str(path)!r})['a']; print('SUM', float(a.sum()), a.shape)\n"
+        f"try:\n    load_array_file({str(evil)!r})\nexcept Exception as e:\n    print(type(e).__name__, e)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "SUM 15.0 (2, 3)" in out.stdout

@@ -3,22 +3,24 @@
 Data parallel: the batch split over a `data` mesh axis. Data + tensor parallel: parameters placed
 by their logical partition names (`heads`, `mlp` -> `tensor`) on a (data=2, tensor=4) mesh.
 """
+
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nest_jax.models import create_model
 from nest_jax.models.functional import pure
 
 # Heads and MLP widths divisible by the tensor axis (4): uneven shards are not placeable.
 MODELS = {
-    "vit": lambda: create_model("vit_tiny_patch16_224", num_classes=8, img_size=32, patch_size=8, depth=2,
-                                num_heads=4),
-    "nest": lambda: create_model("nest_tiny_cifar", num_classes=8, img_size=32, depths=(1, 1, 1, 1),
-                                 heads=(4, 4, 4, 4)),
+    "vit": lambda: create_model("vit_tiny_patch16_224", num_classes=8, img_size=32, patch_size=8, depth=2, num_heads=4),
+    "nest": lambda: create_model(
+        "nest_tiny_cifar", num_classes=8, img_size=32, depths=(1, 1, 1, 1), heads=(4, 4, 4, 4)
+    ),
 }
 
 
@@ -28,8 +30,15 @@ def auto_mesh(shape: tuple[int, ...], names: tuple[str, ...]) -> jax.sharding.Me
     return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape))
 
 
-LOGICAL_RULES = [("heads", "tensor"), ("mlp", "tensor"), ("embed", None), ("kv", None), ("classes", None),
-                 ("conv_in", None), ("conv_out", None)]
+LOGICAL_RULES = [
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", None),
+    ("kv", None),
+    ("classes", None),
+    ("conv_in", None),
+    ("conv_out", None),
+]
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -4,17 +4,17 @@ timm initializes biases to 0 and norms to (1, 0), which would hide a transposed 
 scale/bias: every 1-D parameter is perturbed, and BatchNorm running statistics are randomized.
 Our models are built from shapes only and filled from the checkpoint (no initializer runs).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import timm
+import torch
 from flax import nnx
 
 from nest_jax.convert.timm import load_timm, timm_vit_to_params
 from nest_jax.models import create_model
-
-import torch
-import timm
 
 TOL = 1e-4
 
@@ -45,6 +45,7 @@ def empty_model(name: str, **kw) -> nnx.Module:
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             return jax.random.key(0)
         return jnp.asarray(np.zeros(x.shape, x.dtype))
+
     return nnx.merge(graphdef, jax.tree.map(fill, state))
 
 
@@ -113,6 +114,7 @@ def test_bit_resnetv2_matches_timm():
 
     from timm.layers import StdConv2d
     from timm.models.resnetv2 import ResNetV2
+
     torch.manual_seed(0)
     tm = ResNetV2(layers=(1, 1, 1, 1), stem_type="fixed", conv_layer=partial(StdConv2d, eps=1e-8)).eval()
     randomize(tm)
@@ -151,6 +153,7 @@ def test_wrong_shapes_raise_naming_parameter_and_both_shapes(tmp_path):
         load_timm(empty_model("deit_tiny_patch16_224", img_size=64, depth=1), sd)
     # The file path branch (.safetensors) loads the same values as the in-memory dict.
     from safetensors.numpy import save_file
+
     save_file(sd, str(tmp_path / "m.safetensors"))
     load_timm(ours, tmp_path / "m.safetensors")
     np.testing.assert_array_equal(np.asarray(ours.pos_embed[...]), sd["pos_embed"])

@@ -1,4 +1,5 @@
 """Checkpoints of the training loop: exact resume, atomicity, non-finite stop, SIGTERM, multi-process."""
+
 import os
 import shutil
 import signal
@@ -55,7 +56,9 @@ def test_resume_is_bit_exact(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_config(num_train_steps=10, checkpoint_every_steps=2, log_every_steps=100)
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at step 5.*last good checkpoint is step 4"):
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite training loss nan at step 5.*last good checkpoint is step 4"
+    ):
         train_and_evaluate(cfg, tmp_path, data=SyntheticData(nan_at_step=5))
     ckpt = Checkpointer(tmp_path)
     assert ckpt.latest_step() == 4
@@ -64,14 +67,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def _env(devices: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
     return env
 
 
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "tests._train_helpers", "sigterm", str(tmp_path)],
-                            cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests._train_helpers", "sigterm", str(tmp_path)],
+        cwd=REPO,
+        env=_env(1),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     deadline = time.time() + 600
     for line in proc.stdout:
@@ -94,9 +107,17 @@ def test_two_process_training_writes_one_checkpoint(tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, "-m", "tests._train_helpers", "multiprocess", str(tmp_path),
-                               str(port), str(i)], cwd=REPO, env=_env(2), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests._train_helpers", "multiprocess", str(tmp_path), str(port), str(i)],
+            cwd=REPO,
+            env=_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]

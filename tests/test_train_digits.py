@@ -1,5 +1,6 @@
 """The README's main job, shortened: `python -m nest_jax.main` on digits learns, resumes, evaluates,
 and a normal run's console carries no TensorFlow / backend-probing noise."""
+
 import ast
 import os
 import re
@@ -10,8 +11,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # What a plain run must not print: TensorFlow's C++ start-up lines, jax's TPU/GPU backend probing.
-NOISE = re.compile(r"tensorflow|oneDNN|absl::InitializeLog|port\.cc|libtpu|backend 'tpu'|xla_bridge|"
-                   r"TPU may be present|NVIDIA GPU may be present|cuda", re.IGNORECASE)
+NOISE = re.compile(
+    r"tensorflow|oneDNN|absl::InitializeLog|port\.cc|libtpu|backend 'tpu'|xla_bridge|"
+    r"TPU may be present|NVIDIA GPU may be present|cuda",
+    re.IGNORECASE,
+)
 
 
 def _main(*args, timeout=1500):
@@ -20,8 +24,14 @@ def _main(*args, timeout=1500):
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "nest_jax.main", "--config=configs/digits_nest_tiny.py", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nest_jax.main", "--config=configs/digits_nest_tiny.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     match = re.search(r"final metrics: (\{.*\})", proc.stdout)
     assert match, proc.stdout[-2000:]
@@ -32,8 +42,9 @@ def _main(*args, timeout=1500):
 
 def test_main_trains_digits_nest_end_to_end(tmp_path):
     # 60 steps (~3 epochs) of the default config: chance is 10%; measured 91.33% (411/450, seed 0).
-    metrics, seconds = _main("--config.train.num_train_steps=60", "--config.train.checkpoint_every_steps=30",
-                             f"--workdir={tmp_path}")
+    metrics, seconds = _main(
+        "--config.train.num_train_steps=60", "--config.train.checkpoint_every_steps=30", f"--workdir={tmp_path}"
+    )
     print(f"digits NesT, 60 steps: top-1 {metrics['eval_top1']:.4f} in {seconds:.0f} s (compile included)")
     assert metrics["step"] == 60 and metrics["eval_count"] == 450
     assert metrics["eval_top1"] > 0.85  # a margin for other CPUs' float rounding

@@ -1,4 +1,5 @@
 """Workdirs are etils.epath paths: spaces, relative paths; no per-step collective on one process."""
+
 import os
 
 import pytest
@@ -26,6 +27,7 @@ def test_workdir_with_spaces_and_relative_path(tmp_path, monkeypatch):
 def test_single_process_preemption_uses_no_collective(tmp_path, monkeypatch):
     def no_allgather(*a, **k):
         raise AssertionError("process_allgather called during training")
+
     monkeypatch.setattr(multihost_utils, "process_allgather", no_allgather)
     cfg = tiny_config(num_train_steps=8, checkpoint_every_steps=0, log_every_steps=100)
     with pytest.raises(Preempted) as info:
@@ -41,6 +43,7 @@ def memory_s3(monkeypatch):
     import fsspec
     from etils.epath import gpath
     from fsspec.implementations.memory import MemoryFileSystem
+
     monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
     fsspec.register_implementation("s3", MemoryFileSystem, clobber=True)
     MemoryFileSystem.store.clear()
@@ -52,8 +55,10 @@ def memory_s3(monkeypatch):
 
 def test_lock_and_eval_checks_on_an_object_store_path(memory_s3):
     from etils import epath
+
     from nest_jax.errors import UserError
     from nest_jax.train.lock import LOCK_NAME, WorkdirLock
+
     work = as_path("s3://bucket/run a")
     assert str(work) == "s3://bucket/run a"
     with WorkdirLock(work):

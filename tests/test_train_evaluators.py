@@ -1,11 +1,11 @@
 """Evaluators chosen from config.evals, the TF-free writers and the progress line."""
+
 import io
 import json
 import subprocess
 import sys
 import textwrap
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -20,12 +20,14 @@ from tests._train_helpers import SyntheticData, tiny_config
 
 def test_registry_finds_builtin_kinds_lists_known_ones_and_loads_plugins_lazily(tmp_path, monkeypatch):
     assert get_evaluator("classification") is ClassificationEvaluator
-    (tmp_path / "my_plugin_evals.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_plugin_evals.py").write_text(
+        textwrap.dedent("""
         from nest_jax.train.evaluators import register_evaluator
         @register_evaluator("plugin_kind")
         class PluginEvaluator:
             pass
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(evaluators, "PLUGIN_MODULES", ("no_such_plugin_module", "my_plugin_evals"))
     assert "my_plugin_evals" not in sys.modules
@@ -67,6 +69,7 @@ def test_evals_from_config_run_on_their_schedule_and_are_written(tmp_path):
     assert 0 <= out["train_set_top1"] <= 1 and out["probe_step"] == 4.0 and "probe_image" not in out
     assert any("train_loss" in r for r in rows)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0}).Reload()
     assert [e.step for e in acc.Scalars("eval_top1")] == [2, 4]
     assert acc.Scalars("eval_top1")[-1].value == pytest.approx(out["eval_top1"])
@@ -81,7 +84,8 @@ def test_metric_writer_scalars_and_images_read_back(tmp_path):
     w.write(3, {"a": 0.5, "b": np.float32(2.0), "img": np.zeros((2, 5, 7, 3), np.uint8)})
     w.close()
     assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
-        {"step": 3, "a": 0.5, "b": 2.0}]
+        {"step": 3, "a": 0.5, "b": 2.0}
+    ]
     w = MetricWriter(tmp_path)  # a resumed run appends
     w.write(4, {"a": 0.25})
     w.close()
@@ -103,8 +107,10 @@ def test_progress_line_reports_rate_and_time_left(monkeypatch):
 
 
 def test_the_training_loop_does_not_import_tensorflow():
-    code = ("import sys, nest_jax.train.loop, nest_jax.train.writers, nest_jax.train.evaluators; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'clu.metric_writers')); "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, nest_jax.train.loop, nest_jax.train.writers, nest_jax.train.evaluators; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'clu.metric_writers')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]

@@ -1,4 +1,5 @@
 """The on-device training code is importable without TensorFlow (the data pipelines' dependency)."""
+
 import subprocess
 import sys
 

@@ -1,4 +1,5 @@
 """Mixup / CutMix targets: rows sum to 1, CutMix λ equals the pasted area, NesT mixup λ ≥ ½."""
+
 import functools
 
 import jax
@@ -38,8 +39,7 @@ def _mix(seed, **kw):
 
 @pytest.mark.parametrize("sampling", ["nest", "beta"])
 def test_targets_sum_to_one_with_label_smoothing(sampling):
-    images, many = _mix_many(range(8), mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1,
-                             sampling=sampling)
+    images, many = _mix_many(range(8), mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, sampling=sampling)
     cutmixed = [np.allclose(x, np.round(x)) for x in images]
     assert any(cutmixed) and not all(cutmixed)  # both branches were exercised
     assert many.shape == (8, B, K)
@@ -75,8 +75,7 @@ def test_nest_mixup_weight_is_at_least_half_and_matches_pixels():
         lam = targets[np.arange(B), np.arange(B)]
         assert lam.min() >= 0.5 - 1e-6
         # Pixel value = λ·(i+1) + (1−λ)·(partner+1) with the partner read off the targets.
-        partner = np.where(np.isclose(lam, 1.0), np.arange(B),
-                           np.argmax(targets - np.eye(B, K) * 2, axis=1))
+        partner = np.where(np.isclose(lam, 1.0), np.arange(B), np.argmax(targets - np.eye(B, K) * 2, axis=1))
         expected = lam * (np.arange(B) + 1) + (1 - lam) * (partner + 1)
         np.testing.assert_allclose(images[:, 0, 0, 0], expected, rtol=1e-5)
 
@@ -102,6 +101,7 @@ def test_switch_prob_picks_cutmix_or_mixup():
 def test_select_between_branches_equals_the_conditional(sampling):
     """The switch computes both branches and selects; a `lax.cond` on the same key is the reference."""
     from nest_jax.train import mixing
+
     mixup, cutmix = mixing._SAMPLERS[sampling]
     images, labels = _batch()
     targets = mixing.smooth_one_hot(labels, K, 0.1)
@@ -109,15 +109,20 @@ def test_select_between_branches_equals_the_conditional(sampling):
     @jax.jit
     def with_cond(key):
         k_switch, k_mix = jax.random.split(key)
-        return jax.lax.cond(jax.random.uniform(k_switch) < 0.5,
-                            lambda: cutmix(k_mix, images, targets, 1.0),
-                            lambda: mixup(k_mix, images, targets, 0.8))
+        return jax.lax.cond(
+            jax.random.uniform(k_switch) < 0.5,
+            lambda: cutmix(k_mix, images, targets, 1.0),
+            lambda: mixup(k_mix, images, targets, 0.8),
+        )
 
     seen = set()
     for seed in range(6):
         key = jax.random.key(seed)
-        got = jax.jit(functools.partial(mix_batch, num_classes=K, mixup_alpha=0.8, cutmix_alpha=1.0,
-                                        label_smoothing=0.1, sampling=sampling))(key, images, labels)
+        got = jax.jit(
+            functools.partial(
+                mix_batch, num_classes=K, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, sampling=sampling
+            )
+        )(key, images, labels)
         want = with_cond(key)
         np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
         np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))

@@ -1,6 +1,7 @@
 """Optimizer chain of `config.optimizer` against independent references: torch.optim.SGD (Nesterov,
 coupled decay), a NumPy LAMB, gradient accumulation = one step on the mean gradient, clipping and
 layer-wise lr decay by hand."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,10 @@ from nest_jax.train.config_base import base_config
 from nest_jax.train.optim import make_optimizer
 
 RNG = np.random.default_rng(0)
-PARAMS = {"layers": {"0": {"w": RNG.normal(size=(4, 3)), "bias": RNG.normal(size=(3,))}},
-          "head": {"kernel": RNG.normal(size=(3, 2))}}
+PARAMS = {
+    "layers": {"0": {"w": RNG.normal(size=(4, 3)), "bias": RNG.normal(size=(3,))}},
+    "head": {"kernel": RNG.normal(size=(3, 2))},
+}
 GRADS = [jax.tree.map(lambda p: RNG.normal(size=p.shape), PARAMS) for _ in range(4)]
 
 
@@ -58,8 +61,8 @@ def test_lamb_matches_numpy():
     for t, g in enumerate(GRADS, start=1):
         for i, gi in enumerate(jax.tree.leaves(g)):
             m[i] = b1 * m[i] + (1 - b1) * gi
-            v[i] = b2 * v[i] + (1 - b2) * gi ** 2
-            r = (m[i] / (1 - b1 ** t)) / (np.sqrt(v[i] / (1 - b2 ** t)) + eps) + wd * params[i]
+            v[i] = b2 * v[i] + (1 - b2) * gi**2
+            r = (m[i] / (1 - b1**t)) / (np.sqrt(v[i] / (1 - b2**t)) + eps) + wd * params[i]
             pn, rn = np.linalg.norm(params[i]), np.linalg.norm(r)
             trust = pn / rn if pn > 0 and rn > 0 else 1.0
             params[i] = params[i] - lr * trust * r
@@ -81,15 +84,14 @@ def test_gradient_accumulation_equals_one_step_on_the_mean_gradient():
 
 def test_clipping_and_layer_decay_scale_sgd_updates():
     g = GRADS[0]
-    norm = np.sqrt(sum(np.sum(x ** 2) for x in jax.tree.leaves(g)))
+    norm = np.sqrt(sum(np.sum(x**2) for x in jax.tree.leaves(g)))
     clipped = _run(_opt(name="sgd", momentum=0.0, clip_norm=0.5), [g])
     for a, p, gl in zip(_leaves(clipped), _leaves(PARAMS), jax.tree.leaves(g)):
         np.testing.assert_allclose(a, p - 0.1 * gl * 0.5 / norm, rtol=1e-5, atol=1e-6)
     # One transformer layer: ids layers/0 -> 1, head -> 2; factor = decay ** (count - 1 - id), count 3.
     decayed = _run(_opt(name="sgd", momentum=0.0, layer_decay=0.5), [g])
     factors = {"head": 1.0, "layers": 0.5}
-    for (path, a), p, gl in zip(jax.tree_util.tree_flatten_with_path(decayed)[0],
-                                _leaves(PARAMS), jax.tree.leaves(g)):
+    for (path, a), p, gl in zip(jax.tree_util.tree_flatten_with_path(decayed)[0], _leaves(PARAMS), jax.tree.leaves(g)):
         f = factors[path[0].key]
         np.testing.assert_allclose(np.asarray(a), p - 0.1 * f * gl, rtol=1e-5, atol=1e-6)
 

@@ -1,4 +1,5 @@
 """Failure modes of the training loop: each test starts from a way a real run goes wrong."""
+
 import errno
 import json
 import logging
@@ -92,8 +93,11 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(tmp_path):
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # reaped: its pid no longer exists
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"host": WorkdirLock(tmp_path).info["host"], "pid": dead.pid,
-                                                  "started": "2020-01-01T00:00:00+00:00"}))
+    (tmp_path / LOCK_NAME).write_text(
+        json.dumps(
+            {"host": WorkdirLock(tmp_path).info["host"], "pid": dead.pid, "started": "2020-01-01T00:00:00+00:00"}
+        )
+    )
     with caplog.at_level(logging.WARNING), WorkdirLock(tmp_path) as lock:
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
         assert lock.info["pid"] == os.getpid()
@@ -124,6 +128,7 @@ def test_already_finished_run_says_how_to_continue(tmp_path):
 
 
 # ---- corrupt checkpoints and a changed model ----
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -189,8 +194,9 @@ def test_a_non_finite_newest_checkpoint_is_set_aside_and_training_resumes(traine
     mgr.reload()
     mgr.save(4, args=ocp.args.Composite(default=ocp.args.StandardSave(bad)))
     mgr.close()
-    out = train_and_evaluate(tiny_config(num_train_steps=6, checkpoint_every_steps=2, log_every_steps=100), work,
-                             data=SyntheticData())
+    out = train_and_evaluate(
+        tiny_config(num_train_steps=6, checkpoint_every_steps=2, log_every_steps=100), work, data=SyntheticData()
+    )
     assert out["step"] == 6 and (work / "checkpoints" / "4.corrupt").is_dir()
     assert sorted(Checkpointer(work).all_steps()) == [2, 4, 6]  # 4 and 6 trained again from step 2
 
@@ -208,6 +214,7 @@ def test_resuming_with_a_changed_model_names_the_parameter_and_both_shapes(train
 
 # ---- a full disk ----
 
+
 def _small_state():
     return {"step": jax.numpy.zeros((), jax.numpy.int32), "params": {"w": jax.numpy.ones((4, 3))}}
 
@@ -223,8 +230,9 @@ def test_disk_full_while_saving_is_one_line_naming_the_last_good_checkpoint(tmp_
     monkeypatch.setattr(ocp.CheckpointManager, "save", _no_space)
     with pytest.raises(UserError) as info:
         ckpt.save(4, _small_state())
-    assert str(info.value).startswith(f"no space left on device while saving step 4 in {tmp_path / 'checkpoints'}; "
-                                      "the last good checkpoint is 2")
+    assert str(info.value).startswith(
+        f"no space left on device while saving step 4 in {tmp_path / 'checkpoints'}; the last good checkpoint is 2"
+    )
     ckpt.close()  # already closed after the failure: a no-op, not a second error
 
 

@@ -1,4 +1,5 @@
 """The input position is checkpointed with the state; resume is bit-exact with or without it."""
+
 import json
 
 import jax
@@ -41,8 +42,11 @@ def test_resume_restores_the_iterator_position_it_saved(full_run, tmp_path):
     full, cfg = full_run
     # An iterator that ignores start_step: only its saved state can put it back at batch 3.
     first = SyntheticData(ignore_start_step=True)
-    train_and_evaluate(tiny_config(num_train_steps=6, checkpoint_every_steps=3, stop_after_steps=3,
-                                   log_every_steps=100), tmp_path, data=first)
+    train_and_evaluate(
+        tiny_config(num_train_steps=6, checkpoint_every_steps=3, stop_after_steps=3, log_every_steps=100),
+        tmp_path,
+        data=first,
+    )
     saved = json.loads((tmp_path / "checkpoints" / "3" / "data" / "process_0-of-1.json").read_text())
     assert saved == {"step": 3, "process": 0}
     second = SyntheticData(ignore_start_step=True)
@@ -55,8 +59,11 @@ def test_resume_restores_the_iterator_position_it_saved(full_run, tmp_path):
 
 def test_iterators_without_state_resume_from_the_step(full_run, tmp_path):
     full, cfg = full_run
-    train_and_evaluate(tiny_config(num_train_steps=6, checkpoint_every_steps=3, stop_after_steps=3,
-                                   log_every_steps=100), tmp_path, data=GeneratorData())
+    train_and_evaluate(
+        tiny_config(num_train_steps=6, checkpoint_every_steps=3, stop_after_steps=3, log_every_steps=100),
+        tmp_path,
+        data=GeneratorData(),
+    )
     assert not (tmp_path / "checkpoints" / "3" / "data").exists()
     train_and_evaluate(cfg, tmp_path, data=SyntheticData())  # a checkpoint without a data item
     resumed = _final(tmp_path, cfg)

@@ -1,6 +1,7 @@
 """Shape-first shardings: axis fallbacks are reported (or refused with sharding.strict), regex rules
 override logical names, optimizer moments follow their parameter, and checkpoint weights (teachers,
 init_from) land directly in their target shardings on the 8-device test mesh."""
+
 import logging
 
 import jax
@@ -24,8 +25,9 @@ VIT = dict(patch_size=4, depth=1, mlp_dim=64)
 
 
 def _abstract_vit(dim, heads=2):
-    model = nnx.eval_shape(lambda: create_model("vit_tiny_patch16_224", num_classes=10, img_size=8, dim=dim,
-                                                num_heads=heads, **VIT))
+    model = nnx.eval_shape(
+        lambda: create_model("vit_tiny_patch16_224", num_classes=10, img_size=8, dim=dim, num_heads=heads, **VIT)
+    )
     return nnx.state(model, nnx.Param)
 
 
@@ -74,8 +76,15 @@ def test_width_100_vit_on_fsdp_8_warns_once_per_parameter_or_refuses_when_strict
 
 def test_regex_rules_override_logical_names_first_match_wins():
     mesh = shd.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
-    sh = shd.param_shardings(_abstract_vit(64), mesh, regex_rules=[
-        (r"mlp/fc1/kernel$", (None, "fsdp")), (r"mlp/fc1", ("tensor",)), (r"^head/kernel$", ("fsdp", "tensor"))])
+    sh = shd.param_shardings(
+        _abstract_vit(64),
+        mesh,
+        regex_rules=[
+            (r"mlp/fc1/kernel$", (None, "fsdp")),
+            (r"mlp/fc1", ("tensor",)),
+            (r"^head/kernel$", ("fsdp", "tensor")),
+        ],
+    )
     assert sh["layers"][0]["mlp"]["fc1"]["kernel"].spec == P(None, "fsdp")
     assert sh["layers"][0]["mlp"]["fc1"]["bias"].spec == P("tensor")
     assert sh["head"]["kernel"].spec == P("fsdp", None)  # 10 classes cannot be split over tensor=4
@@ -90,8 +99,11 @@ def test_like_params_gives_adam_moments_their_parameter_sharding():
     # An unrelated leaf of a parameter's shape, and one whose path ends like a parameter's but whose
     # shape differs: neither may take a parameter's sharding.
     fc1 = params["layers"][0]["mlp"]["fc1"]["kernel"]
-    tree = {"opt": opt_state, "other": {"buffer": fc1},
-            "stats": {"layers": {0: {"mlp": {"fc1": {"kernel": jax.ShapeDtypeStruct((3,), np.float32)}}}}}}
+    tree = {
+        "opt": opt_state,
+        "other": {"buffer": fc1},
+        "stats": {"layers": {0: {"mlp": {"fc1": {"kernel": jax.ShapeDtypeStruct((3,), np.float32)}}}}},
+    }
     got = shd.like_params(tree, p_sh, mesh, params)
     adam = got["opt"][0]
     flat_p = {shd.path_str(k): v for k, v in jax.tree_util.tree_flatten_with_path(p_sh)[0]}
@@ -108,8 +120,9 @@ def test_like_params_gives_adam_moments_their_parameter_sharding():
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     """A `save_params` directory of a 1-layer width-32 ViT with 4 classes (8 px)."""
-    model = create_model("vit_tiny_patch16_224", num_classes=4, img_size=8, rngs=nnx.Rngs(5), dim=32,
-                         num_heads=2, **VIT)
+    model = create_model(
+        "vit_tiny_patch16_224", num_classes=4, img_size=8, rngs=nnx.Rngs(5), dim=32, num_heads=2, **VIT
+    )
     return save_params(model, tmp_path_factory.mktemp("t") / "ckpt"), model
 
 
@@ -133,7 +146,12 @@ def test_teacher_params_are_placed_in_their_target_shardings(teacher_dir):
         assert arr.sharding == want[k], k
         np.testing.assert_array_equal(np.asarray(arr), expected[k], err_msg=k)
     qkv = got["layers/0/attn/qkv"]  # (embed, 3, heads, kv) -> (fsdp, None, tensor, None)
-    assert qkv.sharding.spec == P("fsdp", None, "tensor", None) and qkv.addressable_shards[0].data.shape == (16, 3, 1, 16)
+    assert qkv.sharding.spec == P("fsdp", None, "tensor", None) and qkv.addressable_shards[0].data.shape == (
+        16,
+        3,
+        1,
+        16,
+    )
 
 
 def test_init_from_places_weights_like_the_state_and_keeps_fresh_heads(teacher_dir):
@@ -172,4 +190,5 @@ def test_missing_checkpoints_name_the_config_field(tmp_path):
     cfg.init_from.update(dict(checkpoint=str(tmp_path / "nope.npz"), source="vit_npz"))
     with pytest.raises(UserError, match=r"--config\.init_from\.checkpoint=.*nope\.npz: no such file"):
         from nest_jax.train.init_from import read_weights
+
         read_weights("vit_npz", cfg.init_from.checkpoint, None, flag="--config.init_from.checkpoint")

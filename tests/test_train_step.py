@@ -1,4 +1,5 @@
 """The jitted train step: equal to a hand-written AdamW step, and the same on every mesh."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +20,9 @@ def _batches(n, batch=16):
 
 
 def _flat(tree):
-    return {path_str(p): np.asarray(jax.device_get(v), np.float64)
-            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        path_str(p): np.asarray(jax.device_get(v), np.float64) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def _run(config, mesh, batches, num_steps=10):
@@ -37,8 +39,9 @@ def _run(config, mesh, batches, num_steps=10):
 def test_train_step_matches_handwritten_adamw():
     cfg = tiny_config()
     cfg.model.overrides.drop_path_rate = 0.0
-    cfg.optimizer.update(dict(lr=1e-2, weight_decay=0.1, wd_mask="nest", schedule="constant", ema_decay=0.0,
-                              warmup_steps=0))
+    cfg.optimizer.update(
+        dict(lr=1e-2, weight_decay=0.1, wd_mask="nest", schedule="constant", ema_decay=0.0, warmup_steps=0)
+    )
     ls, lr, wd, b1, b2, eps = 0.1, 1e-2, 0.1, 0.9, 0.999, 1e-8
     batches = _batches(2)
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
@@ -58,6 +61,7 @@ def test_train_step_matches_handwritten_adamw():
             logits = nnx.merge(graphdef, p, rest)(images, train=True)
             t = jax.nn.one_hot(labels, 4) * (1 - ls) + ls / 4
             return -jnp.mean(jnp.sum(t * jax.nn.log_softmax(logits), -1))
+
         loss, g = f(p, batch["image"], batch["label"])
         return float(loss), {path_str(k): np.asarray(v.get_value(), np.float64) for k, v in nnx.to_flat_state(g)}
 
@@ -70,7 +74,7 @@ def test_train_step_matches_handwritten_adamw():
         for k in p:
             m[k] = b1 * m[k] + (1 - b1) * g[k]
             v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
-            mhat, vhat = m[k] / (1 - b1 ** t), v[k] / (1 - b2 ** t)
+            mhat, vhat = m[k] / (1 - b1**t), v[k] / (1 - b2**t)
             decay = 0.0 if k.endswith("pos_embed") else wd  # official NesT rule: all but position embeddings
             p[k] = p[k] - lr * (mhat / (np.sqrt(vhat) + eps) + decay * p[k])
     got = _flat(state["params"])
@@ -112,11 +116,13 @@ def test_compiled_train_step_has_no_host_round_trips():
     """With mixup + CutMix, gradient accumulation and EMA on: no `conditional` (a GPU copies its
     predicate to the host and waits), no host callbacks, no send/recv/infeed/outfeed."""
     import re
+
     cfg = tiny_config()
     cfg.mix.update(dict(mixup_alpha=0.8, cutmix_alpha=1.0, sampling="beta"))
     cfg.optimizer.accum_steps = 2
-    tr = make_trainer(cfg, make_mesh({"data": 1}, devices=jax.devices()[:1]), num_classes=4, num_train_steps=4,
-                      warmup_steps=0)
+    tr = make_trainer(
+        cfg, make_mesh({"data": 1}, devices=jax.devices()[:1]), num_classes=4, num_train_steps=4, warmup_steps=0
+    )
     batch = {"image": jax.ShapeDtypeStruct((8, 8, 8, 3), np.float32), "label": jax.ShapeDtypeStruct((8,), np.int32)}
     hlo = tr.train_step.lower(tr.abstract_state, batch, jax.eval_shape(tr.init_rest), {}).compile().as_text()
     assert "select" in hlo and "ROOT" in hlo  # a real program

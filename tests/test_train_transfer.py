@@ -1,5 +1,6 @@
 """Fine-tuning from a training workdir (pos-embed resize, head re-init) and distillation with a
 frozen teacher inside the jitted step, checked against a hand computation of the DeiT loss."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -7,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nest_jax.convert.common import load_params
+from nest_jax.train.checkpoint import Checkpointer
 from nest_jax.train.distill import load_teachers
 from nest_jax.train.init_from import _workdir_params, initialize_from
-from nest_jax.train.checkpoint import Checkpointer
 from nest_jax.train.sharding import make_mesh, path_str
-from nest_jax.convert.common import load_params
 from nest_jax.train.trainer import build_model, make_trainer, shard_batch
 from tests._train_helpers import SyntheticData, tiny_config
 
@@ -23,8 +24,9 @@ def teacher_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("teacher")
     cfg = tiny_config()
     cfg.seed = 7
-    tr = make_trainer(cfg, make_mesh({"data": 1}, devices=jax.devices()[:1]), num_classes=4,
-                      num_train_steps=3, warmup_steps=0)
+    tr = make_trainer(
+        cfg, make_mesh({"data": 1}, devices=jax.devices()[:1]), num_classes=4, num_train_steps=3, warmup_steps=0
+    )
     ckpt = Checkpointer(str(workdir), async_save=False)
     ckpt.save(3, tr.init_state())
     ckpt.close()
@@ -59,16 +61,26 @@ def test_hard_distillation_step_uses_the_frozen_teacher(teacher_dir):
     cfg.model.name = "deit_tiny_distilled_patch16_224"
     cfg.model.overrides.drop_path_rate = 0.0
     cfg.mix.label_smoothing = 0.0
-    cfg.distill = ml_collections.ConfigDict(dict(dist=dict(
-        model="vit_tiny_patch16_224", checkpoint=str(teacher_dir), source="nest_jax", kind="hard",
-        alpha=0.5, tau=1.0, img_size=None, use_ema=False,
-        overrides=dict(patch_size=4, dim=16, depth=1, num_heads=2, mlp_dim=32))))
+    cfg.distill = ml_collections.ConfigDict(
+        dict(
+            dist=dict(
+                model="vit_tiny_patch16_224",
+                checkpoint=str(teacher_dir),
+                source="nest_jax",
+                kind="hard",
+                alpha=0.5,
+                tau=1.0,
+                img_size=None,
+                use_ema=False,
+                overrides=dict(patch_size=4, dim=16, depth=1, num_heads=2, mlp_dim=32),
+            )
+        )
+    )
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
     teachers, t_params = load_teachers(cfg, mesh, num_classes=4)
     tr = make_trainer(cfg, mesh, num_classes=4, num_train_steps=3, warmup_steps=0, teachers=teachers)
     state, rest = tr.init_state(), tr.init_rest()
-    batch = next(SyntheticData().train_iterator(None, global_batch_size=16, seed=0,
-                                                process_index=0, process_count=1))
+    batch = next(SyntheticData().train_iterator(None, global_batch_size=16, seed=0, process_index=0, process_count=1))
     student = build_model(cfg, 4, nnx.Rngs(0))
     load_params(student, _flat(state["params"]))
     out = student(jnp.asarray(batch["image"]), train=True)
@@ -79,6 +91,7 @@ def test_hard_distillation_step_uses_the_frozen_teacher(teacher_dir):
     def ce(logits, labels):
         logp = jax.nn.log_softmax(np.asarray(logits, np.float64), -1)
         return -np.mean(np.take_along_axis(np.asarray(logp), np.asarray(labels)[:, None], -1))
+
     assert np.any(np.asarray(jnp.argmax(t_logits, -1)) != batch["label"])  # the teacher's labels matter
     expected = 0.5 * ce(out["cls"], batch["label"]) + 0.5 * ce(out["dist"], jnp.argmax(t_logits, -1))
 

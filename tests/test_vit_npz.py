@@ -1,4 +1,5 @@
 """Google ViT `.npz` import/export, checked against a NumPy float64 ViT that reads Google names itself."""
+
 import math
 
 import jax
@@ -27,9 +28,14 @@ def random_google_npz(scheme, seed=0, representation_size=None):
     rng = np.random.default_rng(seed)
     r = lambda *shape, s=0.1: (s * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
     n, d = (IMG // PATCH) ** 2, D // HEADS
-    w = {"embedding/kernel": r(PATCH, PATCH, 3, D, s=0.05), "embedding/bias": r(D), "cls": r(1, 1, D, s=0.5),
-         "Transformer/posembed_input/pos_embedding": r(1, n + 1, D, s=0.5),
-         "Transformer/encoder_norm/scale": 1 + r(D), "Transformer/encoder_norm/bias": r(D)}
+    w = {
+        "embedding/kernel": r(PATCH, PATCH, 3, D, s=0.05),
+        "embedding/bias": r(D),
+        "cls": r(1, 1, D, s=0.5),
+        "Transformer/posembed_input/pos_embedding": r(1, n + 1, D, s=0.5),
+        "Transformer/encoder_norm/scale": 1 + r(D),
+        "Transformer/encoder_norm/bias": r(D),
+    }
     ln1, mha, ln2, mlp = BLOCK_NAMES[scheme]
     for i in range(DEPTH):
         b = f"Transformer/encoderblock_{i}"
@@ -64,14 +70,16 @@ def numpy_vit(w, x, scheme):
         return (v - mu) / np.sqrt(var + 1e-6) * w[f"{name}/scale"] + w[f"{name}/bias"]
 
     def gelu_tanh(v):
-        return 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))
+        return 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))
 
     ln1, mha, ln2, mlp = BLOCK_NAMES[scheme]
     for i in range(DEPTH):
         p = f"Transformer/encoderblock_{i}"
         y = ln(z, f"{p}/{ln1}")
-        q, k, v = (np.einsum("bnd,dhk->bhnk", y, w[f"{p}/{mha}/{t}/kernel"]) + w[f"{p}/{mha}/{t}/bias"][:, None]
-                   for t in ("query", "key", "value"))
+        q, k, v = (
+            np.einsum("bnd,dhk->bhnk", y, w[f"{p}/{mha}/{t}/kernel"]) + w[f"{p}/{mha}/{t}/bias"][:, None]
+            for t in ("query", "key", "value")
+        )
         logits = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
         a = np.exp(logits - logits.max(-1, keepdims=True))
         a /= a.sum(-1, keepdims=True)

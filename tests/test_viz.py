@@ -1,4 +1,5 @@
 """The NesT plots run headless (Agg) on real analysis results and draw what they promise."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +12,9 @@ from nest_jax.viz import plot_cam, plot_gradcat, plot_level_scores
 
 
 def test_nest_plots_produce_figures(tmp_path):
-    model = create_model("nest_tiny_cifar", num_classes=10, rngs=nnx.Rngs(0),
-                         dims=(8,) * 4, depths=(1,) * 4, heads=(1,) * 4)
+    model = create_model(
+        "nest_tiny_cifar", num_classes=10, rngs=nnx.Rngs(0), dims=(8,) * 4, depths=(1,) * 4, heads=(1,) * 4
+    )
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
     r = gradcat(model, x, target=jnp.array([1, 2]))
     cam = class_activation_map(model, x)

@@ -13,6 +13,7 @@ Pasting samples the patch bilinearly at rotated coordinates (exact copy for unro
 pixels outside the patch's support keep the image, so a patch of area 0 leaves images unchanged.
 All of this happens in [0, 1] pixel space, before normalization.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,9 @@ def _sample_zero(img: Array, rows: Array, cols: Array) -> Array:
         ok = ((r >= 0) & (r < s) & (c >= 0) & (c < s))[..., None]
         return jnp.where(ok, img[jnp.clip(r, 0, s - 1), jnp.clip(c, 0, s - 1)], 0.0)
 
-    return ((at(r0, c0) * (1 - fc) + at(r0, c0 + 1) * fc) * (1 - fr)
-            + (at(r0 + 1, c0) * (1 - fc) + at(r0 + 1, c0 + 1) * fc) * fr)
+    return (at(r0, c0) * (1 - fc) + at(r0, c0 + 1) * fc) * (1 - fr) + (
+        at(r0 + 1, c0) * (1 - fc) + at(r0 + 1, c0 + 1) * fc
+    ) * fr
 
 
 def paste(images: Array, patch: Array, mask: Array, offsets: Array, angles: Array) -> Array:
@@ -108,8 +110,9 @@ def patch_loss(model, images, labels, patch, mask, key, *, rotate, mean, std, ta
 
 @nnx.jit(static_argnames=("rotate", "mean", "std", "target", "tx"))
 def _step(model, images, labels, patch, opt_state, mask, key, *, rotate, mean, std, target, tx):
-    loss, g = jax.value_and_grad(lambda p: patch_loss(model, images, labels, p, mask, key, rotate=rotate, mean=mean,
-                                                      std=std, target=target))(patch)
+    loss, g = jax.value_and_grad(
+        lambda p: patch_loss(model, images, labels, p, mask, key, rotate=rotate, mean=mean, std=std, target=target)
+    )(patch)
     updates, opt_state = tx.update(g, opt_state, patch)
     return jnp.clip(optax.apply_updates(patch, updates), 0.0, 1.0), opt_state, loss
 
@@ -125,9 +128,21 @@ def correctly_classified(model, batches, mean, std) -> list[dict]:
     return out
 
 
-def train_patch(model, batches: Iterable[dict], *, mean: tuple, std: tuple, fraction: float = 0.05,
-                shape: str = "square", rotate: bool | None = None, steps: int = 100, lr: float = 2 / 255,
-                optimizer: str = "sign", target: int | None = None, seed: int = 0) -> tuple[Array, Array, list]:
+def train_patch(
+    model,
+    batches: Iterable[dict],
+    *,
+    mean: tuple,
+    std: tuple,
+    fraction: float = 0.05,
+    shape: str = "square",
+    rotate: bool | None = None,
+    steps: int = 100,
+    lr: float = 2 / 255,
+    optimizer: str = "sign",
+    target: int | None = None,
+    seed: int = 0,
+) -> tuple[Array, Array, list]:
     """Optimizes a universal patch over correctly classified images.  -> (patch, mask, losses per step).
 
     optimizer "sign": p ← clip(p − lr·sign(∇L)) with L the objective of `patch_loss`; "adam": optax.adam(lr).
@@ -149,9 +164,20 @@ def train_patch(model, batches: Iterable[dict], *, mean: tuple, std: tuple, frac
     losses = []
     for i in range(steps):
         b = data[i % len(data)]
-        patch, opt_state, loss = _step(model, jnp.asarray(b["image"]), jnp.asarray(b["label"]), patch, opt_state,
-                                       mask, jax.random.fold_in(key, i), rotate=rotate, mean=mean, std=std,
-                                       target=target, tx=tx)
+        patch, opt_state, loss = _step(
+            model,
+            jnp.asarray(b["image"]),
+            jnp.asarray(b["label"]),
+            patch,
+            opt_state,
+            mask,
+            jax.random.fold_in(key, i),
+            rotate=rotate,
+            mean=mean,
+            std=std,
+            target=target,
+            tx=tx,
+        )
         losses.append(float(loss))
     return patch, mask, losses
 
@@ -162,17 +188,39 @@ def patched_logits(model, images, patch, mask, key, *, rotate, mean, std):
     return model(normalize(paste(images, patch, mask, offsets, angles), mean, std), train=False)
 
 
-def fooling_rate(model, batches: Iterable[dict], patch: Array, mask: Array, *, mean: tuple, std: tuple,
-                 rotate: bool = False, target: int | None = None, seed: int = 1) -> dict:
+def fooling_rate(
+    model,
+    batches: Iterable[dict],
+    patch: Array,
+    mask: Array,
+    *,
+    mean: tuple,
+    std: tuple,
+    rotate: bool = False,
+    target: int | None = None,
+    seed: int = 1,
+) -> dict:
     """Fooling rate on the correctly classified images of `batches`.  -> {"fooling_rate", "evaluated"}."""
     mean, std = tuple(mean), tuple(std)
     data = correctly_classified(model, as_list(batches), mean, std)
     fooled, total = 0, 0
     for i, b in enumerate(data):
         labels = b["label"]
-        pred = np.asarray(jnp.argmax(patched_logits(model, jnp.asarray(b["image"]), patch, mask,
-                                                    jax.random.fold_in(jax.random.key(seed), i), rotate=rotate,
-                                                    mean=mean, std=std), -1))
+        pred = np.asarray(
+            jnp.argmax(
+                patched_logits(
+                    model,
+                    jnp.asarray(b["image"]),
+                    patch,
+                    mask,
+                    jax.random.fold_in(jax.random.key(seed), i),
+                    rotate=rotate,
+                    mean=mean,
+                    std=std,
+                ),
+                -1,
+            )
+        )
         if target is None:
             fooled += int((pred != labels).sum())
             total += len(labels)
@@ -183,18 +231,47 @@ def fooling_rate(model, batches: Iterable[dict], patch: Array, mask: Array, *, m
     return {"fooling_rate": fooled / max(total, 1), "evaluated": total}
 
 
-def run_adversarial_patch(model, train_batches: Iterable[dict], eval_batches: Iterable[dict], *, mean: tuple,
-                          std: tuple, fraction: float = 0.05, shape: str = "square", rotate: bool | None = None,
-                          steps: int = 100, lr: float = 2 / 255, optimizer: str = "sign",
-                          target: int | None = None, seed: int = 0, return_patch: bool = False) -> dict:
+def run_adversarial_patch(
+    model,
+    train_batches: Iterable[dict],
+    eval_batches: Iterable[dict],
+    *,
+    mean: tuple,
+    std: tuple,
+    fraction: float = 0.05,
+    shape: str = "square",
+    rotate: bool | None = None,
+    steps: int = 100,
+    lr: float = 2 / 255,
+    optimizer: str = "sign",
+    target: int | None = None,
+    seed: int = 0,
+    return_patch: bool = False,
+) -> dict:
     """Trains a universal patch and reports its fooling rate on held-out images."""
     rotate = (shape == "circle") if rotate is None else rotate
-    patch, mask, losses = train_patch(model, train_batches, mean=mean, std=std, fraction=fraction, shape=shape,
-                                      rotate=rotate, steps=steps, lr=lr, optimizer=optimizer, target=target,
-                                      seed=seed)
+    patch, mask, losses = train_patch(
+        model,
+        train_batches,
+        mean=mean,
+        std=std,
+        fraction=fraction,
+        shape=shape,
+        rotate=rotate,
+        steps=steps,
+        lr=lr,
+        optimizer=optimizer,
+        target=target,
+        seed=seed,
+    )
     out = fooling_rate(model, eval_batches, patch, mask, mean=mean, std=std, rotate=rotate, target=target)
-    out.update(patch_side=int(patch.shape[0]), fraction=fraction, shape=shape,
-               objective_first=losses[0], objective_last=losses[-1])
+    out.update(
+        patch_side=int(patch.shape[0]),
+        fraction=fraction,
+        shape=shape,
+        objective_first=losses[0],
+        objective_last=losses[-1],
+    )
     if return_patch:
         out["patch"] = np.asarray(patch)
         out["mask"] = np.asarray(mask)

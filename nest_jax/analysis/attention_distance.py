@@ -15,6 +15,7 @@ NesT attends within blocks of b×b tokens; level l's tokens are (patch_size · 2
 input image (each block aggregation halves the resolution), so its distances are within-block
 distances in input pixels.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,8 +38,9 @@ def patch_distances(grid_hw: tuple[int, int], patch_size: float) -> np.ndarray:
     return np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1))
 
 
-def attention_distance_per_image(weights: Array, dist: Array, num_prefix: int = 0, *,
-                                 renormalize: bool = False) -> Array:
+def attention_distance_per_image(
+    weights: Array, dist: Array, num_prefix: int = 0, *, renormalize: bool = False
+) -> Array:
     """Mean over queries (and over blocks) of one layer's attention distance, per image and head.
 
     weights: (B, h, P+N, P+N) (ViT) or (B, T, h, N, N) (NesT: T blocks); dist: (N, N) pixels.
@@ -51,8 +53,14 @@ def attention_distance_per_image(weights: Array, dist: Array, num_prefix: int = 
     return d.reshape(d.shape[0], -1, d.shape[-1]).mean(1)
 
 
-def mean_attention_distance(weights: Array | Sequence[Array], grid_hw: tuple[int, int], patch_size: float,
-                            num_prefix: int = 0, *, renormalize: bool = False) -> np.ndarray:
+def mean_attention_distance(
+    weights: Array | Sequence[Array],
+    grid_hw: tuple[int, int],
+    patch_size: float,
+    num_prefix: int = 0,
+    *,
+    renormalize: bool = False,
+) -> np.ndarray:
     """Mean attention distance in pixels, averaged over queries and images.
 
     weights: one layer (B, h, P+N, P+N) -> (h,), or a list of layers -> (layers, h).
@@ -64,11 +72,16 @@ def mean_attention_distance(weights: Array | Sequence[Array], grid_hw: tuple[int
     for w in layers:
         n = w.shape[-1] - num_prefix
         if n != dist.shape[0]:
-            raise ValueError(f"attention over {w.shape[-1]} tokens minus {num_prefix} prefix tokens does not "
-                             f"match a {grid_hw[0]}×{grid_hw[1]} grid ({dist.shape[0]} patches)")
-    out = np.stack([np.asarray(attention_distance_per_image(jnp.asarray(w), dist, num_prefix,
-                                                            renormalize=renormalize)).mean(0)
-                    for w in layers])
+            raise ValueError(
+                f"attention over {w.shape[-1]} tokens minus {num_prefix} prefix tokens does not "
+                f"match a {grid_hw[0]}×{grid_hw[1]} grid ({dist.shape[0]} patches)"
+            )
+    out = np.stack(
+        [
+            np.asarray(attention_distance_per_image(jnp.asarray(w), dist, num_prefix, renormalize=renormalize)).mean(0)
+            for w in layers
+        ]
+    )
     return out[0] if one else out
 
 
@@ -80,8 +93,9 @@ def layer_geometry(config) -> list[tuple[tuple[int, int], float]]:
     """
     if hasattr(config, "depths"):  # NesT
         b = config.block_size
-        return [((b, b), float(config.patch_size * 2 ** lvl))
-                for lvl, depth in enumerate(config.depths) for _ in range(depth)]
+        return [
+            ((b, b), float(config.patch_size * 2**lvl)) for lvl, depth in enumerate(config.depths) for _ in range(depth)
+        ]
     return [(tuple(config.grid), float(config.stride))] * config.depth
 
 
@@ -91,5 +105,7 @@ def model_attention_distances(attention: Sequence[Array], config, *, renormalize
     attention: the model's `attention` intermediates; config: the model's config (ViT or NesT).
     """
     prefix = int(getattr(config, "num_prefix", 0))
-    return [attention_distance_per_image(w, patch_distances(grid, px), prefix, renormalize=renormalize)
-            for w, (grid, px) in zip(attention, layer_geometry(config))]
+    return [
+        attention_distance_per_image(w, patch_distances(grid, px), prefix, renormalize=renormalize)
+        for w, (grid, px) in zip(attention, layer_geometry(config))
+    ]

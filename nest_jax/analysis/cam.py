@@ -14,6 +14,7 @@ Localization follows the CAM paper's recipe: normalize the map to [0, 1] (min–
 or above `threshold`, take the bounding box of the largest 8-connected component (`mode="largest"`)
 or of all kept pixels (`mode="tight"`). Boxes are (y0, x0, y1, x1), half-open, in pixels.
 """
+
 from __future__ import annotations
 
 import functools

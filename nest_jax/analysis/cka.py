@@ -31,6 +31,7 @@ negative and CKA is returned as that small negative number (not clipped). A self
 HSIC₁(K, K) ≤ 0 means the representation shows no measurable variation over the data (e.g.
 constant features): the CKA of any pair involving it is returned as 0.0, never NaN.
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,8 +50,10 @@ def _check(kernel: str, n: int, unbiased: bool) -> None:
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if unbiased and n < 4:
-        raise ValueError(f"unbiased HSIC needs at least 4 examples (it divides by n(n-3)), got n={n}; "
-                         "use a larger batch or unbiased=False")
+        raise ValueError(
+            f"unbiased HSIC needs at least 4 examples (it divides by n(n-3)), got n={n}; "
+            "use a larger batch or unbiased=False"
+        )
 
 
 def _center(x: Array) -> Array:
@@ -67,7 +70,7 @@ def gram_rbf(x: Array, threshold: float = 1.0) -> Array:
     dot = gram_linear(x)
     sq = jnp.diag(dot)
     d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * dot, 0.0)
-    return jnp.exp(-d2 / (2.0 * threshold ** 2 * jnp.median(d2)))
+    return jnp.exp(-d2 / (2.0 * threshold**2 * jnp.median(d2)))
 
 
 def hsic(k: Array, l: Array, *, unbiased: bool = False) -> Array:
@@ -131,8 +134,7 @@ def cka(x, y, *, kernel: str = "linear", unbiased: bool = False, rbf_threshold: 
         raise ValueError(f"x and y need the same number of examples, got {x.shape[0]} and {y.shape[0]}")
     _check(kernel, x.shape[0], unbiased)
     feature_space = kernel == "linear" and x.shape[0] > max(x.shape[1], y.shape[1])
-    return float(_cka(x, y, float(rbf_threshold), kernel=kernel, unbiased=unbiased,
-                      feature_space=feature_space))
+    return float(_cka(x, y, float(rbf_threshold), kernel=kernel, unbiased=unbiased, feature_space=feature_space))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +186,9 @@ class MinibatchCKA:
     for what is returned when HSIC terms are ≤ 0.
     """
 
-    def __init__(self, num_layers_x: int, num_layers_y: int | None = None, *, kernel: str = "linear",
-                 rbf_threshold: float = 1.0):
+    def __init__(
+        self, num_layers_x: int, num_layers_y: int | None = None, *, kernel: str = "linear", rbf_threshold: float = 1.0
+    ):
         _check(kernel, 4, False)
         self.same = num_layers_y is None
         self.shape = (num_layers_x, num_layers_x if self.same else num_layers_y)

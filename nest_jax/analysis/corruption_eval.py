@@ -14,6 +14,7 @@ paper's table rounds it to 43.5).
 `run_corruptions` corrupts every batch on the fly (`corruptions.corrupt`, one key per batch and
 severity); `imagenet_c_folder` reads a released ImageNet-C folder instead when one is on disk.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -54,17 +55,18 @@ def corruption_error(errors: Mapping[str, Sequence[float]]) -> dict[str, float]:
     for name, e in errors.items():
         if name not in ALEXNET_ERRORS_BY_SEVERITY:
             raise ValueError(f"no AlexNet baseline for corruption {name!r}")
-        ref = ALEXNET_ERRORS_BY_SEVERITY[name][:len(e)]
+        ref = ALEXNET_ERRORS_BY_SEVERITY[name][: len(e)]
         out[name] = 100.0 * float(np.sum(e)) / float(np.sum(ref))
     return out
 
 
-def relative_corruption_error(errors: Mapping[str, Sequence[float]], clean_error: float,
-                              alexnet_clean_error: float = ALEXNET_CLEAN_ERROR) -> dict[str, float]:
+def relative_corruption_error(
+    errors: Mapping[str, Sequence[float]], clean_error: float, alexnet_clean_error: float = ALEXNET_CLEAN_ERROR
+) -> dict[str, float]:
     """Relative CE_c (×100): the degradation from the model's own clean error, over AlexNet's."""
     out = {}
     for name, e in errors.items():
-        ref = np.asarray(ALEXNET_ERRORS_BY_SEVERITY[name][:len(e)])
+        ref = np.asarray(ALEXNET_ERRORS_BY_SEVERITY[name][: len(e)])
         out[name] = 100.0 * float(np.sum(np.asarray(e) - clean_error)) / float(np.sum(ref - alexnet_clean_error))
     return out
 
@@ -79,9 +81,17 @@ def mean_corruption_error(errors: Mapping[str, Sequence[float]], clean_error: fl
     return out
 
 
-def run_corruptions(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
-                    corruptions: Sequence[str] = C.CORRUPTIONS, severities: Sequence[int] = (1, 2, 3, 4, 5),
-                    seed: int = 0, frost_textures=None) -> dict:
+def run_corruptions(
+    model,
+    batches: Iterable[dict],
+    *,
+    mean: tuple,
+    std: tuple,
+    corruptions: Sequence[str] = C.CORRUPTIONS,
+    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    seed: int = 0,
+    frost_textures=None,
+) -> dict:
     """Top-1 on clean and corrupted copies of `batches` ([0, 1] pixels), CE, mCE, relative mCE.
 
     Returns {"clean_top1", "top1": {name: [per severity]}, "ce", "mce", "relative_ce", "relative_mce"}.
@@ -108,8 +118,9 @@ def run_corruptions(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
     return out
 
 
-def imagenet_c_folder(root: str, name: str, severity: int, *, batch_size: int = 64,
-                      classes: Sequence[str] | None = None) -> Iterator[dict]:
+def imagenet_c_folder(
+    root: str, name: str, severity: int, *, batch_size: int = 64, classes: Sequence[str] | None = None
+) -> Iterator[dict]:
     """Batches of a released ImageNet-C folder `root/<name>/<severity>/<wnid>/*.JPEG`.
 
     Images are read as they are stored (224 px, RGB, [0, 1]); labels are positions of the wnid in
@@ -117,14 +128,18 @@ def imagenet_c_folder(root: str, name: str, severity: int, *, batch_size: int = 
     """
     from etils import epath
     from PIL import Image
+
     folder = epath.Path(root) / name / str(severity)
     if not folder.exists():
         from nest_jax.errors import UserError
-        raise UserError(f"{folder} does not exist; expected an ImageNet-C folder <root>/<corruption>/<severity>/<wnid>/")
+
+        raise UserError(
+            f"{folder} does not exist; expected an ImageNet-C folder <root>/<corruption>/<severity>/<wnid>/"
+        )
     wnids = list(classes) if classes is not None else sorted(p.name for p in folder.iterdir() if p.is_dir())
     files = [(f, i) for i, w in enumerate(wnids) for f in sorted((folder / w).iterdir())]
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
+        chunk = files[start : start + batch_size]
         imgs = []
         for f, _ in chunk:
             with f.open("rb") as fh:

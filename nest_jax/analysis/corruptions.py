@@ -23,6 +23,7 @@ image), so a batch is corrupted in one compiled call. How each one relates to th
 Greyscale images (C = 1) are supported; brightness then adds to the value directly and snow uses
 the image itself as its luma, as the package does.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,29 +38,48 @@ from nest_jax.analysis import image_ops as ops
 
 Array = jax.Array
 
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-               "jpeg_compression")
+CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 DETERMINISTIC = ("defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression")
 APPROXIMATE = ("glass_blur", "frost")
 
 # Severity parameters 1..5 (Hendrycks & Dietterich 2019, as in the imagecorruptions package).
 PARAMS = {
-    "gaussian_noise": (.08, .12, .18, .26, .38),  # σ
+    "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),  # σ
     "shot_noise": (60, 25, 12, 5, 3),  # photons per unit intensity λ
-    "impulse_noise": (.03, .06, .09, .17, .27),  # salt-and-pepper fraction
-    "defocus_blur": ((3, .1), (4, .5), (6, .5), (8, .5), (10, .5)),  # disk radius, alias blur σ
-    "glass_blur": ((.7, 1, 2), (.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),  # σ, max shift, iterations
+    "impulse_noise": (0.03, 0.06, 0.09, 0.17, 0.27),  # salt-and-pepper fraction
+    "defocus_blur": ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),  # disk radius, alias blur σ
+    "glass_blur": ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),  # σ, max shift, iterations
     "motion_blur": ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),  # radius, σ
-    "zoom_blur": ((1, 1.11, .01), (1, 1.16, .01), (1, 1.21, .02), (1, 1.26, .02), (1, 1.31, .03)),  # arange
-    "snow": ((.1, .3, 3, .5, 10, 4, .8), (.2, .3, 2, .5, 12, 4, .7), (.55, .3, 4, .9, 12, 8, .7),
-             (.55, .3, 4.5, .85, 12, 8, .65), (.55, .3, 2.5, .85, 12, 12, .55)),
-    "frost": ((1, .4), (.8, .6), (.7, .7), (.65, .7), (.6, .75)),  # image weight, frost weight
-    "fog": ((1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)),  # strength, wibble decay
-    "brightness": (.1, .2, .3, .4, .5),  # added to the HSV value
-    "contrast": (.4, .3, .2, .1, .05),  # factor on the deviation from the channel mean
-    "elastic_transform": (250 * .05, 250 * .065, 250 * .085, 250 * .1, 250 * .12),  # α
-    "pixelate": (.6, .5, .4, .3, .25),  # downscale factor
+    "zoom_blur": ((1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.02), (1, 1.26, 0.02), (1, 1.31, 0.03)),  # arange
+    "snow": (
+        (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+        (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+        (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+        (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+        (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+    ),
+    "frost": ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)),  # image weight, frost weight
+    "fog": ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)),  # strength, wibble decay
+    "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),  # added to the HSV value
+    "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),  # factor on the deviation from the channel mean
+    "elastic_transform": (250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12),  # α
+    "pixelate": (0.6, 0.5, 0.4, 0.3, 0.25),  # downscale factor
     "jpeg_compression": (25, 18, 15, 10, 7),  # quality
 }
 
@@ -123,14 +143,14 @@ def disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
     half = 8 if radius <= 8 else radius
     t = np.arange(-half, half + 1)
     yy, xx = np.meshgrid(t, t)
-    disk = (xx ** 2 + yy ** 2 <= radius ** 2).astype(np.float64)
+    disk = (xx**2 + yy**2 <= radius**2).astype(np.float64)
     disk /= disk.sum()
     k = 3 if radius <= 8 else 5
-    g = np.exp(-((np.arange(k) - (k - 1) / 2) ** 2) / (2 * alias_blur ** 2))
+    g = np.exp(-((np.arange(k) - (k - 1) / 2) ** 2) / (2 * alias_blur**2))
     g /= g.sum()
     padded = np.pad(disk, k // 2, mode="reflect")
-    rows = sum(g[i] * padded[i:i + disk.shape[0]] for i in range(k))
-    return sum(g[i] * rows[:, i:i + disk.shape[1]] for i in range(k)).astype(np.float32)
+    rows = sum(g[i] * padded[i : i + disk.shape[0]] for i in range(k))
+    return sum(g[i] * rows[:, i : i + disk.shape[1]] for i in range(k)).astype(np.float32)
 
 
 def defocus_blur(key, x, severity):
@@ -246,6 +266,7 @@ def load_package_frost_textures() -> np.ndarray | None:
     import pathlib
 
     from PIL import Image
+
     spec = importlib.util.find_spec("imagecorruptions")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -258,6 +279,7 @@ def prepare_frost_textures(textures, h: int, w: int) -> np.ndarray:
     """Rescales each texture (Pillow bicubic) by 1.1 × the factor that makes it cover h × w (as the
     package does), then crops all to a common size.  -> float32 (n, H', W', 3) in [0, 1]."""
     from PIL import Image
+
     out = []
     for t in textures:
         th, tw = t.shape[:2]
@@ -339,6 +361,7 @@ def jpeg_compression(key, x, severity):
     q = _p("jpeg_compression", severity)
     arr = np.asarray(np.clip(np.asarray(x, np.float32) * 255.0 + 0.5, 0, 255), np.uint8)
     from PIL import Image
+
     out = []
     for img in arr:
         buf = io.BytesIO()
@@ -353,11 +376,10 @@ FUNCTIONS: dict[str, Callable] = {n: globals()[n] for n in CORRUPTIONS}
 
 # Corruptions whose severity changes only scalar values (not shapes or loop counts) take the
 # severity as a traced argument: one compiled program serves all five severities.
-TRACED_SEVERITY = ("gaussian_noise", "impulse_noise", "fog", "brightness", "contrast",
-                   "elastic_transform")
+TRACED_SEVERITY = ("gaussian_noise", "impulse_noise", "fog", "brightness", "contrast", "elastic_transform")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(name: str, severity: int | None) -> Callable:
     if severity is None:
         return jax.jit(FUNCTIONS[name])
@@ -377,8 +399,9 @@ def corrupt(name: str, key: Array, images: Array, severity: int, *, frost_textur
     if not 1 <= int(severity) <= 5:
         raise ValueError(f"severity must be 1..5, got {severity}")
     if name == "frost":
-        return _frost_jit(key, images, jnp.int32(severity),
-                          None if frost_textures is None else jnp.asarray(frost_textures))
+        return _frost_jit(
+            key, images, jnp.int32(severity), None if frost_textures is None else jnp.asarray(frost_textures)
+        )
     if name in TRACED_SEVERITY:
         return _jitted(name, None)(key, images, jnp.int32(severity))
     return _jitted(name, int(severity))(key, images)

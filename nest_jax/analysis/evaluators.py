@@ -13,6 +13,7 @@ Keys returned (prefixed with the evaluator's name):
     consecutive layers), `{name}/first_last` (CKA of the first and last layer).
   attention_distance: `{name}/layer{i}` mean over heads (pixels), `{name}/heads` (layers, heads) image.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,6 +28,7 @@ from nest_jax.analysis.representations import layer_representations, model_famil
 try:  # the training system's registry; absent in a checkout without it
     from nest_jax.train.evaluators import register_evaluator
 except ImportError:  # pragma: no cover - depends on the installed training system
+
     def register_evaluator(name: str):
         return lambda cls: cls
 
@@ -43,8 +45,12 @@ class _SnapshotEvaluator:
         return getter(key, default) if getter else default
 
     def _batches(self):
-        it = self.data.eval_iterator(self.config.dataset, global_batch_size=self.batch_size,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
+        it = self.data.eval_iterator(
+            self.config.dataset,
+            global_batch_size=self.batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
         seen = 0
         for batch in it:
             if seen >= self.num_batches:
@@ -56,6 +62,7 @@ class _SnapshotEvaluator:
 
     def _shard(self, batch):
         from nest_jax.train.trainer import shard_batch
+
         sharding = getattr(self.trainer, "batch_sharding", None)
         return shard_batch({"image": batch["image"]}, sharding)["image"] if sharding is not None else batch["image"]
 
@@ -72,6 +79,7 @@ class CKASnapshot(_SnapshotEvaluator):
                 model = self.trainer.model(params, stats, rest)
                 _, inter = model(images, train=False, capture=("layers",))
                 return layer_representations(inter, pool, model_family(model), num_prefix(model))
+
             self._fwd = jax.jit(fwd)
         acc = None
         for batch in self._batches():
@@ -83,9 +91,11 @@ class CKASnapshot(_SnapshotEvaluator):
             return {}
         m = acc.result()
         n = len(m)
-        return {f"{self.name}/matrix": m.astype(np.float32),
-                f"{self.name}/adjacent_mean": float(np.mean([m[i, i + 1] for i in range(n - 1)])) if n > 1 else 1.0,
-                f"{self.name}/first_last": float(m[0, -1])}
+        return {
+            f"{self.name}/matrix": m.astype(np.float32),
+            f"{self.name}/adjacent_mean": float(np.mean([m[i, i + 1] for i in range(n - 1)])) if n > 1 else 1.0,
+            f"{self.name}/first_last": float(m[0, -1]),
+        }
 
 
 @register_evaluator("attention_distance")
@@ -94,10 +104,12 @@ class AttentionDistance(_SnapshotEvaluator):
 
     def run(self, state: dict, rest, step: int) -> dict[str, float | np.ndarray]:
         if self._fwd is None:
+
             def fwd(params, stats, rest, images):
                 model = self.trainer.model(params, stats, rest)
                 _, inter = model(images, train=False, capture=("attention",))
                 return [d.sum(0) for d in model_attention_distances(inter["attention"], model.config)]
+
             self._fwd = jax.jit(fwd)
         sums, count = None, 0
         for batch in self._batches():

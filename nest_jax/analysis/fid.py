@@ -15,6 +15,7 @@ product can return complex parts or fail (pytorch-fid then adds 1e-6 to the diag
 KID: unbiased MMD² with the cubic polynomial kernel k(x, y) = (xᵀy / d + 1)³, averaged over random
 subsets of `subset_size` from each set; returns mean and standard deviation over subsets.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -80,6 +81,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: str = "ei
         return float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None))))
     if method == "sqrtm":
         import scipy.linalg
+
         return float(np.real(np.trace(scipy.linalg.sqrtm(s1 @ s2))))
     raise ValueError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
 
@@ -106,12 +108,14 @@ def polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, coef
     kyy = (y @ y.T / d + coef) ** degree
     kxy = (x @ y.T / d + coef) ** degree
     m, n = len(x), len(y)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-                 - 2.0 * kxy.mean())
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean()
+    )
 
 
-def kid(x: np.ndarray, y: np.ndarray, *, num_subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    x: np.ndarray, y: np.ndarray, *, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID: mean and std of the unbiased polynomial MMD² over `num_subsets` random subsets.
 
     Each subset draws `min(subset_size, len(x), len(y))` rows without replacement from each set.
@@ -120,8 +124,10 @@ def kid(x: np.ndarray, y: np.ndarray, *, num_subsets: int = 100, subset_size: in
     m = min(subset_size, len(x), len(y))
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, have {len(x)} and {len(y)}")
-    vals = [polynomial_mmd2_unbiased(x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)])
-            for _ in range(num_subsets)]
+    vals = [
+        polynomial_mmd2_unbiased(x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)])
+        for _ in range(num_subsets)
+    ]
     return float(np.mean(vals)), float(np.std(vals))
 
 
@@ -130,18 +136,20 @@ def accumulate(extract: Extractor, batches: Iterable[np.ndarray], *, keep_featur
     passing (images, mask) tuples."""
     stats = FeatureStats(keep_features)
     for batch in batches:
-        images, mask = (batch if isinstance(batch, tuple) else (batch, None))
+        images, mask = batch if isinstance(batch, tuple) else (batch, None)
         f = np.asarray(jax.device_get(extract(jnp.asarray(images))))
         stats.update(f if mask is None else f[np.asarray(mask) > 0])
     return stats
 
 
 # ---- feature extractors ------------------------------------------------------------------------
-def classifier_extractor(model: Any, params: Any, *, mean: tuple[float, ...], std: tuple[float, ...],
-                         capture: str = "pre_logits") -> Extractor:
+def classifier_extractor(
+    model: Any, params: Any, *, mean: tuple[float, ...], std: tuple[float, ...], capture: str = "pre_logits"
+) -> Extractor:
     """Features of a nest_jax classifier: images in [-1, 1] are mapped to [0, 1] and normalized with
     the classifier's (mean, std), then its `capture="pre_logits"` vector is returned (B, D)."""
     from flax import nnx
+
     graphdef, _, rest = nnx.split(model, nnx.Param, ...)
     params_state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(params_state, params)
@@ -152,6 +160,7 @@ def classifier_extractor(model: Any, params: Any, *, mean: tuple[float, ...], st
         m = nnx.merge(graphdef, params_state, rest)
         x = ((images + 1.0) / 2.0 - mean_a) / std_a
         return m(x, train=False, capture=capture)[1][capture].astype(jnp.float32)
+
     return extract
 
 
@@ -172,8 +181,9 @@ def classifier_from_workdir(workdir: str, *, use_ema: bool = False) -> Extractor
     from nest_jax.train.checkpoint import Checkpointer
     from nest_jax.train.trainer import build_model
 
-    how = ("train one with e.g. `python -m nest_jax.main --config=configs/digits_nest_tiny.py --workdir=DIR` "
-           "and pass DIR")
+    how = (
+        "train one with e.g. `python -m nest_jax.main --config=configs/digits_nest_tiny.py --workdir=DIR` and pass DIR"
+    )
     path = epath.Path(workdir or "")
     if not workdir or not (path / "config.json").exists() or not (path / "checkpoints").exists():
         raise UserError(f"no classifier run (config.json + checkpoints/) in {workdir!r}: {how}")
@@ -194,5 +204,6 @@ def classifier_from_workdir(workdir: str, *, use_ema: bool = False) -> Extractor
 def inception_extractor(weights: str, *, resize: str = "tf_legacy") -> Extractor:
     """Inception-v3 pool3 features with the FID weights read from `weights` (see inception.py)."""
     from nest_jax.analysis.inception import inception_features, load_inception_weights
+
     params = load_inception_weights(weights)
     return jax.jit(lambda images: inception_features(params, images, resize=resize))

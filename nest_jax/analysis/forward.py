@@ -6,6 +6,7 @@ data (Naseer et al. 2021 occlude before normalization). Batches are dicts
 {"image": (B, H, W, C) float in [0, 1], "label": (B,) int, optional "mask": (B,) 1 real / 0 padding}.
 `to_pixels` turns a normalized evaluation batch of `nest_jax.data` back into that form.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

@@ -5,6 +5,7 @@ the workdir of a classifier trained with the main job on the same data) or "ince
 = the FID Inception weights file), `split` (real images), `num_samples`, `batch_size`, KID subsets.
 The real-image statistics are computed once; each call samples `num_samples` images.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -38,8 +39,9 @@ def real_stats(config: Any, extract: F.Extractor, *, data: Any = None, keep_feat
     return F.accumulate(extract, ((b["image"], b["mask"]) for b in it), keep_features=keep_features)
 
 
-def fid_evaluator(config: Any, *, data: Any = None, extractor: F.Extractor | None = None
-                  ) -> Callable[[int, Callable[[int, int], np.ndarray]], dict] | None:
+def fid_evaluator(
+    config: Any, *, data: Any = None, extractor: F.Extractor | None = None
+) -> Callable[[int, Callable[[int, int], np.ndarray]], dict] | None:
     """`evaluate(step, sample)` -> {"fid", "kid", "kid_std"}, or None when `gan.fid.every_steps` is 0."""
     fid_cfg = config.gan.fid
     if not int(fid_cfg.get("every_steps", 0) or 0):
@@ -50,9 +52,13 @@ def fid_evaluator(config: Any, *, data: Any = None, extractor: F.Extractor | Non
 
     def evaluate(step: int, sample: Callable[[int, int], np.ndarray]) -> dict:
         images = sample(n, 10_000 + step)  # fresh latents per evaluation, fixed per step
-        fake = F.accumulate(extract, (images[i:i + bs] for i in range(0, n, bs)), keep_features=True)
-        k_mean, k_std = F.kid(real.all_features(), fake.all_features(),
-                              num_subsets=int(fid_cfg.get("kid_subsets", 50)),
-                              subset_size=int(fid_cfg.get("kid_subset_size", 500)))
+        fake = F.accumulate(extract, (images[i : i + bs] for i in range(0, n, bs)), keep_features=True)
+        k_mean, k_std = F.kid(
+            real.all_features(),
+            fake.all_features(),
+            num_subsets=int(fid_cfg.get("kid_subsets", 50)),
+            subset_size=int(fid_cfg.get("kid_subset_size", 500)),
+        )
         return {"fid": F.fid_from_stats(real, fake), "kid": k_mean, "kid_std": k_std}
+
     return evaluate

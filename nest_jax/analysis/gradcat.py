@@ -37,6 +37,7 @@ How this follows Algorithm 1 and where it decides:
 
 Everything here is a pure function of (model, images): `gradcat` is `nnx.jit`-compiled and batched.
 """
+
 from __future__ import annotations
 
 import functools
@@ -162,8 +163,9 @@ def _parent_rule_scores(model, features, grads, logits_target, negate: bool) -> 
 
 
 @functools.partial(nnx.jit, static_argnames=("source", "negate"))
-def gradcat(model, images: Array, *, target: Array | None = None, source: str = "child",
-            negate: bool = False) -> GradCATResult:
+def gradcat(
+    model, images: Array, *, target: Array | None = None, source: str = "child", negate: bool = False
+) -> GradCATResult:
     """GradCAT for a batch.  images: (B, H, W, 3) -> GradCATResult (see the module docstring).
 
     target: (B,) class per image, or None for each image's predicted class.
@@ -179,5 +181,6 @@ def gradcat(model, images: Array, *, target: Array | None = None, source: str = 
     steps = scores[-2::-1] if source == "child" else _parent_rule_scores(model, features, grads, tgt, negate)
     path, nodes = traverse(list(steps))
     size = c.img_size if isinstance(c.img_size, int) else c.img_size[0]
-    return GradCATResult(target=tgt, logits=logits, scores=tuple(scores), path=path, nodes=nodes,
-                         boxes=node_boxes(nodes, size))
+    return GradCATResult(
+        target=tgt, logits=logits, scores=tuple(scores), path=path, nodes=nodes, boxes=node_boxes(nodes, size)
+    )

@@ -14,6 +14,7 @@ corruptions built on them match that code where it is deterministic:
   given angle, borders replicated, stopping once a shift leaves the image;
 - `pil_box_matrix` / `pil_nearest_matrix`: Pillow's BOX and NEAREST resize coefficients.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,15 +25,14 @@ import numpy as np
 
 Array = jax.Array
 # scipy.ndimage boundary mode -> numpy.pad mode.
-SCIPY_PAD = {"nearest": "edge", "reflect": "symmetric", "mirror": "reflect", "constant": "constant",
-             "wrap": "wrap"}
+SCIPY_PAD = {"nearest": "edge", "reflect": "symmetric", "mirror": "reflect", "constant": "constant", "wrap": "wrap"}
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
     """scipy.ndimage's 1-D Gaussian weights: radius int(truncate·σ + 0.5), normalized to sum 1."""
     radius = int(truncate * float(sigma) + 0.5)
     t = np.arange(-radius, radius + 1, dtype=np.float64)
-    w = np.exp(-0.5 * t ** 2 / float(sigma) ** 2)
+    w = np.exp(-0.5 * t**2 / float(sigma) ** 2)
     return w / w.sum()
 
 
@@ -49,8 +49,9 @@ def _conv_axis(x: Array, w: np.ndarray, axis: int, mode: str) -> Array:
     return out
 
 
-def gaussian_blur(x: Array, sigma: float | tuple[float, float], *, truncate: float = 4.0,
-                  mode: str = "nearest") -> Array:
+def gaussian_blur(
+    x: Array, sigma: float | tuple[float, float], *, truncate: float = 4.0, mode: str = "nearest"
+) -> Array:
     """scipy.ndimage.gaussian_filter over H and W only (skimage's `gaussian` with channels last).
 
     sigma: one value or (σ_rows, σ_cols). mode: scipy's boundary mode (skimage's default "nearest").
@@ -73,9 +74,10 @@ def filter2d(x: Array, kernel: np.ndarray) -> Array:
     xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), mode="reflect")
     hp, wp = xp.shape[1:3]
     k = jnp.fft.rfft2(jnp.asarray(kernel[::-1, ::-1], jnp.float32), s=(hp, wp))  # flip: correlation
-    y = jnp.fft.irfft2(jnp.fft.rfft2(xp.astype(jnp.float32), axes=(1, 2)) * k[None, :, :, None], s=(hp, wp),
-                       axes=(1, 2))
-    return y[:, 2 * ph:2 * ph + h, 2 * pw:2 * pw + w].astype(x.dtype)
+    y = jnp.fft.irfft2(
+        jnp.fft.rfft2(xp.astype(jnp.float32), axes=(1, 2)) * k[None, :, :, None], s=(hp, wp), axes=(1, 2)
+    )
+    return y[:, 2 * ph : 2 * ph + h, 2 * pw : 2 * pw + w].astype(x.dtype)
 
 
 def linear_zoom_taps(n: int, zoom: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,7 +129,7 @@ def line_shift_blur(x: Array, radius: int, sigma: float, angle_deg: Array) -> Ar
     """
     b, h, w, _ = x.shape
     width = 2 * radius + 1
-    k = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
+    k = np.exp(-(np.arange(width) ** 2) / (2 * sigma**2))
     k = jnp.asarray(k / k.sum(), x.dtype)
     theta = jnp.deg2rad(angle_deg.astype(jnp.float32))[:, None]  # (B, 1)
     i = jnp.arange(width, dtype=jnp.float32)[None]

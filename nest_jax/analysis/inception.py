@@ -11,6 +11,7 @@ Parameters are a flat dict keyed by the PyTorch state-dict names (`Mixed_5b.bran
 downloaded: `load_inception_weights(path)` reads a file the user supplies (`.pth` through
 `torch.load(weights_only=True)`, or `.npz` of the same names with conv kernels OIHW as in PyTorch).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -28,7 +29,8 @@ FID_SIZE = 299
 WEIGHTS_HELP = (
     "FID Inception weights are not bundled and never downloaded: fetch pytorch-fid's "
     "pt_inception-2015-12-05-6726825d.pth (github.com/mseitzer/pytorch-fid/releases, tag fid_weights) on a "
-    "machine with network and pass its path")
+    "machine with network and pass its path"
+)
 
 
 def _conv_specs() -> dict[str, tuple[int, int, tuple[int, int], int, tuple[int, int]]]:
@@ -117,8 +119,10 @@ def params_from_state_dict(state: Mapping[str, np.ndarray]) -> dict[str, Array]:
     shapes = param_shapes()
     missing = [k for k in shapes if k not in state]
     if missing:
-        raise UserError(f"the Inception weights lack {len(missing)} parameters (first: {missing[0]}); expected "
-                        "pytorch-fid's FID Inception (pt_inception-2015-12-05) state dict")
+        raise UserError(
+            f"the Inception weights lack {len(missing)} parameters (first: {missing[0]}); expected "
+            "pytorch-fid's FID Inception (pt_inception-2015-12-05) state dict"
+        )
     out = {}
     for name, shape in shapes.items():
         a = np.asarray(state[name], np.float32)
@@ -143,6 +147,7 @@ def load_inception_weights(path: str | None) -> dict[str, Array]:
     import io
 
     import torch
+
     with p.open("rb") as f:
         state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     return params_from_state_dict({k: v.numpy() for k, v in state.items()})
@@ -152,8 +157,13 @@ def load_inception_weights(path: str | None) -> dict[str, Array]:
 def _unit(params: Mapping[str, Array], name: str, x: Array) -> Array:
     """conv (no bias) → BatchNorm (eval, eps 1e-3) → ReLU. x: (B, H, W, C) NHWC."""
     _, _, _, stride, (ph, pw) = CONV_SPECS[name]
-    y = jax.lax.conv_general_dilated(x, params[f"{name}.conv.weight"], (stride, stride), ((ph, ph), (pw, pw)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+        x,
+        params[f"{name}.conv.weight"],
+        (stride, stride),
+        ((ph, ph), (pw, pw)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     scale = params[f"{name}.bn.weight"] * jax.lax.rsqrt(params[f"{name}.bn.running_var"] + BN_EPS)
     return jax.nn.relu((y - params[f"{name}.bn.running_mean"]) * scale + params[f"{name}.bn.bias"])
 
@@ -174,8 +184,9 @@ def _avg_pool_same_excl(x: Array) -> Array:
 def _block_a(p, n, x):
     b5 = _unit(p, f"{n}.branch5x5_2", _unit(p, f"{n}.branch5x5_1", x))
     b3 = _unit(p, f"{n}.branch3x3dbl_3", _unit(p, f"{n}.branch3x3dbl_2", _unit(p, f"{n}.branch3x3dbl_1", x)))
-    return jnp.concatenate([_unit(p, f"{n}.branch1x1", x), b5, b3,
-                            _unit(p, f"{n}.branch_pool", _avg_pool_same_excl(x))], axis=-1)
+    return jnp.concatenate(
+        [_unit(p, f"{n}.branch1x1", x), b5, b3, _unit(p, f"{n}.branch_pool", _avg_pool_same_excl(x))], axis=-1
+    )
 
 
 def _block_b(p, n, x):
@@ -190,8 +201,9 @@ def _block_c(p, n, x):
     bd = x
     for i in (1, 2, 3, 4, 5):
         bd = _unit(p, f"{n}.branch7x7dbl_{i}", bd)
-    return jnp.concatenate([_unit(p, f"{n}.branch1x1", x), b7, bd,
-                            _unit(p, f"{n}.branch_pool", _avg_pool_same_excl(x))], axis=-1)
+    return jnp.concatenate(
+        [_unit(p, f"{n}.branch1x1", x), b7, bd, _unit(p, f"{n}.branch_pool", _avg_pool_same_excl(x))], axis=-1
+    )
 
 
 def _block_d(p, n, x):
@@ -249,7 +261,7 @@ def resize_bilinear(x: Array, size: int, mode: str = "tf_legacy") -> Array:
         lo = jnp.minimum(lo, n_in - 1)
         hi = jnp.minimum(lo + 1, n_in - 1)
         frac = src - lo
-        return (jax.nn.one_hot(lo, n_in) * (1 - frac)[:, None] + jax.nn.one_hot(hi, n_in) * frac[:, None])
+        return jax.nn.one_hot(lo, n_in) * (1 - frac)[:, None] + jax.nn.one_hot(hi, n_in) * frac[:, None]
 
     wh, ww = axis_weights(x.shape[1]), axis_weights(x.shape[2])
     return jnp.einsum("oh,bhwc,pw->bopc", wh, x.astype(jnp.float32), ww, precision=jax.lax.Precision.HIGHEST)

@@ -10,6 +10,7 @@ The CKA is the unbiased minibatch estimator (`nest_jax.analysis.cka.MinibatchCKA
 "layer" per token position: `LocalizationCKA.update(inter)` per batch, `result()` ->
 (gh, gw, gh, gw) with [i, j] the map of the token at (i, j).
 """
+
 from __future__ import annotations
 
 import jax

@@ -11,6 +11,7 @@ exactly zero everywhere gives +inf). It is reported separately for each prefix t
 and for the spatial tokens. Large ratios mean the skip connection dominates: the layer changes its
 input little. `NormSums` accumulates the two means over batches.
 """
+
 from __future__ import annotations
 
 import jax
@@ -34,8 +35,11 @@ def _token_norms(h: Array, family: str, prefix: int) -> dict[str, Array]:
 def norm_sums(inter: dict, family: str, prefix: int, token_names: tuple[str, ...] = ()) -> dict[str, Array]:
     """One batch's sums of ‖z‖ and ‖f(z)‖: {f"{branch}/{group}": (layers, 2) [Σ‖z‖, Σ‖f(z)‖]} and
     {f"count/{group}": tokens per layer}. branch ∈ {attn, mlp} (transformers) or {block} (ResNets)."""
-    pairs = ([("block", "block_in", "block_branch")] if family == "resnet"
-             else [("attn", "attn_in", "attn_branch"), ("mlp", "mlp_in", "mlp_branch")])
+    pairs = (
+        [("block", "block_in", "block_branch")]
+        if family == "resnet"
+        else [("attn", "attn_in", "attn_branch"), ("mlp", "mlp_in", "mlp_branch")]
+    )
     names = {f"token{i}": n for i, n in enumerate(token_names)}
     out, counts = {}, {}
     for branch, zk, fk in pairs:

@@ -13,6 +13,7 @@ to 0 (black) BEFORE normalization, as in the paper (after normalization black is
   attention ascending, take the cumulative sum, keep cells where it exceeds 1 − λ (the DINO
   visualization rule the paper used). Salient drop removes that set; non-salient drop keeps only it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -35,8 +36,7 @@ def num_dropped(ratio: float, cells: int) -> int:
     return int(np.floor(ratio * cells + 1e-9))
 
 
-def random_drop_mask(key: Array, batch: int, grid: tuple[int, int], num_drop: int,
-                     per_image: bool = False) -> Array:
+def random_drop_mask(key: Array, batch: int, grid: tuple[int, int], num_drop: int, per_image: bool = False) -> Array:
     """(B, gh, gw) bool, True = dropped; exactly `num_drop` cells per image."""
     n = grid[0] * grid[1]
     scores = jax.random.uniform(key, (batch if per_image else 1, n))
@@ -61,12 +61,14 @@ def cls_attention(model, images: Array, head: int | None = None) -> Array:
     images: normalized for `model` (a ViT/DeiT with a class token). head None = mean over heads.
     """
     if not is_vit(model) or "cls" not in model.config.prefix_tokens:
-        raise UserError("salient PatchDrop needs a ViT/DeiT with a class token as saliency model "
-                        "(pass saliency_model=... for NesT or ResNet)")
+        raise UserError(
+            "salient PatchDrop needs a ViT/DeiT with a class token as saliency model "
+            "(pass saliency_model=... for NesT or ResNet)"
+        )
     c = model.config
     _, inter = model(images, train=False, capture=("attention",))
     att = inter["attention"][-1]  # (B, heads, T, T)
-    row = att[:, :, c.token_index("cls"), c.num_prefix:]
+    row = att[:, :, c.token_index("cls"), c.num_prefix :]
     row = row.mean(axis=1) if head is None else row[:, head]
     row = row / row.sum(-1, keepdims=True)
     return row.reshape(row.shape[0], *c.grid)
@@ -88,16 +90,18 @@ def mass_mask(saliency: Array, lam: float) -> Array:
 
 
 @nnx.jit(static_argnames=("grid", "per_image", "mean", "std"))
-def random_occlusion_logits(model, images: Array, key: Array, *, grid: tuple, num_drop, per_image: bool,
-                            mean: tuple, std: tuple) -> Array:
+def random_occlusion_logits(
+    model, images: Array, key: Array, *, grid: tuple, num_drop, per_image: bool, mean: tuple, std: tuple
+) -> Array:
     """Logits under random PatchDrop; num_drop is traced (one compiled program for every ratio)."""
     dropped = random_drop_mask(key, images.shape[0], grid, num_drop, per_image)
     return model(normalize(drop_cells(images, dropped), mean, std), train=False)
 
 
 @nnx.jit(static_argnames=("mode", "mean", "std"))
-def salient_occlusion_logits(model, images: Array, saliency: Array, *, lam, mode: str, mean: tuple,
-                             std: tuple) -> Array:
+def salient_occlusion_logits(
+    model, images: Array, saliency: Array, *, lam, mode: str, mean: tuple, std: tuple
+) -> Array:
     """Logits under salient / non-salient PatchDrop; λ is traced (one program for every λ)."""
     fg = mass_mask(saliency, lam)
     dropped = fg if mode == "salient" else ~fg
@@ -112,9 +116,17 @@ def default_grid(model, image_shape: Sequence[int]) -> tuple[int, int]:
     return (h // 16, w // 16) if h % 16 == 0 and w % 16 == 0 and h >= 64 else (4, 4)
 
 
-def run_occlusion(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
-                  ratios: Sequence[float] = PAPER_RATIOS, grid: tuple[int, int] | None = None,
-                  per_image: bool = False, seed: int = 0) -> dict:
+def run_occlusion(
+    model,
+    batches: Iterable[dict],
+    *,
+    mean: tuple,
+    std: tuple,
+    ratios: Sequence[float] = PAPER_RATIOS,
+    grid: tuple[int, int] | None = None,
+    per_image: bool = False,
+    seed: int = 0,
+) -> dict:
     """Top-1 under random PatchDrop for each drop ratio.  -> {"ratios", "top1", "grid", "dropped"}."""
     batches = as_list(batches)
     grid = tuple(grid or default_grid(model, np.shape(batches[0]["image"])))
@@ -124,33 +136,52 @@ def run_occlusion(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
         acc = Accuracy()
         for bi, b in enumerate(batches):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), ri), bi)
-            logits = random_occlusion_logits(model, jnp.asarray(b["image"]), key, grid=grid,
-                                             num_drop=jnp.int32(num_dropped(r, n)), per_image=per_image,
-                                             mean=tuple(mean), std=tuple(std))
+            logits = random_occlusion_logits(
+                model,
+                jnp.asarray(b["image"]),
+                key,
+                grid=grid,
+                num_drop=jnp.int32(num_dropped(r, n)),
+                per_image=per_image,
+                mean=tuple(mean),
+                std=tuple(std),
+            )
             acc.add(logits, b["label"], batch_mask(b))
         top1.append(acc.value)
-    return {"ratios": list(ratios), "top1": top1, "grid": list(grid),
-            "dropped": [num_dropped(r, n) for r in ratios]}
+    return {"ratios": list(ratios), "top1": top1, "grid": list(grid), "dropped": [num_dropped(r, n) for r in ratios]}
 
 
-def run_salient_occlusion(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
-                          lambdas: Sequence[float] = tuple(k / 10 for k in range(1, 11)),
-                          saliency_model=None, saliency_mean: tuple | None = None,
-                          saliency_std: tuple | None = None, head: int | None = None) -> dict:
+def run_salient_occlusion(
+    model,
+    batches: Iterable[dict],
+    *,
+    mean: tuple,
+    std: tuple,
+    lambdas: Sequence[float] = tuple(k / 10 for k in range(1, 11)),
+    saliency_model=None,
+    saliency_mean: tuple | None = None,
+    saliency_std: tuple | None = None,
+    head: int | None = None,
+) -> dict:
     """Top-1 under salient and non-salient PatchDrop for each λ, on the saliency model's grid."""
     batches = as_list(batches)
     smodel = saliency_model if saliency_model is not None else model
     smean, sstd = tuple(saliency_mean or mean), tuple(saliency_std or std)
     att = nnx.jit(cls_attention, static_argnames=("head",))
     sal = [att(smodel, normalize(jnp.asarray(b["image"]), smean, sstd), head=head) for b in batches]
-    out = {"lambdas": list(lambdas), "salient_drop_top1": [], "non_salient_drop_top1": [],
-           "grid": list(sal[0].shape[1:])}
+    out = {
+        "lambdas": list(lambdas),
+        "salient_drop_top1": [],
+        "non_salient_drop_top1": [],
+        "grid": list(sal[0].shape[1:]),
+    }
     for lam in lambdas:
         for mode in ("salient", "non_salient"):
             acc = Accuracy()
             for b, s in zip(batches, sal):
-                logits = salient_occlusion_logits(model, jnp.asarray(b["image"]), s, lam=jnp.float32(lam), mode=mode,
-                                                  mean=tuple(mean), std=tuple(std))
+                logits = salient_occlusion_logits(
+                    model, jnp.asarray(b["image"]), s, lam=jnp.float32(lam), mode=mode, mean=tuple(mean), std=tuple(std)
+                )
                 acc.add(logits, b["label"], batch_mask(b))
             out[f"{mode}_drop_top1"].append(acc.value)
     return out

@@ -10,6 +10,7 @@ choice per batch) and the remaining layers, final norm and heads run on the shor
 Attention takes any number of tokens, so this needs no retraining; it applies to ViT/DeiT only
 (NesT's blocks need all their tokens, ResNets have none).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -54,8 +55,15 @@ def fitting_grids(image_shape: Sequence[int], grids: Sequence[tuple[int, int]] =
     return [g for g in grids if h % g[0] == 0 and w % g[1] == 0]
 
 
-def run_patch_shuffle(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
-                      grids: Sequence[tuple[int, int]] | None = None, seed: int = 0) -> dict:
+def run_patch_shuffle(
+    model,
+    batches: Iterable[dict],
+    *,
+    mean: tuple,
+    std: tuple,
+    grids: Sequence[tuple[int, int]] | None = None,
+    seed: int = 0,
+) -> dict:
     """Top-1 for each shuffle grid.  -> {"grids": [[gh, gw], …], "top1": […]}."""
     batches = as_list(batches)
     grids = [tuple(g) for g in (grids or fitting_grids(np.shape(batches[0]["image"])))]
@@ -64,8 +72,11 @@ def run_patch_shuffle(model, batches: Iterable[dict], *, mean: tuple, std: tuple
         acc = Accuracy()
         for bi, b in enumerate(batches):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), gi), bi)
-            acc.add(shuffled_logits(model, jnp.asarray(b["image"]), key, grid=g, mean=tuple(mean), std=tuple(std)),
-                    b["label"], batch_mask(b))
+            acc.add(
+                shuffled_logits(model, jnp.asarray(b["image"]), key, grid=g, mean=tuple(mean), std=tuple(std)),
+                b["label"],
+                batch_mask(b),
+            )
         top1.append(acc.value)
     return {"grids": [list(g) for g in grids], "top1": top1}
 
@@ -85,9 +96,16 @@ def token_drop_logits(model, images: Array, key: Array, *, layer: int, num_keep:
     return sum(logits.values()) / len(logits)
 
 
-def run_token_drop(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
-                   ratios: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 0.9), layers: Sequence[int] | None = None,
-                   seed: int = 0) -> dict:
+def run_token_drop(
+    model,
+    batches: Iterable[dict],
+    *,
+    mean: tuple,
+    std: tuple,
+    ratios: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 0.9),
+    layers: Sequence[int] | None = None,
+    seed: int = 0,
+) -> dict:
     """Top-1 when a fraction of patch tokens is dropped before layer b.  -> {"top1": {b: [per ratio]}}."""
     if not is_vit(model):
         raise UserError("token dropping needs a ViT/DeiT (NesT blocks need all their tokens)")

@@ -12,6 +12,7 @@ prefix tokens at the input and after every layer (DeiT: class vs distillation to
 The helpers `vit_token_logits` and `vit_run_layers` are the building blocks other analyses use to
 run a ViT from the middle (token dropping, transfer features).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -41,8 +42,7 @@ def vit_token_logits(model, z: Array) -> dict[str, Array]:
     c = model.config
     x = model.norm(z)
     p = c.num_prefix
-    feats = ({n: x[:, i] for i, n in enumerate(c.prefix_tokens)} if c.pool == "token"
-             else {"cls": x[:, p:].mean(axis=1)})
+    feats = {n: x[:, i] for i, n in enumerate(c.prefix_tokens)} if c.pool == "token" else {"cls": x[:, p:].mean(axis=1)}
     if model.pre_logits is not None:
         feats = {n: jnp.tanh(model.pre_logits(f)) for n, f in feats.items()}
     return {n: getattr(model, HEAD_NAMES[n])(f) for n, f in feats.items()}
@@ -122,9 +122,12 @@ def run_per_block_tokens(model, batches: Iterable[dict], *, mean: tuple, std: tu
         if is_vit(model) and model.config.num_prefix > 1:
             for t in model.config.prefix_tokens[1:]:
                 cosines.setdefault(f"cls_{t}", []).append(
-                    (np.asarray(token_cosine_per_layer(model, x, a="cls", b=t)), float(m.sum())))
-    out = {"top1": {n: (v / max(count, 1.0)).tolist() for n, v in hits.items()},
-           "layers": len(next(iter(hits.values())))}
+                    (np.asarray(token_cosine_per_layer(model, x, a="cls", b=t)), float(m.sum()))
+                )
+    out = {
+        "top1": {n: (v / max(count, 1.0)).tolist() for n, v in hits.items()},
+        "layers": len(next(iter(hits.values()))),
+    }
     if cosines:
         out["cosine"] = {k: (sum(c * w for c, w in v) / sum(w for _, w in v)).tolist() for k, v in cosines.items()}
     return out

@@ -5,6 +5,7 @@ ViT: the learned table's spatial rows (prefix slots dropped; the fixed 2-D sin-c
 NesT: one table per level (1, T, N, C), laid out on the level's token map with `deblockify`
 -> one (H_l, W_l, H_l, W_l) array per level.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ def pos_embed_similarity(model: nnx.Module) -> list[np.ndarray]:
         raise ValueError(f"{type(model).__name__} has no position embedding")
     gh, gw = c.grid
     if model.pos_embed is not None:
-        table = np.asarray(model.pos_embed[...])[0, c.num_prefix:]
+        table = np.asarray(model.pos_embed[...])[0, c.num_prefix :]
     elif c.pos_embed == "sincos":
         table = np.asarray(sincos_2d(gh, gw, c.dim))[0]
     else:

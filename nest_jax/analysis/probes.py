@@ -16,6 +16,7 @@ Per-token probes (Raghu et al. 2021, §6): one ridge probe is fitted on all fina
 tokens of the training images (each token labelled with its image's class) and its accuracy is
 measured at each token position separately on the test images.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,9 @@ def _whiten(x_train: Array, x_test: Array) -> tuple[Array, Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
-def ridge_probe(x_train: Array, y_train: Array, x_test: Array, y_test: Array, *, num_classes: int,
-                l2: float = 1.0) -> Array:
+def ridge_probe(
+    x_train: Array, y_train: Array, x_test: Array, y_test: Array, *, num_classes: int, l2: float = 1.0
+) -> Array:
     """Test accuracy of the closed-form ridge probe. x: (n, d) float, y: (n,) int -> scalar."""
     x_train, x_test = _whiten(x_train.astype(jnp.float32), x_test.astype(jnp.float32))
     y = 2.0 * jax.nn.one_hot(y_train, num_classes) - 1.0
@@ -55,8 +57,17 @@ def ridge_probe(x_train: Array, y_train: Array, x_test: Array, y_test: Array, *,
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
-def logistic_probe(x_train: Array, y_train: Array, x_test: Array, y_test: Array, *, num_classes: int,
-                   steps: int = 100, lr: float = 0.05, l2: float = 1e-4) -> Array:
+def logistic_probe(
+    x_train: Array,
+    y_train: Array,
+    x_test: Array,
+    y_test: Array,
+    *,
+    num_classes: int,
+    steps: int = 100,
+    lr: float = 0.05,
+    l2: float = 1e-4,
+) -> Array:
     """Test accuracy of a softmax regression trained by `steps` full-batch Adam steps."""
     x_train, x_test = _whiten(x_train.astype(jnp.float32), x_test.astype(jnp.float32))
     x_train, x_test = x_train.at[:, -1].set(1.0), x_test.at[:, -1].set(1.0)  # plain bias for SGD
@@ -76,19 +87,25 @@ def logistic_probe(x_train: Array, y_train: Array, x_test: Array, y_test: Array,
     return jnp.mean(jnp.argmax(x_test @ w, -1) == y_test)
 
 
-def layer_probes(train_feats: list, y_train, test_feats: list, y_test, *, num_classes: int,
-                 kind: str = "ridge", **kw) -> np.ndarray:
+def layer_probes(
+    train_feats: list, y_train, test_feats: list, y_test, *, num_classes: int, kind: str = "ridge", **kw
+) -> np.ndarray:
     """Accuracy of one probe per layer: lists of (n, d) features -> (layers,)."""
     probe = {"ridge": ridge_probe, "logistic": logistic_probe}.get(kind)
     if probe is None:
         raise ValueError(f"kind must be 'ridge' or 'logistic', got {kind!r}")
-    return np.array([float(probe(a, jnp.asarray(y_train), b, jnp.asarray(y_test), num_classes=num_classes, **kw))
-                     for a, b in zip(train_feats, test_feats)])
+    return np.array(
+        [
+            float(probe(a, jnp.asarray(y_train), b, jnp.asarray(y_test), num_classes=num_classes, **kw))
+            for a, b in zip(train_feats, test_feats)
+        ]
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
-def token_probe(tokens_train: Array, y_train: Array, tokens_test: Array, y_test: Array, *, num_classes: int,
-                l2: float = 1.0) -> Array:
+def token_probe(
+    tokens_train: Array, y_train: Array, tokens_test: Array, y_test: Array, *, num_classes: int, l2: float = 1.0
+) -> Array:
     """Per-position accuracy of one ridge probe on individual spatial tokens.
 
     tokens: (n, N, D) final-layer spatial tokens; y: (n,) -> (N,) test accuracy at each position.

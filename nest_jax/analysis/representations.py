@@ -12,6 +12,7 @@ them into one (B, F) matrix per layer:
 `forward_fn(model, capture)` is the jitted pure forward pass the analyses share: it splits the
 model once and returns f(images) -> (logits, intermediates); inputs may be sharded over the batch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

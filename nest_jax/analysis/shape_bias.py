@@ -17,6 +17,7 @@ procedural shapes × textures set (`nest_jax.data.shapes`) predict the classes d
 
 `cue_conflict_folder` reads the released stimuli (1280 PNGs, `<shape>/<shape><i>-<texture><j>.png`).
 """
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,24 @@ import numpy as np
 
 from nest_jax.analysis.forward import as_list, batch_mask, logits_from_pixels
 
-CATEGORIES16 = ("airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat", "chair", "clock", "dog",
-                "elephant", "keyboard", "knife", "oven", "truck")
+CATEGORIES16 = (
+    "airplane",
+    "bear",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "car",
+    "cat",
+    "chair",
+    "clock",
+    "dog",
+    "elephant",
+    "keyboard",
+    "knife",
+    "oven",
+    "truck",
+)
 
 
 def _r(a: int, b: int) -> list[int]:
@@ -40,8 +57,15 @@ IMAGENET16_INDICES = {
     "airplane": [404],
     "bear": _r(294, 297),
     "bicycle": [444, 671],
-    "bird": [8] + _r(10, 16) + _r(18, 20) + _r(22, 24) + _r(80, 83) + _r(87, 96) + _r(98, 100) + _r(127, 133)
-            + _r(135, 145),
+    "bird": [8]
+    + _r(10, 16)
+    + _r(18, 20)
+    + _r(22, 24)
+    + _r(80, 83)
+    + _r(87, 96)
+    + _r(98, 100)
+    + _r(127, 133)
+    + _r(135, 145),
     "boat": [472, 554, 625, 814, 914],
     "bottle": [440, 720, 737, 898, 899, 901, 907],
     "car": [436, 511, 817],
@@ -77,13 +101,19 @@ def shape_bias(predictions: Sequence[int], shape_labels: Sequence[int], texture_
     texture_hits = int(((p == t) & conflict).sum())
     n = int(conflict.sum())
     decided = shape_hits + texture_hits
-    return {"shape_bias": shape_hits / decided if decided else float("nan"), "shape_hits": shape_hits,
-            "texture_hits": texture_hits, "conflict_images": n,
-            "shape_accuracy": shape_hits / max(n, 1), "texture_accuracy": texture_hits / max(n, 1)}
+    return {
+        "shape_bias": shape_hits / decided if decided else float("nan"),
+        "shape_hits": shape_hits,
+        "texture_hits": texture_hits,
+        "conflict_images": n,
+        "shape_accuracy": shape_hits / max(n, 1),
+        "texture_accuracy": texture_hits / max(n, 1),
+    }
 
 
-def run_shape_bias(model, batches: Iterable[dict], *, mean: tuple, std: tuple, imagenet16: bool | None = None,
-                   logits_fn=None) -> dict:
+def run_shape_bias(
+    model, batches: Iterable[dict], *, mean: tuple, std: tuple, imagenet16: bool | None = None, logits_fn=None
+) -> dict:
     """Shape bias of a model on cue-conflict batches {"image", "label" (= shape), "texture_label"}.
 
     imagenet16: map 1000-way ImageNet outputs to the 16 categories (default: when the model
@@ -93,8 +123,9 @@ def run_shape_bias(model, batches: Iterable[dict], *, mean: tuple, std: tuple, i
     preds, shapes, textures = [], [], []
     for b in as_list(batches):
         x = jnp.asarray(b["image"])
-        logits = logits_fn(x) if logits_fn is not None else logits_from_pixels(model, x, mean=tuple(mean),
-                                                                               std=tuple(std))
+        logits = (
+            logits_fn(x) if logits_fn is not None else logits_from_pixels(model, x, mean=tuple(mean), std=tuple(std))
+        )
         use16 = logits.shape[-1] == 1000 if imagenet16 is None else imagenet16
         scores = imagenet_to_16(jax.nn.softmax(logits.astype(jnp.float32), -1)) if use16 else logits
         keep = batch_mask(b) > 0
@@ -115,21 +146,24 @@ def parse_cue_conflict_name(filename: str) -> tuple[str, str]:
     return m.group(1).lower(), m.group(2).lower()
 
 
-def cue_conflict_folder(root: str, *, image_size: int = 224, batch_size: int = 64,
-                        categories: Sequence[str] = CATEGORIES16) -> Iterator[dict]:
+def cue_conflict_folder(
+    root: str, *, image_size: int = 224, batch_size: int = 64, categories: Sequence[str] = CATEGORIES16
+) -> Iterator[dict]:
     """Batches {"image" (B, S, S, 3) in [0, 1], "label" (shape), "texture_label"} from a folder of
     cue-conflict stimuli in `root` or its class folders; class ids are positions in `categories`."""
     from etils import epath
     from PIL import Image
+
     index = {c: i for i, c in enumerate(categories)}
     base = epath.Path(root)
     files = sorted(p for pattern in ("*", "*/*") for p in base.glob(pattern) if _NAME.match(p.name))
     if not files:
         from nest_jax.errors import UserError
+
         raise UserError(f"no cue-conflict images (<shape><i>-<texture><j>.png) under {root}")
     for start in range(0, len(files), batch_size):
         imgs, shapes, textures = [], [], []
-        for f in files[start:start + batch_size]:
+        for f in files[start : start + batch_size]:
             s, t = parse_cue_conflict_name(f.name)
             with f.open("rb") as fh:
                 img = Image.open(fh).convert("RGB")
@@ -138,5 +172,8 @@ def cue_conflict_folder(root: str, *, image_size: int = 224, batch_size: int = 6
                 imgs.append(np.asarray(img, np.float32) / 255.0)
             shapes.append(index[s])
             textures.append(index[t])
-        yield {"image": np.stack(imgs), "label": np.asarray(shapes, np.int32),
-               "texture_label": np.asarray(textures, np.int32)}
+        yield {
+            "image": np.stack(imgs),
+            "label": np.asarray(shapes, np.int32),
+            "texture_label": np.asarray(textures, np.int32),
+        }

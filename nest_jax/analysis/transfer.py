@@ -18,6 +18,7 @@ Classifiers:
                    ridge regression with l2 = 1024 solved in its dual form W = Xᵀ(XXᵀ + λI)⁻¹Y
                    (N shots ≪ D), for K = 1, 5, 10, 25 and several seeds.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -53,12 +54,13 @@ def features_of(model, images: Array, kind: str = "cls") -> Array:
         raise ValueError(f"kind must be one of {FEATURES}, got {kind!r}")
     feats = [model.norm(z)[:, i] for z in inter["layers"][-4:]]
     if kind == "ensemble_patch":
-        feats.append(model.norm(inter["layers"][-1])[:, c.num_prefix:].mean(axis=1))
+        feats.append(model.norm(inter["layers"][-1])[:, c.num_prefix :].mean(axis=1))
     return jnp.concatenate(feats, axis=-1)
 
 
-def extract_features(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
-                     kind: str = "cls") -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    model, batches: Iterable[dict], *, mean: tuple, std: tuple, kind: str = "cls"
+) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, F) float32, labels (N,)) over batches of [0, 1] images, padding removed."""
     fs, ys = [], []
     for b in as_list(batches):
@@ -69,8 +71,17 @@ def extract_features(model, batches: Iterable[dict], *, mean: tuple, std: tuple,
     return np.concatenate(fs), np.concatenate(ys)
 
 
-def train_linear(x: np.ndarray, y: np.ndarray, num_classes: int, *, lr: float = 5e-4, weight_decay: float = 0.05,
-                 epochs: int = 10, batch_size: int = 256, seed: int = 0) -> dict:
+def train_linear(
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    *,
+    lr: float = 5e-4,
+    weight_decay: float = 0.05,
+    epochs: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict:
     """Linear classifier on fixed features with AdamW (the paper's settings). -> {"w", "b"}."""
     n, d = x.shape
     params = {"w": jnp.zeros((d, num_classes)), "b": jnp.zeros((num_classes,))}
@@ -82,6 +93,7 @@ def train_linear(x: np.ndarray, y: np.ndarray, num_classes: int, *, lr: float = 
         def loss(p):
             logp = jax.nn.log_softmax(xb @ p["w"] + p["b"])
             return -(jnp.take_along_axis(logp, yb[:, None], -1)[:, 0] * mb).sum() / jnp.maximum(mb.sum(), 1.0)
+
         g = jax.grad(loss)(params)
         updates, state = tx.update(g, state, params)
         return optax.apply_updates(params, updates), state
@@ -91,7 +103,7 @@ def train_linear(x: np.ndarray, y: np.ndarray, num_classes: int, *, lr: float = 
     for _ in range(epochs):
         order = rng.permutation(n)
         for s in range(steps):
-            idx = order[s * batch_size:(s + 1) * batch_size]
+            idx = order[s * batch_size : (s + 1) * batch_size]
             pad = batch_size - len(idx)  # one compiled shape: pad the last batch, mask it out
             xb = np.concatenate([x[idx], np.zeros((pad, d), x.dtype)])
             yb = np.concatenate([y[idx], np.zeros(pad, y.dtype)])
@@ -104,8 +116,17 @@ def linear_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(np.asarray(x @ params["w"] + params["b"]), -1) == y))
 
 
-def run_linear_probe(model, train_batches, test_batches, *, mean: tuple, std: tuple, num_classes: int,
-                     kinds: Sequence[str] = ("cls", "ensemble", "ensemble_patch"), **train_kw) -> dict:
+def run_linear_probe(
+    model,
+    train_batches,
+    test_batches,
+    *,
+    mean: tuple,
+    std: tuple,
+    num_classes: int,
+    kinds: Sequence[str] = ("cls", "ensemble", "ensemble_patch"),
+    **train_kw,
+) -> dict:
     """Test top-1 of the linear probe on each feature kind.  -> {"top1": {kind: acc}}."""
     train_batches, test_batches = as_list(train_batches), as_list(test_batches)
     out = {}
@@ -141,23 +162,46 @@ def sample_shots(y: np.ndarray, shots: int, num_classes: int, rng: np.random.Gen
     return np.concatenate(idx)
 
 
-def ridge_few_shot(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, num_classes: int, *,
-                   shots: Sequence[int] = (1, 5, 10, 25), seeds: int = 3, l2: float = 1024.0) -> dict:
+def ridge_few_shot(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int,
+    *,
+    shots: Sequence[int] = (1, 5, 10, 25),
+    seeds: int = 3,
+    l2: float = 1024.0,
+) -> dict:
     """big_vision-style few-shot accuracy: {shots: [accuracy per seed]} and the means."""
     out, means = {}, {}
     for k in shots:
         accs = []
         for s in range(seeds):
             idx = sample_shots(y, k, num_classes, np.random.default_rng([s, k]))
-            scores = ridge_fit_predict(jnp.asarray(x[idx], jnp.float32),
-                                       jax.nn.one_hot(y[idx], num_classes), jnp.asarray(x_test, jnp.float32), l2)
+            scores = ridge_fit_predict(
+                jnp.asarray(x[idx], jnp.float32),
+                jax.nn.one_hot(y[idx], num_classes),
+                jnp.asarray(x_test, jnp.float32),
+                l2,
+            )
             accs.append(float(np.mean(np.argmax(np.asarray(scores), -1) == y_test)))
         out[str(k)], means[str(k)] = accs, float(np.mean(accs))
     return {"per_seed": out, "mean": means}
 
 
-def episodes(x: np.ndarray, y: np.ndarray, *, n_way: int = 5, k_shot: int = 5, queries: int = 15,
-             num_episodes: int = 100, steps: int = 100, lr: float = 0.01, seed: int = 0) -> dict:
+def episodes(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_way: int = 5,
+    k_shot: int = 5,
+    queries: int = 15,
+    num_episodes: int = 100,
+    steps: int = 100,
+    lr: float = 0.01,
+    seed: int = 0,
+) -> dict:
     """N-way K-shot episodes with a logistic-regression classifier on L2-normalized features.
 
     Each episode draws N classes, K support and Q query examples per class (disjoint); all
@@ -177,16 +221,27 @@ def episodes(x: np.ndarray, y: np.ndarray, *, n_way: int = 5, k_shot: int = 5, q
             if len(pool) < k_shot + queries:
                 raise ValueError(f"class {c} has {len(pool)} examples, fewer than {k_shot}+{queries}")
             s_i.append(pool[:k_shot])
-            q_i.append(pool[k_shot:k_shot + queries])
+            q_i.append(pool[k_shot : k_shot + queries])
         sx.append(xn[np.concatenate(s_i)])
         qx.append(xn[np.concatenate(q_i)])
         sy.append(np.repeat(np.arange(n_way), k_shot))
         qy.append(np.repeat(np.arange(n_way), queries))
-    acc = np.asarray(_episode_accuracy(jnp.asarray(np.stack(sx)), jnp.asarray(np.stack(sy)),
-                                       jnp.asarray(np.stack(qx)), jnp.asarray(np.stack(qy)),
-                                       n_way=n_way, steps=steps, lr=lr))
-    return {"accuracy": float(acc.mean()), "ci95": float(1.96 * acc.std() / np.sqrt(len(acc))),
-            "episodes": num_episodes}
+    acc = np.asarray(
+        _episode_accuracy(
+            jnp.asarray(np.stack(sx)),
+            jnp.asarray(np.stack(sy)),
+            jnp.asarray(np.stack(qx)),
+            jnp.asarray(np.stack(qy)),
+            n_way=n_way,
+            steps=steps,
+            lr=lr,
+        )
+    )
+    return {
+        "accuracy": float(acc.mean()),
+        "ci95": float(1.96 * acc.std() / np.sqrt(len(acc))),
+        "episodes": num_episodes,
+    }
 
 
 @jax.jit(static_argnames=("n_way", "steps", "lr"))
@@ -211,9 +266,19 @@ def _episode_accuracy(sx, sy, qx, qy, *, n_way: int, steps: int, lr: float):
     return jax.vmap(one)(sx, sy, qx, qy)
 
 
-def run_few_shot(model, train_batches, test_batches, *, mean: tuple, std: tuple, num_classes: int,
-                 kind: str = "cls", shots: Sequence[int] = (1, 5, 10, 25), seeds: int = 3,
-                 l2: float = 1024.0) -> dict:
+def run_few_shot(
+    model,
+    train_batches,
+    test_batches,
+    *,
+    mean: tuple,
+    std: tuple,
+    num_classes: int,
+    kind: str = "cls",
+    shots: Sequence[int] = (1, 5, 10, 25),
+    seeds: int = 3,
+    l2: float = 1024.0,
+) -> dict:
     """big_vision-style ridge few-shot on the model's frozen features."""
     x, y = extract_features(model, train_batches, mean=mean, std=std, kind=kind)
     xt, yt = extract_features(model, test_batches, mean=mean, std=std, kind=kind)

@@ -4,6 +4,7 @@ Each analysis (`nest_jax.analyze.runners`) accumulates over one pass of evaluati
 returns numbers and figures; `nest_jax.analyze.loop.analyse` drives them and writes JSON, PNG and
 TensorBoard output. The analyses themselves are pure functions in `nest_jax.analysis`.
 """
+
 from nest_jax.analyze.runners import ANALYSES, Subject, register_analysis
 
 __all__ = ["ANALYSES", "Subject", "register_analysis"]

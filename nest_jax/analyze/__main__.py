@@ -12,6 +12,7 @@ importer's file; omitted: random weights (the model at initialization).
 Writes DIR/<analysis>.json (the numbers), DIR/<figure>.png, and the same figures (and scalars)
 into TensorBoard event files under DIR/tensorboard. Bad input is one line on stderr, exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,6 +72,7 @@ def restore_workdir(model, workdir: Path) -> int:
 
     from nest_jax.train.init_from import load_weights
     from nest_jax.train.sharding import path_str
+
     load_weights(model, "nest_jax", workdir)
     mgr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
     step = mgr.latest_step()
@@ -94,6 +96,7 @@ def build_subject(config, checkpoint: str | None, source: str, label: str, num_c
     from nest_jax.analyze.runners import Subject
     from nest_jax.train.init_from import load_weights
     from nest_jax.train.trainer import build_model
+
     try:
         model = build_model(config, num_classes, nnx.Rngs(params=int(config.seed), dropout=int(config.seed) + 1))
     except (KeyError, ValueError, TypeError) as e:
@@ -102,8 +105,10 @@ def build_subject(config, checkpoint: str | None, source: str, label: str, num_c
     if checkpoint:
         path = Path(checkpoint)
         if not path.exists():
-            raise UserError(f"checkpoint {checkpoint!r} does not exist; pass a training workdir, a converted "
-                            "checkpoint directory, or an importer's file with --source")
+            raise UserError(
+                f"checkpoint {checkpoint!r} does not exist; pass a training workdir, a converted "
+                "checkpoint directory, or an importer's file with --source"
+            )
         try:
             if source == "nest_jax" and (path / "checkpoints").is_dir():
                 step = restore_workdir(model, path)
@@ -140,6 +145,7 @@ def parse(argv):
 
 def selected(spec: str) -> list[str]:
     from nest_jax.analyze.runners import ANALYSES
+
     names = list(ANALYSES) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
     bad = [n for n in names if n not in ANALYSES]
     if bad or not names:
@@ -152,6 +158,7 @@ def run(args) -> dict:
     config = load_config(args.config, args.set)
     from nest_jax.analyze.loop import analyse
     from nest_jax.data import get_info
+
     try:
         info = get_info(config.dataset)
     except (FileNotFoundError, ValueError) as e:
@@ -163,14 +170,23 @@ def run(args) -> dict:
         cfg_b = load_config(args.compare_config or args.config, args.compare_set)
         if cfg_b.dataset.get("image_size", None) != config.dataset.image_size:
             raise UserError("the compared model must take the same images (same dataset.image_size) as the first")
-        b, _ = build_subject(cfg_b, args.compare_checkpoint, args.compare_source, args.compare_label,
-                             info.num_classes)
+        b, _ = build_subject(cfg_b, args.compare_checkpoint, args.compare_source, args.compare_label, info.num_classes)
         if b.label == a.label:
             raise UserError("--label and --compare-label must differ")
         subjects.append(b)
-    return analyse(names, subjects, config, out=args.out, batch_size=args.batch_size, max_batches=args.max_batches,
-                   pool=args.pool, kernel=args.kernel, num_classes=info.num_classes, step=step,
-                   skip_inapplicable=args.analysis == "all")
+    return analyse(
+        names,
+        subjects,
+        config,
+        out=args.out,
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        pool=args.pool,
+        kernel=args.kernel,
+        num_classes=info.num_classes,
+        step=step,
+        skip_inapplicable=args.analysis == "all",
+    )
 
 
 def main(argv=None) -> int:

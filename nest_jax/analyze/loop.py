@@ -5,6 +5,7 @@ need; the batch is sharded over all local devices along its batch axis when it d
 (parameters replicated), so large evaluation sets run data-parallel. Padding rows of the last
 batch are dropped before the analyses see it.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nest_jax.analysis.representations import forward_fn
 from nest_jax.analyze.runners import ANALYSES, to_json
@@ -21,6 +23,7 @@ from nest_jax.analyze.runners import ANALYSES, to_json
 
 def _batches(config, batch_size: int, max_batches: int):
     from nest_jax import data
+
     total = data.num_eval_steps(config.dataset, batch_size)
     if max_batches:
         total = min(total, max_batches)
@@ -34,14 +37,26 @@ def _batches(config, batch_size: int, max_batches: int):
 def _progress(iterable, total: int, desc: str):
     try:
         from tqdm.auto import tqdm
+
         return tqdm(iterable, total=total, desc=desc, unit="batch")
     except ImportError:  # tqdm is optional
         return iterable
 
 
-def analyse(names: list[str], subjects: list, config: Any, *, out: str, batch_size: int = 256,
-            max_batches: int = 0, pool: str = "all", kernel: str = "linear", num_classes: int = 10,
-            step: int = 0, skip_inapplicable: bool = False) -> dict[str, dict]:
+def analyse(
+    names: list[str],
+    subjects: list,
+    config: Any,
+    *,
+    out: str,
+    batch_size: int = 256,
+    max_batches: int = 0,
+    pool: str = "all",
+    kernel: str = "linear",
+    num_classes: int = 10,
+    step: int = 0,
+    skip_inapplicable: bool = False,
+) -> dict[str, dict]:
     """Runs analyses `names` on `subjects` over config's eval split; writes under `out`; returns numbers.
 
     skip_inapplicable: leave out (with a note on stderr) analyses that do not apply to these models
@@ -51,6 +66,7 @@ def analyse(names: list[str], subjects: list, config: Any, *, out: str, batch_si
 
     from nest_jax import data
     from nest_jax.errors import UserError
+
     runners, kept = [], []
     for n in names:
         try:
@@ -85,6 +101,7 @@ def analyse(names: list[str], subjects: list, config: Any, *, out: str, batch_si
     os.makedirs(out, exist_ok=True)
     results = {}
     from tensorboardX import SummaryWriter
+
     writer = SummaryWriter(os.path.join(out, "tensorboard"))
     try:
         for name, r in zip(names, runners):

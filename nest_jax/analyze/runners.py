@@ -5,6 +5,7 @@ pass must record (`capture`), takes each batch's intermediates of model A (and o
 comparison model is given) in `update`, and returns `(numbers, figures)` from `finish`: numbers
 are JSON-ready (lists of floats), figures are matplotlib Figures keyed by file stem.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nest_jax import viz
 from nest_jax.analysis import attention_distance as ad
 from nest_jax.analysis.cka import MinibatchCKA
 from nest_jax.analysis.localization import LocalizationCKA, localization_score
@@ -22,7 +24,6 @@ from nest_jax.analysis.pos_embed_similarity import pos_embed_similarity
 from nest_jax.analysis.probes import layer_probes, token_probe
 from nest_jax.analysis.representations import layer_representations, model_family, num_prefix
 from nest_jax.errors import UserError
-from nest_jax import viz
 
 ANALYSES: dict[str, type] = {}
 
@@ -32,6 +33,7 @@ def register_analysis(name: str):
         cls.name = name
         ANALYSES[name] = cls
         return cls
+
     return wrap
 
 
@@ -109,8 +111,12 @@ class CKAAnalysis(Analysis):
             nums[key] = m.tolist()
             a, _, b = key.partition("|")
             stem = "cka_" + key.replace("|", "_vs_")
-            figs[stem] = viz.plot_cka(m.T if b else m, xlabel=f"{a} layer", ylabel=f"{b or a} layer",
-                                      title=f"CKA ({self.pool} tokens, {acc.num_examples} images)")
+            figs[stem] = viz.plot_cka(
+                m.T if b else m,
+                xlabel=f"{a} layer",
+                ylabel=f"{b or a} layer",
+                title=f"CKA ({self.pool} tokens, {acc.num_examples} images)",
+            )
         return {"pool": self.pool, "kernel": self.kernel, "matrices": nums}, figs
 
 
@@ -131,8 +137,10 @@ class AttentionDistanceAnalysis(Analysis):
         for inter, s in zip(inters, self.subjects):
             if s.family == "resnet":
                 continue
-            d = [np.asarray(x, np.float64).sum(0) for x in ad.model_attention_distances(inter["attention"],
-                                                                                        s.model.config)]
+            d = [
+                np.asarray(x, np.float64).sum(0)
+                for x in ad.model_attention_distances(inter["attention"], s.model.config)
+            ]
             prev = self.sums.get(s.label)
             self.sums[s.label] = d if prev is None else [p + x for p, x in zip(prev, d)]
             self.count[s.label] += len(labels)
@@ -142,7 +150,9 @@ class AttentionDistanceAnalysis(Analysis):
         for label, sums in self.sums.items():
             d = [x / self.count[label] for x in sums]
             nums[label] = [x.tolist() for x in d]
-            figs[f"attention_distance_{label}"] = viz.plot_attention_distance(d, title=f"{label}: mean attention distance")
+            figs[f"attention_distance_{label}"] = viz.plot_attention_distance(
+                d, title=f"{label}: mean attention distance"
+            )
         return {"pixels": nums}, figs
 
 
@@ -173,7 +183,7 @@ class NormRatioAnalysis(Analysis):
 def _final_tokens(inter: dict, s: Subject) -> jax.Array:
     h = inter["layers"][-1]
     if s.family == "vit":
-        return h[:, s.prefix:]
+        return h[:, s.prefix :]
     return h.reshape(h.shape[0], -1, h.shape[-1])
 
 
@@ -209,17 +219,35 @@ class ProbeAnalysis(Analysis):
             for p, batches in self.feats[s.label].items():
                 layers = [np.concatenate([b[i] for b in batches]) for i in range(len(batches[0]))]
                 for kind in ("ridge", "logistic"):
-                    curves[f"{kind}/{p}"] = layer_probes([f[tr] for f in layers], y[tr], [f[te] for f in layers], y[te],
-                                                         num_classes=self.num_classes, kind=kind)
+                    curves[f"{kind}/{p}"] = layer_probes(
+                        [f[tr] for f in layers],
+                        y[tr],
+                        [f[te] for f in layers],
+                        y[te],
+                        num_classes=self.num_classes,
+                        kind=kind,
+                    )
             tokens = np.concatenate(self.tokens[s.label])
-            acc = np.asarray(token_probe(jnp.asarray(tokens[tr]), jnp.asarray(y[tr]), jnp.asarray(tokens[te]),
-                                         jnp.asarray(y[te]), num_classes=self.num_classes))
-            nums[s.label] = {"layers": {k: v.tolist() for k, v in curves.items()}, "per_token": acc.tolist(),
-                             "per_token_mean": float(acc.mean())}
+            acc = np.asarray(
+                token_probe(
+                    jnp.asarray(tokens[tr]),
+                    jnp.asarray(y[tr]),
+                    jnp.asarray(tokens[te]),
+                    jnp.asarray(y[te]),
+                    num_classes=self.num_classes,
+                )
+            )
+            nums[s.label] = {
+                "layers": {k: v.tolist() for k, v in curves.items()},
+                "per_token": acc.tolist(),
+                "per_token_mean": float(acc.mean()),
+            }
             figs[f"probes_{s.label}"] = viz.plot_probe_accuracy(curves, title=f"{s.label}: linear probes")
             side = int(round(np.sqrt(acc.size)))
             if side * side == acc.size:
-                figs[f"token_probe_{s.label}"] = viz.plot_token_probe(acc, (side, side), title=f"{s.label}: per-token probe")
+                figs[f"token_probe_{s.label}"] = viz.plot_token_probe(
+                    acc, (side, side), title=f"{s.label}: per-token probe"
+                )
         return {"fit": "even-indexed eval examples", "test": "odd-indexed", "accuracy": nums}, figs
 
 
@@ -272,7 +300,8 @@ class PosEmbedAnalysis(Analysis):
             for lvl, m in enumerate(sims):
                 suffix = f"_level{lvl}" if len(sims) > 1 else ""
                 figs[f"pos_embed_{s.label}{suffix}"] = viz.plot_position_maps(
-                    m, title=f"{s.label}{suffix}: position-embedding cosine similarity", vmin=-1, vmax=1)
+                    m, title=f"{s.label}{suffix}: position-embedding cosine similarity", vmin=-1, vmax=1
+                )
         return nums, figs
 
 
@@ -288,4 +317,5 @@ def to_json(x):
         if isinstance(v, list):
             return [fix(u) for u in v]
         return v
+
     return fix(x)

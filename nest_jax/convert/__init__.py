@@ -1,5 +1,6 @@
 """Weight importers: timm state dicts, Google ViT `.npz`, official NesT trees; position-embedding resize;
 orbax checkpoints of converted weights. Command line: `python -m nest_jax.convert --help`."""
+
 from nest_jax.convert.checkpoint import read_meta, restore_params, save_params
 from nest_jax.convert.common import load_array_file, load_params, param_shapes
 from nest_jax.convert.resize import adapt_params, load_adapted, resize_grid, resize_pos_embed
@@ -18,10 +19,24 @@ _LAZY = {
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
+
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'nest_jax.convert' has no attribute {name!r}")
 
 
-__all__ = ["adapt_params", "load_adapted", "load_array_file", "load_params", "load_vit_npz", "param_shapes",
-           "params_to_vit_npz", "read_meta", "resize_grid", "resize_pos_embed", "restore_params", "save_params",
-           "vit_npz_to_params", *_LAZY]
+__all__ = [
+    "adapt_params",
+    "load_adapted",
+    "load_array_file",
+    "load_params",
+    "load_vit_npz",
+    "param_shapes",
+    "params_to_vit_npz",
+    "read_meta",
+    "resize_grid",
+    "resize_pos_embed",
+    "restore_params",
+    "save_params",
+    "vit_npz_to_params",
+    *_LAZY,
+]

@@ -16,6 +16,7 @@ architecture expects, and no weight is NaN or infinite (`--allow-nonfinite` conv
 `--overwrite` replaces only an earlier nest_jax checkpoint, and only once the new one is complete.
 `--debug` (or NEST_JAX_DEBUG=1) prints the traceback of an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,12 @@ log = logging.getLogger("nest_jax.convert")
 # The GELU each source was trained with (docs/models.md): Google's JAX code uses the tanh form.
 SOURCE_GELU = {"timm": "exact", "vit_npz": "tanh", "nest_official": "tanh", "nest_timm": "exact"}
 # Where each source keeps its classifier, and whether the class count is the last axis (JAX) or first (torch).
-HEAD_KEYS = {"timm": (("head.weight", 0), ("fc.weight", 0), ("head.fc.weight", 0)),
-             "vit_npz": (("head/kernel", -1),), "nest_official": (("Dense_0/kernel", -1),),
-             "nest_timm": (("head.weight", 0),)}
+HEAD_KEYS = {
+    "timm": (("head.weight", 0), ("fc.weight", 0), ("head.fc.weight", 0)),
+    "vit_npz": (("head/kernel", -1),),
+    "nest_official": (("Dense_0/kernel", -1),),
+    "nest_timm": (("head.weight", 0),),
+}
 
 
 def checkpoint_classes(source: str, data: dict[str, np.ndarray]) -> int:
@@ -57,8 +61,10 @@ def checkpoint_classes(source: str, data: dict[str, np.ndarray]) -> int:
 
 # Ranks of the timm keys whose rank the converters rely on before any shape check (the rest are
 # renamed leaf by leaf and their shapes checked against the model's).
-TIMM_RANKS = {"timm": {"cls_token": 3, "dist_token": 3, "pos_embed": 3, "patch_embed.proj.weight": 4},
-              "nest_timm": {"patch_embed.proj.weight": 4, r"levels\.\d+\.pos_embed": 4}}
+TIMM_RANKS = {
+    "timm": {"cls_token": 3, "dist_token": 3, "pos_embed": 3, "patch_embed.proj.weight": 4},
+    "nest_timm": {"patch_embed.proj.weight": 4, r"levels\.\d+\.pos_embed": 4},
+}
 _PREFIXES = ("params/", "opt/target/", "module.")
 
 
@@ -74,9 +80,11 @@ def reference_shapes(source: str, model: nnx.Module) -> dict[str, tuple[int, ...
     try:
         if source == "vit_npz":
             from nest_jax.convert.vit_npz import params_to_vit_npz
+
             ref = {**params_to_vit_npz(model, "prelinen"), **params_to_vit_npz(model, "linen")}
         elif source == "nest_official":
             from nest_jax.convert.nest import params_to_official_nest
+
             ref = _flatten(params_to_official_nest(model))
         else:
             return {}
@@ -90,16 +98,18 @@ def check_ranks(source: str, data: dict[str, np.ndarray], model: nnx.Module, mod
     ref = reference_shapes(source, model)
     rules = TIMM_RANKS.get(source, {})
     for key, value in data.items():
-        name = next((key[len(p):] for p in _PREFIXES if key.startswith(p)), key)
+        name = next((key[len(p) :] for p in _PREFIXES if key.startswith(p)), key)
         if name in ref:
             want_rank, like = len(ref[name]), f", e.g. {ref[name]}"
         else:
             want_rank = next((r for pattern, r in rules.items() if re.fullmatch(pattern, name)), None)
             like = ""
         if want_rank is not None and np.ndim(value) != want_rank:
-            raise UserError(f"--input entry {key!r} has shape {tuple(np.shape(value))} (rank {np.ndim(value)}) but "
-                            f"{model_name} expects rank {want_rank}{like}: pass a {source} checkpoint of this "
-                            "architecture (or the matching --model / --set fields)")
+            raise UserError(
+                f"--input entry {key!r} has shape {tuple(np.shape(value))} (rank {np.ndim(value)}) but "
+                f"{model_name} expects rank {want_rank}{like}: pass a {source} checkpoint of this "
+                "architecture (or the matching --model / --set fields)"
+            )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -110,18 +120,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="directory for the orbax checkpoint (must not exist)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's class count")
     p.add_argument("--img-size", type=int, default=None, help="default: the model's native size")
-    p.add_argument("--gelu", choices=("exact", "tanh"), default=None,
-                   help="default: the source's own (tanh for Google checkpoints, exact for timm)")
-    p.add_argument("--resize-method", choices=METHODS, default=None,
-                   help="position-table interpolation; default linear for Google sources, bicubic for timm")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
-                   help="any other create_model override, e.g. --set drop_path_rate=0.1 --set depth=2 "
-                        "(VALUE read as JSON when it parses, else as a string)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --output if it is an earlier nest_jax checkpoint (anything else is refused); "
-                        "the old one is removed only after the new one is complete")
-    p.add_argument("--allow-nonfinite", action="store_true",
-                   help="convert even if some weights are NaN or infinite (refused by default)")
+    p.add_argument(
+        "--gelu",
+        choices=("exact", "tanh"),
+        default=None,
+        help="default: the source's own (tanh for Google checkpoints, exact for timm)",
+    )
+    p.add_argument(
+        "--resize-method",
+        choices=METHODS,
+        default=None,
+        help="position-table interpolation; default linear for Google sources, bicubic for timm",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help="any other create_model override, e.g. --set drop_path_rate=0.1 --set depth=2 "
+        "(VALUE read as JSON when it parses, else as a string)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output if it is an earlier nest_jax checkpoint (anything else is refused); "
+        "the old one is removed only after the new one is complete",
+    )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="convert even if some weights are NaN or infinite (refused by default)",
+    )
     p.add_argument("--debug", action="store_true", help="print the traceback of an error (also NEST_JAX_DEBUG=1)")
     return p.parse_args(argv)
 
@@ -141,19 +171,23 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> Path:
     from nest_jax.models import create_model, list_models
+
     if args.model not in list_models():
         create_model(args.model)  # raises the registry's "Unknown model … Did you mean" error
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise UserError(f"--output {output} exists; pass --overwrite to replace it, or choose another directory")
     if output.exists() and not is_replaceable(output):
-        raise UserError(f"--output {output} exists and is not a nest_jax checkpoint, so --overwrite leaves it "
-                        "alone; choose another --output (or remove it yourself)")
+        raise UserError(
+            f"--output {output} exists and is not a nest_jax checkpoint, so --overwrite leaves it "
+            "alone; choose another --output (or remove it yourself)"
+        )
     data = read_source(args.source, args.input)
     if not args.allow_nonfinite:
         check_finite(data, source=f"--input {args.input}")
-    kwargs: dict[str, Any] = {"num_classes": args.num_classes if args.num_classes is not None
-                              else checkpoint_classes(args.source, data)}
+    kwargs: dict[str, Any] = {
+        "num_classes": args.num_classes if args.num_classes is not None else checkpoint_classes(args.source, data)
+    }
     if args.img_size is not None:
         kwargs["img_size"] = args.img_size
     if not args.model.startswith("resnet"):

@@ -12,6 +12,7 @@ mid-save never leaves a half-written checkpoint under the final name. `overwrite
 only an earlier checkpoint of this format (or an empty directory), and only after the new one is
 complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,14 @@ def as_tuples(value: Any) -> Any:
     return tuple(as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def save_params(model_or_state: nnx.Module | nnx.State, directory: str | Path, *, model_name: str | None = None,
-                model_kwargs: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+def save_params(
+    model_or_state: nnx.Module | nnx.State,
+    directory: str | Path,
+    *,
+    model_name: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Writes the Params (and BatchStats, if any) of a model or its `nnx.state`, and how to rebuild it.
 
     Returns the checkpoint path.
@@ -63,12 +70,13 @@ def save_params(model_or_state: nnx.Module | nnx.State, directory: str | Path, *
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
     if directory.exists() and not is_replaceable(directory):
-        raise UserError(f"{directory} exists and is not a nest_jax checkpoint (no meta/ item of format {FORMAT}), "
-                        "so it is not replaced; choose another output directory or remove it yourself")
+        raise UserError(
+            f"{directory} exists and is not a nest_jax checkpoint (no meta/ item of format {FORMAT}), "
+            "so it is not replaced; choose another output directory or remove it yourself"
+        )
     items = {name: _flat(model_or_state, kind) for name, kind in COLLECTIONS.items()}
     items = {name: nest_paths(flat) for name, flat in items.items() if flat}
-    meta = {"format": FORMAT, "model": model_name, "kwargs": dict(model_kwargs or {}),
-            "collections": sorted(items)}
+    meta = {"format": FORMAT, "model": model_name, "kwargs": dict(model_kwargs or {}), "collections": sorted(items)}
     try:
         json.dumps(meta)
     except TypeError as e:
@@ -119,8 +127,10 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     """The JSON written next to the arrays: {"format", "model", "kwargs", "collections"}."""
     directory = Path(directory).absolute()
     if not (directory / "meta").is_dir():
-        raise FileNotFoundError(f"{directory} is not a nest_jax checkpoint (no meta/ item); "
-                                "write one with nest_jax.convert.save_params or `python -m nest_jax.convert`")
+        raise FileNotFoundError(
+            f"{directory} is not a nest_jax checkpoint (no meta/ item); "
+            "write one with nest_jax.convert.save_params or `python -m nest_jax.convert`"
+        )
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         meta = ckptr.restore(directory, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if meta.get("format") != FORMAT:
@@ -146,8 +156,9 @@ def read_arrays(directory: str | Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def restore_params(directory: str | Path, model: nnx.Module | None = None, *, rngs: nnx.Rngs | None = None
-                   ) -> nnx.Module:
+def restore_params(
+    directory: str | Path, model: nnx.Module | None = None, *, rngs: nnx.Rngs | None = None
+) -> nnx.Module:
     """Loads a `save_params` checkpoint into `model` (in place) or into a new model; returns it.
 
     Without `model`, builds `create_model(meta["model"], **meta["kwargs"])` first. Any parameter
@@ -158,6 +169,7 @@ def restore_params(directory: str | Path, model: nnx.Module | None = None, *, rn
         if not meta.get("model"):
             raise ValueError(f"{directory} does not record its model name; pass model=create_model(...)")
         from nest_jax.models import create_model
+
         model = create_model(meta["model"], rngs=rngs, **{k: as_tuples(v) for k, v in meta["kwargs"].items()})
     arrays = read_arrays(directory)
     for name, kind in COLLECTIONS.items():

@@ -1,12 +1,13 @@
 """What every importer shares: '/'-joined parameter paths, shape-checked assignment, safe and checked loading."""
+
 from __future__ import annotations
 
-from collections.abc import Mapping
 import pickle
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -37,8 +38,9 @@ def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
     return {path_str(k): tuple(v.shape) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-def load_params(model: nnx.Module, arrays: Mapping[str, np.ndarray], *, strict: bool = True,
-                source: str = "checkpoint") -> None:
+def load_params(
+    model: nnx.Module, arrays: Mapping[str, np.ndarray], *, strict: bool = True, source: str = "checkpoint"
+) -> None:
     """Assigns arrays into the model's parameters in place, by '/'-joined path.
 
     Every shape is checked first (the error names the parameter and both shapes); with `strict`,
@@ -65,8 +67,10 @@ def load_params(model: nnx.Module, arrays: Mapping[str, np.ndarray], *, strict: 
             var[...] = jnp.asarray(value, dtype=var[...].dtype)
 
 
-_RESAVE = ("re-save the weights as tensors only, e.g. `safetensors.torch.save_file(model.state_dict(), "
-           "'model.safetensors')` or `torch.save(model.state_dict(), 'model.pth')`")
+_RESAVE = (
+    "re-save the weights as tensors only, e.g. `safetensors.torch.save_file(model.state_dict(), "
+    "'model.safetensors')` or `torch.save(model.state_dict(), 'model.pth')`"
+)
 
 
 def load_array_file(path: str | Path) -> dict[str, np.ndarray]:
@@ -84,11 +88,14 @@ def load_array_file(path: str | Path) -> dict[str, np.ndarray]:
     elif suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
+
         try:
             arrays = dict(load_file(str(path)))
         except SafetensorError as e:
-            raise UserError(f"{path} is not a readable .safetensors file ({_first_line(e)}): it is truncated or "
-                            "corrupt; download or write it again") from e
+            raise UserError(
+                f"{path} is not a readable .safetensors file ({_first_line(e)}): it is truncated or "
+                "corrupt; download or write it again"
+            ) from e
     elif suffix in (".pth", ".pt", ".bin"):
         if "tensorflow" in sys.modules and "torch" not in sys.modules:
             # Importing torch after TensorFlow crashes the interpreter (clashing bundled libraries),
@@ -116,13 +123,17 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
                 except ValueError as e:
                     if "allow_pickle" not in str(e):
                         raise
-                    raise UserError(f"{path}: entry {k!r} holds pickled Python objects, which nest_jax never "
-                                    "unpickles; save numeric arrays only, e.g. np.savez(path, **{name: "
-                                    "np.asarray(array, np.float32)})") from None
+                    raise UserError(
+                        f"{path}: entry {k!r} holds pickled Python objects, which nest_jax never "
+                        "unpickles; save numeric arrays only, e.g. np.savez(path, **{name: "
+                        "np.asarray(array, np.float32)})"
+                    ) from None
             return out
     except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise UserError(f"{path} is not a readable .npz file ({_first_line(e)}): it is truncated or corrupt; "
-                        "download or write it again") from e
+        raise UserError(
+            f"{path} is not a readable .npz file ({_first_line(e)}): it is truncated or corrupt; "
+            "download or write it again"
+        ) from e
 
 
 def check_numeric(arrays: Mapping[str, np.ndarray], *, source: str) -> None:
@@ -130,8 +141,9 @@ def check_numeric(arrays: Mapping[str, np.ndarray], *, source: str) -> None:
     for key, value in arrays.items():
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
             kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
-            raise UserError(f"{source}: entry {key!r} is {kind}, not a numeric tensor; keep only the "
-                            "model's weights in the file")
+            raise UserError(
+                f"{source}: entry {key!r} is {kind}, not a numeric tensor; keep only the model's weights in the file"
+            )
 
 
 def check_finite(arrays: Mapping[str, np.ndarray], *, source: str) -> None:
@@ -139,8 +151,10 @@ def check_finite(arrays: Mapping[str, np.ndarray], *, source: str) -> None:
     for key, value in arrays.items():
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             bad = int(np.size(value) - np.isfinite(value).sum())
-            raise UserError(f"{source}: entry {key!r} {tuple(value.shape)} has {bad} NaN or infinite values; "
-                            "the checkpoint is damaged (pass --allow-nonfinite to convert it anyway)")
+            raise UserError(
+                f"{source}: entry {key!r} {tuple(value.shape)} has {bad} NaN or infinite values; "
+                "the checkpoint is damaged (pass --allow-nonfinite to convert it anyway)"
+            )
 
 
 def _load_torch_file(path: str | Path) -> dict[str, np.ndarray]:
@@ -150,11 +164,15 @@ def _load_torch_file(path: str | Path) -> dict[str, np.ndarray]:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles code
     except pickle.UnpicklingError as e:
         # torch's own message suggests weights_only=False, i.e. running the file's code: never that.
-        raise UserError(f"{path} contains pickled Python code or objects besides tensors, which nest_jax "
-                        f"never unpickles; {_RESAVE} where the file came from") from e
+        raise UserError(
+            f"{path} contains pickled Python code or objects besides tensors, which nest_jax "
+            f"never unpickles; {_RESAVE} where the file came from"
+        ) from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"{path} is not a readable PyTorch file ({_first_line(e)}): it is truncated or "
-                        "corrupt; download or write it again") from e
+        raise UserError(
+            f"{path} is not a readable PyTorch file ({_first_line(e)}): it is truncated or "
+            "corrupt; download or write it again"
+        ) from e
     for key in ("model", "state_dict", "model_ema"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -172,10 +190,12 @@ def _load_torch_file(path: str | Path) -> dict[str, np.ndarray]:
 def _load_torch_file_in_subprocess(path: Path) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "arrays.npz"
-        code = ("import sys, numpy as np; from nest_jax.errors import UserError\n"
-                "from nest_jax.convert.common import _load_torch_file\n"
-                "try:\n    np.savez(sys.argv[2], **_load_torch_file(sys.argv[1]))\n"
-                "except UserError as e:\n    print(e, file=sys.stderr); sys.exit(3)")
+        code = (
+            "import sys, numpy as np; from nest_jax.errors import UserError\n"
+            "from nest_jax.convert.common import _load_torch_file\n"
+            "try:\n    np.savez(sys.argv[2], **_load_torch_file(sys.argv[1]))\n"
+            "except UserError as e:\n    print(e, file=sys.stderr); sys.exit(3)"
+        )
         proc = subprocess.run([sys.executable, "-c", code, str(path), str(out)], capture_output=True, text=True)
         if proc.returncode == 3:
             raise UserError(proc.stderr.strip().splitlines()[-1])

@@ -6,6 +6,7 @@ Official names (docs/checkpoint_formats.md): `PatchEmbedding_0/Conv_0`, `Positio
 head's [k | v] on the last axis; multi-query kv Dense (C, 2d) = [k | v]; proj_kernel (h, d, C) + bias.
 timm: qkv Linear ordered (qkv, head, d); its proj reads heads merged with the head index FASTEST.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
     if not prefix:
         for root in _OFFICIAL_ROOTS:
             if out and all(k.startswith(root) for k in out):
-                out = {k[len(root):]: v for k, v in out.items()}
+                out = {k[len(root) :]: v for k, v in out.items()}
                 break
     return out
 
@@ -52,17 +53,24 @@ def _layer_index(c: NestConfig):
 
 def _plain_pairs(c: NestConfig) -> list[tuple[str, str]]:
     """(official path, nest_jax path) of every parameter that maps one-to-one (same array)."""
-    pairs = [("PatchEmbedding_0/Conv_0/kernel", "patch_embed/proj/kernel"),
-             ("PatchEmbedding_0/Conv_0/bias", "patch_embed/proj/bias"),
-             ("LayerNorm_0/scale", "norm/scale"), ("LayerNorm_0/bias", "norm/bias")]
+    pairs = [
+        ("PatchEmbedding_0/Conv_0/kernel", "patch_embed/proj/kernel"),
+        ("PatchEmbedding_0/Conv_0/bias", "patch_embed/proj/bias"),
+        ("LayerNorm_0/scale", "norm/scale"),
+        ("LayerNorm_0/bias", "norm/bias"),
+    ]
     if c.num_classes > 0:
         pairs += [("Dense_0/kernel", "head/kernel"), ("Dense_0/bias", "head/bias")]
     for level in range(c.levels):
         pairs.append((f"PositionEmbedding_{level}/pos_embedding", f"levels/{level}/pos_embed"))
         if level > 0:
             src, dst = f"ConvPool_{level - 1}", f"levels/{level}/pool"
-            pairs += [(f"{src}/Conv_0/kernel", f"{dst}/conv/kernel"), (f"{src}/Conv_0/bias", f"{dst}/conv/bias"),
-                      (f"{src}/LayerNorm_0/scale", f"{dst}/norm/scale"), (f"{src}/LayerNorm_0/bias", f"{dst}/norm/bias")]
+            pairs += [
+                (f"{src}/Conv_0/kernel", f"{dst}/conv/kernel"),
+                (f"{src}/Conv_0/bias", f"{dst}/conv/bias"),
+                (f"{src}/LayerNorm_0/scale", f"{dst}/norm/scale"),
+                (f"{src}/LayerNorm_0/bias", f"{dst}/norm/bias"),
+            ]
     for k, level, j in _layer_index(c):
         src, dst = f"EncoderNDBlock_{k}", f"levels/{level}/layers/{j}"
         for a, b in (("LayerNorm_0", "norm1"), ("LayerNorm_1", "norm2")):
@@ -75,8 +83,9 @@ def _plain_pairs(c: NestConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def official_nest_to_params(tree_or_flat: Mapping[str, Any], config: NestConfig, *,
-                            strict: bool = True) -> dict[str, np.ndarray]:
+def official_nest_to_params(
+    tree_or_flat: Mapping[str, Any], config: NestConfig, *, strict: bool = True
+) -> dict[str, np.ndarray]:
     """Official NesT parameters (nested dict or flat '/'-keyed mapping) -> {nest_jax path: array}."""
     src = _flat(tree_or_flat)
     want_mq = config.attention == "multi_query"
@@ -84,8 +93,10 @@ def official_nest_to_params(tree_or_flat: Mapping[str, Any], config: NestConfig,
     has_mh = any("MultiHeadAttention_0" in k for k in src)
     if (want_mq and has_mh and not has_mq) or (not want_mq and has_mq and not has_mh):
         found = "multi_query" if has_mq else "multi_head"
-        raise ValueError(f"the checkpoint uses {found} attention but the model has {config.attention!r}; "
-                         f"create the model with attention={found!r}")
+        raise ValueError(
+            f"the checkpoint uses {found} attention but the model has {config.attention!r}; "
+            f"create the model with attention={found!r}"
+        )
     used: set[str] = set()
 
     def take(key: str) -> np.ndarray | None:
@@ -125,8 +136,10 @@ def official_nest_to_params(tree_or_flat: Mapping[str, Any], config: NestConfig,
                 out[f"{dst}/qkv_bias"] = np.stack([qb, kvb[..., :d], kvb[..., d:]], axis=0)
     unused = sorted(set(src) - used)
     if strict and unused:
-        raise ValueError(f"official NesT checkpoint has {len(unused)} entries the model does not use, e.g. "
-                         f"{unused[:5]} (levels {config.levels}, depths {config.depths})")
+        raise ValueError(
+            f"official NesT checkpoint has {len(unused)} entries the model does not use, e.g. "
+            f"{unused[:5]} (levels {config.levels}, depths {config.depths})"
+        )
     return out
 
 
@@ -163,8 +176,12 @@ def load_official_nest(model: Nest, tree_or_flat: Mapping[str, Any], *, strict: 
 
     The model must use the checkpoint's GELU (official: `gelu="tanh"`) and padding (`"tf_same"`).
     """
-    load_params(model, official_nest_to_params(tree_or_flat, model.config, strict=strict), strict=strict,
-                source="official NesT checkpoint")
+    load_params(
+        model,
+        official_nest_to_params(tree_or_flat, model.config, strict=strict),
+        strict=strict,
+        source="official NesT checkpoint",
+    )
     return model
 
 
@@ -174,8 +191,9 @@ def _np(v) -> np.ndarray:
     return np.asarray(v)
 
 
-def timm_nest_to_params(state_dict: Mapping[str, Any], config: NestConfig, *,
-                        strict: bool = True) -> dict[str, np.ndarray]:
+def timm_nest_to_params(
+    state_dict: Mapping[str, Any], config: NestConfig, *, strict: bool = True
+) -> dict[str, np.ndarray]:
     """timm `nest_*` / `nest_*_jx` state dict -> {nest_jax path: array} (multi-head only)."""
     if config.attention != "multi_head":
         raise ValueError("timm's NesT has multi-head attention only; create the model with attention='multi_head'")
@@ -222,8 +240,11 @@ def timm_nest_to_params(state_dict: Mapping[str, Any], config: NestConfig, *,
             put(f"{d}/attn/qkv", take(f"{s}.attn.qkv.weight"), lambda w: w.T.reshape(w.shape[1], 3, h, -1))
             put(f"{d}/attn/qkv_bias", take(f"{s}.attn.qkv.bias"), lambda b: b.reshape(3, h, -1))
             # proj input features ordered (d, head): head index fastest -> (h, d, C)
-            put(f"{d}/attn/proj", take(f"{s}.attn.proj.weight"),
-                lambda w: w.T.reshape(-1, h, w.shape[0]).transpose(1, 0, 2))
+            put(
+                f"{d}/attn/proj",
+                take(f"{s}.attn.proj.weight"),
+                lambda w: w.T.reshape(-1, h, w.shape[0]).transpose(1, 0, 2),
+            )
             put(f"{d}/attn/proj_bias", take(f"{s}.attn.proj.bias"))
     unused = sorted(set(sd) - used)
     if strict and unused:
@@ -234,13 +255,18 @@ def timm_nest_to_params(state_dict: Mapping[str, Any], config: NestConfig, *,
 def load_timm_nest(model: Nest, state_dict: Mapping[str, Any], *, strict: bool = True) -> Nest:
     """Loads a timm NesT state dict in place. timm weights need `gelu="exact"`; `nest_*_jx` weights
     `pool_padding="tf_same"`, plain `nest_*` weights `pool_padding="symmetric"`."""
-    load_params(model, timm_nest_to_params(state_dict, model.config, strict=strict), strict=strict,
-                source="timm NesT state dict")
+    load_params(
+        model,
+        timm_nest_to_params(state_dict, model.config, strict=strict),
+        strict=strict,
+        source="timm NesT state dict",
+    )
     return model
 
 
-def resize_nest_pos_embed(pos: np.ndarray, new_grid: int | tuple[int, int], new_block: int,
-                          mode: str = "per_block") -> np.ndarray:
+def resize_nest_pos_embed(
+    pos: np.ndarray, new_grid: int | tuple[int, int], new_block: int, mode: str = "per_block"
+) -> np.ndarray:
     """Resizes a level's position embedding (1, T, N, C) -> (1, T', N', C), N' = new_block².
 
     `per_block` (official fine-tuning at a new resolution): the block grid stays (`new_grid` must equal
@@ -257,8 +283,7 @@ def resize_nest_pos_embed(pos: np.ndarray, new_grid: int | tuple[int, int], new_
     x = jnp.asarray(pos, jnp.float32)
     if mode == "per_block":
         if (gh, gw) != (g, g):
-            raise ValueError(f"per_block resize keeps the block grid ({g}×{g}); asked for {gh}×{gw}: "
-                             "use mode='global'")
+            raise ValueError(f"per_block resize keeps the block grid ({g}×{g}); asked for {gh}×{gw}: use mode='global'")
         x = jax.image.resize(x.reshape(t, b, b, c), (t, new_block, new_block, c), method="linear")
         return np.asarray(x.reshape(1, t, new_block * new_block, c), pos.dtype)
     if mode == "global":

@@ -17,6 +17,7 @@ interpolations, each the exact one of a reference system (all separable, compute
 
 Tests pin each against its reference (scipy, torch) to float32 round-off.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -86,8 +87,14 @@ def resize_grid(grid: np.ndarray, new_hw: tuple[int, int], method: str = "bicubi
     return np.einsum("ah,bw,hw...->ab...", wh, ww, np.asarray(grid, np.float64))
 
 
-def resize_pos_embed(pos: np.ndarray, *, num_prefix: int, old_grid: tuple[int, int] | None = None,
-                     new_grid: tuple[int, int], method: str = "bicubic") -> np.ndarray:
+def resize_pos_embed(
+    pos: np.ndarray,
+    *,
+    num_prefix: int,
+    old_grid: tuple[int, int] | None = None,
+    new_grid: tuple[int, int],
+    method: str = "bicubic",
+) -> np.ndarray:
     """Learned 1-D position table (1, P+N, D) on an old grid -> (1, P+N', D) on new_grid.
 
     The P prefix rows (class / distillation / shape tokens) are kept as they are; the N patch rows
@@ -105,8 +112,10 @@ def resize_pos_embed(pos: np.ndarray, *, num_prefix: int, old_grid: tuple[int, i
         old_grid = (side, side)
     old_grid, new_grid = tuple(old_grid), tuple(new_grid)
     if old_grid[0] * old_grid[1] != n:
-        raise ValueError(f"old_grid {old_grid} has {old_grid[0] * old_grid[1]} cells but the table has "
-                         f"{n} patch rows (after {num_prefix} prefix rows)")
+        raise ValueError(
+            f"old_grid {old_grid} has {old_grid[0] * old_grid[1]} cells but the table has "
+            f"{n} patch rows (after {num_prefix} prefix rows)"
+        )
     if old_grid == new_grid:
         return pos
     prefix, patches = pos[:, :num_prefix], pos[0, num_prefix:].reshape(*old_grid, pos.shape[-1])
@@ -118,9 +127,14 @@ def _grid(model: nnx.Module) -> tuple[int, int] | None:
     return tuple(getattr(getattr(model, "config", None), "grid", None) or ()) or None
 
 
-def adapt_params(arrays: dict[str, np.ndarray], model: nnx.Module, *, resize_method: str = "bicubic",
-                 num_prefix: int | None = None, old_grid: tuple[int, int] | None = None
-                 ) -> dict[str, np.ndarray]:
+def adapt_params(
+    arrays: dict[str, np.ndarray],
+    model: nnx.Module,
+    *,
+    resize_method: str = "bicubic",
+    num_prefix: int | None = None,
+    old_grid: tuple[int, int] | None = None,
+) -> dict[str, np.ndarray]:
     """Makes converted arrays ({nest_jax path: array}) fit `model`; returns a new dict.
 
     - `pos_embed` (ViT/DeiT, (1, P+N, D)) whose row count differs from the model's is resized to
@@ -154,7 +168,8 @@ def adapt_params(arrays: dict[str, np.ndarray], model: nnx.Module, *, resize_met
             log.info("resized pos_embed %s -> %s (%s, %d prefix rows kept)", shape, out[key].shape, resize_method, p)
         elif fnmatch.fnmatch(key, "levels/*/pos_embed") and key in want and shape != want[key]:
             from nest_jax.convert.nest import resize_nest_pos_embed
-            (_, t, n, _), (_, t_new, n_new, _) = shape, want[key]
+
+            (_, t, _n, _), (_, t_new, n_new, _) = shape, want[key]
             # Official fine-tuning keeps the block count and grows every block's own table; only a
             # change of block count needs the whole level's map resized.
             mode = "per_block" if t == t_new else "global"
@@ -163,8 +178,9 @@ def adapt_params(arrays: dict[str, np.ndarray], model: nnx.Module, *, resize_met
     return out
 
 
-def load_adapted(model: nnx.Module, arrays: dict[str, np.ndarray], *, source: str = "checkpoint",
-                 **adapt_kw) -> list[str]:
+def load_adapted(
+    model: nnx.Module, arrays: dict[str, np.ndarray], *, source: str = "checkpoint", **adapt_kw
+) -> list[str]:
     """`adapt_params` then a strict `load_params`, in place; returns the re-initialized parameter names.
 
     Strict except for the dropped heads, which keep the model's current (fresh) values.
@@ -176,4 +192,3 @@ def load_adapted(model: nnx.Module, arrays: dict[str, np.ndarray], *, source: st
     fresh = [k for k in current if k.split("/")[0] in HEAD_NAMES and k in arrays and k not in adapted]
     load_params(model, {**{k: np.asarray(current[k][...]) for k in fresh}, **adapted}, source=source)
     return fresh
-

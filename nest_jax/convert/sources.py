@@ -4,6 +4,7 @@ Used by the converter's command line (`python -m nest_jax.convert`) and by train
 (`config.init_from`, distillation teachers). Paths go through `etils.epath`, so `gs://` works; a
 remote file is copied to a local temporary file first (the readers need a seekable file).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -31,8 +32,10 @@ def read_source(source: str, path: str | epath.PathLike, *, flag: str = "--input
     from, for the error message (the command line's `--input`, a config field in training)."""
     path = epath.Path(path)
     if path.is_dir():
-        raise UserError(f"{flag} {path} is a directory; pass a file (.npz, .pth, .safetensors), e.g. the "
-                        "official NesT parameters flattened to a '/'-keyed .npz")
+        raise UserError(
+            f"{flag} {path} is a directory; pass a file (.npz, .pth, .safetensors), e.g. the "
+            "official NesT parameters flattened to a '/'-keyed .npz"
+        )
     if not is_remote(path):
         return load_array_file(Path(str(path)))
     if not path.exists():
@@ -50,17 +53,20 @@ def to_params(source: str, data: dict[str, np.ndarray], model: nnx.Module) -> di
         return vit_npz_to_params(data, model)
     if source == "timm":
         from nest_jax.convert.timm import timm_resnet_to_params, timm_vit_to_params
+
         if type(model).__name__ == "ResNet":
             return timm_resnet_to_params(data, model)
         return timm_vit_to_params(data, model)
     from nest_jax.convert import nest
+
     if source == "nest_official":
         return nest.official_nest_to_params(data, model.config)
     return nest.timm_nest_to_params(data, model.config)
 
 
-def convert_into(model: nnx.Module, source: str, data: dict[str, np.ndarray], *,
-                 resize_method: str = "bicubic") -> list[str]:
+def convert_into(
+    model: nnx.Module, source: str, data: dict[str, np.ndarray], *, resize_method: str = "bicubic"
+) -> list[str]:
     """Loads `data` from `source` into `model` in place, adapting resolution and head.
 
     Returns the names of the re-initialized (head) parameters.
@@ -68,8 +74,9 @@ def convert_into(model: nnx.Module, source: str, data: dict[str, np.ndarray], *,
     arrays = to_params(source, data, model)
     stat_paths = {path_str(k) for k, _ in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
     stats = {k: v for k, v in arrays.items() if k in stat_paths}
-    fresh = load_adapted(model, {k: v for k, v in arrays.items() if k not in stat_paths}, source=source,
-                         resize_method=resize_method)
+    fresh = load_adapted(
+        model, {k: v for k, v in arrays.items() if k not in stat_paths}, source=source, resize_method=resize_method
+    )
     if stat_paths:
         load_collection(model, nnx.BatchStat, stats, source=source)
     return fresh

@@ -10,6 +10,7 @@ Layout changes (PyTorch -> nest_jax):
   BiT head.fc (C, 2048, 1, 1) conv    -> head/kernel (2048, C)
 Position embeddings are not resized here: a grid mismatch is a shape error (see convert/resize.py).
 """
+
 from __future__ import annotations
 
 import re
@@ -61,14 +62,18 @@ def _leaf(path: str, name: str, w: np.ndarray) -> tuple[str, np.ndarray] | None:
 
 # timm module name -> nest_jax module path, applied in order (first match wins per rule list).
 _RESNET_V1_RULES = [
-    (r"^conv1$", "stem/conv"), (r"^bn1$", "stem/norm"), (r"^fc$", "head"),
+    (r"^conv1$", "stem/conv"),
+    (r"^bn1$", "stem/norm"),
+    (r"^fc$", "head"),
     (r"^layer(\d+)\.(\d+)\.conv(\d)$", lambda m: f"stages/{int(m[1]) - 1}/{m[2]}/conv{m[3]}"),
     (r"^layer(\d+)\.(\d+)\.bn(\d)$", lambda m: f"stages/{int(m[1]) - 1}/{m[2]}/norm{m[3]}"),
     (r"^layer(\d+)\.(\d+)\.downsample\.0$", lambda m: f"stages/{int(m[1]) - 1}/{m[2]}/downsample/conv"),
     (r"^layer(\d+)\.(\d+)\.downsample\.1$", lambda m: f"stages/{int(m[1]) - 1}/{m[2]}/downsample/norm"),
 ]
 _RESNET_V2_RULES = [
-    (r"^stem\.(conv|norm)$", r"stem/\1"), (r"^norm$", "norm"), (r"^head\.fc$", "head"),
+    (r"^stem\.(conv|norm)$", r"stem/\1"),
+    (r"^norm$", "norm"),
+    (r"^head\.fc$", "head"),
     (r"^stages\.(\d+)\.blocks\.(\d+)\.(conv\d|norm\d)$", r"stages/\1/\2/\3"),
     (r"^stages\.(\d+)\.blocks\.(\d+)\.downsample\.(conv|norm)$", r"stages/\1/\2/downsample/\3"),
 ]
@@ -122,7 +127,7 @@ def timm_vit_to_params(state_dict: StateDict, model: ViT) -> dict[str, np.ndarra
     backbone = {}
     for key, w in sd.items():
         if key.startswith("patch_embed.backbone."):
-            backbone[key[len("patch_embed.backbone."):]] = w
+            backbone[key[len("patch_embed.backbone.") :]] = w
             continue
         m = re.match(r"^blocks\.(\d+)\.(.+)$", key)
         if m:
@@ -160,8 +165,9 @@ def timm_vit_to_params(state_dict: StateDict, model: ViT) -> dict[str, np.ndarra
     return out
 
 
-def _stat_problems(model: nnx.Module, arrays: Mapping[str, np.ndarray], strict: bool, source: str
-                   ) -> tuple[dict, list[str]]:
+def _stat_problems(
+    model: nnx.Module, arrays: Mapping[str, np.ndarray], strict: bool, source: str
+) -> tuple[dict, list[str]]:
     """Shape/missing checks for BatchStats (common.load_params handles only nnx.Param)."""
     stats = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
     problems = []
@@ -170,8 +176,10 @@ def _stat_problems(model: nnx.Module, arrays: Mapping[str, np.ndarray], strict: 
         if tuple(np.shape(value)) != want:
             problems.append(f"shape mismatch for {name!r}: {source} has {tuple(np.shape(value))}, model expects {want}")
     if strict:
-        problems += [f"{source} has no value for model statistic {m!r} {tuple(stats[m].shape)}"
-                     for m in sorted(set(stats) - set(arrays))]
+        problems += [
+            f"{source} has no value for model statistic {m!r} {tuple(stats[m].shape)}"
+            for m in sorted(set(stats) - set(arrays))
+        ]
     return stats, problems
 
 

@@ -20,6 +20,7 @@ Google checkpoints were trained with the tanh GELU and inputs scaled to [-1, 1]:
 matters for the parameters a checkpoint does not overwrite, e.g. a re-initialized head).
 Not mapped: the hybrid R50 stem and big_vision's scanned (`encoderblock` stacked) layers.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,10 +34,18 @@ from nest_jax.convert.common import load_array_file, load_params, path_str
 
 # Sub-module names inside `Transformer/encoderblock_{i}` per scheme.
 SCHEMES = {
-    "prelinen": {"norm1": "LayerNorm_0", "attn": "MultiHeadDotProductAttention_1", "norm2": "LayerNorm_2",
-                 "mlp": "MlpBlock_3"},
-    "linen": {"norm1": "LayerNorm_0", "attn": "MultiHeadDotProductAttention_0", "norm2": "LayerNorm_1",
-              "mlp": "MlpBlock_0"},
+    "prelinen": {
+        "norm1": "LayerNorm_0",
+        "attn": "MultiHeadDotProductAttention_1",
+        "norm2": "LayerNorm_2",
+        "mlp": "MlpBlock_3",
+    },
+    "linen": {
+        "norm1": "LayerNorm_0",
+        "attn": "MultiHeadDotProductAttention_0",
+        "norm2": "LayerNorm_1",
+        "mlp": "MlpBlock_0",
+    },
 }
 # Top-level names shared by both schemes: nest_jax path -> Google path.
 TOP = {
@@ -69,7 +78,7 @@ def detect_scheme(flat: Mapping[str, np.ndarray]) -> str:
 def _strip_prefix(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     for prefix in KNOWN_PREFIXES:
         if f"{prefix}embedding/kernel" in flat:
-            return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
     return dict(flat)
 
 
@@ -145,8 +154,9 @@ def _check_model(model: nnx.Module) -> None:
         raise NotImplementedError("hybrid (R50 stem) ViT checkpoints are not mapped yet")
 
 
-def load_vit_npz(model: nnx.Module, path_or_mapping: str | Path | Mapping[str, np.ndarray], *,
-                 strict: bool = True) -> None:
+def load_vit_npz(
+    model: nnx.Module, path_or_mapping: str | Path | Mapping[str, np.ndarray], *, strict: bool = True
+) -> None:
     """Loads a Google ViT `.npz` (path, or an already-loaded flat dict) into `model` in place.
 
     Create the model with `gelu="tanh", init="official"` (see the module docstring). Shapes must

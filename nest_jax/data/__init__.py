@@ -25,9 +25,11 @@ bad files skipped and reported by name; every epoch is a full permutation of the
 calling process) sets grain's worker processes; extra optional keys: validate_files, image_key,
 label_key, tfrecord. See docs/data.md.
 """
+
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,37 +50,50 @@ def get_source(ds_cfg):
     data_dir = ds_cfg.get("data_dir", None)
     if name == "digits":
         from nest_jax.data.digits import DigitsSource
+
         return DigitsSource()
     if name == "shapes":  # the procedural shapes × textures set (shape-bias studies)
         from nest_jax.data.shapes import ShapesTexturesSource
-        return ShapesTexturesSource(num_classes=ds_cfg.shapes_classes, image_size=ds_cfg.image_size,
-                                    variant=ds_cfg.shapes_variant, num_train=ds_cfg.shapes_train,
-                                    num_test=ds_cfg.shapes_test, seed=ds_cfg.shapes_seed)
+
+        return ShapesTexturesSource(
+            num_classes=ds_cfg.shapes_classes,
+            image_size=ds_cfg.image_size,
+            variant=ds_cfg.shapes_variant,
+            num_train=ds_cfg.shapes_train,
+            num_test=ds_cfg.shapes_test,
+            seed=ds_cfg.shapes_seed,
+        )
     if name == "image_folder":
         from nest_jax.data.image_folder import ImageFolderSource
-        return ImageFolderSource.get(data_dir, train_split=ds_cfg.train_split,
-                                     validate=ds_cfg.get("validate_files", True))
-    keys = dict(image_key=ds_cfg.get("image_key", "image"),
-                label_key=ds_cfg.get("label_key", "label"))
+
+        return ImageFolderSource.get(
+            data_dir, train_split=ds_cfg.train_split, validate=ds_cfg.get("validate_files", True)
+        )
+    keys = dict(image_key=ds_cfg.get("image_key", "image"), label_key=ds_cfg.get("label_key", "label"))
     if ds_cfg.get("tfrecord", False):
         from nest_jax.data.tfrecord_source import TfrecordSource
+
         return TfrecordSource.get(name, data_dir, **keys)
     from nest_jax.data.tfds_source import TfdsSource
+
     return TfdsSource.get(name, data_dir, **keys)
 
 
 def get_info(ds_cfg) -> DataInfo:
     source = get_source(ds_cfg)
     return DataInfo(
-        name=ds_cfg.name, num_classes=source.num_classes,
+        name=ds_cfg.name,
+        num_classes=source.num_classes,
         num_train=source.num_examples(ds_cfg.train_split),
         num_eval=source.num_examples(ds_cfg.eval_split),
-        image_shape=(ds_cfg.image_size, ds_cfg.image_size, ds_cfg.num_channels))
+        image_shape=(ds_cfg.image_size, ds_cfg.image_size, ds_cfg.num_channels),
+    )
 
 
 def _processes(process_index, process_count) -> tuple[int, int]:
     if process_index is None or process_count is None:
         import jax
+
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
@@ -86,9 +101,15 @@ def _processes(process_index, process_count) -> tuple[int, int]:
     return process_index, process_count
 
 
-def train_iterator(ds_cfg, *, global_batch_size: int, seed: int, start_step: int = 0,
-                   process_index: int | None = None,
-                   process_count: int | None = None) -> train_stream.TrainIterator:
+def train_iterator(
+    ds_cfg,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> train_stream.TrainIterator:
     """Infinite host-local batches {"image": float32 (b, H, W, C), "label": int32 (b,)},
     b = global_batch_size // process_count. Batch k is a pure function of (seed, k) (and the
     process); start_step=k starts at batch k, as does set_state(get_state() taken before batch
@@ -96,9 +117,15 @@ def train_iterator(ds_cfg, *, global_batch_size: int, seed: int, start_step: int
     p, n = _processes(process_index, process_count)
     if global_batch_size % n:
         raise ValueError(f"global batch {global_batch_size} not divisible by {n} processes")
-    return train_stream.train_iterator(get_source(ds_cfg), ds_cfg,
-                                       local_batch=global_batch_size // n, seed=seed,
-                                       start_step=start_step, process_index=p, process_count=n)
+    return train_stream.train_iterator(
+        get_source(ds_cfg),
+        ds_cfg,
+        local_batch=global_batch_size // n,
+        seed=seed,
+        start_step=start_step,
+        process_index=p,
+        process_count=n,
+    )
 
 
 def num_eval_steps(ds_cfg, global_batch_size: int, split: str | None = None) -> int:
@@ -106,17 +133,26 @@ def num_eval_steps(ds_cfg, global_batch_size: int, split: str | None = None) -> 
     return eval_stream.num_steps(get_source(ds_cfg).num_examples(split), global_batch_size)
 
 
-def eval_iterator(ds_cfg, *, global_batch_size: int, split: str | None = None,
-                  process_index: int | None = None,
-                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def eval_iterator(
+    ds_cfg,
+    *,
+    global_batch_size: int,
+    split: str | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """One pass over `split` (default `ds_cfg.eval_split`): {"image", "label", "mask" float32
     (1 real, 0 padding)}; exactly num_eval_steps(ds_cfg, global_batch_size, split) batches on
     every process, every example in exactly one (process, batch, row) with mask 1."""
     p, n = _processes(process_index, process_count)
-    return eval_stream.eval_iterator(get_source(ds_cfg), ds_cfg, split=split or ds_cfg.eval_split,
-                                     global_batch_size=global_batch_size, process_index=p,
-                                     process_count=n)
+    return eval_stream.eval_iterator(
+        get_source(ds_cfg),
+        ds_cfg,
+        split=split or ds_cfg.eval_split,
+        global_batch_size=global_batch_size,
+        process_index=p,
+        process_count=n,
+    )
 
 
-__all__ = ["DataInfo", "get_info", "train_iterator", "eval_iterator", "num_eval_steps",
-           "get_source"]
+__all__ = ["DataInfo", "get_info", "train_iterator", "eval_iterator", "num_eval_steps", "get_source"]

@@ -4,6 +4,7 @@
 Photometric ops work on float32 [0, 1] images (H, W, C); the crops take uint8 or float images and
 keep their dtype (resampling on uint8 rounds to 8 bits, as decoding already did).
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,9 @@ from nest_jax.data.randaugment import _channels, blend, gray
 _PIL_METHODS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
 
 
-def resize(image: np.ndarray, size: tuple[int, int], method: str = "bilinear",
-           box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def resize(
+    image: np.ndarray, size: tuple[int, int], method: str = "bilinear", box: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
     """Resize (the `box` = (left, top, right, bottom) region of) `image` to `size` = (h, w) with
     PIL's convolution resampling, which widens the kernel when downscaling (antialiased, as
     tf.image.resize(antialias=True)). uint8 (H, W, 1|3|4) images are resized as 8-bit images,
@@ -33,14 +35,24 @@ def resize(image: np.ndarray, size: tuple[int, int], method: str = "bilinear",
         pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
         out = np.asarray(pil.resize((w, h), resample, box=box))
         return out.reshape(h, w, image.shape[-1])
-    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), "F")
-                         .resize((w, h), resample, box=box)) for c in range(image.shape[-1])]
+    planes = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), "F").resize((w, h), resample, box=box)
+        )
+        for c in range(image.shape[-1])
+    ]
     return np.clip(np.stack(planes, -1), 0.0, 1.0).astype(np.float32)
 
 
-def sample_crop_box(rng: np.random.Generator, height: int, width: int, *, min_area: float,
-                    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
-                    attempts: int = 10) -> tuple[int, int, int, int]:
+def sample_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    min_area: float,
+    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> tuple[int, int, int, int]:
     """(top, left, crop_h, crop_w) of an Inception-style crop (Szegedy et al. 2015, §6): area
     fraction ~ U[min_area, 1], aspect ratio w/h ~ U[aspect_range]; a draw that does not fit is
     redrawn, and after `attempts` failures the whole image is used (tf.image's fallback)."""
@@ -57,8 +69,9 @@ def sample_crop_box(rng: np.random.Generator, height: int, width: int, *, min_ar
     return 0, 0, height, width
 
 
-def inception_crop(image: np.ndarray, rng: np.random.Generator, *, size: int,
-                   min_area: float = 0.08, method: str = "bilinear") -> np.ndarray:
+def inception_crop(
+    image: np.ndarray, rng: np.random.Generator, *, size: int, min_area: float = 0.08, method: str = "bilinear"
+) -> np.ndarray:
     """Random-resized crop (area ∈ [min_area, 1], aspect ∈ [3/4, 4/3]) resized to size × size.
     image: (H, W, C) → (size, size, C), same dtype."""
     top, left, ch, cw = sample_crop_box(rng, image.shape[0], image.shape[1], min_area=min_area)
@@ -70,7 +83,7 @@ def pad_and_crop(image: np.ndarray, rng: np.random.Generator, *, padding: int = 
     h, w, _ = image.shape
     padded = np.pad(image, [(padding, padding), (padding, padding), (0, 0)])
     dy, dx = rng.integers(0, 2 * padding + 1, size=2)
-    return padded[dy:dy + h, dx:dx + w]
+    return padded[dy : dy + h, dx : dx + w]
 
 
 def flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -79,6 +92,7 @@ def flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # ---- colour (float32 [0, 1], RGB or one channel) ----
+
 
 def _rgb(image: np.ndarray):
     return image[..., 0], image[..., 1], image[..., 2]
@@ -142,10 +156,12 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, *, strength: float
     b, c, sat = lo + (hi - lo) * b, lo + (hi - lo) * c, lo + (hi - lo) * sat
     hue = -0.2 * s + 0.4 * s * hue
     rgb = image.shape[-1] == 3
-    ops = [lambda x: x * np.float32(b),
-           lambda x: adjust_contrast(x, c),
-           lambda x: adjust_saturation(x, sat) if rgb else x,
-           lambda x: adjust_hue(x, hue) if rgb else x]
+    ops = [
+        lambda x: x * np.float32(b),
+        lambda x: adjust_contrast(x, c),
+        lambda x: adjust_saturation(x, sat) if rgb else x,
+        lambda x: adjust_hue(x, hue) if rgb else x,
+    ]
     if apply < 0.8:
         for i in order:
             image = np.clip(ops[i](image), 0.0, 1.0).astype(np.float32)
@@ -154,9 +170,15 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, *, strength: float
     return image
 
 
-def random_erasing(image: np.ndarray, rng: np.random.Generator, *, prob: float,
-                   min_area: float = 0.02, max_area: float = 1 / 3,
-                   min_aspect: float = 0.3) -> np.ndarray:
+def random_erasing(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    prob: float,
+    min_area: float = 0.02,
+    max_area: float = 1 / 3,
+    min_aspect: float = 0.3,
+) -> np.ndarray:
     """Random erasing (Zhong et al. 2020) on a *normalized* image, official NesT's simplified form
     (no redraws): with probability `prob` a box of area U[min_area, max_area] of the image and
     log-uniform aspect ratio in [min_aspect, 1/min_aspect], centred uniformly (the part outside
@@ -177,5 +199,16 @@ def random_erasing(image: np.ndarray, rng: np.random.Generator, *, prob: float,
     return out
 
 
-__all__ = ["resize", "sample_crop_box", "inception_crop", "pad_and_crop", "flip", "color_jitter",
-           "random_erasing", "adjust_contrast", "adjust_saturation", "adjust_hue", "blend"]
+__all__ = [
+    "resize",
+    "sample_crop_box",
+    "inception_crop",
+    "pad_and_crop",
+    "flip",
+    "color_jitter",
+    "random_erasing",
+    "adjust_contrast",
+    "adjust_saturation",
+    "adjust_hue",
+    "blend",
+]

@@ -5,6 +5,7 @@ random_state=0)` → 1,347 train / 450 test. Images are kept at 8×8 as v/16 ∈
 and resized per example to `image_size` (bilinear or bicubic, `resize_method`) by the
 preprocessing, which also replicates the grey channel when `num_channels` is 3.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,7 @@ def load_split_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[..., None]
     labels = digits.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        images, labels, test_size=0.25, stratify=labels, random_state=0)
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.25, stratify=labels, random_state=0)
     return {"train": (x_tr, y_tr), "test": (x_te, y_te)}
 
 
@@ -43,7 +43,7 @@ class DigitsSource:
     def num_examples(self, split: str) -> int:
         return len(self._arrays(split)[1])
 
-    def lookup(self, split: str) -> "ArrayRecords":
+    def lookup(self, split: str) -> ArrayRecords:
         return ArrayRecords(*self._arrays(split))
 
 

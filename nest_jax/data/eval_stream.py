@@ -5,6 +5,7 @@ Process p of P reads the p-th of P even shards of the split (sizes differ by at 
 steps = ⌈N / global_batch⌉ — enough for every shard since ⌈⌈N/P⌉ / b⌉ = ⌈N / (P·b)⌉. Real examples
 carry mask 1, padding mask 0 (image zeros, label 0): sum the metric × mask over all processes.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,14 +50,12 @@ class EvalBatches:
         return {"image": images, "label": labels, "mask": mask}
 
 
-def eval_iterator(source, ds_cfg, *, split: str, global_batch_size: int, process_index: int,
-                  process_count: int):
+def eval_iterator(source, ds_cfg, *, split: str, global_batch_size: int, process_index: int, process_count: int):
     """Exactly num_steps(N, global_batch_size) batches of global_batch_size / process_count."""
     import grain
 
     if global_batch_size % process_count:
-        raise ValueError(f"eval batch {global_batch_size} not divisible by "
-                         f"{process_count} processes")
+        raise ValueError(f"eval batch {global_batch_size} not divisible by {process_count} processes")
     local_batch = global_batch_size // process_count
     records = source.lookup(split)
     steps = num_steps(len(records), global_batch_size)

@@ -11,6 +11,7 @@ trusted folders); a file that then fails to decode mid-training stops it with an
 file. A class folder with no images at all is an error naming it (it would be a class that can
 never be predicted). Decoding is PIL (JPEG, PNG, GIF first frame, BMP), converted to RGB.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -67,13 +68,13 @@ class ImageFolderSource:
 
     def __init__(self, root: str | None, *, train_split: str = "train", validate: bool = True):
         if not root or not os.path.isdir(root):
-            raise FileNotFoundError(f"image_folder: data_dir {root!r} is not a directory; expected "
-                                    "data_dir/<split>/<class>/<image files>")
+            raise FileNotFoundError(
+                f"image_folder: data_dir {root!r} is not a directory; expected data_dir/<split>/<class>/<image files>"
+            )
         self.root, self.validate, self.name = root, validate, "image_folder"
         self.train_split = train_split
         train_dir = self._split_dir(train_split)
-        self.classes = sorted(d for d in os.listdir(train_dir)
-                              if os.path.isdir(os.path.join(train_dir, d)))
+        self.classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
         if not self.classes:
             raise FileNotFoundError(f"image_folder: no class subfolders in {train_dir}")
         self.num_classes = len(self.classes)
@@ -82,8 +83,7 @@ class ImageFolderSource:
     def _split_dir(self, split: str) -> str:
         path = os.path.join(self.root, split)
         if not os.path.isdir(path):
-            found = sorted(d for d in os.listdir(self.root)
-                           if os.path.isdir(os.path.join(self.root, d)))
+            found = sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
             raise FileNotFoundError(f"image_folder: no split folder {path}; found {found}")
         return path
 
@@ -97,8 +97,10 @@ class ImageFolderSource:
         unknown = sorted(set(os.listdir(split_dir)) - set(self.classes))
         unknown = [d for d in unknown if os.path.isdir(os.path.join(split_dir, d))]
         if unknown:
-            raise ValueError(f"image_folder: {split_dir} has classes {unknown} missing from the "
-                             "train split, so they would have no label")
+            raise ValueError(
+                f"image_folder: {split_dir} has classes {unknown} missing from the "
+                "train split, so they would have no label"
+            )
         paths, labels = [], []
         for label, name in enumerate(self.classes):
             class_dir = os.path.join(split_dir, name)
@@ -106,8 +108,10 @@ class ImageFolderSource:
                 continue
             files = [f for f in sorted(os.listdir(class_dir)) if f.lower().endswith(EXTENSIONS)]
             if not files and split_dir == self._split_dir(self.train_split):
-                raise UserError(f"image_folder: class folder {class_dir} holds no images "
-                                f"({', '.join(EXTENSIONS)}); remove it or add its images")
+                raise UserError(
+                    f"image_folder: class folder {class_dir} holds no images "
+                    f"({', '.join(EXTENSIONS)}); remove it or add its images"
+                )
             paths += [os.path.join(class_dir, f) for f in files]
             labels += [label] * len(files)
         bad: list[tuple[str, str]] = []
@@ -121,8 +125,9 @@ class ImageFolderSource:
             if bad:
                 listed = "\n".join(f"  {p}: {r}" for p, r in bad[:50])
                 more = f"\n  … and {len(bad) - 50} more" if len(bad) > 50 else ""
-                logging.warning("image_folder: skipping %d unreadable file(s) in %s:\n%s%s",
-                                len(bad), split_dir, listed, more)
+                logging.warning(
+                    "image_folder: skipping %d unreadable file(s) in %s:\n%s%s", len(bad), split_dir, listed, more
+                )
         if not paths:
             raise FileNotFoundError(f"image_folder: no readable images under {split_dir}")
         return FolderSplit(paths, np.asarray(labels, np.int32), bad)
@@ -133,7 +138,7 @@ class ImageFolderSource:
     def num_examples(self, split: str) -> int:
         return len(self.split(split).paths)
 
-    def lookup(self, split: str) -> "FileRecords":
+    def lookup(self, split: str) -> FileRecords:
         s = self.split(split)
         return FileRecords(s.paths, s.labels)
 
@@ -146,9 +151,11 @@ def decode(path: str) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except Exception as e:  # PIL raises many types for garbage input
-        raise UserError(f"image_folder: cannot decode {path} ({type(e).__name__}: {e}); remove it, "
-                        "or set config.dataset.validate_files=True to find and skip such files "
-                        "before training") from e
+        raise UserError(
+            f"image_folder: cannot decode {path} ({type(e).__name__}: {e}); remove it, "
+            "or set config.dataset.validate_files=True to find and skip such files "
+            "before training"
+        ) from e
 
 
 class FileRecords:

@@ -7,9 +7,10 @@ resizes keep the dtype; everything after them works on float32 [0, 1] (H, W, C) 
 by (seed, epoch, position, stage), so an example's augmentation is a pure function of those —
 see train_stream.py.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,8 +37,7 @@ def mean_std(ds_cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if kind == "cifar":
         kind = "cifar100" if "cifar100" in ds_cfg.name else "cifar10"
     if kind not in NORMALIZATION:
-        raise ValueError(f"normalize={ds_cfg.normalize!r}; expected one of "
-                         f"{sorted(set(NORMALIZATION) | {'cifar'})}")
+        raise ValueError(f"normalize={ds_cfg.normalize!r}; expected one of {sorted(set(NORMALIZATION) | {'cifar'})}")
     mean, std = NORMALIZATION[kind]
     c = ds_cfg.num_channels
     return mean[:c], std[:c]  # grey images: the first (equal) channel statistics
@@ -45,8 +45,7 @@ def mean_std(ds_cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def normalize(image: np.ndarray, ds_cfg) -> np.ndarray:
     mean, std = mean_std(ds_cfg)
-    return ((image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(
-        np.float32, copy=False)
+    return ((image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32, copy=False)
 
 
 def to_float(image: np.ndarray, num_channels: int) -> np.ndarray:
@@ -72,7 +71,7 @@ def crop_or_pad(image: np.ndarray, size: int) -> np.ndarray:
     tf.image.resize_with_crop_or_pad)."""
     h, w = image.shape[:2]
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    image = image[top:top + size, left:left + size]
+    image = image[top : top + size, left : left + size]
     h, w = image.shape[:2]
     pad_t, pad_l = (size - h) // 2, (size - w) // 2
     if h == size and w == size:
@@ -119,9 +118,15 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]
     method = ds_cfg.get("resize_method", "bilinear")
     ra = aug.get("randaugment", None)
     ra_layers = int(ra.layers) if ra is not None else 0
-    ra_args = (dict(magnitude=float(ra.get("magnitude", 9.0)),
-                    magnitude_std=float(ra.get("magnitude_std", 0.5)),
-                    prob=float(ra.get("prob", 0.5))) if ra_layers else {})
+    ra_args = (
+        dict(
+            magnitude=float(ra.get("magnitude", 9.0)),
+            magnitude_std=float(ra.get("magnitude_std", 0.5)),
+            prob=float(ra.get("prob", 0.5)),
+        )
+        if ra_layers
+        else {}
+    )
     inception, cifar = bool(aug.get("inception_crop", False)), bool(aug.get("cifar_crop", False))
     min_area, padding = float(aug.get("min_area", 0.08)), int(aug.get("crop_padding", 2))
     flip, jitter = bool(aug.get("flip", False)), float(aug.get("color_jitter", 0.0))
@@ -135,8 +140,7 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]
         if image.ndim == 2:
             image = image[..., None]
         if inception:
-            image = augment.inception_crop(image, rng(CROP), size=size, min_area=min_area,
-                                           method=method)
+            image = augment.inception_crop(image, rng(CROP), size=size, min_area=min_area, method=method)
         else:
             image = augment.resize(image, (size, size), method)  # no-op when already there
             if cifar:

@@ -9,6 +9,7 @@ Empty pixels after a geometric op are filled with grey 0.5 (official: 128). Geom
 nearest-neighbour sampling; every op is a float function (no rounding to 8 bits except where the
 op is defined on 8-bit levels: equalize, posterize).
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,8 +17,22 @@ import math
 
 import numpy as np
 
-OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color", "posterize",
-       "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
+OPS = (
+    "identity",
+    "autocontrast",
+    "equalize",
+    "rotate",
+    "solarize",
+    "color",
+    "posterize",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
 
 _TRANSLATE_PX = {224: 100, 128: 40, 96: 30, 32: 10}  # official table; else 0.3 × size
 GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114], np.float32)  # ITU-R 601-2 luma, as tf.image
@@ -65,8 +80,14 @@ def affine(image: np.ndarray, transform) -> np.ndarray:
 def rotation(angle: float, h: int, w: int) -> tuple[float, ...]:
     """Rotation by `angle` radians about the image centre, as an output→input affine map."""
     cos, sin = math.cos(angle), math.sin(angle)
-    return (cos, -sin, ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2,
-            sin, cos, ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2)
+    return (
+        cos,
+        -sin,
+        ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2,
+        sin,
+        cos,
+        ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2,
+    )
 
 
 def _channels(image: np.ndarray) -> np.ndarray:
@@ -108,7 +129,7 @@ def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
         acc = 4.0 * image[1:-1, 1:-1]
         for dy in (0, 1, 2):
             for dx in (0, 1, 2):
-                acc = acc + image[dy:dy + h - 2, dx:dx + w - 2]
+                acc = acc + image[dy : dy + h - 2, dx : dx + w - 2]
         smooth[1:-1, 1:-1] = acc / 13.0
     return blend(smooth, image, factor)
 
@@ -157,9 +178,15 @@ def apply_op(name: str, image: np.ndarray, level: float, sign: float) -> np.ndar
     raise ValueError(f"unknown RandAugment op {name!r}; expected one of {OPS}")
 
 
-def rand_augment(image: np.ndarray, rng: np.random.Generator, *, layers: int = 2,
-                 magnitude: float = 9.0, magnitude_std: float = 0.5,
-                 prob: float = 0.5) -> np.ndarray:
+def rand_augment(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    layers: int = 2,
+    magnitude: float = 9.0,
+    magnitude_std: float = 0.5,
+    prob: float = 0.5,
+) -> np.ndarray:
     """image: (H, W, C) float32 in [0, 1] → same shape, same range. Per layer: op uniform over
     OPS, level ~ N(magnitude, magnitude_std) clipped to [0, 10] / 10, sign ±1 with prob ½,
     applied with probability `prob` (all four drawn every layer, so one layer's choice never

@@ -13,6 +13,7 @@ Examples are a pure function of (seed, split, variant, index) — random access,
 Pure NumPy (no framework): `get(split, index)` / `source[split, index]` returns
 {"image": uint8 (H, W, 3), "label": int, "texture_label": int}.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,18 @@ SHAPES = ("circle", "square", "triangle", "cross", "star", "ring", "diamond", "h
 VARIANTS = ("natural", "stylized", "cue_conflict")
 _SPLITS = {"train": 0, "test": 1, "validation": 2}
 # Two colours per texture (RGB in [0, 1]); distinct hues so that texture is an easy cue.
-_PALETTE = ((0.9, 0.2, 0.2), (0.2, 0.3, 0.9), (0.95, 0.8, 0.1), (0.1, 0.7, 0.3), (0.8, 0.3, 0.9),
-            (0.1, 0.8, 0.85), (0.95, 0.5, 0.1), (0.5, 0.3, 0.1), (0.95, 0.95, 0.95), (0.05, 0.05, 0.05))
+_PALETTE = (
+    (0.9, 0.2, 0.2),
+    (0.2, 0.3, 0.9),
+    (0.95, 0.8, 0.1),
+    (0.1, 0.7, 0.3),
+    (0.8, 0.3, 0.9),
+    (0.1, 0.8, 0.85),
+    (0.95, 0.5, 0.1),
+    (0.5, 0.3, 0.1),
+    (0.95, 0.95, 0.95),
+    (0.05, 0.05, 0.05),
+)
 
 
 def shape_mask(kind: str, size: int, cy: float, cx: float, r: float) -> np.ndarray:
@@ -97,8 +108,15 @@ class ShapesTexturesSource:
     name = "shapes"
     random_access = True
 
-    def __init__(self, num_classes: int = 8, image_size: int = 32, variant: str = "natural",
-                 num_train: int = 4000, num_test: int = 1000, seed: int = 0):
+    def __init__(
+        self,
+        num_classes: int = 8,
+        image_size: int = 32,
+        variant: str = "natural",
+        num_train: int = 4000,
+        num_test: int = 1000,
+        seed: int = 0,
+    ):
         if not 2 <= num_classes <= len(SHAPES):
             raise ValueError(f"num_classes must be in 2..{len(SHAPES)}, got {num_classes}")
         if variant not in VARIANTS:
@@ -136,7 +154,7 @@ class ShapesTexturesSource:
         split, index = item if isinstance(item, tuple) else ("train", item)
         return self.get(split, int(index))
 
-    def lookup(self, split: str) -> "SplitRecords":
+    def lookup(self, split: str) -> SplitRecords:
         """`records[i]` → example i of `split`, the random access the input pipelines read."""
         return SplitRecords(self, split)
 
@@ -144,9 +162,11 @@ class ShapesTexturesSource:
         """The whole split (or its first `limit` examples) as arrays: image uint8 (N, H, W, 3), labels."""
         n = self.num_examples(split) if limit is None else min(limit, self.num_examples(split))
         ex = [self.get(split, i) for i in range(n)]
-        return {"image": np.stack([e["image"] for e in ex]),
-                "label": np.asarray([e["label"] for e in ex], np.int32),
-                "texture_label": np.asarray([e["texture_label"] for e in ex], np.int32)}
+        return {
+            "image": np.stack([e["image"] for e in ex]),
+            "label": np.asarray([e["label"] for e in ex], np.int32),
+            "texture_label": np.asarray([e["texture_label"] for e in ex], np.int32),
+        }
 
 
 class SplitRecords:

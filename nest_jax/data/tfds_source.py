@@ -8,42 +8,45 @@ saying how to convert it, or can be read through TensorFlow with the optional `[
 (`dataset.tfrecord: True`, tfrecord_source.py). A dataset that is not prepared under `data_dir`
 is an error saying how to prepare it.
 """
+
 from __future__ import annotations
 
 
 def _prepare_hint(name: str, data_dir: str | None) -> str:
     where = data_dir or "~/tensorflow_datasets (or $TFDS_DATA_DIR)"
-    return (f"Prepare it once on a machine with network access:\n"
-            f"  tfds build {name} --data_dir={where} --file_format=array_record\n"
-            f"or in Python: tfds.builder({name!r}, data_dir={where!r}, "
-            f"file_format='array_record').download_and_prepare()\n"
-            f"(ImageNet needs its tar files placed in <data_dir>/downloads/manual first), then "
-            f"copy that data_dir here and set config.dataset.data_dir to it.")
+    return (
+        f"Prepare it once on a machine with network access:\n"
+        f"  tfds build {name} --data_dir={where} --file_format=array_record\n"
+        f"or in Python: tfds.builder({name!r}, data_dir={where!r}, "
+        f"file_format='array_record').download_and_prepare()\n"
+        f"(ImageNet needs its tar files placed in <data_dir>/downloads/manual first), then "
+        f"copy that data_dir here and set config.dataset.data_dir to it."
+    )
 
 
 def _convert_hint(name: str, dataset_dir: str) -> str:
-    return (f"tfds dataset {name!r} in {dataset_dir} is prepared as TFRecord only, which "
-            f"nest_jax reads without TensorFlow only in the array_record format. Convert it once "
-            f"(needs TensorFlow and apache-beam):\n"
-            f"  tfds convert_format --dataset_version_dir={dataset_dir} "
-            f"--out_file_format=array_record\n"
-            f"or rebuild it with `tfds build {name} --file_format=array_record`, or read it "
-            f"through TensorFlow: pip install -e \".[tf]\" and set config.dataset.tfrecord=True.")
+    return (
+        f"tfds dataset {name!r} in {dataset_dir} is prepared as TFRecord only, which "
+        f"nest_jax reads without TensorFlow only in the array_record format. Convert it once "
+        f"(needs TensorFlow and apache-beam):\n"
+        f"  tfds convert_format --dataset_version_dir={dataset_dir} "
+        f"--out_file_format=array_record\n"
+        f"or rebuild it with `tfds build {name} --file_format=array_record`, or read it "
+        f'through TensorFlow: pip install -e ".[tf]" and set config.dataset.tfrecord=True.'
+    )
 
 
 class TfdsSource:
     _instances: dict = {}
 
     @classmethod
-    def get(cls, name: str, data_dir: str | None, *, image_key: str = "image",
-            label_key: str = "label"):
+    def get(cls, name: str, data_dir: str | None, *, image_key: str = "image", label_key: str = "label"):
         key = (name, data_dir, image_key, label_key)
         if key not in cls._instances:
             cls._instances[key] = cls(name, data_dir, image_key=image_key, label_key=label_key)
         return cls._instances[key]
 
-    def __init__(self, name: str, data_dir: str | None, *, image_key: str = "image",
-                 label_key: str = "label"):
+    def __init__(self, name: str, data_dir: str | None, *, image_key: str = "image", label_key: str = "label"):
         import tensorflow_datasets as tfds
 
         self._tfds = tfds
@@ -52,23 +55,26 @@ class TfdsSource:
         try:
             self.builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as e:
-            raise ValueError(f"tfds has no dataset {name!r} (dataset.name); the names are those of "
-                             f"`tfds build --help` / tfds.list_builders(). {str(e)[:200]}") from e
+            raise ValueError(
+                f"tfds has no dataset {name!r} (dataset.name); the names are those of "
+                f"`tfds build --help` / tfds.list_builders(). {str(e)[:200]}"
+            ) from e
         if not self.builder.is_prepared():
             raise FileNotFoundError(
                 f"tfds dataset {name!r} is not prepared under data_dir={data_dir!r} (looked in "
-                f"{self.builder.data_dir}); it is never downloaded at run time.\n"
-                + _prepare_hint(name, data_dir))
+                f"{self.builder.data_dir}); it is never downloaded at run time.\n" + _prepare_hint(name, data_dir)
+            )
         info = self.builder.info
-        formats = {str(getattr(f, "value", f)) for f in
-                   [info.file_format, *getattr(info, "alternative_file_formats", [])]}
+        formats = {
+            str(getattr(f, "value", f)) for f in [info.file_format, *getattr(info, "alternative_file_formats", [])]
+        }
         self.array_record = "array_record" in formats
         features = info.features
         self.num_classes = features[label_key].num_classes
         self.channels = features[image_key].shape[-1] or 3
         self._sources: dict = {}
 
-    def lookup(self, split: str) -> "TfdsRecords":
+    def lookup(self, split: str) -> TfdsRecords:
         if split not in self._sources:
             if not self.array_record:
                 raise FileNotFoundError(_convert_hint(self.name, str(self.builder.data_dir)))

@@ -8,6 +8,7 @@ the same grain pipeline and NumPy augmentations as every other source (random ac
 permutations, resume). Memory ≈ the split's file size: fine for CIFAR-sized data; convert larger
 datasets to array_record instead (tfds_source.py says how).
 """
+
 from __future__ import annotations
 
 import io
@@ -21,9 +22,11 @@ def _import_tf():
     try:
         import tensorflow as tf
     except ImportError as e:
-        raise UserError("config.dataset.tfrecord=True reads TFRecord files through TensorFlow, "
-                        "which is not installed: pip install -e \".[tf]\" (or convert the "
-                        "dataset to array_record and drop tfrecord)") from e
+        raise UserError(
+            "config.dataset.tfrecord=True reads TFRecord files through TensorFlow, "
+            'which is not installed: pip install -e ".[tf]" (or convert the '
+            "dataset to array_record and drop tfrecord)"
+        ) from e
     try:
         tf.config.set_visible_devices([], "GPU")  # TF only reads files; JAX owns accelerators
     except RuntimeError:  # TF already initialised its devices
@@ -35,15 +38,13 @@ class TfrecordSource:
     _instances: dict = {}
 
     @classmethod
-    def get(cls, name: str, data_dir: str | None, *, image_key: str = "image",
-            label_key: str = "label"):
+    def get(cls, name: str, data_dir: str | None, *, image_key: str = "image", label_key: str = "label"):
         key = (name, data_dir, image_key, label_key)
         if key not in cls._instances:
             cls._instances[key] = cls(name, data_dir, image_key=image_key, label_key=label_key)
         return cls._instances[key]
 
-    def __init__(self, name: str, data_dir: str | None, *, image_key: str = "image",
-                 label_key: str = "label"):
+    def __init__(self, name: str, data_dir: str | None, *, image_key: str = "image", label_key: str = "label"):
         from nest_jax.data.tfds_source import TfdsSource
 
         _import_tf()
@@ -54,20 +55,21 @@ class TfrecordSource:
         self.image_key, self.label_key = image_key, label_key
         self._splits: dict = {}
 
-    def lookup(self, split: str) -> "EncodedRecords":
+    def lookup(self, split: str) -> EncodedRecords:
         if split not in self._splits:
             import tensorflow_datasets as tfds
 
             ds = self.builder.as_dataset(
-                split=split, shuffle_files=False,
+                split=split,
+                shuffle_files=False,
                 decoders={self.image_key: tfds.decode.SkipDecoding()},
-                read_config=tfds.ReadConfig(try_autocache=False))
+                read_config=tfds.ReadConfig(try_autocache=False),
+            )
             images, labels = [], []
             for record in ds.as_numpy_iterator():
                 images.append(bytes(record[self.image_key]))
                 labels.append(int(record[self.label_key]))
-            self._splits[split] = EncodedRecords(images, np.asarray(labels, np.int32),
-                                                 self.channels)
+            self._splits[split] = EncodedRecords(images, np.asarray(labels, np.int32), self.channels)
         return self._splits[split]
 
     def num_examples(self, split: str) -> int:

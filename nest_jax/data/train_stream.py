@@ -22,6 +22,7 @@ b = local-batch records by index, augment each, stack). With `num_workers` > 0, 
 returns them in order: the stream is the same for every worker count. The iterator's state is
 {"step": k} (the next batch), so resuming needs nothing but the step.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,7 @@ from nest_jax.data import preprocess
 _FOREVER = 2**62
 
 
-def epoch_length(num_examples: int, process_index: int, process_count: int,
-                 repeated_aug: int) -> int:
+def epoch_length(num_examples: int, process_index: int, process_count: int, repeated_aug: int) -> int:
     """Examples per epoch on one process."""
     if repeated_aug > 1:
         return num_examples // process_count
@@ -47,22 +47,24 @@ class TrainBatches:
     Picklable (sent to grain's worker processes); the augmentation chain and the epoch
     permutations are rebuilt lazily in each process."""
 
-    def __init__(self, records, ds_cfg, *, local_batch: int, seed: int, process_index: int,
-                 process_count: int, repeated_aug: int):
+    def __init__(
+        self, records, ds_cfg, *, local_batch: int, seed: int, process_index: int, process_count: int, repeated_aug: int
+    ):
         self.records, self.ds_cfg = records, ds_cfg
         self.n = len(records)
         self.b, self.seed, self.r = local_batch, int(seed), int(repeated_aug)
         self.p, self.num_p = process_index, process_count
         self.length = epoch_length(self.n, process_index, process_count, self.r)
         if self.length < 1:
-            raise ValueError(f"split {ds_cfg.train_split!r} has no examples for process "
-                             f"{process_index} of {process_count}")
+            raise ValueError(
+                f"split {ds_cfg.train_split!r} has no examples for process {process_index} of {process_count}"
+            )
         self._augment = None
 
     def __getstate__(self):
         return dict(self.__dict__, _augment=None)
 
-    @functools.lru_cache(maxsize=2)  # a batch spans at most two epochs
+    @functools.lru_cache(maxsize=2)  # noqa: B019 (one pipeline per run) a batch spans at most two epochs
     def permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
@@ -131,8 +133,7 @@ class TrainIterator:
 
     def set_state(self, state: dict) -> None:
         if int(state.get("seed", self.batches.seed)) != self.batches.seed:
-            raise ValueError(f"input state is for seed {state['seed']}, this stream has seed "
-                             f"{self.batches.seed}")
+            raise ValueError(f"input state is for seed {state['seed']}, this stream has seed {self.batches.seed}")
         self.close()
         self.step = int(state["step"])
 
@@ -149,10 +150,16 @@ class TrainIterator:
             pass
 
 
-def train_iterator(source, ds_cfg, *, local_batch: int, seed: int, start_step: int,
-                   process_index: int, process_count: int) -> TrainIterator:
-    batches = TrainBatches(source.lookup(ds_cfg.train_split), ds_cfg, local_batch=local_batch,
-                           seed=seed, process_index=process_index, process_count=process_count,
-                           repeated_aug=int(ds_cfg.get("repeated_aug", 1)))
-    return TrainIterator(batches, start_step=start_step,
-                         num_workers=int(ds_cfg.get("num_workers", 0) or 0))
+def train_iterator(
+    source, ds_cfg, *, local_batch: int, seed: int, start_step: int, process_index: int, process_count: int
+) -> TrainIterator:
+    batches = TrainBatches(
+        source.lookup(ds_cfg.train_split),
+        ds_cfg,
+        local_batch=local_batch,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        repeated_aug=int(ds_cfg.get("repeated_aug", 1)),
+    )
+    return TrainIterator(batches, start_step=start_step, num_workers=int(ds_cfg.get("num_workers", 0) or 0))

@@ -7,6 +7,7 @@ Discriminator: residual down-blocks (ReLU → conv 3×3 → ReLU → conv 3×3 �
 1×1 → avg-pool 2; the first block without the leading ReLU) → ReLU → sum over space → Dense → 1
 logit. Every conv/dense of the discriminator is optionally spectrally normalized (Miyato et al. 2018).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,9 +36,15 @@ def _avg_pool2(x: Array) -> Array:
 
 def _bn(dim: int, rngs: nnx.Rngs, **kw) -> nnx.BatchNorm:
     # momentum 0.9: PyTorch's default 0.1 update rate, which SAGAN/BigGAN trained with.
-    return nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-5, rngs=rngs,
-                         scale_init=L.axes(nnx.initializers.ones, "conv_out"),
-                         bias_init=L.axes(nnx.initializers.zeros, "conv_out"), **kw)
+    return nnx.BatchNorm(
+        dim,
+        momentum=0.9,
+        epsilon=1e-5,
+        rngs=rngs,
+        scale_init=L.axes(nnx.initializers.ones, "conv_out"),
+        bias_init=L.axes(nnx.initializers.zeros, "conv_out"),
+        **kw,
+    )
 
 
 class GBlock(nnx.Module):
@@ -70,9 +77,11 @@ class ConvGeneratorConfig:
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         ups = int(round(math.log2(self.img_size / 4)))
-        if 4 * 2 ** ups != self.img_size or len(self.widths) != ups + 1:
-            raise ValueError(f"img_size {self.img_size} needs a power of two ≥ 4 and {ups + 1} widths "
-                             f"(4×4 start + one per up-block), got {len(self.widths)}")
+        if 4 * 2**ups != self.img_size or len(self.widths) != ups + 1:
+            raise ValueError(
+                f"img_size {self.img_size} needs a power of two ≥ 4 and {ups + 1} widths "
+                f"(4×4 start + one per up-block), got {len(self.widths)}"
+            )
 
 
 class ConvGenerator(nnx.Module):
@@ -81,9 +90,14 @@ class ConvGenerator(nnx.Module):
     def __init__(self, config: ConvGeneratorConfig, *, rngs: nnx.Rngs):
         self.config = c = config
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
-        self.stem = nnx.Linear(c.latent_dim, 16 * c.widths[0], kernel_init=L.axes(
-            nnx.initializers.xavier_uniform(), None, "mlp"), bias_init=L.axes(nnx.initializers.zeros, "mlp"),
-            rngs=rngs, **kw)
+        self.stem = nnx.Linear(
+            c.latent_dim,
+            16 * c.widths[0],
+            kernel_init=L.axes(nnx.initializers.xavier_uniform(), None, "mlp"),
+            bias_init=L.axes(nnx.initializers.zeros, "mlp"),
+            rngs=rngs,
+            **kw,
+        )
         self.blocks = nnx.List([GBlock(a, b, rngs=rngs, **kw) for a, b in zip(c.widths[:-1], c.widths[1:])])
         self.bn = _bn(c.widths[-1], rngs, **kw)
         self.to_rgb = SNConv(c.widths[-1], c.out_chans, 3, spectral=False, rngs=rngs, **kw)
@@ -99,13 +113,13 @@ class ConvGenerator(nnx.Module):
 class DBlock(nnx.Module):
     """Residual down-block. x: (B, H, W, C_in) -> (B, H/2, W/2, C_out) (or same size, `down=False`)."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs, down: bool, first: bool, spectral: bool,
-                 **kw):
+    def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs, down: bool, first: bool, spectral: bool, **kw):
         self.down, self.first = down, first
         self.conv1 = SNConv(in_dim, out_dim, 3, spectral=spectral, rngs=rngs, **kw)
         self.conv2 = SNConv(out_dim, out_dim, 3, spectral=spectral, rngs=rngs, **kw)
-        self.skip = (SNConv(in_dim, out_dim, 1, spectral=spectral, rngs=rngs, **kw)
-                     if in_dim != out_dim or down else None)
+        self.skip = (
+            SNConv(in_dim, out_dim, 1, spectral=spectral, rngs=rngs, **kw) if in_dim != out_dim or down else None
+        )
 
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         h = x if self.first else jax.nn.relu(x)
@@ -149,8 +163,12 @@ class ConvDiscriminator(nnx.Module):
         self.config = c = config
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
         ins = (c.in_chans,) + c.widths[:-1]
-        self.blocks = nnx.List([DBlock(a, b, down=d, first=(i == 0), spectral=c.spectral_norm, rngs=rngs, **kw)
-                                for i, (a, b, d) in enumerate(zip(ins, c.widths, c.down))])
+        self.blocks = nnx.List(
+            [
+                DBlock(a, b, down=d, first=(i == 0), spectral=c.spectral_norm, rngs=rngs, **kw)
+                for i, (a, b, d) in enumerate(zip(ins, c.widths, c.down))
+            ]
+        )
         self.head = SNLinear(c.widths[-1], c.num_classes, spectral=c.spectral_norm, rngs=rngs, **kw)
 
     def __call__(self, x: Array, *, train: bool = False) -> Array:
@@ -163,11 +181,16 @@ class ConvDiscriminator(nnx.Module):
 CONV_GAN_VARIANTS = {
     "sagan_generator_32": (ConvGenerator, ConvGeneratorConfig, dict(img_size=32, widths=(256,) * 4)),
     "sagan_generator_64": (ConvGenerator, ConvGeneratorConfig, dict(img_size=64, widths=(512, 256, 128, 64, 32))),
-    "sagan_discriminator_32": (ConvDiscriminator, ConvDiscriminatorConfig,
-                               dict(img_size=32, widths=(128,) * 4, down=(True, True, False, False))),
-    "sagan_discriminator_64": (ConvDiscriminator, ConvDiscriminatorConfig,
-                               dict(img_size=64, widths=(64, 128, 256, 512, 512),
-                                    down=(True, True, True, True, False))),
+    "sagan_discriminator_32": (
+        ConvDiscriminator,
+        ConvDiscriminatorConfig,
+        dict(img_size=32, widths=(128,) * 4, down=(True, True, False, False)),
+    ),
+    "sagan_discriminator_64": (
+        ConvDiscriminator,
+        ConvDiscriminatorConfig,
+        dict(img_size=64, widths=(64, 128, 256, 512, 512), down=(True, True, True, True, False)),
+    ),
 }
 
 

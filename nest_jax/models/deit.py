@@ -6,6 +6,7 @@ one position table with a slot for each, a head per token (`head`, `head_dist`).
 ("cls", "shape") and `deit_*_distilled_shape_*` has all three tokens, each with its own head.
 Training returns a dict token -> logits; inference the mean of the heads' raw logits.
 """
+
 from __future__ import annotations
 
 from nest_jax.models.vit import _register
@@ -21,5 +22,14 @@ TOKEN_SETS = {
 
 for _size, (_dim, _heads) in DEIT_SIZES.items():
     for _suffix, _tokens in TOKEN_SETS.items():
-        _register(f"deit_{_size}{_suffix}_patch16_224", 16, _dim, 12, _heads, 4 * _dim,
-                  prefix_tokens=_tokens, gelu="exact", init="timm")
+        _register(
+            f"deit_{_size}{_suffix}_patch16_224",
+            16,
+            _dim,
+            12,
+            _heads,
+            4 * _dim,
+            prefix_tokens=_tokens,
+            gelu="exact",
+            init="timm",
+        )

@@ -26,6 +26,7 @@ The wrapped model's parameters live in the Linen `params` collection under the N
 (`params["ViT_0"]["layers"][0]["attn"]["qkv"]`), so `nnx.state(model, nnx.Param)` of a model with
 the same variant is a drop-in for them (`linen_params_from_nnx`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,8 +57,7 @@ def pure(model: nnx.Module) -> tuple[Callable[..., Any], nnx.State, nnx.State]:
     """
     graphdef, params, state0 = nnx.split(model, nnx.Param, ...)
 
-    def apply(params: nnx.State, x: Array, *, state: nnx.State | None = None, train: bool = False,
-              **kwargs: Any):
+    def apply(params: nnx.State, x: Array, *, state: nnx.State | None = None, train: bool = False, **kwargs: Any):
         module = nnx.merge(graphdef, params, state0 if state is None else state)
         out = module(x, train=train, **kwargs)
         if not train:
@@ -76,8 +76,7 @@ def as_linen(name: str, **create_kwargs: Any) -> bridge.ToLinen:
     holds the NNX parameters under their NNX paths; BatchNorm statistics go to `batch_stats`
     (declare it mutable when training). Dropout RNGs come from Linen's `rngs={"dropout": key}`.
     """
-    return bridge.ToLinen(_create_in_linen, args=(name,), kwargs=dict(create_kwargs),
-                          metadata_fn=_plain_value)
+    return bridge.ToLinen(_create_in_linen, args=(name,), kwargs=dict(create_kwargs), metadata_fn=_plain_value)
 
 
 def _create_in_linen(name: str, *, rngs: nnx.Rngs, **create_kwargs: Any) -> nnx.Module:

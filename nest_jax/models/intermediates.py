@@ -29,6 +29,7 @@ transformer block; nest_jax keeps "block" for NesT's spatial blocks. P is the nu
 `config.prefix_tokens` names them in order, so `layers[i][:, config.token_index("dist")]` is the
 distillation token after layer i.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

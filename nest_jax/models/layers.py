@@ -3,6 +3,7 @@
 Parameters carry logical partition names (`embed`, `heads`, `kv`, `mlp`, `classes`, `conv_in`, …)
 as NNX sharding metadata; `nest_jax.train.sharding` maps them to mesh axes with config rules.
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,8 +47,9 @@ def fused_attention(q: Array, k: Array, v: Array, *, implementation: str, seq_mu
     widths = ((0, 0), (0, pad), (0, 0), (0, 0))
     q, k, v = (jnp.pad(t, widths) for t in (q, k, v))
     lengths = jnp.full((q.shape[0],), n, jnp.int32)
-    out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-                                       implementation=implementation)
+    out = jax.nn.dot_product_attention(
+        q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation=implementation
+    )
     return out[:, :n]
 
 
@@ -56,15 +58,21 @@ def attention_path(impl: str, *, dtype: Any, head_dim: int, backend: str | None 
     if impl not in ATTN_IMPLS:
         raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
     backend = backend or jax.default_backend()
-    cudnn_ok = (backend == "gpu" and jnp.dtype(dtype) in [jnp.dtype(t) for t in CUDNN_DTYPES]
-                and head_dim % 8 == 0 and head_dim <= 128)
+    cudnn_ok = (
+        backend == "gpu"
+        and jnp.dtype(dtype) in [jnp.dtype(t) for t in CUDNN_DTYPES]
+        and head_dim % 8 == 0
+        and head_dim <= 128
+    )
     if impl == "explicit" or (impl == "auto" and backend == "cpu"):
         return "explicit"
     if impl == "xla":
         return "xla"
     if impl == "cudnn" and not cudnn_ok:
-        _log_once(f"attn_impl='cudnn' cannot run here (backend {backend}, dtype {jnp.dtype(dtype).name}, "
-                  f"head dim {head_dim}): using XLA's fused attention")
+        _log_once(
+            f"attn_impl='cudnn' cannot run here (backend {backend}, dtype {jnp.dtype(dtype).name}, "
+            f"head dim {head_dim}): using XLA's fused attention"
+        )
     return "cudnn" if cudnn_ok else "xla"
 
 
@@ -85,12 +93,19 @@ def gelu(kind: str = "exact") -> Callable[[Array], Array]:
     return functools.partial(jax.nn.gelu, approximate=(kind == "tanh"))
 
 
-def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype: Dtype = None, param_dtype: Dtype = jnp.float32,
-               eps: float = LN_EPS) -> nnx.LayerNorm:
+def layer_norm(
+    dim: int, *, rngs: nnx.Rngs, dtype: Dtype = None, param_dtype: Dtype = jnp.float32, eps: float = LN_EPS
+) -> nnx.LayerNorm:
     """LayerNorm over the last axis, eps 1e-6 as in every reference system."""
-    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
-                         scale_init=axes(nnx.initializers.ones, "embed"),
-                         bias_init=axes(nnx.initializers.zeros, "embed"), rngs=rngs)
+    return nnx.LayerNorm(
+        dim,
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=axes(nnx.initializers.ones, "embed"),
+        bias_init=axes(nnx.initializers.zeros, "embed"),
+        rngs=rngs,
+    )
 
 
 class PatchEmbed(nnx.Module):
@@ -99,14 +114,30 @@ class PatchEmbed(nnx.Module):
     x: (B, H, W, C_in) -> (B, H/P, W/P, D)
     """
 
-    def __init__(self, in_chans: int, dim: int, patch_size: int, *, rngs: nnx.Rngs,
-                 kernel_init: Init = nnx.initializers.lecun_normal(), dtype: Dtype = None,
-                 param_dtype: Dtype = jnp.float32):
+    def __init__(
+        self,
+        in_chans: int,
+        dim: int,
+        patch_size: int,
+        *,
+        rngs: nnx.Rngs,
+        kernel_init: Init = nnx.initializers.lecun_normal(),
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+    ):
         self.patch_size = patch_size
-        self.proj = nnx.Conv(in_chans, dim, (patch_size, patch_size), strides=patch_size, padding="VALID",
-                             kernel_init=axes(kernel_init, None, None, "conv_in", "embed"),
-                             bias_init=axes(nnx.initializers.zeros, "embed"),
-                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.proj = nnx.Conv(
+            in_chans,
+            dim,
+            (patch_size, patch_size),
+            strides=patch_size,
+            padding="VALID",
+            kernel_init=axes(kernel_init, None, None, "conv_in", "embed"),
+            bias_init=axes(nnx.initializers.zeros, "embed"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x: Array) -> Array:
         return self.proj(x)
@@ -133,11 +164,23 @@ class Attention(nnx.Module):
     x: (..., N, D) -> (..., N, D); leading axes (batch, blocks, …) are a batch.
     """
 
-    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, num_kv_heads: int | None = None,
-                 head_dim: int | None = None, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, kernel_init: Init = trunc_normal_02,
-                 proj_init: Init | None = None, dtype: Dtype = None, param_dtype: Dtype = jnp.float32,
-                 impl: str = "auto"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        rngs: nnx.Rngs,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        kernel_init: Init = trunc_normal_02,
+        proj_init: Init | None = None,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        impl: str = "auto",
+    ):
         if impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
         self.impl = impl
@@ -152,7 +195,9 @@ class Attention(nnx.Module):
         zeros = nnx.initializers.zeros
         if g == h:
             self.qkv = nnx.Param(axes(kernel_init, "embed", None, "heads", "kv")(key(), (dim, 3, h, d), param_dtype))
-            self.qkv_bias = nnx.Param(axes(zeros, None, "heads", "kv")(key(), (3, h, d), param_dtype)) if qkv_bias else None
+            self.qkv_bias = (
+                nnx.Param(axes(zeros, None, "heads", "kv")(key(), (3, h, d), param_dtype)) if qkv_bias else None
+            )
         else:
             self.q = nnx.Param(axes(kernel_init, "embed", "heads", "kv")(key(), (dim, h, d), param_dtype))
             self.kv = nnx.Param(axes(kernel_init, "embed", None, None, "kv")(key(), (dim, 2, g, d), param_dtype))
@@ -203,13 +248,12 @@ class Attention(nnx.Module):
                 kv = kv + self.kv_bias[...].astype(dt)[:, None, :, None, :]
             k, v = kv[0], kv[1]
         q = q.reshape(b, g, h // g, n, d)
-        logits = jnp.einsum("bgrqd,bgkd->bgrqk", q, k) * (d ** -0.5)
+        logits = jnp.einsum("bgrqd,bgkd->bgrqk", q, k) * (d**-0.5)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
         out = jnp.einsum("bgrqk,bgkd->bgrqd", self.attn_drop(weights, deterministic=not train), v)
         return out.reshape(b, h, n, d), weights.reshape(b, h, n, n)
 
-    def __call__(self, x: Array, *, train: bool = False, return_weights: bool = False
-                 ) -> tuple[Array, Array | None]:
+    def __call__(self, x: Array, *, train: bool = False, return_weights: bool = False) -> tuple[Array, Array | None]:
         """Returns (output (..., N, D), weights (..., h, N, N) or None)."""
         lead, (n, dim) = x.shape[:-2], x.shape[-2:]
         x = x.reshape(-1, n, dim)
@@ -230,15 +274,39 @@ class Attention(nnx.Module):
 class Mlp(nnx.Module):
     """Dense(hidden) -> GELU -> dropout -> Dense(out) -> dropout.  x: (..., D) -> (..., D_out)."""
 
-    def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, out_dim: int | None = None,
-                 act: Callable[[Array], Array] = gelu("exact"), drop: float = 0.0,
-                 kernel_init: Init = trunc_normal_02, bias_init: Init = nnx.initializers.zeros,
-                 dtype: Dtype = None, param_dtype: Dtype = jnp.float32):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        *,
+        rngs: nnx.Rngs,
+        out_dim: int | None = None,
+        act: Callable[[Array], Array] = gelu("exact"),
+        drop: float = 0.0,
+        kernel_init: Init = trunc_normal_02,
+        bias_init: Init = nnx.initializers.zeros,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+    ):
         out_dim = out_dim or dim
-        self.fc1 = nnx.Linear(dim, hidden, kernel_init=axes(kernel_init, "embed", "mlp"),
-                              bias_init=axes(bias_init, "mlp"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, out_dim, kernel_init=axes(kernel_init, "mlp", "embed"),
-                              bias_init=axes(bias_init, "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(
+            dim,
+            hidden,
+            kernel_init=axes(kernel_init, "embed", "mlp"),
+            bias_init=axes(bias_init, "mlp"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        self.fc2 = nnx.Linear(
+            hidden,
+            out_dim,
+            kernel_init=axes(kernel_init, "mlp", "embed"),
+            bias_init=axes(bias_init, "embed"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.act = act
         self.drop = nnx.Dropout(drop, rngs=rngs)
 
@@ -280,21 +348,44 @@ class TransformerLayer(nnx.Module):
     skip-removal ablation of Raghu et al. 2021, §5.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
-                 num_kv_heads: int | None = None, qkv_bias: bool = True, drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0, act: str = "exact",
-                 kernel_init: Init = trunc_normal_02, mlp_bias_init: Init = nnx.initializers.zeros,
-                 qkv_init: Init | None = None, dtype: Dtype = None, param_dtype: Dtype = jnp.float32,
-                 attn_impl: str = "auto", skip: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        rngs: nnx.Rngs,
+        num_kv_heads: int | None = None,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act: str = "exact",
+        kernel_init: Init = trunc_normal_02,
+        mlp_bias_init: Init = nnx.initializers.zeros,
+        qkv_init: Init | None = None,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        attn_impl: str = "auto",
+        skip: bool = True,
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.skip = skip
         self.norm1 = layer_norm(dim, **kw)
-        self.attn = Attention(dim, num_heads, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias,
-                              attn_drop=attn_drop, proj_drop=drop, kernel_init=qkv_init or kernel_init,
-                              proj_init=kernel_init, impl=attn_impl, **kw)
+        self.attn = Attention(
+            dim,
+            num_heads,
+            num_kv_heads=num_kv_heads,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            kernel_init=qkv_init or kernel_init,
+            proj_init=kernel_init,
+            impl=attn_impl,
+            **kw,
+        )
         self.norm2 = layer_norm(dim, **kw)
-        self.mlp = Mlp(dim, mlp_dim, act=gelu(act), drop=drop, kernel_init=kernel_init,
-                       bias_init=mlp_bias_init, **kw)
+        self.mlp = Mlp(dim, mlp_dim, act=gelu(act), drop=drop, kernel_init=kernel_init, bias_init=mlp_bias_init, **kw)
         self.drop_path = DropPath(drop_path, rngs=rngs)
 
     def __call__(self, x: Array, *, train: bool = False, rec: Recorder | None = None) -> Array:

@@ -8,6 +8,7 @@ Level 0 is the bottom of the hierarchy (most blocks, narrowest); the last level 
 block). The hierarchy is a 4-ary tree: block t of level l+1 aggregates blocks of level l that lie
 in its 2×2 neighbourhood (up to the pool's 3×3 overlap).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,10 @@ def trunc_normal_official(stddev: float = 0.02):
     Its actual std is ≈ 0.88·stddev (0.0176 for 0.02). flax's `nnx.initializers.truncated_normal`
     rescales so the std is exactly `stddev`, which is not what the official checkpoints started from.
     """
+
     def init(key, shape, dtype=jnp.float32):
         return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * jnp.asarray(stddev, dtype)
+
     return init
 
 
@@ -86,8 +89,9 @@ class NestConfig:
         if self.pool_padding not in POOL_PADDINGS:
             raise ValueError(f"pool_padding must be one of {POOL_PADDINGS}, got {self.pool_padding!r}")
         if not len(self.dims) == len(self.depths) == len(self.heads):
-            raise ValueError(f"dims {self.dims}, depths {self.depths} and heads {self.heads} need one entry "
-                             "per level each")
+            raise ValueError(
+                f"dims {self.dims}, depths {self.depths} and heads {self.heads} need one entry per level each"
+            )
         for d, h in zip(self.dims, self.heads):
             if d % h:
                 raise ValueError(f"width {d} is not divisible by {h} heads")
@@ -101,7 +105,8 @@ class NestConfig:
                 f"img_size {size} does not fit {n} levels with patch_size {p} and block_size {b}: the patch grid "
                 f"must be block_size·2^(levels-1) tokens wide. Sizes that work: {p * b * 2 ** (n - 1)} with "
                 f"block_size={b}; or any multiple of {unit} with block_size = img_size/{unit} "
-                f"(e.g. {', '.join(map(str, near))}).")
+                f"(e.g. {', '.join(map(str, near))})."
+            )
 
     @property
     def levels(self) -> int:
@@ -109,7 +114,7 @@ class NestConfig:
 
     @property
     def tokens_per_block(self) -> int:
-        return self.block_size ** 2
+        return self.block_size**2
 
     @property
     def blocks_per_level(self) -> tuple[tuple[int, int], ...]:
@@ -136,16 +141,33 @@ class NestLevel(nnx.Module):
         self.block_size = c.block_size
         t = self.grid[0] * self.grid[1]
         first = sum(c.depths[:index])
-        self.pos_embed = nnx.Param(L.axes(init, None, None, None, "embed")(
-            rngs.params(), (1, t, c.tokens_per_block, dim), c.param_dtype))
-        self.pool = (BlockAggregation(c.dims[index - 1], dim, padding=c.pool_padding, kernel_init=init, **kw)
-                     if index > 0 else None)
-        self.layers = nnx.List([
-            L.TransformerLayer(dim, c.heads[index], int(dim * c.mlp_ratio),
-                               num_kv_heads=1 if c.attention == "multi_query" else None,
-                               drop=c.drop_rate, attn_drop=c.attn_drop_rate, drop_path=rate, act=c.gelu,
-                               kernel_init=init, attn_impl=c.attn_impl, skip=first + j not in c.skip_removed, **kw)
-            for j, rate in enumerate(drop_path)])
+        self.pos_embed = nnx.Param(
+            L.axes(init, None, None, None, "embed")(rngs.params(), (1, t, c.tokens_per_block, dim), c.param_dtype)
+        )
+        self.pool = (
+            BlockAggregation(c.dims[index - 1], dim, padding=c.pool_padding, kernel_init=init, **kw)
+            if index > 0
+            else None
+        )
+        self.layers = nnx.List(
+            [
+                L.TransformerLayer(
+                    dim,
+                    c.heads[index],
+                    int(dim * c.mlp_ratio),
+                    num_kv_heads=1 if c.attention == "multi_query" else None,
+                    drop=c.drop_rate,
+                    attn_drop=c.attn_drop_rate,
+                    drop_path=rate,
+                    act=c.gelu,
+                    kernel_init=init,
+                    attn_impl=c.attn_impl,
+                    skip=first + j not in c.skip_removed,
+                    **kw,
+                )
+                for j, rate in enumerate(drop_path)
+            ]
+        )
 
     def __call__(self, x: Array, *, train: bool = False, rec=None) -> Array:
         if self.pool is not None:
@@ -175,20 +197,30 @@ class Nest(nnx.Module):
         self.patch_embed = L.PatchEmbed(c.in_chans, c.dims[0], c.patch_size, kernel_init=init, **kw)
         rates = L.drop_path_rates(c.drop_path_rate, sum(c.depths))
         starts = [sum(c.depths[:i]) for i in range(c.levels)]
-        self.levels = nnx.List([NestLevel(c, i, rates[starts[i]:starts[i] + c.depths[i]], rngs=rngs)
-                                for i in range(c.levels)])
+        self.levels = nnx.List(
+            [NestLevel(c, i, rates[starts[i] : starts[i] + c.depths[i]], rngs=rngs) for i in range(c.levels)]
+        )
         self.norm = L.layer_norm(c.dims[-1], **kw)
-        self.head = (nnx.Linear(c.dims[-1], c.num_classes, kernel_init=L.axes(init, "embed", "classes"),
-                                bias_init=L.axes(nnx.initializers.zeros, "classes"), **kw)
-                     if c.num_classes > 0 else None)
+        self.head = (
+            nnx.Linear(
+                c.dims[-1],
+                c.num_classes,
+                kernel_init=L.axes(init, "embed", "classes"),
+                bias_init=L.axes(nnx.initializers.zeros, "classes"),
+                **kw,
+            )
+            if c.num_classes > 0
+            else None
+        )
 
-    def __call__(self, x: Array, *, train: bool = False, capture: Capture = None,
-                 taps: Sequence[Array] | None = None):
+    def __call__(self, x: Array, *, train: bool = False, capture: Capture = None, taps: Sequence[Array] | None = None):
         c = self.config
         size = _square(c.img_size)
         if tuple(x.shape[1:3]) != (size, size):
-            raise ValueError(f"input is {tuple(x.shape[1:3])} px but the model was built for {size}; create it "
-                             "with img_size=… or resize the position embeddings (nest_jax.convert.nest).")
+            raise ValueError(
+                f"input is {tuple(x.shape[1:3])} px but the model was built for {size}; create it "
+                "with img_size=… or resize the position embeddings (nest_jax.convert.nest)."
+            )
         if taps is not None and len(taps) != c.levels:
             raise ValueError(f"taps needs one array per level ({c.levels}), got {len(taps)}")
         rec = maybe_recorder(capture)
@@ -242,10 +274,13 @@ def build_nest(name: str, *, num_classes: int = 1000, img_size=None, rngs: nnx.R
 def _register(name: str) -> None:
     def builder(*, num_classes: int = 1000, img_size=None, rngs: nnx.Rngs, **overrides) -> Nest:
         return build_nest(name, num_classes=num_classes, img_size=img_size, rngs=rngs, **overrides)
+
     s = NEST_VARIANTS[name]
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = (f"{name}: {s['img']} px, patch {s['patch']}, block {s['block']}×{s['block']}, "
-                       f"dims {s['dims']}, depths {s['depths']}, heads {s['heads']}.")
+    builder.__doc__ = (
+        f"{name}: {s['img']} px, patch {s['patch']}, block {s['block']}×{s['block']}, "
+        f"dims {s['dims']}, depths {s['depths']}, heads {s['heads']}."
+    )
     register_model(builder)
 
 

@@ -10,6 +10,7 @@ numbers its levels bottom first. The block edge b stays fixed, so the block grid
 and the block tree is the classifier's 4-ary tree read downwards. No official code exists for this
 part of the paper: the widths, depths and the de-aggregation's channel projection are our choices.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,27 +64,61 @@ class BlockDeaggregation(nnx.Module):
       transposed_conv : transposed conv 4×4 stride 2 C_in → C_out (DCGAN's upsampling).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs, kind: str = "pixel_shuffle",
-                 project: bool = True, kernel_init=L.trunc_normal_02, dtype=None, param_dtype=jnp.float32):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        rngs: nnx.Rngs,
+        kind: str = "pixel_shuffle",
+        project: bool = True,
+        kernel_init=L.trunc_normal_02,
+        dtype=None,
+        param_dtype=jnp.float32,
+    ):
         if kind not in DEAGGREGATIONS:
             raise ValueError(f"deaggregation must be one of {DEAGGREGATIONS}, got {kind!r}")
         if not project and (kind != "pixel_shuffle" or in_dim != 4 * out_dim):
-            raise ValueError(f"project=False needs pixel_shuffle and in_dim = 4·out_dim, got {kind}, "
-                             f"{in_dim} → {out_dim}")
+            raise ValueError(
+                f"project=False needs pixel_shuffle and in_dim = 4·out_dim, got {kind}, {in_dim} → {out_dim}"
+            )
         self.kind = kind
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         bias = L.axes(nnx.initializers.zeros, "embed")
         if kind == "pixel_shuffle":
-            self.proj = (nnx.Conv(in_dim, 4 * out_dim, (1, 1), kernel_init=L.axes(kernel_init, None, None, "conv_in",
-                                                                                   "embed"),
-                                  bias_init=bias, **kw) if project else None)
+            self.proj = (
+                nnx.Conv(
+                    in_dim,
+                    4 * out_dim,
+                    (1, 1),
+                    kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"),
+                    bias_init=bias,
+                    **kw,
+                )
+                if project
+                else None
+            )
         elif kind == "nearest_conv":
-            self.proj = nnx.Conv(in_dim, out_dim, (3, 3), padding="SAME",
-                                 kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"), bias_init=bias, **kw)
+            self.proj = nnx.Conv(
+                in_dim,
+                out_dim,
+                (3, 3),
+                padding="SAME",
+                kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"),
+                bias_init=bias,
+                **kw,
+            )
         else:
-            self.proj = nnx.ConvTranspose(in_dim, out_dim, (4, 4), strides=(2, 2), padding="SAME",
-                                          kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"),
-                                          bias_init=bias, **kw)
+            self.proj = nnx.ConvTranspose(
+                in_dim,
+                out_dim,
+                (4, 4),
+                strides=(2, 2),
+                padding="SAME",
+                kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"),
+                bias_init=bias,
+                **kw,
+            )
 
     def upsample(self, x: Array) -> Array:
         """On the map: x (B, H, W, C_in) -> (B, 2H, 2W, C_out)."""
@@ -132,8 +167,10 @@ class NestGeneratorConfig:
                 raise ValueError(f"width {d} is not divisible by {h} heads")
         side = self.patch_size * self.block_size * self.top_grid * 2 ** (self.levels - 1)
         if side != self.img_size:
-            raise ValueError(f"img_size {self.img_size} does not fit: patch {self.patch_size} × block "
-                             f"{self.block_size} × top grid {self.top_grid} × 2^({self.levels}-1 levels) = {side}")
+            raise ValueError(
+                f"img_size {self.img_size} does not fit: patch {self.patch_size} × block "
+                f"{self.block_size} × top grid {self.top_grid} × 2^({self.levels}-1 levels) = {side}"
+            )
 
     @property
     def levels(self) -> int:
@@ -141,7 +178,7 @@ class NestGeneratorConfig:
 
     def grid(self, level: int) -> int:
         """Blocks per side at `level` (0 = top)."""
-        return self.top_grid * 2 ** level
+        return self.top_grid * 2**level
 
 
 class NestGenerator(nnx.Module):
@@ -155,29 +192,57 @@ class NestGenerator(nnx.Module):
         self.config = c = config
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
         init = L.trunc_normal_02
-        n = c.block_size ** 2
-        t0 = c.top_grid ** 2
-        self.stem = nnx.Linear(c.latent_dim, t0 * n * c.dims[0], kernel_init=L.axes(
-            nnx.initializers.lecun_normal(), None, "mlp"), bias_init=L.axes(nnx.initializers.zeros, "mlp"), **kw)
-        self.pos_embed = nnx.List([
-            nnx.Param(L.axes(init, None, None, None, "embed")(rngs.params(), (1, c.grid(i) ** 2, n, c.dims[i]),
-                                                              c.param_dtype))
-            for i in range(c.levels)])
-        self.levels = nnx.List([
-            nnx.List([L.TransformerLayer(c.dims[i], c.heads[i], int(c.dims[i] * c.mlp_ratio), act=c.gelu,
-                                         kernel_init=init, **kw) for _ in range(c.depths[i])])
-            for i in range(c.levels)])
-        self.deaggregate = nnx.List([
-            BlockDeaggregation(c.dims[i], c.dims[i + 1], kind=c.deaggregation, kernel_init=init, **kw)
-            for i in range(c.levels - 1)])
+        n = c.block_size**2
+        t0 = c.top_grid**2
+        self.stem = nnx.Linear(
+            c.latent_dim,
+            t0 * n * c.dims[0],
+            kernel_init=L.axes(nnx.initializers.lecun_normal(), None, "mlp"),
+            bias_init=L.axes(nnx.initializers.zeros, "mlp"),
+            **kw,
+        )
+        self.pos_embed = nnx.List(
+            [
+                nnx.Param(
+                    L.axes(init, None, None, None, "embed")(
+                        rngs.params(), (1, c.grid(i) ** 2, n, c.dims[i]), c.param_dtype
+                    )
+                )
+                for i in range(c.levels)
+            ]
+        )
+        self.levels = nnx.List(
+            [
+                nnx.List(
+                    [
+                        L.TransformerLayer(
+                            c.dims[i], c.heads[i], int(c.dims[i] * c.mlp_ratio), act=c.gelu, kernel_init=init, **kw
+                        )
+                        for _ in range(c.depths[i])
+                    ]
+                )
+                for i in range(c.levels)
+            ]
+        )
+        self.deaggregate = nnx.List(
+            [
+                BlockDeaggregation(c.dims[i], c.dims[i + 1], kind=c.deaggregation, kernel_init=init, **kw)
+                for i in range(c.levels - 1)
+            ]
+        )
         self.norm = L.layer_norm(c.dims[-1], **kw)
-        self.head = nnx.Linear(c.dims[-1], c.patch_size ** 2 * c.out_chans,
-                               kernel_init=L.axes(init, "embed", None), bias_init=nnx.initializers.zeros, **kw)
+        self.head = nnx.Linear(
+            c.dims[-1],
+            c.patch_size**2 * c.out_chans,
+            kernel_init=L.axes(init, "embed", None),
+            bias_init=nnx.initializers.zeros,
+            **kw,
+        )
 
     def __call__(self, z: Array, *, train: bool = False, return_levels: bool = False):
         c = self.config
         b = z.shape[0]
-        x = self.stem(z).reshape(b, c.top_grid ** 2, c.block_size ** 2, c.dims[0])
+        x = self.stem(z).reshape(b, c.top_grid**2, c.block_size**2, c.dims[0])
         maps = []
         for i in range(c.levels):
             if i > 0:
@@ -195,12 +260,13 @@ class NestGenerator(nnx.Module):
 # ---------------------------------------------------------------------------------------------
 # Variants: 32 / 64 / 128 px, a one-block top level (4×4 tokens) and widths halving per level.
 NEST_GAN_VARIANTS = {
-    "nest_gan_32": dict(img_size=32, patch_size=1, dims=(256, 128, 64, 32), depths=(2, 2, 2, 1),
-                        heads=(4, 2, 2, 1)),
-    "nest_gan_64": dict(img_size=64, patch_size=1, dims=(512, 256, 128, 64, 32), depths=(2, 2, 2, 2, 1),
-                        heads=(8, 4, 2, 2, 1)),
-    "nest_gan_128": dict(img_size=128, patch_size=2, dims=(512, 256, 128, 64, 32), depths=(2, 2, 2, 2, 1),
-                         heads=(8, 4, 2, 2, 1)),
+    "nest_gan_32": dict(img_size=32, patch_size=1, dims=(256, 128, 64, 32), depths=(2, 2, 2, 1), heads=(4, 2, 2, 1)),
+    "nest_gan_64": dict(
+        img_size=64, patch_size=1, dims=(512, 256, 128, 64, 32), depths=(2, 2, 2, 2, 1), heads=(8, 4, 2, 2, 1)
+    ),
+    "nest_gan_128": dict(
+        img_size=128, patch_size=2, dims=(512, 256, 128, 64, 32), depths=(2, 2, 2, 2, 1), heads=(8, 4, 2, 2, 1)
+    ),
 }
 
 
@@ -217,8 +283,10 @@ def _register(name: str) -> None:
         return NestGenerator(NestGeneratorConfig(**fields), rngs=rngs)
 
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = (f"{name}: NesT generator, {spec['img_size']} px, dims {spec['dims']}, "
-                       f"depths {spec['depths']} (top level first).")
+    builder.__doc__ = (
+        f"{name}: NesT generator, {spec['img_size']} px, dims {spec['dims']}, "
+        f"depths {spec['depths']} (top level first)."
+    )
     register_model(builder)
 
 

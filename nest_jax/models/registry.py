@@ -1,4 +1,5 @@
 """Model registry: `create_model(name, *, num_classes, img_size, rngs, **overrides)`, timm-style."""
+
 from __future__ import annotations
 
 import difflib
@@ -33,8 +34,14 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, *, num_classes: int = 1000, img_size: int | tuple[int, int] | None = None,
-                 rngs: nnx.Rngs | None = None, **overrides: Any) -> nnx.Module:
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    img_size: int | tuple[int, int] | None = None,
+    rngs: nnx.Rngs | None = None,
+    **overrides: Any,
+) -> nnx.Module:
     """Builds a registered model with fresh parameters.
 
     Args:

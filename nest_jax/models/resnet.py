@@ -11,6 +11,7 @@ before the sum and the final ReLU of v1 blocks); `features` = each stage's outpu
 nets the last entry is taken after the final norm + ReLU (the map the head pools), since a
 pre-activation stage output is an un-normalized residual sum. `pre_logits` = pooled (B, C).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,14 +49,27 @@ class Conv(nnx.Module):
     x: (B, H, W, C_in) -> (B, H/stride, W/stride, C_out)
     """
 
-    def __init__(self, in_chans: int, out_chans: int, kernel_size: int, *, stride: int = 1,
-                 padding: str = "torch", standardize: bool = False, rngs: nnx.Rngs, dtype: Any = None,
-                 param_dtype: Any = jnp.float32):
+    def __init__(
+        self,
+        in_chans: int,
+        out_chans: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: str = "torch",
+        standardize: bool = False,
+        rngs: nnx.Rngs,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+    ):
         if padding not in ("torch", "same"):
             raise ValueError(f"padding must be 'torch' or 'same', got {padding!r}")
         k = kernel_size
-        self.kernel = nnx.Param(L.axes(kaiming_fan_out, None, None, "conv_in", "conv_out")(
-            rngs.params(), (k, k, in_chans, out_chans), param_dtype))
+        self.kernel = nnx.Param(
+            L.axes(kaiming_fan_out, None, None, "conv_in", "conv_out")(
+                rngs.params(), (k, k, in_chans, out_chans), param_dtype
+            )
+        )
         self.stride = stride
         self.padding = "SAME" if padding == "same" else ((k // 2, k // 2), (k // 2, k // 2))
         self.standardize = standardize
@@ -68,16 +82,34 @@ class Conv(nnx.Module):
             var = w.var(axis=(0, 1, 2), keepdims=True)
             w = (w - mean) * jax.lax.rsqrt(var + WS_EPS)
         dt = self.dtype or x.dtype
-        return jax.lax.conv_general_dilated(x.astype(dt), w.astype(dt), (self.stride, self.stride), self.padding,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(
+            x.astype(dt),
+            w.astype(dt),
+            (self.stride, self.stride),
+            self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
 
 
-def make_norm(kind: str, chans: int, *, zero_scale: bool = False, rngs: nnx.Rngs, dtype: Any = None,
-              param_dtype: Any = jnp.float32) -> nnx.Module:
+def make_norm(
+    kind: str,
+    chans: int,
+    *,
+    zero_scale: bool = False,
+    rngs: nnx.Rngs,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+) -> nnx.Module:
     """`batch`: BatchNorm (eps 1e-5, PyTorch momentum 0.1); `group`: GroupNorm, 32 groups, eps 1e-5."""
     scale_init = nnx.initializers.zeros if zero_scale else nnx.initializers.ones
-    kw = dict(scale_init=L.axes(scale_init, "conv_out"), bias_init=L.axes(nnx.initializers.zeros, "conv_out"),
-              use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(
+        scale_init=L.axes(scale_init, "conv_out"),
+        bias_init=L.axes(nnx.initializers.zeros, "conv_out"),
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
     if kind == "batch":
         # Deviation: flax updates the running variance with the biased batch variance, PyTorch with
         # the unbiased one (factor n/(n-1), n = B·H·W: < 0.1% for any realistic batch).
@@ -105,12 +137,22 @@ class Parts:
     param_dtype: Any = jnp.float32
 
     def conv(self, cin: int, cout: int, k: int, stride: int = 1, *, rngs: nnx.Rngs) -> Conv:
-        return Conv(cin, cout, k, stride=stride, padding=self.padding, standardize=self.standardize,
-                    dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+        return Conv(
+            cin,
+            cout,
+            k,
+            stride=stride,
+            padding=self.padding,
+            standardize=self.standardize,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            rngs=rngs,
+        )
 
     def norm_layer(self, chans: int, *, zero_scale: bool = False, rngs: nnx.Rngs) -> nnx.Module:
-        return make_norm(self.norm, chans, zero_scale=zero_scale, dtype=self.dtype,
-                         param_dtype=self.param_dtype, rngs=rngs)
+        return make_norm(
+            self.norm, chans, zero_scale=zero_scale, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs
+        )
 
 
 class Downsample(nnx.Module):
@@ -132,8 +174,17 @@ class Bottleneck(nnx.Module):
     x: (B, H, W, C_in) -> (B, H/stride, W/stride, C_out), bottleneck width C_out / 4.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, parts: Parts, *, drop_path: float = 0.0,
-                 zero_init_last: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        parts: Parts,
+        *,
+        drop_path: float = 0.0,
+        zero_init_last: bool = False,
+        rngs: nnx.Rngs,
+    ):
         mid = cout // 4
         self.conv1 = parts.conv(cin, mid, 1, rngs=rngs)
         self.norm1 = parts.norm_layer(mid, rngs=rngs)
@@ -165,8 +216,17 @@ class PreActBottleneck(nnx.Module):
     x: (B, H, W, C_in) -> (B, H/stride, W/stride, C_out)
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, parts: Parts, *, drop_path: float = 0.0,
-                 zero_init_last: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        parts: Parts,
+        *,
+        drop_path: float = 0.0,
+        zero_init_last: bool = False,
+        rngs: nnx.Rngs,
+    ):
         del zero_init_last  # the last op is a conv; BiT trains from the plain init
         mid = cout // 4
         self.norm1 = parts.norm_layer(cin, rngs=rngs)
@@ -199,8 +259,7 @@ class Stem(nnx.Module):
     matters); `same` is TF SAME with -inf (the hybrid's official JAX code).
     """
 
-    def __init__(self, in_chans: int, parts: Parts, *, with_norm: bool, pool_pad: str, rngs: nnx.Rngs,
-                 width: int = 64):
+    def __init__(self, in_chans: int, parts: Parts, *, with_norm: bool, pool_pad: str, rngs: nnx.Rngs, width: int = 64):
         self.conv = parts.conv(in_chans, width, 7, 2, rngs=rngs)
         self.norm = parts.norm_layer(width, rngs=rngs) if with_norm else None
         self.pool_pad = pool_pad
@@ -216,8 +275,16 @@ class Stem(nnx.Module):
         return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=padding)
 
 
-def make_stages(block: Callable[..., nnx.Module], layers: Sequence[int], widths: Sequence[int], parts: Parts, *,
-                drop_path_rate: float, zero_init_last: bool, rngs: nnx.Rngs) -> nnx.List:
+def make_stages(
+    block: Callable[..., nnx.Module],
+    layers: Sequence[int],
+    widths: Sequence[int],
+    parts: Parts,
+    *,
+    drop_path_rate: float,
+    zero_init_last: bool,
+    rngs: nnx.Rngs,
+) -> nnx.List:
     """Stages of bottlenecks; stage i > 0 halves the resolution in its first block.
 
     Drop-path rates rise linearly over all blocks (timm ResNet).
@@ -228,8 +295,9 @@ def make_stages(block: Callable[..., nnx.Module], layers: Sequence[int], widths:
         blocks = []
         for j in range(depth):
             stride = 2 if (i > 0 and j == 0) else 1
-            blocks.append(block(cin, width, stride, parts, drop_path=rates[k], zero_init_last=zero_init_last,
-                                rngs=rngs))
+            blocks.append(
+                block(cin, width, stride, parts, drop_path=rates[k], zero_init_last=zero_init_last, rngs=rngs)
+            )
             cin, k = width, k + 1
         stages.append(nnx.List(blocks))
     return nnx.List(stages)
@@ -284,16 +352,31 @@ class ResNet(nnx.Module):
         parts = c.parts
         bit = c.kind == "bit"
         self.stem = Stem(c.in_chans, parts, with_norm=not bit, pool_pad="zero" if bit else "torch", rngs=rngs)
-        self.stages = make_stages(PreActBottleneck if bit else Bottleneck, c.layers, c.widths, parts,
-                                  drop_path_rate=c.drop_path_rate, zero_init_last=c.zero_init_last, rngs=rngs)
+        self.stages = make_stages(
+            PreActBottleneck if bit else Bottleneck,
+            c.layers,
+            c.widths,
+            parts,
+            drop_path_rate=c.drop_path_rate,
+            zero_init_last=c.zero_init_last,
+            rngs=rngs,
+        )
         self.norm = parts.norm_layer(c.widths[-1], rngs=rngs) if bit else None
         # Head: normal(0.01), zero bias (timm ResNetV2; torchvision's default Linear init differs
         # only in scale and matters only when training from scratch).
-        self.head = (nnx.Linear(c.widths[-1], c.num_classes,
-                                kernel_init=L.axes(nnx.initializers.normal(0.01), "embed", "classes"),
-                                bias_init=L.axes(nnx.initializers.zeros, "classes"),
-                                dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
-                     if c.num_classes > 0 else None)
+        self.head = (
+            nnx.Linear(
+                c.widths[-1],
+                c.num_classes,
+                kernel_init=L.axes(nnx.initializers.normal(0.01), "embed", "classes"),
+                bias_init=L.axes(nnx.initializers.zeros, "classes"),
+                dtype=c.dtype,
+                param_dtype=c.param_dtype,
+                rngs=rngs,
+            )
+            if c.num_classes > 0
+            else None
+        )
 
     def __call__(self, x: Array, *, train: bool = False, capture: Capture = None):
         rec = maybe_recorder(capture)
@@ -318,14 +401,22 @@ class BiTStem(nnx.Module):
     x: (B, H, W, C) -> (B, H/16, W/16, out_chans) for three stages (stride 4 · 2^(stages-1)).
     """
 
-    def __init__(self, in_chans: int, layers: Sequence[int] = (3, 4, 9), *, dtype: Any = None,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_chans: int,
+        layers: Sequence[int] = (3, 4, 9),
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         parts = Parts("group", True, "same", dtype, param_dtype)
-        widths = tuple(256 * 2 ** i for i in range(len(layers)))
+        widths = tuple(256 * 2**i for i in range(len(layers)))
         self.out_chans = widths[-1]
         self.stem = Stem(in_chans, parts, with_norm=True, pool_pad="same", rngs=rngs)
-        self.stages = make_stages(Bottleneck, layers, widths, parts, drop_path_rate=0.0, zero_init_last=False,
-                                  rngs=rngs)
+        self.stages = make_stages(
+            Bottleneck, layers, widths, parts, drop_path_rate=0.0, zero_init_last=False, rngs=rngs
+        )
 
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         return run_stages(self.stages, self.stem(x, train=train), train=train)[-1]

@@ -6,6 +6,7 @@ estimate `u` is carried between steps as a non-parameter variable (`PowerIterate
 `nnx.BatchStat`, so the train state keeps it next to batch statistics and the optimizer never sees
 it). In eval (`train=False`) the stored `u` is used without updating it.
 """
+
 from __future__ import annotations
 
 import jax
@@ -39,13 +40,32 @@ def spectral_sigma(w: Array, u: Array, *, update: bool) -> tuple[Array, Array]:
 class SNConv(nnx.Module):
     """Conv with an optionally spectrally normalized kernel. x: (B, H, W, C_in) -> (B, H', W', C_out)."""
 
-    def __init__(self, in_dim: int, out_dim: int, kernel: int = 3, *, rngs: nnx.Rngs, stride: int = 1,
-                 padding: str = "SAME", spectral: bool = True, kernel_init=nnx.initializers.xavier_uniform(),
-                 dtype=None, param_dtype=jnp.float32):
-        self.conv = nnx.Conv(in_dim, out_dim, (kernel, kernel), strides=stride, padding=padding,
-                             kernel_init=L.axes(kernel_init, None, None, "conv_in", "conv_out"),
-                             bias_init=L.axes(nnx.initializers.zeros, "conv_out"),
-                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel: int = 3,
+        *,
+        rngs: nnx.Rngs,
+        stride: int = 1,
+        padding: str = "SAME",
+        spectral: bool = True,
+        kernel_init=nnx.initializers.xavier_uniform(),
+        dtype=None,
+        param_dtype=jnp.float32,
+    ):
+        self.conv = nnx.Conv(
+            in_dim,
+            out_dim,
+            (kernel, kernel),
+            strides=stride,
+            padding=padding,
+            kernel_init=L.axes(kernel_init, None, None, "conv_in", "conv_out"),
+            bias_init=L.axes(nnx.initializers.zeros, "conv_out"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.stride, self.padding = (stride, stride), padding
         self.u = PowerIterate(_l2_normalize(jax.random.normal(rngs.params(), (out_dim,)))) if spectral else None
 
@@ -56,18 +76,35 @@ class SNConv(nnx.Module):
         sigma, u = spectral_sigma(w.reshape(-1, w.shape[-1]), self.u[...], update=train)
         if train:
             self.u[...] = u
-        y = jax.lax.conv_general_dilated(x, (w / sigma).astype(x.dtype), self.stride, self.padding,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jax.lax.conv_general_dilated(
+            x, (w / sigma).astype(x.dtype), self.stride, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         return y + self.conv.bias[...].astype(y.dtype)
 
 
 class SNLinear(nnx.Module):
     """Dense with an optionally spectrally normalized kernel. x: (..., C_in) -> (..., C_out)."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs, spectral: bool = True,
-                 kernel_init=nnx.initializers.xavier_uniform(), dtype=None, param_dtype=jnp.float32):
-        self.linear = nnx.Linear(in_dim, out_dim, kernel_init=L.axes(kernel_init, "embed", None),
-                                 bias_init=nnx.initializers.zeros, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        rngs: nnx.Rngs,
+        spectral: bool = True,
+        kernel_init=nnx.initializers.xavier_uniform(),
+        dtype=None,
+        param_dtype=jnp.float32,
+    ):
+        self.linear = nnx.Linear(
+            in_dim,
+            out_dim,
+            kernel_init=L.axes(kernel_init, "embed", None),
+            bias_init=nnx.initializers.zeros,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.u = PowerIterate(_l2_normalize(jax.random.normal(rngs.params(), (out_dim,)))) if spectral else None
 
     def __call__(self, x: Array, *, train: bool = False) -> Array:

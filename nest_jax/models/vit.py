@@ -4,6 +4,7 @@ The prefix tokens make this one class serve ViT (`cls`), distilled DeiT (`cls`, 
 token model (`cls`, `shape`) and cls + dist + shape at once: each token has its own learned
 embedding, its own position slot and (with `pool="token"`) its own head.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,9 @@ class ViTConfig:
         s = self.stride
         if h % s or w % s:
             ok = ", ".join(str(s * k) for k in range(max(1, h // s - 2), h // s + 3))
-            raise ValueError(f"img_size {self.img_size} is not divisible by the total stride {s}; "
-                             f"sizes that work include {ok}.")
+            raise ValueError(
+                f"img_size {self.img_size} is not divisible by the total stride {s}; sizes that work include {ok}."
+            )
 
     @property
     def stride(self) -> int:
@@ -108,11 +110,15 @@ class ViT(nnx.Module):
         official = c.init == "official"
         dense_init = nnx.initializers.xavier_uniform() if official else L.trunc_normal_02
         # Official: q, k, v are separate (D, h, d) DenseGenerals, each xavier with fan_out = D.
-        qkv_init = (nnx.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=0, out_axis=(2, 3),
-                                                      batch_axis=(1,)) if official else L.trunc_normal_02)
+        qkv_init = (
+            nnx.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=0, out_axis=(2, 3), batch_axis=(1,))
+            if official
+            else L.trunc_normal_02
+        )
         mlp_bias = nnx.initializers.normal(1e-6) if official else nnx.initializers.zeros
         if c.stem == "bit_r50":
             from nest_jax.models.resnet import BiTStem
+
             self.stem = BiTStem(c.in_chans, layers=(3, 4, 9), **kw)
             in_chans = self.stem.out_chans
         elif c.stem is None:
@@ -124,46 +130,79 @@ class ViT(nnx.Module):
         key = rngs.params
         tok_init = nnx.initializers.zeros if official else L.trunc_normal_02
         for name in c.prefix_tokens:
-            setattr(self, f"{name}_token", nnx.Param(
-                L.axes(tok_init, None, None, "embed")(key(), (1, 1, c.dim), c.param_dtype)))
+            setattr(
+                self,
+                f"{name}_token",
+                nnx.Param(L.axes(tok_init, None, None, "embed")(key(), (1, 1, c.dim), c.param_dtype)),
+            )
         n = c.grid[0] * c.grid[1]
         if c.pos_embed == "learned":
             pos_init = nnx.initializers.normal(0.02) if official else L.trunc_normal_02
-            self.pos_embed = nnx.Param(L.axes(pos_init, None, None, "embed")(key(), (1, c.num_prefix + n, c.dim),
-                                                                             c.param_dtype))
+            self.pos_embed = nnx.Param(
+                L.axes(pos_init, None, None, "embed")(key(), (1, c.num_prefix + n, c.dim), c.param_dtype)
+            )
         else:
             self.pos_embed = None
         self.pos_drop = nnx.Dropout(c.drop_rate, rngs=rngs)
         rates = L.drop_path_rates(c.drop_path_rate, c.depth)
-        self.layers = nnx.List([
-            L.TransformerLayer(c.dim, c.num_heads, c.mlp_dim, qkv_bias=c.qkv_bias, drop=c.drop_rate,
-                               attn_drop=c.attn_drop_rate, drop_path=rates[i], act=c.gelu,
-                               kernel_init=dense_init, qkv_init=qkv_init, mlp_bias_init=mlp_bias,
-                               attn_impl=c.attn_impl, skip=i not in c.skip_removed, **kw)
-            for i in range(c.depth)])
+        self.layers = nnx.List(
+            [
+                L.TransformerLayer(
+                    c.dim,
+                    c.num_heads,
+                    c.mlp_dim,
+                    qkv_bias=c.qkv_bias,
+                    drop=c.drop_rate,
+                    attn_drop=c.attn_drop_rate,
+                    drop_path=rates[i],
+                    act=c.gelu,
+                    kernel_init=dense_init,
+                    qkv_init=qkv_init,
+                    mlp_bias_init=mlp_bias,
+                    attn_impl=c.attn_impl,
+                    skip=i not in c.skip_removed,
+                    **kw,
+                )
+                for i in range(c.depth)
+            ]
+        )
         self.norm = L.layer_norm(c.dim, **kw)
         width = c.dim
         if c.representation_size:
-            self.pre_logits = nnx.Linear(c.dim, c.representation_size,
-                                         kernel_init=L.axes(dense_init, "embed", "mlp"),
-                                         bias_init=L.axes(nnx.initializers.zeros, "mlp"), **kw)
+            self.pre_logits = nnx.Linear(
+                c.dim,
+                c.representation_size,
+                kernel_init=L.axes(dense_init, "embed", "mlp"),
+                bias_init=L.axes(nnx.initializers.zeros, "mlp"),
+                **kw,
+            )
             width = c.representation_size
         else:
             self.pre_logits = None
         head_init = nnx.initializers.zeros if official else L.trunc_normal_02
-        for name in (c.prefix_tokens if c.pool == "token" else ("cls",)):
-            head = (nnx.Linear(width, c.num_classes, kernel_init=L.axes(head_init, "embed", "classes"),
-                               bias_init=L.axes(nnx.initializers.zeros, "classes"), **kw)
-                    if c.num_classes > 0 else None)
+        for name in c.prefix_tokens if c.pool == "token" else ("cls",):
+            head = (
+                nnx.Linear(
+                    width,
+                    c.num_classes,
+                    kernel_init=L.axes(head_init, "embed", "classes"),
+                    bias_init=L.axes(nnx.initializers.zeros, "classes"),
+                    **kw,
+                )
+                if c.num_classes > 0
+                else None
+            )
             setattr(self, HEAD_NAMES[name], head)
 
     def embed(self, x: Array, *, train: bool = False) -> Array:
         """Image (B, H, W, C) -> token sequence (B, P+N, D) with position embeddings added."""
         c = self.config
         if tuple(x.shape[1:3]) != to_hw(c.img_size):
-            raise ValueError(f"input is {tuple(x.shape[1:3])} px but the model was built for {to_hw(c.img_size)}; "
-                             "create it with img_size=… or resize the position embedding "
-                             "(nest_jax.convert.resize_pos_embed).")
+            raise ValueError(
+                f"input is {tuple(x.shape[1:3])} px but the model was built for {to_hw(c.img_size)}; "
+                "create it with img_size=… or resize the position embedding "
+                "(nest_jax.convert.resize_pos_embed)."
+            )
         if self.stem is not None:
             x = self.stem(x, train=train)
         x = self.patch_embed(x)
@@ -171,8 +210,9 @@ class ViT(nnx.Module):
         x = x.reshape(b, gh * gw, d)
         if c.pos_embed == "sincos":
             x = x + L.sincos_2d(gh, gw, d).astype(x.dtype)
-        prefix = [jnp.broadcast_to(getattr(self, f"{n}_token")[...].astype(x.dtype), (b, 1, d))
-                  for n in c.prefix_tokens]
+        prefix = [
+            jnp.broadcast_to(getattr(self, f"{n}_token")[...].astype(x.dtype), (b, 1, d)) for n in c.prefix_tokens
+        ]
         x = jnp.concatenate(prefix + [x], axis=1)
         if self.pos_embed is not None:
             x = x + self.pos_embed[...].astype(x.dtype)
@@ -190,8 +230,9 @@ class ViT(nnx.Module):
             rec.append("features", x[:, p:].reshape(x.shape[0], *c.grid, c.dim))
             for i, name in enumerate(c.prefix_tokens):
                 rec.set("tokens", x[:, i], name)
-        feats = {n: x[:, i] for i, n in enumerate(c.prefix_tokens)} if c.pool == "token" else {
-            "cls": x[:, p:].mean(axis=1)}
+        feats = (
+            {n: x[:, i] for i, n in enumerate(c.prefix_tokens)} if c.pool == "token" else {"cls": x[:, p:].mean(axis=1)}
+        )
         if self.pre_logits is not None:
             feats = {n: jnp.tanh(self.pre_logits(f)) for n, f in feats.items()}
         if rec is not None:
@@ -231,6 +272,7 @@ def _register(name: str, patch: int, dim: int, depth: int, heads: int, mlp: int,
         fields = dict(patch_size=patch, dim=dim, depth=depth, num_heads=heads, mlp_dim=mlp, **extra)
         fields.update(overrides)
         return build_vit(num_classes=num_classes, img_size=img_size, rngs=rngs, **fields)
+
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = f"{name}: patch {patch}, D={dim}, {depth} layers, {heads} heads, MLP {mlp}."
     register_model(builder)

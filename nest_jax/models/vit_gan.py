@@ -7,6 +7,7 @@ layers with attention over all tokens → LayerNorm → per-token Dense to p·p�
 tanh. Cost grows with the square of the token count, which the NesT generator avoids by attending
 inside blocks only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,15 +53,23 @@ class ViTGenerator(nnx.Module):
     def __init__(self, config: ViTGeneratorConfig, *, rngs: nnx.Rngs):
         self.config = c = config
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
-        self.stem = nnx.Linear(c.latent_dim, c.dim, kernel_init=L.axes(nnx.initializers.lecun_normal(), None, "embed"),
-                               bias_init=L.axes(nnx.initializers.zeros, "embed"), **kw)
-        self.pos_embed = nnx.Param(L.axes(L.trunc_normal_02, None, None, "embed")(
-            rngs.params(), (1, c.grid ** 2, c.dim), c.param_dtype))
-        self.layers = nnx.List([L.TransformerLayer(c.dim, c.num_heads, int(c.dim * c.mlp_ratio), act=c.gelu, **kw)
-                                for _ in range(c.depth)])
+        self.stem = nnx.Linear(
+            c.latent_dim,
+            c.dim,
+            kernel_init=L.axes(nnx.initializers.lecun_normal(), None, "embed"),
+            bias_init=L.axes(nnx.initializers.zeros, "embed"),
+            **kw,
+        )
+        self.pos_embed = nnx.Param(
+            L.axes(L.trunc_normal_02, None, None, "embed")(rngs.params(), (1, c.grid**2, c.dim), c.param_dtype)
+        )
+        self.layers = nnx.List(
+            [L.TransformerLayer(c.dim, c.num_heads, int(c.dim * c.mlp_ratio), act=c.gelu, **kw) for _ in range(c.depth)]
+        )
         self.norm = L.layer_norm(c.dim, **kw)
-        self.head = nnx.Linear(c.dim, c.patch_size ** 2 * c.out_chans, kernel_init=L.axes(L.trunc_normal_02,
-                                                                                           "embed", None), **kw)
+        self.head = nnx.Linear(
+            c.dim, c.patch_size**2 * c.out_chans, kernel_init=L.axes(L.trunc_normal_02, "embed", None), **kw
+        )
 
     def __call__(self, z: Array, *, train: bool = False) -> Array:
         c = self.config

@@ -8,6 +8,7 @@ checkpoint (orbax, async, atomic) · trainer (state, jitted steps) · loop (the 
 
 def train_and_evaluate(config, workdir, **kwargs):
     from nest_jax.train.loop import train_and_evaluate as run
+
     return run(config, workdir, **kwargs)
 
 

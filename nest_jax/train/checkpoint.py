@@ -16,6 +16,7 @@ Guarantees on top of orbax:
   mismatching parameter and both shapes, found from the checkpoint's metadata before reading;
 - a full disk is one `UserError` line naming the step, the directory and the last good checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -61,6 +61,7 @@ class NonFiniteStateError(FloatingPointError):
 
 
 # ---- the input iterator's position: one JSON file per process ----
+
 
 class DataStateHandler(ocp.CheckpointHandler):
     """Saves a JSON-serialisable dict per process (each process reads its own input shard)."""
@@ -119,6 +120,7 @@ def _ignore_closed_loop_callbacks() -> None:
         if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
             return
         previous(u)
+
     hook._nest_jax = True
     sys.unraisablehook = hook
 
@@ -131,9 +133,11 @@ def _first_line(e: BaseException) -> str:
 def _shape_mismatch(saved: Any, abstract: Any) -> str | None:
     """First parameter whose saved shape differs from the model's, as one line; None if all match."""
     from nest_jax.train.sharding import path_str
+
     want = {path_str(p): tuple(a.shape) for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-    have = {path_str(p): tuple(getattr(m, "shape", ()) or ()) for p, m in
-            jax.tree_util.tree_flatten_with_path(saved)[0]}
+    have = {
+        path_str(p): tuple(getattr(m, "shape", ()) or ()) for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]
+    }
     # Parameters first: an optimizer-state or EMA mismatch is a consequence of theirs.
     for name, shape in sorted(want.items(), key=lambda kv: not kv[0].startswith("params/")):
         if name not in have:
@@ -152,11 +156,18 @@ class Checkpointer:
     create=False (evaluation) never creates a directory; the caller checks `exists()` first.
     """
 
-    def __init__(self, workdir: str | epath.PathLike, *, max_to_keep: int | None = 3,
-                 async_save: bool = True, create: bool = True):
+    def __init__(
+        self,
+        workdir: str | epath.PathLike,
+        *,
+        max_to_keep: int | None = 3,
+        async_save: bool = True,
+        create: bool = True,
+    ):
         self.directory = as_path(workdir) / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
-                                               enable_async_checkpointing=async_save)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save
+        )
         handlers = {STATE: ocp.StandardCheckpointHandler(), DATA: DataStateHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._closed = False
@@ -190,8 +201,7 @@ class Checkpointer:
         """
         if not bool(all_finite(state)):
             self.wait()
-            raise NonFiniteStateError(f"non-finite parameters after step {step}: not saved. "
-                                      + self.resume_hint())
+            raise NonFiniteStateError(f"non-finite parameters after step {step}: not saved. " + self.resume_hint())
         args = {STATE: ocp.args.StandardSave(state)}
         if data_state is not None:
             args[DATA] = DataStateSave(data_state)
@@ -220,16 +230,22 @@ class Checkpointer:
             self.manager.close()
         except Exception:  # noqa: BLE001 -- the same failure again
             pass
-        raise UserError(f"no space left on device while saving step {step} in {self.directory}; the "
-                        f"last good checkpoint is {self.last_good}: free space and rerun to resume") from e
+        raise UserError(
+            f"no space left on device while saving step {step} in {self.directory}; the "
+            f"last good checkpoint is {self.last_good}: free space and rerun to resume"
+        ) from e
 
     def resume_hint(self) -> str:
         """Where training can resume from, as the end of an error message."""
         if self.last_good is None:
-            return (f"No checkpoint was saved in {self.directory}: restart with a lower learning rate "
-                    "(--config.optimizer.lr=...), optimizer.clip_norm, or check the inputs.")
-        return (f"The last good checkpoint is step {self.last_good} in {self.directory}: rerun with a "
-                "lower learning rate (--config.optimizer.lr=...) or optimizer.clip_norm to resume from it.")
+            return (
+                f"No checkpoint was saved in {self.directory}: restart with a lower learning rate "
+                "(--config.optimizer.lr=...), optimizer.clip_norm, or check the inputs."
+            )
+        return (
+            f"The last good checkpoint is step {self.last_good} in {self.directory}: rerun with a "
+            "lower learning rate (--config.optimizer.lr=...) or optimizer.clip_norm to resume from it."
+        )
 
     # ---- restoring ----
 
@@ -248,8 +264,9 @@ class Checkpointer:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(**{DATA: DataStateRestore()}))[DATA]
         except Exception as e:  # the step is still a pure function of (seed, step): fall back to it
-            log.warning("could not read the input position of checkpoint %d (%s); restarting the "
-                        "input at that step", step, e)
+            log.warning(
+                "could not read the input position of checkpoint %d (%s); restarting the input at that step", step, e
+            )
             return None
 
     def check_shapes(self, step: int, abstract_state: Any) -> None:
@@ -261,11 +278,12 @@ class Checkpointer:
             return
         problem = _shape_mismatch(tree, abstract_state)
         if problem:
-            raise UserError(f"the checkpoint {self.directory / str(step)} does not fit the model: {problem}; "
-                            "use the config it was trained with, or another --workdir")
+            raise UserError(
+                f"the checkpoint {self.directory / str(step)} does not fit the model: {problem}; "
+                "use the config it was trained with, or another --workdir"
+            )
 
-    def restore_latest(self, abstract_state: Any, shardings: Any, *, set_aside: bool = True
-                       ) -> tuple[int, Any] | None:
+    def restore_latest(self, abstract_state: Any, shardings: Any, *, set_aside: bool = True) -> tuple[int, Any] | None:
         """(step, state) of the newest checkpoint that reads and is finite; None if there is none.
 
         Unreadable or non-finite checkpoints are moved aside to `<step>.corrupt` (set_aside=False,
@@ -284,8 +302,12 @@ class Checkpointer:
                 if set_aside:
                     self._set_aside(step, e)
                 else:
-                    log.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step,
-                                self.directory, _first_line(e))
+                    log.warning(
+                        "checkpoint %d in %s is unreadable (%s); trying the previous one",
+                        step,
+                        self.directory,
+                        _first_line(e),
+                    )
                 continue
             self.last_good = step
             return step, state
@@ -300,9 +322,9 @@ class Checkpointer:
         if jax.process_index() == 0:
             (self.directory / str(step)).rename(dst)
         from nest_jax.train.preemption import wait_for_all_processes
+
         wait_for_all_processes(f"nest_jax_set_aside_{step}")
-        log.warning("checkpoint %d is unreadable (%s): moved it to %s; trying the previous one",
-                    step, reason, dst)
+        log.warning("checkpoint %d is unreadable (%s): moved it to %s; trying the previous one", step, reason, dst)
         self.manager.reload()
 
     def close(self, quiet: bool = False) -> None:

@@ -3,6 +3,7 @@
 Placeholders (`placeholder(int)`) keep optional fields overridable from the command line
 (`--config.train.num_train_steps=100`) while their value is None.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -10,20 +11,45 @@ from ml_collections.config_dict import placeholder
 
 
 def augment(**kw) -> dict:
-    a = dict(inception_crop=False, min_area=0.05, flip=False, cifar_crop=False, crop_padding=2,
-             randaugment=dict(layers=0, magnitude=9.0, magnitude_std=0.5, prob=0.5),
-             color_jitter=0.0, random_erasing=0.0)
+    a = dict(
+        inception_crop=False,
+        min_area=0.05,
+        flip=False,
+        cifar_crop=False,
+        crop_padding=2,
+        randaugment=dict(layers=0, magnitude=9.0, magnitude_std=0.5, prob=0.5),
+        color_jitter=0.0,
+        random_erasing=0.0,
+    )
     a.update(kw)
     return a
 
 
 def optimizer(**kw) -> dict:
     """One optimizer section with every field (`config.optimizer`, and each GAN network's)."""
-    o = dict(name="adamw", lr=placeholder(float), base_lr=placeholder(float), base_batch=256,
-             weight_decay=0.0, wd_mask="nest", b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
-             clip_norm=0.0, schedule="cosine", warmup_steps=placeholder(int), warmup_epochs=0.0,
-             warmup_init_lr=0.0, min_lr=0.0, layer_decay=1.0, ema_decay=0.0, accum_steps=1,
-             mu_dtype=placeholder(str))  # mu_dtype "bfloat16": AdamW's first moment stored in bf16
+    o = dict(
+        name="adamw",
+        lr=placeholder(float),
+        base_lr=placeholder(float),
+        base_batch=256,
+        weight_decay=0.0,
+        wd_mask="nest",
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        momentum=0.9,
+        nesterov=False,
+        clip_norm=0.0,
+        schedule="cosine",
+        warmup_steps=placeholder(int),
+        warmup_epochs=0.0,
+        warmup_init_lr=0.0,
+        min_lr=0.0,
+        layer_decay=1.0,
+        ema_decay=0.0,
+        accum_steps=1,
+        mu_dtype=placeholder(str),
+    )  # mu_dtype "bfloat16": AdamW's first moment stored in bf16
     o.update(kw)
     return o
 
@@ -33,25 +59,57 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.mode = "train"
     c.task = "classification"  # or "gan" (configs/*_gan.py: nest_jax.train.gan_loop, section `gan`)
-    c.model = ml_collections.ConfigDict(dict(name="", img_size=placeholder(int), remat=False,
-                                             remat_policy="nothing_saveable",
-                                             overrides=ml_collections.ConfigDict()))
-    c.dataset = ml_collections.ConfigDict(dict(
-        name="", data_dir=placeholder(str), train_split="train", eval_split="test", image_size=224,
-        num_channels=3, normalize="imagenet", shuffle_buffer=10_000, repeated_aug=1, cache=False,
-        augment=augment(), eval_resize="resize_crop", crop_fraction=0.875, resize_method="bilinear",
-        num_workers=0))  # grain worker processes for decoding/augmentation; 0 = in the main process
-    c.mix = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5,
-                                           label_smoothing=0.0, sampling="nest"))
-    c.train = ml_collections.ConfigDict(dict(
-        global_batch_size=256, eval_batch_size=256, num_epochs=1.0, num_train_steps=placeholder(int),
-        stop_after_steps=placeholder(int), log_every_steps=100, eval_every_steps=0,
-        checkpoint_every_steps=1000, max_to_keep=3, profile=False))
+    c.model = ml_collections.ConfigDict(
+        dict(
+            name="",
+            img_size=placeholder(int),
+            remat=False,
+            remat_policy="nothing_saveable",
+            overrides=ml_collections.ConfigDict(),
+        )
+    )
+    c.dataset = ml_collections.ConfigDict(
+        dict(
+            name="",
+            data_dir=placeholder(str),
+            train_split="train",
+            eval_split="test",
+            image_size=224,
+            num_channels=3,
+            normalize="imagenet",
+            shuffle_buffer=10_000,
+            repeated_aug=1,
+            cache=False,
+            augment=augment(),
+            eval_resize="resize_crop",
+            crop_fraction=0.875,
+            resize_method="bilinear",
+            num_workers=0,
+        )
+    )  # grain worker processes for decoding/augmentation; 0 = in the main process
+    c.mix = ml_collections.ConfigDict(
+        dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, label_smoothing=0.0, sampling="nest")
+    )
+    c.train = ml_collections.ConfigDict(
+        dict(
+            global_batch_size=256,
+            eval_batch_size=256,
+            num_epochs=1.0,
+            num_train_steps=placeholder(int),
+            stop_after_steps=placeholder(int),
+            log_every_steps=100,
+            eval_every_steps=0,
+            checkpoint_every_steps=1000,
+            max_to_keep=3,
+            profile=False,
+        )
+    )
     c.optimizer = ml_collections.ConfigDict(optimizer())
     # Periodic evaluations (nest_jax.train.evaluators): name -> {kind, split, every_steps, prefix, ...};
     # split None = dataset.eval_split, every_steps None = train.eval_every_steps (0: only at the end).
-    c.evals = ml_collections.ConfigDict(dict(val=dict(kind="classification", split=placeholder(str),
-                                                      every_steps=placeholder(int), prefix="eval_")))
+    c.evals = ml_collections.ConfigDict(
+        dict(val=dict(kind="classification", split=placeholder(str), every_steps=placeholder(int), prefix="eval_"))
+    )
     c.mesh = ml_collections.ConfigDict(dict(axes=dict(data=-1, fsdp=1, tensor=1)))
     c.logical_axis_rules = placeholder(list)  # None: nest_jax.train.sharding.DEFAULT_LOGICAL_RULES
     c.sharding_rules = ()
@@ -59,19 +117,43 @@ def base_config() -> ml_collections.ConfigDict:
     c.sharding = ml_collections.ConfigDict(dict(strict=False))
     c.distill = ml_collections.ConfigDict()  # token -> teacher(...); empty: no distillation
     c.distill_kl_reduction = "batchmean"
-    c.init_from = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), source="nest_jax",
-                                                 resize_method="bicubic", use_ema=False))
-    c.distributed = ml_collections.ConfigDict(dict(
-        enabled=False, coordinator_address=placeholder(str), num_processes=placeholder(int),
-        process_id=placeholder(int), cpu_collectives=placeholder(str)))
+    c.init_from = ml_collections.ConfigDict(
+        dict(checkpoint=placeholder(str), source="nest_jax", resize_method="bicubic", use_ema=False)
+    )
+    c.distributed = ml_collections.ConfigDict(
+        dict(
+            enabled=False,
+            coordinator_address=placeholder(str),
+            num_processes=placeholder(int),
+            process_id=placeholder(int),
+            cpu_collectives=placeholder(str),
+        )
+    )
     return c
 
 
-def teacher(model: str, checkpoint: str | None, *, kind: str = "hard", alpha: float = 0.5, tau: float = 1.0,
-            source: str = "nest_jax", **overrides) -> dict:
+def teacher(
+    model: str,
+    checkpoint: str | None,
+    *,
+    kind: str = "hard",
+    alpha: float = 0.5,
+    tau: float = 1.0,
+    source: str = "nest_jax",
+    **overrides,
+) -> dict:
     """One distillation teacher entry for `config.distill[token]`."""
-    return dict(model=model, checkpoint=checkpoint, source=source, kind=kind, alpha=alpha, tau=tau,
-                overrides=overrides, img_size=None, use_ema=False)
+    return dict(
+        model=model,
+        checkpoint=checkpoint,
+        source=source,
+        kind=kind,
+        alpha=alpha,
+        tau=tau,
+        overrides=overrides,
+        img_size=None,
+        use_ema=False,
+    )
 
 
 def digits_vit_config(model_name: str) -> ml_collections.ConfigDict:
@@ -80,10 +162,29 @@ def digits_vit_config(model_name: str) -> ml_collections.ConfigDict:
     c = base_config()
     c.model.name = model_name
     c.model.overrides = dict(patch_size=4, dim=64, depth=4, num_heads=2, mlp_dim=256, drop_path_rate=0.0)
-    c.dataset.update(dict(name="digits", image_size=32, num_channels=1, normalize="digits",
-                          shuffle_buffer=2048, cache=True, augment=augment(), eval_resize="resize"))
-    c.train.update(dict(global_batch_size=64, eval_batch_size=128, num_epochs=30, log_every_steps=50,
-                        checkpoint_every_steps=200, max_to_keep=2))
-    c.optimizer.update(dict(name="adamw", lr=1e-3, weight_decay=0.05, wd_mask="timm", schedule="cosine",
-                            warmup_epochs=2.0))
+    c.dataset.update(
+        dict(
+            name="digits",
+            image_size=32,
+            num_channels=1,
+            normalize="digits",
+            shuffle_buffer=2048,
+            cache=True,
+            augment=augment(),
+            eval_resize="resize",
+        )
+    )
+    c.train.update(
+        dict(
+            global_batch_size=64,
+            eval_batch_size=128,
+            num_epochs=30,
+            log_every_steps=50,
+            checkpoint_every_steps=200,
+            max_to_keep=2,
+        )
+    )
+    c.optimizer.update(
+        dict(name="adamw", lr=1e-3, weight_decay=0.05, wd_mask="timm", schedule="cosine", warmup_epochs=2.0)
+    )
     return c

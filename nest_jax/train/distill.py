@@ -7,6 +7,7 @@ The teacher runs inside the jitted train step on the student's mixed inputs (see
 parameters are read as host arrays and placed straight into their shardings (the student's
 logical rules on the same mesh); the model itself is only traced.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 def load_teachers(config: Any, mesh: Mesh, num_classes: int) -> tuple[dict, dict]:
     """Returns (token -> (graphdef, rest, cfg), token -> (params State, rest State)) placed on the mesh."""
     from nest_jax.models import create_model
+
     teachers, params = {}, {}
     rules = config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES
     for token, cfg in config.distill.items():
@@ -47,8 +49,10 @@ def load_teachers(config: Any, mesh: Mesh, num_classes: int) -> tuple[dict, dict
         abstract = nnx.eval_shape(build)
         arrays, stats, fresh = read_weights(cfg.source, cfg.checkpoint, abstract, flag=flag, use_ema=cfg.use_ema)
         if fresh:
-            raise UserError(f"{flag}={cfg.checkpoint}: the teacher {cfg.model} has no trained weights for {fresh} "
-                            f"(its class count differs from the dataset's {num_classes})")
+            raise UserError(
+                f"{flag}={cfg.checkpoint}: the teacher {cfg.model} has no trained weights for {fresh} "
+                f"(its class count differs from the dataset's {num_classes})"
+            )
         graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
         p_sh = shd.param_shardings(abs_params, mesh, logical_rules=rules, strict=config.sharding.strict)
         pure = place(arrays, nnx.to_pure_dict(abs_params), p_sh)
@@ -57,11 +61,24 @@ def load_teachers(config: Any, mesh: Mesh, num_classes: int) -> tuple[dict, dict
         # unused parameter initializers, so no parameter is materialized here either.
         rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2], out_shardings=repl)()
         if stats:
-            flat = [(k, v.replace(jax.device_put(np.asarray(stats[shd.path_str(k)], v.get_value().dtype), repl))
-                     if shd.path_str(k) in stats else v) for k, v in nnx.to_flat_state(rest)]
+            flat = [
+                (
+                    k,
+                    v.replace(jax.device_put(np.asarray(stats[shd.path_str(k)], v.get_value().dtype), repl))
+                    if shd.path_str(k) in stats
+                    else v,
+                )
+                for k, v in nnx.to_flat_state(rest)
+            ]
             rest = nnx.from_flat_state(flat)
         teachers[token] = (graphdef, rest, cfg)
         params[token] = (params_state(list(nnx.to_flat_state(abs_params)), pure), rest)
-        log.info("teacher for %r: %s from %s (%s distillation, alpha %s)", token, cfg.model, cfg.checkpoint,
-                 cfg.kind, cfg.alpha)
+        log.info(
+            "teacher for %r: %s from %s (%s distillation, alpha %s)",
+            token,
+            cfg.model,
+            cfg.checkpoint,
+            cfg.kind,
+            cfg.alpha,
+        )
     return teachers, params

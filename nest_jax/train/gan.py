@@ -12,6 +12,7 @@ One step = one discriminator update on (real batch, G(z)) then one generator upd
                                                L_G = E[softplus(−D(G(z)))]
   R1 (Mescheder et al. 2018, eq. 9):           + γ/2 · E[‖∇_x D(x)‖²] on real images.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from nest_jax.train.config_base import optimizer
 from nest_jax.train import optim
 from nest_jax.train import sharding as shd
+from nest_jax.train.config_base import optimizer
 from nest_jax.train.trainer import DTYPES, params_state
 
 LOSSES = ("hinge", "non_saturating")
@@ -35,17 +36,48 @@ LOSSES = ("hinge", "non_saturating")
 
 def gan_section(**kw) -> ml_collections.ConfigDict:
     """`config.gan` defaults: networks, losses, the two optimizers (Adam β1 0, TTUR-style lrs), EMA."""
+
     def adam(lr):
-        return optimizer(name="adamw", lr=lr, b1=0.0, b2=0.99, eps=1e-8, weight_decay=0.0, wd_mask="none",
-                         clip_norm=0.0, schedule="constant", warmup_steps=0)
-    g = dict(generator=dict(name="nest_gan_32", overrides={}), discriminator=dict(name="sagan_discriminator_32",
-                                                                                   overrides={}),
-             latent_dim=128, loss="hinge", r1_gamma=0.0, ema_decay=0.999, ema_start_step=0,
-             g_optimizer=adam(1e-4), d_optimizer=adam(4e-4),
-             sample_every_steps=500, num_sample_images=64, sample_seed=1234,
-             fid=dict(every_steps=0, num_samples=2048, batch_size=256, extractor="classifier",
-                      checkpoint="", model="", overrides={}, weights="", split="train", kid_subsets=50,
-                      kid_subset_size=500))
+        return optimizer(
+            name="adamw",
+            lr=lr,
+            b1=0.0,
+            b2=0.99,
+            eps=1e-8,
+            weight_decay=0.0,
+            wd_mask="none",
+            clip_norm=0.0,
+            schedule="constant",
+            warmup_steps=0,
+        )
+
+    g = dict(
+        generator=dict(name="nest_gan_32", overrides={}),
+        discriminator=dict(name="sagan_discriminator_32", overrides={}),
+        latent_dim=128,
+        loss="hinge",
+        r1_gamma=0.0,
+        ema_decay=0.999,
+        ema_start_step=0,
+        g_optimizer=adam(1e-4),
+        d_optimizer=adam(4e-4),
+        sample_every_steps=500,
+        num_sample_images=64,
+        sample_seed=1234,
+        fid=dict(
+            every_steps=0,
+            num_samples=2048,
+            batch_size=256,
+            extractor="classifier",
+            checkpoint="",
+            model="",
+            overrides={},
+            weights="",
+            split="train",
+            kid_subsets=50,
+            kid_subset_size=500,
+        ),
+    )
     g.update(kw)
     return ml_collections.ConfigDict(g)
 
@@ -60,16 +92,30 @@ def _kwargs(overrides: Any) -> dict:
 
 def build_generator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
     from nest_jax.models import create_model
+
     gen = config.gan.generator
-    return create_model(gen.name, img_size=config.dataset.image_size, rngs=rngs, latent_dim=int(config.gan.latent_dim),
-                        out_chans=int(config.dataset.get("num_channels", 3)), **_kwargs(gen.get("overrides")))
+    return create_model(
+        gen.name,
+        img_size=config.dataset.image_size,
+        rngs=rngs,
+        latent_dim=int(config.gan.latent_dim),
+        out_chans=int(config.dataset.get("num_channels", 3)),
+        **_kwargs(gen.get("overrides")),
+    )
 
 
 def build_discriminator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
     from nest_jax.models import create_model
+
     d = config.gan.discriminator
-    return create_model(d.name, num_classes=1, img_size=config.dataset.image_size, rngs=rngs,
-                        in_chans=int(config.dataset.get("num_channels", 3)), **_kwargs(d.get("overrides")))
+    return create_model(
+        d.name,
+        num_classes=1,
+        img_size=config.dataset.image_size,
+        rngs=rngs,
+        in_chans=int(config.dataset.get("num_channels", 3)),
+        **_kwargs(d.get("overrides")),
+    )
 
 
 class _Net:
@@ -93,8 +139,9 @@ class _Net:
     def apply(self, params, stats, x, rest, key, train: bool):
         """-> (output, new stats). Fresh RNG-stream Variables are reseeded with `key` (dropout)."""
         rest = jax.tree.map(lambda v: v, rest)
-        model = nnx.merge(self.graphdef, params_state(self.params_flat, params),
-                          params_state(self.stats_flat, stats or {}), rest)
+        model = nnx.merge(
+            self.graphdef, params_state(self.params_flat, params), params_state(self.stats_flat, stats or {}), rest
+        )
         if key is not None:
             nnx.reseed(model, dropout=key)
         out = model(x, train=train)
@@ -148,16 +195,23 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
     txs = {}
     for name, net in (("g", G), ("d", D)):
         opt = cfg[f"{name}_optimizer"]
-        schedule = optim.make_schedule(opt, peak_lr=float(opt.lr), total_steps=10 ** 9,
-                                       warmup_steps=int(opt.get("warmup_steps", 0) or 0))
+        schedule = optim.make_schedule(
+            opt, peak_lr=float(opt.lr), total_steps=10**9, warmup_steps=int(opt.get("warmup_steps", 0) or 0)
+        )
         txs[name] = optim.make_optimizer(opt, nnx.to_pure_dict(net.abs_params), schedule=schedule)
 
     def init():
         g, g_stats = G.init()
         d, d_stats = D.init()
-        state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed + 2)),
-                 "g": g, "d": d, "g_opt": txs["g"].init(g), "d_opt": txs["d"].init(d),
-                 "g_ema": jax.tree.map(lambda p: p.astype(jnp.float32), g)}
+        state = {
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(seed + 2)),
+            "g": g,
+            "d": d,
+            "g_opt": txs["g"].init(g),
+            "d_opt": txs["d"].init(d),
+            "g_ema": jax.tree.map(lambda p: p.astype(jnp.float32), g),
+        }
         if g_stats:
             state["g_stats"] = g_stats
         if d_stats:
@@ -169,9 +223,15 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
     regex = config.get("sharding_rules", None) or ()
     g_sh = shd.param_shardings(G.abs_params, mesh, logical_rules=rules, regex_rules=regex)
     d_sh = shd.param_shardings(D.abs_params, mesh, logical_rules=rules, regex_rules=regex)
-    state_sh = {"step": shd.replicated(mesh), "rng": shd.replicated(mesh), "g": g_sh, "d": d_sh, "g_ema": g_sh,
-                "g_opt": shd.like_params(abstract_state["g_opt"], g_sh, mesh),
-                "d_opt": shd.like_params(abstract_state["d_opt"], d_sh, mesh)}
+    state_sh = {
+        "step": shd.replicated(mesh),
+        "rng": shd.replicated(mesh),
+        "g": g_sh,
+        "d": d_sh,
+        "g_ema": g_sh,
+        "g_opt": shd.like_params(abstract_state["g_opt"], g_sh, mesh),
+        "d_opt": shd.like_params(abstract_state["d_opt"], d_sh, mesh),
+    }
     for k in ("g_stats", "d_stats"):
         if k in abstract_state:
             state_sh[k] = jax.tree.map(lambda _: shd.replicated(mesh), abstract_state[k])
@@ -197,6 +257,7 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
             def logits_sum(x):
                 logits, stats = D.apply(d_params, d_stats, x, d_rest, k_dd, True)
                 return logits.sum(), (logits, stats)
+
             if r1:
                 (_, (logits, stats)), gx = jax.value_and_grad(logits_sum, has_aux=True)(both)
                 penalty = jnp.mean(jnp.sum(jnp.square(gx[:b].astype(jnp.float32)), axis=(1, 2, 3)))
@@ -230,19 +291,36 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
             new["g_stats"] = new_g_stats
         if new_d_stats is not None:
             new["d_stats"] = new_d_stats
-        metrics = {"d_loss": d_loss, "g_loss": gl, "d_real": jnp.mean(logits[:b]), "d_fake": jnp.mean(logits[b:]),
-                   "r1": penalty, "g_grad_norm": optax.tree.norm(g_grads), "d_grad_norm": optax.tree.norm(d_grads),
-                   "loss": d_loss + gl}
+        metrics = {
+            "d_loss": d_loss,
+            "g_loss": gl,
+            "d_real": jnp.mean(logits[:b]),
+            "d_fake": jnp.mean(logits[b:]),
+            "r1": penalty,
+            "g_grad_norm": optax.tree.norm(g_grads),
+            "d_grad_norm": optax.tree.norm(d_grads),
+            "loss": d_loss + gl,
+        }
         return new, metrics
 
     def sample(g_params, g_stats, z, rests):
         return G.apply(g_params, g_stats, z, rests[0], None, False)[0]
 
     stats_sh = state_sh.get("g_stats")
-    jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh, rest_sh), out_shardings=(state_sh, repl),
-                        donate_argnums=(0,))
+    jit_train = jax.jit(
+        train_step, in_shardings=(state_sh, batch_sh, rest_sh), out_shardings=(state_sh, repl), donate_argnums=(0,)
+    )
     jit_sample = jax.jit(sample, in_shardings=(g_sh, stats_sh, batch_sh, rest_sh), out_shardings=batch_sh)
-    return GanTrainer(mesh=mesh, state_shardings=state_sh, batch_sharding=batch_sh, abstract_state=abstract_state,
-                      init_state=jax.jit(init, out_shardings=state_sh),
-                      init_rest=jax.jit(rest_fn, out_shardings=rest_sh), train_step=jit_train, sample=jit_sample,
-                      latent_dim=latent, generator=G, discriminator=D)
+    return GanTrainer(
+        mesh=mesh,
+        state_shardings=state_sh,
+        batch_sharding=batch_sh,
+        abstract_state=abstract_state,
+        init_state=jax.jit(init, out_shardings=state_sh),
+        init_rest=jax.jit(rest_fn, out_shardings=rest_sh),
+        train_step=jit_train,
+        sample=jit_sample,
+        latent_dim=latent,
+        generator=G,
+        discriminator=D,
+    )

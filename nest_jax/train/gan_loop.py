@@ -7,6 +7,7 @@ FloatingPointError. Writes scalars and sample grids of the EMA generator to Tens
 `workdir/samples/step_<step>.png`. FID/KID are computed by an `evaluator` the caller passes
 (`nest_jax.analysis.fid.fid_evaluator`): this module sits below the analysis layer.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -42,12 +43,13 @@ def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
     grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, 3), 255, np.uint8)
     for i in range(n):
         r, q = divmod(i, cols)
-        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = x[i, ..., :3]
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = x[i, ..., :3]
     return grid
 
 
 def write_png(path: epath.Path, grid: np.ndarray) -> None:
     import matplotlib.image
+
     buf = io.BytesIO()
     matplotlib.image.imsave(buf, grid, format="png")
     path.write_bytes(buf.getvalue())
@@ -64,6 +66,7 @@ def make_sampler(trainer: GanTrainer, state: dict, rests, batch: int) -> Callabl
             z = jax.device_put(z, trainer.batch_sharding)
             out.append(np.asarray(jax.device_get(trainer.sample(state["g_ema"], stats, z, rests))))
         return np.concatenate(out)[:n]
+
     return sample
 
 
@@ -76,6 +79,7 @@ class _Writer:
         self.tb = None
         if enabled:
             from tensorboardX import SummaryWriter
+
             self.tb = SummaryWriter(logdir=str(workdir / "tb"))
 
     def scalars(self, step: int, values: dict) -> None:
@@ -142,8 +146,14 @@ def train_gan(config: Any, workdir: str, *, data: Any = None, evaluator: Evaluat
     sample_every = int(gcfg.get("sample_every_steps", 0) or 0)
     eval_every = int(gcfg.fid.get("every_steps", 0) or 0) if evaluator is not None else 0
     end = min(total, int(tcfg.get("stop_after_steps", None) or total))
-    it = data.train_iterator(config.dataset, global_batch_size=batch_size, seed=int(config.seed), start_step=start,
-                             process_index=jax.process_index(), process_count=jax.process_count())
+    it = data.train_iterator(
+        config.dataset,
+        global_batch_size=batch_size,
+        seed=int(config.seed),
+        start_step=start,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     sample_z_seed = int(gcfg.get("sample_seed", 1234))
     n_show = int(gcfg.get("num_sample_images", 64))
 
@@ -183,7 +193,8 @@ def train_gan(config: Any, workdir: str, *, data: Any = None, evaluator: Evaluat
                     ckpt.wait()
                     raise FloatingPointError(
                         f"non-finite GAN losses {dict(means)} before step {step}; the last good checkpoint is "
-                        f"{ckpt.latest_step()} (lower the learning rates or add gan.r1_gamma)")
+                        f"{ckpt.latest_step()} (lower the learning rates or add gan.r1_gamma)"
+                    )
                 scalars = {f"train_{k}": float(v) for k, v in means.items()}
                 scalars["steps_per_sec"] = len(window) / max(time.time() - t0, 1e-9)
                 writer.scalars(step, scalars)

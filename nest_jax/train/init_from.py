@@ -9,6 +9,7 @@ Nothing is built whole on one device: the model is only traced (`nnx.eval_shape`
 is read and adapted as host numpy arrays (position tables resized, heads of another class count
 left to their fresh initialization), and each array goes straight to its target sharding.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,6 +36,7 @@ def _epath(path: str | os.PathLike) -> epath.Path:
 def _workdir_arrays(workdir: epath.Path, use_ema: bool = False) -> tuple[dict, dict]:
     """({path: array} params (or EMA), batch stats) of the latest checkpoint in a nest_jax workdir."""
     import orbax.checkpoint as ocp
+
     mgr = ocp.CheckpointManager(workdir / "checkpoints")
     step = mgr.latest_step()
     if step is None:
@@ -49,6 +51,7 @@ def _workdir_arrays(workdir: epath.Path, use_ema: bool = False) -> tuple[dict, d
 
     def flat(t):
         return {path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+
     return flat(restored[key]), flat(restored.get("batch_stats", {}))
 
 
@@ -57,8 +60,15 @@ def _workdir_params(workdir: str | os.PathLike, use_ema: bool = False) -> dict[s
     return _workdir_arrays(_epath(workdir), use_ema)[0]
 
 
-def read_weights(source: str, path: str | os.PathLike, model: nnx.Module, *, flag: str,
-                 resize_method: str = "bicubic", use_ema: bool = False) -> tuple[dict, dict, list[str]]:
+def read_weights(
+    source: str,
+    path: str | os.PathLike,
+    model: nnx.Module,
+    *,
+    flag: str,
+    resize_method: str = "bicubic",
+    use_ema: bool = False,
+) -> tuple[dict, dict, list[str]]:
     """A checkpoint fitted to `model` (abstract is fine), all host numpy: (params {path: array},
     batch stats {path: array}, names of head parameters left fresh because the class count differs).
 
@@ -66,6 +76,7 @@ def read_weights(source: str, path: str | os.PathLike, model: nnx.Module, *, fla
     """
     from nest_jax.convert.common import param_shapes
     from nest_jax.convert.resize import adapt_params
+
     if not path:
         raise UserError(f"{flag} is not set: give the checkpoint to load")
     where = _epath(path)
@@ -77,13 +88,17 @@ def read_weights(source: str, path: str | os.PathLike, model: nnx.Module, *, fla
             arrays, stats = _workdir_arrays(where, use_ema)
         elif where.is_dir():
             from nest_jax.convert.checkpoint import read_arrays
+
             data = read_arrays(str(where))
             arrays, stats = data["params"], data.get("batch_stats", {})
         else:
-            raise UserError(f"{flag}={path} is a file, but source 'nest_jax' reads a training workdir or a "
-                            "`python -m nest_jax.convert` output directory; set the source to the file's format")
+            raise UserError(
+                f"{flag}={path} is a file, but source 'nest_jax' reads a training workdir or a "
+                "`python -m nest_jax.convert` output directory; set the source to the file's format"
+            )
     else:
         from nest_jax.convert.sources import SOURCES, read_source, to_params
+
         if source not in SOURCES:
             raise UserError(f"the source for {flag} must be 'nest_jax' or one of {SOURCES}, got {source!r}")
         converted = to_params(source, read_source(source, where, flag=flag), model)
@@ -92,8 +107,11 @@ def read_weights(source: str, path: str | os.PathLike, model: nnx.Module, *, fla
     adapted = adapt_params(arrays, model, resize_method=resize_method)
     want = param_shapes(model)
     fresh = [k for k in want if k.split("/")[0] in HEAD_NAMES and k in arrays and k not in adapted]
-    problems = [f"{k} is {tuple(np.shape(v))}, the model's is {want[k]}" for k, v in adapted.items()
-                if k in want and tuple(np.shape(v)) != want[k]]
+    problems = [
+        f"{k} is {tuple(np.shape(v))}, the model's is {want[k]}"
+        for k, v in adapted.items()
+        if k in want and tuple(np.shape(v)) != want[k]
+    ]
     problems += [f"the model has no {k}" for k in adapted if k not in want]
     problems += [f"no value for {k} {want[k]}" for k in want if k not in adapted and k not in fresh]
     problems += [f"no value for batch statistic {k}" for k in stat_paths if k not in stats and stats]
@@ -106,9 +124,11 @@ def read_weights(source: str, path: str | os.PathLike, model: nnx.Module, *, fla
 def place(arrays: dict[str, np.ndarray], like: Any, shardings: Any) -> Any:
     """Host arrays {path: array} -> a tree shaped like `like` (pure dict of arrays/ShapeDtypeStructs)
     whose leaves are global arrays in `shardings` (same tree), each device receiving only its shard."""
+
     def one(path, leaf, sharding):
         value = np.asarray(arrays[path_str(path)], dtype=leaf.dtype)
         return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
     return jax.tree_util.tree_map_with_path(one, like, shardings)
 
 
@@ -117,10 +137,17 @@ def initialize_from(config: Any, trainer: Any, state: dict, num_classes: int) ->
 
     Heads whose class count differs keep `state`'s fresh initialization."""
     from nest_jax.train.trainer import build_model
+
     cfg = config.init_from
     abstract = nnx.eval_shape(lambda: build_model(config, num_classes, nnx.Rngs(params=0, dropout=1)))
-    arrays, stats, fresh = read_weights(cfg.source, cfg.checkpoint, abstract, flag="--config.init_from.checkpoint",
-                                        resize_method=cfg.resize_method, use_ema=cfg.use_ema)
+    arrays, stats, fresh = read_weights(
+        cfg.source,
+        cfg.checkpoint,
+        abstract,
+        flag="--config.init_from.checkpoint",
+        resize_method=cfg.resize_method,
+        use_ema=cfg.use_ema,
+    )
     log.info("initialized from %s (%s); re-initialized: %s", cfg.checkpoint, cfg.source, fresh or "nothing")
     loaded = {k: v for k, v in arrays.items() if k not in fresh}  # fresh heads keep the state's init
 
@@ -138,4 +165,3 @@ def initialize_from(config: Any, trainer: Any, state: dict, num_classes: int) ->
     if "batch_stats" in state and stats:
         state["batch_stats"] = place(stats, state["batch_stats"], trainer.state_shardings["batch_stats"])
     return state
-

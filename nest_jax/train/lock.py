@@ -6,6 +6,7 @@ a local disk the file is created atomically (O_EXCL); on object stores (gs://, s
 check-then-write, which is enough to catch the common mistake of starting a job twice. Only
 process 0 of a multi-process run takes the lock.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -38,8 +39,11 @@ class WorkdirLock:
 
     def __init__(self, workdir: epath.Path, *, enabled: bool = True):
         self.workdir, self.path, self.enabled = workdir, workdir / LOCK_NAME, enabled
-        self.info = {"host": socket.gethostname(), "pid": os.getpid(),
-                     "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        self.info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
         self._held = False
 
     def _create(self) -> bool:
@@ -73,14 +77,20 @@ class WorkdirLock:
                 return
             holder = self._holder()
             if holder is None or (holder.get("host") == self.info["host"] and not _alive(int(holder.get("pid", -1)))):
-                log.warning("taking over the stale lock %s (%s): its process is gone", self.path,
-                            "unreadable" if holder is None else
-                            f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}")
+                log.warning(
+                    "taking over the stale lock %s (%s): its process is gone",
+                    self.path,
+                    "unreadable"
+                    if holder is None
+                    else f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}",
+                )
                 self.path.unlink(missing_ok=True)
                 continue
-            raise UserError(f"workdir {self.workdir} is in use by another run (pid {holder.get('pid')} on "
-                            f"{holder.get('host')}, started {holder.get('started')}); wait for it, use another "
-                            f"--workdir, or delete {self.path} if that run is gone")
+            raise UserError(
+                f"workdir {self.workdir} is in use by another run (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, started {holder.get('started')}); wait for it, use another "
+                f"--workdir, or delete {self.path} if that run is gone"
+            )
         raise UserError(f"could not take the lock {self.path}: another run keeps creating it")
 
     def release(self) -> None:

@@ -11,6 +11,7 @@ so a failing evaluation loses nothing. Evaluations are the `config.evals` entrie
 runs the evaluators on the newest checkpoint and writes nothing. Defaults of every field read here
 live in `config_base.base_config()` only. See docs/training.md.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,10 +27,10 @@ from clu import parameter_overview
 
 from nest_jax.errors import Preempted, UserError
 from nest_jax.train.checkpoint import Checkpointer, as_path
+from nest_jax.train.evaluators import build_evaluators, due
 from nest_jax.train.lock import WorkdirLock
 from nest_jax.train.preemption import Preemption, wait_for_all_processes
 from nest_jax.train.sharding import BATCH_AXES, make_mesh
-from nest_jax.train.evaluators import build_evaluators, due
 from nest_jax.train.trainer import make_trainer, shard_batch
 from nest_jax.train.writers import MetricWriter, Progress
 
@@ -55,21 +56,25 @@ def schedule_lengths(config: Any, num_train: int) -> tuple[int, int, int]:
     return int(steps), int(warmup), steps_per_epoch
 
 
-def evaluate(trainer: Any, data: Any, config: Any, params: Any, stats: Any, rest: Any,
-             prefix: str = "eval_") -> dict[str, float]:
+def evaluate(
+    trainer: Any, data: Any, config: Any, params: Any, stats: Any, rest: Any, prefix: str = "eval_"
+) -> dict[str, float]:
     """Top-1 / top-5 / loss of (params, stats) over the eval split: the `classification` evaluator."""
     from nest_jax.train.evaluators.classification import ClassificationEvaluator
+
     cfg = ml_collections.ConfigDict(dict(kind="classification", split=None, every_steps=0, prefix=prefix))
     return ClassificationEvaluator("val", cfg, config=config, trainer=trainer, data=data).metrics(
-        params, stats, rest, prefix)
+        params, stats, rest, prefix
+    )
 
 
 def _check_finite(metrics: Any, step: int, ckpt: Checkpointer) -> None:
     loss = float(jax.device_get(metrics["loss"]))
     if not math.isfinite(loss):
         ckpt.wait()
-        raise FloatingPointError(f"non-finite training loss {loss} at step {step}: training stopped. "
-                                 + ckpt.resume_hint())
+        raise FloatingPointError(
+            f"non-finite training loss {loss} at step {step}: training stopped. " + ckpt.resume_hint()
+        )
 
 
 def check_batch_sizes(config: Any, mesh: Any) -> None:
@@ -80,9 +85,11 @@ def check_batch_sizes(config: Any, mesh: Any) -> None:
     for field in ("global_batch_size", "eval_batch_size"):
         value = int(config.train[field])
         if value <= 0 or value % n:
-            raise UserError(f"train.{field}={value} must be a positive multiple of {n} (the devices along "
-                            f"the mesh's batch axes {axes}, {jax.process_count()} process(es)); "
-                            f"set --config.train.{field}={max(n, value // n * n)}")
+            raise UserError(
+                f"train.{field}={value} must be a positive multiple of {n} (the devices along "
+                f"the mesh's batch axes {axes}, {jax.process_count()} process(es)); "
+                f"set --config.train.{field}={max(n, value // n * n)}"
+            )
 
 
 def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[str, Any]:
@@ -97,8 +104,10 @@ def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[s
     workdir = as_path(workdir)
     mode = config.get("mode", "train")
     if mode == "eval" and not Checkpointer.exists(workdir):
-        raise UserError(f"--mode=eval needs a checkpoint but {workdir} has none (no {workdir}/checkpoints/<step>); "
-                        "pass the --workdir of a training run, or train first")
+        raise UserError(
+            f"--mode=eval needs a checkpoint but {workdir} has none (no {workdir}/checkpoints/<step>); "
+            "pass the --workdir of a training run, or train first"
+        )
     mesh = make_mesh(mesh_axes(config))
     check_batch_sizes(config, mesh)
     is_main = jax.process_index() == 0
@@ -129,8 +138,13 @@ def _run_evals(evaluators: dict, state: Any, rest: Any, step: int, last: bool, w
         if due(ev.cfg, step, last):
             t = time.perf_counter()
             metrics = ev.run(state, rest, step)
-            log.info("evaluation %s at step %d (%.1f s): %s", name, step, time.perf_counter() - t,
-                     {k: round(v, 4) for k, v in _scalars(metrics).items()})
+            log.info(
+                "evaluation %s at step %d (%.1f s): %s",
+                name,
+                step,
+                time.perf_counter() - t,
+                {k: round(v, 4) for k, v in _scalars(metrics).items()},
+            )
             writer.write(step, metrics)
             out.update(_scalars(metrics))
     return out
@@ -146,17 +160,26 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     info = data.get_info(config.dataset)
     num_steps, warmup, steps_per_epoch = schedule_lengths(config, info.num_train)
-    log.info("%s: %d train / %d eval examples, %d classes; %d steps (%d per epoch); mesh %s",
-             info.name, info.num_train, info.num_eval, info.num_classes, num_steps, steps_per_epoch,
-             dict(mesh.shape))
+    log.info(
+        "%s: %d train / %d eval examples, %d classes; %d steps (%d per epoch); mesh %s",
+        info.name,
+        info.num_train,
+        info.num_eval,
+        info.num_classes,
+        num_steps,
+        steps_per_epoch,
+        dict(mesh.shape),
+    )
 
     # ---- model, sharded state ----
     teachers, teacher_params = {}, {}
     if config.get("distill", None):
         from nest_jax.train.distill import load_teachers
+
         teachers, teacher_params = load_teachers(config, mesh, info.num_classes)
-    trainer = make_trainer(config, mesh, num_classes=info.num_classes, num_train_steps=num_steps,
-                           warmup_steps=warmup, teachers=teachers)
+    trainer = make_trainer(
+        config, mesh, num_classes=info.num_classes, num_train_steps=num_steps, warmup_steps=warmup, teachers=teachers
+    )
     evaluators = build_evaluators(config, trainer, data)
     ckpt = Checkpointer(workdir, max_to_keep=tcfg.max_to_keep, create=training)
     writer = MetricWriter(workdir, enabled=is_main and training)  # evaluation writes nothing
@@ -173,6 +196,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
             state = trainer.init_state()
             if config.get("init_from", None) and config.init_from.get("checkpoint", None):
                 from nest_jax.train.init_from import initialize_from
+
                 state = initialize_from(config, trainer, state, info.num_classes)
         rest = trainer.init_rest()
         _write_parameter_table(workdir, state["params"], write=is_main and training)
@@ -185,16 +209,23 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
         # stop_after_steps: end this run early (same schedule as the full run; resume continues it).
         end = min(num_steps, int(tcfg.stop_after_steps or num_steps))
         if start >= end:
-            message = (f"this run already reached step {start} of {num_steps} (stop_after_steps="
-                       f"{tcfg.stop_after_steps}) in {workdir}: nothing to train. To continue, raise "
-                       "--config.train.stop_after_steps or the schedule length "
-                       "(--config.train.num_train_steps / num_epochs)")
+            message = (
+                f"this run already reached step {start} of {num_steps} (stop_after_steps="
+                f"{tcfg.stop_after_steps}) in {workdir}: nothing to train. To continue, raise "
+                "--config.train.stop_after_steps or the schedule length "
+                "(--config.train.num_train_steps / num_epochs)"
+            )
             log.warning("%s", message)
             return {"step": start, "message": message}
         log_every, ckpt_every = int(tcfg.log_every_steps), int(tcfg.checkpoint_every_steps or 0)
-        it = data.train_iterator(config.dataset, global_batch_size=int(tcfg.global_batch_size),
-                                 seed=int(config.seed), start_step=start, process_index=jax.process_index(),
-                                 process_count=jax.process_count())
+        it = data.train_iterator(
+            config.dataset,
+            global_batch_size=int(tcfg.global_batch_size),
+            seed=int(config.seed),
+            start_step=start,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
         # The iterator's own position (e.g. a grain iterator) when it can report one; otherwise
         # start_step alone places it: batch k is a pure function of (seed, k).
         saves_position = callable(getattr(it, "get_state", None))
@@ -249,10 +280,18 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
         ckpt.close()
         result["step"] = step
         if is_main:
-            log.info("done: step %d in %s; final metrics %s", step, _wall(time.perf_counter() - t_start),
-                     {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
-            log.info("checkpoints: %s; metrics: %s; TensorBoard: tensorboard --logdir '%s'",
-                     ckpt.directory, workdir / "metrics.jsonl", workdir)
+            log.info(
+                "done: step %d in %s; final metrics %s",
+                step,
+                _wall(time.perf_counter() - t_start),
+                {k: round(v, 4) for k, v in result.items() if isinstance(v, float)},
+            )
+            log.info(
+                "checkpoints: %s; metrics: %s; TensorBoard: tensorboard --logdir '%s'",
+                ckpt.directory,
+                workdir / "metrics.jsonl",
+                workdir,
+            )
         return result
     finally:
         writer.close()

@@ -1,4 +1,4 @@
-"""Classification and DeiT distillation losses (REFERENCE §2). All losses are computed in float32.
+"""Classification and DeiT distillation losses (Touvron et al. 2021; docs/recipes.md). All losses are computed in float32.
 
 Distillation, with student logits per prefix token (s_cls, s_dist, s_shape), soft/smoothed/mixed
 targets y, a frozen teacher per distilled token t ∈ T and the heads without a teacher U:
@@ -15,6 +15,7 @@ KL normalization: by default (`kl_reduction="batchmean"`) the KL is summed over 
 averaged over the batch — a true per-example KL. DeiT's reference code divides the summed KL by
 batch × classes instead (`kl_reduction="deit"`), which is the batchmean value / num_classes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -38,9 +39,9 @@ def soft_distillation(student: Array, teacher: Array, tau: float, reduction: str
     t = jax.nn.log_softmax(teacher.astype(jnp.float32) / tau, axis=-1)
     kl = jnp.sum(jnp.exp(t) * (t - s), axis=-1)  # (B,)
     if reduction == "batchmean":
-        return kl.mean() * tau ** 2
+        return kl.mean() * tau**2
     if reduction == "deit":
-        return kl.mean() / student.shape[-1] * tau ** 2
+        return kl.mean() / student.shape[-1] * tau**2
     raise ValueError(f"kl_reduction must be 'batchmean' or 'deit', got {reduction!r}")
 
 
@@ -50,9 +51,13 @@ def hard_distillation(student: Array, teacher: Array) -> Array:
     return softmax_cross_entropy(student, labels).mean()
 
 
-def classification_loss(outputs: Array | Mapping[str, Array], targets: Array, *,
-                        teachers: Mapping[str, tuple[Array, Any]] | None = None,
-                        kl_reduction: str = "batchmean") -> tuple[Array, Array]:
+def classification_loss(
+    outputs: Array | Mapping[str, Array],
+    targets: Array,
+    *,
+    teachers: Mapping[str, tuple[Array, Any]] | None = None,
+    kl_reduction: str = "batchmean",
+) -> tuple[Array, Array]:
     """Training loss and the logits used for the accuracy metric.
 
     outputs: logits (B, K), or a dict token name -> logits (a ViT/DeiT with several prefix tokens
@@ -63,8 +68,10 @@ def classification_loss(outputs: Array | Mapping[str, Array], targets: Array, *,
     teachers = dict(teachers or {})
     if not isinstance(outputs, Mapping):
         if teachers:
-            raise ValueError(f"distillation teachers {sorted(teachers)} configured, but the model has "
-                             "no distillation/shape token (use a *_distilled model)")
+            raise ValueError(
+                f"distillation teachers {sorted(teachers)} configured, but the model has "
+                "no distillation/shape token (use a *_distilled model)"
+            )
         return softmax_cross_entropy(outputs, targets).mean(), outputs
     unknown = set(teachers) - set(outputs)
     if unknown:
@@ -101,5 +108,9 @@ def eval_metrics(logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
     topk = jax.lax.top_k(logits, k)[1]
     top1 = (topk[:, 0] == labels).astype(jnp.float32)
     top5 = jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
-    return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(top1 * mask), "top5": jnp.sum(top5 * mask),
-            "count": jnp.sum(mask)}
+    return {
+        "loss": jnp.sum(loss * mask),
+        "top1": jnp.sum(top1 * mask),
+        "top5": jnp.sum(top5 * mask),
+        "count": jnp.sum(mask),
+    }

@@ -3,7 +3,7 @@
 Two samplings of the mixing weight, per batch one of mixup or CutMix (CutMix with probability
 `switch_prob` when both are on):
 
-- "nest" (official NesT, REFERENCE §8): per-example w = U^(1/α) / 2 ∈ [0, ½].
+- "nest" (official NesT code; docs/recipes.md): per-example w = U^(1/α) / 2 ∈ [0, ½].
   Mixup: weight of the own image λ = max(w, 1 − w) ≥ ½, partner = a random permutation of the
   batch. CutMix: the own image is kept inside a box of sides ⌊√w·H⌋ × ⌊√w·W⌋ lying fully inside
   the image, the reversed batch fills the rest.
@@ -15,6 +15,7 @@ In both, the target weight of the own label is the own image's actual pixel shar
 (timm's `correct_lam`; the official NesT used w itself, which the integer box only approximates).
 Labels are smoothed before mixing: y·(1 − s) + s/K. Every target row sums to 1.
 """
+
 from __future__ import annotations
 
 import jax
@@ -89,9 +90,18 @@ def _cutmix_beta(rng, images, targets, alpha):
 _SAMPLERS = {"nest": (_mixup_nest, _cutmix_nest), "beta": (_mixup_beta, _cutmix_beta)}
 
 
-def mix_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, *, num_classes: int,
-              mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, switch_prob: float = 0.5,
-              label_smoothing: float = 0.0, sampling: str = "nest"):
+def mix_batch(
+    rng: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    num_classes: int,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    switch_prob: float = 0.5,
+    label_smoothing: float = 0.0,
+    sampling: str = "nest",
+):
     """images (B, H, W, C), labels (B,) int → (mixed images (B, H, W, C), targets (B, K) float32).
 
     All keyword arguments are static (Python numbers / strings); jittable and deterministic in
@@ -108,8 +118,7 @@ def mix_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, *, num_class
         use_cutmix = jax.random.uniform(k_switch) < switch_prob
         cut_images, cut_targets = cutmix(k_mix, images, targets, cutmix_alpha)
         mix_images, mix_targets = mixup(k_mix, images, targets, mixup_alpha)
-        return (jnp.where(use_cutmix, cut_images, mix_images),
-                jnp.where(use_cutmix, cut_targets, mix_targets))
+        return (jnp.where(use_cutmix, cut_images, mix_images), jnp.where(use_cutmix, cut_targets, mix_targets))
     if cutmix_alpha > 0:
         return cutmix(k_mix, images, targets, cutmix_alpha)
     if mixup_alpha > 0:

@@ -3,6 +3,7 @@ global-norm clipping, weight-decay masks, layer-wise lr decay, gradient accumula
 
 Parameters are pure dicts (`nnx.to_pure_dict`), paths '/'-joined like "layers/0/attn/qkv".
 """
+
 from __future__ import annotations
 
 import re
@@ -58,6 +59,7 @@ def decay_mask(params: Any, kind: str) -> Any:
       norms are decayed). timm: no decay on biases (any rank, e.g. qkv_bias (3, h, d)), norm
       scales, 1-D parameters, prefix tokens and position embeddings. all / none: as named.
     """
+
     def one(path: str, leaf) -> bool:
         last = path.split("/")[-1]
         if kind == "all":
@@ -67,9 +69,15 @@ def decay_mask(params: Any, kind: str) -> Any:
         if kind == "nest":
             return not is_position_embedding(path)
         if kind == "timm":
-            return not (jnp.ndim(leaf) <= 1 or last.endswith("bias") or last.endswith("_token")
-                        or is_position_embedding(path) or last == "scale")
+            return not (
+                jnp.ndim(leaf) <= 1
+                or last.endswith("bias")
+                or last.endswith("_token")
+                or is_position_embedding(path)
+                or last == "scale"
+            )
         raise ValueError(f"optimizer.wd_mask must be nest, timm, all or none, got {kind!r}")
+
     return jax.tree.map(one, _paths(params), params)
 
 
@@ -101,13 +109,16 @@ def layer_ids(params: Any) -> tuple[Any, int]:
             if prefix and path.startswith(prefix):
                 return i
         return n + 1
+
     return jax.tree.map(one, _paths(params)), n + 2
 
 
 def scale_by_tree(factors: Any) -> optax.GradientTransformation:
     """Multiplies each update by a constant per-parameter factor (layer-wise lr decay)."""
+
     def update(updates, state, params=None):
         return jax.tree.map(lambda u, f: u * f, updates, factors), state
+
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
@@ -130,11 +141,21 @@ def make_optimizer(opt: Any, params: Any, *, schedule: optax.Schedule) -> optax.
     if opt.clip_norm:
         parts.append(optax.clip_by_global_norm(float(opt.clip_norm)))
     if name == "adamw":
-        parts.append(optax.adamw(schedule, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
-                                 weight_decay=wd, mask=mask, mu_dtype=_dtype(opt.mu_dtype)))
+        parts.append(
+            optax.adamw(
+                schedule,
+                b1=float(opt.b1),
+                b2=float(opt.b2),
+                eps=float(opt.eps),
+                weight_decay=wd,
+                mask=mask,
+                mu_dtype=_dtype(opt.mu_dtype),
+            )
+        )
     elif name == "lamb":
-        parts.append(optax.lamb(schedule, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
-                                weight_decay=wd, mask=mask))
+        parts.append(
+            optax.lamb(schedule, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps), weight_decay=wd, mask=mask)
+        )
     elif name == "sgd":
         if wd:  # coupled L2 (added to the gradient before momentum), as torch.optim.SGD
             parts.append(optax.add_decayed_weights(wd, mask=mask))

@@ -8,6 +8,7 @@ coordination service, on the first step every process can still reach;
 every process at that same step. The common step therefore runs no collective outside the jitted
 train step. No Python handler is installed in that case: it would replace JAX's.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,6 +51,7 @@ class Preemption:
         if not self._multi:
             return self.requested
         from jax.experimental import multihost_utils
+
         try:
             return multihost_utils.reached_preemption_sync_point(step)
         except RuntimeError as e:  # jax_enable_preemption_service=False: no notices to agree on
@@ -65,9 +67,11 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
     if jax.process_count() == 1:
         return
     from jax._src import distributed  # the client orbax itself waits on; no public barrier exists
+
     client = distributed.global_state.client
     if client is None:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
         return
     client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)

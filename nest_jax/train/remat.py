@@ -10,6 +10,7 @@ Intermediates capture (`rec`) runs the plain layer: recorded values must not be 
 forward pass), "dots_saveable" (matmul outputs kept: less recompute, more memory),
 "dots_with_no_batch_dims_saveable" (the projections kept, the attention score matmuls recomputed).
 """
+
 from __future__ import annotations
 
 import jax

@@ -5,6 +5,7 @@ from `layers.axes(...)`. Logical rules map them to mesh axes; regex rules on the
 parameter path override them. Nothing here touches a real array: everything is computed from
 `nnx.eval_shape` / `jax.eval_shape` results, so parameters can be created already sharded.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nest_jax.errors import UserError
 
@@ -65,8 +67,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def _fit_spec(spec: Sequence[Any], shape: tuple[int, ...], mesh: Mesh,
-              dropped: list[tuple[int, str, str]] | None = None) -> P:
+def _fit_spec(
+    spec: Sequence[Any], shape: tuple[int, ...], mesh: Mesh, dropped: list[tuple[int, str, str]] | None = None
+) -> P:
     """Drops mesh axes a dimension cannot use: unknown names, uneven splits, an axis used twice.
 
     Uneven splits would make `jit(out_shardings=...)` fail; falling back to replication of that
@@ -114,9 +117,14 @@ def path_str(path: tuple) -> str:
     return "/".join(parts)
 
 
-def param_shardings(abstract_params: nnx.State, mesh: Mesh, *,
-                    logical_rules: Sequence[tuple[str, Any]] = DEFAULT_LOGICAL_RULES,
-                    regex_rules: Sequence[tuple[str, Sequence[Any]]] = (), strict: bool = False) -> dict:
+def param_shardings(
+    abstract_params: nnx.State,
+    mesh: Mesh,
+    *,
+    logical_rules: Sequence[tuple[str, Any]] = DEFAULT_LOGICAL_RULES,
+    regex_rules: Sequence[tuple[str, Sequence[Any]]] = (),
+    strict: bool = False,
+) -> dict:
     """Pure-dict tree (as `nnx.to_pure_dict`) of NamedShardings for the parameters.
 
     abstract_params: the `nnx.Param` state of an `nnx.eval_shape` model (Variables carry names).
@@ -147,14 +155,24 @@ def param_shardings(abstract_params: nnx.State, mesh: Mesh, *,
     is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
     shard_state = jax.tree_util.tree_map_with_path(
         lambda p, v, s: one(p, v, s.get_value() if isinstance(s, nnx.Variable) else s),
-        abstract_params, specs, is_leaf=is_var)
+        abstract_params,
+        specs,
+        is_leaf=is_var,
+    )
     if fallbacks and strict:
-        raise UserError(f"sharding: {fallbacks[0]}" + (f" (and {len(fallbacks) - 1} more)" if len(fallbacks) > 1
-                        else "") + f" on mesh {dict(mesh.shape)}; change the mesh or the model width, add a "
-                        "config.sharding_rules entry, or set --config.sharding.strict=False to replicate")
+        raise UserError(
+            f"sharding: {fallbacks[0]}"
+            + (f" (and {len(fallbacks) - 1} more)" if len(fallbacks) > 1 else "")
+            + f" on mesh {dict(mesh.shape)}; change the mesh or the model width, add a "
+            "config.sharding_rules entry, or set --config.sharding.strict=False to replicate"
+        )
     if fallbacks:
-        log.warning("sharding: %d parameter dimension(s) replicated instead of split on mesh %s:\n  %s",
-                    len(fallbacks), dict(mesh.shape), "\n  ".join(fallbacks))
+        log.warning(
+            "sharding: %d parameter dimension(s) replicated instead of split on mesh %s:\n  %s",
+            len(fallbacks),
+            dict(mesh.shape),
+            "\n  ".join(fallbacks),
+        )
     return nnx.to_pure_dict(shard_state)
 
 
@@ -168,8 +186,11 @@ def like_params(tree: Any, params_shardings: dict, mesh: Mesh, abstract_params: 
     counts, scalars, unrelated tensors) is replicated. tree: abstract (ShapeDtypeStruct) leaves.
     """
     by_path = {path_str(p): sh for p, sh in jax.tree_util.tree_flatten_with_path(params_shardings)[0]}
-    shapes = ({path_str(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
-              if abstract_params is not None else None)
+    shapes = (
+        {path_str(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+        if abstract_params is not None
+        else None
+    )
 
     def one(path, leaf):
         parts = path_str(path).split("/")

@@ -10,6 +10,7 @@ The train step never waits for the host: mixing selects between its branches ins
 branching (`mixing.mix_batch`), the EMA under gradient accumulation is a `where`, and metrics stay
 on device until the loop reads them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,9 +45,11 @@ def model_kwargs(config: Any, num_classes: int) -> dict:
 
 def build_model(config: Any, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
     from nest_jax.models import create_model
+
     model = create_model(config.model.name, rngs=rngs, **model_kwargs(config, num_classes))
     if config.model.remat:
         from nest_jax.train.remat import remat_layers
+
         remat_layers(model, policy=config.model.remat_policy)
     return model
 
@@ -80,8 +83,9 @@ class Trainer:
     model: Callable[..., nnx.Module]  # (params, batch_stats or None, rest) -> nnx.Module
 
 
-def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: int,
-                 warmup_steps: int, teachers: dict | None = None) -> Trainer:
+def make_trainer(
+    config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: int, warmup_steps: int, teachers: dict | None = None
+) -> Trainer:
     """teachers: token -> (teacher graphdef, rest state, cfg) from `distill.load_teachers`."""
     teachers = teachers or {}
     seed = int(config.seed)
@@ -98,16 +102,21 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
     params_flat, stats_flat = list(nnx.to_flat_state(abs_params)), list(nnx.to_flat_state(abs_stats))
     pure_abs = nnx.to_pure_dict(abs_params)
     peak = optim.resolve_lr(opt, int(config.train.global_batch_size))
-    schedule = optim.make_schedule(opt, peak_lr=peak, total_steps=max(num_train_steps // accum, 1),
-                                   warmup_steps=warmup_steps // accum)
+    schedule = optim.make_schedule(
+        opt, peak_lr=peak, total_steps=max(num_train_steps // accum, 1), warmup_steps=warmup_steps // accum
+    )
     tx = optim.make_optimizer(opt, pure_abs, schedule=schedule)
 
     def init():
         model = new_model()
         _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         params = nnx.to_pure_dict(params)
-        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                 "rng": jax.random.key_data(jax.random.key(seed + 2))}
+        state = {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt_state": tx.init(params),
+            "rng": jax.random.key_data(jax.random.key(seed + 2)),
+        }
         if stats_flat:
             state["batch_stats"] = nnx.to_pure_dict(stats)
         if ema_decay:
@@ -118,8 +127,13 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
         return nnx.split(new_model(), nnx.Param, nnx.BatchStat, ...)[3]
 
     abstract_state = jax.eval_shape(init)
-    p_sh = shd.param_shardings(abs_params, mesh, logical_rules=config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES,
-                               regex_rules=config.sharding_rules or (), strict=config.sharding.strict)
+    p_sh = shd.param_shardings(
+        abs_params,
+        mesh,
+        logical_rules=config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES,
+        regex_rules=config.sharding_rules or (),
+        strict=config.sharding.strict,
+    )
     repl = shd.replicated(mesh)
     state_sh = {k: shd.like_params(v, p_sh, mesh, pure_abs) for k, v in abstract_state.items() if k != "params"}
     state_sh["params"] = p_sh
@@ -132,14 +146,21 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
     def merged(params, stats, rest):
         # Fresh Variables for the RNG streams: they are mutated (reseeded) at this trace level.
         rest = jax.tree.map(lambda x: x, rest)
-        return nnx.merge(graphdef, params_state(params_flat, params),
-                         params_state(stats_flat, stats or {}), rest)
+        return nnx.merge(graphdef, params_state(params_flat, params), params_state(stats_flat, stats or {}), rest)
 
     def make_targets(key, images, labels):
         # With both alphas 0 this only smooths the labels.
-        return mix_batch(key, images, labels, num_classes=num_classes, mixup_alpha=float(mix.mixup_alpha),
-                         cutmix_alpha=float(mix.cutmix_alpha), switch_prob=float(mix.switch_prob),
-                         label_smoothing=float(mix.label_smoothing), sampling=mix.sampling)
+        return mix_batch(
+            key,
+            images,
+            labels,
+            num_classes=num_classes,
+            mixup_alpha=float(mix.mixup_alpha),
+            cutmix_alpha=float(mix.cutmix_alpha),
+            switch_prob=float(mix.switch_prob),
+            label_smoothing=float(mix.label_smoothing),
+            sampling=mix.sampling,
+        )
 
     def train_step(state, batch, rest, teacher_params):
         step = state["step"]
@@ -156,8 +177,9 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
             model = merged(params, state.get("batch_stats"), rest)
             nnx.reseed(model, dropout=k_drop)
             out = model(images, train=True)
-            loss, logits = losses.classification_loss(out, targets, teachers=t_logits,
-                                                      kl_reduction=config.distill_kl_reduction)
+            loss, logits = losses.classification_loss(
+                out, targets, teachers=t_logits, kl_reduction=config.distill_kl_reduction
+            )
             stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)) if stats_flat else None
             return loss, (logits, stats)
 
@@ -172,10 +194,12 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
             if accum > 1:  # only optimizer updates move the average
                 ema = jax.tree.map(lambda a, b: jnp.where(tx.has_updated(opt_state), a, b), ema, state["ema"])
             new["ema"] = ema
-        metrics = {"loss": loss,
-                   "accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
-                   "grad_norm": optax.tree.norm(grads),
-                   "lr": optim.lr_at(schedule, step, accum)}
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
+            "grad_norm": optax.tree.norm(grads),
+            "lr": optim.lr_at(schedule, step, accum),
+        }
         return new, metrics
 
     def eval_step(params, stats, batch, rest):
@@ -183,20 +207,36 @@ def make_trainer(config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: 
         return losses.eval_metrics(model(batch["image"], train=False), batch["label"], batch["mask"])
 
     # Teacher parameters arrive already placed (see distill.load_teachers): their shardings are inferred.
-    jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh, rest_sh, None),
-                        out_shardings=(state_sh, repl), donate_argnums=(0,))
-    jit_eval = jax.jit(eval_step, in_shardings=(p_sh, state_sh.get("batch_stats"), batch_sh, rest_sh),
-                       out_shardings=repl)
-    return Trainer(mesh=mesh, graphdef=graphdef, state_shardings=state_sh, batch_sharding=batch_sh,
-                   init_state=jax.jit(init, out_shardings=state_sh),
-                   init_rest=jax.jit(rest_fn, out_shardings=rest_sh),
-                   train_step=jit_train, eval_step=jit_eval, schedule=schedule,
-                   abstract_state=abstract_state, teachers=teachers, model=merged)
+    jit_train = jax.jit(
+        train_step,
+        in_shardings=(state_sh, batch_sh, rest_sh, None),
+        out_shardings=(state_sh, repl),
+        donate_argnums=(0,),
+    )
+    jit_eval = jax.jit(
+        eval_step, in_shardings=(p_sh, state_sh.get("batch_stats"), batch_sh, rest_sh), out_shardings=repl
+    )
+    return Trainer(
+        mesh=mesh,
+        graphdef=graphdef,
+        state_shardings=state_sh,
+        batch_sharding=batch_sh,
+        init_state=jax.jit(init, out_shardings=state_sh),
+        init_rest=jax.jit(rest_fn, out_shardings=rest_sh),
+        train_step=jit_train,
+        eval_step=jit_eval,
+        schedule=schedule,
+        abstract_state=abstract_state,
+        teachers=teachers,
+        model=merged,
+    )
 
 
 def shard_batch(batch: dict, sharding) -> dict:
     """Host-local numpy batch -> global arrays split over the data axes (multi-host safe)."""
+
     def one(x):
-        global_shape = (x.shape[0] * jax.process_count(), ) + tuple(x.shape[1:])
+        global_shape = (x.shape[0] * jax.process_count(),) + tuple(x.shape[1:])
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
     return jax.tree.map(one, batch)

@@ -7,6 +7,7 @@ writes; others get a writer that does nothing. `Progress` prints one line per lo
 total, loss, accuracy, learning rate, steps/s, time left); on a terminal the line is a progress bar
 redrawn in place.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,6 +35,7 @@ class MetricWriter:
         if not enabled:
             return
         from tensorboardX import SummaryWriter
+
         self._tb = SummaryWriter(logdir=str(workdir))
         self._jsonl = workdir / METRICS_FILE
         # Object stores cannot append: the file is rewritten whole at each flush (it stays small).
@@ -47,8 +49,9 @@ class MetricWriter:
         for name, value in metrics.items():
             arr = np.asarray(value)
             if arr.ndim >= 2:
-                self._tb.add_images(name, arr, step, dataformats="NHWC") if arr.ndim == 4 else \
-                    self._tb.add_image(name, arr if arr.ndim == 3 else arr[..., None], step, dataformats="HWC")
+                self._tb.add_images(name, arr, step, dataformats="NHWC") if arr.ndim == 4 else self._tb.add_image(
+                    name, arr if arr.ndim == 3 else arr[..., None], step, dataformats="HWC"
+                )
             elif arr.ndim == 0 and arr.dtype.kind in "fiub":
                 scalars[name] = float(arr)
                 self._tb.add_scalar(name, float(arr), step)

@@ -3,6 +3,7 @@
 Plotting only: every function takes NumPy-convertible results of `nest_jax.analysis` for ONE image
 and returns a matplotlib Figure (no pyplot state is needed, so it works under the Agg backend).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,7 @@ def _box(ax, box, color: str, lw: float = 2.0, label: str | None = None) -> None
     # pixel (i, j) covers [j-0.5, j+0.5] in imshow coordinates, so a half-open box starts at -0.5
     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=color, lw=lw))
     if label:
-        ax.text(x0 + 1, y0 + 1, label, color=color, fontsize=7, va="top",
-                bbox=dict(fc="black", alpha=0.5, lw=0, pad=1))
+        ax.text(x0 + 1, y0 + 1, label, color=color, fontsize=7, va="top", bbox=dict(fc="black", alpha=0.5, lw=0, pad=1))
 
 
 def plot_gradcat(image: np.ndarray, result, index: int = 0, class_names=None) -> Figure:
@@ -42,16 +42,16 @@ def plot_gradcat(image: np.ndarray, result, index: int = 0, class_names=None) ->
     for k in range(1, levels):  # skip the root: its box is the whole image
         lvl = levels - 1 - k
         score = float(np.asarray(result.scores[lvl][index])[tuple(nodes[k])])
-        _box(ax, boxes[k], _LEVEL_COLORS[k % len(_LEVEL_COLORS)], lw=2.5 - 0.4 * k,
-             label=f"L{lvl} {score:.2g}")
+        _box(ax, boxes[k], _LEVEL_COLORS[k % len(_LEVEL_COLORS)], lw=2.5 - 0.4 * k, label=f"L{lvl} {score:.2g}")
     c = int(np.asarray(result.target)[index])
     name = class_names[c] if class_names is not None else str(c)
     ax.set_title(f"GradCAT, class {name}, path {np.asarray(result.path[index]).tolist()}", fontsize=9)
     return fig
 
 
-def plot_cam(image: np.ndarray, cam: np.ndarray, box=None, true_box=None, title: str = "CAM",
-             alpha: float = 0.5) -> Figure:
+def plot_cam(
+    image: np.ndarray, cam: np.ndarray, box=None, true_box=None, title: str = "CAM", alpha: float = 0.5
+) -> Figure:
     """Image (H, W, 3) with a CAM (H, W) overlaid; optional predicted box (red) and true box (green)."""
     fig = Figure(figsize=(4, 4.3))
     ax = fig.add_subplot()

@@ -4,6 +4,7 @@ accuracy, localization and position-embedding similarity maps.
 Plotting only (matplotlib `Figure`, no pyplot state, Agg-safe); every function takes NumPy-
 convertible results of `nest_jax.analysis`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -65,15 +66,30 @@ def plot_probe_accuracy(curves: dict[str, np.ndarray], *, title: str = "linear p
     return fig
 
 
-def plot_position_maps(maps: np.ndarray, positions: Sequence[tuple[int, int]] | None = None, *,
-                       title: str = "", vmin: float | None = None, vmax: float | None = None) -> Figure:
+def plot_position_maps(
+    maps: np.ndarray,
+    positions: Sequence[tuple[int, int]] | None = None,
+    *,
+    title: str = "",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Figure:
     """Grid of maps (gh, gw, gh, gw) at chosen query positions (default: corners, centre, edges);
     used for localization CKA maps and position-embedding similarity."""
     m = np.asarray(maps, np.float64)
     gh, gw = m.shape[:2]
     if positions is None:
-        positions = [(0, 0), (0, gw // 2), (0, gw - 1), (gh // 2, 0), (gh // 2, gw // 2), (gh // 2, gw - 1),
-                     (gh - 1, 0), (gh - 1, gw // 2), (gh - 1, gw - 1)]
+        positions = [
+            (0, 0),
+            (0, gw // 2),
+            (0, gw - 1),
+            (gh // 2, 0),
+            (gh // 2, gw // 2),
+            (gh // 2, gw - 1),
+            (gh - 1, 0),
+            (gh - 1, gw // 2),
+            (gh - 1, gw - 1),
+        ]
     cols = min(3, len(positions))
     rows = -(-len(positions) // cols)
     fig = Figure(figsize=(2.1 * cols, 2.1 * rows + 0.3))

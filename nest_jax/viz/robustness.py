@@ -4,6 +4,7 @@
 Each function takes the dicts the `run_*` functions return, one per model (name -> result), and
 returns a matplotlib Figure (no pyplot state; works under Agg).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -31,8 +32,15 @@ def plot_salient_occlusion(results: Mapping[str, dict]) -> Figure:
     for i, (name, r) in enumerate(results.items()):
         c = f"C{i}"
         ax.plot(r["lambdas"], np.asarray(r["salient_drop_top1"]) * 100, c=c, marker="o", ms=3, label=f"{name} salient")
-        ax.plot(r["lambdas"], np.asarray(r["non_salient_drop_top1"]) * 100, c=c, ls="--", marker="s", ms=3,
-                label=f"{name} non-salient")
+        ax.plot(
+            r["lambdas"],
+            np.asarray(r["non_salient_drop_top1"]) * 100,
+            c=c,
+            ls="--",
+            marker="s",
+            ms=3,
+            label=f"{name} non-salient",
+        )
     ax.set_xlabel("attention mass λ"), ax.set_ylabel("top-1 (%)"), ax.set_ylim(0, 100)
     ax.grid(alpha=0.3), ax.legend(fontsize=6)
     fig.tight_layout()
@@ -59,11 +67,17 @@ def plot_corruption_errors(results: Mapping[str, dict]) -> Figure:
     ax = fig.add_subplot()
     width = 0.8 / len(results)
     for i, (model, r) in enumerate(results.items()):
-        ax.bar(np.arange(len(names)) + i * width, [r["ce"][n] for n in names], width,
-               label=f"{model} (mCE {r['mce']:.1f})")
+        ax.bar(
+            np.arange(len(names)) + i * width, [r["ce"][n] for n in names], width, label=f"{model} (mCE {r['mce']:.1f})"
+        )
     ax.axhline(100, c="k", lw=0.8, ls=":")
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, [n.replace("_", " ") for n in names], rotation=60,
-                  ha="right", fontsize=7)
+    ax.set_xticks(
+        np.arange(len(names)) + 0.4 - width / 2,
+        [n.replace("_", " ") for n in names],
+        rotation=60,
+        ha="right",
+        fontsize=7,
+    )
     ax.set_ylabel("CE (AlexNet = 100)"), ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -8,6 +8,7 @@ Contents: the fixed input images, each RandAugment op at levels (0.1, 0.5, 1.0) 
 tf.image contrast / saturation / hue adjustments at fixed factors, and the eval view (resize_crop,
 resize) with bilinear and bicubic resizing, normalized.
 """
+
 import ml_collections
 import numpy as np
 
@@ -33,8 +34,7 @@ def main():
     for name_i, name in enumerate(randaugment.OPS):
         for level in LEVELS:
             for sign in SIGNS:
-                y = randaugment.apply_op(tf.constant(name_i), tf.constant(image),
-                                         tf.constant(level), tf.constant(sign))
+                y = randaugment.apply_op(tf.constant(name_i), tf.constant(image), tf.constant(level), tf.constant(sign))
                 out[f"op/{name}/{level}/{int(sign)}"] = y.numpy()
     for f in (0.3, 1.7):
         out[f"contrast/{f}"] = tf.image.adjust_contrast(image, f).numpy()
@@ -46,9 +46,17 @@ def main():
     out["eval_input"] = big
     for method in ("bilinear", "bicubic"):
         for mode in ("resize_crop", "resize"):
-            cfg = ml_collections.ConfigDict(dict(
-                name="x", image_size=16, num_channels=3, normalize="imagenet", eval_resize=mode,
-                crop_fraction=0.875, resize_method=method))
+            cfg = ml_collections.ConfigDict(
+                dict(
+                    name="x",
+                    image_size=16,
+                    num_channels=3,
+                    normalize="imagenet",
+                    eval_resize=mode,
+                    crop_fraction=0.875,
+                    resize_method=method,
+                )
+            )
             out[f"eval/{mode}/{method}"] = preprocess.eval_image(tf.constant(big), cfg).numpy()
     np.savez_compressed("tests/data/tf_reference.npz", **out)
     print(len(out), "arrays")

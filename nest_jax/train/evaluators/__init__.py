@@ -13,6 +13,7 @@ the data module. Kinds are registered with `@register_evaluator("kind")`. Higher
 without the training loop importing them: when a kind is unknown, `get_evaluator` imports the
 modules in `PLUGIN_MODULES` once (a missing plugin module is skipped) and looks again.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,9 +33,11 @@ _REGISTRY: dict[str, type] = {}
 
 def register_evaluator(kind: str) -> Callable[[type], type]:
     """Class decorator: `@register_evaluator("classification") class Classification: ...`."""
+
     def wrap(cls: type) -> type:
         _REGISTRY[kind] = cls
         return cls
+
     return wrap
 
 
@@ -85,8 +88,10 @@ def eval_configs(config: Any) -> dict[str, ml_collections.ConfigDict]:
 
 def build_evaluators(config: Any, trainer: Any, data: Any) -> dict[str, Any]:
     """name -> evaluator instance for every entry of `config.evals`."""
-    return {name: get_evaluator(cfg.kind)(name, cfg, config=config, trainer=trainer, data=data)
-            for name, cfg in eval_configs(config).items()}
+    return {
+        name: get_evaluator(cfg.kind)(name, cfg, config=config, trainer=trainer, data=data)
+        for name, cfg in eval_configs(config).items()
+    }
 
 
 def due(cfg: Any, step: int, last: bool) -> bool:
@@ -96,8 +101,10 @@ def due(cfg: Any, step: int, last: bool) -> bool:
 
 def batch_multiple(trainer: Any) -> int:
     """Examples per batch must be a multiple of this: the devices along the mesh's batch axes."""
-    from nest_jax.train.sharding import BATCH_AXES
     import jax
+
+    from nest_jax.train.sharding import BATCH_AXES
+
     mesh = trainer.mesh
     n = math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
     return math.lcm(n, jax.process_count())
