@@ -5,6 +5,7 @@ returns numbers and figures; `nest_jax.analyze.loop.analyse` drives them and wri
 TensorBoard output. The analyses themselves are pure functions in `nest_jax.analysis`.
 """
 
+from nest_jax.analyze import robustness_runners  # noqa: F401  (registers the robustness analyses)
 from nest_jax.analyze.runners import ANALYSES, Subject, register_analysis
 
 __all__ = ["ANALYSES", "Subject", "register_analysis"]

@@ -1,7 +1,9 @@
 """`python -m nest_jax.analyze <analysis> --config=... --checkpoint=... --out=DIR`
 
-Analyses: cka, attention_distance, norm_ratio, probes, localization, pos_embed, or `all`
-(comma-separated lists work too). One pass over the config's evaluation split feeds every requested
+Analyses: cka, attention_distance, norm_ratio, probes, localization, pos_embed; the robustness
+analyses occlusion, patch_shuffle, corruptions, adversarial_patch, shape_bias, per_block_tokens,
+few_shot (settings with `--opt KEY=VALUE`, e.g. `--opt severities=(1,2)`); or `all`, which skips with
+a note those that do not apply (comma-separated lists work too). One pass over the config's evaluation split feeds every requested
 analysis; with `--compare-config/--compare-checkpoint` a second model sees the same images (CKA
 across the two models, and every per-model analysis for both).
 
@@ -62,39 +64,38 @@ class _null:
         return False
 
 
-def restore_workdir(model, workdir: Path) -> int:
-    """Loads the latest checkpoint of a training workdir (params, and BatchNorm statistics when the
-    model has them) into `model`; returns its step."""
-    import jax
-    import numpy as np
-    import orbax.checkpoint as ocp
+def load_checkpoint(model, source: str, path: Path, label: str) -> int:
+    """Loads a checkpoint into `model` (params, and BatchNorm statistics when it has them) through
+    `nest_jax.train.init_from.read_weights`; returns the training step (0 unless a workdir)."""
+    import jax.numpy as jnp
     from flax import nnx
 
-    from nest_jax.train.init_from import load_weights
+    from nest_jax.train.init_from import read_weights
     from nest_jax.train.sharding import path_str
 
-    load_weights(model, "nest_jax", workdir)
-    mgr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
-    step = mgr.latest_step()
-    stats = nnx.state(model, nnx.BatchStat)
-    if len(jax.tree.leaves(stats)):
-        meta = mgr.item_metadata(step)
-        tree = meta.tree if hasattr(meta, "tree") else meta
-        target = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        saved = mgr.restore(step, args=ocp.args.PyTreeRestore(restore_args=target))["batch_stats"]
-        flat = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
-        for k, var in nnx.to_flat_state(stats):
-            var.set_value(jax.numpy.asarray(flat[path_str(k)]))
-        nnx.update(model, stats)
-    mgr.close()
-    return int(step)
+    params, stats, fresh = read_weights(source, path, model, flag="--checkpoint")
+    if fresh:
+        print(f"{PROG}: note: {label}: class count differs, head left at random: {', '.join(fresh)}", file=sys.stderr)
+    for kind, arrays in ((nnx.Param, params), (nnx.BatchStat, stats)):
+        state = nnx.state(model, kind)
+        for k, var in nnx.to_flat_state(state):
+            if path_str(k) in arrays:
+                var.set_value(jnp.asarray(arrays[path_str(k)]))
+        nnx.update(model, state)
+    if source == "nest_jax" and (path / "checkpoints").is_dir():
+        import orbax.checkpoint as ocp
+
+        mgr = ocp.CheckpointManager(os.path.abspath(path / "checkpoints"))
+        step = mgr.latest_step()
+        mgr.close()
+        return int(step or 0)
+    return 0
 
 
 def build_subject(config, checkpoint: str | None, source: str, label: str, num_classes: int):
     from flax import nnx
 
     from nest_jax.analyze.runners import Subject
-    from nest_jax.train.init_from import load_weights
     from nest_jax.train.trainer import build_model
 
     try:
@@ -110,10 +111,7 @@ def build_subject(config, checkpoint: str | None, source: str, label: str, num_c
                 "checkpoint directory, or an importer's file with --source"
             )
         try:
-            if source == "nest_jax" and (path / "checkpoints").is_dir():
-                step = restore_workdir(model, path)
-            else:
-                load_weights(model, source, path)
+            step = load_checkpoint(model, source, path, label)
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise UserError(f"cannot load {checkpoint!r} as a {source} checkpoint: {str(e).splitlines()[0]}") from e
     else:
@@ -123,7 +121,7 @@ def build_subject(config, checkpoint: str | None, source: str, label: str, num_c
 
 def parse(argv):
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    ap.add_argument("analysis", help="cka, attention_distance, norm_ratio, probes, localization, pos_embed, all")
+    ap.add_argument("analysis", help="an analysis name (see above), a comma-separated list, or all")
     ap.add_argument("--config", required=True, help="configs/<name>.py[:arg] (model and evaluation data)")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--source", default="nest_jax", help="nest_jax (default), timm, vit_npz, nest_official, nest_timm")
@@ -137,6 +135,9 @@ def parse(argv):
     ap.add_argument("--max-batches", type=int, default=0, help="stop after this many batches (0: the whole split)")
     ap.add_argument("--pool", default="all", choices=("all", "mean", "cls"), help="CKA token features")
     ap.add_argument("--kernel", default="linear", choices=("linear", "rbf"))
+    ap.add_argument(
+        "--opt", action="append", default=[], metavar="KEY=VALUE", help="robustness analysis setting, repeatable"
+    )
     ap.add_argument("--label", default="A")
     ap.add_argument("--compare-label", default="B")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -153,8 +154,26 @@ def selected(spec: str) -> list[str]:
     return names
 
 
+def parse_options(items: list[str]) -> dict:
+    """`KEY=VALUE` strings -> {key: Python literal (or the bare string)}."""
+    out = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--opt {item!r} must look like key=value, e.g. ratios=(0.0,0.5)")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
 def run(args) -> dict:
+    from nest_jax.analyze.robustness_runners import check_options
+
     names = selected(args.analysis)
+    options = parse_options(args.opt)
+    check_options(names, options)
     config = load_config(args.config, args.set)
     from nest_jax.analyze.loop import analyse
     from nest_jax.data import get_info
@@ -186,6 +205,7 @@ def run(args) -> dict:
         num_classes=info.num_classes,
         step=step,
         skip_inapplicable=args.analysis == "all",
+        options=options,
     )
 
 

@@ -56,11 +56,13 @@ def analyse(
     num_classes: int = 10,
     step: int = 0,
     skip_inapplicable: bool = False,
+    options: dict | None = None,
 ) -> dict[str, dict]:
     """Runs analyses `names` on `subjects` over config's eval split; writes under `out`; returns numbers.
 
     skip_inapplicable: leave out (with a note on stderr) analyses that do not apply to these models
     (e.g. localization on a ResNet) instead of raising their UserError.
+    options: settings of the robustness analyses (`--opt KEY=VALUE`), each read by those that know it.
     """
     import sys
 
@@ -70,7 +72,9 @@ def analyse(
     runners, kept = [], []
     for n in names:
         try:
-            runners.append(ANALYSES[n](subjects, pool=pool, kernel=kernel, num_classes=num_classes))
+            runners.append(
+                ANALYSES[n](subjects, pool=pool, kernel=kernel, num_classes=num_classes, config=config, options=options)
+            )
             kept.append(n)
         except UserError as e:
             if not skip_inapplicable:
@@ -79,12 +83,19 @@ def analyse(
     names = kept
     capture = sorted({c for r in runners for c in r.capture})
     if any(r.needs_data for r in runners):
-        fwd = [forward_fn(s.model, capture) for s in subjects]
+        # robustness analyses run the model themselves on perturbed copies of the batch
+        forward = any(r.needs_data and not r.wants_batches for r in runners)
+        fwd = [forward_fn(s.model, capture) for s in subjects] if forward else []
         devices = jax.local_devices()
         mesh = Mesh(np.array(devices), ("data",))
         total = data.num_eval_steps(config.dataset, batch_size)
         total = min(total, max_batches) if max_batches else total
         for batch in _progress(_batches(config, batch_size, max_batches), total, "analysing"):
+            for r in runners:
+                if r.wants_batches:
+                    r.add_batch(batch)
+            if not forward:
+                continue
             images = np.asarray(batch["image"], np.float32)
             if len(images) % len(devices) == 0:
                 images = jax.device_put(images, NamedSharding(mesh, P("data")))
@@ -97,7 +108,8 @@ def analyse(
                 inters.append(inter)
             labels = np.asarray(batch["label"])[valid]
             for r in runners:
-                r.update(inters, labels)
+                if not r.wants_batches:
+                    r.update(inters, labels)
     os.makedirs(out, exist_ok=True)
     results = {}
     from tensorboardX import SummaryWriter

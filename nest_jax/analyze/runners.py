@@ -67,8 +67,18 @@ def _tolist(x):
 class Analysis:
     capture: tuple[str, ...] = ()
     needs_data = True
+    wants_batches = False  # True: `add_batch` receives each evaluation batch itself (robustness analyses)
 
-    def __init__(self, subjects: list[Subject], *, pool: str = "all", kernel: str = "linear", num_classes: int = 10):
+    def __init__(
+        self,
+        subjects: list[Subject],
+        *,
+        pool: str = "all",
+        kernel: str = "linear",
+        num_classes: int = 10,
+        config: Any = None,
+        options: dict | None = None,
+    ):
         self.subjects, self.pool, self.kernel, self.num_classes = subjects, pool, kernel, num_classes
 
     def update(self, inters: list[dict], labels: np.ndarray) -> None:
