@@ -45,6 +45,7 @@ def _base(model: str, variant: str):
     c.dataset.shapes_classes = 8
     c.dataset.shapes_train = 4000
     c.dataset.shapes_test = 1000
+    c.dataset.shapes_seed = 0
     c.train.update(
         dict(
             global_batch_size=64,

@@ -42,4 +42,10 @@ def load():
         return skimage.filters.gaussian(image, sigma=sigma, **kw)
 
     ic.gaussian = gaussian
+    if isinstance(sys.modules.get("pkg_resources"), types.ModuleType) and not hasattr(
+        sys.modules["pkg_resources"], "fixup_namespace_packages"
+    ):
+        # The stand-in served the package's import only; other code (pytest's monkeypatch) expects the
+        # real pkg_resources or none.
+        del sys.modules["pkg_resources"]
     return imagecorruptions

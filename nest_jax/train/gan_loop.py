@@ -115,7 +115,8 @@ def train_gan(config: Any, workdir: str, *, data: Any = None, evaluator: Evaluat
       every `gan.fid.every_steps` and at the end; `sample(n, seed)` draws from the EMA generator.
     Returns the last logged train metrics and evaluator metrics, with "step".
     """
-    from nest_jax.train.loop import Preemption
+    from nest_jax.errors import Preempted
+    from nest_jax.train.preemption import Preemption
 
     # ---- setup ----
     data = data if data is not None else importlib.import_module("nest_jax.data")
@@ -177,11 +178,12 @@ def train_gan(config: Any, workdir: str, *, data: Any = None, evaluator: Evaluat
     window, step, t0 = [], start, time.time()
     with Preemption() as preemption:
         while step < end:
-            if preemption.agreed():
-                ckpt.save(step, state)
+            if preemption.reached(step):  # SIGTERM: save (unless this step is saved) and stop, exit 75
+                if step not in ckpt.all_steps():
+                    ckpt.save(step, state)
                 ckpt.wait()
-                log.warning("preempted: saved checkpoint %d, exiting", step)
-                break
+                ckpt.close()
+                raise Preempted(step, str(ckpt.directory))
             batch = shard_batch(next(it), trainer.batch_sharding)
             state, metrics = trainer.train_step(state, batch, rests)
             window.append(metrics)
