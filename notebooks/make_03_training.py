@@ -93,7 +93,9 @@ ckpt.close()
 print("restored step", int(state["step"]), "| state keys", sorted(state))
 restored = evaluate(trainer, data, config, state["params"], state.get("batch_stats"), trainer.init_rest())
 logged = dict(ev)[first]
-print(f"restored checkpoint {first}: test top-1 {restored['eval_top1']:.4f} (logged during training: {logged:.4f})")""")
+print(f"restored checkpoint {first}: test top-1 {restored['eval_top1']:.4f} (logged during training: {logged:.4f})")
+# Training, checkpoints and evaluation ran without TensorFlow (the event-file reader below may load it).
+print("TensorFlow imported:", "tensorflow" in sys.modules)""")
 md("""## The TensorBoard logs
 The same scalars are in `<workdir>/events.out.tfevents.*` (open them with `tensorboard --logdir`;
 nest_jax writes them with tensorboardX, no TensorFlow needed) and in `<workdir>/metrics.jsonl`. Here we
@@ -112,8 +114,7 @@ ax[0].plot(*zip(*series["eval_loss"]), "o-", label="test")
 ax[0].set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss (from the event files)"); ax[0].legend()
 ax[1].plot(*zip(*series["train_lr"])); ax[1].set(xlabel="step", title="learning rate: warmup + cosine")
 plt.tight_layout(); plt.show()
-print(f"event-file test top-1 at step {series['eval_top1'][-1][0]}: {series['eval_top1'][-1][1]:.4f}")
-print("TensorFlow imported:", "tensorflow" in sys.modules)""")
+print(f"event-file test top-1 at step {series['eval_top1'][-1][0]}: {series['eval_top1'][-1][1]:.4f}")""")
 
 nb = nbf.v4.new_notebook(
     cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}

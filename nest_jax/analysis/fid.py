@@ -192,7 +192,9 @@ def classifier_from_workdir(workdir: str, *, use_ema: bool = False) -> Extractor
     step = ck.latest_step()
     if step is None:
         raise UserError(f"no classifier checkpoint in {workdir}/checkpoints: {how}")
-    tree = ck.manager.restore(step, args=ocp.args.StandardRestore())
+    from nest_jax.train.checkpoint import STATE
+
+    tree = ck.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()}))[STATE]
     ck.close()
     params = tree["ema"] if use_ema and "ema" in tree else tree["params"]
     num_classes = int(np.shape(params["head"]["bias"])[0]) if "head" in params else 0
