@@ -9,9 +9,8 @@ Data: the prepared tfds `downsampled_imagenet/64x64` (build it with `tfds build`
 network; nothing downloads here), or a folder of class sub-folders with
 `--config.dataset.name=image_folder --config.dataset.data_dir=DIR`. `:nest` (default) or `:conv`
 (the SAGAN-style conv generator the paper compares against).
-Known gap: `nest_jax.data`'s tfds source reads a class-label feature, which
-`downsampled_imagenet` lacks; until it accepts label-free sets, use the image-folder form (e.g.
-ImageNet's train folders resized to 64 px).
+`downsampled_imagenet` has no class labels: the tfds source reads it as one class (label 0), which the
+GAN does not use.
 """
 
 from nest_jax.train.config_base import augment, base_config

@@ -110,3 +110,21 @@ def test_written_array_record_dataset_reads_back_its_pixels(tmp_path):
         batches[fmt] = [next(it) for _ in range(2)]
     for a, b in zip(batches["ar"], batches["tr"]):
         np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_tfds_dataset_without_labels_reads_as_one_class(tmp_path):
+    """downsampled_imagenet (the 64-px GAN config's dataset) has images only: one class, label 0."""
+    with mock_tfds("downsampled_imagenet/32x32", tmp_path, 12, splits=("train", "validation")):
+        cfg = dataset_config(
+            "downsampled_imagenet/32x32",
+            data_dir=str(tmp_path),
+            image_size=32,
+            num_channels=3,
+            normalize="inception",
+            eval_resize="none",
+            eval_split="validation",
+        )
+        info = data.get_info(cfg)
+        assert info.num_classes == 1 and info.num_train == 12
+        batch = next(data.train_iterator(cfg, global_batch_size=4, seed=0, process_index=0, process_count=1))
+        assert batch["image"].shape == (4, 32, 32, 3) and (batch["label"] == 0).all()

@@ -12,12 +12,14 @@ top-1 error is 0.43478 (torchvision's AlexNet, 56.522% top-1, the model the pape
 paper's table rounds it to 43.5).
 
 `run_corruptions` corrupts every batch on the fly (`corruptions.corrupt`, one key per batch and
-severity); `imagenet_c_folder` reads a released ImageNet-C folder instead when one is on disk.
+severity). When the released ImageNet-C is on disk, `run_stored_corruptions` evaluates it instead:
+`imagenet_c_folder` reads the released folder, `imagenet_c_tfds` the tfds build
+`imagenet2012_corrupted/<corruption>_<severity>` (array_record, through `tfds.data_source`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -145,3 +147,48 @@ def imagenet_c_folder(
             with f.open("rb") as fh:
                 imgs.append(np.asarray(Image.open(fh).convert("RGB"), np.float32) / 255.0)
         yield {"image": np.stack(imgs), "label": np.asarray([i for _, i in chunk], np.int32)}
+
+
+def imagenet_c_tfds(
+    data_dir: str | None, name: str, severity: int, *, batch_size: int = 64, split: str = "validation"
+) -> Iterator[dict]:
+    """Batches of the tfds build `imagenet2012_corrupted/<name>_<severity>` under `data_dir`
+    (prepared as array_record; never downloaded): [0, 1] pixels as stored, labels as in ImageNet."""
+    from nest_jax.data.tfds_source import TfdsSource
+
+    records = TfdsSource.get(f"imagenet2012_corrupted/{name}_{severity}", data_dir).lookup(split)
+    for start in range(0, len(records), batch_size):
+        chunk = [records[i] for i in range(start, min(start + batch_size, len(records)))]
+        yield {
+            "image": np.stack([np.asarray(r["image"], np.float32) / 255.0 for r in chunk]),
+            "label": np.asarray([r["label"] for r in chunk], np.int32),
+        }
+
+
+def run_stored_corruptions(
+    model,
+    load: Callable[[str, int], Iterable[dict]],
+    clean: Iterable[dict],
+    *,
+    mean: tuple,
+    std: tuple,
+    corruptions: Sequence[str] = C.CORRUPTIONS,
+    severities: Sequence[int] = (1, 2, 3, 4, 5),
+) -> dict:
+    """As `run_corruptions`, on a stored ImageNet-C: `load(name, severity)` yields its batches
+    ([0, 1] pixels), e.g. `functools.partial(imagenet_c_tfds, data_dir)` or
+    `functools.partial(imagenet_c_folder, root)`; `clean` the uncorrupted validation batches."""
+    mean, std = tuple(mean), tuple(std)
+
+    def top1(batches) -> float:
+        acc = Accuracy()
+        for b in batches:
+            acc.add(logits_from_pixels(model, b["image"], mean=mean, std=std), b["label"], batch_mask(b))
+        return acc.value
+
+    clean_top1 = top1(clean)
+    table = {name: [top1(load(name, s)) for s in severities] for name in corruptions}
+    errors = {n: [1.0 - a for a in v] for n, v in table.items()}
+    out = {"clean_top1": clean_top1, "top1": table, "source": "stored"}
+    out.update(mean_corruption_error(errors, clean_error=1.0 - clean_top1))
+    return out

@@ -70,7 +70,9 @@ class TfdsSource:
         }
         self.array_record = "array_record" in formats
         features = info.features
-        self.num_classes = features[label_key].num_classes
+        # Unlabelled datasets (e.g. downsampled_imagenet for generative models) read as one class, label 0.
+        self.labelled = label_key in features
+        self.num_classes = features[label_key].num_classes if self.labelled else 1
         self.channels = features[image_key].shape[-1] or 3
         self._sources: dict = {}
 
@@ -79,7 +81,7 @@ class TfdsSource:
             if not self.array_record:
                 raise FileNotFoundError(_convert_hint(self.name, str(self.builder.data_dir)))
             source = self._tfds.data_source(self.name, split=split, data_dir=self.data_dir)
-            self._sources[split] = TfdsRecords(source, self.image_key, self.label_key)
+            self._sources[split] = TfdsRecords(source, self.image_key, self.label_key if self.labelled else None)
         return self._sources[split]
 
     def num_examples(self, split: str) -> int:
@@ -90,9 +92,10 @@ class TfdsSource:
 
 
 class TfdsRecords:
-    """`records[i]` → {"image": uint8 (H, W, C), "label": int} from a tfds data source."""
+    """`records[i]` → {"image": uint8 (H, W, C), "label": int} from a tfds data source (label 0 when
+    `label_key` is None: an unlabelled dataset)."""
 
-    def __init__(self, source, image_key: str, label_key: str):
+    def __init__(self, source, image_key: str, label_key: str | None):
         self.source, self.image_key, self.label_key = source, image_key, label_key
 
     def __len__(self) -> int:
@@ -100,4 +103,5 @@ class TfdsRecords:
 
     def __getitem__(self, index: int) -> dict:
         record = self.source[int(index)]
-        return {"image": record[self.image_key], "label": int(record[self.label_key])}
+        label = int(record[self.label_key]) if self.label_key is not None else 0
+        return {"image": record[self.image_key], "label": label}
