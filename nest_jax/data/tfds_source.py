@@ -36,16 +36,20 @@ def _convert_hint(name: str, dataset_dir: str) -> str:
     )
 
 
-class TfdsSource:
+class NamedSource:
+    """One instance per (name, data_dir, keys) and class: metadata is read once per run."""
+
     _instances: dict = {}
 
     @classmethod
     def get(cls, name: str, data_dir: str | None, *, image_key: str = "image", label_key: str = "label"):
-        key = (name, data_dir, image_key, label_key)
-        if key not in cls._instances:
-            cls._instances[key] = cls(name, data_dir, image_key=image_key, label_key=label_key)
-        return cls._instances[key]
+        key = (cls, name, data_dir, image_key, label_key)
+        if key not in NamedSource._instances:
+            NamedSource._instances[key] = cls(name, data_dir, image_key=image_key, label_key=label_key)
+        return NamedSource._instances[key]
 
+
+class TfdsSource(NamedSource):
     def __init__(self, name: str, data_dir: str | None, *, image_key: str = "image", label_key: str = "label"):
         import tensorflow_datasets as tfds
 

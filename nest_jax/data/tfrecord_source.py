@@ -15,6 +15,7 @@ import io
 
 import numpy as np
 
+from nest_jax.data.tfds_source import NamedSource
 from nest_jax.errors import UserError
 
 
@@ -34,15 +35,8 @@ def _import_tf():
     return tf
 
 
-class TfrecordSource:
-    _instances: dict = {}
-
-    @classmethod
-    def get(cls, name: str, data_dir: str | None, *, image_key: str = "image", label_key: str = "label"):
-        key = (name, data_dir, image_key, label_key)
-        if key not in cls._instances:
-            cls._instances[key] = cls(name, data_dir, image_key=image_key, label_key=label_key)
-        return cls._instances[key]
+class TfrecordSource(NamedSource):
+    """A tfds dataset prepared only as TFRecord, read through tf.data (the `[tf]` extra)."""
 
     def __init__(self, name: str, data_dir: str | None, *, image_key: str = "image", label_key: str = "label"):
         from nest_jax.data.tfds_source import TfdsSource
