@@ -24,27 +24,16 @@ def google_npz(tmp_path_factory):
     return src, path
 
 
+def _convert(npz, out, *extra, img_size=32):
+    """`python -m nest_jax.convert` on the test's Google .npz (a 2-layer ViT-Ti/8) into `out`."""
+    model = ["--model", "vit_tiny_patch16_224", "--source", "vit_npz", "--input", str(npz)]
+    return main([*model, "--output", str(out), "--img-size", str(img_size), *ARCH, *extra])
+
+
 def test_cli_vit_npz_checkpoint_restores_same_logits(tmp_path, google_npz):
     src, npz = google_npz
     out = tmp_path / "ckpt"
-    assert (
-        main(
-            [
-                "--model",
-                "vit_tiny_patch16_224",
-                "--source",
-                "vit_npz",
-                "--input",
-                str(npz),
-                "--output",
-                str(out),
-                "--img-size",
-                "32",
-                *ARCH,
-            ]
-        )
-        == 0
-    )
+    assert _convert(npz, out) == 0
     meta = read_meta(out)
     assert meta["model"] == "vit_tiny_patch16_224"
     # Class count read from the checkpoint; Google's tanh GELU chosen for a Google source.
@@ -57,26 +46,7 @@ def test_cli_vit_npz_checkpoint_restores_same_logits(tmp_path, google_npz):
 def test_cli_adapts_resolution_and_head(tmp_path, google_npz):
     src, npz = google_npz
     out = tmp_path / "ckpt"
-    assert (
-        main(
-            [
-                "--model",
-                "vit_tiny_patch16_224",
-                "--source",
-                "vit_npz",
-                "--input",
-                str(npz),
-                "--output",
-                str(out),
-                "--img-size",
-                "48",
-                "--num-classes",
-                "5",
-                *ARCH,
-            ]
-        )
-        == 0
-    )
+    assert _convert(npz, out, "--num-classes", "5", img_size=48) == 0
     model = restore_params(out)
     assert model.config.grid == (6, 6) and model.head.kernel.shape == (192, 5)
     want = resize_pos_embed(np.asarray(src.pos_embed[...]), num_prefix=1, new_grid=(6, 6), method="linear")
@@ -143,25 +113,6 @@ def test_save_restore_roundtrips_batch_stats(tmp_path):
     dst = restore_params(tmp_path / "ck", _ConvBN(nnx.Rngs(1)))
     for a, b in ((src.conv.kernel, dst.conv.kernel), (src.bn.mean, dst.bn.mean), (src.bn.var, dst.bn.var)):
         np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]))
-
-
-def _convert(npz, out, *extra):
-    return main(
-        [
-            "--model",
-            "vit_tiny_patch16_224",
-            "--source",
-            "vit_npz",
-            "--input",
-            str(npz),
-            "--output",
-            str(out),
-            "--img-size",
-            "32",
-            *ARCH,
-            *extra,
-        ]
-    )
 
 
 def test_cli_refuses_nonfinite_weights_unless_allowed(tmp_path, google_npz, capsys):
