@@ -2,7 +2,6 @@
 
     python benchmarks/main_job_seeds.py --validation --seeds 0 1 2 [--set optimizer.lr=3e-3 ...]
     python benchmarks/main_job_seeds.py --test --seeds 0 1 2 3 4
-    python benchmarks/main_job_seeds.py --check-preprocessing
 
 --validation: the recipe in `--config` (default configs/digits_nest_tiny.py, plus `--set` overrides)
   trains in-process through `nest_jax.train.loop.train_and_evaluate` on the 1,347 digits training
@@ -13,19 +12,10 @@
   in a subprocess per seed on one CPU device, and records the test top-1 the job reports, the wall
   time from launch to exit (imports and compile included), the process's CPU seconds and its
   training steps/s. Writes benchmarks/main_job_seeds.json and .md.
---check-preprocessing: compares this script's eval images for the TEST split with the real
-  pipeline's (`nest_jax.data.eval_iterator`) to show the in-memory module preprocesses as the
-  main job does (prints the largest absolute difference; labels must match exactly).
 
-The in-memory data module (`ValidationDigits`) reproduces the real digits pipeline for the knobs
-the recipe uses: v/16 ∈ [0, 1] images (8, 8, 1) → resized to `image_size` with `resize_method`
-(jax.image.resize; bilinear/bicubic with half-pixel centres as tf.image.resize; antialiasing only
-acts when downscaling, and 8 px digits are only upscaled) → clipped to [0, 1] → optional CIFAR
-pad-and-crop (zero-pad `crop_padding` pixels per side at the resized scale, uniform random crop
-back) → normalized with the digits mean/std (0.3053, 0.3760). Every epoch is a full permutation
-seeded by (seed, epoch); batches run across epoch boundaries, as in the real train stream. The
-random draws differ from the real pipeline's (NumPy instead of stateless TF/grain keys), which is
-why validation figures are averaged over seeds.
+The validation data module (`ValidationDigits`) is the real pipeline (`nest_jax.data.train_stream` /
+`eval_stream`: per-epoch permutations, every augmentation, preprocessing) over a source whose train
+split holds the kept training images and whose eval split holds the held-out ones.
 """
 
 from __future__ import annotations
@@ -44,13 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import NamedTuple
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-DIGITS_MEAN, DIGITS_STD = 0.3053, 0.3760
 
 
 # ---------------------------------------------------------------------------- config
@@ -79,14 +67,6 @@ def load_config(path: str, overrides: list[str]):
 
 
 # ---------------------------------------------------------------------------- data
-class Info(NamedTuple):
-    name: str
-    num_classes: int
-    num_train: int
-    num_eval: int
-    image_shape: tuple
-
-
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, validation indices): `fraction` of each class held out, chosen at random."""
     rng = np.random.default_rng(seed)
@@ -98,86 +78,77 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.setdiff1d(np.arange(len(labels)), val), val
 
 
-def resize_01(images: np.ndarray, size: int, method: str) -> np.ndarray:
-    """(n, 8, 8, c) in [0, 1] → (n, size, size, c) in [0, 1], as the real pipeline resizes."""
-    import jax
+class HeldOutDigits:
+    """A digits source whose "train" split is `train` and whose "test" split is `evaluation`
+    ((images (n, 8, 8, 1) in [0, 1], labels)): the held-out validation images stand in for the
+    test split, everything else is the real pipeline."""
 
-    if images.shape[1] == size:
-        return images.astype(np.float32)
-    out = jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), method=method)
-    return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
+    name, num_classes = "digits", 10
+
+    def __init__(self, train: tuple[np.ndarray, np.ndarray], evaluation: tuple[np.ndarray, np.ndarray]):
+        self.splits = {"train": train, "test": evaluation}
+
+    def num_examples(self, split: str) -> int:
+        return len(self.splits[split][1])
+
+    def lookup(self, split: str):
+        from nest_jax.data.digits import ArrayRecords
+
+        return ArrayRecords(*self.splits[split])
 
 
 class ValidationDigits:
-    """The `nest_jax.data` API (get_info, train_iterator, eval_iterator) over in-memory arrays:
-    train on `train`, evaluate on `evaluation` ((images (n, 8, 8, 1) in [0, 1], labels))."""
+    """The `nest_jax.data` API (get_info, train_iterator, eval_iterator) of the real pipeline
+    (`train_stream` / `eval_stream`: permutations, augmentation, preprocessing) over a
+    `HeldOutDigits` source; records when each train batch is handed out."""
 
     def __init__(self, train: tuple[np.ndarray, np.ndarray], evaluation: tuple[np.ndarray, np.ndarray]):
-        self.train, self.evaluation = train, evaluation
+        self.source = HeldOutDigits(train, evaluation)
         self.batch_times: list[float] = []  # host time at which each train batch was handed out
 
-    def _prepared(self, ds_cfg, images: np.ndarray) -> np.ndarray:
-        x = resize_01(images, int(ds_cfg.image_size), ds_cfg.get("resize_method", "bilinear"))
-        if int(ds_cfg.num_channels) != x.shape[-1]:
-            x = np.repeat(x, int(ds_cfg.num_channels), axis=-1)
-        return x
+    def get_info(self, ds_cfg):
+        from nest_jax.data import DataInfo
 
-    @staticmethod
-    def _normalize(x: np.ndarray) -> np.ndarray:
-        return ((x - DIGITS_MEAN) / DIGITS_STD).astype(np.float32)
-
-    def get_info(self, ds_cfg) -> Info:
         s, c = int(ds_cfg.image_size), int(ds_cfg.num_channels)
-        return Info("digits_validation", 10, len(self.train[1]), len(self.evaluation[1]), (s, s, c))
+        return DataInfo(
+            "digits_validation", 10, self.source.num_examples("train"), self.source.num_examples("test"), (s, s, c)
+        )
 
     def train_iterator(self, ds_cfg, *, global_batch_size, seed, start_step=0, process_index=None, process_count=None):
+        from nest_jax.data import train_stream
+
         if process_count not in (None, 1):
             raise ValueError("the validation module serves one process")
-        aug = ds_cfg.augment
-        if (
-            aug.get("inception_crop")
-            or aug.get("flip")
-            or aug.get("color_jitter", 0)
-            or aug.get("random_erasing", 0)
-            or aug["randaugment"]["layers"]
-        ):
-            raise ValueError("ValidationDigits implements only cifar_crop (pad-and-crop) augmentation")
-        images = self._prepared(ds_cfg, self.train[0])
-        labels = self.train[1]
-        n, size = len(labels), images.shape[1]
-        pad = int(aug.get("crop_padding", 2)) if aug.get("cifar_crop", False) else 0
-        if pad:
-            images = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        order = np.empty(0, np.int64)
-        epoch = 0
-        step = 0
-        while True:
-            while len(order) < global_batch_size:  # batches run across epoch boundaries
-                order = np.concatenate([order, np.random.default_rng([seed, epoch]).permutation(n)])
-                epoch += 1
-            idx, order = order[:global_batch_size], order[global_batch_size:]
-            batch = images[idx]
-            if pad:
-                rng = np.random.default_rng([seed, 1_000_003, step])
-                top, left = rng.integers(0, 2 * pad + 1, (2, len(idx)))
-                batch = np.stack([b[t : t + size, l : l + size] for b, t, l in zip(batch, top, left)])
-            if step >= start_step:
-                self.batch_times.append(time.perf_counter())
-                yield {"image": self._normalize(batch), "label": labels[idx]}
-            step += 1
+        it = train_stream.train_iterator(
+            self.source, ds_cfg, local_batch=global_batch_size, seed=seed, start_step=start_step,
+            process_index=0, process_count=1,
+        )  # fmt: skip
+        return _Timed(it, self.batch_times)
 
-    def eval_iterator(self, ds_cfg, *, global_batch_size, process_index=None, process_count=None):
-        images = self._normalize(self._prepared(ds_cfg, self.evaluation[0]))
-        labels = self.evaluation[1]
-        n = len(labels)
-        steps = -(-n // global_batch_size)
-        pad = steps * global_batch_size - n
-        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
-        labels = np.concatenate([labels, np.zeros(pad, np.int32)])
-        mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-        for s in range(steps):
-            sl = slice(s * global_batch_size, (s + 1) * global_batch_size)
-            yield {"image": images[sl], "label": labels[sl], "mask": mask[sl]}
+    def eval_iterator(self, ds_cfg, *, global_batch_size, split=None, process_index=None, process_count=None):
+        from nest_jax.data import eval_stream
+
+        return eval_stream.eval_iterator(
+            self.source, ds_cfg, split="test", global_batch_size=global_batch_size, process_index=0, process_count=1
+        )
+
+
+class _Timed:
+    """Wraps a train iterator (keeping get_state/set_state) and notes when each batch leaves."""
+
+    def __init__(self, it, times: list[float]):
+        self.it, self.times = it, times
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.it)
+        self.times.append(time.perf_counter())
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.it, name)
 
 
 def digits_arrays():
@@ -339,31 +310,11 @@ def write_test(args, runs: list[dict], machine: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-# ---------------------------------------------------------------------------- preprocessing check
-def check_preprocessing(args) -> None:
-    import nest_jax.data as real
-
-    config = load_config(args.config, args.set)
-    (x_tr, y_tr), (x_te, y_te) = digits_arrays()
-    mine = ValidationDigits((x_tr, y_tr), (x_te, y_te))
-    bs = int(config.train.eval_batch_size)
-    worst, count = 0.0, 0
-    for a, b in zip(
-        mine.eval_iterator(config.dataset, global_batch_size=bs),
-        real.eval_iterator(config.dataset, global_batch_size=bs, process_index=0, process_count=1),
-    ):
-        assert np.array_equal(a["label"], b["label"]) and np.array_equal(a["mask"], b["mask"])
-        worst = max(worst, float(np.max(np.abs(a["image"] - b["image"]))))
-        count += int(a["mask"].sum())
-    print(f"eval images compared: {count}; largest |difference| after normalization: {worst:.2e}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--validation", action="store_true")
     mode.add_argument("--test", action="store_true")
-    mode.add_argument("--check-preprocessing", action="store_true")
     ap.add_argument("--config", default="configs/digits_nest_tiny.py")
     ap.add_argument("--set", nargs="*", default=[], help="overrides a.b=value (validation and test)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -375,10 +326,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.validation:
         run_validation(args)
-    elif args.test:
-        run_test(args)
     else:
-        check_preprocessing(args)
+        run_test(args)
 
 
 if __name__ == "__main__":

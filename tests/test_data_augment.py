@@ -264,3 +264,62 @@ def test_train_chain_grey_to_rgb_and_rgb_to_grey():
     out = preprocess.train_fn(cfg)(U8[:8, :8], (0, 0, 0))
     luma = U8[:8, :8].astype(np.float64) @ [0.2989, 0.587, 0.114]
     np.testing.assert_allclose(out[..., 0], luma / 127.5 - 1, atol=1e-5)
+
+
+# ---- random affine (rotation / zoom / sub-pixel shift) ----
+
+
+def test_affine_equals_scipy_affine_transform_and_exact_cases():
+    """Against scipy.ndimage's bilinear warp with zero padding (an independent implementation),
+    for several angles, zooms and fractional shifts; plus the cases with a known exact answer."""
+    from scipy import ndimage
+
+    image = IMAGE[:, :20]  # (20, 20, 3)
+    c = np.array([9.5, 9.5])
+    for angle, scale, shift in [(17.0, 1.13, (0.7, -1.3)), (-8.0, 0.9, (0.0, 2.5)), (180.0, 1.0, (-0.25, 0.25))]:
+        rad = math.radians(angle)
+        inverse = np.array([[math.cos(rad), math.sin(rad)], [-math.sin(rad), math.cos(rad)]]) / scale
+        offset = c - inverse @ (c + np.array(shift))
+        out = augment.affine(image, angle=angle, scale=scale, shift=shift)
+        for ch in range(3):
+            ref = ndimage.affine_transform(
+                image[..., ch].astype(np.float64), inverse, offset=offset, order=1, mode="grid-constant", cval=0.0
+            )
+            np.testing.assert_allclose(out[..., ch], ref, atol=1e-6)
+    np.testing.assert_array_equal(augment.affine(image), image)
+    np.testing.assert_allclose(augment.affine(image, angle=90.0), np.rot90(image), atol=1e-6)  # counter-clockwise
+    shifted = augment.affine(image, shift=(2.0, -3.0))  # two rows down, three columns left
+    np.testing.assert_allclose(shifted[2:, :-3], image[:-2, 3:], atol=1e-7)
+    assert not shifted[:2].any() and not shifted[:, -3:].any()  # zeros come in at the edges
+
+
+def test_random_affine_draws_within_its_ranges_and_chain_uses_its_own_stream():
+    """Shifts of a single bright pixel stay within ±translate·size; zero ranges are the identity;
+    switching the affine stage on leaves the other stages' random numbers alone."""
+    dot = np.zeros((21, 21, 1), np.float32)
+    dot[10, 10] = 1.0
+    centres = []
+    for i in range(40):
+        out = augment.random_affine(dot, _rng(i), translate=0.1)
+        rows, cols = np.nonzero(out[..., 0] > 1e-6)
+        w = out[rows, cols, 0]
+        centres.append((np.sum(rows * w) / w.sum() - 10, np.sum(cols * w) / w.sum() - 10))
+        np.testing.assert_allclose(w.sum(), 1.0, atol=1e-5)  # bilinear splat of a pure shift keeps mass
+    centres = np.array(centres)
+    assert np.abs(centres).max() <= 2.1 + 1e-6 and np.abs(centres).max() > 1.0
+    assert len(np.unique(np.round(centres, 3))) > 30  # sub-pixel, not whole-pixel shifts
+    np.testing.assert_array_equal(augment.random_affine(dot, _rng(0)), dot)
+
+    base = dict(name="x", image_size=20, num_channels=3, normalize="inception", resize_method="bilinear")
+    plain = ml_collections.ConfigDict(dict(base, augment=dict(flip=True)))
+    warped = ml_collections.ConfigDict(dict(base, augment=dict(flip=True, affine=dict(degrees=15.0, scale=1.2))))
+    img = IMAGE[:, :20]
+    a, b = preprocess.train_fn(plain)(img, (3, 1, 5)), preprocess.train_fn(warped)(img, (3, 1, 5))
+    flipped = preprocess.example_rng(3, 1, 5, preprocess.FLIP).random() < 0.5
+    rng = preprocess.example_rng(3, 1, 5, preprocess.AFFINE)
+    expected = augment.random_affine(img, rng, degrees=15.0, scale=1.2)
+    expected = expected[:, ::-1] if flipped else expected
+    np.testing.assert_allclose(b, expected / 0.5 - 1, atol=1e-5)
+    np.testing.assert_allclose(a, (img[:, ::-1] if flipped else img) / 0.5 - 1, atol=1e-5)
+    with pytest.raises(ValueError, match="scale"):
+        preprocess.train_fn(ml_collections.ConfigDict(dict(base, augment=dict(affine=dict(scale=0.5)))))

@@ -86,6 +86,44 @@ def pad_and_crop(image: np.ndarray, rng: np.random.Generator, *, padding: int = 
     return padded[dy : dy + h, dx : dx + w]
 
 
+def affine(
+    image: np.ndarray, *, angle: float = 0.0, scale: float = 1.0, shift: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
+    """Rotate by `angle` degrees (counter-clockwise as displayed, row 0 at the top) and scale by
+    `scale` about the image centre, then shift by `shift` = (rows, columns) pixels; bilinear, with
+    zeros outside the image. Each output pixel centre p' is read at p = R(−angle)(p' − c − shift)
+    / scale + c, c = ((H − 1) / 2, (W − 1) / 2), as an affine warp of the continuous bilinear image
+    (Simard et al. 2003, §2, distort training digits this way). image: (H, W, C) float → float32."""
+    h, w, _ = image.shape
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    rad = math.radians(angle)
+    cos, sin = math.cos(rad) / scale, math.sin(rad) / scale
+    rows, cols = np.meshgrid(np.arange(h) - cy - shift[0], np.arange(w) - cx - shift[1], indexing="ij")
+    src_r = cos * rows + sin * cols + cy + 1.0  # +1: one pixel of zero padding on every side
+    src_c = -sin * rows + cos * cols + cx + 1.0
+    padded = np.pad(np.asarray(image, np.float32), [(1, 1), (1, 1), (0, 0)])
+    r0 = np.clip(np.floor(src_r), 0, h).astype(np.int64)  # beyond the padding reads zeros
+    c0 = np.clip(np.floor(src_c), 0, w).astype(np.int64)
+    fr = np.clip(src_r - r0, 0.0, 1.0)[..., None].astype(np.float32)
+    fc = np.clip(src_c - c0, 0.0, 1.0)[..., None].astype(np.float32)
+    top = padded[r0, c0] * (1 - fc) + padded[r0, c0 + 1] * fc
+    bottom = padded[r0 + 1, c0] * (1 - fc) + padded[r0 + 1, c0 + 1] * fc
+    return (top * (1 - fr) + bottom * fr).astype(np.float32)
+
+
+def random_affine(
+    image: np.ndarray, rng: np.random.Generator, *, degrees: float = 0.0, translate: float = 0.0, scale: float = 1.0
+) -> np.ndarray:
+    """`affine` with angle ~ U[−degrees, degrees], scale log-uniform in [1/scale, scale] and a
+    shift of U[−translate, translate] × (H, W) pixels per axis (sub-pixel shifts included).
+    image: (H, W, C) float → float32."""
+    h, w, _ = image.shape
+    angle = rng.uniform(-degrees, degrees)
+    zoom = math.exp(rng.uniform(-math.log(scale), math.log(scale)))
+    dy, dx = rng.uniform(-translate, translate, size=2)
+    return affine(image, angle=angle, scale=zoom, shift=(dy * h, dx * w))
+
+
 def flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Left-right flip with probability ½."""
     return image[:, ::-1] if rng.random() < 0.5 else image
@@ -204,6 +242,8 @@ __all__ = [
     "sample_crop_box",
     "inception_crop",
     "pad_and_crop",
+    "affine",
+    "random_affine",
     "flip",
     "color_jitter",
     "random_erasing",

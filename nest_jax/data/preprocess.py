@@ -28,7 +28,7 @@ NORMALIZATION = {
 
 # Stages of the training chain, each with its own random stream: switching one augmentation on
 # or off never changes the random numbers another one draws.
-CROP, FLIP, RANDAUGMENT, JITTER, ERASING = range(5)
+CROP, FLIP, RANDAUGMENT, JITTER, ERASING, AFFINE = range(6)
 
 
 def mean_std(ds_cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -110,8 +110,8 @@ def example_rng(seed: int, epoch: int, position: int, stage: int) -> np.random.G
 
 
 def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]:
-    """The training chain: crop → flip → RandAugment → colour jitter → normalize → random
-    erasing. Returns f(image, (seed, epoch, position)) -> (size, size, C) float32, normalized."""
+    """The training chain: crop → affine (rotate/scale/shift) → flip → RandAugment → colour
+    jitter → normalize → random erasing. Returns f(image, (seed, epoch, position)) -> (size, size, C) float32, normalized."""
     size = int(ds_cfg.image_size)
     channels = int(ds_cfg.num_channels)
     aug = ds_cfg.augment
@@ -131,6 +131,15 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]
     min_area, padding = float(aug.get("min_area", 0.08)), int(aug.get("crop_padding", 2))
     flip, jitter = bool(aug.get("flip", False)), float(aug.get("color_jitter", 0.0))
     erasing = float(aug.get("random_erasing", 0.0))
+    aff = dict(aug.get("affine", None) or {})
+    aff = dict(
+        degrees=float(aff.get("degrees", 0.0)),
+        translate=float(aff.get("translate", 0.0)),
+        scale=float(aff.get("scale", 1.0)),
+    )
+    if aff["scale"] < 1.0 or aff["degrees"] < 0 or aff["translate"] < 0:
+        raise ValueError(f"augment.affine={aff}: degrees and translate must be ≥ 0 and scale ≥ 1 (the largest zoom)")
+    use_affine = aff["degrees"] > 0 or aff["translate"] > 0 or aff["scale"] > 1.0
 
     def f(image: np.ndarray, where: tuple[int, int, int]) -> np.ndarray:
         def rng(stage):
@@ -146,6 +155,8 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]
             if cifar:
                 image = augment.pad_and_crop(image, rng(CROP), padding=padding)
         image = to_float(image, channels)
+        if use_affine:
+            image = augment.random_affine(image, rng(AFFINE), **aff)
         if flip:
             image = augment.flip(image, rng(FLIP))
         if ra_layers > 0:

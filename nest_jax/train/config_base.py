@@ -17,6 +17,7 @@ def augment(**kw) -> dict:
         flip=False,
         cifar_crop=False,
         crop_padding=2,
+        affine=dict(degrees=0.0, translate=0.0, scale=1.0),  # random rotation / shift / zoom (off)
         randaugment=dict(layers=0, magnitude=9.0, magnitude_std=0.5, prob=0.5),
         color_jitter=0.0,
         random_erasing=0.0,

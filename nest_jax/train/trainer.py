@@ -221,7 +221,7 @@ def make_trainer(
         graphdef=graphdef,
         state_shardings=state_sh,
         batch_sharding=batch_sh,
-        init_state=jax.jit(init, out_shardings=state_sh),
+        init_state=jax.jit(init, out_shardings=state_sh, compiler_options=_run_once_options(mesh)),
         init_rest=jax.jit(rest_fn, out_shardings=rest_sh),
         train_step=jit_train,
         eval_step=jit_eval,
@@ -230,6 +230,13 @@ def make_trainer(
         teachers=teachers,
         model=merged,
     )
+
+
+def _run_once_options(mesh: Mesh) -> dict | None:
+    """Compiler options for functions that run once (the state initializer): on CPU, LLVM's
+    optimizer costs more than it saves there (a NesT-digits initializer compiles in 6 s instead
+    of 11 s and runs in milliseconds either way); other backends keep their defaults."""
+    return {"xla_backend_optimization_level": 0} if mesh.devices.flat[0].platform == "cpu" else None
 
 
 def shard_batch(batch: dict, sharding) -> dict:
