@@ -251,7 +251,7 @@ def run_test(args) -> None:
             "test_ema_top1": last_float(r"eval_ema_top1'?", out),
             "wall_s": round(wall, 1),
             "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
-            "steps_per_s": last_float(r"steps_per_sec", out),
+            "steps_per_s": float(rates[-1]) if (rates := re.findall(r"([0-9]*\.?[0-9]+) steps/s", out)) else None,
             "steps": last_float(r"'step'", out),
             "load_avg_before": load_before,
             "load_avg_after": os.getloadavg()[0],
@@ -296,7 +296,7 @@ def write_test(args, runs: list[dict], machine: str) -> None:
     for r in runs:
         lines.append(
             f"| {r['seed']} | {100 * r['test_top1']:.2f}% | {r['test_errors']} | {r['wall_s']} | "
-            f"{r['cpu_s']} | {r['steps_per_s']} | {r['load_avg_before']:.1f} → {r['load_avg_after']:.1f} |"
+            f"{r['cpu_s']} | {r['steps_per_s'] or '—'} | {r['load_avg_before']:.1f} → {r['load_avg_after']:.1f} |"
         )
     lines += [
         "",

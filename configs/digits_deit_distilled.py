@@ -8,21 +8,11 @@ The `dist` token learns the teacher's hard labels (DeiT hard distillation, α = 
 sees the student's exact inputs. Inference averages the cls and dist heads' logits.
 """
 
-from nest_jax.train.config_base import digits_vit_config, teacher
+from nest_jax.train.config_base import digits_nest_overrides, digits_vit_config, teacher
 
 
 def get_config():
     c = digits_vit_config("deit_tiny_distilled_patch16_224")
-    # Must match the teacher's training config (configs/digits_nest_tiny.py).
-    c.distill.dist = teacher(
-        "nest_tiny_cifar",
-        "/tmp/nest_digits",
-        kind="hard",
-        alpha=0.5,
-        patch_size=4,
-        block_size=4,
-        dims=(64, 64),
-        depths=(3, 4),
-        heads=(2, 2),
-    )
+    # The teacher's model is the main job's (configs/digits_nest_tiny.py), at the same 32 px.
+    c.distill.dist = teacher("nest_tiny_cifar", "/tmp/nest_digits", kind="hard", alpha=0.5, **digits_nest_overrides())
     return c

@@ -157,6 +157,14 @@ def teacher(
     )
 
 
+def digits_nest_overrides() -> dict:
+    """The digits NesT of the main job (configs/digits_nest_tiny.py), also the digits DeiT's
+    teacher: `nest_tiny_cifar` made small for 32 px digits. Patch 4 gives 8 × 8 tokens (one per
+    original digit pixel); blocks of 2 × 2 tokens make 3 levels (16 → 4 → 1 blocks) of 1, 1 and 2
+    layers, width 64, 2 heads, multi-query attention."""
+    return dict(patch_size=4, block_size=2, dims=(64, 64, 64), depths=(1, 1, 2), heads=(2, 2, 2), drop_path_rate=0.0)
+
+
 def digits_vit_config(model_name: str) -> ml_collections.ConfigDict:
     """The small digits ViT/DeiT recipe (configs/digits_vit.py, digits_deit_distilled.py): 32 px,
     patch 4 (64 tokens + prefix tokens), width 64, 2 heads, plain AdamW with the timm decay mask."""
