@@ -16,6 +16,16 @@ import jax
 import jax.numpy as jnp
 
 
+def pin_session4_digits_nest(config) -> None:
+    """The digits NesT as configs/digits_nest_tiny.py had it until session 4 (364,810 parameters:
+    blocks of 4 × 4 tokens, 2 levels of 3 + 4 layers, width 64, 2 heads; no augmentation): the
+    model the data-efficiency and representation figures in BENCHMARKS.md were measured with."""
+    config.model.overrides = dict(
+        patch_size=4, block_size=4, dims=(64, 64), depths=(3, 4), heads=(2, 2), drop_path_rate=0.0
+    )
+    config.dataset.augment.affine = dict(degrees=0.0, translate=0.0, scale=1.0)
+
+
 def cpu_model() -> str:
     """`lscpu` model name (falls back to `platform.processor()`)."""
     try:

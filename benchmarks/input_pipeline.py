@@ -139,6 +139,7 @@ def main() -> None:
             for w in args.workers:
                 if case == "digits_plain":
                     cfg = load_config("digits_nest_tiny.py").dataset
+                    cfg.augment.affine = dict(degrees=0.0, translate=0.0, scale=1.0)  # plain: resize only
                 else:
                     cfg = folder_cfg(root, full_chain=case == "folder_nest224")
                 try:

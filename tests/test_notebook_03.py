@@ -14,7 +14,7 @@ def test_notebook_03_trains_restores_and_reads_event_files():
     # Live metric lines were printed while training (log every 8 steps: 8 train-loss lines).
     assert len(re.findall(r"^step +\d+ .*train_loss=", text, re.M)) >= 6
     final = float(re.search(r"trained 64 steps in \d+ s .*test top-1 ([\d.]+)", text).group(1))
-    assert final > 0.8  # chance is 0.1; 64 steps reach ~0.9 (the CLI's 60-step run: 0.913)
+    assert final > 0.88  # chance is 0.1; measured 0.9244 (seed 0; the CLI's 60-step run: 0.9244)
     # Both checkpoints kept (steps 32 and 64); the restored one reproduces its logged accuracy.
     assert re.findall(r"^checkpoints/ *(\d+)", text, re.M) == ["32", "64"]
     m = re.search(r"restored checkpoint 32: test top-1 ([\d.]+) \(logged during training: ([\d.]+)\)", text)

@@ -63,7 +63,7 @@ def _main(*args, timeout=1500, hide_tf_dir=None):
 
 def test_main_trains_digits_nest_end_to_end(tmp_path):
     # 60 steps (~3 epochs) of the default config, with TensorFlow not importable (the default install
-    # has none): chance is 10%; measured 91.33% (411/450, seed 0).
+    # has none): chance is 10%; measured 92.44% (416/450, seed 0) with the 3-level, affine-augmented recipe.
     hide = tmp_path / "no_tf"
     hide.mkdir()
     workdir = tmp_path / "work"
@@ -75,7 +75,7 @@ def test_main_trains_digits_nest_end_to_end(tmp_path):
     )
     print(f"digits NesT, 60 steps: top-1 {metrics['eval_top1']:.4f} in {seconds:.0f} s (compile included)")
     assert metrics["step"] == 60 and metrics["eval_count"] == 450
-    assert metrics["eval_top1"] > 0.85  # a margin for other CPUs' float rounding
+    assert metrics["eval_top1"] > 0.88  # a margin for other CPUs' float rounding
     assert sorted(p for p in os.listdir(workdir / "checkpoints") if p.isdigit()) == ["30", "60"]
     # --mode=eval restores the latest checkpoint and reproduces the final evaluation.
     again, _ = _main("--mode=eval", "--config.train.num_train_steps=60", f"--workdir={workdir}")
