@@ -14,5 +14,7 @@ def test_notebook_06_trains_a_generator_and_fid_falls():
     m = re.search(r"FID ([\d.]+) at init -> ([\d.]+)", text)
     assert m, text[-2000:]
     first, last = float(m.group(1)), float(m.group(2))
-    assert last < 0.5 * first  # measured: ~139 -> ~8 after 200 steps; 120 steps here
+    # Measured with the 3-level main-job classifier (40 steps) as the feature extractor: 116.3 -> 59.1
+    # after the notebook's 120 GAN steps (the 2-level classifier of session 4 gave a larger drop).
+    assert last < 0.6 * first
     assert "step_000000.png" in text and "step_000120.png" in text
