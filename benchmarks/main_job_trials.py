@@ -28,6 +28,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from main_job_seeds import digits_arrays, load_config, stratified_split  # noqa: E402
 
+from nest_jax.data.preprocess import NORMALIZATION  # noqa: E402
 from nest_jax.train import sharding as shd  # noqa: E402
 from nest_jax.train.loop import mesh_axes  # noqa: E402
 from nest_jax.train.trainer import make_trainer  # noqa: E402
@@ -41,7 +42,7 @@ def resize_01(images: np.ndarray, size: int, method: str) -> np.ndarray:
     return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
 
 
-MEAN, STD = 0.3053, 0.3760  # the digits normalization
+MEAN, STD = (v[0] for v in NORMALIZATION["digits"])  # the pipeline's digits normalization
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
 
