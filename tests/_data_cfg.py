@@ -35,6 +35,8 @@ def dataset_config(name="digits", **overrides) -> ml_collections.ConfigDict:
         crop_fraction=0.875,
         resize_method="bilinear",
         num_workers=0,
+        validate_files=True,
+        max_image_pixels=89_478_485,
     )
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)

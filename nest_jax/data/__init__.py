@@ -67,7 +67,10 @@ def get_source(ds_cfg):
         from nest_jax.data.image_folder import ImageFolderSource
 
         return ImageFolderSource.get(
-            data_dir, train_split=ds_cfg.train_split, validate=ds_cfg.get("validate_files", True)
+            data_dir,
+            train_split=ds_cfg.train_split,
+            validate=ds_cfg.validate_files,
+            max_pixels=ds_cfg.max_image_pixels,
         )
     keys = dict(image_key=ds_cfg.get("image_key", "image"), label_key=ds_cfg.get("label_key", "label"))
     if ds_cfg.get("tfrecord", False):

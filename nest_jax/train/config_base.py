@@ -86,8 +86,12 @@ def base_config() -> ml_collections.ConfigDict:
             crop_fraction=0.875,
             resize_method="bilinear",
             num_workers=0,
+            # image_folder: decode every file once when indexing (skipping and naming bad ones), and
+            # refuse images above this many pixels (PIL's own decompression-bomb threshold)
+            validate_files=True,
+            max_image_pixels=89_478_485,
         )
-    )  # grain worker processes for decoding/augmentation; 0 = in the main process
+    )  # num_workers: grain worker processes for decoding/augmentation; 0 = in the main process
     c.mix = ml_collections.ConfigDict(
         dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, label_smoothing=0.0, sampling="nest")
     )
