@@ -128,6 +128,23 @@ def _is_no_space(e: BaseException | None) -> bool:
     return False
 
 
+class _NoSpaceFromOrbax(logging.Filter):
+    """Drops orbax's own error records (each with a traceback, one per background thread) about a
+    full disk: `Checkpointer` reports that failure itself, in one line naming the last good step."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "/orbax/" not in record.pathname:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (_is_no_space(exc) or "No space left on device" in record.getMessage())
+
+
+def _quiet_orbax_on_full_disk() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _NoSpaceFromOrbax) for f in logger.filters):
+        logger.addFilter(_NoSpaceFromOrbax())
+
+
 def _ignore_closed_loop_callbacks() -> None:
     """After a failed read, tensorstore's pending callbacks hit orbax's closed asyncio loop; each
     would print an 'Event loop is closed' traceback (hundreds for a large model). Those alone are
@@ -185,6 +202,7 @@ class Checkpointer:
         create: bool = True,
     ):
         self.directory = as_path(workdir) / "checkpoints"
+        _quiet_orbax_on_full_disk()
         if max_to_keep is not None and (isinstance(max_to_keep, bool) or max_to_keep < 0):
             raise UserError(f"train.max_to_keep={max_to_keep} must be 0 (keep every checkpoint) or a positive count")
         self.max_to_keep = max_to_keep or None
@@ -290,15 +308,28 @@ class Checkpointer:
         self._pending = None
         if not _is_no_space(e):
             raise e
+        finished = [s for s in self._finished_steps() if s != step]
+        good = self.last_good if self.last_good is not None else max(finished, default=None)
         self._closed = True
         try:  # stop orbax's background threads now, not at interpreter shutdown
             self.manager.close()
         except Exception:  # noqa: BLE001 -- the same failure again
             pass
+        if jax.process_index() == 0 and step is not None:  # the half-written copy only takes space
+            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                partial.rmtree() if partial.is_dir() else partial.unlink()
+        where = f"the last good checkpoint is step {good}" if good is not None else "no checkpoint is complete yet"
         raise UserError(
-            f"no space left on device while saving step {step} in {self.directory}; the "
-            f"last good checkpoint is {self.last_good}: free space and rerun to resume"
-        ) from e
+            f"no space left on device while saving step {step} in {self.directory}; {where}: free space "
+            "and rerun to resume"
+        ) from None
+
+    def _finished_steps(self) -> list[int]:
+        """Step folders on disk that orbax finished (renamed into place), without asking orbax."""
+        try:
+            return [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()]
+        except OSError:
+            return []
 
     def resume_hint(self) -> str:
         """Where training can resume from, as the end of an error message."""
