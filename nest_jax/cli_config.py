@@ -475,7 +475,7 @@ def override(
     for item in items:
         path, eq, text = item.partition("=")
         if not eq or not path.strip():
-            paths = field_paths(config)
+            paths = sorted(field_paths(config), key=lambda p: (p.count("."), len(p)))
             raise UserError(f"{flag} {item}: expects FIELD=VALUE, e.g. {flag} {paths[0] if paths else 'FIELD'}=VALUE")
         pairs.append((path.strip(), text))
     return _apply(config, pairs, spell, subject)
