@@ -363,7 +363,7 @@ def _resolve(
                 raise _no_such_field(config, path, depth, spell, subject)
             if not model:
                 group = ".".join(parts[: depth - 1])
-                raise UserError(f"{spell(path)}: set {spell(group)}.name (the model) before its overrides")
+                raise UserError(f"{spell(path)}: config.{group} names no model yet; set its model before its overrides")
             fields = model_fields(model)
             if part not in fields:
                 raise _no_such_field(
