@@ -38,6 +38,8 @@ def _part(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "nest_jax" or len(parts) < 2:
         return None
+    if parts[-1] == "__main__":  # a command line (python -m nest_jax.convert): the CLI layer
+        return "main"
     return parts[1]
 
 

@@ -19,49 +19,24 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
-from nest_jax.errors import USAGE_EXIT_CODE, UserError
+from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
 
 PROG = "python -m nest_jax.analyze"
 
 
-def load_config(spec: str, overrides: list[str]):
-    """`path.py[:arg]` -> its `get_config([arg])`, then `key.path=value` overrides (literals only)."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise UserError(f"config file {path!r} not found; pass --config=configs/<name>.py[:arg]")
-    mod_spec = importlib.util.spec_from_file_location("_nest_jax_analyze_config", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
-    for item in overrides:
-        key, eq, raw = item.partition("=")
-        if not eq:
-            raise UserError(f"--set {item!r} must look like key.path=value, e.g. model.overrides.skip_removed=(0,)")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw  # a bare string
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        with config.unlocked() if hasattr(config, "unlocked") else _null():
-            node[leaf] = value
+def load_config(spec: str, overrides: list[str], flag: str = "--set"):
+    """`path.py[:arg]` -> its `get_config([arg])`, locked, then `FIELD.PATH=VALUE` overrides parsed
+    and checked exactly as `nest_jax.main`'s `--config.FIELD.PATH=VALUE` (`cli_config.override`)."""
+    from nest_jax import cli_config
+
+    config = cli_config.load_config(spec)
+    cli_config.override(config, overrides, flag=flag)
     return config
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def load_checkpoint(model, source: str, path: Path, label: str) -> int:
@@ -125,7 +100,13 @@ def parse(argv):
     ap.add_argument("--config", required=True, help="configs/<name>.py[:arg] (model and evaluation data)")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--source", default="nest_jax", help="nest_jax (default), timm, vit_npz, nest_official, nest_timm")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="config override as nest_jax.main's --config.FIELD=VALUE (typed, existing fields only), repeatable",
+    )
     ap.add_argument("--compare-config", default=None)
     ap.add_argument("--compare-checkpoint", default=None)
     ap.add_argument("--compare-source", default="nest_jax")
@@ -211,7 +192,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    debug = args.debug or os.environ.get("NEST_JAX_DEBUG") == "1"
+    debug = debug_requested(args.debug)
     try:
         results = run(args)
     except UserError as e:
