@@ -242,7 +242,9 @@ def test_disk_full_in_an_async_save_is_reported_at_the_next_wait(tmp_path, monke
     ckpt.wait()
     ckpt.save(4, _small_state())
     monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", _no_space)
-    with pytest.raises(UserError, match="no space left on device while saving step 4 .* last good checkpoint is step 2"):
+    with pytest.raises(
+        UserError, match="no space left on device while saving step 4 .* last good checkpoint is step 2"
+    ):
         ckpt.save(6, _small_state())
 
 
