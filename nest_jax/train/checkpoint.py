@@ -31,17 +31,11 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
+# The layout lives in the convert layer, which reads a workdir's weights without the trainer.
+from nest_jax.convert.workdir import CHECKPOINTS, DATA, STATE, as_path
 from nest_jax.errors import UserError
 
 log = logging.getLogger(__name__)
-
-STATE, DATA = "default", "data"  # orbax item names; "default" keeps single-item readers working
-
-
-def as_path(path: str | epath.PathLike) -> epath.Path:
-    """An absolute `epath.Path` (local paths resolved against the current directory; gs:// kept)."""
-    p = epath.Path(path)
-    return p if "://" in str(path) else p.expanduser().absolute()
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -164,7 +158,7 @@ class Checkpointer:
         async_save: bool = True,
         create: bool = True,
     ):
-        self.directory = as_path(workdir) / "checkpoints"
+        self.directory = as_path(workdir) / CHECKPOINTS
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save
         )
@@ -177,7 +171,7 @@ class Checkpointer:
     @staticmethod
     def exists(workdir: str | epath.PathLike) -> bool:
         """Whether `workdir` holds at least one finished checkpoint (creates nothing)."""
-        d = as_path(workdir) / "checkpoints"
+        d = as_path(workdir) / CHECKPOINTS
         return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
 
     @property
