@@ -188,7 +188,7 @@ def test_missing_checkpoints_name_the_config_field(tmp_path):
         load_teachers(cfg, mesh, num_classes=4)
     cfg = base_config()
     cfg.init_from.update(dict(checkpoint=str(tmp_path / "nope.npz"), source="vit_npz"))
-    with pytest.raises(UserError, match=r"--config\.init_from\.checkpoint: .*nope\.npz: no such file"):
+    with pytest.raises(UserError, match=r"--config\.init_from\.checkpoint: .*nope\.npz does not exist"):
         from nest_jax.train.init_from import read_fitted
 
         read_fitted(cfg.init_from, None, flag="--config.init_from.checkpoint")

@@ -91,7 +91,7 @@ def load_params(
         raise UserError(f"no checkpoint path given: {_HOW}")
     where = as_path(path)
     if not where.exists():
-        raise UserError(f"{path}: no such file or directory; {_HOW}")
+        raise UserError(f"{path} does not exist; {_HOW}")
     if source is not None and source not in SOURCES:
         raise UserError(f"unknown weights source {source!r} for {path}; choose one of {', '.join(SOURCES)}")
     if where.is_dir():
