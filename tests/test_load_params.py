@@ -158,3 +158,19 @@ def test_the_convert_layer_loads_a_workdir_without_the_training_system(workdir):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.split(maxsplit=2) == ["4", str(len(_restored(path, cfg, 4)["params"])), "[]\n"]
+
+
+def test_fid_classifier_reads_the_workdirs_ema_through_the_loader(workdir):
+    """The FID feature extractor of a classifier workdir: its EMA parameters, restored independently."""
+    from nest_jax.analysis.fid import classifier_from_workdir
+    from nest_jax.convert import assign_params
+    from nest_jax.data.preprocess import mean_std
+
+    path, cfg = workdir
+    extract = classifier_from_workdir(str(path), use_ema=True)
+    model = build_model(cfg, 4, nnx.Rngs(0))
+    assign_params(model, _restored(path, cfg, 4)["ema"])
+    mean, std = (np.asarray(v, np.float32) for v in mean_std(cfg.dataset))
+    images = np.random.default_rng(2).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    want = model(((images + 1) / 2 - mean) / std, capture="pre_logits")[1]["pre_logits"]
+    np.testing.assert_allclose(np.asarray(extract(images)), np.asarray(want), rtol=1e-5, atol=1e-6)
