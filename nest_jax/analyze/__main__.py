@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 import sys
-from pathlib import Path
 
 from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
 
@@ -39,32 +37,16 @@ def load_config(spec: str, overrides: list[str], flag: str = "--set"):
     return config
 
 
-def load_checkpoint(model, source: str, path: Path, label: str) -> int:
+def load_checkpoint(model, source: str, path: str, label: str) -> int:
     """Loads a checkpoint into `model` (params, and BatchNorm statistics when it has them) through
-    `nest_jax.train.init_from.read_weights`; returns the training step (0 unless a workdir)."""
-    import jax.numpy as jnp
-    from flax import nnx
+    `nest_jax.load_params` / `load_into`; returns the training step (0 unless a workdir)."""
+    from nest_jax.convert.load import load_into, load_params
 
-    from nest_jax.train.init_from import read_weights
-    from nest_jax.train.sharding import path_str
-
-    params, stats, fresh = read_weights(source, path, model, flag="--checkpoint")
+    weights = load_params(path, source=source, model=model)
+    fresh = load_into(model, weights)
     if fresh:
         print(f"{PROG}: note: {label}: class count differs, head left at random: {', '.join(fresh)}", file=sys.stderr)
-    for kind, arrays in ((nnx.Param, params), (nnx.BatchStat, stats)):
-        state = nnx.state(model, kind)
-        for k, var in nnx.to_flat_state(state):
-            if path_str(k) in arrays:
-                var.set_value(jnp.asarray(arrays[path_str(k)]))
-        nnx.update(model, state)
-    if source == "nest_jax" and (path / "checkpoints").is_dir():
-        import orbax.checkpoint as ocp
-
-        mgr = ocp.CheckpointManager(os.path.abspath(path / "checkpoints"))
-        step = mgr.latest_step()
-        mgr.close()
-        return int(step or 0)
-    return 0
+    return int(weights.step or 0)
 
 
 def build_subject(config, checkpoint: str | None, source: str, label: str, num_classes: int):
@@ -79,16 +61,7 @@ def build_subject(config, checkpoint: str | None, source: str, label: str, num_c
         raise UserError(f"cannot build the model of {label}'s config: {e}") from e
     step = 0
     if checkpoint:
-        path = Path(checkpoint)
-        if not path.exists():
-            raise UserError(
-                f"checkpoint {checkpoint!r} does not exist; pass a training workdir, a converted "
-                "checkpoint directory, or an importer's file with --source"
-            )
-        try:
-            step = load_checkpoint(model, source, path, label)
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            raise UserError(f"cannot load {checkpoint!r} as a {source} checkpoint: {str(e).splitlines()[0]}") from e
+        step = load_checkpoint(model, source, checkpoint, label)
     else:
         print(f"{PROG}: note: no --checkpoint for {label}: analysing random initial weights", file=sys.stderr)
     return Subject(label, model), step

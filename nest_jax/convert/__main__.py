@@ -6,7 +6,7 @@
 Sources: `timm` (ViT/DeiT/ResNet state dicts), `vit_npz` (Google ViT), `nest_official` (official
 NesT flax parameters as a flat '/'-keyed `.npz`), `nest_timm` (timm NesT). The position tables
 are resized to `--img-size` and heads with another class count are re-initialized (`adapt_params`).
-The output is read back by `nest_jax.convert.restore_params(DIR)`. Architecture fields the name
+The output is read back by `nest_jax.load_params(DIR)` (then `load_into`). Architecture fields the name
 does not fix go through `--set`, e.g. `--set pool_padding=symmetric` for timm's plain `nest_*`
 weights (its `nest_*_jx` weights use the default TF-SAME pooling).
 
@@ -33,8 +33,8 @@ from flax import nnx
 from nest_jax.cli_config import model_fields, override
 from nest_jax.convert.checkpoint import is_replaceable, save_params
 from nest_jax.convert.common import check_finite
+from nest_jax.convert.load import IMPORTERS, from_source, load_into, read_file
 from nest_jax.convert.resize import METHODS
-from nest_jax.convert.sources import SOURCES, convert_into, read_source
 from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
 
 log = logging.getLogger("nest_jax.convert")
@@ -114,7 +114,7 @@ def check_ranks(source: str, data: dict[str, np.ndarray], model: nnx.Module, mod
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nest_jax.convert", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="registered model name (nest_jax.models.list_models())")
-    p.add_argument("--source", required=True, choices=SOURCES)
+    p.add_argument("--source", required=True, choices=IMPORTERS)
     p.add_argument("--input", required=True, help="checkpoint file (.npz, .pth, .safetensors)")
     p.add_argument("--output", required=True, help="directory for the orbax checkpoint (must not exist)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's class count")
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> Path:
             f"--output {output} exists and is not a nest_jax checkpoint, so --overwrite leaves it "
             "alone; choose another --output (or remove it yourself)"
         )
-    data = read_source(args.source, args.input)
+    data = read_file(args.input)
     if not args.allow_nonfinite:
         check_finite(data, source=f"--input {args.input}")
     kwargs: dict[str, Any] = {
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> Path:
     method = args.resize_method or ("linear" if args.source in ("vit_npz", "nest_official") else "bicubic")
     model = create_model(args.model, **kwargs)
     check_ranks(args.source, data, model, args.model)
-    fresh = convert_into(model, args.source, data, resize_method=method)
+    fresh = load_into(model, from_source(args.source, data, model, path=args.input), resize_method=method)
     if fresh:
         log.info("re-initialized (class count differs): %s", ", ".join(fresh))
     out = save_params(model, args.output, model_name=args.model, model_kwargs=kwargs, overwrite=args.overwrite)

@@ -36,21 +36,16 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
+# The layout lives in the convert layer, which reads a workdir's weights without the trainer.
+from nest_jax.convert.workdir import CHECKPOINTS, DATA, STATE, as_path
 from nest_jax.errors import UserError
 from nest_jax.train import integrity
 
 log = logging.getLogger(__name__)
 
-STATE, DATA = "default", "data"  # orbax item names; "default" keeps single-item readers working
 CHECKSUMS = "checksums"
 # What orbax and nest_jax write into a step folder; retention deletes these and nothing else.
 _WRITTEN = (STATE, DATA, CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt")
-
-
-def as_path(path: str | epath.PathLike) -> epath.Path:
-    """An absolute `epath.Path` (local paths resolved against the current directory; gs:// kept)."""
-    p = epath.Path(path)
-    return p if "://" in str(path) else p.expanduser().absolute()
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -201,7 +196,7 @@ class Checkpointer:
         async_save: bool = True,
         create: bool = True,
     ):
-        self.directory = as_path(workdir) / "checkpoints"
+        self.directory = as_path(workdir) / CHECKPOINTS
         _quiet_orbax_on_full_disk()
         if max_to_keep is not None and (isinstance(max_to_keep, bool) or max_to_keep < 0):
             raise UserError(f"train.max_to_keep={max_to_keep} must be 0 (keep every checkpoint) or a positive count")
@@ -221,7 +216,7 @@ class Checkpointer:
     @staticmethod
     def exists(workdir: str | epath.PathLike) -> bool:
         """Whether `workdir` holds at least one finished checkpoint (creates nothing)."""
-        d = as_path(workdir) / "checkpoints"
+        d = as_path(workdir) / CHECKPOINTS
         return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
 
     @property
