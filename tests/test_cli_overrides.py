@@ -11,7 +11,7 @@ from flax import nnx
 from nest_jax import main as main_mod
 from nest_jax.analyze.__main__ import main as analyze_main
 from nest_jax.cli_config import apply_overrides, load_config, model_fields, override
-from nest_jax.convert import read_meta, restore_params
+from nest_jax.convert import load_into, load_params, read_meta
 from nest_jax.convert.__main__ import main as convert_main
 from nest_jax.convert.nest import params_to_official_nest
 from nest_jax.errors import UserError, debug_requested
@@ -101,7 +101,9 @@ def test_convert_set_tuple_reaches_the_model(tmp_path, capsys):
     base = ["--model", "nest_tiny_cifar", "--source", "nest_official", "--input", str(npz), "--img-size", "8"]
     sets = ["--set", "depths=(2,1)", "--set", "dims=(8, 8)", "--set", "heads=[2,2]"]
     assert convert_main([*base, "--output", str(out), *sets]) == 0, capsys.readouterr().err
-    model = restore_params(out)
+    weights = load_params(out)
+    model = weights.new_model()
+    load_into(model, weights)
     assert model.config.depths == (2, 1) and len(model.levels[0].layers) == 2 and len(model.levels[1].layers) == 1
     assert read_meta(out)["kwargs"]["depths"] == [2, 1]
     x = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
