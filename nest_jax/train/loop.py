@@ -1,6 +1,8 @@
 """`train_and_evaluate(config, workdir)`: the one training loop (setup, data, model, loop, eval).
 
-Resumes automatically from the newest readable checkpoint in `workdir` (an `etils.epath` path:
+Every task runs here: `config.task` "classification" (`trainer.make_trainer`) or "gan"
+(`gan.make_gan_trainer`, the EMA generator evaluated); a task is a train state, its shardings
+and a jitted train step. Resumes automatically from the newest readable checkpoint in `workdir` (an `etils.epath` path:
 local or gs://), with the input iterator's saved position when the data module reports one; one
 run per workdir (a lock file); SIGTERM saves (unless that step is saved already) and raises
 `Preempted`; a non-finite loss or non-finite parameters stop training with a FloatingPointError
@@ -38,11 +40,7 @@ log = logging.getLogger(__name__)
 
 
 def mesh_axes(config: Any) -> dict:
-    mesh = config.get("mesh", None)
-    if mesh is None:
-        return {"data": -1}
-    axes = mesh.get("axes", None) if hasattr(mesh, "get") else None
-    return dict(axes if axes is not None else mesh)
+    return dict(config.mesh.axes)
 
 
 def schedule_lengths(config: Any, num_train: int) -> tuple[int, int, int]:
@@ -102,7 +100,7 @@ def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[s
     # ---- setup ----
     data = data if data is not None else importlib.import_module("nest_jax.data")
     workdir = as_path(workdir)
-    mode = config.get("mode", "train")
+    mode = config.mode
     if mode == "eval" and not Checkpointer.exists(workdir):
         raise UserError(
             f"--mode=eval needs a checkpoint but {workdir} has none (no {workdir}/checkpoints/<step>); "
@@ -126,6 +124,27 @@ def _write_parameter_table(workdir: Any, params: Any, write: bool) -> None:
         (workdir / "params.txt").write_text(parameter_overview.get_parameter_overview(abstract, include_stats=False))
         where = f" (table: {workdir / 'params.txt'})"
     log.info("parameters: %s in %d arrays, %.1f MiB%s", f"{count:,}", len(leaves), nbytes / 2**20, where)
+
+
+def make_task_trainer(config: Any, mesh: Any, info: Any, num_steps: int, warmup: int) -> tuple[Any, tuple]:
+    """The trainer of `config.task` and the extra arguments of its train step (distillation teachers)."""
+    if config.task == "gan":
+        from nest_jax.train.gan import make_gan_trainer
+
+        if config.init_from.checkpoint:
+            raise UserError("init_from fine-tunes classifiers; a GAN starts from scratch: unset init_from.checkpoint")
+        return make_gan_trainer(config, mesh), ()
+    if config.task != "classification":
+        raise UserError(f"config.task={config.task!r} is not a task; use 'classification' or 'gan'")
+    teachers, teacher_params = {}, {}
+    if config.distill:
+        from nest_jax.train.distill import load_teachers
+
+        teachers, teacher_params = load_teachers(config, mesh, info.num_classes)
+    trainer = make_trainer(
+        config, mesh, num_classes=info.num_classes, num_train_steps=num_steps, warmup_steps=warmup, teachers=teachers
+    )
+    return trainer, (teacher_params,)
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -172,14 +191,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
     )
 
     # ---- model, sharded state ----
-    teachers, teacher_params = {}, {}
-    if config.get("distill", None):
-        from nest_jax.train.distill import load_teachers
-
-        teachers, teacher_params = load_teachers(config, mesh, info.num_classes)
-    trainer = make_trainer(
-        config, mesh, num_classes=info.num_classes, num_train_steps=num_steps, warmup_steps=warmup, teachers=teachers
-    )
+    trainer, step_args = make_task_trainer(config, mesh, info, num_steps, warmup)
     evaluators = build_evaluators(config, trainer, data)
     ckpt = Checkpointer(workdir, max_to_keep=tcfg.max_to_keep, create=training)
     writer = MetricWriter(workdir, enabled=is_main and training)  # evaluation writes nothing
@@ -194,12 +206,12 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
             raise UserError(f"--mode=eval: no readable checkpoint in {ckpt.directory}")
         else:
             state = trainer.init_state()
-            if config.get("init_from", None) and config.init_from.get("checkpoint", None):
+            if config.init_from.checkpoint:
                 from nest_jax.train.init_from import initialize_from
 
                 state = initialize_from(config, trainer, state, info.num_classes)
         rest = trainer.init_rest()
-        _write_parameter_table(workdir, state["params"], write=is_main and training)
+        _write_parameter_table(workdir, trainer.parameters(state), write=is_main and training)
         start = int(jax.device_get(state["step"]))
 
         if not training:
@@ -234,6 +246,9 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
         progress = Progress(num_steps, start, enabled=is_main)
         profile_at = start + 10 if is_main and tcfg.profile else None
         result: dict[str, Any] = {}
+        if start == 0 and trainer.evaluate_at_start:  # the evaluations' curves start at initialization
+            result.update(_run_evals(evaluators, state, rest, 0, False, writer))
+            writer.flush()
         pending, window = None, []
         step = start
         wait_for_all_processes("nest_jax_train_start")
@@ -249,7 +264,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                     jax.profiler.start_trace(str(workdir / "profile"))
                 batch = shard_batch(next(it), trainer.batch_sharding)
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                    state, metrics = trainer.train_step(state, batch, rest, teacher_params)
+                    state, metrics = trainer.train_step(state, batch, rest, *step_args)
                 # The previous step's loss is checked now, so the check never stalls the device queue.
                 if pending is not None:
                     _check_finite(pending, step - 1, ckpt)
