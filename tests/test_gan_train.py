@@ -7,6 +7,7 @@ command line's job, on scikit-learn's digits): before the GAN joined the loop, a
 locked workdir trained anyway, a corrupt newest checkpoint was a page of tracebacks, and eval mode
 trained on (2 -> 4 steps; from scratch on an empty workdir)."""
 
+import json
 import logging
 import os
 
@@ -112,25 +113,52 @@ def test_one_step_updates_both_networks(loss, r1):
 
 def _restore_all(workdir, step):
     mgr = ocp.CheckpointManager(str(workdir / "checkpoints"))
-    tree = mgr.restore(step, args=ocp.args.Composite(default=ocp.args.StandardRestore()))["default"]
+    tree = mgr.restore(step, args=ocp.args.StandardRestore())
     mgr.close()
     return tree
+
+
+SAMPLES = dict(samples=dict(kind="samples", every_steps=2, prefix="", num_images=4, batch_size=8))
 
 
 @pytest.mark.slow  # three short runs, each compiling its step: ~40 CPU-s
 def test_resume_is_bit_exact(tmp_path):
     data = SyntheticData(num_classes=2, image_size=8, channels=3, num_train=64)
-    train_and_evaluate(tiny_gan_config(), tmp_path / "a", data=data)
-    stopped = tiny_gan_config()
+    train_and_evaluate(tiny_gan_config(evals=SAMPLES), tmp_path / "a", data=data)
+    stopped = tiny_gan_config(evals=SAMPLES)
     stopped.train.stop_after_steps = 2
     train_and_evaluate(stopped, tmp_path / "b", data=data)
-    out = train_and_evaluate(tiny_gan_config(), tmp_path / "b", data=data)  # resumes at step 2
+    out = train_and_evaluate(tiny_gan_config(evals=SAMPLES), tmp_path / "b", data=data)  # resumes at step 2
     assert out["step"] == 4
     a, b = _restore_all(tmp_path / "a", 4), _restore_all(tmp_path / "b", 4)
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(la) == len(lb) and set(a) >= {"g", "d", "g_ema", "g_opt", "d_opt", "d_stats", "rng"}
     for x, y in zip(la, lb):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # The sample grids of the EMA generator: from initialization on, as PNG files and in TensorBoard.
+    pngs = sorted(p.name for p in (tmp_path / "b" / "samples").iterdir())
+    assert pngs == ["step_000000.png", "step_000002.png", "step_000004.png"]
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "b").iterdir())
+
+
+@pytest.mark.slow  # a 2-step classifier (the FID features) and a 2-step GAN: ~30 CPU-s
+def test_fid_is_an_evaluator_of_the_gan_run_and_of_eval_mode(tmp_path):
+    from tests._train_helpers import tiny_config
+
+    train_and_evaluate(tiny_config(num_train_steps=2), tmp_path / "classifier", data=SyntheticData())
+    fid = dict(kind="fid", every_steps=2, prefix="", checkpoint=str(tmp_path / "classifier"), split="test")
+    fid.update(num_samples=16, batch_size=8, kid_subsets=4, kid_subset_size=8)
+    cfg = tiny_gan_config(steps=2, evals=dict(fid=fid))
+    data = SyntheticData(num_eval=24)
+    train_and_evaluate(cfg, tmp_path / "gan", data=data)
+    rows = [json.loads(line) for line in (tmp_path / "gan" / "metrics.jsonl").read_text().splitlines()]
+    curve = {r["step"]: r for r in rows if "fid" in r}
+    assert sorted(curve) == [0, 2] and all(curve[s]["fid"] > 0 and "kid_std" in curve[s] for s in curve)
+    cfg.mode = "eval"  # the same evaluator on the newest checkpoint: the same latents, the same number
+    out = train_and_evaluate(cfg, tmp_path / "gan", data=data)
+    assert out["step"] == 2 and out["fid"] == pytest.approx(curve[2]["fid"], rel=1e-6)
+    with pytest.raises(UserError, match="unknown setting 'num_sample' of evaluator kind 'fid'; did you mean"):
+        train_and_evaluate(tiny_gan_config(evals=dict(fid=dict(kind="fid", num_sample=8))), tmp_path / "x", data=data)
 
 
 def test_a_second_gan_run_on_a_workdir_in_use_is_refused(tmp_path):
@@ -179,3 +207,12 @@ def test_sigterm_saves_and_stops_a_gan_run(tmp_path):
         train_and_evaluate(cfg, tmp_path, data=SyntheticData(num_classes=2, sigterm_at_step=2))
     assert info.value.step == 3 and Checkpointer(tmp_path).all_steps() == [3]
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_image_grid_layout():
+    from nest_jax.analysis.gan_eval import image_grid
+
+    imgs = np.stack([np.full((2, 3, 1), v, np.float32) for v in (-1.0, 0.0, 1.0)])
+    grid = image_grid(imgs, cols=2)
+    assert grid.shape == (2 * 3 + 1, 2 * 4 + 1, 3)
+    assert grid[1, 1, 0] == 0 and grid[1, 5, 0] == 128 and grid[4, 1, 0] == 255 and grid[0, 0, 0] == 255

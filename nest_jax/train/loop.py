@@ -23,16 +23,15 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from clu import parameter_overview
 
 from nest_jax.errors import Preempted, UserError
 from nest_jax.train.checkpoint import Checkpointer, as_path
-from nest_jax.train.evaluators import build_evaluators, due
+from nest_jax.train.evaluators import EvalData, build_evaluators, check_batch_size
 from nest_jax.train.lock import WorkdirLock
 from nest_jax.train.preemption import Preemption, wait_for_all_processes
-from nest_jax.train.sharding import BATCH_AXES, make_mesh
+from nest_jax.train.sharding import make_mesh
 from nest_jax.train.trainer import make_trainer, shard_batch
 from nest_jax.train.writers import MetricWriter, Progress
 
@@ -54,18 +53,6 @@ def schedule_lengths(config: Any, num_train: int) -> tuple[int, int, int]:
     return int(steps), int(warmup), steps_per_epoch
 
 
-def evaluate(
-    trainer: Any, data: Any, config: Any, params: Any, stats: Any, rest: Any, prefix: str = "eval_"
-) -> dict[str, float]:
-    """Top-1 / top-5 / loss of (params, stats) over the eval split: the `classification` evaluator."""
-    from nest_jax.train.evaluators.classification import ClassificationEvaluator
-
-    cfg = ml_collections.ConfigDict(dict(kind="classification", split=None, every_steps=0, prefix=prefix))
-    return ClassificationEvaluator("val", cfg, config=config, trainer=trainer, data=data).metrics(
-        params, stats, rest, prefix
-    )
-
-
 def _check_finite(metrics: Any, step: int, ckpt: Checkpointer) -> None:
     loss = float(jax.device_get(metrics["loss"]))
     if not math.isfinite(loss):
@@ -77,17 +64,8 @@ def _check_finite(metrics: Any, step: int, ckpt: Checkpointer) -> None:
 
 def check_batch_sizes(config: Any, mesh: Any) -> None:
     """UserError unless both batch sizes split evenly over the mesh's batch axes and processes."""
-    n = math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
-    n = math.lcm(n, jax.process_count())
-    axes = "×".join(f"{a}={mesh.shape[a]}" for a in BATCH_AXES if a in mesh.shape)
     for field in ("global_batch_size", "eval_batch_size"):
-        value = int(config.train[field])
-        if value <= 0 or value % n:
-            raise UserError(
-                f"train.{field}={value} must be a positive multiple of {n} (the devices along "
-                f"the mesh's batch axes {axes}, {jax.process_count()} process(es)); "
-                f"set --config.train.{field}={max(n, value // n * n)}"
-            )
+        check_batch_size(int(config.train[field]), mesh, f"--config.train.{field}")
 
 
 def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[str, Any]:
@@ -151,12 +129,12 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
 
 
-def _run_evals(evaluators: dict, state: Any, rest: Any, step: int, last: bool, writer: MetricWriter) -> dict:
+def _run_evals(evaluators: dict, state: Any, step: int, last: bool, writer: MetricWriter) -> dict:
     out: dict = {}
     for name, ev in evaluators.items():
-        if due(ev.cfg, step, last):
+        if ev.due(step, last):
             t = time.perf_counter()
-            metrics = ev.run(state, rest, step)
+            metrics = ev.run(state, step)
             log.info(
                 "evaluation %s at step %d (%.1f s): %s",
                 name,
@@ -192,7 +170,8 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
 
     # ---- model, sharded state ----
     trainer, step_args = make_task_trainer(config, mesh, info, num_steps, warmup)
-    evaluators = build_evaluators(config, trainer, data)
+    rest = trainer.init_rest()
+    evaluators = build_evaluators(config, lambda s: trainer.eval_model(s, rest), EvalData(config, data, mesh))
     ckpt = Checkpointer(workdir, max_to_keep=tcfg.max_to_keep, create=training)
     writer = MetricWriter(workdir, enabled=is_main and training)  # evaluation writes nothing
     try:
@@ -210,12 +189,11 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                 from nest_jax.train.init_from import initialize_from
 
                 state = initialize_from(config, trainer, state, info.num_classes)
-        rest = trainer.init_rest()
         _write_parameter_table(workdir, trainer.parameters(state), write=is_main and training)
         start = int(jax.device_get(state["step"]))
 
         if not training:
-            return dict(_run_evals(evaluators, state, rest, start, True, writer), step=start)
+            return dict(_run_evals(evaluators, state, start, True, writer), step=start)
 
         # ---- loop ----
         # stop_after_steps: end this run early (same schedule as the full run; resume continues it).
@@ -247,7 +225,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
         profile_at = start + 10 if is_main and tcfg.profile else None
         result: dict[str, Any] = {}
         if start == 0 and trainer.evaluate_at_start:  # the evaluations' curves start at initialization
-            result.update(_run_evals(evaluators, state, rest, 0, False, writer))
+            result.update(_run_evals(evaluators, state, 0, False, writer))
             writer.flush()
         pending, window = None, []
         step = start
@@ -277,7 +255,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                     log.info("profile of steps %d-%d in %s", profile_at, step - 1, workdir / "profile")
                 last = step == end
                 save_now = bool(ckpt_every and step % ckpt_every == 0) or last
-                evals_now = [ev for ev in evaluators.values() if due(ev.cfg, step, last)]
+                evals_now = [ev for ev in evaluators.values() if ev.due(step, last)]
                 if save_now or evals_now or step % log_every == 0:
                     _check_finite(pending, step - 1, ckpt)  # never report a bad loss
                 if step % log_every == 0 or last:
@@ -289,7 +267,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                     ckpt.save(step, state, it.get_state() if saves_position else None)
                     writer.flush()
                 if evals_now:
-                    result.update(_run_evals(evaluators, state, rest, step, last, writer))
+                    result.update(_run_evals(evaluators, state, step, last, writer))
                     writer.flush()
         progress.close()
         ckpt.close()

@@ -122,6 +122,10 @@ class Trainer:
     def parameters(self, state: dict) -> dict:
         return state["params"]
 
+    def eval_model(self, state: dict, rest: Any) -> nnx.Module:
+        """The model of a state's {"params", optional "batch_stats"}: what evaluators run."""
+        return self.model(state["params"], state.get("batch_stats"), rest)
+
 
 def make_trainer(
     config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: int, warmup_steps: int, teachers: dict | None = None
