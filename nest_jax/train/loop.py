@@ -1,13 +1,13 @@
 """`train_and_evaluate(config, workdir)`: the one training loop (setup, data, model, loop, eval).
 
 Every task runs here: `config.task` "classification" (`trainer.make_trainer`) or "gan"
-(`gan.make_gan_trainer`, the EMA generator evaluated); a task is a train state, its shardings
-and a jitted train step. Resumes automatically from the newest readable checkpoint in `workdir` (an `etils.epath` path:
-local or gs://), with the input iterator's saved position when the data module reports one; one
-run per workdir (a lock file); SIGTERM saves (unless that step is saved already) and raises
-`Preempted`; a non-finite loss or non-finite parameters stop training with a FloatingPointError
-naming the last good checkpoint; each checkpoint is saved before the evaluations of the same step,
-so a failing evaluation loses nothing. Evaluations are the `config.evals` entries
+(`gan.make_gan_trainer`, whose evaluators see the EMA generator); a task is a train state, its
+shardings and a jitted train step. Resumes automatically from the newest readable checkpoint in
+`workdir` (an `etils.epath` path: local or gs://), with the input iterator's saved position when
+the data module reports one; one run per workdir (a lock file); SIGTERM saves (unless that step is
+saved already) and raises `Preempted`; a non-finite loss or non-finite parameters stop training
+with a FloatingPointError naming the last good checkpoint; each checkpoint is saved before the
+evaluations of the same step, so a failing evaluation loses nothing. Evaluations are the `config.evals` entries
 (`nest_jax.train.evaluators`); metrics go to TensorBoard event files and `metrics.jsonl`
 (`nest_jax.train.writers`), one progress line per log interval to stdout. `config.mode == "eval"`
 runs the evaluators on the newest checkpoint and writes nothing. Defaults of every field read here
