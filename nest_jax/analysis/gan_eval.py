@@ -2,8 +2,8 @@
 of its samples against the real images of a split).
 
 Both get `model_fn(state)` = the EMA generator, z: (B, latent_dim) -> images (B, H, W, C) in
-[-1, 1] (`gan.GanTrainer.eval_model`), and draw latents on device, `batch_size` at a time, split
-over the mesh's batch axes. In a GAN config (`config.evals`, prefix "" keeps the names short):
+[-1, 1] (`gan.GanTrainer.eval_model`), and draw latents on device, `batch_size` at a time (None:
+train.eval_batch_size), split over the mesh's batch axes. In a GAN config (`config.evals`, prefix "" keeps the names short):
 
     samples=dict(kind="samples", every_steps=500, prefix="", num_images=64, seed=1234)
     fid=dict(kind="fid", every_steps=5000, prefix="", checkpoint=CLASSIFIER_WORKDIR, num_samples=2048)
@@ -47,13 +47,14 @@ class Sampler:
     Latent batch i is `normal(fold_in(key(seed), i))`: the same images for the same (state, seed).
     """
 
-    def __init__(self, model_fn: Callable, data: EvalData, batch_size: int):
-        self.data, self.batch_size = data, check_batch_size(batch_size, data.mesh, "batch_size")
+    def __init__(self, model_fn: Callable, data: EvalData, batch_size: int | None):
+        size = data.batch_size if batch_size is None else check_batch_size(batch_size, data.mesh, "batch_size")
+        self.data, self.batch_size = data, size
 
         @jax.jit
         def generate(state, key):
             model = model_fn(state)
-            z = jax.random.normal(key, (batch_size, model.config.latent_dim))
+            z = jax.random.normal(key, (size, model.config.latent_dim))
             return model(jax.lax.with_sharding_constraint(z, data.sharding), train=False)
 
         self._generate = generate
@@ -69,7 +70,13 @@ class SampleGrid:
     """A grid of the generator's images on fixed latents (the same latents at every step)."""
 
     def __init__(
-        self, model_fn: Callable, data: EvalData, *, num_images: int = 64, seed: int = 1234, batch_size: int = 64
+        self,
+        model_fn: Callable,
+        data: EvalData,
+        *,
+        num_images: int = 64,
+        seed: int = 1234,
+        batch_size: int | None = None,
     ):
         self.num_images, self.seed = num_images, seed
         self.sample = Sampler(model_fn, data, batch_size)
@@ -106,14 +113,14 @@ class FIDEvaluator:
         resize: str = "tf_legacy",
         split: str = "train",
         num_samples: int = 2048,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         kid_subsets: int = 50,
         kid_subset_size: int = 500,
     ):
         self.extract = make_extractor(extractor, checkpoint, weights, resize)  # a missing file fails now
-        self.data, self.split, self.batch_size = data, split, batch_size
-        self.num_samples, self.kid_subsets, self.kid_subset_size = num_samples, kid_subsets, kid_subset_size
         self.sample = Sampler(model_fn, data, batch_size)
+        self.data, self.split, self.batch_size = data, split, self.sample.batch_size
+        self.num_samples, self.kid_subsets, self.kid_subset_size = num_samples, kid_subsets, kid_subset_size
         self.real: F.FeatureStats | None = None
 
     def real_stats(self) -> F.FeatureStats:
