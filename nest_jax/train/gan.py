@@ -31,7 +31,7 @@ from nest_jax.errors import UserError
 from nest_jax.train import optim
 from nest_jax.train import sharding as shd
 from nest_jax.train.config_base import optimizer
-from nest_jax.train.trainer import DTYPES, Network
+from nest_jax.train.trainer import Network, dtype_kwargs
 
 LOSSES = ("hinge", "non_saturating")
 
@@ -84,14 +84,6 @@ def gan_section(**kw) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(g)
 
 
-def _kwargs(overrides: Any) -> dict:
-    kw = dict(overrides)
-    for key in ("dtype", "param_dtype"):
-        if isinstance(kw.get(key), str):
-            kw[key] = DTYPES[kw[key]]
-    return kw
-
-
 def build_generator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
     from nest_jax.models import create_model
 
@@ -102,7 +94,7 @@ def build_generator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
         rngs=rngs,
         latent_dim=int(config.gan.latent_dim),
         out_chans=int(config.dataset.num_channels),
-        **_kwargs(gen.overrides),
+        **dtype_kwargs(gen.overrides),
     )
 
 
@@ -116,7 +108,7 @@ def build_discriminator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
         img_size=config.dataset.image_size,
         rngs=rngs,
         in_chans=int(config.dataset.num_channels),
-        **_kwargs(d.overrides),
+        **dtype_kwargs(d.overrides),
     )
 
 

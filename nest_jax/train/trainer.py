@@ -31,12 +31,18 @@ from nest_jax.train.mixing import mix_batch
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 
 
-def model_kwargs(config: Any, num_classes: int) -> dict:
-    """`create_model` keyword arguments from config.model (dtype strings -> jnp dtypes)."""
-    kw = dict(config.model.overrides or {})
+def dtype_kwargs(overrides: Any) -> dict:
+    """A model's config overrides as `create_model` keyword arguments (dtype strings -> jnp dtypes)."""
+    kw = dict(overrides or {})
     for key in ("dtype", "param_dtype"):
         if isinstance(kw.get(key), str):
             kw[key] = DTYPES[kw[key]]
+    return kw
+
+
+def model_kwargs(config: Any, num_classes: int) -> dict:
+    """`create_model` keyword arguments from config.model."""
+    kw = dtype_kwargs(config.model.overrides)
     kw.setdefault("in_chans", int(config.dataset.num_channels))
     kw["num_classes"] = num_classes
     kw["img_size"] = config.model.img_size or config.dataset.image_size
