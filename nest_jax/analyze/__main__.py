@@ -174,7 +174,7 @@ def run(args) -> dict:
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"cannot read the dataset of {args.config}: {str(e).splitlines()[0]}") from e
     a, step = build_subject(config, args.checkpoint, args.source, args.label, info.num_classes)
-    subjects, configs = [a], [config]
+    subjects = [a]
     if args.compare_config or args.compare_checkpoint:
         cfg_b = load_config(args.compare_config or args.config, args.compare_set)
         if cfg_b.dataset.get("image_size", None) != config.dataset.image_size:
@@ -183,7 +183,6 @@ def run(args) -> dict:
         if b.label == a.label:
             raise UserError("--label and --compare-label must differ")
         subjects.append(b)
-        configs.append(cfg_b)
     return analyse(
         names,
         subjects,
@@ -195,7 +194,6 @@ def run(args) -> dict:
         step=step,
         skip_inapplicable=args.analysis == "all",
         options=options,
-        configs=configs,
     )
 
 

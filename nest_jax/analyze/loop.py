@@ -105,18 +105,16 @@ def analyse(
     step: int = 0,
     skip_inapplicable: bool = False,
     options: dict | None = None,
-    configs: list | None = None,
 ) -> dict[str, dict]:
     """Runs analyses `names` on `subjects` over `config`'s evaluation split (read through the data
     module `data`); writes under `out`; returns {name: {label: results}}.
 
-    configs: each subject's config (default: `config` for all). skip_inapplicable: leave out (with
+    skip_inapplicable: leave out (with
     a note on stderr) analyses that do not apply (e.g. localization on a ResNet) instead of raising
     their UserError. options: evaluator settings (`--opt KEY=VALUE`), each given to those that take it.
     """
     options = dict(options or {})
     check_options(names, options)
-    configs = configs or [config] * len(subjects)
     eval_data = EvalData(config, data, make_mesh({"data": -1}), batch_size=batch_size, max_batches=max_batches)
     bound = [model_fn_of(s.model) for s in subjects]
     os.makedirs(out, exist_ok=True)
@@ -126,7 +124,7 @@ def analyse(
     results: dict[str, dict] = {}
     try:
         for name in names:
-            numbers = _run_one(name, subjects, configs, bound, eval_data, options, step, skip_inapplicable)
+            numbers = _run_one(name, subjects, evals_config(config, name, options), bound, eval_data, step, skip_inapplicable)
             if numbers is None:
                 continue
             results[name], figures = numbers
@@ -144,13 +142,13 @@ def analyse(
     return results
 
 
-def _run_one(name, subjects, configs, bound, data, options, step, skip_inapplicable):
+def _run_one(name, subjects, config, bound, data, step, skip_inapplicable):
     """(results by label, figures) of one analysis; None when it applies to no model and `all`
     asked for it. With two models, one it does not apply to is noted and left out."""
     results, evaluators, reason = {}, {}, ""
-    for s, cfg, (model_fn, state) in zip(subjects, configs, bound):
+    for s, (model_fn, state) in zip(subjects, bound):
         try:
-            ev = build_evaluators(evals_config(cfg, name, options), model_fn, data)[name].evaluator
+            ev = build_evaluators(config, model_fn, data)[name].evaluator
             results[s.label] = unflatten(flatten(ev.run(state, step)))
             evaluators[s.label] = ev
         except (UserError, ValueError) as e:  # e.g. a ResNet has no attention; nothing to attack
