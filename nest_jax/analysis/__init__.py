@@ -4,6 +4,7 @@ Modules are reached by attribute (`nest_jax.analysis.cka.MinibatchCKA`); the eva
 them in training and in `python -m nest_jax.analyze` are in `evaluators` and `robustness_evaluators`.
 """
 
+from nest_jax.analysis import cka
 from nest_jax.analysis.attention_distance import (
     attention_distance_per_image,
     layer_geometry,
@@ -12,7 +13,6 @@ from nest_jax.analysis.attention_distance import (
     patch_distances,
 )
 from nest_jax.analysis.cam import CAMResult, box_from_cam, box_iou, class_activation_map
-from nest_jax.analysis import cka
 from nest_jax.analysis.cka import MinibatchCKA, batch_hsic_terms, gram_linear, gram_rbf, hsic
 from nest_jax.analysis.gradcat import GradCATResult, class_gradients, gradcat, node_scores, traverse
 from nest_jax.analysis.localization import LocalizationCKA, localization_score

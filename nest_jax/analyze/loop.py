@@ -124,7 +124,9 @@ def analyse(
     results: dict[str, dict] = {}
     try:
         for name in names:
-            numbers = _run_one(name, subjects, evals_config(config, name, options), bound, eval_data, step, skip_inapplicable)
+            numbers = _run_one(
+                name, subjects, evals_config(config, name, options), bound, eval_data, step, skip_inapplicable
+            )
             if numbers is None:
                 continue
             results[name], figures = numbers
