@@ -5,7 +5,8 @@ contract; run by the training loop through `config.evals` and by `python -m nest
 They re-run the model on perturbed copies of the evaluation images, so each reads up to
 `max_batches` batches of this process (`batch_size`, `max_batches`: None = the data's defaults)
 once, turned back into [0, 1] pixels with the dataset's mean and std, and calls the `run_<name>`
-function of `nest_jax.analysis` on them with the model of the state.
+function of `nest_jax.analysis` on them with the model of the state. With several processes each
+scores its own shard of the split (the writers keep process 0's numbers).
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ def run(args) -> dict:
     subjects = [a]
     if args.compare_config or args.compare_checkpoint:
         cfg_b = load_config(args.compare_config or args.config, args.compare_set)
-        if cfg_b.dataset.get("image_size", None) != config.dataset.image_size:
+        if cfg_b.dataset.image_size != config.dataset.image_size:
             raise UserError("the compared model must take the same images (same dataset.image_size) as the first")
         b, _ = build_subject(cfg_b, args.compare_checkpoint, args.compare_source, args.compare_label, info.num_classes)
         if b.label == a.label:

@@ -109,9 +109,9 @@ def analyse(
     """Runs analyses `names` on `subjects` over `config`'s evaluation split (read through the data
     module `data`); writes under `out`; returns {name: {label: results}}.
 
-    skip_inapplicable: leave out (with
-    a note on stderr) analyses that do not apply (e.g. localization on a ResNet) instead of raising
-    their UserError. options: evaluator settings (`--opt KEY=VALUE`), each given to those that take it.
+    skip_inapplicable: leave out (with a note on stderr) analyses that do not apply (e.g.
+    localization on a ResNet) instead of raising their UserError. options: evaluator settings
+    (`--opt KEY=VALUE`), each given to the analyses that take it.
     """
     options = dict(options or {})
     check_options(names, options)
@@ -145,12 +145,18 @@ def analyse(
 
 
 def _run_one(name, subjects, config, bound, data, step, skip_inapplicable):
-    """(results by label, figures) of one analysis; None when it applies to no model and `all`
-    asked for it. With two models, one it does not apply to is noted and left out."""
+    """(results by label, figures) of one analysis; None when `all` asked for one that does not
+    apply. With two models, one it does not apply to is noted and left out."""
+    try:
+        built = [build_evaluators(config, model_fn, data)[name].evaluator for model_fn, _ in bound]
+    except UserError as e:  # a setting it needs is missing (shape_bias without stimuli)
+        if not skip_inapplicable:
+            raise
+        print(f"note: skipping {name}: {e}", file=sys.stderr)
+        return None
     results, evaluators, reason = {}, {}, ""
-    for s, (model_fn, state) in zip(subjects, bound):
+    for s, ev, (_, state) in zip(subjects, built, bound):
         try:
-            ev = build_evaluators(config, model_fn, data)[name].evaluator
             results[s.label] = unflatten(flatten(ev.run(state, step)))
             evaluators[s.label] = ev
         except (UserError, ValueError) as e:  # e.g. a ResNet has no attention; nothing to attack
