@@ -10,9 +10,11 @@ way by the training loop and by `python -m nest_jax.analyze`.
 
 `model_fn(state)` returns the `nnx.Module` of a train state's {"params", optional "batch_stats"}
 (the EMA is evaluated as `model_fn({**state, "params": state["ema"]})`); it works eagerly and under
-`jax.jit`. `data` is an `EvalData`. `run` returns keys relative to the evaluator ("top1",
-"matrix"); floats are written as scalars, arrays with ndim >= 2 as images (HWC or NHWC). `figures`
-gets {subject label: unflatten(run output)} and returns figures keyed by file stem.
+`jax.jit`. `data` is an `EvalData`. `run` returns the results, keys relative to the evaluator
+("top1", "matrix"), values numbers, arrays or nested dicts/lists of them; the loop writes
+`flatten(results)` under the entry's prefix: floats as scalars, arrays with ndim >= 2 as images
+(HWC or NHWC). `figures` gets {subject label: unflatten(flatten(results))} and returns figures
+keyed by file stem.
 
 `config.evals.<name> = dict(kind=..., every_steps=..., prefix=..., **settings)`: `build_evaluators`
 reads kind, every_steps (None: train.eval_every_steps; 0: only at the end) and prefix (None:
@@ -30,8 +32,13 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import numpy as np
+from flax import nnx
+
 from nest_jax.errors import UserError
 from nest_jax.train.evaluators.data import EvalData, batch_multiple, check_batch_size
+from nest_jax.train.trainer import params_state
 
 # The analysis layer's modules that register kinds (imported the first time a kind is looked up).
 PLUGIN_MODULES: tuple[str, ...] = (
@@ -111,7 +118,7 @@ class Evaluation:
         return last or (self.every_steps > 0 and step % self.every_steps == 0)
 
     def run(self, state: dict, step: int) -> dict[str, Any]:
-        return {self.prefix + k: v for k, v in self.evaluator.run(state, step).items()}
+        return {self.prefix + k: v for k, v in flatten(self.evaluator.run(state, step)).items()}
 
 
 def build_evaluators(config: Any, model_fn: Callable, data: EvalData) -> dict[str, Evaluation]:
@@ -128,6 +135,63 @@ def build_evaluators(config: Any, model_fn: Callable, data: EvalData) -> dict[st
     return out
 
 
+def model_fn_of(model: Any) -> tuple[Callable[[dict], Any], dict]:
+    """An `nnx.Module` -> (model_fn, state) of this contract: state {"params", "batch_stats" when
+    the model has BatchNorm} as pure dicts; model_fn(state) merges any such state back."""
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    params_flat, stats_flat = list(nnx.to_flat_state(params)), list(nnx.to_flat_state(stats))
+    state = {"params": nnx.to_pure_dict(params)}
+    if stats_flat:
+        state["batch_stats"] = nnx.to_pure_dict(stats)
+
+    def model_fn(s: dict) -> Any:
+        # Fresh RNG-stream variables: merging must not share them with another trace.
+        return nnx.merge(
+            graphdef,
+            params_state(params_flat, s["params"]),
+            params_state(stats_flat, s.get("batch_stats") or {}),
+            jax.tree.map(lambda x: x, rest),
+        )
+
+    return model_fn, state
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, float | np.ndarray]:
+    """Nested results -> {"a/b/0": float}: dicts by key, lists and tuples by position (each entry
+    a scalar metric); numpy arrays are kept whole (the loop writes those with ndim >= 2 as images,
+    1-d ones not at all: use them for the x-axes of curves); strings and None are left out."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}/").items()}
+    if isinstance(value, (list, tuple)):
+        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}/").items()}
+    if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value):
+        return {prefix[:-1]: np.asarray(value)}
+    if isinstance(value, (bool, int, float, np.number, np.ndarray, jax.Array)):
+        return {prefix[:-1]: float(value)}
+    return {}
+
+
+def unflatten(flat: dict[str, Any]) -> Any:
+    """The inverse of `flatten` up to types: "a/0", "a/1" -> {"a": [v0, v1]}."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+
+    def lists(node):
+        if not isinstance(node, dict):
+            return node
+        node = {k: lists(v) for k, v in node.items()}
+        if node and sorted(node) == sorted(map(str, range(len(node)))):
+            return [node[str(i)] for i in range(len(node))]
+        return node
+
+    return lists(tree)
+
+
 from nest_jax.train.evaluators import classification  # noqa: E402,F401  (registers the built-in kind)
 
 __all__ = [
@@ -136,9 +200,12 @@ __all__ = [
     "batch_multiple",
     "build_evaluators",
     "check_batch_size",
+    "flatten",
     "get_evaluator",
     "known_kinds",
     "make_evaluator",
+    "model_fn_of",
     "register_evaluator",
     "settings_of",
+    "unflatten",
 ]

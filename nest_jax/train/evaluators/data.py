@@ -110,7 +110,8 @@ class EvalData:
 
     @staticmethod
     def gather(tree: Any) -> Any:
-        """Global (sharded) arrays -> numpy arrays with every process's rows, on every process."""
+        """Global (sharded) arrays -> arrays holding every process's rows, on every process (with
+        one process: the arrays themselves, still on the devices)."""
         if jax.process_count() == 1:
-            return jax.device_get(tree)
+            return tree
         return multihost_utils.process_allgather(tree, tiled=True)
