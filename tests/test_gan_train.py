@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from nest_jax.errors import Preempted, UserError
 from nest_jax.main import run_job
@@ -216,3 +217,20 @@ def test_image_grid_layout():
     grid = image_grid(imgs, cols=2)
     assert grid.shape == (2 * 3 + 1, 2 * 4 + 1, 3)
     assert grid[1, 1, 0] == 0 and grid[1, 5, 0] == 128 and grid[4, 1, 0] == 255 and grid[0, 0, 0] == 255
+
+
+def test_the_generator_evaluators_refuse_a_classifier_in_one_line():
+    from nest_jax.analysis.gan_eval import SampleGrid
+    from nest_jax.models import create_model
+    from nest_jax.train.evaluators import EvalData, model_fn_of
+    from nest_jax.train.sharding import make_mesh
+    from tests._train_helpers import tiny_config
+
+    config = tiny_config()
+    model = create_model("vit_tiny_patch16_224", rngs=nnx.Rngs(0), **dict(config.model.overrides, img_size=8))
+    model_fn, state = model_fn_of(model)
+    grid = SampleGrid(model_fn, EvalData(config, SyntheticData(), make_mesh({"data": -1})), num_images=4)
+    with pytest.raises(
+        UserError, match=r"^ViT is not a generator \(no config.latent_dim\): samples and fid evaluate GANs$"
+    ):
+        grid.run(state, 0)

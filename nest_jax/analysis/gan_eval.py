@@ -14,6 +14,7 @@ train.eval_batch_size), split over the mesh's batch axes. In a GAN config (`conf
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -41,6 +42,16 @@ def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
     return grid
 
 
+def latent_dim(model) -> int:
+    """The generator's latent size; a UserError for any other model (a classifier has no samples)."""
+    dim = getattr(getattr(model, "config", None), "latent_dim", None)
+    if dim is None:
+        raise UserError(
+            f"{type(model).__name__} is not a generator (no config.latent_dim): samples and fid evaluate GANs"
+        )
+    return int(dim)
+
+
 class Sampler:
     """`sample(state, n, seed)` -> (n, H, W, C) float32 in [-1, 1], host numpy on every process.
 
@@ -49,19 +60,18 @@ class Sampler:
 
     def __init__(self, model_fn: Callable, data: EvalData, batch_size: int | None):
         size = data.batch_size if batch_size is None else check_batch_size(batch_size, data.mesh, "batch_size")
-        self.data, self.batch_size = data, size
+        self.model_fn, self.data, self.batch_size = model_fn, data, size
 
-        @jax.jit
-        def generate(state, key):
-            model = model_fn(state)
-            z = jax.random.normal(key, (size, model.config.latent_dim))
-            return model(jax.lax.with_sharding_constraint(z, data.sharding), train=False)
+        @functools.partial(jax.jit, static_argnums=2)
+        def generate(state, key, latent: int):
+            z = jax.random.normal(key, (size, latent))
+            return model_fn(state)(jax.lax.with_sharding_constraint(z, data.sharding), train=False)
 
         self._generate = generate
 
     def __call__(self, state: dict, n: int, seed: int) -> np.ndarray:
-        key = jax.random.key(seed)
-        out = [self._generate(state, jax.random.fold_in(key, i)) for i in range(-(-n // self.batch_size))]
+        latent, key = latent_dim(self.model_fn(state)), jax.random.key(seed)
+        out = [self._generate(state, jax.random.fold_in(key, i), latent) for i in range(-(-n // self.batch_size))]
         return np.concatenate([np.asarray(self.data.gather(x), np.float32) for x in out])[:n]
 
 
