@@ -4,9 +4,9 @@
 tensorboardX; `tensorboard --logdir WORKDIR` shows the run), every scalar to
 `WORKDIR/metrics.jsonl`, one JSON object per write: {"step": k, name: value, ...}, and every
 picture (a uint8 image, e.g. the GAN's sample grid `samples`) as `WORKDIR/<name>/step_<k>.png`.
-Only process 0 writes; others get a writer that does nothing. `Progress` prints one line per log interval (step of
-total, loss, accuracy, learning rate, steps/s, time left); on a terminal the line is a progress bar
-redrawn in place.
+Only process 0 writes; others get a writer that does nothing. `Progress` prints one line per log
+interval (step of total, loss, accuracy, learning rate, steps/s, time left); on a terminal the
+line is a progress bar redrawn in place.
 """
 
 from __future__ import annotations
