@@ -15,7 +15,7 @@ digits input pipeline of the config (no augmentation, no mixing).
 
 Uses the trainer's own pieces: `make_trainer` (sharded state, jitted train/eval steps), the real
 `nest_jax.data` train pipeline over a subset source (a thin `DigitsSource` subclass: the data API
-has no subset option) and `loop.evaluate`. One trainer (one compile) per (model, seed); the four
+has no subset option) and the `classification` evaluator. One trainer (one compile) per (model, seed); the four
 subset runs reuse it with a fresh initial state.
 Writes `<out>.json`, `<out>.md` (table) and `<out>.png`, updated after every (model, seed).
 """
@@ -106,19 +106,24 @@ def param_count(config) -> int:
 
 def run_model(kind: str, seed: int, steps: int, fractions: list[float]) -> list[dict]:
     from nest_jax import data
-    from nest_jax.train.loop import evaluate
+    from nest_jax.train.evaluators import EvalData
+    from nest_jax.train.evaluators.classification import ClassificationEvaluator
     from nest_jax.train.sharding import make_mesh
     from nest_jax.train.trainer import make_trainer, shard_batch
 
     config = model_config(kind, seed, steps)
+    mesh = make_mesh(dict(config.mesh.axes))
     trainer = make_trainer(
         config,
-        make_mesh(dict(config.mesh.axes)),
+        mesh,
         num_classes=10,
         num_train_steps=steps,
         warmup_steps=int(config.optimizer.warmup_steps),
     )
     rest = trainer.init_rest()
+    evaluator = ClassificationEvaluator(
+        lambda s: trainer.model(s["params"], s.get("batch_stats"), rest), EvalData(config, data, mesh)
+    )
     out = []
     for fraction in fractions:
         t0 = time.time()
@@ -127,7 +132,7 @@ def run_model(kind: str, seed: int, steps: int, fractions: list[float]) -> list[
         state = trainer.init_state()
         for _ in range(steps):
             state, metrics = trainer.train_step(state, shard_batch(next(it), trainer.batch_sharding), rest, {})
-        res = evaluate(trainer, data, config, state["params"], state.get("batch_stats"), rest)
+        res = evaluator.run(state, steps)
         rec = dict(
             model=kind,
             seed=seed,
@@ -136,8 +141,8 @@ def run_model(kind: str, seed: int, steps: int, fractions: list[float]) -> list[
             steps=steps,
             epochs=steps * int(config.train.global_batch_size) / n,
             train_loss_last=float(metrics["loss"]),
-            test_top1=res["eval_top1"],
-            test_loss=res["eval_loss"],
+            test_top1=res["top1"],
+            test_loss=res["loss"],
             seconds=round(time.time() - t0, 1),
         )
         print(

@@ -95,8 +95,7 @@ def speed(sizes, batch: int, repeats: int) -> list[dict]:
 
 
 def fid_curve(classifier: str, steps: int, every: int, batch: int, samples: int) -> dict:
-    from nest_jax.analysis.gan_eval import fid_evaluator
-    from nest_jax.train.gan_loop import train_gan
+    from nest_jax.train.loop import train_and_evaluate
 
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "configs"))
     import digits_nest_gan
@@ -112,12 +111,15 @@ def fid_curve(classifier: str, steps: int, every: int, batch: int, samples: int)
         c.gan.generator = gen
         c.train.num_train_steps, c.train.global_batch_size = steps, batch
         c.train.checkpoint_every_steps = steps
-        c.gan.sample_every_steps = steps
-        c.gan.fid.update(dict(every_steps=every, checkpoint=classifier, num_samples=samples, batch_size=256))
+        c.evals.samples.every_steps = steps
+        with c.unlocked():
+            c.evals.fid = dict(
+                kind="fid", every_steps=every, prefix="", checkpoint=classifier, num_samples=samples, batch_size=256
+            )
         workdir = f"/tmp/gen_fid_{kind}"
         os.system(f"rm -rf {workdir}")
         t = time.time()
-        train_gan(c, workdir, evaluator=fid_evaluator(c))
+        train_and_evaluate(c, workdir)
         rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")) if '"fid"' in line]
         from nest_jax.train.gan import build_generator
 

@@ -101,8 +101,8 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(REPO, "docs", "representations"))
     args = ap.parse_args()
-    from nest_jax.analyze.loop import analyse
-    from nest_jax.analyze.runners import Subject
+    from nest_jax import data
+    from nest_jax.analyze.loop import Subject, analyse, to_json
 
     os.makedirs(args.out, exist_ok=True)
     cfgs = configs(args.steps)
@@ -115,24 +115,22 @@ def main():
     subjects["vit_cls_10pct"], accs["vit_cls_10pct"] = Subject("vit_cls_10pct", model), acc
     print(f"vit_cls on 10%: test top-1 {acc:.4f} [{sec:.0f} s]", flush=True)
 
-    kw = dict(out=args.out, batch_size=150, num_classes=10)
+    kw = dict(out=args.out, data=data, batch_size=150)
     r1 = analyse(
         ["cka", "attention_distance", "norm_ratio", "probes", "localization"],
         [subjects["vit_cls"], subjects["resnet"]],
         cfgs["vit_cls"],
-        pool="mean",
+        options={"pool": "mean"},
         **kw,
     )
     r2 = analyse(
         ["cka", "attention_distance", "probes", "localization"],
         [subjects["vit_gap"], subjects["nest"]],
         cfgs["vit_gap"],
-        pool="mean",
+        options={"pool": "mean"},
         **kw,
     )
     r3 = analyse(["attention_distance"], [subjects["vit_cls_10pct"]], cfgs["vit_cls"], **kw)
-
-    from nest_jax.analyze.runners import to_json
 
     with open(os.path.join(args.out, "raw.json"), "w") as f:
         json.dump(to_json(dict(r1=r1, r2=r2, r3=r3, test_top1=accs)), f)
@@ -141,13 +139,9 @@ def main():
         m = np.asarray(m)
         return float(m[~np.eye(len(m), dtype=bool)].mean())
 
-    cka = {**r1["cka"]["matrices"], **r2["cka"]["matrices"]}
-    dist = {
-        **r1["attention_distance"]["pixels"],
-        **r2["attention_distance"]["pixels"],
-        **r3["attention_distance"]["pixels"],
-    }
-    probes = {**r1["probes"]["accuracy"], **r2["probes"]["accuracy"]}
+    cka = {k: v["matrix"] for k, v in {**r1["cka"], **r2["cka"]}.items()}
+    dist = {k: v["per_head"] for r in (r1, r2, r3) for k, v in r["attention_distance"].items() if "per_head" in v}
+    probes = {**r1["probes"], **r2["probes"]}
     loc = {k: v["own_patch_is_most_similar"] for k, v in {**r1["localization"], **r2["localization"]}.items()}
     summary = dict(
         steps=args.steps,
@@ -155,12 +149,13 @@ def main():
         a_mean_offdiag_cka={k: off_diag(cka[k]) for k in ("vit_cls", "vit_gap", "resnet", "nest")},
         a_first_last_cka={k: float(np.asarray(cka[k])[0, -1]) for k in ("vit_cls", "vit_gap", "resnet", "nest")},
         b_head_distance_range={k: [[float(min(h)), float(max(h))] for h in dist[k]] for k in dist},
-        c_norm_ratios=r1["norm_ratio"]["ratios"],
+        c_norm_ratios=r1["norm_ratio"],
         d_per_token_probe={k: probes[k]["per_token_mean"] for k in ("vit_cls", "vit_gap")},
         d_localization={k: loc[k] for k in ("vit_cls", "vit_gap")},
         d_layer_probes={k: probes[k]["layers"] for k in probes},
         e_lower_layer_distance={k: [float(np.mean(dist[k][i])) for i in (0, 1)] for k in ("vit_cls", "vit_cls_10pct")},
     )
+    summary = to_json(summary)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(json.dumps(summary, indent=1))

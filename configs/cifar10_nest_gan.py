@@ -1,20 +1,21 @@
 """NesT GAN on CIFAR-10 (32 px): `nest_gan_32` against the SAGAN/BigGAN-style ResNet discriminator
 with spectral normalization, hinge loss, TTUR learning rates (G 1e-4, D 4e-4, Adam β = (0, 0.99)).
 
-    python -m nest_jax.main --config=configs/cifar10_nest_gan.py --workdir=DIR \
-        --config.dataset.data_dir=TFDS_DIR --config.gan.fid.every_steps=5000 \
-        --config.gan.fid.extractor=inception --config.gan.fid.weights=pt_inception-2015-12-05-6726825d.pth
+    python -m nest_jax.main --config=configs/cifar10_nest_gan.py:nest,fid --workdir=DIR \
+        --config.dataset.data_dir=TFDS_DIR --config.evals.fid.weights=pt_inception-2015-12-05-6726825d.pth
 
 Reads the prepared tfds `cifar10` (nothing downloads). FID with the Inception weights is the
 published-comparable figure (50k samples against the train split); with `extractor="classifier"`
-and `fid.checkpoint` = a CIFAR-10 run of configs/cifar10_nest.py it is a cheaper proxy.
-`:nest` (default) or `:conv` (the SAGAN-style conv generator baseline) picks the generator.
+and `evals.fid.checkpoint` = a CIFAR-10 run of configs/cifar10_nest.py it is a cheaper proxy.
+`:nest` (default) or `:conv` (the SAGAN-style conv generator baseline) picks the generator;
+append `,fid` (`:nest,fid`) for the FID/KID evaluator (`config.evals.fid`).
 """
 
-from nest_jax.train.config_base import augment, base_config, gan_section
+from nest_jax.train.config_base import augment, base_config, gan_evals, gan_section
 
 
 def get_config(arg: str = "nest"):
+    kind, *options = arg.split(",")
     c = base_config()
     c.task = "gan"
     c.model.name = "nest_gan_32"
@@ -41,7 +42,7 @@ def get_config(arg: str = "nest"):
         )
     )
     generator = (
-        dict(name="nest_gan_32", overrides={}) if arg == "nest" else dict(name="sagan_generator_32", overrides={})
+        dict(name="nest_gan_32", overrides={}) if kind == "nest" else dict(name="sagan_generator_32", overrides={})
     )
     c.gan = gan_section(
         generator=generator,
@@ -50,18 +51,16 @@ def get_config(arg: str = "nest"):
         loss="hinge",
         ema_decay=0.9999,
         ema_start_step=1000,
-        sample_every_steps=2000,
-        num_sample_images=64,
     )
-    c.gan.fid.update(
-        dict(
-            every_steps=0,
-            num_samples=10_000,
-            batch_size=250,
-            split="train",
-            extractor="inception",
-            kid_subsets=100,
-            kid_subset_size=1000,
-        )
+    fid = dict(
+        every_steps=5000,
+        extractor="inception",
+        weights="",
+        num_samples=10_000,
+        batch_size=250,
+        split="train",
+        kid_subsets=100,
+        kid_subset_size=1000,
     )
+    c.evals = gan_evals(2000, fid=fid if "fid" in options else None)
     return c

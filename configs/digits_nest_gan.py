@@ -7,14 +7,14 @@ Generator: `nest_gan_32` made small (3 levels of 4×4-token blocks, 1 → 4 → 
 Discriminator: the digits NesT classifier design with one output (one layer per level). Hinge
 loss, Adam(β1 0, β2 0.99), EMA generator. Samples land in <workdir>/samples. Measured: FID
 (classifier features, 1,000 samples) 139 at initialization → 7.8 after 200 steps.
-For FID during training set `gan.fid.every_steps` and `gan.fid.checkpoint` to a digits classifier
-trained with configs/digits_nest_tiny.py.
+For FID/KID during training use `--config=configs/digits_nest_gan.py:fid` and
+`--config.evals.fid.checkpoint=DIR`, a digits classifier's workdir (configs/digits_nest_tiny.py).
 """
 
-from nest_jax.train.config_base import augment, base_config, gan_section
+from nest_jax.train.config_base import augment, base_config, gan_evals, gan_section
 
 
-def get_config():
+def get_config(arg: str = ""):
     c = base_config()
     c.task = "gan"
     c.model.name = "nest_gan_32"  # informational: the networks are in c.gan
@@ -53,12 +53,18 @@ def get_config():
         latent_dim=64,
         loss="hinge",
         ema_decay=0.99,
-        sample_every_steps=200,
-        num_sample_images=64,
     )
     c.gan.g_optimizer.lr = 2e-4
     c.gan.d_optimizer.lr = 2e-4
-    c.gan.fid.update(
-        dict(every_steps=0, num_samples=1024, batch_size=256, split="train", kid_subsets=20, kid_subset_size=200)
+    fid = dict(
+        every_steps=200,
+        extractor="classifier",
+        checkpoint="",
+        num_samples=1024,
+        batch_size=256,
+        split="train",
+        kid_subsets=20,
+        kid_subset_size=200,
     )
+    c.evals = gan_evals(200, fid=fid if arg == "fid" else None)
     return c

@@ -1,22 +1,23 @@
 """NesT GAN on ImageNet 64×64, the paper's generative setting: `nest_gan_64` against a 64 px
 SAGAN/BigGAN-style ResNet discriminator with spectral normalization, hinge loss, TTUR Adam.
 
-    python -m nest_jax.main --config=configs/imagenet64_nest_gan.py --workdir=gs://BUCKET/run \
-        --config.dataset.data_dir=TFDS_DIR --config.gan.fid.every_steps=10000 \
-        --config.gan.fid.weights=pt_inception-2015-12-05-6726825d.pth
+    python -m nest_jax.main --config=configs/imagenet64_nest_gan.py:nest,fid --workdir=gs://BUCKET/run \
+        --config.dataset.data_dir=TFDS_DIR --config.evals.fid.weights=pt_inception-2015-12-05-6726825d.pth
 
 Data: the prepared tfds `downsampled_imagenet/64x64` (build it with `tfds build` on a machine with
 network; nothing downloads here), or a folder of class sub-folders with
 `--config.dataset.name=image_folder --config.dataset.data_dir=DIR`. `:nest` (default) or `:conv`
-(the SAGAN-style conv generator the paper compares against).
+(the SAGAN-style conv generator the paper compares against); append `,fid` (`:nest,fid`) for the
+FID/KID evaluator (`config.evals.fid`).
 `downsampled_imagenet` has no class labels: the tfds source reads it as one class (label 0), which the
 GAN does not use.
 """
 
-from nest_jax.train.config_base import augment, base_config, gan_section
+from nest_jax.train.config_base import augment, base_config, gan_evals, gan_section
 
 
 def get_config(arg: str = "nest"):
+    kind, *options = arg.split(",")
     c = base_config()
     c.task = "gan"
     c.model.name = "nest_gan_64"
@@ -43,7 +44,7 @@ def get_config(arg: str = "nest"):
         )
     )
     generator = (
-        dict(name="nest_gan_64", overrides={}) if arg == "nest" else dict(name="sagan_generator_64", overrides={})
+        dict(name="nest_gan_64", overrides={}) if kind == "nest" else dict(name="sagan_generator_64", overrides={})
     )
     c.gan = gan_section(
         generator=generator,
@@ -52,18 +53,16 @@ def get_config(arg: str = "nest"):
         loss="hinge",
         ema_decay=0.9999,
         ema_start_step=2000,
-        sample_every_steps=5000,
-        num_sample_images=64,
     )
-    c.gan.fid.update(
-        dict(
-            every_steps=0,
-            num_samples=50_000,
-            batch_size=500,
-            split="train",
-            extractor="inception",
-            kid_subsets=100,
-            kid_subset_size=1000,
-        )
+    fid = dict(
+        every_steps=10000,
+        extractor="inception",
+        weights="",
+        num_samples=50_000,
+        batch_size=500,
+        split="train",
+        kid_subsets=100,
+        kid_subset_size=1000,
     )
+    c.evals = gan_evals(5000, fid=fid if "fid" in options else None)
     return c

@@ -325,7 +325,7 @@ def model_fields(name: str) -> ml_collections.ConfigDict:
 
 def _overrides_model(config: ml_collections.ConfigDict, parts: list[str]) -> str | None:
     """The model whose config fields the group `parts` holds: an `overrides` group beside the model's
-    `name` (config.model, gan.generator) or `model` (a distillation teacher, gan.fid)."""
+    `name` (config.model, gan.generator) or `model` (a distillation teacher)."""
     if len(parts) < 2 or parts[-1] != "overrides":
         return None
     node = config

@@ -176,13 +176,7 @@ def run_job(config, workdir: str, mode: str) -> dict[str, Any]:
 
     with config.unlocked():
         config.mode = mode
-    if config.task == "gan":
-        from nest_jax.analysis.gan_eval import fid_evaluator
-        from nest_jax.train.gan_loop import train_gan
-
-        result = train_gan(config, workdir, evaluator=fid_evaluator(config))
-    else:
-        result = train_and_evaluate(config, workdir)
+    result = train_and_evaluate(config, workdir)
     logging.info("final: %s", result)
     if "message" in result:  # e.g. the run had already reached its last step: say so, plainly
         result = dict(result)

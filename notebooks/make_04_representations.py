@@ -62,31 +62,34 @@ for k, c in configs.items():
     print(f"{k:8s} {STEPS} steps in {time.time() - t0:4.0f} s: test top-1 {acc[k]:.3f}")""")
 md("""## Load the checkpoints and run the analyses
 `build_subject` is what `python -m nest_jax.analyze` uses: it rebuilds the model from the config
-and loads the workdir's latest checkpoint (parameters and BatchNorm statistics). `analyse` makes
-one pass over the 450 test digits, feeding every analysis, and writes JSON, PNG and TensorBoard
-files. The same could be run from a shell:
+and loads the workdir's latest checkpoint (parameters and BatchNorm statistics). `analyse` builds
+each analysis as the evaluator a training config would (`config.evals`, settings such as
+`pool="mean"` as keyword arguments), runs it on both models over the 450 test digits, and writes
+JSON, PNG and TensorBoard files. The same could be run from a shell:
 
     python -m nest_jax.analyze cka --config=configs/digits_vit.py --checkpoint=WORKDIR --out=DIR""")
-code("""from nest_jax.analyze.__main__ import build_subject
+code("""from nest_jax import data
+from nest_jax.analyze.__main__ import build_subject
 from nest_jax.analyze.loop import analyse
 subjects = {k: build_subject(c, workdirs[k], "nest_jax", k, 10)[0] for k, c in configs.items()}
 out = tempfile.mkdtemp(prefix="rep_out_")
 res = {}
 res["vit"] = analyse(["cka", "attention_distance", "norm_ratio", "probes", "localization"],
-                     [subjects["vit_cls"], subjects["resnet"]], configs["vit_cls"], out=out, batch_size=150, pool="mean")
+                     [subjects["vit_cls"], subjects["resnet"]], configs["vit_cls"], out=out, data=data,
+                     batch_size=150, options={"pool": "mean"})
 res["gap"] = analyse(["probes", "localization", "attention_distance"], [subjects["vit_gap"], subjects["nest"]],
-                     configs["vit_gap"], out=out, batch_size=150, pool="mean")
+                     configs["vit_gap"], out=out, data=data, batch_size=150)
 print(sorted(f for f in os.listdir(out) if f.endswith(".png")))""")
 md("""## CKA: ViT layer × layer, ResNet block × block, and ViT × ResNet
 Minibatch CKA (Nguyen et al. 2021): unbiased HSIC terms summed over the three batches of 150
 images, here on the mean of each layer's spatial tokens (`pool="mean"`). The paper's finding (a)
 is that ViTs have a more uniform structure (high CKA between lower and higher layers) than the
 ResNet's stage-wise grid.""")
-code("""m = res["vit"]["cka"]["matrices"]
+code("""m = res["vit"]["cka"]
 for k in ("vit_cls", "resnet"):
-    a = np.asarray(m[k]); off = a[~np.eye(len(a), dtype=bool)]
+    a = np.asarray(m[k]["matrix"]); off = a[~np.eye(len(a), dtype=bool)]
     print(f"{k}: {len(a)} layers, diagonal {np.diag(a).min():.4f}..{np.diag(a).max():.4f}, mean off-diagonal CKA {off.mean():.3f}")
-print("vit_cls x resnet shape", np.asarray(m["vit_cls|resnet"]).shape)
+print("vit_cls x resnet shape", np.asarray(m["vit_cls|resnet"]["matrix"]).shape)
 for f in ("cka_vit_cls", "cka_resnet", "cka_vit_cls_vs_resnet"):
     display(Image(os.path.join(out, f + ".png")))""")
 md("""## Mean attention distance
@@ -94,24 +97,25 @@ Per head, the attention-weighted distance between patch centres in input pixels 
 removed; rows not renormalized). NesT attends inside 4×4-token blocks, so its level-0 heads can
 only look 4–12 px away; level-1 tokens are 8 px apart.""")
 code("""for key, label in (("vit", "vit_cls"), ("gap", "vit_gap"), ("gap", "nest")):
-    d = res[key]["attention_distance"]["pixels"][label]
+    d = res[key]["attention_distance"][label]["per_head"]
     print(f"{label:8s} per-layer mean distance (px):", [round(float(np.mean(x)), 2) for x in d])
 display(Image(os.path.join(out, "attention_distance_vit_cls.png")))""")
 md("""## Ratio of norms ‖z‖ / ‖f(z)‖
 Large ratios mean the skip connection carries the representation and the branch adds little.""")
-code("""r = res["vit"]["norm_ratio"]["ratios"]
+code("""r = res["vit"]["norm_ratio"]
 for label in ("vit_cls", "resnet"):
-    for k, v in r[label].items():
-        print(f"{label:8s} {k:14s}", [round(float(x), 2) for x in v])
+    for branch, groups in r[label].items():
+        for group, v in groups.items():
+            print(f"{label:8s} {branch + '/' + group:14s}", [round(float(x), 2) for x in v])
 display(Image(os.path.join(out, "norm_ratio_vit_cls.png")))""")
 md("""## Linear probes and localization: class token vs GAP
 Ridge probes fitted on half of the test split and tested on the other half, per layer; per-token
 probes on the final layer's spatial tokens; and localization: CKA between each final token and the
 input patches at every position.""")
 code("""for key, label in (("vit", "vit_cls"), ("gap", "vit_gap")):
-    p = res[key]["probes"]["accuracy"][label]
+    p = res[key]["probes"][label]
     loc = res[key]["localization"][label]["own_patch_is_most_similar"]
-    print(f"{label}: ridge/mean per layer {[round(x, 3) for x in p['layers']['ridge/mean']]}, "
+    print(f"{label}: ridge/mean per layer {[round(float(x), 3) for x in p['layers']['ridge_mean']]}, "
           f"per-token probe mean {p['per_token_mean']:.3f}, tokens most similar to their own patch {loc:.2f}")
 display(Image(os.path.join(out, "localization_vit_cls.png")))
 display(Image(os.path.join(out, "localization_vit_gap.png")))""")

@@ -39,20 +39,21 @@ cls_dir = tempfile.mkdtemp(prefix="digits_cls_")
 cls = train_and_evaluate(cls_cfg, cls_dir)
 print(f"classifier: test top-1 {cls['eval_top1']:.3f} after {cls['step']} steps")""")
 md("""## 2. Train the GAN, with FID and KID every 40 steps
-`train_gan` writes sample grids of the EMA generator to `samples/` (PNG) and TensorBoard, scalars to
-`metrics.jsonl`. The evaluator computes the real statistics once (the 1,347 training digits) and,
-at each evaluation, the statistics of 500 generated digits.""")
-code("""from nest_jax.analysis.gan_eval import fid_evaluator
-from nest_jax.train.gan_loop import train_gan
-config = load_config("digits_nest_gan")
+The same training loop as the classifier's: `config.task = "gan"`. Its evaluators (`config.evals`)
+see the EMA generator: `samples` writes a grid of it to `samples/` (PNG) and TensorBoard, `fid`
+computes the real statistics once (the 1,347 training digits) and, at each evaluation, the
+statistics of 500 generated digits; scalars go to `metrics.jsonl`. Both also run at step 0.""")
+code("""config = load_config("digits_nest_gan")
 config.train.num_train_steps = 120
 config.train.log_every_steps = 40
 config.train.checkpoint_every_steps = 120
-config.gan.sample_every_steps = 120
-config.gan.fid.update(dict(every_steps=40, checkpoint=cls_dir, num_samples=500, kid_subsets=20, kid_subset_size=200))
+config.evals.samples.every_steps = 120
+with config.unlocked():
+    config.evals.fid = dict(kind="fid", every_steps=40, prefix="", checkpoint=cls_dir, num_samples=500,
+                            kid_subsets=20, kid_subset_size=200)
 workdir = tempfile.mkdtemp(prefix="digits_gan_")
 t0 = time.time()
-result = train_gan(config, workdir, evaluator=fid_evaluator(config))
+result = train_and_evaluate(config, workdir)
 rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
 curve = [(r["step"], r["fid"], r["kid"]) for r in rows if "fid" in r]
 for step, f, k in curve:

@@ -164,3 +164,11 @@ def test_minibatch_cka_sharded_equals_single_device():
     a.update(sharded)
     b.update(single)
     np.testing.assert_allclose(a.result(), b.result(), atol=1e-6)
+
+
+def test_the_cka_module_is_reachable_from_the_package():
+    """`nest_jax.analysis.cka` used to be the function `cka`, hiding the module (and MinibatchCKA)."""
+    import nest_jax.analysis as analysis
+    from nest_jax.analysis import cka as module
+
+    assert module is analysis.cka and analysis.cka.MinibatchCKA is MinibatchCKA and analysis.cka.cka is cka

@@ -15,14 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 # Every get_config argument of every shipped config, GAN and shape-token runs included.
 ALL_ARGS = {
     **CONFIG_ARGS,
-    "cifar10_nest_gan.py": ["nest", "sagan"],
-    "digits_nest_gan.py": [None],
-    "imagenet64_nest_gan.py": ["nest", "sagan"],
+    "cifar10_nest_gan.py": ["nest", "sagan", "nest,fid"],
+    "digits_nest_gan.py": [None, "fid"],
+    "imagenet64_nest_gan.py": ["nest", "sagan", "nest,fid"],
     "shapes_tokens.py": ["resnet_stylized", "resnet_natural", "deit_shape", "deit_distilled"],
 }
 # Groups whose keys are open by design: a model's config fields (`overrides`), distillation
 # teachers by token, and evaluators by name (their settings are the evaluator's signature).
-OPEN = re.compile(r"^(model\.overrides|gan\.(generator|discriminator|fid)\.overrides|distill|evals)\.")
+OPEN = re.compile(r"^(model\.overrides|gan\.(generator|discriminator)\.overrides|distill|evals)\.")
 
 
 def _fields(config) -> set[str]:

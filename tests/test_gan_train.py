@@ -1,6 +1,15 @@
-"""GAN training: the losses by hand, one step moves both networks (and the EMA and the spectral-norm
-power iterates), and a run stopped and resumed from its checkpoint is bit-identical to an
-uninterrupted one (train_gan on an in-memory data source, 8 simulated devices)."""
+"""GAN training in the one training loop: the losses by hand, one step moves both networks (and the
+EMA and the spectral-norm power iterates), a run stopped and resumed from its checkpoint is
+bit-identical to an uninterrupted one, and the loop's guarantees hold for the GAN as they do for
+classification: one run per workdir, a corrupt newest checkpoint set aside, `--mode=eval` that
+never trains, SIGTERM saving and stopping. The workdir tests go through `main.run_job` (the
+command line's job, on scikit-learn's digits): before the GAN joined the loop, a second run on a
+locked workdir trained anyway, a corrupt newest checkpoint was a page of tracebacks, and eval mode
+trained on (2 -> 4 steps; from scratch on an empty workdir)."""
+
+import json
+import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -8,41 +17,54 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
+from nest_jax.errors import Preempted, UserError
+from nest_jax.main import run_job
 from nest_jax.train import gan as G
-from nest_jax.train.config_base import gan_section
-from nest_jax.train.gan_loop import image_grid, train_gan
+from nest_jax.train.checkpoint import Checkpointer
+from nest_jax.train.config_base import base_config, gan_section
+from nest_jax.train.lock import LOCK_NAME, WorkdirLock
+from nest_jax.train.loop import train_and_evaluate
 from tests._train_helpers import SyntheticData
 
+# Tiny networks: a 3-level NesT generator and a 2-block SAGAN discriminator, 8 or 32 px.
+TINY_G8 = dict(dims=(16, 8, 8), depths=(1, 1, 1), heads=(2, 1, 1), block_size=2, patch_size=1)
+TINY_G32 = dict(dims=(16, 8, 8), depths=(1, 1, 1), heads=(2, 1, 1), block_size=4, patch_size=2)
+TINY_D = dict(widths=(8, 8), down=(True, False))
 
-def tiny_gan_config(loss="hinge", r1=0.0, steps=4):
-    c = ml_collections.ConfigDict()
-    c.seed = 0
+
+def tiny_gan_config(loss="hinge", r1=0.0, steps=4, evals=None):
+    """`base_config()` as a GAN on SyntheticData (8 px, 3 channels), 8 examples per batch."""
+    c = base_config()
     c.task = "gan"
-    c.dataset = dict(name="synthetic", image_size=8, num_channels=3)
-    c.train = dict(
-        global_batch_size=8,
-        num_train_steps=steps,
-        stop_after_steps=None,
-        log_every_steps=2,
-        checkpoint_every_steps=2,
-        max_to_keep=5,
-        num_epochs=0,
+    c.dataset.update(dict(name="synthetic", image_size=8, num_channels=3))
+    c.train.update(
+        dict(global_batch_size=8, num_train_steps=steps, log_every_steps=2, checkpoint_every_steps=2, max_to_keep=5)
     )
-    c.mesh = dict(axes=dict(data=-1, fsdp=1, tensor=1))
+    c.evals = ml_collections.ConfigDict(evals or {})
     c.gan = gan_section(
-        generator=dict(
-            name="nest_gan_32",
-            overrides=dict(dims=(16, 8, 8), depths=(1, 1, 1), heads=(2, 1, 1), block_size=2, patch_size=1),
-        ),
-        discriminator=dict(name="sagan_discriminator_32", overrides=dict(widths=(8, 8), down=(True, False))),
+        generator=dict(name="nest_gan_32", overrides=TINY_G8),
+        discriminator=dict(name="sagan_discriminator_32", overrides=TINY_D),
         latent_dim=8,
         loss=loss,
         r1_gamma=r1,
         ema_decay=0.9,
-        sample_every_steps=2,
-        num_sample_images=4,
     )
+    return c
+
+
+def digits_gan_config(steps=4, stop_after=None):
+    """configs/digits_nest_gan.py made tiny: 32 px grey digits, 2-step checkpoints, no evaluations."""
+    from tests._configs import CONFIG_DIR, load_config
+
+    c = load_config(os.path.join(CONFIG_DIR, "digits_nest_gan.py"))
+    c.gan.generator.overrides = TINY_G32
+    c.gan.discriminator = dict(name="sagan_discriminator_32", overrides=TINY_D)
+    c.gan.latent_dim = 8
+    c.train.update(dict(global_batch_size=8, num_train_steps=steps, checkpoint_every_steps=2, max_to_keep=5))
+    c.train.stop_after_steps = stop_after
+    c.evals = ml_collections.ConfigDict()
     return c
 
 
@@ -85,6 +107,9 @@ def test_one_step_updates_both_networks(loss, r1):
     # The EMA moved 10% of the way from the old parameters to the new ones (decay 0.9).
     a, b, e = (jax.tree.leaves(t)[0] for t in (before["g"], after["g"], after["g_ema"]))
     np.testing.assert_allclose(e, 0.9 * a + 0.1 * b, rtol=1e-6, atol=1e-7)
+    # The evaluated model is the EMA generator: z (B, latent) -> images in [-1, 1].
+    images = trainer.eval_model(state, rests)(jnp.zeros((2, 8)))
+    assert images.shape == (2, 8, 8, 3) and float(jnp.abs(images).max()) <= 1.0
 
 
 def _restore_all(workdir, step):
@@ -94,28 +119,118 @@ def _restore_all(workdir, step):
     return tree
 
 
+SAMPLES = dict(samples=dict(kind="samples", every_steps=2, prefix="", num_images=4, batch_size=8))
+
+
 @pytest.mark.slow  # three short runs, each compiling its step: ~40 CPU-s
 def test_resume_is_bit_exact(tmp_path):
     data = SyntheticData(num_classes=2, image_size=8, channels=3, num_train=64)
-    straight = tiny_gan_config()
-    train_gan(straight, str(tmp_path / "a"), data=data)
-    stopped = tiny_gan_config()
+    train_and_evaluate(tiny_gan_config(evals=SAMPLES), tmp_path / "a", data=data)
+    stopped = tiny_gan_config(evals=SAMPLES)
     stopped.train.stop_after_steps = 2
-    train_gan(stopped, str(tmp_path / "b"), data=data)
-    out = train_gan(tiny_gan_config(), str(tmp_path / "b"), data=data)  # resumes at step 2
+    train_and_evaluate(stopped, tmp_path / "b", data=data)
+    out = train_and_evaluate(tiny_gan_config(evals=SAMPLES), tmp_path / "b", data=data)  # resumes at step 2
     assert out["step"] == 4
     a, b = _restore_all(tmp_path / "a", 4), _restore_all(tmp_path / "b", 4)
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(la) == len(lb) and set(a) >= {"g", "d", "g_ema", "g_opt", "d_opt", "d_stats", "rng"}
     for x, y in zip(la, lb):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # The sample grids of the EMA generator: from initialization on, as PNG files and in TensorBoard.
     pngs = sorted(p.name for p in (tmp_path / "b" / "samples").iterdir())
     assert pngs == ["step_000000.png", "step_000002.png", "step_000004.png"]
-    assert any((tmp_path / "b" / "tb").iterdir())
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "b").iterdir())
+
+
+@pytest.mark.slow  # a 2-step classifier (the FID features) and a 2-step GAN: ~30 CPU-s
+def test_fid_is_an_evaluator_of_the_gan_run_and_of_eval_mode(tmp_path):
+    from tests._train_helpers import tiny_config
+
+    train_and_evaluate(tiny_config(num_train_steps=2), tmp_path / "classifier", data=SyntheticData())
+    fid = dict(kind="fid", every_steps=2, prefix="", checkpoint=str(tmp_path / "classifier"), split="test")
+    fid.update(num_samples=16, batch_size=8, kid_subsets=4, kid_subset_size=8)
+    cfg = tiny_gan_config(steps=2, evals=dict(fid=fid))
+    data = SyntheticData(num_eval=24)
+    train_and_evaluate(cfg, tmp_path / "gan", data=data)
+    rows = [json.loads(line) for line in (tmp_path / "gan" / "metrics.jsonl").read_text().splitlines()]
+    curve = {r["step"]: r for r in rows if "fid" in r}
+    assert sorted(curve) == [0, 2] and all(curve[s]["fid"] > 0 and "kid_std" in curve[s] for s in curve)
+    cfg.mode = "eval"  # the same evaluator on the newest checkpoint: the same latents, the same number
+    out = train_and_evaluate(cfg, tmp_path / "gan", data=data)
+    assert out["step"] == 2 and out["fid"] == pytest.approx(curve[2]["fid"], rel=1e-6)
+    with pytest.raises(UserError, match="unknown setting 'num_sample' of evaluator kind 'fid'; did you mean"):
+        train_and_evaluate(tiny_gan_config(evals=dict(fid=dict(kind="fid", num_sample=8))), tmp_path / "x", data=data)
+
+
+def test_a_second_gan_run_on_a_workdir_in_use_is_refused(tmp_path):
+    with WorkdirLock(tmp_path):  # this process holds it, as a running job would
+        with pytest.raises(UserError, match=rf"{tmp_path} is in use by another run \(pid {os.getpid()} on "):
+            run_job(digits_gan_config(), str(tmp_path), "train")
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / LOCK_NAME).exists()
+
+
+@pytest.fixture(scope="module")
+def stopped_at_4(tmp_path_factory):
+    """A digits GAN workdir with checkpoints 2 and 4 of a 6-step run."""
+    work = tmp_path_factory.mktemp("gan")
+    run_job(digits_gan_config(steps=6, stop_after=4), str(work), "train")
+    return work
+
+
+def test_eval_mode_never_trains_and_needs_a_checkpoint(stopped_at_4, tmp_path):
+    before = sorted(os.listdir(stopped_at_4 / "checkpoints"))
+    out = run_job(digits_gan_config(steps=6), str(stopped_at_4), "eval")
+    assert out["step"] == 4 and sorted(os.listdir(stopped_at_4 / "checkpoints")) == before == ["2", "4"]
+    with pytest.raises(UserError, match=f"--mode=eval needs a checkpoint but {tmp_path} has none"):
+        run_job(digits_gan_config(), str(tmp_path), "eval")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_newest_gan_checkpoint_is_set_aside(stopped_at_4, tmp_path, caplog):
+    import shutil
+
+    work = tmp_path / "w"
+    shutil.copytree(stopped_at_4, work)
+    for f in (work / "checkpoints" / "4" / "default").rglob("*"):  # as a copy cut short by a full disk
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    with caplog.at_level(logging.WARNING):
+        out = run_job(digits_gan_config(steps=6), str(work), "train")  # resumes from 2, trains to 6
+    assert out["step"] == 6 and (work / "checkpoints" / "4.corrupt").is_dir()
+    lines = [r.getMessage() for r in caplog.records if "4.corrupt" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+
+
+def test_sigterm_saves_and_stops_a_gan_run(tmp_path):
+    cfg = tiny_gan_config(steps=6)
+    cfg.train.checkpoint_every_steps = 100
+    with pytest.raises(Preempted) as info:
+        train_and_evaluate(cfg, tmp_path, data=SyntheticData(num_classes=2, sigterm_at_step=2))
+    assert info.value.step == 3 and Checkpointer(tmp_path).all_steps() == [3]
+    assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_image_grid_layout():
+    from nest_jax.analysis.gan_eval import image_grid
+
     imgs = np.stack([np.full((2, 3, 1), v, np.float32) for v in (-1.0, 0.0, 1.0)])
     grid = image_grid(imgs, cols=2)
     assert grid.shape == (2 * 3 + 1, 2 * 4 + 1, 3)
     assert grid[1, 1, 0] == 0 and grid[1, 5, 0] == 128 and grid[4, 1, 0] == 255 and grid[0, 0, 0] == 255
+
+
+def test_the_generator_evaluators_refuse_a_classifier_in_one_line():
+    from nest_jax.analysis.gan_eval import SampleGrid
+    from nest_jax.models import create_model
+    from nest_jax.train.evaluators import EvalData, model_fn_of
+    from nest_jax.train.sharding import make_mesh
+    from tests._train_helpers import tiny_config
+
+    config = tiny_config()
+    model = create_model("vit_tiny_patch16_224", rngs=nnx.Rngs(0), **dict(config.model.overrides, img_size=8))
+    model_fn, state = model_fn_of(model)
+    grid = SampleGrid(model_fn, EvalData(config, SyntheticData(), make_mesh({"data": -1})), num_images=4)
+    with pytest.raises(
+        UserError, match=r"^ViT is not a generator \(no config.latent_dim\): samples and fid evaluate GANs$"
+    ):
+        grid.run(state, 0)

@@ -21,7 +21,7 @@ LAYERS = {
     "data": 3,
     "train": 3,
     "analysis": 4,
-    "viz": 5,
+    "viz": 4,  # plots of analysis results: the analysis evaluators' `figures` draw them
     "analyze": 6,
     "main": 6,
     "cli_config": 6,

@@ -6,11 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
+from flax import nnx
 from scipy.ndimage import gaussian_filter
 
 from nest_jax.analysis import corruption_eval as E
 from nest_jax.analysis import corruptions as C
 from nest_jax.analysis import image_ops as ops
+from nest_jax.errors import UserError
 from tests._imagecorruptions import load
 
 ic = load()
@@ -147,3 +149,43 @@ def test_published_alexnet_table_and_mce_of_alexnet_is_100():
     assert abs(E.mean_corruption_error(half)["mce"] - 50.0) < 1e-9
     ce = E.corruption_error({"fog": [0.5, 0.5, 0.5, 0.5, 0.5]})["fog"]
     assert abs(ce - 100 * 2.5 / sum(E.ALEXNET_ERRORS_BY_SEVERITY["fog"])) < 1e-9
+
+
+class _PixelVote(nnx.Module):
+    """Predicts the channel of the largest value at pixel (0, 0): the test sets each prediction."""
+
+    def __call__(self, x, train=False):
+        return x[:, 0, 0, :]
+
+
+def _votes(right: int, wrong: int) -> dict:
+    """A batch of `right` correctly and `wrong` wrongly classified images (3 classes, label 0)."""
+    image = np.zeros((right + wrong, 4, 4, 3), np.float32)
+    image[:right, 0, 0, 0] = 1.0
+    image[right:, 0, 0, 1] = 1.0
+    return {"image": image, "label": np.zeros(right + wrong, np.int32)}
+
+
+def test_each_severity_is_scored_against_alexnets_same_severity():
+    """severities=(3, 5) must be compared with AlexNet's errors at severities 3 and 5; the old code
+    used AlexNet's first two (severities 1 and 2) and accepted any severity values."""
+    errors = {3: (2, 2), 5: (1, 3)}  # (right, wrong): top-1 error 0.5 at severity 3, 0.75 at 5
+    out = E.run_stored_corruptions(
+        _PixelVote(),
+        lambda name, s: [_votes(*errors[s])],
+        [_votes(3, 1)],  # clean error 0.25
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        corruptions=("fog",),
+        severities=(3, 5),
+    )
+    fog3, fog5 = 0.84378, 0.945  # AlexNet's fog errors at severities 3 and 5 (ImageNet-C release)
+    assert out["top1"] == {"fog": [0.5, 0.25]} and out["clean_top1"] == 0.75
+    assert out["mce"] == pytest.approx(100 * (0.5 + 0.75) / (fog3 + fog5), rel=1e-12)
+    want_rel = 100 * ((0.5 - 0.25) + (0.75 - 0.25)) / ((fog3 - 0.43478) + (fog5 - 0.43478))
+    assert out["relative_mce"] == pytest.approx(want_rel, rel=1e-12)
+    for bad in ((0,), (3, 3), (6,), ()):
+        with pytest.raises(UserError, match="must be distinct integers in 1..5"):
+            E.run_corruptions(_PixelVote(), [_votes(1, 1)], mean=(0.0,) * 3, std=(1.0,) * 3, severities=bad)
+    with pytest.raises(UserError, match="unknown corruption rain"):
+        E.run_corruptions(_PixelVote(), [_votes(1, 1)], mean=(0.0,) * 3, std=(1.0,) * 3, corruptions=("rain",))

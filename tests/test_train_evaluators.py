@@ -29,28 +29,40 @@ def test_registry_finds_builtin_kinds_lists_known_ones_and_loads_plugins_lazily(
     """)
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(evaluators, "PLUGIN_MODULES", ("no_such_plugin_module", "my_plugin_evals"))
+    monkeypatch.setattr(evaluators, "PLUGIN_MODULES", ("my_plugin_evals",))
     assert "my_plugin_evals" not in sys.modules
     assert get_evaluator("plugin_kind").__name__ == "PluginEvaluator"  # imported on demand
-    with pytest.raises(UserError, match=r"unknown evaluator kind 'nope'.*'classification'.*'plugin_kind'"):
-        get_evaluator("nope")
-    # A plugin that exists but fails on its own missing import is an error, not silently skipped.
+    with pytest.raises(UserError, match=r"unknown evaluator kind 'plugin_knd'; did you mean plugin_kind\?"):
+        get_evaluator("plugin_knd")
+    # A plugin that fails on its own missing import is an error, not silently skipped.
     (tmp_path / "broken_plugin_evals.py").write_text("import this_dependency_is_missing\n")
     monkeypatch.setattr(evaluators, "PLUGIN_MODULES", ("broken_plugin_evals",))
     with pytest.raises(ModuleNotFoundError, match="this_dependency_is_missing"):
         get_evaluator("still_unknown")
 
 
+def test_an_unknown_evaluator_setting_is_one_line_naming_the_close_match_and_the_valid_ones(tmp_path):
+    """Settings are keyword arguments: a misspelt key fails at build time (the old registry passed
+    the whole cfg dict through and the misspelt key was silently ignored)."""
+    cfg = tiny_config()
+    cfg.evals.val.batch_sise = 8
+    with pytest.raises(UserError) as e:
+        train_and_evaluate(cfg, tmp_path, data=SyntheticData())
+    msg = str(e.value)
+    assert "\n" not in msg and "config.evals.val: unknown setting 'batch_sise'" in msg
+    assert "did you mean batch_size?" in msg and "valid settings: split, batch_size, max_batches" in msg
+
+
 @register_evaluator("test_probe")
 class ProbeEvaluator:
     """Returns a scalar (the step) and an image (a gradient), to check how results are written."""
 
-    def __init__(self, name, cfg, *, config, trainer, data):
-        self.cfg = cfg
+    def __init__(self, model_fn, data):
+        pass
 
-    def run(self, state, rest, step):
+    def run(self, state, step):
         img = np.linspace(0, 1, 4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
-        return {f"{self.cfg.prefix}step": float(step), f"{self.cfg.prefix}image": img}
+        return {"step": float(step), "image": img}
 
 
 def test_evals_from_config_run_on_their_schedule_and_are_written(tmp_path):

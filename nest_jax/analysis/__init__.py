@@ -1,5 +1,10 @@
-"""Analyses of trained models: pure functions of (model, batch), jit-able; plotting lives in nest_jax.viz."""
+"""Analyses of trained models: pure functions of (model, batch), jit-able; plotting lives in nest_jax.viz.
 
+Modules are reached by attribute (`nest_jax.analysis.cka.MinibatchCKA`); the evaluators that run
+them in training and in `python -m nest_jax.analyze` are in `evaluators` and `robustness_evaluators`.
+"""
+
+from nest_jax.analysis import cka
 from nest_jax.analysis.attention_distance import (
     attention_distance_per_image,
     layer_geometry,
@@ -8,7 +13,7 @@ from nest_jax.analysis.attention_distance import (
     patch_distances,
 )
 from nest_jax.analysis.cam import CAMResult, box_from_cam, box_iou, class_activation_map
-from nest_jax.analysis.cka import MinibatchCKA, batch_hsic_terms, cka, gram_linear, gram_rbf, hsic
+from nest_jax.analysis.cka import MinibatchCKA, batch_hsic_terms, gram_linear, gram_rbf, hsic
 from nest_jax.analysis.gradcat import GradCATResult, class_gradients, gradcat, node_scores, traverse
 from nest_jax.analysis.localization import LocalizationCKA, localization_score
 from nest_jax.analysis.norm_ratio import NormSums, norm_ratios, norm_sums
@@ -19,7 +24,6 @@ from nest_jax.analysis.representations import (
     layer_representations,
     model_family,
     num_prefix,
-    representation_fn,
 )
 
 __all__ = [
@@ -55,7 +59,6 @@ __all__ = [
     "num_prefix",
     "patch_distances",
     "pos_embed_similarity",
-    "representation_fn",
     "ridge_probe",
     "token_probe",
     "traverse",

@@ -1,6 +1,7 @@
 """Corruption error (CE), mean CE and relative mCE (Hendrycks & Dietterich 2019, Section 4).
 
-For a model f, corruption c and severities s = 1..5 with top-1 errors E_{s,c}:
+For a model f, corruption c and severities s (any of 1..5; all five by default) with top-1 errors
+E_{s,c}, each compared with AlexNet's at the same severity:
 
     CE_c = Σ_s E_{s,c} / Σ_s E^{AlexNet}_{s,c}            mCE = mean over the 15 c of CE_c
     relative CE_c = Σ_s (E_{s,c} − E_clean) / Σ_s (E^{AlexNet}_{s,c} − E^{AlexNet}_clean)
@@ -26,6 +27,7 @@ import numpy as np
 
 from nest_jax.analysis import corruptions as C
 from nest_jax.analysis.forward import Accuracy, as_list, batch_mask, logits_from_pixels
+from nest_jax.errors import UserError
 
 ALEXNET_ERRORS_BY_SEVERITY = {
     "gaussian_noise": (0.69528, 0.82542, 0.93554, 0.98138, 0.99452),
@@ -48,37 +50,58 @@ ALEXNET_ERRORS = {k: float(np.mean(v)) for k, v in ALEXNET_ERRORS_BY_SEVERITY.it
 ALEXNET_CLEAN_ERROR = 0.43478
 
 
-def corruption_error(errors: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """CE_c (×100) per corruption name from its top-1 errors over the severities evaluated.
+SEVERITIES = (1, 2, 3, 4, 5)
 
-    errors: name -> errors at severities 1..n (n ≤ 5, the first n of AlexNet's are used).
-    """
-    out = {}
-    for name, e in errors.items():
-        if name not in ALEXNET_ERRORS_BY_SEVERITY:
-            raise ValueError(f"no AlexNet baseline for corruption {name!r}")
-        ref = ALEXNET_ERRORS_BY_SEVERITY[name][: len(e)]
-        out[name] = 100.0 * float(np.sum(e)) / float(np.sum(ref))
-    return out
+
+def check_corruptions(corruptions: Sequence[str], severities: Sequence[int]) -> None:
+    """UserError unless every corruption has an AlexNet baseline and the severities are distinct
+    values in 1..5 (the errors at severity s are compared with AlexNet's at the same s)."""
+    bad = [c for c in corruptions if c not in ALEXNET_ERRORS_BY_SEVERITY]
+    if bad or not corruptions:
+        raise UserError(
+            f"unknown corruption {', '.join(bad) or '(none given)'}; choose from {', '.join(C.CORRUPTIONS)}"
+        )
+    sev = tuple(severities)
+    if not sev or len(set(sev)) != len(sev) or not all(isinstance(s, int) and s in SEVERITIES for s in sev):
+        raise UserError(f"severities={sev} must be distinct integers in 1..5, e.g. severities=(1,2,3)")
+
+
+def _alexnet(name: str, severities: Sequence[int]) -> np.ndarray:
+    return np.asarray([ALEXNET_ERRORS_BY_SEVERITY[name][s - 1] for s in severities])
+
+
+def corruption_error(errors: Mapping[str, Sequence[float]], severities: Sequence[int] = SEVERITIES) -> dict[str, float]:
+    """CE_c (×100) per corruption name from its top-1 errors at `severities` (AlexNet's errors at
+    the same severities are the reference)."""
+    check_corruptions(list(errors), severities)
+    return {n: 100.0 * float(np.sum(e)) / float(np.sum(_alexnet(n, severities))) for n, e in errors.items()}
 
 
 def relative_corruption_error(
-    errors: Mapping[str, Sequence[float]], clean_error: float, alexnet_clean_error: float = ALEXNET_CLEAN_ERROR
+    errors: Mapping[str, Sequence[float]],
+    clean_error: float,
+    alexnet_clean_error: float = ALEXNET_CLEAN_ERROR,
+    severities: Sequence[int] = SEVERITIES,
 ) -> dict[str, float]:
     """Relative CE_c (×100): the degradation from the model's own clean error, over AlexNet's."""
-    out = {}
-    for name, e in errors.items():
-        ref = np.asarray(ALEXNET_ERRORS_BY_SEVERITY[name][: len(e)])
-        out[name] = 100.0 * float(np.sum(np.asarray(e) - clean_error)) / float(np.sum(ref - alexnet_clean_error))
-    return out
+    check_corruptions(list(errors), severities)
+    return {
+        n: 100.0
+        * float(np.sum(np.asarray(e) - clean_error))
+        / float(np.sum(_alexnet(n, severities) - alexnet_clean_error))
+        for n, e in errors.items()
+    }
 
 
-def mean_corruption_error(errors: Mapping[str, Sequence[float]], clean_error: float | None = None) -> dict:
-    """{"ce": {name: CE}, "mce": mean CE, and with clean_error "relative_ce", "relative_mce"}."""
-    ce = corruption_error(errors)
+def mean_corruption_error(
+    errors: Mapping[str, Sequence[float]], clean_error: float | None = None, severities: Sequence[int] = SEVERITIES
+) -> dict:
+    """{"ce": {name: CE}, "mce": mean CE, and with clean_error "relative_ce", "relative_mce"};
+    errors[name][i] is the top-1 error at severities[i]."""
+    ce = corruption_error(errors, severities)
     out = {"ce": ce, "mce": float(np.mean(list(ce.values())))}
     if clean_error is not None:
-        rel = relative_corruption_error(errors, clean_error)
+        rel = relative_corruption_error(errors, clean_error, severities=severities)
         out.update(relative_ce=rel, relative_mce=float(np.mean(list(rel.values()))))
     return out
 
@@ -98,6 +121,7 @@ def run_corruptions(
 
     Returns {"clean_top1", "top1": {name: [per severity]}, "ce", "mce", "relative_ce", "relative_mce"}.
     """
+    check_corruptions(corruptions, severities)
     batches = as_list(batches)
     mean, std = tuple(mean), tuple(std)
     clean = Accuracy()
@@ -115,8 +139,8 @@ def run_corruptions(
                 acc.add(logits_from_pixels(model, x, mean=mean, std=std), b["label"], batch_mask(b))
             top1[name].append(acc.value)
     errors = {n: [1.0 - a for a in v] for n, v in top1.items()}
-    out = {"clean_top1": clean.value, "top1": top1}
-    out.update(mean_corruption_error(errors, clean_error=1.0 - clean.value))
+    out = {"clean_top1": clean.value, "severities": list(severities), "top1": top1}
+    out.update(mean_corruption_error(errors, clean_error=1.0 - clean.value, severities=severities))
     return out
 
 
@@ -133,8 +157,6 @@ def imagenet_c_folder(
 
     folder = epath.Path(root) / name / str(severity)
     if not folder.exists():
-        from nest_jax.errors import UserError
-
         raise UserError(
             f"{folder} does not exist; expected an ImageNet-C folder <root>/<corruption>/<severity>/<wnid>/"
         )
@@ -178,6 +200,7 @@ def run_stored_corruptions(
     """As `run_corruptions`, on a stored ImageNet-C: `load(name, severity)` yields its batches
     ([0, 1] pixels), e.g. `functools.partial(imagenet_c_tfds, data_dir)` or
     `functools.partial(imagenet_c_folder, root)`; `clean` the uncorrupted validation batches."""
+    check_corruptions(corruptions, severities)
     mean, std = tuple(mean), tuple(std)
 
     def top1(batches) -> float:
@@ -189,6 +212,6 @@ def run_stored_corruptions(
     clean_top1 = top1(clean)
     table = {name: [top1(load(name, s)) for s in severities] for name in corruptions}
     errors = {n: [1.0 - a for a in v] for n, v in table.items()}
-    out = {"clean_top1": clean_top1, "top1": table, "source": "stored"}
-    out.update(mean_corruption_error(errors, clean_error=1.0 - clean_top1))
+    out = {"clean_top1": clean_top1, "severities": list(severities), "top1": table, "source": "stored"}
+    out.update(mean_corruption_error(errors, clean_error=1.0 - clean_top1, severities=severities))
     return out

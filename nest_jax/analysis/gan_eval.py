@@ -1,64 +1,160 @@
-"""The GAN evaluator: FID and KID of the EMA generator's samples against a split of the data.
+"""The generator's evaluators: `samples` (a grid of images on fixed latents) and `fid` (FID and KID
+of its samples against the real images of a split).
 
-`fid_evaluator(config)` reads `config.gan.fid`: `extractor` "classifier" (default; `checkpoint` =
-the workdir of a classifier trained with the main job on the same data) or "inception" (`weights`
-= the FID Inception weights file), `split` (real images), `num_samples`, `batch_size`, KID subsets.
-The real-image statistics are computed once; each call samples `num_samples` images.
+Both get `model_fn(state)` = the EMA generator, z: (B, latent_dim) -> images (B, H, W, C) in
+[-1, 1] (`gan.GanTrainer.eval_model`), and draw latents on device, `batch_size` at a time (None:
+train.eval_batch_size), split over the mesh's batch axes. In a GAN config (`config.evals`, prefix "" keeps the names short):
+
+    samples=dict(kind="samples", every_steps=500, prefix="", num_images=64, seed=1234)
+    fid=dict(kind="fid", every_steps=5000, prefix="", checkpoint=CLASSIFIER_WORKDIR, num_samples=2048)
+
+`samples` returns {"samples": uint8 grid}: TensorBoard, and `WORKDIR/samples/step_<k>.png`.
+`fid` returns {"fid", "kid", "kid_std"}; the real statistics are computed at its first run.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
+import math
 from collections.abc import Callable
-from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nest_jax.analysis import fid as F
 from nest_jax.errors import UserError
+from nest_jax.train.evaluators import EvalData, check_batch_size, register_evaluator
 
 
-def make_extractor(fid_cfg: Any) -> F.Extractor:
-    kind = fid_cfg.get("extractor", "classifier")
-    if kind == "classifier":
-        return F.classifier_from_workdir(fid_cfg.get("checkpoint", ""))
-    if kind == "inception":
-        return F.inception_extractor(fid_cfg.get("weights", ""), resize=fid_cfg.get("resize", "tf_legacy"))
-    raise UserError(f"gan.fid.extractor must be 'classifier' or 'inception', got {kind!r}")
+def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
+    """images: (N, H, W, C) in [-1, 1] -> uint8 grid (rows·(H+1)+1, cols·(W+1)+1, 3), 1-px borders."""
+    n, h, w, c = images.shape
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    x = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    if c == 1:
+        x = np.repeat(x, 3, axis=-1)
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, 3), 255, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = x[i, ..., :3]
+    return grid
 
 
-def real_stats(config: Any, extract: F.Extractor, *, data: Any = None, keep_features: bool = True) -> F.FeatureStats:
-    """Feature statistics of one pass over `config.gan.fid.split` (images in [-1, 1], padding masked)."""
-    data = data if data is not None else importlib.import_module("nest_jax.data")
-    fid_cfg = config.gan.fid
-    ds = config.dataset.copy_and_resolve_references()
-    with ds.unlocked():
-        ds.eval_split = fid_cfg.get("split", "train")
-        ds.eval_resize = "resize"
-    it = data.eval_iterator(ds, global_batch_size=int(fid_cfg.batch_size), process_index=0, process_count=1)
-    return F.accumulate(extract, ((b["image"], b["mask"]) for b in it), keep_features=keep_features)
-
-
-def fid_evaluator(
-    config: Any, *, data: Any = None, extractor: F.Extractor | None = None
-) -> Callable[[int, Callable[[int, int], np.ndarray]], dict] | None:
-    """`evaluate(step, sample)` -> {"fid", "kid", "kid_std"}, or None when `gan.fid.every_steps` is 0."""
-    fid_cfg = config.gan.fid
-    if not int(fid_cfg.get("every_steps", 0) or 0):
-        return None
-    extract = extractor or make_extractor(fid_cfg)
-    real = real_stats(config, extract, data=data)
-    n, bs = int(fid_cfg.num_samples), int(fid_cfg.batch_size)
-
-    def evaluate(step: int, sample: Callable[[int, int], np.ndarray]) -> dict:
-        images = sample(n, 10_000 + step)  # fresh latents per evaluation, fixed per step
-        fake = F.accumulate(extract, (images[i : i + bs] for i in range(0, n, bs)), keep_features=True)
-        k_mean, k_std = F.kid(
-            real.all_features(),
-            fake.all_features(),
-            num_subsets=int(fid_cfg.get("kid_subsets", 50)),
-            subset_size=int(fid_cfg.get("kid_subset_size", 500)),
+def latent_dim(model) -> int:
+    """The generator's latent size; a UserError for any other model (a classifier has no samples)."""
+    dim = getattr(getattr(model, "config", None), "latent_dim", None)
+    if dim is None:
+        raise UserError(
+            f"{type(model).__name__} is not a generator (no config.latent_dim): samples and fid evaluate GANs"
         )
-        return {"fid": F.fid_from_stats(real, fake), "kid": k_mean, "kid_std": k_std}
+    return int(dim)
 
-    return evaluate
+
+class Sampler:
+    """`sample(state, n, seed)` -> (n, H, W, C) float32 in [-1, 1], host numpy on every process.
+
+    Latent batch i is `normal(fold_in(key(seed), i))`: the same images for the same (state, seed).
+    """
+
+    def __init__(self, model_fn: Callable, data: EvalData, batch_size: int | None):
+        size = data.batch_size if batch_size is None else check_batch_size(batch_size, data.mesh, "batch_size")
+        self.model_fn, self.data, self.batch_size = model_fn, data, size
+
+        @functools.partial(jax.jit, static_argnums=2)
+        def generate(state, key, latent: int):
+            z = jax.random.normal(key, (size, latent))
+            return model_fn(state)(jax.lax.with_sharding_constraint(z, data.sharding), train=False)
+
+        self._generate = generate
+
+    def __call__(self, state: dict, n: int, seed: int) -> np.ndarray:
+        latent, key = latent_dim(self.model_fn(state)), jax.random.key(seed)
+        out = [self._generate(state, jax.random.fold_in(key, i), latent) for i in range(-(-n // self.batch_size))]
+        return np.concatenate([np.asarray(self.data.gather(x), np.float32) for x in out])[:n]
+
+
+@register_evaluator("samples")
+class SampleGrid:
+    """A grid of the generator's images on fixed latents (the same latents at every step)."""
+
+    def __init__(
+        self,
+        model_fn: Callable,
+        data: EvalData,
+        *,
+        num_images: int = 64,
+        seed: int = 1234,
+        batch_size: int | None = None,
+    ):
+        self.num_images, self.seed = num_images, seed
+        self.sample = Sampler(model_fn, data, batch_size)
+
+    def run(self, state: dict, step: int) -> dict[str, np.ndarray]:
+        return {"samples": image_grid(self.sample(state, self.num_images, self.seed))}
+
+
+def make_extractor(extractor: str, checkpoint: str, weights: str, resize: str) -> F.Extractor:
+    if extractor == "classifier":
+        return F.classifier_from_workdir(checkpoint)
+    if extractor == "inception":
+        return F.inception_extractor(weights, resize=resize)
+    raise UserError(f"fid evaluator: extractor must be 'classifier' or 'inception', got {extractor!r}")
+
+
+@register_evaluator("fid")
+class FIDEvaluator:
+    """FID and KID of the generator's samples against the real images of a split.
+
+    extractor "classifier": features of a classifier trained with the main job on the same data
+    (`checkpoint` = its workdir); "inception": the FID Inception-v3 (`weights` = pytorch-fid's
+    file, images resized to 299 by `resize`). Fresh latents at every step (seed 10,000 + step).
+    """
+
+    def __init__(
+        self,
+        model_fn: Callable,
+        data: EvalData,
+        *,
+        extractor: str = "classifier",
+        checkpoint: str = "",
+        weights: str = "",
+        resize: str = "tf_legacy",
+        split: str = "train",
+        num_samples: int = 2048,
+        batch_size: int | None = None,
+        kid_subsets: int = 50,
+        kid_subset_size: int = 500,
+    ):
+        self.extract = make_extractor(extractor, checkpoint, weights, resize)  # a missing file fails now
+        self.sample = Sampler(model_fn, data, batch_size)
+        self.data, self.split, self.batch_size = data, split, self.sample.batch_size
+        self.num_samples, self.kid_subsets, self.kid_subset_size = num_samples, kid_subsets, kid_subset_size
+        self.real: F.FeatureStats | None = None
+
+    def real_stats(self) -> F.FeatureStats:
+        """Features of one pass over `split` (padding masked), every process's examples."""
+        ds = self.data.dataset.copy_and_resolve_references()
+        with ds.unlocked():
+            ds.eval_resize = "resize"  # the whole image, as the generator draws it (no center crop)
+        stats = F.FeatureStats(keep_features=True)
+        for batch in self.data.batches(self.split, batch_size=self.batch_size, max_batches=0, dataset=ds):
+            feats = np.asarray(jax.device_get(self.extract(jnp.asarray(batch["image"]))))
+            feats, mask = self.data.gather((feats, np.asarray(batch["mask"])))
+            stats.update(feats[mask > 0])
+        return stats
+
+    def run(self, state: dict, step: int) -> dict[str, float]:
+        if self.real is None:
+            self.real = self.real_stats()
+        images = self.sample(state, self.num_samples, 10_000 + step)
+        bs = self.batch_size
+        fake = F.accumulate(self.extract, (images[i : i + bs] for i in range(0, len(images), bs)), keep_features=True)
+        kid, kid_std = F.kid(
+            self.real.all_features(),
+            fake.all_features(),
+            num_subsets=self.kid_subsets,
+            subset_size=self.kid_subset_size,
+        )
+        return {"fid": F.fid_from_stats(self.real, fake), "kid": kid, "kid_std": kid_std}

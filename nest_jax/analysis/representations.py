@@ -66,16 +66,3 @@ def forward_fn(model: nnx.Module, capture) -> Callable[[Array], tuple[Array, dic
         return nnx.merge(graphdef, state)(images, train=False, capture=capture)
 
     return lambda images: run(state, jnp.asarray(images))
-
-
-def representation_fn(model: nnx.Module, pool: str = "mean") -> Callable[[Array], list[Array]]:
-    """Jitted images (B, H, W, C) -> list of (B, F) per-layer representations."""
-    family, prefix = model_family(model), num_prefix(model)
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def run(state, images):
-        _, inter = nnx.merge(graphdef, state)(images, train=False, capture=("layers",))
-        return layer_representations(inter, pool, family, prefix)
-
-    return lambda images: run(state, jnp.asarray(images))

@@ -1,256 +1,331 @@
-"""The robustness analyses as evaluators of the training loop (one `run()` each).
+"""The robustness analyses (Naseer et al. 2021) as evaluators: occlusion, patch_shuffle,
+corruptions, per_block_tokens, adversarial_patch, shape_bias, few_shot (`nest_jax.train.evaluators`
+contract; run by the training loop through `config.evals` and by `python -m nest_jax.analyze`).
 
-Registered under `occlusion`, `patch_shuffle`, `corruptions`, `per_block_tokens`, `shape_bias`,
-`adversarial_patch` and `few_shot` when `nest_jax.train.evaluators` provides the registry. Each
-reads up to `max_batches` batches of the config's evaluation split (normalized by the pipeline;
-turned back into [0, 1] pixels with the dataset's mean and std), rebuilds the model from the train
-state, runs the analysis and returns flat `{"<name>/<metric>": float}`.
-
-cfg fields (all optional): max_batches (4), batch_size (config.train.eval_batch_size), seed (0),
-plus each analysis's options (`ratios`, `grids`, `corruptions`, `severities`, `folder`, `shots`, …).
+They re-run the model on perturbed copies of the evaluation images, so each reads up to
+`max_batches` batches of this process (`batch_size`, `max_batches`: None = the data's defaults)
+once, turned back into [0, 1] pixels with the dataset's mean and std, and calls the `run_<name>`
+function of `nest_jax.analysis` on them with the model of the state. With several processes each
+scores its own shard of the split (the writers keep process 0's numbers).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable, Sequence
 
 import numpy as np
-from flax import nnx
 
-from nest_jax.analysis import (
-    adversarial_patch,
-    corruption_eval,
-    occlusion,
-    patch_shuffle,
-    per_block_tokens,
-    shape_bias,
-    transfer,
-)
+from nest_jax.analysis import adversarial_patch, corruption_eval, occlusion, patch_shuffle, per_block_tokens, transfer
+from nest_jax.analysis import shape_bias as sb
 from nest_jax.analysis.forward import to_pixels
+from nest_jax.errors import UserError
+from nest_jax.train.evaluators import EvalData, register_evaluator
+from nest_jax.viz import robustness as vr
 
-try:  # the evaluator registry belongs to the training package (absent in older checkouts)
-    from nest_jax.train.evaluators import register_evaluator
-except ImportError:  # pragma: no cover
-
-    def register_evaluator(name):
-        return lambda cls: cls
+log = logging.getLogger(__name__)
 
 
-def flatten(prefix: str, value: Any, out: dict | None = None) -> dict[str, float]:
-    """Nested dicts / lists of numbers -> {"prefix/key/…": float} (lists indexed by position)."""
-    out = {} if out is None else out
-    if isinstance(value, dict):
-        for k, v in value.items():
-            flatten(f"{prefix}/{k}", v, out)
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            flatten(f"{prefix}/{i}", v, out)
-    elif isinstance(value, (int, float, np.floating, np.integer)):
-        out[prefix] = float(value)
-    return out
+def axes(results: dict, *keys: str) -> dict:
+    """`results` with the lists under `keys` (the x-axes of the curves, e.g. the drop ratios) as
+    numpy arrays: kept in the JSON and the figures, not written as scalars (`flatten`)."""
+    return {k: np.asarray(v) if k in keys else v for k, v in results.items()}
 
 
-class RobustnessEvaluator:
-    """Shared set-up: the model from the train state, [0, 1] batches of the evaluation split."""
+class PixelBatches:
+    """The evaluation batches as [0, 1] pixels, read once on first use."""
 
-    def __init__(self, name: str, cfg, *, config, trainer, data):
-        from nest_jax.train.trainer import build_model
+    def __init__(self, model_fn: Callable, data: EvalData, batch_size: int | None, max_batches: int | None):
+        self.model_fn, self.data, self.batch_size, self.max_batches = model_fn, data, batch_size, max_batches
+        self._batches: list[dict] | None = None
 
-        self.name, self.cfg, self.config, self.trainer, self.data = name, cfg, config, trainer, data
-        self.num_classes = int(getattr(data, "num_classes", 0) or self._info().num_classes)
-        abstract = nnx.eval_shape(lambda: build_model(config, self.num_classes, nnx.Rngs(0)))
-        _, p, s, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
-        self._flat = (list(nnx.to_flat_state(p)), list(nnx.to_flat_state(s)))
-        self._batches = None
+    def batches(self, split: str | None = None, *, dataset=None, max_batches: int | None = None) -> list[dict]:
+        """The evaluation batches (cached); with `split`/`dataset`, those of another split (read anew)."""
 
-    def _info(self):
-        from nest_jax.data import get_info
+        def read():
+            limit = self.max_batches if max_batches is None else max_batches
+            it = self.data.batches(split, batch_size=self.batch_size, max_batches=limit, dataset=dataset)
+            return [to_pixels(b, self.data.mean, self.data.std) for b in it]
 
-        return get_info(self.config.dataset)
-
-    def get(self, key: str, default):
-        return self.cfg.get(key, default) if hasattr(self.cfg, "get") else default
-
-    @property
-    def mean_std(self) -> tuple[tuple, tuple]:
-        from nest_jax.data.preprocess import mean_std
-
-        mean, std = mean_std(self.config.dataset)
-        return tuple(mean), tuple(std)
-
-    def batches(self, ds_cfg=None) -> list[dict]:
-        if self._batches is None or ds_cfg is not None:
-            from nest_jax.data import eval_iterator
-
-            ds = ds_cfg or self.config.dataset
-            size = int(self.get("batch_size", self.config.train.eval_batch_size))
-            it = eval_iterator(ds, global_batch_size=size, process_index=0, process_count=1)
-            mean, std = self.mean_std
-            out = []
-            for i, b in enumerate(it):
-                if i >= int(self.get("max_batches", 4)):
-                    break
-                out.append(to_pixels(b, mean, std))
-            if ds_cfg is not None:
-                return out
-            self._batches = out
+        if split is not None or dataset is not None:
+            return read()
+        if self._batches is None:
+            self._batches = read()
         return self._batches
 
-    def model(self, state: dict, rest):
-        from nest_jax.train.trainer import params_state
-
-        pf, sf = self._flat
-        return nnx.merge(
-            self.trainer.graphdef,
-            params_state(pf, state["params"]),
-            params_state(sf, state.get("batch_stats") or {}),
-            rest,
-        )
-
-    def analyse(self, model, batches) -> dict:
-        raise NotImplementedError
-
-    def run(self, state: dict, rest, step: int) -> dict[str, float]:
-        del step
-        return flatten(self.name, self.analyse(self.model(state, rest), self.batches()))
+    def kw(self) -> dict:
+        return dict(mean=self.data.mean, std=self.data.std)
 
 
 @register_evaluator("occlusion")
-class OcclusionEvaluator(RobustnessEvaluator):
-    """Random PatchDrop curve; with `salient: True` also salient / non-salient PatchDrop (ViTs)."""
+class Occlusion(PixelBatches):
+    """Random PatchDrop; salient / non-salient PatchDrop for ViT/DeiT models with a class token."""
 
-    def analyse(self, model, batches):
-        mean, std = self.mean_std
+    def __init__(
+        self,
+        model_fn: Callable,
+        data: EvalData,
+        *,
+        ratios: Sequence[float] = occlusion.PAPER_RATIOS,
+        per_image: bool = False,
+        seed: int = 0,
+        salient: bool = True,
+        batch_size: int | None = None,
+        max_batches: int | None = None,
+    ):
+        super().__init__(model_fn, data, batch_size, max_batches)
+        if not ratios or not all(0.0 <= float(r) < 1.0 for r in ratios):
+            raise UserError(f"occlusion: ratios={ratios} must be fractions in [0, 1), e.g. ratios=(0.0,0.5)")
+        self.ratios, self.per_image, self.seed, self.salient = tuple(ratios), bool(per_image), int(seed), salient
+
+    def run(self, state: dict, step: int) -> dict:
+        model, b = self.model_fn(state), self.batches()
         out = occlusion.run_occlusion(
-            model,
-            batches,
-            mean=mean,
-            std=std,
-            ratios=tuple(self.get("ratios", occlusion.PAPER_RATIOS)),
-            per_image=bool(self.get("per_image", False)),
-            seed=int(self.get("seed", 0)),
+            model, b, ratios=self.ratios, per_image=self.per_image, seed=self.seed, **self.kw()
         )
-        out = {"top1": out["top1"]}
-        if self.get("salient", False):
-            s = occlusion.run_salient_occlusion(model, batches, mean=mean, std=std)
-            out.update(salient_drop_top1=s["salient_drop_top1"], non_salient_drop_top1=s["non_salient_drop_top1"])
-        return out
+        if self.salient:
+            if per_block_tokens.is_vit(model) and "cls" in model.config.prefix_tokens:
+                out["salient"] = axes(occlusion.run_salient_occlusion(model, b, **self.kw()), "lambdas", "grid")
+            else:
+                log.warning("occlusion: salient PatchDrop skipped: it needs a class token")
+        return axes(out, "ratios", "grid", "dropped")
+
+    def figures(self, results: dict) -> dict:
+        figs = {"occlusion": vr.plot_occlusion(results)}
+        sal = {k: v["salient"] for k, v in results.items() if "salient" in v}
+        if sal:
+            figs["occlusion_salient"] = vr.plot_salient_occlusion(sal)
+        return figs
 
 
 @register_evaluator("patch_shuffle")
-class PatchShuffleEvaluator(RobustnessEvaluator):
-    def analyse(self, model, batches):
-        mean, std = self.mean_std
-        grids = self.get("grids", None)
+class PatchShuffle(PixelBatches):
+    """Top-1 with the image's cells permuted, for every grid that divides the image."""
+
+    def __init__(
+        self,
+        model_fn: Callable,
+        data: EvalData,
+        *,
+        grids: Sequence[tuple[int, int]] | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        max_batches: int | None = None,
+    ):
+        super().__init__(model_fn, data, batch_size, max_batches)
+        self.grids, self.seed = ([tuple(g) for g in grids] if grids else None), int(seed)
+
+    def run(self, state: dict, step: int) -> dict:
         r = patch_shuffle.run_patch_shuffle(
-            model, batches, mean=mean, std=std, grids=[tuple(g) for g in grids] if grids else None
+            self.model_fn(state), self.batches(), grids=self.grids, seed=self.seed, **self.kw()
         )
-        return {f"{g[0]}x{g[1]}": a for g, a in zip(r["grids"], r["top1"])}
+        return {"top1": {f"{g[0]}x{g[1]}": a for g, a in zip(r["grids"], r["top1"])}}
+
+    def figures(self, results: dict) -> dict:
+        curves = {
+            k: {"grids": [g.split("x") for g in r["top1"]], "top1": list(r["top1"].values())}
+            for k, r in results.items()
+        }
+        return {"patch_shuffle": vr.plot_shuffle(curves)}
 
 
 @register_evaluator("corruptions")
-class CorruptionsEvaluator(RobustnessEvaluator):
-    def analyse(self, model, batches):
-        mean, std = self.mean_std
-        r = corruption_eval.run_corruptions(
-            model,
-            batches,
-            mean=mean,
-            std=std,
-            corruptions=tuple(self.get("corruptions", corruption_eval.C.CORRUPTIONS)),
-            severities=tuple(self.get("severities", (1, 2, 3, 4, 5))),
-            seed=int(self.get("seed", 0)),
+class Corruptions(PixelBatches):
+    """The 15 common corruptions on the fly; CE, mCE and relative mCE against AlexNet."""
+
+    def __init__(
+        self,
+        model_fn: Callable,
+        data: EvalData,
+        *,
+        corruptions: Sequence[str] = corruption_eval.C.CORRUPTIONS,
+        severities: Sequence[int] = (1, 2, 3, 4, 5),
+        seed: int = 0,
+        batch_size: int | None = None,
+        max_batches: int | None = None,
+    ):
+        super().__init__(model_fn, data, batch_size, max_batches)
+        corruption_eval.check_corruptions(corruptions, severities)
+        if data.image_size < 32:
+            raise UserError(f"the corruptions need images of at least 32 px, these have {data.image_size}")
+        self.corruptions, self.severities, self.seed = tuple(corruptions), tuple(severities), int(seed)
+
+    def run(self, state: dict, step: int) -> dict:
+        return corruption_eval.run_corruptions(
+            self.model_fn(state),
+            self.batches(),
+            corruptions=self.corruptions,
+            severities=self.severities,
+            seed=self.seed,
+            **self.kw(),
         )
-        return {k: r[k] for k in ("clean_top1", "mce", "relative_mce", "ce")}
+
+    def figures(self, results: dict) -> dict:
+        return {"corruption_errors": vr.plot_corruption_errors(results)}
 
 
 @register_evaluator("per_block_tokens")
-class PerBlockTokensEvaluator(RobustnessEvaluator):
-    def analyse(self, model, batches):
-        mean, std = self.mean_std
-        r = per_block_tokens.run_per_block_tokens(model, batches, mean=mean, std=std)
-        return {k: v for k, v in r.items() if k != "layers"}
+class PerBlockTokens(PixelBatches):
+    """Top-1 of every layer's tokens through the shared final norm and head(s) (ViT/DeiT, NesT)."""
+
+    def __init__(
+        self, model_fn: Callable, data: EvalData, *, batch_size: int | None = None, max_batches: int | None = None
+    ):
+        super().__init__(model_fn, data, batch_size, max_batches)
+
+    def run(self, state: dict, step: int) -> dict:
+        model = self.model_fn(state)
+        if not (per_block_tokens.is_vit(model) or per_block_tokens.is_nest(model)):
+            raise UserError("per_block_tokens needs a ViT/DeiT or NesT, not a ResNet")
+        return per_block_tokens.run_per_block_tokens(model, self.batches(), **self.kw())
+
+    def figures(self, results: dict) -> dict:
+        return {"per_block_tokens": vr.plot_per_layer(results)}
 
 
 @register_evaluator("adversarial_patch")
-class AdversarialPatchEvaluator(RobustnessEvaluator):
-    """Patch trained on the first half of the evaluation batches, fooling rate on the second half."""
+class AdversarialPatch(PixelBatches):
+    """Universal patch trained on the even-indexed images, fooling rate on the odd-indexed ones."""
 
-    def analyse(self, model, batches):
-        mean, std = self.mean_std
-        half = max(len(batches) // 2, 1)
-        r = adversarial_patch.run_adversarial_patch(
-            model,
-            batches[:half],
-            batches[half:] or batches,
-            mean=mean,
-            std=std,
-            fraction=float(self.get("fraction", 0.05)),
-            shape=self.get("shape", "square"),
-            steps=int(self.get("steps", 50)),
-            lr=float(self.get("lr", 2 / 255)),
-            optimizer=self.get("optimizer", "sign"),
-            target=self.get("target", None),
+    def __init__(
+        self,
+        model_fn: Callable,
+        data: EvalData,
+        *,
+        fraction: float = 0.05,
+        shape: str = "square",
+        steps: int = 30,
+        lr: float = 2 / 255,
+        optimizer: str = "sign",
+        target: int | None = None,
+        batch_size: int | None = None,
+        max_batches: int | None = None,
+    ):
+        super().__init__(model_fn, data, batch_size, max_batches)
+        if shape not in ("square", "circle") or optimizer not in ("sign", "adam") or not 0 < fraction < 1:
+            raise UserError(
+                "adversarial_patch: shape must be square or circle, optimizer sign or adam, 0 < fraction < 1"
+            )
+        self.settings = dict(fraction=float(fraction), shape=shape, steps=int(steps), lr=float(lr), optimizer=optimizer)
+        self.target = target
+
+    def run(self, state: dict, step: int) -> dict:
+        def rows(sl):
+            return [{k: v[sl] for k, v in b.items()} for b in self.batches()]
+
+        out = adversarial_patch.run_adversarial_patch(
+            self.model_fn(state),
+            rows(slice(0, None, 2)),
+            rows(slice(1, None, 2)),
+            target=self.target,
+            return_patch=True,
+            **self.settings,
+            **self.kw(),
         )
-        return {"fooling_rate": r["fooling_rate"]}
+        out["patch"] = out["patch"] * out.pop("mask")[..., None]  # the patch as pasted (HWC image)
+        return out
+
+    def figures(self, results: dict) -> dict:
+        return {
+            f"adversarial_patch_{k}": vr.plot_patched_images(
+                [np.asarray(r["patch"])], [f"{k}: fooling rate {r['fooling_rate']:.2f}"]
+            )
+            for k, r in results.items()
+        }
 
 
 @register_evaluator("shape_bias")
-class ShapeBiasEvaluator(RobustnessEvaluator):
-    """Cue-conflict images from `folder` (the released stimuli; 1000-class models) or, by default,
-    the procedural shapes × textures set (models trained on it)."""
+class ShapeBias(PixelBatches):
+    """Shape bias (fraction of shape decisions) on cue-conflict images.
 
-    def analyse(self, model, batches):
-        mean, std = self.mean_std
-        folder = self.get("folder", None)
-        if folder:
-            size = int(self.config.dataset.image_size)
-            data = list(shape_bias.cue_conflict_folder(folder, image_size=size))
-        else:
-            from nest_jax.data.shapes import ShapesTexturesSource
+    The images are the released stimuli (`folder`; 16-category or ImageNet models) or, for a model of
+    the procedural `shapes` data set, its cue-conflict variant."""
 
-            src = ShapesTexturesSource(
-                num_classes=self.num_classes,
-                image_size=int(self.config.dataset.image_size),
-                variant="cue_conflict",
-                num_test=int(self.get("num_images", 512)),
+    def __init__(self, model_fn: Callable, data: EvalData, *, folder: str | None = None, num_images: int = 256):
+        super().__init__(model_fn, data, None, None)
+        if not folder and data.dataset.name != "shapes":
+            raise UserError(
+                "shape_bias needs cue-conflict images: folder='<stimuli dir>' (16 categories or ImageNet "
+                "models) or a config whose dataset.name is 'shapes'"
             )
-            a = src.arrays("test")
-            c = int(self.config.dataset.get("num_channels", 3))
-            img = a["image"].astype(np.float32) / 255.0
-            img = img[..., :c] if c == 3 else img.mean(-1, keepdims=True)
-            data = [{"image": img, "label": a["label"], "texture_label": a["texture_label"]}]
-        return shape_bias.run_shape_bias(model, data, mean=mean, std=std)
+        self.folder, self.num_images = folder, int(num_images)
+        self._stimuli = None
+
+    def stimuli(self) -> list[dict]:
+        if self._stimuli is None:
+            size = self.data.image_size
+            if self.folder:
+                self._stimuli = list(sb.cue_conflict_folder(self.folder, image_size=size))
+            else:
+                from nest_jax.data.shapes import ShapesTexturesSource
+
+                src = ShapesTexturesSource(
+                    num_classes=self.data.num_classes, image_size=size, variant="cue_conflict", num_test=self.num_images
+                )
+                a = src.arrays("test")
+                img = a["image"].astype(np.float32) / 255.0
+                img = img if self.data.num_channels == 3 else img.mean(-1, keepdims=True)
+                self._stimuli = [{"image": img, "label": a["label"], "texture_label": a["texture_label"]}]
+        return self._stimuli
+
+    def run(self, state: dict, step: int) -> dict:
+        return sb.run_shape_bias(self.model_fn(state), self.stimuli(), **self.kw())
+
+    def figures(self, results: dict) -> dict:
+        return {"shape_bias": vr.plot_shape_bias(results)}
 
 
 @register_evaluator("few_shot")
-class FewShotEvaluator(RobustnessEvaluator):
-    """Ridge few-shot on frozen features of a transfer data set (`dataset`: fields overriding
-    config.dataset, e.g. {"name": "cifar10", "data_dir": …}); its train split gives the shots."""
+class FewShot(PixelBatches):
+    """Ridge few-shot accuracy on frozen features (shots from the train split).
 
-    def analyse(self, model, batches):
-        ds = (
-            self.config.dataset.copy_and_resolve_references()
-            if hasattr(self.config.dataset, "copy_and_resolve_references")
-            else self.config.dataset
+    Shots come from as many batches of the train split as the evaluation reads; accuracy is on the
+    evaluation batches. `dataset`: fields overriding the run's dataset config for a transfer data
+    set (e.g. {"name": "cifar10"})."""
+
+    def __init__(
+        self,
+        model_fn: Callable,
+        data: EvalData,
+        *,
+        shots: Sequence[int] = (1, 5, 10),
+        seeds: int = 3,
+        features: str | None = None,
+        dataset: dict | None = None,
+        batch_size: int | None = None,
+        max_batches: int | None = None,
+    ):
+        super().__init__(model_fn, data, batch_size, max_batches)
+        if not shots or min(shots) < 1:
+            raise UserError(f"few_shot: shots={shots} must be positive counts, e.g. shots=(1,5)")
+        self.shots, self.seeds, self.features = tuple(int(k) for k in shots), int(seeds), features
+        self.dataset = data.dataset.copy_and_resolve_references()
+        with self.dataset.unlocked():
+            self.dataset.update(dict(dataset or {}))
+        self._sets = None
+
+    def sets(self) -> tuple[list, list, int, tuple]:
+        """(train batches, test batches, classes, usable shots), read once."""
+        if self._sets is None:
+            test = self.batches(self.dataset.eval_split, dataset=self.dataset)
+            train = self.batches(self.dataset.train_split, dataset=self.dataset, max_batches=len(test))
+            labels = np.concatenate([b["label"][b["mask"] > 0] for b in train])
+            classes = int(max(int(np.max(b["label"])) for b in train + test) + 1)
+            fewest = int(np.bincount(labels, minlength=classes).min())
+            shots = tuple(k for k in self.shots if k <= fewest)
+            if not shots:
+                raise UserError("few_shot: some class has no training image; read more batches (max_batches)")
+            if len(shots) < len(self.shots):
+                log.warning("few_shot: the rarest class has %d training images: shots %s only", fewest, shots)
+            self._sets = (train, test, classes, shots)
+        return self._sets
+
+    def run(self, state: dict, step: int) -> dict:
+        model = self.model_fn(state)
+        train, test, classes, shots = self.sets()
+        kind = self.features or (
+            "cls" if per_block_tokens.is_vit(model) and "cls" in model.config.prefix_tokens else "pre_logits"
         )
-        for k, v in dict(self.get("dataset", {}) or {}).items():
-            ds[k] = v
-        test = self.batches(ds)
-        train_ds = ds.copy_and_resolve_references() if hasattr(ds, "copy_and_resolve_references") else ds
-        train_ds.eval_split = ds.train_split
-        train = self.batches(train_ds)
-        mean, std = self.mean_std
-        classes = int(max(int(np.max(b["label"])) for b in train + test) + 1)
-        r = transfer.run_few_shot(
-            model,
-            train,
-            test,
-            mean=mean,
-            std=std,
-            num_classes=classes,
-            kind=self.get("features", "cls" if per_block_tokens.is_vit(model) else "pre_logits"),
-            shots=tuple(self.get("shots", (1, 5, 10, 25))),
-            seeds=int(self.get("seeds", 3)),
+        return transfer.run_few_shot(
+            model, train, test, num_classes=classes, kind=kind, shots=shots, seeds=self.seeds, **self.kw()
         )
-        return {f"{k}shot": v for k, v in r["mean"].items()}

@@ -1,10 +1,10 @@
 """`python -m nest_jax.analyze <analysis> --config=... --checkpoint=... --out=DIR`
 
-Analyses: cka, attention_distance, norm_ratio, probes, localization, pos_embed; the robustness
-analyses occlusion, patch_shuffle, corruptions, adversarial_patch, shape_bias, per_block_tokens,
-few_shot (settings with `--opt KEY=VALUE`, e.g. `--opt severities=(1,2)`); or `all`, which skips with
-a note those that do not apply (comma-separated lists work too). One pass over the config's evaluation split feeds every requested
-analysis; with `--compare-config/--compare-checkpoint` a second model sees the same images (CKA
+An analysis is an evaluator kind (`nest_jax.train.evaluators`), built exactly as the training loop
+builds `config.evals` entries: `--opt KEY=VALUE` settings (Python literals, e.g. `--opt
+severities=(1,2)`) are its keyword arguments, each given to the selected analyses that take it.
+`all` runs every analysis and skips with a note those that do not apply; comma-separated lists
+work too. With `--compare-config/--compare-checkpoint` a second model sees the same images (CKA
 across the two models, and every per-model analysis for both).
 
 --checkpoint: a training workdir (its latest checkpoint: params and BatchNorm statistics), a
@@ -52,7 +52,7 @@ def load_checkpoint(model, source: str, path: str, label: str) -> int:
 def build_subject(config, checkpoint: str | None, source: str, label: str, num_classes: int):
     from flax import nnx
 
-    from nest_jax.analyze.runners import Subject
+    from nest_jax.analyze.loop import Subject
     from nest_jax.train.trainer import build_model
 
     try:
@@ -68,8 +68,15 @@ def build_subject(config, checkpoint: str | None, source: str, label: str, num_c
 
 
 def parse(argv):
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    ap.add_argument("analysis", help="an analysis name (see above), a comma-separated list, or all")
+    from nest_jax.analyze.loop import describe
+
+    ap = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__,
+        epilog="analyses:\n" + describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("analysis", help="an analysis name (listed below), a comma-separated list, or all")
     ap.add_argument("--config", required=True, help="configs/<name>.py[:arg] (model and evaluation data)")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--source", default="nest_jax", help="nest_jax (default), timm, vit_npz, nest_official, nest_timm")
@@ -85,27 +92,13 @@ def parse(argv):
     ap.add_argument("--compare-source", default="nest_jax")
     ap.add_argument("--compare-set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", required=True, help="output directory (JSON, PNG, tensorboard/)")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default train.eval_batch_size)")
     ap.add_argument("--max-batches", type=int, default=0, help="stop after this many batches (0: the whole split)")
-    ap.add_argument("--pool", default="all", choices=("all", "mean", "cls"), help="CKA token features")
-    ap.add_argument("--kernel", default="linear", choices=("linear", "rbf"))
-    ap.add_argument(
-        "--opt", action="append", default=[], metavar="KEY=VALUE", help="robustness analysis setting, repeatable"
-    )
+    ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="analysis setting, repeatable")
     ap.add_argument("--label", default="A")
     ap.add_argument("--compare-label", default="B")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     return ap.parse_args(argv)
-
-
-def selected(spec: str) -> list[str]:
-    from nest_jax.analyze.runners import ANALYSES
-
-    names = list(ANALYSES) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [n for n in names if n not in ANALYSES]
-    if bad or not names:
-        raise UserError(f"unknown analysis {', '.join(bad) or spec!r}; choose from {', '.join(ANALYSES)} or all")
-    return names
 
 
 def parse_options(items: list[str]) -> dict:
@@ -123,25 +116,22 @@ def parse_options(items: list[str]) -> dict:
 
 
 def run(args) -> dict:
-    from nest_jax.analyze.robustness_runners import check_options
+    from nest_jax import data
+    from nest_jax.analyze.loop import analyse, check_options, selected
 
     names = selected(args.analysis)
     options = parse_options(args.opt)
     check_options(names, options)
     config = load_config(args.config, args.set)
-    from nest_jax.analyze.loop import analyse
-    from nest_jax.data import get_info
-
     try:
-        info = get_info(config.dataset)
+        info = data.get_info(config.dataset)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"cannot read the dataset of {args.config}: {str(e).splitlines()[0]}") from e
-    subjects, step = [], 0
     a, step = build_subject(config, args.checkpoint, args.source, args.label, info.num_classes)
-    subjects.append(a)
+    subjects = [a]
     if args.compare_config or args.compare_checkpoint:
         cfg_b = load_config(args.compare_config or args.config, args.compare_set)
-        if cfg_b.dataset.get("image_size", None) != config.dataset.image_size:
+        if cfg_b.dataset.image_size != config.dataset.image_size:
             raise UserError("the compared model must take the same images (same dataset.image_size) as the first")
         b, _ = build_subject(cfg_b, args.compare_checkpoint, args.compare_source, args.compare_label, info.num_classes)
         if b.label == a.label:
@@ -152,11 +142,9 @@ def run(args) -> dict:
         subjects,
         config,
         out=args.out,
+        data=data,
         batch_size=args.batch_size,
         max_batches=args.max_batches,
-        pool=args.pool,
-        kernel=args.kernel,
-        num_classes=info.num_classes,
         step=step,
         skip_inapplicable=args.analysis == "all",
         options=options,

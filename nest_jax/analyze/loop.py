@@ -1,129 +1,177 @@
-"""One pass over the evaluation split feeding every requested analysis; JSON, PNG and TensorBoard out.
+"""Evaluation only: the requested analyses built by `build_evaluators` (the classes, settings and
+defaults the training loop uses), run once per model; JSON, PNG and TensorBoard out.
 
-The forward pass of each model is one jitted function recording the union of what the analyses
-need; the batch is sharded over all local devices along its batch axis when it divides evenly
-(parameters replicated), so large evaluation sets run data-parallel. Padding rows of the last
-batch are dropped before the analyses see it.
+Each analysis is an evaluator kind of the same name (`nest_jax.train.evaluators.known_kinds()`).
+With two models every per-model evaluator runs for both, on the same images; evaluators with a
+`compare` method (CKA) also run across the two, under the key "<label A>|<label B>".
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import os
+import sys
 from typing import Any
 
-import jax
+import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from nest_jax.analysis.representations import forward_fn
-from nest_jax.analyze.runners import ANALYSES, to_json
-
-
-def _batches(config, batch_size: int, max_batches: int):
-    from nest_jax import data
-
-    total = data.num_eval_steps(config.dataset, batch_size)
-    if max_batches:
-        total = min(total, max_batches)
-    it = data.eval_iterator(config.dataset, global_batch_size=batch_size, process_index=0, process_count=1)
-    for i, batch in enumerate(it):
-        if i >= total:
-            break
-        yield batch
+from nest_jax.errors import UserError
+from nest_jax.train.evaluators import (
+    EvalData,
+    build_evaluators,
+    flatten,
+    known_kinds,
+    model_fn_of,
+    settings_of,
+    unflatten,
+)
+from nest_jax.train.sharding import make_mesh
 
 
-def _progress(iterable, total: int, desc: str):
-    try:
-        from tqdm.auto import tqdm
+@dataclasses.dataclass
+class Subject:
+    """One model under analysis: its label (for titles, keys and file names) and the module."""
 
-        return tqdm(iterable, total=total, desc=desc, unit="batch")
-    except ImportError:  # tqdm is optional
-        return iterable
+    label: str
+    model: Any
+
+
+def describe() -> str:
+    """One line per analysis (evaluator kind): its name and the first line of its docstring."""
+    kinds = known_kinds()
+    width = max(map(len, kinds))
+    return "\n".join(f"  {k:<{width}}  {(c.__doc__ or '').strip().splitlines()[0]}" for k, c in kinds.items())
+
+
+def selected(spec: str) -> list[str]:
+    """`all`, a name or a comma-separated list -> analysis names (UserError for an unknown one)."""
+    kinds = known_kinds()
+    names = list(kinds) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in kinds]
+    if bad or not names:
+        close = difflib.get_close_matches(bad[0], kinds, n=3) if bad else []
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown analysis {', '.join(bad) or spec!r}; {hint}choose from {', '.join(kinds)} or all")
+    return names
+
+
+def evals_config(config: Any, name: str, options: dict) -> Any:
+    """`config` with one evaluation: `name` with the options it takes as settings."""
+    cfg = config.copy_and_resolve_references()
+    keys = settings_of(known_kinds()[name])
+    with cfg.unlocked():
+        cfg.evals = ml_collections.ConfigDict(
+            {name: dict(kind=name, **{k: v for k, v in options.items() if k in keys})}
+        )
+    return cfg
+
+
+def check_options(names: list[str], options: dict) -> None:
+    """Every --opt key must be a setting of at least one selected analysis."""
+    known = sorted({k for n in names for k in settings_of(known_kinds()[n])})
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise UserError(f"unknown --opt {key} for {', '.join(names)}; {hint}valid: {', '.join(known) or 'none'}")
+
+
+def to_json(x: Any) -> Any:
+    """Results -> plain JSON types (arrays to nested lists; inf/NaN to strings)."""
+    if isinstance(x, dict):
+        return {str(k): to_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_json(v) for v in x]
+    if isinstance(x, str):
+        return x
+    a = np.asarray(x, np.float64)
+    if a.ndim:
+        return to_json(a.tolist())
+    return float(a) if np.isfinite(a) else str(float(a))
 
 
 def analyse(
     names: list[str],
-    subjects: list,
+    subjects: list[Subject],
     config: Any,
     *,
     out: str,
-    batch_size: int = 256,
+    data: Any,
+    batch_size: int | None = None,
     max_batches: int = 0,
-    pool: str = "all",
-    kernel: str = "linear",
-    num_classes: int = 10,
     step: int = 0,
     skip_inapplicable: bool = False,
     options: dict | None = None,
 ) -> dict[str, dict]:
-    """Runs analyses `names` on `subjects` over config's eval split; writes under `out`; returns numbers.
+    """Runs analyses `names` on `subjects` over `config`'s evaluation split (read through the data
+    module `data`); writes under `out`; returns {name: {label: results}}.
 
-    skip_inapplicable: leave out (with a note on stderr) analyses that do not apply to these models
-    (e.g. localization on a ResNet) instead of raising their UserError.
-    options: settings of the robustness analyses (`--opt KEY=VALUE`), each read by those that know it.
+    skip_inapplicable: leave out (with a note on stderr) analyses that do not apply (e.g.
+    localization on a ResNet) instead of raising their UserError. options: evaluator settings
+    (`--opt KEY=VALUE`), each given to the analyses that take it.
     """
-    import sys
-
-    from nest_jax import data
-    from nest_jax.errors import UserError
-
-    runners, kept = [], []
-    for n in names:
-        try:
-            runners.append(
-                ANALYSES[n](subjects, pool=pool, kernel=kernel, num_classes=num_classes, config=config, options=options)
-            )
-            kept.append(n)
-        except UserError as e:
-            if not skip_inapplicable:
-                raise
-            print(f"note: skipping {n}: {e}", file=sys.stderr)
-    names = kept
-    capture = sorted({c for r in runners for c in r.capture})
-    if any(r.needs_data for r in runners):
-        # robustness analyses run the model themselves on perturbed copies of the batch
-        forward = any(r.needs_data and not r.wants_batches for r in runners)
-        fwd = [forward_fn(s.model, capture) for s in subjects] if forward else []
-        devices = jax.local_devices()
-        mesh = Mesh(np.array(devices), ("data",))
-        total = data.num_eval_steps(config.dataset, batch_size)
-        total = min(total, max_batches) if max_batches else total
-        for batch in _progress(_batches(config, batch_size, max_batches), total, "analysing"):
-            for r in runners:
-                if r.wants_batches:
-                    r.add_batch(batch)
-            if not forward:
-                continue
-            images = np.asarray(batch["image"], np.float32)
-            if len(images) % len(devices) == 0:
-                images = jax.device_put(images, NamedSharding(mesh, P("data")))
-            valid = np.asarray(batch["mask"]) > 0
-            inters = []
-            for f in fwd:
-                _, inter = f(images)
-                if not valid.all():
-                    inter = jax.tree.map(lambda a: a[valid], inter)
-                inters.append(inter)
-            labels = np.asarray(batch["label"])[valid]
-            for r in runners:
-                if not r.wants_batches:
-                    r.update(inters, labels)
+    options = dict(options or {})
+    check_options(names, options)
+    eval_data = EvalData(config, data, make_mesh({"data": -1}), batch_size=batch_size, max_batches=max_batches)
+    bound = [model_fn_of(s.model) for s in subjects]
     os.makedirs(out, exist_ok=True)
-    results = {}
     from tensorboardX import SummaryWriter
 
     writer = SummaryWriter(os.path.join(out, "tensorboard"))
+    results: dict[str, dict] = {}
     try:
-        for name, r in zip(names, runners):
-            numbers, figures = r.finish()
-            results[name] = numbers
+        for name in names:
+            numbers = _run_one(
+                name, subjects, evals_config(config, name, options), bound, eval_data, step, skip_inapplicable
+            )
+            if numbers is None:
+                continue
+            results[name], figures = numbers
             with open(os.path.join(out, f"{name}.json"), "w") as f:
-                json.dump(to_json(numbers), f)
+                json.dump(to_json(results[name]), f)
+            for label, r in results[name].items():
+                for key, v in flatten(r).items():
+                    if np.ndim(v) == 0:
+                        writer.add_scalar(f"{name}/{label}/{key}", v, global_step=step)
             for stem, fig in figures.items():
                 fig.savefig(os.path.join(out, f"{stem}.png"), dpi=110)
                 writer.add_figure(f"{name}/{stem}", fig, global_step=step)
     finally:
         writer.close()
     return results
+
+
+def _run_one(name, subjects, config, bound, data, step, skip_inapplicable):
+    """(results by label, figures) of one analysis; None when `all` asked for one that does not
+    apply. With two models, one it does not apply to is noted and left out."""
+    try:
+        built = [build_evaluators(config, model_fn, data)[name].evaluator for model_fn, _ in bound]
+    except UserError as e:  # a setting it needs is missing (shape_bias without stimuli)
+        if not skip_inapplicable:
+            raise
+        print(f"note: skipping {name}: {e}", file=sys.stderr)
+        return None
+    results, evaluators, reason = {}, {}, ""
+    for s, ev, (_, state) in zip(subjects, built, bound):
+        try:
+            results[s.label] = unflatten(flatten(ev.run(state, step)))
+            evaluators[s.label] = ev
+        except (UserError, ValueError) as e:  # e.g. a ResNet has no attention; nothing to attack
+            reason = str(e).splitlines()[0]
+            if not (skip_inapplicable or len(subjects) > 1):
+                raise UserError(reason if isinstance(e, UserError) else f"{name}: {reason}") from e
+            print(f"note: {name} skipped for {s.label}: {reason}", file=sys.stderr)
+            results[s.label] = {"skipped": reason}
+    if not evaluators:
+        if skip_inapplicable:
+            return None
+        raise UserError(f"{name}: {reason}")
+    done = {k: results[k] for k in evaluators}
+    first = next(iter(evaluators.values()))
+    if len(evaluators) == 2 and hasattr(first, "compare"):
+        (a, ev_a), (b, ev_b) = evaluators.items()
+        results[f"{a}|{b}"] = done[f"{a}|{b}"] = unflatten(flatten(ev_a.compare(bound[0][1], ev_b, bound[1][1])))
+    return results, (first.figures(done) if hasattr(first, "figures") else {})

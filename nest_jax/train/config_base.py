@@ -143,8 +143,19 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def gan_evals(every_steps: int, *, fid: dict | None = None) -> ml_collections.ConfigDict:
+    """`config.evals` of a GAN run: a grid of 64 EMA-generator samples every `every_steps` steps and,
+    with `fid` (its settings: every_steps, extractor, checkpoint or weights, num_samples, ...), the
+    FID/KID evaluator (`nest_jax.analysis.gan_eval`)."""
+    evals = dict(samples=dict(kind="samples", every_steps=every_steps, prefix="", num_images=64, seed=1234))
+    if fid is not None:
+        evals["fid"] = dict(kind="fid", prefix="", **fid)
+    return ml_collections.ConfigDict(evals)
+
+
 def gan_section(**kw) -> ml_collections.ConfigDict:
-    """`config.gan`: networks, losses, the two optimizers (Adam β1 0, TTUR-style lrs), EMA, FID."""
+    """`config.gan`: networks, losses, the two optimizers (Adam β1 0, TTUR-style lrs), EMA. Its
+    samples and FID/KID are evaluators (`gan_evals`)."""
 
     def adam(lr):
         return optimizer(
@@ -170,22 +181,6 @@ def gan_section(**kw) -> ml_collections.ConfigDict:
         ema_start_step=0,
         g_optimizer=adam(1e-4),
         d_optimizer=adam(4e-4),
-        sample_every_steps=500,
-        num_sample_images=64,
-        sample_seed=1234,
-        fid=dict(
-            every_steps=0,
-            num_samples=2048,
-            batch_size=256,
-            extractor="classifier",
-            checkpoint="",
-            model="",
-            overrides={},
-            weights="",
-            split="train",
-            kid_subsets=50,
-            kid_subset_size=500,
-        ),
     )
     g.update(kw)
     return ml_collections.ConfigDict(g)

@@ -3,7 +3,8 @@
 State (a pure pytree, checkpointed as is): {"step", "rng" (raw key), "g", "d" (parameter dicts),
 "g_opt", "d_opt", "g_ema" (float32 copy of "g"), optional "g_stats" / "d_stats" (batch norm
 statistics, spectral-norm power iterates)}. Shardings come from shapes only (as `trainer.py`), the
-state is created already sharded and every step is one `jax.jit` with donated state.
+state is created already sharded and every step is one `jax.jit` with donated state. The training
+loop (`loop.train_and_evaluate`) runs it like the classifier's; evaluators see the EMA generator.
 
 One step = one discriminator update on (real batch, G(z)) then one generator update on fresh z:
   hinge (Lim & Ye 2017; Miyato et al. 2018):  L_D = E[relu(1 − D(x))] + E[relu(1 + D(G(z)))],
@@ -25,19 +26,12 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from nest_jax.errors import UserError
 from nest_jax.train import optim
 from nest_jax.train import sharding as shd
-from nest_jax.train.trainer import DTYPES, params_state
+from nest_jax.train.trainer import Network, dtype_kwargs
 
 LOSSES = ("hinge", "non_saturating")
-
-
-def _kwargs(overrides: Any) -> dict:
-    kw = dict(overrides or {})
-    for key in ("dtype", "param_dtype"):
-        if isinstance(kw.get(key), str):
-            kw[key] = DTYPES[kw[key]]
-    return kw
 
 
 def build_generator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
@@ -49,8 +43,8 @@ def build_generator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
         img_size=config.dataset.image_size,
         rngs=rngs,
         latent_dim=int(config.gan.latent_dim),
-        out_chans=int(config.dataset.get("num_channels", 3)),
-        **_kwargs(gen.get("overrides")),
+        out_chans=int(config.dataset.num_channels),
+        **dtype_kwargs(gen.overrides),
     )
 
 
@@ -63,40 +57,17 @@ def build_discriminator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
         num_classes=1,
         img_size=config.dataset.image_size,
         rngs=rngs,
-        in_chans=int(config.dataset.get("num_channels", 3)),
-        **_kwargs(d.get("overrides")),
+        in_chans=int(config.dataset.num_channels),
+        **dtype_kwargs(d.overrides),
     )
 
 
-class _Net:
-    """A network split at the jit boundary: pure `apply(params, stats, x, rest, key, train)`."""
-
-    def __init__(self, build: Callable[[], nnx.Module]):
-        self.build = build
-        abstract = nnx.eval_shape(build)
-        self.graphdef, abs_params, abs_stats, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
-        self.abs_params = abs_params
-        self.params_flat = list(nnx.to_flat_state(abs_params))
-        self.stats_flat = list(nnx.to_flat_state(abs_stats))
-
-    def init(self) -> tuple[dict, dict]:
-        _, params, stats, _ = nnx.split(self.build(), nnx.Param, nnx.BatchStat, ...)
-        return nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
-
-    def rest(self):
-        return nnx.split(self.build(), nnx.Param, nnx.BatchStat, ...)[3]
-
-    def apply(self, params, stats, x, rest, key, train: bool):
-        """-> (output, new stats). Fresh RNG-stream Variables are reseeded with `key` (dropout)."""
-        rest = jax.tree.map(lambda v: v, rest)
-        model = nnx.merge(
-            self.graphdef, params_state(self.params_flat, params), params_state(self.stats_flat, stats or {}), rest
-        )
-        if key is not None:
-            nnx.reseed(model, dropout=key)
-        out = model(x, train=train)
-        new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)) if self.stats_flat else None
-        return out, new_stats
+def _apply(net: Network, params, stats, x, rest, key, train: bool):
+    """-> (output, new stats). Fresh RNG-stream Variables are reseeded with `key` (dropout)."""
+    model = net.merge(params, stats, rest)
+    if key is not None:
+        nnx.reseed(model, dropout=key)
+    return model(x, train=train), net.stats(model)
 
 
 def d_losses(kind: str, real_logits, fake_logits):
@@ -117,17 +88,27 @@ def g_loss(kind: str, fake_logits):
 
 @dataclasses.dataclass
 class GanTrainer:
+    """What the training loop needs, as `trainer.Trainer`: shardings, jitted init and train step."""
+
     mesh: Mesh
     state_shardings: Any
     batch_sharding: Any
     abstract_state: Any
     init_state: Callable[[], dict]
-    init_rest: Callable[[], tuple]
+    init_rest: Callable[[], tuple]  # (generator rest, discriminator rest)
     train_step: Callable  # (state, batch, rests) -> (state, metrics)
-    sample: Callable  # (g params, g stats, z, rests) -> images (B, H, W, C) in [-1, 1]
-    latent_dim: int
-    generator: _Net
-    discriminator: _Net
+    generator: Network
+    discriminator: Network
+
+    # The FID curve and the sample grids start at initialization: the loop evaluates step 0 too.
+    evaluate_at_start = True
+
+    def parameters(self, state: dict) -> dict:
+        return {"generator": state["g"], "discriminator": state["d"]}
+
+    def eval_model(self, state: dict, rests: tuple) -> nnx.Module:
+        """The EMA generator, z: (B, latent_dim) -> images (B, H, W, C) in [-1, 1]; under jit too."""
+        return self.generator.merge(state["g_ema"], state.get("g_stats"), rests[0])
 
 
 def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
@@ -135,24 +116,21 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
     seed = int(config.seed)
     kind = cfg.loss
     if kind not in LOSSES:
-        raise ValueError(f"gan.loss must be one of {LOSSES}, got {kind!r}")
+        raise UserError(f"gan.loss must be one of {LOSSES}, got {kind!r}")
     r1 = float(cfg.r1_gamma)
-    ema_decay = float(cfg.ema_decay)  # the schema's (config_base.gan_section), as every other field
-    ema_start = int(cfg.ema_start_step)
+    ema_decay, ema_start = float(cfg.ema_decay), int(cfg.ema_start_step)
     latent = int(cfg.latent_dim)
-    G = _Net(lambda: build_generator(config, nnx.Rngs(params=seed, dropout=seed + 1)))
-    D = _Net(lambda: build_discriminator(config, nnx.Rngs(params=seed + 10, dropout=seed + 11)))
+    G = Network(lambda: build_generator(config, nnx.Rngs(params=seed, dropout=seed + 1)))
+    D = Network(lambda: build_discriminator(config, nnx.Rngs(params=seed + 10, dropout=seed + 11)))
     txs = {}
     for name, net in (("g", G), ("d", D)):
         opt = cfg[f"{name}_optimizer"]
-        schedule = optim.make_schedule(
-            opt, peak_lr=float(opt.lr), total_steps=10**9, warmup_steps=int(opt.get("warmup_steps", 0) or 0)
-        )
-        txs[name] = optim.make_optimizer(opt, nnx.to_pure_dict(net.abs_params), schedule=schedule)
+        # The GAN's schedules have no length: constant, or a warmup into a constant.
+        schedule = optim.make_schedule(opt, peak_lr=float(opt.lr), total_steps=10**9, warmup_steps=opt.warmup_steps)
+        txs[name] = optim.make_optimizer(opt, nnx.to_pure_dict(net.abstract_params), schedule=schedule)
 
     def init():
-        g, g_stats = G.init()
-        d, d_stats = D.init()
+        (g, g_stats), (d, d_stats) = G.init(), D.init()
         state = {
             "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(seed + 2)),
@@ -162,20 +140,20 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
             "d_opt": txs["d"].init(d),
             "g_ema": jax.tree.map(lambda p: p.astype(jnp.float32), g),
         }
-        if g_stats:
+        if g_stats is not None:
             state["g_stats"] = g_stats
-        if d_stats:
+        if d_stats is not None:
             state["d_stats"] = d_stats
         return state
 
     abstract_state = jax.eval_shape(init)
-    rules = config.get("logical_axis_rules", None) or shd.DEFAULT_LOGICAL_RULES
-    regex = config.get("sharding_rules", None) or ()
-    g_sh = shd.param_shardings(G.abs_params, mesh, logical_rules=rules, regex_rules=regex)
-    d_sh = shd.param_shardings(D.abs_params, mesh, logical_rules=rules, regex_rules=regex)
+    rules = config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES
+    g_sh = shd.param_shardings(G.abstract_params, mesh, logical_rules=rules, regex_rules=config.sharding_rules)
+    d_sh = shd.param_shardings(D.abstract_params, mesh, logical_rules=rules, regex_rules=config.sharding_rules)
+    repl = shd.replicated(mesh)
     state_sh = {
-        "step": shd.replicated(mesh),
-        "rng": shd.replicated(mesh),
+        "step": repl,
+        "rng": repl,
         "g": g_sh,
         "d": d_sh,
         "g_ema": g_sh,
@@ -184,8 +162,7 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
     }
     for k in ("g_stats", "d_stats"):
         if k in abstract_state:
-            state_sh[k] = jax.tree.map(lambda _: shd.replicated(mesh), abstract_state[k])
-    repl = shd.replicated(mesh)
+            state_sh[k] = jax.tree.map(lambda _: repl, abstract_state[k])
     rest_fn = lambda: (G.rest(), D.rest())  # noqa: E731
     rest_sh = jax.tree.map(lambda _: repl, jax.eval_shape(rest_fn))
     batch_sh = shd.batch_sharding(mesh)
@@ -200,12 +177,12 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
         g_stats, d_stats = state.get("g_stats"), state.get("d_stats")
 
         # ---- discriminator update (G's statistics are only updated by the generator update) ----
-        fake, _ = G.apply(state["g"], g_stats, jax.random.normal(k_zd, (b, latent)), g_rest, k_gd, True)
+        fake, _ = _apply(G, state["g"], g_stats, jax.random.normal(k_zd, (b, latent)), g_rest, k_gd, True)
         both = jnp.concatenate([real, jax.lax.stop_gradient(fake).astype(real.dtype)], axis=0)
 
         def d_loss_fn(d_params):
             def logits_sum(x):
-                logits, stats = D.apply(d_params, d_stats, x, d_rest, k_dd, True)
+                logits, stats = _apply(D, d_params, d_stats, x, d_rest, k_dd, True)
                 return logits.sum(), (logits, stats)
 
             if r1:
@@ -224,8 +201,8 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
 
         # ---- generator update against the updated discriminator (power iterates not advanced) ----
         def g_loss_fn(g_params):
-            fake, stats = G.apply(g_params, g_stats, jax.random.normal(k_zg, (b, latent)), g_rest, k_gg, True)
-            f_logits, _ = D.apply(d_params, new_d_stats, fake, d_rest, k_dg, True)
+            fake, stats = _apply(G, g_params, g_stats, jax.random.normal(k_zg, (b, latent)), g_rest, k_gg, True)
+            f_logits, _ = _apply(D, d_params, new_d_stats, fake, d_rest, k_dg, True)
             return g_loss(kind, f_logits.astype(jnp.float32)[:, 0]), stats
 
         # Note: D runs in train mode inside the G step (dropout as in the D step) but its updated
@@ -253,14 +230,9 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
         }
         return new, metrics
 
-    def sample(g_params, g_stats, z, rests):
-        return G.apply(g_params, g_stats, z, rests[0], None, False)[0]
-
-    stats_sh = state_sh.get("g_stats")
     jit_train = jax.jit(
         train_step, in_shardings=(state_sh, batch_sh, rest_sh), out_shardings=(state_sh, repl), donate_argnums=(0,)
     )
-    jit_sample = jax.jit(sample, in_shardings=(g_sh, stats_sh, batch_sh, rest_sh), out_shardings=batch_sh)
     return GanTrainer(
         mesh=mesh,
         state_shardings=state_sh,
@@ -269,8 +241,6 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
         init_state=jax.jit(init, out_shardings=state_sh),
         init_rest=jax.jit(rest_fn, out_shardings=rest_sh),
         train_step=jit_train,
-        sample=jit_sample,
-        latent_dim=latent,
         generator=G,
         discriminator=D,
     )

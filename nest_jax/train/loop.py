@@ -1,11 +1,13 @@
 """`train_and_evaluate(config, workdir)`: the one training loop (setup, data, model, loop, eval).
 
-Resumes automatically from the newest readable checkpoint in `workdir` (an `etils.epath` path:
-local or gs://), with the input iterator's saved position when the data module reports one; one
-run per workdir (a lock file); SIGTERM saves (unless that step is saved already) and raises
-`Preempted`; a non-finite loss or non-finite parameters stop training with a FloatingPointError
-naming the last good checkpoint; each checkpoint is saved before the evaluations of the same step,
-so a failing evaluation loses nothing. Evaluations are the `config.evals` entries
+Every task runs here: `config.task` "classification" (`trainer.make_trainer`) or "gan"
+(`gan.make_gan_trainer`, whose evaluators see the EMA generator); a task is a train state, its
+shardings and a jitted train step. Resumes automatically from the newest readable checkpoint in
+`workdir` (an `etils.epath` path: local or gs://), with the input iterator's saved position when
+the data module reports one; one run per workdir (a lock file); SIGTERM saves (unless that step is
+saved already) and raises `Preempted`; a non-finite loss or non-finite parameters stop training
+with a FloatingPointError naming the last good checkpoint; each checkpoint is saved before the
+evaluations of the same step, so a failing evaluation loses nothing. Evaluations are the `config.evals` entries
 (`nest_jax.train.evaluators`); metrics go to TensorBoard event files and `metrics.jsonl`
 (`nest_jax.train.writers`), one progress line per log interval to stdout. `config.mode == "eval"`
 runs the evaluators on the newest checkpoint and writes nothing. Defaults of every field read here
@@ -21,16 +23,15 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from clu import parameter_overview
 
 from nest_jax.errors import Preempted, UserError
 from nest_jax.train.checkpoint import Checkpointer, as_path
-from nest_jax.train.evaluators import build_evaluators, due
+from nest_jax.train.evaluators import EvalData, build_evaluators, check_batch_size
 from nest_jax.train.lock import WorkdirLock
 from nest_jax.train.preemption import Preemption, wait_for_all_processes
-from nest_jax.train.sharding import BATCH_AXES, make_mesh
+from nest_jax.train.sharding import make_mesh
 from nest_jax.train.trainer import make_trainer, shard_batch
 from nest_jax.train.writers import MetricWriter, Progress
 
@@ -38,11 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def mesh_axes(config: Any) -> dict:
-    mesh = config.get("mesh", None)
-    if mesh is None:
-        return {"data": -1}
-    axes = mesh.get("axes", None) if hasattr(mesh, "get") else None
-    return dict(axes if axes is not None else mesh)
+    return dict(config.mesh.axes)
 
 
 def schedule_lengths(config: Any, num_train: int) -> tuple[int, int, int]:
@@ -56,18 +53,6 @@ def schedule_lengths(config: Any, num_train: int) -> tuple[int, int, int]:
     return int(steps), int(warmup), steps_per_epoch
 
 
-def evaluate(
-    trainer: Any, data: Any, config: Any, params: Any, stats: Any, rest: Any, prefix: str = "eval_"
-) -> dict[str, float]:
-    """Top-1 / top-5 / loss of (params, stats) over the eval split: the `classification` evaluator."""
-    from nest_jax.train.evaluators.classification import ClassificationEvaluator
-
-    cfg = ml_collections.ConfigDict(dict(kind="classification", split=None, every_steps=0, prefix=prefix))
-    return ClassificationEvaluator("val", cfg, config=config, trainer=trainer, data=data).metrics(
-        params, stats, rest, prefix
-    )
-
-
 def _check_finite(metrics: Any, step: int, ckpt: Checkpointer) -> None:
     loss = float(jax.device_get(metrics["loss"]))
     if not math.isfinite(loss):
@@ -79,17 +64,8 @@ def _check_finite(metrics: Any, step: int, ckpt: Checkpointer) -> None:
 
 def check_batch_sizes(config: Any, mesh: Any) -> None:
     """UserError unless both batch sizes split evenly over the mesh's batch axes and processes."""
-    n = math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
-    n = math.lcm(n, jax.process_count())
-    axes = "×".join(f"{a}={mesh.shape[a]}" for a in BATCH_AXES if a in mesh.shape)
     for field in ("global_batch_size", "eval_batch_size"):
-        value = int(config.train[field])
-        if value <= 0 or value % n:
-            raise UserError(
-                f"train.{field}={value} must be a positive multiple of {n} (the devices along "
-                f"the mesh's batch axes {axes}, {jax.process_count()} process(es)); "
-                f"set --config.train.{field}={max(n, value // n * n)}"
-            )
+        check_batch_size(int(config.train[field]), mesh, f"--config.train.{field}")
 
 
 def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[str, Any]:
@@ -102,7 +78,7 @@ def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[s
     # ---- setup ----
     data = data if data is not None else importlib.import_module("nest_jax.data")
     workdir = as_path(workdir)
-    mode = config.get("mode", "train")
+    mode = config.mode
     if mode == "eval" and not Checkpointer.exists(workdir):
         raise UserError(
             f"--mode=eval needs a checkpoint but {workdir} has none (no {workdir}/checkpoints/<step>); "
@@ -128,16 +104,37 @@ def _write_parameter_table(workdir: Any, params: Any, write: bool) -> None:
     log.info("parameters: %s in %d arrays, %.1f MiB%s", f"{count:,}", len(leaves), nbytes / 2**20, where)
 
 
+def make_task_trainer(config: Any, mesh: Any, info: Any, num_steps: int, warmup: int) -> tuple[Any, tuple]:
+    """The trainer of `config.task` and the extra arguments of its train step (distillation teachers)."""
+    if config.task == "gan":
+        from nest_jax.train.gan import make_gan_trainer
+
+        if config.init_from.checkpoint:
+            raise UserError("init_from fine-tunes classifiers; a GAN starts from scratch: unset init_from.checkpoint")
+        return make_gan_trainer(config, mesh), ()
+    if config.task != "classification":
+        raise UserError(f"config.task={config.task!r} is not a task; use 'classification' or 'gan'")
+    teachers, teacher_params = {}, {}
+    if config.distill:
+        from nest_jax.train.distill import load_teachers
+
+        teachers, teacher_params = load_teachers(config, mesh, info.num_classes)
+    trainer = make_trainer(
+        config, mesh, num_classes=info.num_classes, num_train_steps=num_steps, warmup_steps=warmup, teachers=teachers
+    )
+    return trainer, (teacher_params,)
+
+
 def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
 
 
-def _run_evals(evaluators: dict, state: Any, rest: Any, step: int, last: bool, writer: MetricWriter) -> dict:
+def _run_evals(evaluators: dict, state: Any, step: int, last: bool, writer: MetricWriter) -> dict:
     out: dict = {}
     for name, ev in evaluators.items():
-        if due(ev.cfg, step, last):
+        if ev.due(step, last):
             t = time.perf_counter()
-            metrics = ev.run(state, rest, step)
+            metrics = ev.run(state, step)
             log.info(
                 "evaluation %s at step %d (%.1f s): %s",
                 name,
@@ -172,15 +169,9 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
     )
 
     # ---- model, sharded state ----
-    teachers, teacher_params = {}, {}
-    if config.get("distill", None):
-        from nest_jax.train.distill import load_teachers
-
-        teachers, teacher_params = load_teachers(config, mesh, info.num_classes)
-    trainer = make_trainer(
-        config, mesh, num_classes=info.num_classes, num_train_steps=num_steps, warmup_steps=warmup, teachers=teachers
-    )
-    evaluators = build_evaluators(config, trainer, data)
+    trainer, step_args = make_task_trainer(config, mesh, info, num_steps, warmup)
+    rest = trainer.init_rest()
+    evaluators = build_evaluators(config, lambda s: trainer.eval_model(s, rest), EvalData(config, data, mesh))
     ckpt = Checkpointer(workdir, max_to_keep=tcfg.max_to_keep, create=training)
     writer = MetricWriter(workdir, enabled=is_main and training)  # evaluation writes nothing
     try:
@@ -194,16 +185,15 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
             raise UserError(f"--mode=eval: no readable checkpoint in {ckpt.directory}")
         else:
             state = trainer.init_state()
-            if config.get("init_from", None) and config.init_from.get("checkpoint", None):
+            if config.init_from.checkpoint:
                 from nest_jax.train.init_from import initialize_from
 
                 state = initialize_from(config, trainer, state, info.num_classes)
-        rest = trainer.init_rest()
-        _write_parameter_table(workdir, state["params"], write=is_main and training)
+        _write_parameter_table(workdir, trainer.parameters(state), write=is_main and training)
         start = int(jax.device_get(state["step"]))
 
         if not training:
-            return dict(_run_evals(evaluators, state, rest, start, True, writer), step=start)
+            return dict(_run_evals(evaluators, state, start, True, writer), step=start)
 
         # ---- loop ----
         # stop_after_steps: end this run early (same schedule as the full run; resume continues it).
@@ -234,6 +224,9 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
         progress = Progress(num_steps, start, enabled=is_main)
         profile_at = start + 10 if is_main and tcfg.profile else None
         result: dict[str, Any] = {}
+        if start == 0 and trainer.evaluate_at_start:  # the evaluations' curves start at initialization
+            result.update(_run_evals(evaluators, state, 0, False, writer))
+            writer.flush()
         pending, window = None, []
         step = start
         wait_for_all_processes("nest_jax_train_start")
@@ -249,7 +242,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                     jax.profiler.start_trace(str(workdir / "profile"))
                 batch = shard_batch(next(it), trainer.batch_sharding)
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                    state, metrics = trainer.train_step(state, batch, rest, teacher_params)
+                    state, metrics = trainer.train_step(state, batch, rest, *step_args)
                 # The previous step's loss is checked now, so the check never stalls the device queue.
                 if pending is not None:
                     _check_finite(pending, step - 1, ckpt)
@@ -262,7 +255,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                     log.info("profile of steps %d-%d in %s", profile_at, step - 1, workdir / "profile")
                 last = step == end
                 save_now = bool(ckpt_every and step % ckpt_every == 0) or last
-                evals_now = [ev for ev in evaluators.values() if due(ev.cfg, step, last)]
+                evals_now = [ev for ev in evaluators.values() if ev.due(step, last)]
                 if save_now or evals_now or step % log_every == 0:
                     _check_finite(pending, step - 1, ckpt)  # never report a bad loss
                 if step % log_every == 0 or last:
@@ -274,7 +267,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                     ckpt.save(step, state, it.get_state() if saves_position else None)
                     writer.flush()
                 if evals_now:
-                    result.update(_run_evals(evaluators, state, rest, step, last, writer))
+                    result.update(_run_evals(evaluators, state, step, last, writer))
                     writer.flush()
         progress.close()
         ckpt.close()

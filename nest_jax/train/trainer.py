@@ -31,12 +31,18 @@ from nest_jax.train.mixing import mix_batch
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 
 
-def model_kwargs(config: Any, num_classes: int) -> dict:
-    """`create_model` keyword arguments from config.model (dtype strings -> jnp dtypes)."""
-    kw = dict(config.model.overrides or {})
+def dtype_kwargs(overrides: Any) -> dict:
+    """A model's config overrides as `create_model` keyword arguments (dtype strings -> jnp dtypes)."""
+    kw = dict(overrides or {})
     for key in ("dtype", "param_dtype"):
         if isinstance(kw.get(key), str):
             kw[key] = DTYPES[kw[key]]
+    return kw
+
+
+def model_kwargs(config: Any, num_classes: int) -> dict:
+    """`create_model` keyword arguments from config.model."""
+    kw = dtype_kwargs(config.model.overrides)
     kw.setdefault("in_chans", int(config.dataset.num_channels))
     kw["num_classes"] = num_classes
     kw["img_size"] = config.model.img_size or config.dataset.image_size
@@ -58,6 +64,41 @@ def params_state(template_flat: list, pure: dict) -> nnx.State:
     """Pure dict -> nnx.State shaped like the template's flat state (for `nnx.merge`)."""
     flat = traversals.flatten_mapping(pure)
     return nnx.from_flat_state([(k, v.replace(flat[k])) for k, v in template_flat])
+
+
+class Network:
+    """An nnx model split at the jit boundary: its graph and the templates of its parameters and
+    statistics, from shapes only. A train state holds the pure dicts; `merge` turns them back into
+    the `nnx.Module` (the one way a train state becomes a model: train steps, evaluators, analyses).
+
+    build: () -> nnx.Module, deterministic (fixed seeds): `init` and `rest` call it again.
+    """
+
+    def __init__(self, build: Callable[[], nnx.Module]):
+        self.build = build
+        self.graphdef, params, stats, _ = nnx.split(nnx.eval_shape(build), nnx.Param, nnx.BatchStat, ...)
+        self.abstract_params = params  # nnx.State: the Variables carry the sharding names
+        self.params_flat, self.stats_flat = list(nnx.to_flat_state(params)), list(nnx.to_flat_state(stats))
+
+    def init(self) -> tuple[dict, dict | None]:
+        """(params, batch statistics or None when the model has none) of a freshly built model."""
+        _, params, stats, _ = nnx.split(self.build(), nnx.Param, nnx.BatchStat, ...)
+        return nnx.to_pure_dict(params), nnx.to_pure_dict(stats) if self.stats_flat else None
+
+    def rest(self) -> nnx.State:
+        """The variables outside params and statistics (RNG streams), as `merge` needs them."""
+        return nnx.split(self.build(), nnx.Param, nnx.BatchStat, ...)[3]
+
+    def merge(self, params: dict, stats: dict | None, rest: nnx.State) -> nnx.Module:
+        """The model with these parameters and statistics; works inside and outside `jax.jit`."""
+        rest = jax.tree.map(lambda v: v, rest)  # fresh RNG-stream Variables: reseeding mutates them
+        return nnx.merge(
+            self.graphdef, params_state(self.params_flat, params), params_state(self.stats_flat, stats or {}), rest
+        )
+
+    def stats(self, model: nnx.Module) -> dict | None:
+        """The model's batch statistics as a pure dict (None when it has none)."""
+        return nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)) if self.stats_flat else None
 
 
 @dataclasses.dataclass
@@ -82,6 +123,15 @@ class Trainer:
     teachers: dict  # token -> (graphdef, rest, teacher cfg)
     model: Callable[..., nnx.Module]  # (params, batch_stats or None, rest) -> nnx.Module
 
+    evaluate_at_start = False  # a classifier at initialization is at chance: nothing to evaluate
+
+    def parameters(self, state: dict) -> dict:
+        return state["params"]
+
+    def eval_model(self, state: dict, rest: Any) -> nnx.Module:
+        """The model of a state's {"params", optional "batch_stats"}: what evaluators run."""
+        return self.model(state["params"], state.get("batch_stats"), rest)
+
 
 def make_trainer(
     config: Any, mesh: Mesh, *, num_classes: int, num_train_steps: int, warmup_steps: int, teachers: dict | None = None
@@ -94,13 +144,8 @@ def make_trainer(
     ema_decay = float(opt.ema_decay)
     mix = config.mix
 
-    def new_model():
-        return build_model(config, num_classes, nnx.Rngs(params=seed, dropout=seed + 1))
-
-    abstract_model = nnx.eval_shape(new_model)
-    graphdef, abs_params, abs_stats, _ = nnx.split(abstract_model, nnx.Param, nnx.BatchStat, ...)
-    params_flat, stats_flat = list(nnx.to_flat_state(abs_params)), list(nnx.to_flat_state(abs_stats))
-    pure_abs = nnx.to_pure_dict(abs_params)
+    net = Network(lambda: build_model(config, num_classes, nnx.Rngs(params=seed, dropout=seed + 1)))
+    pure_abs = nnx.to_pure_dict(net.abstract_params)
     peak = optim.resolve_lr(opt, int(config.train.global_batch_size))
     schedule = optim.make_schedule(
         opt, peak_lr=peak, total_steps=max(num_train_steps // accum, 1), warmup_steps=warmup_steps // accum
@@ -108,27 +153,22 @@ def make_trainer(
     tx = optim.make_optimizer(opt, pure_abs, schedule=schedule)
 
     def init():
-        model = new_model()
-        _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-        params = nnx.to_pure_dict(params)
+        params, stats = net.init()
         state = {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
             "opt_state": tx.init(params),
             "rng": jax.random.key_data(jax.random.key(seed + 2)),
         }
-        if stats_flat:
-            state["batch_stats"] = nnx.to_pure_dict(stats)
+        if stats is not None:
+            state["batch_stats"] = stats
         if ema_decay:
             state["ema"] = jax.tree.map(lambda p: p.astype(jnp.float32), params)
         return state
 
-    def rest_fn():
-        return nnx.split(new_model(), nnx.Param, nnx.BatchStat, ...)[3]
-
     abstract_state = jax.eval_shape(init)
     p_sh = shd.param_shardings(
-        abs_params,
+        net.abstract_params,
         mesh,
         logical_rules=config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES,
         regex_rules=config.sharding_rules or (),
@@ -139,14 +179,8 @@ def make_trainer(
     state_sh["params"] = p_sh
     if "ema" in state_sh:
         state_sh["ema"] = p_sh
-    rest_abs = jax.eval_shape(rest_fn)
-    rest_sh = jax.tree.map(lambda _: repl, rest_abs)
+    rest_sh = jax.tree.map(lambda _: repl, jax.eval_shape(net.rest))
     batch_sh = shd.batch_sharding(mesh)
-
-    def merged(params, stats, rest):
-        # Fresh Variables for the RNG streams: they are mutated (reseeded) at this trace level.
-        rest = jax.tree.map(lambda x: x, rest)
-        return nnx.merge(graphdef, params_state(params_flat, params), params_state(stats_flat, stats or {}), rest)
 
     def make_targets(key, images, labels):
         # With both alphas 0 this only smooths the labels.
@@ -174,14 +208,13 @@ def make_trainer(
             t_logits[token] = (t_model(images, train=False), t_cfg)
 
         def loss_fn(params):
-            model = merged(params, state.get("batch_stats"), rest)
+            model = net.merge(params, state.get("batch_stats"), rest)
             nnx.reseed(model, dropout=k_drop)
             out = model(images, train=True)
             loss, logits = losses.classification_loss(
                 out, targets, teachers=t_logits, kl_reduction=config.distill_kl_reduction
             )
-            stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)) if stats_flat else None
-            return loss, (logits, stats)
+            return loss, (logits, net.stats(model))
 
         (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -203,7 +236,7 @@ def make_trainer(
         return new, metrics
 
     def eval_step(params, stats, batch, rest):
-        model = merged(params, stats, rest)
+        model = net.merge(params, stats, rest)
         return losses.eval_metrics(model(batch["image"], train=False), batch["label"], batch["mask"])
 
     # Teacher parameters arrive already placed (see distill.load_teachers): their shardings are inferred.
@@ -218,17 +251,17 @@ def make_trainer(
     )
     return Trainer(
         mesh=mesh,
-        graphdef=graphdef,
+        graphdef=net.graphdef,
         state_shardings=state_sh,
         batch_sharding=batch_sh,
         init_state=jax.jit(init, out_shardings=state_sh, compiler_options=_run_once_options(mesh)),
-        init_rest=jax.jit(rest_fn, out_shardings=rest_sh),
+        init_rest=jax.jit(net.rest, out_shardings=rest_sh),
         train_step=jit_train,
         eval_step=jit_eval,
         schedule=schedule,
         abstract_state=abstract_state,
         teachers=teachers,
-        model=merged,
+        model=net.merge,
     )
 
 

@@ -1,15 +1,17 @@
 """TensorFlow-free metric output: TensorBoard event files, a JSONL log, and one console line.
 
 `MetricWriter` writes scalars and images to TensorBoard event files in the workdir (through
-tensorboardX; `tensorboard --logdir WORKDIR` shows the run) and every scalar to
-`WORKDIR/metrics.jsonl`, one JSON object per write: {"step": k, name: value, ...}. Only process 0
-writes; others get a writer that does nothing. `Progress` prints one line per log interval (step of
-total, loss, accuracy, learning rate, steps/s, time left); on a terminal the line is a progress bar
-redrawn in place.
+tensorboardX; `tensorboard --logdir WORKDIR` shows the run), every scalar to
+`WORKDIR/metrics.jsonl`, one JSON object per write: {"step": k, name: value, ...}, and every
+picture (a uint8 image, e.g. the GAN's sample grid `samples`) as `WORKDIR/<name>/step_<k>.png`.
+Only process 0 writes; others get a writer that does nothing. `Progress` prints one line per log
+interval (step of total, loss, accuracy, learning rate, steps/s, time left); on a terminal the
+line is a progress bar redrawn in place.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -42,12 +44,15 @@ class MetricWriter:
         self._lines = self._jsonl.read_text().splitlines() if self._jsonl.exists() else []
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
-        """Floats (and 0-d arrays) as scalars; arrays with ndim >= 2 as images (HWC or NHWC)."""
+        """Floats (and 0-d arrays) as scalars; arrays with ndim >= 2 as images (HWC or NHWC), a
+        uint8 HWC picture also as a PNG file."""
         if not self.enabled:
             return
         scalars = {}
         for name, value in metrics.items():
             arr = np.asarray(value)
+            if arr.ndim == 3 and arr.dtype == np.uint8:
+                write_png(self.workdir / name / f"step_{int(step):06d}.png", arr)
             if arr.ndim >= 2:
                 self._tb.add_images(name, arr, step, dataformats="NHWC") if arr.ndim == 4 else self._tb.add_image(
                     name, arr if arr.ndim == 3 else arr[..., None], step, dataformats="HWC"
@@ -70,6 +75,16 @@ class MetricWriter:
             self.flush()
             self._tb.close()
             self.enabled = False
+
+
+def write_png(path: epath.Path, image: np.ndarray) -> None:
+    """image: (H, W, 3) uint8 -> a PNG file (any epath; parent folders created)."""
+    import matplotlib.image
+
+    buf = io.BytesIO()
+    matplotlib.image.imsave(buf, image, format="png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
 
 
 def _duration(seconds: float) -> str:

@@ -1,32 +1,53 @@
-"""Periodic evaluations, chosen from `config.evals` (big_vision style): one small class per kind.
+"""Evaluators (big_vision's contract): one class per kind, built from `config.evals`, run the same
+way by the training loop and by `python -m nest_jax.analyze`.
 
-`config.evals` maps a name to {kind, split, every_steps (0: only at the end; None: the value of
-train.eval_every_steps), prefix, ...fields of the kind}. Every evaluator has the interface
+    @register_evaluator("kind")
+    class SomeEvaluator:
+        \"\"\"One line: what it measures (shown by `python -m nest_jax.analyze --help`).\"\"\"
+        def __init__(self, model_fn, data: EvalData, *, setting=default, ...): ...
+        def run(self, state: dict, step: int) -> dict[str, float | np.ndarray]
+        def figures(self, results: dict[str, dict]) -> dict[str, Figure]   # optional
 
-    class Evaluator:
-        def __init__(self, name: str, cfg: ConfigDict, *, config, trainer, data): ...
-        def run(self, state: dict, rest, step: int) -> dict[str, float | np.ndarray]
+`model_fn(state)` returns the `nnx.Module` of a train state's {"params", optional "batch_stats"}
+(the EMA is evaluated as `model_fn({**state, "params": state["ema"]})`); it works eagerly and under
+`jax.jit`. `data` is an `EvalData`. `run` returns the results, keys relative to the evaluator
+("top1", "matrix"), values numbers, arrays or nested dicts/lists of them; the loop writes
+`flatten(results)` under the entry's prefix: floats as scalars, arrays with ndim >= 2 as images
+(HWC or NHWC). `figures` gets {subject label: unflatten(flatten(results))} and returns figures
+keyed by file stem.
 
-`run` returns keys already prefixed; floats are written as scalars, arrays with ndim >= 2 as images
-(HWC or NHWC; float in [0, 1] or uint8). `trainer` is the `nest_jax.train.trainer.Trainer`, `data`
-the data module. Kinds are registered with `@register_evaluator("kind")`. Higher layers add kinds
-without the training loop importing them: when a kind is unknown, `get_evaluator` imports the
-modules in `PLUGIN_MODULES` once (a missing plugin module is skipped) and looks again.
+`config.evals.<name> = dict(kind=..., every_steps=..., prefix=..., **settings)`: `build_evaluators`
+reads kind, every_steps (None: train.eval_every_steps; 0: only at the end) and prefix (None:
+"<name>/"), and passes the remaining keys to the class as keyword arguments; an unknown key is a
+one-line UserError naming the close ones. Kinds defined by the analysis layer are found by
+importing `PLUGIN_MODULES` (lazily: the training loop never imports them itself).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
-import math
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-import ml_collections
+import jax
+import numpy as np
+from flax import nnx
 
 from nest_jax.errors import UserError
+from nest_jax.train.evaluators.data import EvalData, batch_multiple, check_batch_size
+from nest_jax.train.trainer import params_state
 
-# Modules that register more kinds; imported only when a config asks for a kind not yet known.
-PLUGIN_MODULES: tuple[str, ...] = ("nest_jax.analysis.evaluators", "nest_jax.analysis.robustness_evaluators")
+# The analysis layer's modules that register kinds (imported the first time a kind is looked up).
+PLUGIN_MODULES: tuple[str, ...] = (
+    "nest_jax.analysis.evaluators",
+    "nest_jax.analysis.robustness_evaluators",
+    "nest_jax.analysis.gan_eval",
+)
+# Read by build_evaluators itself; every other key of a config.evals entry is a setting of the class.
+SCHEDULE_KEYS = ("kind", "every_steps", "prefix")
 
 _REGISTRY: dict[str, type] = {}
 
@@ -43,11 +64,7 @@ def register_evaluator(kind: str) -> Callable[[type], type]:
 
 def _import_plugins() -> None:
     for name in PLUGIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:  # only the plugin itself (or its package) may be missing
-            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
-                raise
+        importlib.import_module(name)  # plugin modules are imported lazily (train -> analysis)
 
 
 def get_evaluator(kind: str) -> type:
@@ -55,59 +72,140 @@ def get_evaluator(kind: str) -> type:
     if kind not in _REGISTRY:
         _import_plugins()
     if kind not in _REGISTRY:
-        raise UserError(f"unknown evaluator kind {kind!r} in config.evals; known kinds: {sorted(_REGISTRY)}")
+        close = difflib.get_close_matches(kind, _REGISTRY, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown evaluator kind {kind!r}; {hint}known kinds: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[kind]
 
 
-def known_kinds() -> list[str]:
+def known_kinds() -> dict[str, type]:
+    """Every registered kind -> its class (plugins imported), in name order."""
     _import_plugins()
-    return sorted(_REGISTRY)
+    return dict(sorted(_REGISTRY.items()))
 
 
-def eval_configs(config: Any) -> dict[str, ml_collections.ConfigDict]:
-    """`config.evals` with defaults resolved (every_steps None -> train.eval_every_steps, split None ->
-    dataset.eval_split, prefix None -> "<name>_"); a config without `evals` gets the classic one."""
-    evals = config.get("evals", None)
-    if evals is None:
-        evals = {"val": dict(kind="classification", split=None, every_steps=None, prefix="eval_")}
+def settings_of(cls: type) -> dict[str, Any]:
+    """The settings of an evaluator class: its keyword-only arguments and their defaults."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def make_evaluator(kind: str, model_fn: Callable, data: EvalData, settings: dict, *, where: str) -> Any:
+    """`kind`'s class built with `settings` as keyword arguments; an unknown one is a UserError."""
+    cls = get_evaluator(kind)
+    valid = settings_of(cls)
+    for key in settings:
+        if key not in valid:
+            close = difflib.get_close_matches(key, list(valid) + list(SCHEDULE_KEYS), n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise UserError(
+                f"{where}: unknown setting {key!r} of evaluator kind {kind!r}; {hint}"
+                f"valid settings: {', '.join(valid) or 'none'} (and {', '.join(SCHEDULE_KEYS)})"
+            )
+    return cls(model_fn, data, **settings)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """One `config.evals` entry: its evaluator and when it runs; `run` prefixes the keys."""
+
+    name: str
+    evaluator: Any
+    every_steps: int
+    prefix: str
+
+    def due(self, step: int, last: bool) -> bool:
+        return last or (self.every_steps > 0 and step % self.every_steps == 0)
+
+    def run(self, state: dict, step: int) -> dict[str, Any]:
+        return {self.prefix + k: v for k, v in flatten(self.evaluator.run(state, step)).items()}
+
+
+def build_evaluators(config: Any, model_fn: Callable, data: EvalData) -> dict[str, Evaluation]:
+    """name -> Evaluation for every entry of `config.evals` (name order)."""
     out = {}
-    for name, cfg in dict(evals).items():
-        cfg = ml_collections.ConfigDict(dict(cfg))
-        with cfg.unlocked():
-            if cfg.get("every_steps", None) is None:
-                cfg.every_steps = int(config.train.get("eval_every_steps", 0) or 0)
-            if cfg.get("split", None) is None:
-                cfg.split = config.dataset.get("eval_split", None)
-            if cfg.get("prefix", None) is None:
-                cfg.prefix = f"{name}_"
-        if "kind" not in cfg:
-            raise UserError(f"config.evals.{name} has no kind; known kinds: {known_kinds()}")
-        out[name] = cfg
+    for name, entry in sorted(dict(config.evals).items()):
+        entry = dict(entry)
+        if "kind" not in entry:
+            raise UserError(f"config.evals.{name} has no kind; known kinds: {', '.join(known_kinds())}")
+        kind, every, prefix = (entry.pop(k, None) for k in SCHEDULE_KEYS)
+        every = config.train.eval_every_steps if every is None else every
+        ev = make_evaluator(kind, model_fn, data, entry, where=f"config.evals.{name}")
+        out[name] = Evaluation(name, ev, int(every or 0), f"{name}/" if prefix is None else str(prefix))
     return out
 
 
-def build_evaluators(config: Any, trainer: Any, data: Any) -> dict[str, Any]:
-    """name -> evaluator instance for every entry of `config.evals`."""
-    return {
-        name: get_evaluator(cfg.kind)(name, cfg, config=config, trainer=trainer, data=data)
-        for name, cfg in eval_configs(config).items()
-    }
+def model_fn_of(model: Any) -> tuple[Callable[[dict], Any], dict]:
+    """An `nnx.Module` -> (model_fn, state) of this contract: state {"params", "batch_stats" when
+    the model has BatchNorm} as pure dicts; model_fn(state) merges any such state back."""
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    params_flat, stats_flat = list(nnx.to_flat_state(params)), list(nnx.to_flat_state(stats))
+    state = {"params": nnx.to_pure_dict(params)}
+    if stats_flat:
+        state["batch_stats"] = nnx.to_pure_dict(stats)
+
+    def model_fn(s: dict) -> Any:
+        # Fresh RNG-stream variables: merging must not share them with another trace.
+        return nnx.merge(
+            graphdef,
+            params_state(params_flat, s["params"]),
+            params_state(stats_flat, s.get("batch_stats") or {}),
+            jax.tree.map(lambda x: x, rest),
+        )
+
+    return model_fn, state
 
 
-def due(cfg: Any, step: int, last: bool) -> bool:
-    every = int(cfg.every_steps or 0)
-    return last or (every > 0 and step % every == 0)
+def flatten(value: Any, prefix: str = "") -> dict[str, float | np.ndarray]:
+    """Nested results -> {"a/b/0": float}: dicts by key, lists and tuples by position (each entry
+    a scalar metric); numpy arrays are kept whole (the loop writes those with ndim >= 2 as images,
+    1-d ones not at all: use them for the x-axes of curves); strings and None are left out."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}/").items()}
+    if isinstance(value, (list, tuple)):
+        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}/").items()}
+    if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value):
+        return {prefix[:-1]: np.asarray(value)}
+    if isinstance(value, (bool, int, float, np.number, np.ndarray, jax.Array)):
+        return {prefix[:-1]: float(value)}
+    return {}
 
 
-def batch_multiple(trainer: Any) -> int:
-    """Examples per batch must be a multiple of this: the devices along the mesh's batch axes."""
-    import jax
+def unflatten(flat: dict[str, Any]) -> Any:
+    """The inverse of `flatten` up to types: "a/0", "a/1" -> {"a": [v0, v1]}."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
 
-    from nest_jax.train.sharding import BATCH_AXES
+    def lists(node):
+        if not isinstance(node, dict):
+            return node
+        node = {k: lists(v) for k, v in node.items()}
+        if node and sorted(node) == sorted(map(str, range(len(node)))):
+            return [node[str(i)] for i in range(len(node))]
+        return node
 
-    mesh = trainer.mesh
-    n = math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
-    return math.lcm(n, jax.process_count())
+    return lists(tree)
 
 
 from nest_jax.train.evaluators import classification  # noqa: E402,F401  (registers the built-in kind)
+
+__all__ = [
+    "EvalData",
+    "Evaluation",
+    "batch_multiple",
+    "build_evaluators",
+    "check_batch_size",
+    "flatten",
+    "get_evaluator",
+    "known_kinds",
+    "make_evaluator",
+    "model_fn_of",
+    "register_evaluator",
+    "settings_of",
+    "unflatten",
+]
