@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 
-def pin_session4_digits_nest(config) -> None:
-    """The digits NesT as configs/digits_nest_tiny.py had it until session 4 (364,810 parameters:
+def pin_two_level_digits_nest(config) -> None:
+    """The earlier 2-level digits NesT recipe (364,810 parameters:
     blocks of 4 × 4 tokens, 2 levels of 3 + 4 layers, width 64, 2 heads; no augmentation): the
     model the data-efficiency and representation figures in BENCHMARKS.md were measured with."""
     config.model.overrides = dict(

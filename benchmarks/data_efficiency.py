@@ -4,8 +4,8 @@
 
 Both models train on 10/25/50/100% of scikit-learn digits' 1,347 training images (a stratified
 subset, the same for both models, drawn per seed) and are tested on all 450 test digits:
-  * NesT: `configs/digits_nest_tiny.py`'s recipe with its session-4 model (364,810 parameters: 2
-    levels of 3 + 4 layers, width 64, no augmentation; `common.pin_session4_digits_nest`).
+  * NesT: `configs/digits_nest_tiny.py`'s recipe with its earlier 2-level model (364,810 parameters: 2
+    levels of 3 + 4 layers, width 64, no augmentation; `common.pin_two_level_digits_nest`).
   * ViT: `configs/digits_vit.py` with `depth=7` (355,978 parameters; the shipped depth 4 has 206,026)
     so both models have about the same size; patch 4 (64 tokens + class token), width 64.
 Same budget for every run: `--steps` optimizer steps of batch 64 whatever the subset size (a
@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cpu_model, pin_session4_digits_nest  # noqa: E402
+from common import cpu_model, pin_two_level_digits_nest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL_EPOCH_STEPS = 1347 // 64  # 21
@@ -84,7 +84,7 @@ def train_iterator(source, ds_cfg, batch: int, seed: int):
 def model_config(kind: str, seed: int, steps: int):
     if kind == "nest":
         c = load_config("configs/digits_nest_tiny.py")
-        pin_session4_digits_nest(c)  # the model the recorded figures were measured with
+        pin_two_level_digits_nest(c)  # the model the recorded figures were measured with
     else:
         c = load_config("configs/digits_vit.py")
         c.model.overrides.depth = 7

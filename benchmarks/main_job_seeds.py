@@ -21,9 +21,7 @@ split holds the kept training images and whose eval split holds the held-out one
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime
-import importlib.util
 import json
 import os
 import re
@@ -43,26 +41,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # ---------------------------------------------------------------------------- config
 def load_config(path: str, overrides: list[str]):
-    """`get_config()` of a config file, then `a.b.c=value` overrides (values: Python literals)."""
-    spec = importlib.util.spec_from_file_location("main_job_config", os.path.join(REPO, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for item in overrides:
-        key, _, text = item.partition("=")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text  # a bare string such as bicubic
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        if isinstance(node, dict):
-            node[leaf] = value
-        else:
-            with node.ignore_type():
-                node[leaf] = value
+    """`get_config()` of a config file, then `a.b.c=value` overrides, read exactly as
+    `python -m nest_jax.main --config.a.b.c=value` reads them (the --test runs pass them so)."""
+    from nest_jax import cli_config
+
+    config = cli_config.load_config(os.path.join(REPO, path))
+    cli_config.override(config, overrides)
     return config
 
 

@@ -6,8 +6,8 @@ Models (batch 64, each config's AdamW recipe, `--steps` steps, no augmentation):
   vit_cls  configs/digits_vit.py: patch 4 (64 tokens + class token), width 64, 4 layers, 2 heads
   vit_gap  the same with global average pooling and no class token
   resnet   resnet50's bottleneck design made small: 3 stages of 1 block, widths 64/128/256
-  nest     configs/digits_nest_tiny.py's session-4 model (2 levels of 3 + 4 layers, width 64;
-           `common.pin_session4_digits_nest`)
+  nest     configs/digits_nest_tiny.py's earlier 2-level model (2 levels of 3 + 4 layers, width 64;
+           `common.pin_two_level_digits_nest`)
 plus vit_cls trained on a stratified 10% of the training images (same steps) for finding (e).
 Every analysis runs on the 450 test digits (`nest_jax.analyze.loop.analyse`), figures under --out.
 Writes <out>/summary.json with the numbers behind each finding.
@@ -27,7 +27,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
-from common import pin_session4_digits_nest  # noqa: E402
+from common import pin_two_level_digits_nest  # noqa: E402
 
 
 def load(name: str):
@@ -44,7 +44,7 @@ def configs(steps: int) -> dict:
         "resnet": load("digits_vit"),
         "nest": load("digits_nest_tiny"),
     }
-    pin_session4_digits_nest(out["nest"])  # the model the recorded figures were measured with
+    pin_two_level_digits_nest(out["nest"])  # the model the recorded figures were measured with
     out["vit_gap"].model.overrides = dict(out["vit_gap"].model.overrides, pool="gap", prefix_tokens=())
     out["resnet"].model.name = "resnet50"
     out["resnet"].model.overrides = dict(layers=(1, 1, 1), widths=(64, 128, 256))

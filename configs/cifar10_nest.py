@@ -23,8 +23,6 @@ def get_config(arg: str = "tiny", dataset: str = "cifar10"):
             image_size=32,
             num_channels=3,
             normalize="cifar",
-            shuffle_buffer=50_000,
-            cache=True,
             eval_resize="none",
             train_split="train",
             eval_split="test",

@@ -11,8 +11,7 @@ and `fid.checkpoint` = a CIFAR-10 run of configs/cifar10_nest.py it is a cheaper
 `:nest` (default) or `:conv` (the SAGAN-style conv generator baseline) picks the generator.
 """
 
-from nest_jax.train.config_base import augment, base_config
-from nest_jax.train.gan import gan_section
+from nest_jax.train.config_base import augment, base_config, gan_section
 
 
 def get_config(arg: str = "nest"):
@@ -27,8 +26,6 @@ def get_config(arg: str = "nest"):
             image_size=32,
             num_channels=3,
             normalize="inception",
-            shuffle_buffer=50_000,
-            cache=True,
             augment=augment(flip=True),
             eval_resize="none",
         )

@@ -11,8 +11,7 @@ For FID during training set `gan.fid.every_steps` and `gan.fid.checkpoint` to a 
 trained with configs/digits_nest_tiny.py.
 """
 
-from nest_jax.train.config_base import augment, base_config
-from nest_jax.train.gan import gan_section
+from nest_jax.train.config_base import augment, base_config, gan_section
 
 
 def get_config():
@@ -27,8 +26,6 @@ def get_config():
             image_size=32,
             num_channels=1,
             normalize="inception",
-            shuffle_buffer=2048,
-            cache=True,
             augment=augment(),
             eval_resize="resize",
             resize_method="bilinear",

@@ -27,8 +27,6 @@ def get_config():
             image_size=32,
             num_channels=1,
             normalize="digits",
-            shuffle_buffer=2048,
-            cache=True,
             augment=augment(affine=dict(degrees=15.0, translate=0.1, scale=1.15)),
             eval_resize="resize",
             resize_method="bilinear",

@@ -21,7 +21,6 @@ def get_config():
             normalize="imagenet",
             train_split="train",
             eval_split="val",
-            shuffle_buffer=10_000,
             eval_resize="resize_crop",
             crop_fraction=0.875,
             augment=augment(

@@ -13,8 +13,7 @@ network; nothing downloads here), or a folder of class sub-folders with
 GAN does not use.
 """
 
-from nest_jax.train.config_base import augment, base_config
-from nest_jax.train.gan import gan_section
+from nest_jax.train.config_base import augment, base_config, gan_section
 
 
 def get_config(arg: str = "nest"):
@@ -29,7 +28,6 @@ def get_config(arg: str = "nest"):
             image_size=64,
             num_channels=3,
             normalize="inception",
-            shuffle_buffer=20_000,
             augment=augment(flip=True),
             eval_resize="resize",
         )

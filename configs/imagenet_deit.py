@@ -30,7 +30,6 @@ def get_config(arg: str = "tiny"):
             normalize="imagenet",
             train_split="train",
             eval_split="validation",
-            shuffle_buffer=50_000,
             repeated_aug=3,
             eval_resize="resize_crop",
             crop_fraction=0.875,

@@ -27,7 +27,6 @@ def get_config(arg: str = "tiny"):
             normalize="imagenet",
             train_split="train",
             eval_split="validation",
-            shuffle_buffer=50_000,
             eval_resize="resize_crop",
             crop_fraction=0.875,
             resize_method="bilinear",

@@ -16,8 +16,8 @@ Four runs, one command each (32 px, 8 classes, 4,000 training images; a few minu
   resnet_natural.
 Then: shape bias of each token on cue-conflict images, top-1 of each token, and the per-layer
 cosine similarity of class vs shape / distillation tokens (`nest_jax.analysis.per_block_tokens`,
-`shape_bias`). Dataset fields `shapes_variant`, `shapes_classes`, `shapes_train`, `shapes_test`
-configure `nest_jax.data.shapes.ShapesTexturesSource` (dataset name "shapes").
+`shape_bias`). The section `dataset.shapes` (variant, num_classes, num_train, num_test, seed)
+configures `nest_jax.data.shapes.ShapesTexturesSource` (dataset name "shapes").
 """
 
 from nest_jax.train.config_base import augment, base_config, teacher
@@ -35,17 +35,11 @@ def _base(model: str, variant: str):
             image_size=32,
             num_channels=3,
             normalize="inception",
-            shuffle_buffer=4096,
-            cache=True,
             augment=augment(),
             eval_resize="resize",
         )
     )
-    c.dataset.shapes_variant = variant
-    c.dataset.shapes_classes = 8
-    c.dataset.shapes_train = 4000
-    c.dataset.shapes_test = 1000
-    c.dataset.shapes_seed = 0
+    c.dataset.shapes.update(dict(variant=variant, num_classes=8, num_train=4000, num_test=1000, seed=0))
     c.train.update(
         dict(
             global_batch_size=64,

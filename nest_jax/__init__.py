@@ -1,1 +1,23 @@
-"""nest_jax: ViT, DeiT and NesT in JAX/Flax NNX."""
+"""nest_jax: ViT, DeiT and NesT in JAX/Flax NNX.
+
+`nest_jax.load_params(path)` reads the weights of a training workdir, a `python -m nest_jax.convert`
+output or an importer's file; `nest_jax.load_into(model, weights)` puts them into a model. Both are
+imported on first use, so `import nest_jax` stays light.
+"""
+
+_LAZY = {
+    "load_params": "nest_jax.convert.load",
+    "load_into": "nest_jax.convert.load",
+    "Weights": "nest_jax.convert.load",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nest_jax' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

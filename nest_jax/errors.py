@@ -8,8 +8,17 @@
 
 from __future__ import annotations
 
+import os
+
+DEBUG_ENV = "NEST_JAX_DEBUG"
 USAGE_EXIT_CODE = 2  # bad input: config, flag, file or dataset (as argparse/absl usage errors)
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped by SIGTERM after saving; requeue me
+
+
+def debug_requested(flag: bool = False) -> bool:
+    """Whether a command line prints tracebacks: its `--debug` flag, or `NEST_JAX_DEBUG` set to
+    anything but "", "0", "false", "no" or "off" (any case)."""
+    return flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 class UserError(Exception):

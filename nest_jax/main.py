@@ -22,10 +22,9 @@ import traceback
 from typing import Any, NoReturn
 
 from nest_jax.cli_config import CommandLine, apply_overrides, check_required, load_config, shipped_configs, split_argv
-from nest_jax.errors import PREEMPTED_EXIT_CODE, USAGE_EXIT_CODE, Preempted, UserError
+from nest_jax.errors import DEBUG_ENV, PREEMPTED_EXIT_CODE, USAGE_EXIT_CODE, Preempted, UserError, debug_requested
 
 PROG = "nest_jax.main"
-_DEBUG_ENV = "NEST_JAX_DEBUG"
 _notes: list[str] = []  # said once absl logging is up
 
 
@@ -64,7 +63,7 @@ EXIT CODES
   {PREEMPTED_EXIT_CODE}  preempted (SIGTERM) after saving a checkpoint: rerun the same command to resume
 
 OTHER FLAGS
-  --debug           show the traceback of an error (also: {_DEBUG_ENV}=1)
+  --debug           show the traceback of an error (also: {DEBUG_ENV}=1)
   --helpfull        this text and absl's logging flags (--verbosity, --log_dir, ...)
 
 The README (README.md, section Training) has the full guide.
@@ -148,19 +147,16 @@ def _setup_logging(absl_args: list[str], debug: bool) -> None:
 
 def initialize_distributed(config) -> None:
     """`jax.distributed.initialize` from `config.distributed` (must run before any jax computation)."""
-    dist = config.get("distributed", None)
-    if not dist or not dist.get("enabled", False):
+    dist = config.distributed
+    if not dist.enabled:
         return
     import jax
     from absl import logging
 
-    if dist.get("cpu_collectives", None):
+    if dist.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
-    kwargs = {
-        k: dist.get(k) for k in ("coordinator_address", "num_processes", "process_id") if dist.get(k, None) is not None
-    }
-    if dist.get("local_device_ids", None) is not None:
-        kwargs["local_device_ids"] = list(dist.local_device_ids)
+    given = ("coordinator_address", "num_processes", "process_id", "local_device_ids")
+    kwargs = {k: dist[k] for k in given if dist[k] is not None}  # unset: jax detects it (TPU pods, SLURM)
     jax.distributed.initialize(**kwargs)
     logging.info(
         "process %d of %d, %d local / %d global devices",
@@ -208,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     argv: the arguments without the program name (default: `sys.argv[1:]`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get(_DEBUG_ENV, "") not in ("", "0") or "--debug" in argv
+    debug = debug_requested("--debug" in argv)
     try:
         cl = split_argv(argv)
         debug = debug or cl.debug

@@ -1,4 +1,4 @@
-"""Shared `config.dataset` builder for the data tests (a plain ConfigDict, as configs/ make), and
+"""Shared `config.dataset` builder for the data tests (the schema's, as configs/ make), and
 tfds datasets "prepared" from `tfds.testing.mock_data` for the tfds source."""
 
 import contextlib
@@ -6,38 +6,16 @@ import os
 
 import ml_collections
 
+from nest_jax.train.config_base import base_config
+
 
 def dataset_config(name="digits", **overrides) -> ml_collections.ConfigDict:
-    augment = dict(
-        inception_crop=False,
-        min_area=0.08,
-        flip=False,
-        cifar_crop=False,
-        crop_padding=2,
-        randaugment=dict(layers=0, magnitude=9.0, magnitude_std=0.5, prob=0.5),
-        color_jitter=0.0,
-        random_erasing=0.0,
-    )
-    augment.update(overrides.pop("augment", {}))
-    cfg = dict(
-        name=name,
-        data_dir=None,
-        train_split="train",
-        eval_split="test",
-        image_size=8,
-        num_channels=1,
-        normalize="digits",
-        shuffle_buffer=1000,
-        repeated_aug=1,
-        cache=False,
-        augment=augment,
-        eval_resize="resize",
-        crop_fraction=0.875,
-        resize_method="bilinear",
-        num_workers=0,
-    )
+    """The schema's `config.dataset` (base_config: every field, its defaults) made small: 8 px grey
+    digits-style images resized for evaluation; `overrides` update it (nested groups field by field)."""
+    cfg = base_config().dataset
+    cfg.update(dict(name=name, image_size=8, num_channels=1, normalize="digits", eval_resize="resize"))
     cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+    return cfg
 
 
 FULL_AUGMENT = dict(

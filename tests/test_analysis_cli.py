@@ -63,7 +63,7 @@ def test_cli_bad_input_is_one_line_exit_2(config_file, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown analysis 'nonsense'" in err[0] and "cka" in err[0]
     assert main(["cka", "--config=/no/such.py", f"--out={tmp_path}"]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "config file /no/such.py does not exist" in capsys.readouterr().err
     assert main(["cka", f"--config={config_file}", "--checkpoint=/no/such/dir", f"--out={tmp_path}"]) == 2
     assert "does not exist" in capsys.readouterr().err
 

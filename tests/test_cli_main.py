@@ -83,7 +83,7 @@ def test_overrides_are_parsed_as_the_fields_types():
             "--config.model.remat",
             "--config.model.overrides.depths=(2, 2)",
             "--config.dataset.data_dir=/data/tfds",
-            "--noconfig.dataset.cache",
+            "--noconfig.dataset.validate_files",
             "--config.mesh.axes.data",
             "-1",
             "--config.mesh.axes.fsdp=2",
@@ -93,7 +93,7 @@ def test_overrides_are_parsed_as_the_fields_types():
     assert config.train.num_train_steps == 60 and type(config.train.num_train_steps) is int
     assert config.optimizer.lr == 0.001 and config.seed == 7 and config.model.remat is True
     assert config.model.overrides.depths == (2, 2) and config.dataset.data_dir == "/data/tfds"
-    assert config.dataset.cache is False and config.mesh.axes.data == -1 and config.mesh.axes.fsdp == 2
+    assert config.dataset.validate_files is False and config.mesh.axes.data == -1 and config.mesh.axes.fsdp == 2
     absl = split_argv(["--log_dir", "/tmp/logs", "-v", "1", "--alsologtostderr", "--config.seed", "3"])
     assert absl.absl_args == ["--log_dir", "/tmp/logs", "-v", "1", "--alsologtostderr"] and not absl.positional
     assert absl.overrides == [("seed", "3")]

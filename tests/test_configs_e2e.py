@@ -172,9 +172,9 @@ def _train(config_file: str, arg, data_dir, tmp_path, monkeypatch) -> None:
     if config.optimizer.ema_decay:
         assert result["eval_ema_count"] == NUM_EVAL[name], result
     # The step-2 checkpoint exists and holds the trained parameters.
-    from nest_jax.train.init_from import _workdir_params
+    import nest_jax
 
-    saved = _workdir_params(workdir)
+    saved = nest_jax.load_params(workdir).params
     assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
     assert saved.keys() == rec.final.keys()
     for p, v in rec.final.items():

@@ -7,12 +7,12 @@ import colorsys
 import math
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from nest_jax.data import augment, preprocess, randaugment
+from tests._data_cfg import dataset_config
 
 REF = np.load(os.path.join(os.path.dirname(__file__), "data", "tf_reference.npz"), allow_pickle=False)
 IMAGE = REF["image"]  # (20, 24, 3) float32, multiples of 1/255
@@ -52,16 +52,14 @@ def test_colour_adjustments_match_tensorflow_reference():
 @pytest.mark.parametrize("mode", ["resize_crop", "resize"])
 @pytest.mark.parametrize("method", ["bilinear", "bicubic"])
 def test_eval_view_matches_tensorflow_reference(mode, method):
-    cfg = ml_collections.ConfigDict(
-        dict(
-            name="x",
-            image_size=16,
-            num_channels=3,
-            normalize="imagenet",
-            eval_resize=mode,
-            crop_fraction=0.875,
-            resize_method=method,
-        )
+    cfg = dataset_config(
+        "x",
+        image_size=16,
+        num_channels=3,
+        normalize="imagenet",
+        eval_resize=mode,
+        crop_fraction=0.875,
+        resize_method=method,
     )
     ref, std = REF[f"eval/{mode}/{method}"], np.array([0.229, 0.224, 0.225])
     # Float input: PIL's and TF's antialiased resampling kernels agree to < 1e-4 of a level.
@@ -254,9 +252,7 @@ def test_cifar_pad_and_crop_is_a_shifted_window():
 
 
 def test_train_chain_grey_to_rgb_and_rgb_to_grey():
-    cfg = ml_collections.ConfigDict(
-        dict(name="x", image_size=8, num_channels=3, normalize="inception", augment=dict(), resize_method="bilinear")
-    )
+    cfg = dataset_config("x", image_size=8, num_channels=3, normalize="inception", resize_method="bilinear")
     grey = np.arange(64, dtype=np.uint8).reshape(8, 8, 1)
     out = preprocess.train_fn(cfg)(grey, (0, 0, 0))
     np.testing.assert_allclose(out, np.repeat(grey / 127.5 - 1, 3, -1), atol=1e-6)
@@ -310,9 +306,9 @@ def test_random_affine_draws_within_its_ranges_and_chain_uses_its_own_stream():
     assert len(np.unique(np.round(centres, 3))) > 30  # sub-pixel, not whole-pixel shifts
     np.testing.assert_array_equal(augment.random_affine(dot, _rng(0)), dot)
 
-    base = dict(name="x", image_size=20, num_channels=3, normalize="inception", resize_method="bilinear")
-    plain = ml_collections.ConfigDict(dict(base, augment=dict(flip=True)))
-    warped = ml_collections.ConfigDict(dict(base, augment=dict(flip=True, affine=dict(degrees=15.0, scale=1.2))))
+    base = dict(image_size=20, num_channels=3, normalize="inception", resize_method="bilinear")
+    plain = dataset_config("x", **base, augment=dict(flip=True))
+    warped = dataset_config("x", **base, augment=dict(flip=True, affine=dict(degrees=15.0, scale=1.2)))
     img = IMAGE[:, :20]
     a, b = preprocess.train_fn(plain)(img, (3, 1, 5)), preprocess.train_fn(warped)(img, (3, 1, 5))
     flipped = preprocess.example_rng(3, 1, 5, preprocess.FLIP).random() < 0.5
@@ -322,4 +318,4 @@ def test_random_affine_draws_within_its_ranges_and_chain_uses_its_own_stream():
     np.testing.assert_allclose(b, expected / 0.5 - 1, atol=1e-5)
     np.testing.assert_allclose(a, (img[:, ::-1] if flipped else img) / 0.5 - 1, atol=1e-5)
     with pytest.raises(ValueError, match="scale"):
-        preprocess.train_fn(ml_collections.ConfigDict(dict(base, augment=dict(affine=dict(scale=0.5)))))
+        preprocess.train_fn(dataset_config("x", **base, augment=dict(affine=dict(scale=0.5))))

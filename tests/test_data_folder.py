@@ -3,7 +3,10 @@ Huffman tables, broken entropy-coded data) reported by name, an empty class fold
 
 import io
 import logging
+import os
 import shutil
+import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -82,13 +85,13 @@ def test_classes_come_from_subfolders_and_corrupt_file_is_reported(folder, caplo
     with caplog.at_level(logging.WARNING):
         info = data.get_info(_cfg(folder))
     assert info.num_classes == 3 and info.num_train == 12 and info.num_eval == 6
-    source = ImageFolderSource.get(str(folder))
+    source = ImageFolderSource.get(str(folder), train_split="train", validate=True, max_pixels=10**6)
     assert source.classes == CLASSES
     bad = source.bad_files("train")
     assert sorted(p.split("/")[-1] for p, _ in bad) == ["broken.jpg", "cut.jpg", "huffman.jpg", "scan.jpg"]
     for name in ("broken.jpg", "cut.jpg", "huffman.jpg", "scan.jpg"):
         assert name in caplog.text
-    assert "skipping 4 unreadable file(s)" in caplog.text
+    assert "skipping 4 unusable file(s)" in caplog.text
     assert np.bincount(source.split("train").labels).tolist() == [4, 4, 4]
 
 
@@ -135,7 +138,7 @@ def test_unvalidated_corrupt_file_fails_with_its_name(tmp_path):
     it = data.train_iterator(cfg, global_batch_size=2, seed=0, process_index=0, process_count=1)
     with pytest.raises(UserError, match="scan.jpg"):
         next(it)
-    assert check_image(str(tmp_path / "train" / "a" / "scan.jpg")) is not None
+    assert check_image(str(tmp_path / "train" / "a" / "scan.jpg"), max_pixels=10**6) is not None
 
 
 def test_empty_class_folder_is_an_error_naming_it(folder, tmp_path):
@@ -146,3 +149,68 @@ def test_empty_class_folder_is_an_error_naming_it(folder, tmp_path):
     ImageFolderSource._instances.clear()
     with pytest.raises(UserError, match=r"class folder .*yak holds no images"):
         data.get_info(_cfg(root))
+
+
+def _one_class_folder(root, **files):
+    """train/ and val/ with class `a`: an ordinary PNG plus `files` (name -> writer(path)) in train/a."""
+    for split in ("train", "val"):
+        (root / split / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(root / split / "a" / "ok.png")
+    for name, write in files.items():
+        write(root / "train" / "a" / name)
+    ImageFolderSource._instances.clear()
+    return root
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """PIL opens a 16-bit grey PNG as mode I;16 and `convert("RGB")` clips it: 99.6% of this ramp
+    came out as 255. The 8-bit value must be round(v / 257) in every channel."""
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    _one_class_folder(tmp_path, **{"deep.png": lambda p: Image.fromarray(ramp).save(p)})
+    records = ImageFolderSource.get(str(tmp_path), train_split="train", validate=True, max_pixels=10**6).lookup("train")
+    (index,) = [i for i, p in enumerate(records.paths) if p.endswith("deep.png")]
+    image = records[index]["image"]
+    want = np.rint(ramp / 257.0).astype(np.uint8)
+    assert image.dtype == np.uint8 and image.shape == (64, 64, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(image[..., c], want)
+
+
+def test_a_fifo_named_like_an_image_is_skipped_and_named(tmp_path, caplog):
+    """A FIFO `fifo.jpg` in a class folder made indexing block forever in open()."""
+    _one_class_folder(tmp_path, **{"fifo.jpg": lambda p: os.mkfifo(p)})
+    fifo = tmp_path / "train" / "a" / "fifo.jpg"
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(n=data.get_info(_cfg(tmp_path)).num_train), daemon=True)
+    with caplog.at_level(logging.WARNING):
+        worker.start()
+        worker.join(timeout=60)
+    if worker.is_alive():  # unblock the reader before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout=10)
+        pytest.fail("indexing blocked on a FIFO")
+    assert result["n"] == 1
+    assert f"{fifo}: a FIFO, not a regular file" in caplog.text
+
+
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header(tmp_path, caplog):
+    """A 10000 x 10000 PNG (12 kB on disk, 100 M pixels) went through with PIL's raw
+    DecompressionBombWarning at every decode; sixteen of them took 5.9 GB during validation. It is
+    refused from its header (nothing decoded), named once in the skip warning, with no PIL warning;
+    without validation, reading it is one line naming the file and the setting."""
+    bomb = lambda p: Image.new("1", (10000, 10000)).save(p)  # noqa: E731
+    _one_class_folder(tmp_path, **{"bomb.png": bomb})
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert data.get_info(_cfg(tmp_path)).num_train == 1
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert "bomb.png: 10000x10000 = 100,000,000 pixels, above dataset.max_image_pixels=89,478,485" in caplog.text
+    ImageFolderSource._instances.clear()
+    src = ImageFolderSource.get(str(tmp_path), train_split="train", validate=False, max_pixels=89_478_485)
+    records = src.lookup("train")
+    (index,) = [i for i, p in enumerate(records.paths) if p.endswith("bomb.png")]
+    with pytest.raises(UserError, match=r"bomb.png is 10000x10000 = 100,000,000 pixels") as info:
+        records[index]
+    assert "\n" not in str(info.value)
+    # A limit raised on purpose lets it through.
+    assert check_image(str(tmp_path / "train" / "a" / "bomb.png"), max_pixels=10**8) is None

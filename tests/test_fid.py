@@ -196,3 +196,32 @@ def test_bilinear_resize_matches_pytorch_and_tf1_legacy():
                 (1 - fx) * x[0, y1, x0] + fx * x[0, y1, x1]
             )
     np.testing.assert_allclose(np.asarray(resize_bilinear(jnp.asarray(x), 11, "tf_legacy")), legacy, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pickled", "truncated", "object_npz"])
+def test_a_bad_inception_weights_file_is_one_line(tmp_path, kind):
+    """A pickled .pth, a truncated .pth and an .npz holding objects were tracebacks, and torch's
+    message told the user to retry with weights_only=False (running the file's code)."""
+    import torch
+
+    from nest_jax.analysis.inception import load_inception_weights
+    from nest_jax.errors import UserError
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    if kind == "pickled":
+        path = tmp_path / "pt_inception.pth"
+        torch.save({"Conv2d_1a_3x3.conv.weight": torch.ones(1), "extra": Payload()}, path)
+    elif kind == "truncated":
+        path = tmp_path / "pt_inception.pth"
+        torch.save({"Conv2d_1a_3x3.conv.weight": torch.ones(32, 3, 3, 3)}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path = tmp_path / "pt_inception.npz"
+        np.savez(path, a=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(UserError) as info:
+        load_inception_weights(str(path))
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "weights_only=False" not in message

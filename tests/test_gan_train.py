@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from nest_jax.train import gan as G
+from nest_jax.train.config_base import gan_section
 from nest_jax.train.gan_loop import image_grid, train_gan
 from tests._train_helpers import SyntheticData
 
@@ -29,7 +30,7 @@ def tiny_gan_config(loss="hinge", r1=0.0, steps=4):
         num_epochs=0,
     )
     c.mesh = dict(axes=dict(data=-1, fsdp=1, tensor=1))
-    c.gan = G.gan_section(
+    c.gan = gan_section(
         generator=dict(
             name="nest_gan_32",
             overrides=dict(dims=(16, 8, 8), depths=(1, 1, 1), heads=(2, 1, 1), block_size=2, patch_size=1),

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from nest_jax.analysis import gradcat, traverse
-from nest_jax.convert import load_params, param_shapes
+from nest_jax.convert import assign_params, param_shapes
 from nest_jax.models import create_model
 
 # Small widths/depths keep compilation short; the geometry (img, patch, block, levels) is the variant's.
@@ -39,7 +39,7 @@ def evidence_model(cls: int):
             arrays[k][1, 1] = np.eye(8)
     arrays["patch_embed/proj/kernel"][0, 0, 0] = p
     arrays["head/kernel"][:, cls] = p
-    load_params(model, arrays)
+    assign_params(model, arrays)
     return model
 
 

@@ -9,9 +9,10 @@ import torch
 from flax import nnx
 from timm.layers import resample_abs_pos_embed
 
-from nest_jax.convert import adapt_params, load_adapted, param_shapes, resize_pos_embed
+from nest_jax.convert import Weights, adapt_params, load_into, param_shapes, resize_pos_embed
 from nest_jax.convert.common import path_str
 from nest_jax.convert.resize import METHODS, resize_grid
+from nest_jax.errors import UserError
 
 # (old grid, new grid): upsampling, downsampling, non-square both ways, a 1-cell output.
 GRIDS = [((7, 7), (12, 12)), ((12, 12), (5, 5)), ((4, 6), (7, 3)), ((2, 3), (9, 8)), ((7, 7), (1, 1))]
@@ -105,7 +106,7 @@ def test_adapt_resizes_pos_embed_and_reinitializes_heads_whose_class_count_diffe
     np.testing.assert_array_equal(
         adapted["pos_embed"], resize_pos_embed(src["pos_embed"], num_prefix=2, new_grid=(6, 6), method="linear")
     )
-    fresh = load_adapted(dst, src, resize_method="linear")
+    fresh = load_into(dst, Weights(src), resize_method="linear")
     assert sorted(fresh) == ["head/bias", "head/kernel", "head_dist/bias", "head_dist/kernel"]
     after = flat(dst)
     for k in after:
@@ -123,11 +124,11 @@ def test_adapt_keeps_matching_heads_and_drops_heads_the_model_lacks():
     assert set(param_shapes(tiny(num_classes=0))) == headless.keys()
 
 
-def test_load_adapted_still_reports_real_mismatches():
+def test_load_into_still_reports_real_mismatches():
     src = flat(tiny())
     src["layers/0/mlp/fc1/kernel"] = src["layers/0/mlp/fc1/kernel"][:, :10]
-    with pytest.raises(ValueError, match="shape mismatch for 'layers/0/mlp/fc1/kernel'"):
-        load_adapted(tiny(seed=1), src)
+    with pytest.raises(UserError, match="shape mismatch for 'layers/0/mlp/fc1/kernel'"):
+        load_into(tiny(seed=1), Weights(src))
 
 
 def test_adapt_hands_nest_level_tables_to_the_nest_resizer():

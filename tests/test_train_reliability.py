@@ -231,7 +231,7 @@ def test_disk_full_while_saving_is_one_line_naming_the_last_good_checkpoint(tmp_
     with pytest.raises(UserError) as info:
         ckpt.save(4, _small_state())
     assert str(info.value).startswith(
-        f"no space left on device while saving step 4 in {tmp_path / 'checkpoints'}; the last good checkpoint is 2"
+        f"no space left on device while saving step 4 in {tmp_path / 'checkpoints'}; the last good checkpoint is step 2"
     )
     ckpt.close()  # already closed after the failure: a no-op, not a second error
 
@@ -242,5 +242,38 @@ def test_disk_full_in_an_async_save_is_reported_at_the_next_wait(tmp_path, monke
     ckpt.wait()
     ckpt.save(4, _small_state())
     monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", _no_space)
-    with pytest.raises(UserError, match="no space left on device while saving step 4 .* last good checkpoint is 2"):
+    with pytest.raises(
+        UserError, match="no space left on device while saving step 4 .* last good checkpoint is step 2"
+    ):
         ckpt.save(6, _small_state())
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 3 MB tmpfs: orbax's real writer threads run out of space."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    assert proc.returncode == 0, f"this test needs root to mount a tmpfs: {proc.stderr.strip()}"
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_real_full_disk_during_an_async_save_is_one_line_and_leaves_no_partial_copy(full_disk, caplog):
+    """On a 3 MB tmpfs the orbax writer threads logged 4-61 errors with tracebacks (300+ lines) and
+    the half-written step stayed on the full disk; now nothing but the one line."""
+    ckpt = Checkpointer(full_disk)
+    ckpt.save(1, _small_state())
+    ckpt.wait()
+    big = {
+        "step": jax.numpy.ones((), jax.numpy.int32),
+        "params": {"w": jax.random.normal(jax.random.key(0), (1000, 1000))},
+    }
+    with caplog.at_level(logging.WARNING), pytest.raises(UserError) as info:
+        ckpt.save(2, big)
+        ckpt.wait()
+    assert str(info.value).startswith(f"no space left on device while saving step 2 in {full_disk / 'checkpoints'}")
+    assert "the last good checkpoint is step 1" in str(info.value) and "\n" not in str(info.value)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[:2000]
+    assert sorted(p.name for p in (full_disk / "checkpoints").iterdir()) == ["1"]
+    ckpt.close()

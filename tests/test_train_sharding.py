@@ -184,11 +184,11 @@ def test_missing_checkpoints_name_the_config_field(tmp_path):
     with pytest.raises(UserError, match=r"--config\.distill\.dist\.checkpoint is not set"):
         load_teachers(cfg, mesh, num_classes=4)
     cfg.distill.dist.update(dict(checkpoint=str(tmp_path), source="timm"))
-    with pytest.raises(UserError, match=r"--config\.distill\.dist\.checkpoint .* is a directory"):
+    with pytest.raises(UserError, match=r"--config\.distill\.dist\.checkpoint: .* is a directory"):
         load_teachers(cfg, mesh, num_classes=4)
     cfg = base_config()
     cfg.init_from.update(dict(checkpoint=str(tmp_path / "nope.npz"), source="vit_npz"))
-    with pytest.raises(UserError, match=r"--config\.init_from\.checkpoint=.*nope\.npz: no such file"):
-        from nest_jax.train.init_from import read_weights
+    with pytest.raises(UserError, match=r"--config\.init_from\.checkpoint: .*nope\.npz does not exist"):
+        from nest_jax.train.init_from import read_fitted
 
-        read_weights("vit_npz", cfg.init_from.checkpoint, None, flag="--config.init_from.checkpoint")
+        read_fitted(cfg.init_from, None, flag="--config.init_from.checkpoint")

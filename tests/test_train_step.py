@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nest_jax.convert.common import load_params
+from nest_jax.convert.common import assign_params
 from nest_jax.models import create_model
 from nest_jax.train.sharding import make_mesh, path_str
 from nest_jax.train.trainer import make_trainer, model_kwargs, shard_batch
@@ -52,7 +52,7 @@ def test_train_step_matches_handwritten_adamw():
     graphdef, pstate, rest = nnx.split(model, nnx.Param, ...)
 
     def loss_of(flat_params, batch):
-        load_params(model, {k: jnp.asarray(v, jnp.float32) for k, v in flat_params.items()})
+        assign_params(model, {k: jnp.asarray(v, jnp.float32) for k, v in flat_params.items()})
         _, p, _ = nnx.split(model, nnx.Param, ...)
 
         @jax.jit

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nest_jax.convert.common import load_params
+from nest_jax.convert import assign_params, load_params
 from nest_jax.train.checkpoint import Checkpointer
 from nest_jax.train.distill import load_teachers
-from nest_jax.train.init_from import _workdir_params, initialize_from
+from nest_jax.train.init_from import initialize_from
 from nest_jax.train.sharding import make_mesh, path_str
 from nest_jax.train.trainer import build_model, make_trainer, shard_batch
 from tests._train_helpers import SyntheticData, tiny_config
@@ -38,7 +38,7 @@ def _flat(tree):
 
 
 def test_finetune_resizes_position_embedding_and_reinitializes_the_head(teacher_dir):
-    trained = _workdir_params(teacher_dir)
+    trained = load_params(teacher_dir).params
     cfg = tiny_config()
     cfg.dataset.image_size = 12  # 2×2 -> 3×3 patches
     cfg.init_from.update(dict(checkpoint=str(teacher_dir), source="nest_jax", resize_method="bicubic"))
@@ -82,7 +82,7 @@ def test_hard_distillation_step_uses_the_frozen_teacher(teacher_dir):
     state, rest = tr.init_state(), tr.init_rest()
     batch = next(SyntheticData().train_iterator(None, global_batch_size=16, seed=0, process_index=0, process_count=1))
     student = build_model(cfg, 4, nnx.Rngs(0))
-    load_params(student, _flat(state["params"]))
+    assign_params(student, _flat(state["params"]))
     out = student(jnp.asarray(batch["image"]), train=True)
     t_graph, _, _ = teachers["dist"]
     t_logits = nnx.merge(t_graph, *t_params["dist"])(jnp.asarray(batch["image"]), train=False)

@@ -168,17 +168,17 @@ def classifier_from_workdir(workdir: str, *, use_ema: bool = False) -> Extractor
     """The default extractor: a classifier trained with the main job on the same data.
 
     `workdir` is that run's workdir: its `config.json` (written by the training loop) rebuilds the
-    model and the input normalization, its latest checkpoint gives the parameters.
+    model and the input normalization, its latest checkpoint (read by `nest_jax.load_params`; its EMA
+    parameters with use_ema) gives the parameters.
     """
     import json
 
     import ml_collections
-    import orbax.checkpoint as ocp
     from etils import epath
     from flax import nnx
 
+    from nest_jax.convert.load import load_into, load_params
     from nest_jax.data.preprocess import mean_std
-    from nest_jax.train.checkpoint import Checkpointer
     from nest_jax.train.trainer import build_model
 
     how = (
@@ -188,19 +188,12 @@ def classifier_from_workdir(workdir: str, *, use_ema: bool = False) -> Extractor
     if not workdir or not (path / "config.json").exists() or not (path / "checkpoints").exists():
         raise UserError(f"no classifier run (config.json + checkpoints/) in {workdir!r}: {how}")
     config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
-    ck = Checkpointer(str(path), async_save=False)
-    step = ck.latest_step()
-    if step is None:
-        raise UserError(f"no classifier checkpoint in {workdir}/checkpoints: {how}")
-    from nest_jax.train.checkpoint import STATE
-
-    tree = ck.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()}))[STATE]
-    ck.close()
-    params = tree["ema"] if use_ema and "ema" in tree else tree["params"]
-    num_classes = int(np.shape(params["head"]["bias"])[0]) if "head" in params else 0
+    weights = load_params(workdir, ema=use_ema)
+    num_classes = int(np.shape(weights.params["head/bias"])[0]) if "head/bias" in weights.params else 0
     model = build_model(config, num_classes, nnx.Rngs(0))
+    load_into(model, weights)
     mean, std = mean_std(config.dataset)
-    return classifier_extractor(model, params, mean=mean, std=std)
+    return classifier_extractor(model, nnx.to_pure_dict(nnx.state(model, nnx.Param)), mean=mean, std=std)
 
 
 def inception_extractor(weights: str, *, resize: str = "tf_legacy") -> Extractor:

@@ -9,11 +9,14 @@ not average. Features are the 2048-d global average pool ("pool3").
 Parameters are a flat dict keyed by the PyTorch state-dict names (`Mixed_5b.branch1x1.conv.weight`,
 `…bn.running_mean`, …) with conv kernels stored HWIO, so a weights file loads by name. Nothing is
 downloaded: `load_inception_weights(path)` reads a file the user supplies (`.pth` through
-`torch.load(weights_only=True)`, or `.npz` of the same names with conv kernels OIHW as in PyTorch).
+`torch.load(weights_only=True)`, `.npz` or `.safetensors` of the same names with conv kernels OIHW as
+in PyTorch).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping
 
 import jax
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from nest_jax.convert.common import load_array_file
 from nest_jax.errors import UserError
 
 Array = jax.Array
@@ -135,22 +139,21 @@ def params_from_state_dict(state: Mapping[str, np.ndarray]) -> dict[str, Array]:
 
 
 def load_inception_weights(path: str | None) -> dict[str, Array]:
-    """Reads the FID Inception weights from `.pth` (torch, weights_only) or `.npz` (no pickle)."""
+    """Reads the FID Inception weights from `.pth` (torch, weights_only), `.npz` (no pickle) or
+    `.safetensors`, local or on any `etils.epath` path; a pickled, truncated or object-holding
+    file is one `UserError` line (`nest_jax.convert.common.load_array_file`)."""
     if not path:
         raise UserError(f"no Inception weights file given. {WEIGHTS_HELP}")
     p = epath.Path(path)
     if not p.exists():
         raise UserError(f"Inception weights file {path} does not exist. {WEIGHTS_HELP}")
-    if p.suffix == ".npz":
-        with p.open("rb") as f, np.load(f, allow_pickle=False) as z:
-            return params_from_state_dict({k: z[k] for k in z.files})
-    import io
-
-    import torch
-
-    with p.open("rb") as f:
-        state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    return params_from_state_dict({k: v.numpy() for k, v in state.items()})
+    if "://" not in str(path):
+        return params_from_state_dict(load_array_file(path))
+    with tempfile.TemporaryDirectory() as tmp:  # the readers take local files
+        local = os.path.join(tmp, p.name)
+        with open(local, "wb") as f:
+            f.write(p.read_bytes())
+        return params_from_state_dict(load_array_file(local))
 
 
 # ---- layers ----------------------------------------------------------------------------------

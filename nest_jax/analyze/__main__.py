@@ -19,77 +19,34 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
-import os
 import sys
-from pathlib import Path
 
-from nest_jax.errors import USAGE_EXIT_CODE, UserError
+from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
 
 PROG = "python -m nest_jax.analyze"
 
 
-def load_config(spec: str, overrides: list[str]):
-    """`path.py[:arg]` -> its `get_config([arg])`, then `key.path=value` overrides (literals only)."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise UserError(f"config file {path!r} not found; pass --config=configs/<name>.py[:arg]")
-    mod_spec = importlib.util.spec_from_file_location("_nest_jax_analyze_config", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
-    for item in overrides:
-        key, eq, raw = item.partition("=")
-        if not eq:
-            raise UserError(f"--set {item!r} must look like key.path=value, e.g. model.overrides.skip_removed=(0,)")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw  # a bare string
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        with config.unlocked() if hasattr(config, "unlocked") else _null():
-            node[leaf] = value
+def load_config(spec: str, overrides: list[str], flag: str = "--set"):
+    """`path.py[:arg]` -> its `get_config([arg])`, locked, then `FIELD.PATH=VALUE` overrides parsed
+    and checked exactly as `nest_jax.main`'s `--config.FIELD.PATH=VALUE` (`cli_config.override`)."""
+    from nest_jax import cli_config
+
+    config = cli_config.load_config(spec)
+    cli_config.override(config, overrides, flag=flag)
     return config
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def load_checkpoint(model, source: str, path: Path, label: str) -> int:
+def load_checkpoint(model, source: str, path: str, label: str) -> int:
     """Loads a checkpoint into `model` (params, and BatchNorm statistics when it has them) through
-    `nest_jax.train.init_from.read_weights`; returns the training step (0 unless a workdir)."""
-    import jax.numpy as jnp
-    from flax import nnx
+    `nest_jax.load_params` / `load_into`; returns the training step (0 unless a workdir)."""
+    from nest_jax.convert.load import load_into, load_params
 
-    from nest_jax.train.init_from import read_weights
-    from nest_jax.train.sharding import path_str
-
-    params, stats, fresh = read_weights(source, path, model, flag="--checkpoint")
+    weights = load_params(path, source=source, model=model)
+    fresh = load_into(model, weights)
     if fresh:
         print(f"{PROG}: note: {label}: class count differs, head left at random: {', '.join(fresh)}", file=sys.stderr)
-    for kind, arrays in ((nnx.Param, params), (nnx.BatchStat, stats)):
-        state = nnx.state(model, kind)
-        for k, var in nnx.to_flat_state(state):
-            if path_str(k) in arrays:
-                var.set_value(jnp.asarray(arrays[path_str(k)]))
-        nnx.update(model, state)
-    if source == "nest_jax" and (path / "checkpoints").is_dir():
-        import orbax.checkpoint as ocp
-
-        mgr = ocp.CheckpointManager(os.path.abspath(path / "checkpoints"))
-        step = mgr.latest_step()
-        mgr.close()
-        return int(step or 0)
-    return 0
+    return int(weights.step or 0)
 
 
 def build_subject(config, checkpoint: str | None, source: str, label: str, num_classes: int):
@@ -104,16 +61,7 @@ def build_subject(config, checkpoint: str | None, source: str, label: str, num_c
         raise UserError(f"cannot build the model of {label}'s config: {e}") from e
     step = 0
     if checkpoint:
-        path = Path(checkpoint)
-        if not path.exists():
-            raise UserError(
-                f"checkpoint {checkpoint!r} does not exist; pass a training workdir, a converted "
-                "checkpoint directory, or an importer's file with --source"
-            )
-        try:
-            step = load_checkpoint(model, source, path, label)
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            raise UserError(f"cannot load {checkpoint!r} as a {source} checkpoint: {str(e).splitlines()[0]}") from e
+        step = load_checkpoint(model, source, checkpoint, label)
     else:
         print(f"{PROG}: note: no --checkpoint for {label}: analysing random initial weights", file=sys.stderr)
     return Subject(label, model), step
@@ -132,7 +80,13 @@ def parse(argv):
     ap.add_argument("--config", required=True, help="configs/<name>.py[:arg] (model and evaluation data)")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--source", default="nest_jax", help="nest_jax (default), timm, vit_npz, nest_official, nest_timm")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="config override as nest_jax.main's --config.FIELD=VALUE (typed, existing fields only), repeatable",
+    )
     ap.add_argument("--compare-config", default=None)
     ap.add_argument("--compare-checkpoint", default=None)
     ap.add_argument("--compare-source", default="nest_jax")
@@ -199,7 +153,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    debug = args.debug or os.environ.get("NEST_JAX_DEBUG") == "1"
+    debug = debug_requested(args.debug)
     try:
         results = run(args)
     except UserError as e:

@@ -1,9 +1,12 @@
-"""Weight importers: timm state dicts, Google ViT `.npz`, official NesT trees; position-embedding resize;
-orbax checkpoints of converted weights. Command line: `python -m nest_jax.convert --help`."""
+"""Weights in and out: the one loader (`load_params` -> `Weights`, `load_into`) for training workdirs,
+convert outputs and importers' files; the importers (timm state dicts, Google ViT `.npz`, official
+NesT trees); position-embedding resize; orbax checkpoints of converted weights (`save_params`).
+Command line: `python -m nest_jax.convert --help`."""
 
-from nest_jax.convert.checkpoint import read_meta, restore_params, save_params
-from nest_jax.convert.common import load_array_file, load_params, param_shapes
-from nest_jax.convert.resize import adapt_params, load_adapted, resize_grid, resize_pos_embed
+from nest_jax.convert.checkpoint import read_meta, save_params
+from nest_jax.convert.common import assign_params, load_array_file, param_shapes
+from nest_jax.convert.load import Weights, fit_weights, load_into, load_params
+from nest_jax.convert.resize import adapt_params, resize_grid, resize_pos_embed
 from nest_jax.convert.vit_npz import load_vit_npz, params_to_vit_npz, vit_npz_to_params
 
 # Importers of other families are imported on first use, so this package loads even when their
@@ -25,9 +28,12 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Weights",
     "adapt_params",
-    "load_adapted",
+    "assign_params",
+    "fit_weights",
     "load_array_file",
+    "load_into",
     "load_params",
     "load_vit_npz",
     "param_shapes",
@@ -35,7 +41,6 @@ __all__ = [
     "read_meta",
     "resize_grid",
     "resize_pos_embed",
-    "restore_params",
     "save_params",
     "vit_npz_to_params",
     *_LAZY,

@@ -6,7 +6,7 @@
 Sources: `timm` (ViT/DeiT/ResNet state dicts), `vit_npz` (Google ViT), `nest_official` (official
 NesT flax parameters as a flat '/'-keyed `.npz`), `nest_timm` (timm NesT). The position tables
 are resized to `--img-size` and heads with another class count are re-initialized (`adapt_params`).
-The output is read back by `nest_jax.convert.restore_params(DIR)`. Architecture fields the name
+The output is read back by `nest_jax.load_params(DIR)` (then `load_into`). Architecture fields the name
 does not fix go through `--set`, e.g. `--set pool_padding=symmetric` for timm's plain `nest_*`
 weights (its `nest_*_jx` weights use the default TF-SAME pooling).
 
@@ -20,9 +20,7 @@ architecture expects, and no weight is NaN or infinite (`--allow-nonfinite` conv
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import re
 import sys
 import traceback
@@ -32,11 +30,12 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.checkpoint import as_tuples, is_replaceable, save_params
+from nest_jax.cli_config import model_fields, override
+from nest_jax.convert.checkpoint import is_replaceable, save_params
 from nest_jax.convert.common import check_finite
+from nest_jax.convert.load import IMPORTERS, from_source, load_into, read_file
 from nest_jax.convert.resize import METHODS
-from nest_jax.convert.sources import SOURCES, convert_into, read_source
-from nest_jax.errors import USAGE_EXIT_CODE, UserError
+from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
 
 log = logging.getLogger("nest_jax.convert")
 # The GELU each source was trained with (docs/models.md): Google's JAX code uses the tanh form.
@@ -115,7 +114,7 @@ def check_ranks(source: str, data: dict[str, np.ndarray], model: nnx.Module, mod
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nest_jax.convert", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="registered model name (nest_jax.models.list_models())")
-    p.add_argument("--source", required=True, choices=SOURCES)
+    p.add_argument("--source", required=True, choices=IMPORTERS)
     p.add_argument("--input", required=True, help="checkpoint file (.npz, .pth, .safetensors)")
     p.add_argument("--output", required=True, help="directory for the orbax checkpoint (must not exist)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's class count")
@@ -138,8 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="FIELD=VALUE",
         dest="overrides",
-        help="any other create_model override, e.g. --set drop_path_rate=0.1 --set depth=2 "
-        "(VALUE read as JSON when it parses, else as a string)",
+        help="any other field of the model's config, e.g. --set drop_path_rate=0.1 --set depths='(1, 1)' "
+        "(VALUE parsed for the field's type, as nest_jax.main's --config.FIELD=VALUE)",
     )
     p.add_argument(
         "--overwrite",
@@ -156,17 +155,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        field, sep, value = item.partition("=")
-        if not sep or not field:
-            raise UserError(f"--set expects FIELD=VALUE, got {item!r}; e.g. --set drop_path_rate=0.1")
-        try:
-            out[field] = as_tuples(json.loads(value))
-        except json.JSONDecodeError:
-            out[field] = value
-    return out
+def parse_overrides(model_name: str, items: list[str]) -> dict[str, Any]:
+    """`--set FIELD=VALUE` items -> {field: value}: fields of the model's config dataclass, each value
+    parsed for the field's type as `nest_jax.main` parses `--config.FIELD=VALUE` (`cli_config.override`)."""
+    if not items:
+        return {}
+    return override(model_fields(model_name), items, flag="--set", subject=f"model {model_name}")
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -182,7 +176,7 @@ def run(args: argparse.Namespace) -> Path:
             f"--output {output} exists and is not a nest_jax checkpoint, so --overwrite leaves it "
             "alone; choose another --output (or remove it yourself)"
         )
-    data = read_source(args.source, args.input)
+    data = read_file(args.input)
     if not args.allow_nonfinite:
         check_finite(data, source=f"--input {args.input}")
     kwargs: dict[str, Any] = {
@@ -194,11 +188,11 @@ def run(args: argparse.Namespace) -> Path:
         kwargs["gelu"] = args.gelu or SOURCE_GELU[args.source]
     if args.source == "vit_npz":
         kwargs["init"] = "official"  # only shapes a re-initialized head: zeros, as in Google's fine-tuning
-    kwargs.update(parse_overrides(args.overrides))
+    kwargs.update(parse_overrides(args.model, args.overrides))
     method = args.resize_method or ("linear" if args.source in ("vit_npz", "nest_official") else "bicubic")
     model = create_model(args.model, **kwargs)
     check_ranks(args.source, data, model, args.model)
-    fresh = convert_into(model, args.source, data, resize_method=method)
+    fresh = load_into(model, from_source(args.source, data, model, path=args.input), resize_method=method)
     if fresh:
         log.info("re-initialized (class count differs): %s", ", ".join(fresh))
     out = save_params(model, args.output, model_name=args.model, model_kwargs=kwargs, overwrite=args.overwrite)
@@ -212,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (UserError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError) as e:
-        if args.debug or os.environ.get("NEST_JAX_DEBUG", "") not in ("", "0"):
+        if debug_requested(args.debug):
             traceback.print_exc()
         print(f"nest_jax.convert: error: {one_line(e)}", file=sys.stderr)
         return USAGE_EXIT_CODE

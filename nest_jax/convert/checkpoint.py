@@ -26,7 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from nest_jax.convert.common import load_params, nest_paths, path_str
+from nest_jax.convert.common import nest_paths, path_str
+from nest_jax.convert.workdir import as_path
 from nest_jax.errors import UserError
 
 FORMAT = "nest_jax.params/1"
@@ -64,7 +65,7 @@ def save_params(
     Returns the checkpoint path.
     model_name / model_kwargs: the `create_model` call that builds this architecture (JSON-able
     kwargs, e.g. {"num_classes": 10, "img_size": 384, "gelu": "tanh"}); without a name,
-    `restore_params` needs the model passed in.
+    `load_into` needs the model built by the caller.
     """
     directory = Path(directory).absolute()
     if directory.exists() and not overwrite:
@@ -123,9 +124,9 @@ def is_replaceable(directory: str | Path) -> bool:
     return True
 
 
-def read_meta(directory: str | Path) -> dict[str, Any]:
+def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """The JSON written next to the arrays: {"format", "model", "kwargs", "collections"}."""
-    directory = Path(directory).absolute()
+    directory = as_path(directory)
     if not (directory / "meta").is_dir():
         raise FileNotFoundError(
             f"{directory} is not a nest_jax checkpoint (no meta/ item); "
@@ -138,56 +139,19 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def read_arrays(directory: str | Path) -> dict[str, dict[str, np.ndarray]]:
+def read_arrays(directory: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
     """{collection: {'/'-joined path: numpy array}} as saved, without building a model."""
-    directory = Path(directory).absolute()
+    directory = as_path(directory)
     names = read_meta(directory)["collections"]
     out = {}
     handler = ocp.PyTreeCheckpointHandler()
     try:
         for name in names:
             # Each composite item is a PyTree item. Restoring as host NumPy (not in the sharding it
-            # was saved with) leaves the placement to load_params.
+            # was saved with) leaves the placement to the caller.
             structure = handler.metadata(directory / name).tree
             restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
             out[name] = _unnest(handler.restore(directory / name, args=ocp.args.PyTreeRestore(restore_args=restore)))
     finally:
         handler.close()
     return out
-
-
-def restore_params(
-    directory: str | Path, model: nnx.Module | None = None, *, rngs: nnx.Rngs | None = None
-) -> nnx.Module:
-    """Loads a `save_params` checkpoint into `model` (in place) or into a new model; returns it.
-
-    Without `model`, builds `create_model(meta["model"], **meta["kwargs"])` first. Any parameter
-    missing, extra or of another shape is an error naming it (nothing is assigned then).
-    """
-    meta = read_meta(directory)
-    if model is None:
-        if not meta.get("model"):
-            raise ValueError(f"{directory} does not record its model name; pass model=create_model(...)")
-        from nest_jax.models import create_model
-
-        model = create_model(meta["model"], rngs=rngs, **{k: as_tuples(v) for k, v in meta["kwargs"].items()})
-    arrays = read_arrays(directory)
-    for name, kind in COLLECTIONS.items():
-        have = arrays.get(name, {})
-        if have or _flat(model, kind):
-            load_collection(model, kind, have, source=f"checkpoint {directory} [{name}]")
-    return model
-
-
-def load_collection(model: nnx.Module, kind: type, arrays: dict[str, np.ndarray], *, source: str) -> None:
-    if kind is nnx.Param:
-        load_params(model, arrays, source=source)
-        return
-    # BatchStats: the same shape-checked assignment on the other collection.
-    current = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, kind))}
-    problems = sorted(set(current) ^ set(arrays))
-    problems += [k for k in arrays if k in current and tuple(current[k].shape) != arrays[k].shape]
-    if problems:
-        raise ValueError(f"Cannot load batch statistics from {source}: mismatched {problems}")
-    for k, v in arrays.items():
-        current[k][...] = np.asarray(v, dtype=current[k][...].dtype)

@@ -38,7 +38,7 @@ def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
     return {path_str(k): tuple(v.shape) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-def load_params(
+def assign_params(
     model: nnx.Module, arrays: Mapping[str, np.ndarray], *, strict: bool = True, source: str = "checkpoint"
 ) -> None:
     """Assigns arrays into the model's parameters in place, by '/'-joined path.

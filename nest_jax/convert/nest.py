@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.common import load_params, nest_paths, path_str
+from nest_jax.convert.common import assign_params, nest_paths, path_str
 from nest_jax.models.blocks import blockify, deblockify
 from nest_jax.models.nest import Nest, NestConfig
 
@@ -176,7 +176,7 @@ def load_official_nest(model: Nest, tree_or_flat: Mapping[str, Any], *, strict: 
 
     The model must use the checkpoint's GELU (official: `gelu="tanh"`) and padding (`"tf_same"`).
     """
-    load_params(
+    assign_params(
         model,
         official_nest_to_params(tree_or_flat, model.config, strict=strict),
         strict=strict,
@@ -255,7 +255,7 @@ def timm_nest_to_params(
 def load_timm_nest(model: Nest, state_dict: Mapping[str, Any], *, strict: bool = True) -> Nest:
     """Loads a timm NesT state dict in place. timm weights need `gelu="exact"`; `nest_*_jx` weights
     `pool_padding="tf_same"`, plain `nest_*` weights `pool_padding="symmetric"`."""
-    load_params(
+    assign_params(
         model,
         timm_nest_to_params(state_dict, model.config, strict=strict),
         strict=strict,

@@ -27,7 +27,7 @@ import math
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.common import load_params, param_shapes, path_str
+from nest_jax.convert.common import param_shapes
 
 log = logging.getLogger(__name__)
 METHODS = ("linear", "bicubic", "bicubic_aa")
@@ -144,8 +144,8 @@ def adapt_params(
       (always linear): per block when the block count T is unchanged, else over the level's map.
     - Head parameters (`head`, `head_dist`, `head_shape`) whose class count differs from the
       model's, or that the model lacks (num_classes=0), are dropped: the model keeps its fresh
-      initialisation there (use `load_adapted`, which allows exactly those to be missing).
-    Anything else is left for `load_params` to check.
+      initialisation there (`nest_jax.convert.load.fit_weights` lists them).
+    Anything else is left for `fit_weights` to check.
     """
     want = param_shapes(model)
     out = dict(arrays)
@@ -176,19 +176,3 @@ def adapt_params(
             out[key] = resize_nest_pos_embed(value, math.isqrt(t_new), math.isqrt(n_new), mode=mode)
             log.info("resized %s %s -> %s (NesT %s, linear)", key, shape, want[key], mode)
     return out
-
-
-def load_adapted(
-    model: nnx.Module, arrays: dict[str, np.ndarray], *, source: str = "checkpoint", **adapt_kw
-) -> list[str]:
-    """`adapt_params` then a strict `load_params`, in place; returns the re-initialized parameter names.
-
-    Strict except for the dropped heads, which keep the model's current (fresh) values.
-    """
-
-    adapted = adapt_params(arrays, model, **adapt_kw)
-    current = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    # Only heads the checkpoint had, at another class count: a head missing from it stays an error.
-    fresh = [k for k in current if k.split("/")[0] in HEAD_NAMES and k in arrays and k not in adapted]
-    load_params(model, {**{k: np.asarray(current[k][...]) for k in fresh}, **adapted}, source=source)
-    return fresh

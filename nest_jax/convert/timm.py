@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.common import load_array_file, load_params, path_str
+from nest_jax.convert.common import assign_params, load_array_file, path_str
 from nest_jax.models.resnet import ResNet
 from nest_jax.models.vit import ViT
 
@@ -168,7 +168,7 @@ def timm_vit_to_params(state_dict: StateDict, model: ViT) -> dict[str, np.ndarra
 def _stat_problems(
     model: nnx.Module, arrays: Mapping[str, np.ndarray], strict: bool, source: str
 ) -> tuple[dict, list[str]]:
-    """Shape/missing checks for BatchStats (common.load_params handles only nnx.Param)."""
+    """Shape/missing checks for BatchStats (common.assign_params handles only nnx.Param)."""
     stats = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
     problems = []
     for name, value in arrays.items():
@@ -204,6 +204,6 @@ def load_timm(model: nnx.Module, state_dict_or_path: StateDict | str | Path, *, 
     stats, problems = _stat_problems(model, stat_arrays, strict, source)
     if problems:
         raise ValueError("Cannot load parameters:\n  " + "\n  ".join(problems))
-    load_params(model, params, strict=strict, source=source)
+    assign_params(model, params, strict=strict, source=source)
     for name, value in stat_arrays.items():
         stats[name][...] = jnp.asarray(value, dtype=stats[name][...].dtype)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.common import load_array_file, load_params, path_str
+from nest_jax.convert.common import assign_params, load_array_file, path_str
 
 # Sub-module names inside `Transformer/encoderblock_{i}` per scheme.
 SCHEMES = {
@@ -96,10 +96,10 @@ def _block_map(scheme: str) -> dict[str, str]:
 
 
 def vit_npz_to_params(flat: Mapping[str, np.ndarray], model: nnx.Module | None = None) -> dict[str, np.ndarray]:
-    """Google ViT flat dict -> {nest_jax '/'-path: array}, for `load_params`.
+    """Google ViT flat dict -> {nest_jax '/'-path: array}, for `assign_params`.
 
     Detects the naming scheme. Keys it does not recognise are passed through under their own
-    name, so a strict `load_params` names them. `model` (optional) is only checked for fitting.
+    name, so a strict `assign_params` names them. `model` (optional) is only checked for fitting.
     """
     flat = _strip_prefix(flat)
     if any(k.startswith(("conv_root", "gn_root", "block1/")) for k in flat):
@@ -163,7 +163,7 @@ def load_vit_npz(
     match: for another resolution or class count, run `adapt_params` on `vit_npz_to_params(...)`.
     """
     flat = load_array_file(path_or_mapping) if isinstance(path_or_mapping, (str, Path)) else path_or_mapping
-    load_params(model, vit_npz_to_params(flat, model), strict=strict, source="ViT .npz")
+    assign_params(model, vit_npz_to_params(flat, model), strict=strict, source="ViT .npz")
 
 
 def params_to_vit_npz(model: nnx.Module, scheme: str = "linen") -> dict[str, np.ndarray]:

@@ -20,10 +20,11 @@ arrays; batch k is a pure function of (seed, k) and the process (train_stream.py
 
 Choices worth knowing: digits' split is train_test_split(test_size=0.25, stratified,
 random_state=0) → 1,347 / 450; image folders are validated when indexed (every file decoded),
-bad files skipped and reported by name; every epoch is a full permutation of the split
-(`shuffle_buffer` and `cache` are not used); `num_workers` (default 0: decode and augment in the
-calling process) sets grain's worker processes; extra optional keys: validate_files, image_key,
-label_key, tfrecord. See docs/data.md.
+bad files skipped and reported by name (unless `validate_files` is False); every epoch is a full
+permutation of the split; `num_workers` (0: decode and augment in the calling process) sets grain's
+worker processes; `image_key` / `label_key` name the tfds features; `shapes` configures the
+procedural "shapes" set. Every field and its default: `nest_jax.train.config_base.base_config`.
+See docs/data.md.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class DataInfo(NamedTuple):
 def get_source(ds_cfg):
     """The source for `ds_cfg.name` (cached: folder scans and tfds metadata are read once)."""
     name = ds_cfg.name
-    data_dir = ds_cfg.get("data_dir", None)
+    data_dir = ds_cfg.data_dir
     if name == "digits":
         from nest_jax.data.digits import DigitsSource
 
@@ -55,22 +56,26 @@ def get_source(ds_cfg):
     if name == "shapes":  # the procedural shapes × textures set (shape-bias studies)
         from nest_jax.data.shapes import ShapesTexturesSource
 
+        shapes = ds_cfg.shapes
         return ShapesTexturesSource(
-            num_classes=ds_cfg.shapes_classes,
+            num_classes=shapes.num_classes,
             image_size=ds_cfg.image_size,
-            variant=ds_cfg.shapes_variant,
-            num_train=ds_cfg.shapes_train,
-            num_test=ds_cfg.shapes_test,
-            seed=ds_cfg.shapes_seed,
+            variant=shapes.variant,
+            num_train=shapes.num_train,
+            num_test=shapes.num_test,
+            seed=shapes.seed,
         )
     if name == "image_folder":
         from nest_jax.data.image_folder import ImageFolderSource
 
         return ImageFolderSource.get(
-            data_dir, train_split=ds_cfg.train_split, validate=ds_cfg.get("validate_files", True)
+            data_dir,
+            train_split=ds_cfg.train_split,
+            validate=ds_cfg.validate_files,
+            max_pixels=ds_cfg.max_image_pixels,
         )
-    keys = dict(image_key=ds_cfg.get("image_key", "image"), label_key=ds_cfg.get("label_key", "label"))
-    if ds_cfg.get("tfrecord", False):
+    keys = dict(image_key=ds_cfg.image_key, label_key=ds_cfg.label_key)
+    if ds_cfg.tfrecord:
         from nest_jax.data.tfrecord_source import TfrecordSource
 
         return TfrecordSource.get(name, data_dir, **keys)

@@ -62,4 +62,4 @@ def eval_iterator(source, ds_cfg, *, split: str, global_batch_size: int, process
     start, end = even_shard(len(records), process_index, process_count)
     batches = EvalBatches(records, ds_cfg, start=start, end=end, local_batch=local_batch)
     ds = grain.MapDataset.range(steps).map(batches)
-    return grain_iterator(ds, int(ds_cfg.get("num_workers", 0) or 0))
+    return grain_iterator(ds, int(ds_cfg.num_workers))

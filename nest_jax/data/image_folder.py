@@ -9,14 +9,25 @@ pads a truncated JPEG silently). Bad files are excluded, reported by name and co
 and kept in `source.bad_files(split)`. `validate_files: False` in the config skips the check (large
 trusted folders); a file that then fails to decode mid-training stops it with an error naming the
 file. A class folder with no images at all is an error naming it (it would be a class that can
-never be predicted). Decoding is PIL (JPEG, PNG, GIF first frame, BMP), converted to RGB.
+never be predicted). Decoding is PIL (JPEG, PNG, GIF first frame, BMP), converted to RGB; 16-bit
+PNGs are scaled to 8 bits (v / 257), not clipped.
+
+Only regular files are indexed: a FIFO, socket or device named like an image would block or fail the
+run, so it is skipped and named. An image larger than `max_pixels` (the config's
+`dataset.max_image_pixels`; its size is read from the file header, nothing is decoded) is refused
+the same way, so a decompression bomb costs nothing; the full decodes of validation share a budget
+of pixels in flight, so memory stays bounded however large the accepted images are.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
+import stat
+import threading
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -33,24 +44,104 @@ class FolderSplit(NamedTuple):
     bad_files: list[tuple[str, str]]  # (path, reason)
 
 
-def check_image(path: str) -> str | None:
-    """None if `path` decodes in full as an image, else the reason."""
+# Full decodes in flight during validation hold at most this many pixels (~1 GiB as RGBA).
+VALIDATION_PIXEL_BUDGET = 2**28
+
+
+class _PixelBudget:
+    """Bounds the pixels of the images being decoded at once by the validation threads."""
+
+    def __init__(self, total: int):
+        self.free, self.total, self.cond = total, total, threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, pixels: int):
+        pixels = min(pixels, self.total)
+        with self.cond:
+            self.cond.wait_for(lambda: self.free >= pixels)
+            self.free -= pixels
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.free += pixels
+                self.cond.notify_all()
+
+
+@contextlib.contextmanager
+def _open(path: str):
+    """PIL's image without PIL's decompression-bomb warning: `max_pixels` is this module's limit.
+
+    PIL still refuses at open an image above twice its own `Image.MAX_IMAGE_PIXELS` (about 179 M
+    pixels by default); that refusal is reported in this module's words as well."""
     from PIL import Image
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError:
+            raise _TooLarge(f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (PIL's limit)") from None
+        with image:
+            yield image
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _too_large(size: tuple[int, int], max_pixels: int) -> str | None:
+    w, h = size
+    if w * h > max_pixels:
+        return (
+            f"{w}x{h} = {w * h:,} pixels, above dataset.max_image_pixels={max_pixels:,} "
+            "(raise it if the image is genuine)"
+        )
+    return None
+
+
+def check_image(path: str, max_pixels: int, budget: _PixelBudget | None = None) -> str | None:
+    """None if `path` decodes in full as an image of at most `max_pixels` pixels, else the reason."""
     try:
-        with Image.open(path) as image:
+        with _open(path) as image:
             fmt = image.format
             if fmt not in _DECODABLE:
                 return f"format {fmt} is not one of {sorted(_DECODABLE)}"
-            image.load()  # the whole decode: broken entropy-coded data fails here, not in training
+            reason = _too_large(image.size, max_pixels)
+            if reason:
+                return reason
+            with budget.take(image.size[0] * image.size[1]) if budget else contextlib.nullcontext():
+                image.load()  # the whole decode: broken entropy-coded data fails here, not in training
         if fmt in ("JPEG", "MPO"):
             with open(path, "rb") as f:
                 f.seek(max(0, os.path.getsize(path) - 64))
                 if b"\xff\xd9" not in f.read():
                     return "truncated JPEG (no end-of-image marker)"
+    except _TooLarge as e:
+        return f"{e}, above dataset.max_image_pixels={max_pixels:,}"
     except Exception as e:  # PIL raises many types for garbage input
         return f"{type(e).__name__}: {e}"
     return None
+
+
+def _regular_files(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image-named entries of `folder`, sorted: (regular files, [(other entry, what it is)])."""
+    files, others = [], []
+    for name in sorted(os.listdir(folder)):
+        if not name.lower().endswith(EXTENSIONS):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as e:  # e.g. a dangling link
+            others.append((path, f"{type(e).__name__}: {e.strerror}"))
+            continue
+        if stat.S_ISREG(mode):
+            files.append(name)
+        elif not stat.S_ISDIR(mode):
+            kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+            others.append((path, f"a {kind}, not a regular file"))
+    return files, others
 
 
 class ImageFolderSource:
@@ -60,18 +151,20 @@ class ImageFolderSource:
     _instances: dict = {}
 
     @classmethod
-    def get(cls, root: str | None, *, train_split: str = "train", validate: bool = True):
-        key = (root, train_split, validate)
+    def get(cls, root: str | None, *, train_split: str, validate: bool, max_pixels: int):
+        key = (root, train_split, validate, max_pixels)
         if key not in cls._instances:
-            cls._instances[key] = cls(root, train_split=train_split, validate=validate)
+            cls._instances[key] = cls(root, train_split=train_split, validate=validate, max_pixels=max_pixels)
         return cls._instances[key]
 
-    def __init__(self, root: str | None, *, train_split: str = "train", validate: bool = True):
+    def __init__(self, root: str | None, *, train_split: str, validate: bool, max_pixels: int):
         if not root or not os.path.isdir(root):
             raise FileNotFoundError(
                 f"image_folder: data_dir {root!r} is not a directory; expected data_dir/<split>/<class>/<image files>"
             )
-        self.root, self.validate, self.name = root, validate, "image_folder"
+        if max_pixels <= 0:
+            raise UserError(f"dataset.max_image_pixels={max_pixels} must be positive")
+        self.root, self.validate, self.max_pixels, self.name = root, validate, max_pixels, "image_folder"
         self.train_split = train_split
         train_dir = self._split_dir(train_split)
         self.classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
@@ -101,12 +194,13 @@ class ImageFolderSource:
                 f"image_folder: {split_dir} has classes {unknown} missing from the "
                 "train split, so they would have no label"
             )
-        paths, labels = [], []
+        paths, labels, bad = [], [], []
         for label, name in enumerate(self.classes):
             class_dir = os.path.join(split_dir, name)
             if not os.path.isdir(class_dir):
                 continue
-            files = [f for f in sorted(os.listdir(class_dir)) if f.lower().endswith(EXTENSIONS)]
+            files, others = _regular_files(class_dir)
+            bad += others
             if not files and split_dir == self._split_dir(self.train_split):
                 raise UserError(
                     f"image_folder: class folder {class_dir} holds no images "
@@ -114,20 +208,20 @@ class ImageFolderSource:
                 )
             paths += [os.path.join(class_dir, f) for f in files]
             labels += [label] * len(files)
-        bad: list[tuple[str, str]] = []
         if self.validate:
+            budget = _PixelBudget(max(VALIDATION_PIXEL_BUDGET, self.max_pixels))
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
-                reasons = list(pool.map(check_image, paths))
-            bad = [(p, r) for p, r in zip(paths, reasons) if r is not None]
+                reasons = list(pool.map(lambda p: check_image(p, self.max_pixels, budget), paths))
+            bad += [(p, r) for p, r in zip(paths, reasons) if r is not None]
             keep = [r is None for r in reasons]
             paths = [p for p, k in zip(paths, keep) if k]
             labels = [y for y, k in zip(labels, keep) if k]
-            if bad:
-                listed = "\n".join(f"  {p}: {r}" for p, r in bad[:50])
-                more = f"\n  … and {len(bad) - 50} more" if len(bad) > 50 else ""
-                logging.warning(
-                    "image_folder: skipping %d unreadable file(s) in %s:\n%s%s", len(bad), split_dir, listed, more
-                )
+        if bad:
+            listed = "\n".join(f"  {p}: {r}" for p, r in bad[:50])
+            more = f"\n  … and {len(bad) - 50} more" if len(bad) > 50 else ""
+            logging.warning(
+                "image_folder: skipping %d unusable file(s) in %s:\n%s%s", len(bad), split_dir, listed, more
+            )
         if not paths:
             raise FileNotFoundError(f"image_folder: no readable images under {split_dir}")
         return FolderSplit(paths, np.asarray(labels, np.int32), bad)
@@ -140,32 +234,44 @@ class ImageFolderSource:
 
     def lookup(self, split: str) -> FileRecords:
         s = self.split(split)
-        return FileRecords(s.paths, s.labels)
+        return FileRecords(s.paths, s.labels, self.max_pixels)
 
 
-def decode(path: str) -> np.ndarray:
+def _to_rgb(image) -> np.ndarray:
+    """uint8 (H, W, 3); 16-bit grey (PIL modes I;16*, and I from a PNG) scaled by 1/257, not clipped."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        grey = np.asarray(image, np.float64)
+        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
+
+
+def decode(path: str, max_pixels: int) -> np.ndarray:
     """The image file at `path` as uint8 (H, W, 3) (grey, palette and RGBA converted to RGB)."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+        with _open(path) as image:
+            reason = _too_large(image.size, max_pixels)
+            if reason is None:
+                return _to_rgb(image)
+    except _TooLarge as e:
+        reason = str(e)
     except Exception as e:  # PIL raises many types for garbage input
         raise UserError(
             f"image_folder: cannot decode {path} ({type(e).__name__}: {e}); remove it, "
             "or set config.dataset.validate_files=True to find and skip such files "
             "before training"
         ) from e
+    raise UserError(f"image_folder: {path} is {reason}; or set config.dataset.validate_files=True to skip such files")
 
 
 class FileRecords:
     """Random access over image files: `records[i]` → {"image": uint8 (H, W, 3), "label"}."""
 
-    def __init__(self, paths: list[str], labels: np.ndarray):
-        self.paths, self.labels = paths, labels
+    def __init__(self, paths: list[str], labels: np.ndarray, max_pixels: int):
+        self.paths, self.labels, self.max_pixels = paths, labels, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": decode(self.paths[index]), "label": int(self.labels[index])}
+        return {"image": decode(self.paths[index], self.max_pixels), "label": int(self.labels[index])}

@@ -84,13 +84,13 @@ def eval_image(image: np.ndarray, ds_cfg) -> np.ndarray:
     (direct to size × size) or "none" (already size; centre crop/zero pad guards odd inputs).
     image: (H, W, c) uint8 or float → (size, size, C) float32, normalized."""
     size = int(ds_cfg.image_size)
-    method = ds_cfg.get("resize_method", "bilinear")
-    mode = ds_cfg.get("eval_resize", "resize_crop")
+    method = ds_cfg.resize_method
+    mode = ds_cfg.eval_resize
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
     if mode == "resize_crop":
-        short = round(size / ds_cfg.get("crop_fraction", 0.875))  # 224 → 256 as in both recipes
+        short = round(size / ds_cfg.crop_fraction)  # 224 → 256 as in both recipes
         h, w = image.shape[:2]
         scale = short / min(h, w)
         new_hw = (max(round(h * scale), short), max(round(w * scale), short))
@@ -115,28 +115,16 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]
     size = int(ds_cfg.image_size)
     channels = int(ds_cfg.num_channels)
     aug = ds_cfg.augment
-    method = ds_cfg.get("resize_method", "bilinear")
-    ra = aug.get("randaugment", None)
-    ra_layers = int(ra.layers) if ra is not None else 0
-    ra_args = (
-        dict(
-            magnitude=float(ra.get("magnitude", 9.0)),
-            magnitude_std=float(ra.get("magnitude_std", 0.5)),
-            prob=float(ra.get("prob", 0.5)),
-        )
-        if ra_layers
-        else {}
-    )
-    inception, cifar = bool(aug.get("inception_crop", False)), bool(aug.get("cifar_crop", False))
-    min_area, padding = float(aug.get("min_area", 0.08)), int(aug.get("crop_padding", 2))
-    flip, jitter = bool(aug.get("flip", False)), float(aug.get("color_jitter", 0.0))
-    erasing = float(aug.get("random_erasing", 0.0))
-    aff = dict(aug.get("affine", None) or {})
-    aff = dict(
-        degrees=float(aff.get("degrees", 0.0)),
-        translate=float(aff.get("translate", 0.0)),
-        scale=float(aff.get("scale", 1.0)),
-    )
+    method = ds_cfg.resize_method
+    ra = aug.randaugment
+    ra_layers = int(ra.layers)
+    ra_args = dict(magnitude=float(ra.magnitude), magnitude_std=float(ra.magnitude_std), prob=float(ra.prob))
+    ra_args = ra_args if ra_layers else {}
+    inception, cifar = bool(aug.inception_crop), bool(aug.cifar_crop)
+    min_area, padding = float(aug.min_area), int(aug.crop_padding)
+    flip, jitter = bool(aug.flip), float(aug.color_jitter)
+    erasing = float(aug.random_erasing)
+    aff = dict(degrees=float(aug.affine.degrees), translate=float(aug.affine.translate), scale=float(aug.affine.scale))
     if aff["scale"] < 1.0 or aff["degrees"] < 0 or aff["translate"] < 0:
         raise ValueError(f"augment.affine={aff}: degrees and translate must be ≥ 0 and scale ≥ 1 (the largest zoom)")
     use_affine = aff["degrees"] > 0 or aff["translate"] > 0 or aff["scale"] > 1.0

@@ -160,6 +160,6 @@ def train_iterator(
         seed=seed,
         process_index=process_index,
         process_count=process_count,
-        repeated_aug=int(ds_cfg.get("repeated_aug", 1)),
+        repeated_aug=int(ds_cfg.repeated_aug),
     )
-    return TrainIterator(batches, start_step=start_step, num_workers=int(ds_cfg.get("num_workers", 0) or 0))
+    return TrainIterator(batches, start_step=start_step, num_workers=int(ds_cfg.num_workers))

@@ -14,7 +14,12 @@ Guarantees on top of orbax:
   moved aside to `<step>.corrupt` with a one-line warning, and the previous one is tried;
 - a model whose parameter shapes differ from the checkpoint is one `UserError` naming the first
   mismatching parameter and both shapes, found from the checkpoint's metadata before reading;
-- a full disk is one `UserError` line naming the step, the directory and the last good checkpoint.
+- a full disk is one `UserError` line naming the step, the directory and the last good checkpoint;
+- every array carries a checksum (`nest_jax.train.integrity`) verified at restore: a checkpoint whose
+  bytes changed after writing is treated like an unreadable one;
+- retention (`max_to_keep`; 0 keeps every checkpoint) deletes only what nest_jax wrote, never the
+  newest good checkpoint: a step folder that also holds other files keeps them, renamed to
+  `<step>.kept`, and anything already at the path of a new checkpoint is moved to `<step>.displaced`.
 """
 
 from __future__ import annotations
@@ -31,17 +36,16 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
+# The layout lives in the convert layer, which reads a workdir's weights without the trainer.
+from nest_jax.convert.workdir import CHECKPOINTS, DATA, STATE, as_path
 from nest_jax.errors import UserError
+from nest_jax.train import integrity
 
 log = logging.getLogger(__name__)
 
-STATE, DATA = "default", "data"  # orbax item names; "default" keeps single-item readers working
-
-
-def as_path(path: str | epath.PathLike) -> epath.Path:
-    """An absolute `epath.Path` (local paths resolved against the current directory; gs:// kept)."""
-    p = epath.Path(path)
-    return p if "://" in str(path) else p.expanduser().absolute()
+CHECKSUMS = "checksums"
+# What orbax and nest_jax write into a step folder; retention deletes these and nothing else.
+_WRITTEN = (STATE, DATA, CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt")
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -58,6 +62,17 @@ def all_finite(tree: Any) -> jax.Array:
 
 class NonFiniteStateError(FloatingPointError):
     """The state to be saved holds NaN or Inf values; it was not saved."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint read back differs from what was written (its checksums do not match)."""
+
+
+def _free_name(directory: epath.Path, stem: str) -> epath.Path:
+    dst, n = directory / stem, 1
+    while dst.exists():
+        dst, n = directory / f"{stem}{n}", n + 1
+    return dst
 
 
 # ---- the input iterator's position: one JSON file per process ----
@@ -106,6 +121,23 @@ def _is_no_space(e: BaseException | None) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+class _NoSpaceFromOrbax(logging.Filter):
+    """Drops orbax's own error records (each with a traceback, one per background thread) about a
+    full disk: `Checkpointer` reports that failure itself, in one line naming the last good step."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "/orbax/" not in record.pathname:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (_is_no_space(exc) or "No space left on device" in record.getMessage())
+
+
+def _quiet_orbax_on_full_disk() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _NoSpaceFromOrbax) for f in logger.filters):
+        logger.addFilter(_NoSpaceFromOrbax())
 
 
 def _ignore_closed_loop_callbacks() -> None:
@@ -164,11 +196,18 @@ class Checkpointer:
         async_save: bool = True,
         create: bool = True,
     ):
-        self.directory = as_path(workdir) / "checkpoints"
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save
-        )
-        handlers = {STATE: ocp.StandardCheckpointHandler(), DATA: DataStateHandler()}
+        self.directory = as_path(workdir) / CHECKPOINTS
+        _quiet_orbax_on_full_disk()
+        if max_to_keep is not None and (isinstance(max_to_keep, bool) or max_to_keep < 0):
+            raise UserError(f"train.max_to_keep={max_to_keep} must be 0 (keep every checkpoint) or a positive count")
+        self.max_to_keep = max_to_keep or None
+        # Orbax's own retention would delete whole step folders, user files included: ours is _prune.
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create, enable_async_checkpointing=async_save)
+        handlers = {
+            STATE: ocp.StandardCheckpointHandler(),
+            DATA: DataStateHandler(),
+            CHECKSUMS: ocp.handlers.JsonCheckpointHandler(),
+        }
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._closed = False
         self._pending: int | None = None  # step of a save that may still be in flight
@@ -177,7 +216,7 @@ class Checkpointer:
     @staticmethod
     def exists(workdir: str | epath.PathLike) -> bool:
         """Whether `workdir` holds at least one finished checkpoint (creates nothing)."""
-        d = as_path(workdir) / "checkpoints"
+        d = as_path(workdir) / CHECKPOINTS
         return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
 
     @property
@@ -199,13 +238,15 @@ class Checkpointer:
         Raises NonFiniteStateError (nothing written) if any float in `state` is NaN or Inf, and
         UserError if the disk is full.
         """
-        if not bool(all_finite(state)):
+        finite, sums = jax.device_get(integrity.finite_and_checksums(state))
+        if not bool(finite):
             self.wait()
             raise NonFiniteStateError(f"non-finite parameters after step {step}: not saved. " + self.resume_hint())
-        args = {STATE: ocp.args.StandardSave(state)}
+        args = {STATE: ocp.args.StandardSave(state), CHECKSUMS: ocp.args.JsonSave(integrity.record(state, sums))}
         if data_state is not None:
             args[DATA] = DataStateSave(data_state)
         self.wait()  # a failure of the previous async save is reported for its own step
+        self._displace(step)
         try:
             self.manager.save(step, args=ocp.args.Composite(**args), force=True)
         except Exception as e:
@@ -220,20 +261,70 @@ class Checkpointer:
             self._fail(e, self._pending)
         if self._pending is not None:
             self.last_good, self._pending = self._pending, None
+            self._prune()
+
+    def _displace(self, step: int) -> None:
+        """Moves whatever already sits at the new checkpoint's path aside (orbax would replace it)."""
+        target = self.directory / str(step)
+        if jax.process_index() != 0 or not target.exists():
+            return
+        dst = _free_name(self.directory, f"{step}.displaced")
+        target.rename(dst)
+        log.warning("%s already existed and is not this run's checkpoint: moved it to %s", target, dst)
+        self.manager.reload()
+
+    def _prune(self) -> None:
+        """Deletes the checkpoints beyond the newest `max_to_keep`, and in them only what was written."""
+        if self.max_to_keep is None or jax.process_index() != 0:
+            return
+        steps = sorted(self.all_steps(), reverse=True)
+        old = [s for s in steps[self.max_to_keep :] if s != self.last_good]
+        for step in old:
+            folder = self.directory / str(step)
+            for name in _WRITTEN:
+                entry = folder / name
+                if entry.is_dir():
+                    entry.rmtree()
+                elif entry.exists():
+                    entry.unlink()
+            left = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+            if left:
+                dst = _free_name(self.directory, f"{step}.kept")
+                folder.rename(dst)
+                log.warning(
+                    "deleted checkpoint %d but kept %s, which nest_jax did not write: now in %s", step, left[:5], dst
+                )
+            elif folder.exists():
+                folder.rmdir() if folder.is_dir() else None
+        if old:
+            self.manager.reload()
 
     def _fail(self, e: Exception, step: int | None) -> None:
         self._pending = None
         if not _is_no_space(e):
             raise e
+        finished = [s for s in self._finished_steps() if s != step]
+        good = self.last_good if self.last_good is not None else max(finished, default=None)
         self._closed = True
         try:  # stop orbax's background threads now, not at interpreter shutdown
             self.manager.close()
         except Exception:  # noqa: BLE001 -- the same failure again
             pass
+        if jax.process_index() == 0 and step is not None:  # the half-written copy only takes space
+            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                partial.rmtree() if partial.is_dir() else partial.unlink()
+        where = f"the last good checkpoint is step {good}" if good is not None else "no checkpoint is complete yet"
         raise UserError(
-            f"no space left on device while saving step {step} in {self.directory}; the "
-            f"last good checkpoint is {self.last_good}: free space and rerun to resume"
-        ) from e
+            f"no space left on device while saving step {step} in {self.directory}; {where}: free space "
+            "and rerun to resume"
+        ) from None
+
+    def _finished_steps(self) -> list[int]:
+        """Step folders on disk that orbax finished (renamed into place), without asking orbax."""
+        try:
+            return [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()]
+        except OSError:
+            return []
 
     def resume_hint(self) -> str:
         """Where training can resume from, as the end of an error message."""
@@ -255,7 +346,16 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         target = abstract_with_shardings(abstract_state, shardings)
-        return self.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)}))[STATE]
+        args = {STATE: ocp.args.StandardRestore(target)}
+        checked = (self.directory / str(step) / CHECKSUMS).exists()
+        if checked:
+            args[CHECKSUMS] = ocp.args.JsonRestore()
+        out = self.manager.restore(step, args=ocp.args.Composite(**args))
+        if checked:
+            problem = integrity.mismatch(out[STATE], out[CHECKSUMS])
+            if problem:
+                raise CorruptCheckpointError(f"checkpoint {step}: {problem}")
+        return out[STATE]
 
     def restore_data(self, step: int) -> dict | None:
         """This process's saved input position at `step`, or None if the checkpoint has none."""
@@ -315,10 +415,7 @@ class Checkpointer:
 
     def _set_aside(self, step: int, err: Exception) -> None:
         reason = _first_line(err)
-        dst = self.directory / f"{step}.corrupt"
-        n = 1
-        while dst.exists():
-            dst, n = self.directory / f"{step}.corrupt{n}", n + 1
+        dst = _free_name(self.directory, f"{step}.corrupt")
         if jax.process_index() == 0:
             (self.directory / str(step)).rename(dst)
         from nest_jax.train.preemption import wait_for_all_processes

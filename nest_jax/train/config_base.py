@@ -13,6 +13,8 @@ from ml_collections.config_dict import placeholder
 def augment(**kw) -> dict:
     a = dict(
         inception_crop=False,
+        # Smallest crop area: 0.05 as in the official NesT recipe (imagenet_nest.py,
+        # image_folder_example.py); Inception's 0.08 (DeiT, ViT fine-tuning) is set by those configs.
         min_area=0.05,
         flip=False,
         cifar_crop=False,
@@ -59,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mode = "train"
-    c.task = "classification"  # or "gan" (configs/*_gan.py: nest_jax.train.gan_loop, section `gan`)
+    c.task = "classification"  # or "gan" (configs/*_gan.py: section `gan`)
     c.model = ml_collections.ConfigDict(
         dict(
             name="",
@@ -78,16 +80,22 @@ def base_config() -> ml_collections.ConfigDict:
             image_size=224,
             num_channels=3,
             normalize="imagenet",
-            shuffle_buffer=10_000,
             repeated_aug=1,
-            cache=False,
             augment=augment(),
             eval_resize="resize_crop",
             crop_fraction=0.875,
             resize_method="bilinear",
-            num_workers=0,
+            num_workers=0,  # grain worker processes for decoding/augmentation; 0 = in the main process
+            validate_files=True,  # image_folder: decode every file once, skip (and name) bad ones
+            # image_folder: refuse images above this many pixels (PIL's decompression-bomb threshold)
+            max_image_pixels=89_478_485,
+            image_key="image",  # tfds feature names
+            label_key="label",
+            tfrecord=False,  # tfds: read TFRecord files through TensorFlow (the [tf] extra)
+            # name "shapes": nest_jax.data.shapes.ShapesTexturesSource (configs/shapes_tokens.py)
+            shapes=dict(variant="natural", num_classes=8, num_train=4000, num_test=1000, seed=0),
         )
-    )  # grain worker processes for decoding/augmentation; 0 = in the main process
+    )
     c.mix = ml_collections.ConfigDict(
         dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, label_smoothing=0.0, sampling="nest")
     )
@@ -128,9 +136,59 @@ def base_config() -> ml_collections.ConfigDict:
             num_processes=placeholder(int),
             process_id=placeholder(int),
             cpu_collectives=placeholder(str),
+            local_device_ids=placeholder(tuple),  # this process's devices (several processes per host)
         )
     )
+    c.gan = gan_section()  # task "gan" only
     return c
+
+
+def gan_section(**kw) -> ml_collections.ConfigDict:
+    """`config.gan`: networks, losses, the two optimizers (Adam β1 0, TTUR-style lrs), EMA, FID."""
+
+    def adam(lr):
+        return optimizer(
+            name="adamw",
+            lr=lr,
+            b1=0.0,
+            b2=0.99,
+            eps=1e-8,
+            weight_decay=0.0,
+            wd_mask="none",
+            clip_norm=0.0,
+            schedule="constant",
+            warmup_steps=0,
+        )
+
+    g = dict(
+        generator=dict(name="nest_gan_32", overrides={}),
+        discriminator=dict(name="sagan_discriminator_32", overrides={}),
+        latent_dim=128,
+        loss="hinge",
+        r1_gamma=0.0,
+        ema_decay=0.999,
+        ema_start_step=0,
+        g_optimizer=adam(1e-4),
+        d_optimizer=adam(4e-4),
+        sample_every_steps=500,
+        num_sample_images=64,
+        sample_seed=1234,
+        fid=dict(
+            every_steps=0,
+            num_samples=2048,
+            batch_size=256,
+            extractor="classifier",
+            checkpoint="",
+            model="",
+            overrides={},
+            weights="",
+            split="train",
+            kid_subsets=50,
+            kid_subset_size=500,
+        ),
+    )
+    g.update(kw)
+    return ml_collections.ConfigDict(g)
 
 
 def teacher(
@@ -177,8 +235,6 @@ def digits_vit_config(model_name: str) -> ml_collections.ConfigDict:
             image_size=32,
             num_channels=1,
             normalize="digits",
-            shuffle_buffer=2048,
-            cache=True,
             augment=augment(),
             eval_resize="resize",
         )

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from nest_jax.errors import UserError
 from nest_jax.train import sharding as shd
-from nest_jax.train.init_from import place, read_weights
+from nest_jax.train.init_from import place, read_fitted
 from nest_jax.train.trainer import DTYPES, params_state
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ def load_teachers(config: Any, mesh: Mesh, num_classes: int) -> tuple[dict, dict
             return create_model(model_name, num_classes=num_classes, img_size=img, rngs=nnx.Rngs(0), **kw)
 
         abstract = nnx.eval_shape(build)
-        arrays, stats, fresh = read_weights(cfg.source, cfg.checkpoint, abstract, flag=flag, use_ema=cfg.use_ema)
+        weights, fresh = read_fitted(cfg, abstract, flag=flag)
+        arrays, stats = weights.params, weights.batch_stats
         if fresh:
             raise UserError(
                 f"{flag}={cfg.checkpoint}: the teacher {cfg.model} has no trained weights for {fresh} "

@@ -21,65 +21,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from nest_jax.train import optim
 from nest_jax.train import sharding as shd
-from nest_jax.train.config_base import optimizer
 from nest_jax.train.trainer import DTYPES, params_state
 
 LOSSES = ("hinge", "non_saturating")
-
-
-def gan_section(**kw) -> ml_collections.ConfigDict:
-    """`config.gan` defaults: networks, losses, the two optimizers (Adam β1 0, TTUR-style lrs), EMA."""
-
-    def adam(lr):
-        return optimizer(
-            name="adamw",
-            lr=lr,
-            b1=0.0,
-            b2=0.99,
-            eps=1e-8,
-            weight_decay=0.0,
-            wd_mask="none",
-            clip_norm=0.0,
-            schedule="constant",
-            warmup_steps=0,
-        )
-
-    g = dict(
-        generator=dict(name="nest_gan_32", overrides={}),
-        discriminator=dict(name="sagan_discriminator_32", overrides={}),
-        latent_dim=128,
-        loss="hinge",
-        r1_gamma=0.0,
-        ema_decay=0.999,
-        ema_start_step=0,
-        g_optimizer=adam(1e-4),
-        d_optimizer=adam(4e-4),
-        sample_every_steps=500,
-        num_sample_images=64,
-        sample_seed=1234,
-        fid=dict(
-            every_steps=0,
-            num_samples=2048,
-            batch_size=256,
-            extractor="classifier",
-            checkpoint="",
-            model="",
-            overrides={},
-            weights="",
-            split="train",
-            kid_subsets=50,
-            kid_subset_size=500,
-        ),
-    )
-    g.update(kw)
-    return ml_collections.ConfigDict(g)
 
 
 def _kwargs(overrides: Any) -> dict:
@@ -183,12 +133,12 @@ class GanTrainer:
 def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
     cfg = config.gan
     seed = int(config.seed)
-    kind = cfg.get("loss", "hinge")
+    kind = cfg.loss
     if kind not in LOSSES:
         raise ValueError(f"gan.loss must be one of {LOSSES}, got {kind!r}")
-    r1 = float(cfg.get("r1_gamma", 0.0) or 0.0)
-    ema_decay = float(cfg.get("ema_decay", 0.0) or 0.0)
-    ema_start = int(cfg.get("ema_start_step", 0) or 0)
+    r1 = float(cfg.r1_gamma)
+    ema_decay = float(cfg.ema_decay)  # the schema's (config_base.gan_section), as every other field
+    ema_start = int(cfg.ema_start_step)
     latent = int(cfg.latent_dim)
     G = _Net(lambda: build_generator(config, nnx.Rngs(params=seed, dropout=seed + 1)))
     D = _Net(lambda: build_discriminator(config, nnx.Rngs(params=seed + 10, dropout=seed + 11)))
