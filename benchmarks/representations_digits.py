@@ -61,15 +61,17 @@ def train(config, fraction: float = 1.0, seed: int = 0):
     from flax import nnx
 
     from nest_jax import data
-    from nest_jax.train.loop import evaluate
+    from nest_jax.train.evaluators import EvalData
+    from nest_jax.train.evaluators.classification import ClassificationEvaluator
     from nest_jax.train.sharding import make_mesh
     from nest_jax.train.trainer import build_model, make_trainer, shard_batch
 
     steps = int(config.train.num_train_steps)
     t0 = time.time()
+    mesh = make_mesh(dict(config.mesh.axes))
     trainer = make_trainer(
         config,
-        make_mesh(dict(config.mesh.axes)),
+        mesh,
         num_classes=10,
         num_train_steps=steps,
         warmup_steps=int(config.optimizer.warmup_steps),
@@ -80,7 +82,8 @@ def train(config, fraction: float = 1.0, seed: int = 0):
     it = train_iterator(source, config.dataset, int(config.train.global_batch_size), seed)
     for _ in range(steps):
         state, _ = trainer.train_step(state, shard_batch(next(it), trainer.batch_sharding), rest, {})
-    acc = evaluate(trainer, data, config, state["params"], state.get("batch_stats"), rest)["eval_top1"]
+    model_fn = lambda s: trainer.model(s["params"], s.get("batch_stats"), rest)  # noqa: E731
+    acc = ClassificationEvaluator(model_fn, EvalData(config, data, mesh)).metrics(state)["top1"]
     model = build_model(config, 10, nnx.Rngs(0))
     for kind, key in ((nnx.Param, "params"), (nnx.BatchStat, "batch_stats")):
         if key in state:

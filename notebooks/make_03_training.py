@@ -73,7 +73,8 @@ orbax writes each into a temporary directory and renames it when complete. Every
 *earliest* kept checkpoint and evaluate it: it must reproduce the accuracy logged at that step.""")
 code("""from nest_jax import data
 from nest_jax.train.checkpoint import Checkpointer
-from nest_jax.train.loop import evaluate, schedule_lengths, mesh_axes
+from nest_jax.train.evaluators import EvalData, build_evaluators
+from nest_jax.train.loop import schedule_lengths, mesh_axes
 from nest_jax.train.sharding import make_mesh
 from nest_jax.train.trainer import make_trainer
 
@@ -84,14 +85,18 @@ for name in sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int):
 
 info = data.get_info(config.dataset)
 num_steps, warmup, _ = schedule_lengths(config, info.num_train)
-trainer = make_trainer(config, make_mesh(mesh_axes(config)), num_classes=info.num_classes,
-                       num_train_steps=num_steps, warmup_steps=warmup)
+mesh = make_mesh(mesh_axes(config))
+trainer = make_trainer(config, mesh, num_classes=info.num_classes, num_train_steps=num_steps, warmup_steps=warmup)
 ckpt = Checkpointer(workdir)
 first = min(ckpt.all_steps())
 state = ckpt.restore(trainer.abstract_state, trainer.state_shardings, step=first)
 ckpt.close()
 print("restored step", int(state["step"]), "| state keys", sorted(state))
-restored = evaluate(trainer, data, config, state["params"], state.get("batch_stats"), trainer.init_rest())
+# The evaluators of config.evals, built as the training loop builds them (model_fn: state -> model).
+rest = trainer.init_rest()
+evaluators = build_evaluators(config, lambda s: trainer.model(s["params"], s.get("batch_stats"), rest),
+                              EvalData(config, data, mesh))
+restored = evaluators["val"].run(state, first)
 logged = dict(ev)[first]
 print(f"restored checkpoint {first}: test top-1 {restored['eval_top1']:.4f} (logged during training: {logged:.4f})")
 # Training, checkpoints and evaluation ran without TensorFlow (the event-file reader below may load it).

@@ -16,6 +16,7 @@ from nest_jax.analysis.occlusion import run_occlusion
 from nest_jax.analysis.patch_shuffle import run_patch_shuffle
 from nest_jax.analysis.per_block_tokens import run_per_block_tokens
 from nest_jax.analyze.__main__ import load_config, main
+from nest_jax.analyze.loop import summary
 from nest_jax.convert.checkpoint import save_params
 from nest_jax.data.preprocess import mean_std
 from nest_jax.train.evaluators import known_kinds
@@ -158,5 +159,5 @@ def test_help_lists_every_registered_analysis_with_its_description(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     for kind, cls in known_kinds().items():
-        line = next(li for li in text.splitlines() if li.strip().startswith(kind + " "))
-        assert cls.__doc__.strip().splitlines()[0] in line
+        line = next(li for li in text.splitlines() if li.split()[:1] == [kind])
+        assert summary(cls) in line

@@ -151,7 +151,7 @@ class Corruptions(PixelBatches):
         self.corruptions, self.severities, self.seed = tuple(corruptions), tuple(severities), int(seed)
 
     def run(self, state: dict, step: int) -> dict:
-        return corruption_eval.run_corruptions(
+        out = corruption_eval.run_corruptions(
             self.model_fn(state),
             self.batches(),
             corruptions=self.corruptions,
@@ -159,6 +159,7 @@ class Corruptions(PixelBatches):
             seed=self.seed,
             **self.kw(),
         )
+        return axes(out, "severities")
 
     def figures(self, results: dict) -> dict:
         return {"corruption_errors": vr.plot_corruption_errors(results)}

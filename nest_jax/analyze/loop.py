@@ -43,7 +43,12 @@ def describe() -> str:
     """One line per analysis (evaluator kind): its name and the first line of its docstring."""
     kinds = known_kinds()
     width = max(map(len, kinds))
-    return "\n".join(f"  {k:<{width}}  {(c.__doc__ or '').strip().splitlines()[0]}" for k, c in kinds.items())
+    return "\n".join(f"  {k:<{width}}  {summary(c)}" for k, c in kinds.items())
+
+
+def summary(cls: type) -> str:
+    """The first line of a class's docstring ("" without one)."""
+    return ((cls.__doc__ or "").strip().splitlines() or [""])[0]
 
 
 def selected(spec: str) -> list[str]:
