@@ -12,7 +12,9 @@ weights (its `nest_*_jx` weights use the default TF-SAME pooling).
 
 Checks before anything is written, each a one-line error and exit status 2: the file is complete
 and holds only numeric tensors (pickled code is refused, never run), every tensor has the rank the
-architecture expects, and no weight is NaN or infinite (`--allow-nonfinite` converts anyway).
+architecture expects, no weight is NaN or infinite (`--allow-nonfinite` converts anyway), the
+class count is 0 or more and the image size positive. `--input` is read by its content, not its
+suffix (a safetensors file named `.pth` is read as safetensors); bfloat16 weights are read exactly.
 `--overwrite` replaces only an earlier nest_jax checkpoint, and only once the new one is complete;
 if anyone put files of their own into it, it refuses and names them (it never deletes them). The
 output is completed in a hidden sibling folder and renamed into place, so a full disk or a crash
