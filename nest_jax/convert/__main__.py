@@ -12,8 +12,13 @@ weights (its `nest_*_jx` weights use the default TF-SAME pooling).
 
 Checks before anything is written, each a one-line error and exit status 2: the file is complete
 and holds only numeric tensors (pickled code is refused, never run), every tensor has the rank the
-architecture expects, and no weight is NaN or infinite (`--allow-nonfinite` converts anyway).
-`--overwrite` replaces only an earlier nest_jax checkpoint, and only once the new one is complete.
+architecture expects, no weight is NaN or infinite (`--allow-nonfinite` converts anyway), the
+class count is 0 or more and the image size positive. `--input` is read by its content, not its
+suffix (a safetensors file named `.pth` is read as safetensors); bfloat16 weights are read exactly.
+`--overwrite` replaces only an earlier nest_jax checkpoint, and only once the new one is complete;
+if anyone put files of their own into it, it refuses and names them (it never deletes them). The
+output is completed in a hidden sibling folder and renamed into place, so a full disk or a crash
+leaves nothing behind (a full disk is one line, exit status 2).
 `--debug` (or NEST_JAX_DEBUG=1) prints the traceback of an error.
 """
 
@@ -31,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from nest_jax.cli_config import model_fields, override
-from nest_jax.convert.checkpoint import is_replaceable, save_params
+from nest_jax.convert.checkpoint import foreign_files, holds_foreign, is_replaceable, save_params
 from nest_jax.convert.common import check_finite
 from nest_jax.convert.load import IMPORTERS, from_source, load_into, read_file
 from nest_jax.convert.resize import METHODS
@@ -61,8 +66,18 @@ def checkpoint_classes(source: str, data: dict[str, np.ndarray]) -> int:
 # Ranks of the timm keys whose rank the converters rely on before any shape check (the rest are
 # renamed leaf by leaf and their shapes checked against the model's).
 TIMM_RANKS = {
-    "timm": {"cls_token": 3, "dist_token": 3, "pos_embed": 3, "patch_embed.proj.weight": 4},
-    "nest_timm": {"patch_embed.proj.weight": 4, r"levels\.\d+\.pos_embed": 4},
+    "timm": {
+        "cls_token": 3,
+        "dist_token": 3,
+        "pos_embed": 3,
+        "patch_embed.proj.weight": 4,
+        r"blocks\.\d+\.attn\.(qkv|proj)\.weight": 2,
+    },
+    "nest_timm": {
+        "patch_embed.proj.weight": 4,
+        r"levels\.\d+\.pos_embed": 4,
+        r"levels\.\d+\.transformer_encoder\.\d+\.attn\.(qkv|proj)\.weight": 2,
+    },
 }
 _PREFIXES = ("params/", "opt/target/", "module.")
 
@@ -143,8 +158,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace --output if it is an earlier nest_jax checkpoint (anything else is refused); "
-        "the old one is removed only after the new one is complete",
+        help="replace --output if it is an earlier nest_jax checkpoint, once the new one is complete; "
+        "refused (nothing deleted) for any other folder, and for a checkpoint holding files nest_jax "
+        "did not write, which are named",
     )
     p.add_argument(
         "--allow-nonfinite",
@@ -163,6 +179,25 @@ def parse_overrides(model_name: str, items: list[str]) -> dict[str, Any]:
     return override(model_fields(model_name), items, flag="--set", subject=f"model {model_name}")
 
 
+def check_sizes(kwargs: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """The class count is 0 (no head) or more and every image side is positive: a model built with
+    anything else converts without error but writes a checkpoint no one can load."""
+    flag = lambda field, own: f"--set {field}" if field in overrides else own
+    classes = kwargs["num_classes"]
+    if classes < 0:
+        raise UserError(
+            f"{flag('num_classes', '--num-classes')} {classes} is negative: pass the new head's class count "
+            "(0 for no head), or leave it out to keep the checkpoint's"
+        )
+    size = kwargs.get("img_size")
+    sides = size if isinstance(size, (tuple, list)) else (size,)
+    if size is not None and not all(side > 0 for side in sides):
+        raise UserError(
+            f"{flag('img_size', '--img-size')} {size} is not a positive image size: pass the fine-tuning "
+            "resolution in pixels (e.g. 384), or leave it out for the model's native size"
+        )
+
+
 def run(args: argparse.Namespace) -> Path:
     from nest_jax.models import create_model, list_models
 
@@ -176,6 +211,8 @@ def run(args: argparse.Namespace) -> Path:
             f"--output {output} exists and is not a nest_jax checkpoint, so --overwrite leaves it "
             "alone; choose another --output (or remove it yourself)"
         )
+    if output.exists() and (foreign := foreign_files(output)):
+        raise UserError(f"--output {output} {holds_foreign(foreign)}: move them out of it, or choose another --output")
     data = read_file(args.input)
     if not args.allow_nonfinite:
         check_finite(data, source=f"--input {args.input}")
@@ -188,7 +225,9 @@ def run(args: argparse.Namespace) -> Path:
         kwargs["gelu"] = args.gelu or SOURCE_GELU[args.source]
     if args.source == "vit_npz":
         kwargs["init"] = "official"  # only shapes a re-initialized head: zeros, as in Google's fine-tuning
-    kwargs.update(parse_overrides(args.model, args.overrides))
+    overrides = parse_overrides(args.model, args.overrides)
+    kwargs.update(overrides)
+    check_sizes(kwargs, overrides)
     method = args.resize_method or ("linear" if args.source in ("vit_npz", "nest_official") else "bicubic")
     model = create_model(args.model, **kwargs)
     check_ranks(args.source, data, model, args.model)

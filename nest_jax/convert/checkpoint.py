@@ -5,19 +5,26 @@ Layout of `directory` (one orbax composite checkpoint):
   batch_stats/   the same for `nnx.BatchStat` (only when the model has any, e.g. a ResNet)
   meta/          JSON: {"format", "model", "kwargs", "collections"} — `create_model(model, **kwargs)`
                  rebuilds the architecture.
+  _NEST_JAX_FILES  JSON list of every path the save wrote (what overwriting may delete).
 
-Atomicity comes from orbax: it writes everything into a temporary sibling directory and renames it
-to `directory` only once every item is complete (then `commit_success.txt` marks it), so a crash
-mid-save never leaves a half-written checkpoint under the final name. `overwrite=True` replaces
-only an earlier checkpoint of this format (or an empty directory), and only after the new one is
-complete.
+The checkpoint is written into a hidden sibling directory (orbax completes it there, then
+`commit_success.txt` marks it) and renamed to `directory` only once complete, so a crash or a full
+disk mid-save never leaves a half-written checkpoint under the final name, and a failed save leaves
+nothing behind (a full disk is one `UserError` line). `overwrite=True` replaces only an earlier
+checkpoint of this format (or an empty directory), only after the new one is complete, and never
+one that holds files nest_jax did not write (`foreign_files`): it refuses, naming them.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
+import logging
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,9 @@ from nest_jax.errors import UserError
 
 FORMAT = "nest_jax.params/1"
 COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
+MANIFEST = "_NEST_JAX_FILES"  # JSON list of every path save_params wrote: what --overwrite may delete
+# The top level of a checkpoint written before MANIFEST existed: orbax's files and the items.
+_ORBAX_TOP = {"_CHECKPOINT_METADATA", "commit_success.txt", "meta", *COLLECTIONS}
 
 
 def _flat(model_or_state: nnx.Module | nnx.State, kind: type) -> dict[str, np.ndarray]:
@@ -75,6 +85,8 @@ def save_params(
             f"{directory} exists and is not a nest_jax checkpoint (no meta/ item of format {FORMAT}), "
             "so it is not replaced; choose another output directory or remove it yourself"
         )
+    if directory.exists() and (foreign := foreign_files(directory)):
+        raise UserError(f"{directory} {holds_foreign(foreign)}: move them out of it, or choose another directory")
     items = {name: _flat(model_or_state, kind) for name, kind in COLLECTIONS.items()}
     items = {name: nest_paths(flat) for name, flat in items.items() if flat}
     meta = {"format": FORMAT, "model": model_name, "kwargs": dict(model_kwargs or {}), "collections": sorted(items)}
@@ -84,21 +96,29 @@ def save_params(
         raise TypeError(f"model_kwargs must be JSON-serialisable (ints, strings, lists): {e}") from None
     args = {name: ocp.args.PyTreeSave(tree) for name, tree in items.items()}
     composite = ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args)
-    if not directory.exists():
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-            ckptr.save(directory, args=composite)
-        return directory
-    # Replacing: orbax's own `force=True` deletes the old directory before writing, so a failed save
-    # would lose both. Instead the new checkpoint is completed beside the old one, then swapped in.
+    # The checkpoint is completed beside `directory`, then renamed into place: orbax's own
+    # `force=True` would delete an earlier checkpoint before writing, so a failed save would lose
+    # both, and its temporary directory would stay behind on a full disk.
     new = directory.with_name(f".{directory.name}.nest_jax-new-{os.getpid()}")
     old = directory.with_name(f".{directory.name}.nest_jax-old-{os.getpid()}")
+    quiet_orbax_on_full_disk()
+    ignore_closed_loop_callbacks()
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             ckptr.save(new, args=composite, force=True)
-    except BaseException:
-        for leftover in directory.parent.glob(f"{new.name}*"):  # incl. orbax's own temporary directory
-            shutil.rmtree(leftover, ignore_errors=True)
+        (new / MANIFEST).write_text(json.dumps(_paths(new)))
+    except BaseException as e:
+        _remove_settled(directory.parent, new.name)
+        if is_no_space(e):
+            kept = "; the earlier checkpoint there is unchanged" if directory.exists() else ""
+            raise UserError(
+                f"no space left on device while writing {directory}: nothing was written{kept}; "
+                "free some space or choose another directory"
+            ) from e
         raise
+    if not directory.exists():
+        os.replace(new, directory)
+        return directory
     os.replace(directory, old)
     try:
         os.replace(new, directory)
@@ -110,8 +130,29 @@ def save_params(
     return directory
 
 
+def _remove_settled(parent: Path, prefix: str, settle_s: float = 1.0, limit_s: float = 30.0) -> None:
+    """Removes `parent/prefix*` (the new checkpoint and orbax's temporary folders) until none has
+    reappeared for `settle_s`: when one write fails, orbax raises while tensorstore's other writes
+    are still in flight, and those re-create their folders after a single removal."""
+    start = quiet_since = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        found = list(parent.glob(f"{glob.escape(prefix)}*"))
+        for leftover in found:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        now = time.monotonic()
+        if found:
+            quiet_since = now
+        elif now - quiet_since >= settle_s:
+            return
+        time.sleep(0.05)
+
+
 def is_replaceable(directory: str | Path) -> bool:
-    """True for an empty directory or a `save_params` checkpoint: what `overwrite=True` may delete."""
+    """True for an empty directory or a `save_params` checkpoint: what `overwrite=True` may replace
+    (once `foreign_files` finds nothing in it that nest_jax did not write)."""
     directory = Path(directory)
     if not directory.is_dir():
         return False
@@ -122,6 +163,76 @@ def is_replaceable(directory: str | Path) -> bool:
     except Exception:  # not a checkpoint, another format, or unreadable: never delete it
         return False
     return True
+
+
+def _paths(directory: Path) -> list[str]:
+    """Every file and folder under `directory`, '/'-joined relative to it, sorted."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*"))
+
+
+def foreign_files(directory: str | Path) -> list[str]:
+    """What a user put in a `save_params` checkpoint: the paths (relative; a foreign folder as
+    itself, not its contents) that `save_params` did not write, from the list it records in
+    `MANIFEST`. A checkpoint written without that list is checked at its top level only."""
+    directory = Path(directory)
+    present = _paths(directory)
+    try:
+        ours = set(json.loads((directory / MANIFEST).read_text())) | {MANIFEST}
+        foreign = [p for p in present if p not in ours]
+    except (OSError, ValueError, TypeError):
+        foreign = [p for p in present if p.split("/")[0] not in _ORBAX_TOP]
+    return [p for p in foreign if not any(p.startswith(q + "/") for q in foreign)]
+
+
+def holds_foreign(foreign: list[str], limit: int = 5) -> str:
+    """ "holds N files nest_jax did not write (a, b, ...), which overwriting never deletes"."""
+    names = ", ".join(foreign[:limit]) + (f", … {len(foreign) - limit} more" if len(foreign) > limit else "")
+    return f"holds {len(foreign)} file(s) nest_jax did not write ({names}), which overwriting never deletes"
+
+
+def is_no_space(e: BaseException | None) -> bool:
+    """Whether `e`, or an exception it was raised from, is a full disk (orbax wraps the OSError)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+class NoSpaceFromOrbax(logging.Filter):
+    """Drops orbax's own error records (each with a traceback, one per background thread) about a
+    full disk: the caller reports that failure itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "/orbax/" not in record.pathname:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (is_no_space(exc) or "No space left on device" in record.getMessage())
+
+
+def quiet_orbax_on_full_disk() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, NoSpaceFromOrbax) for f in logger.filters):
+        logger.addFilter(NoSpaceFromOrbax())
+
+
+def ignore_closed_loop_callbacks() -> None:
+    """After a failed read or write, tensorstore's pending callbacks hit orbax's closed asyncio
+    loop; each would print an 'Event loop is closed' traceback (hundreds for a large model). Those
+    alone are dropped; every other unraisable exception still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_nest_jax", False):
+        return
+
+    def hook(u):
+        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+            return
+        previous(u)
+
+    hook._nest_jax = True
+    sys.unraisablehook = hook
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
@@ -76,37 +78,132 @@ _RESAVE = (
 def load_array_file(path: str | Path) -> dict[str, np.ndarray]:
     """Reads `.npz` (no pickles), `.safetensors`, or a torch `.pth/.pt/.bin` (weights_only) as numpy.
 
-    Every entry comes back as a numeric array; a truncated or corrupt file, pickled objects and
-    entries that are not tensors are `UserError`s that name the file (and the entry).
+    The format is read from the file's first bytes, not its name (a safetensors file saved as
+    `.pth` is common). Every entry comes back as a numeric array; bfloat16 and float8 tensors are
+    widened to float32 (exactly). A truncated or corrupt file, pickled objects and entries that are
+    not tensors are `UserError`s that name the file (and the entry).
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"no checkpoint file at {path}; check the path")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
+    kind = file_format(path)
+    if kind == "npz":
         arrays = _load_npz(path)
-    elif suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        try:
-            arrays = dict(load_file(str(path)))
-        except SafetensorError as e:
-            raise UserError(
-                f"{path} is not a readable .safetensors file ({_first_line(e)}): it is truncated or "
-                "corrupt; download or write it again"
-            ) from e
-    elif suffix in (".pth", ".pt", ".bin"):
-        if "tensorflow" in sys.modules and "torch" not in sys.modules:
-            # Importing torch after TensorFlow crashes the interpreter (clashing bundled libraries),
-            # so read the file in a fresh interpreter and hand the arrays back as .npz.
-            arrays = _load_torch_file_in_subprocess(path)
-        else:
-            arrays = _load_torch_file(path)
+    elif kind == "safetensors":
+        arrays = _load_safetensors(path)
+    elif "tensorflow" in sys.modules and "torch" not in sys.modules:
+        # Importing torch after TensorFlow crashes the interpreter (clashing bundled libraries),
+        # so read the file in a fresh interpreter and hand the arrays back as .npz.
+        arrays = _load_torch_file_in_subprocess(path)
     else:
-        raise UserError(f"unsupported checkpoint format {suffix!r} for {path}: use .npz, .safetensors or .pth")
+        arrays = _load_torch_file(path)
+    arrays = {k: _widened(v) for k, v in arrays.items()}
     check_numeric(arrays, source=str(path))
     return arrays
+
+
+_ZIP = b"PK\x03\x04"  # .npz archives and torch's own format (torch >= 1.6) are zip files
+_PICKLE = b"\x80"  # torch's legacy format starts with a pickle protocol opcode
+
+
+def file_format(path: Path) -> str:
+    """The file's format -- "npz", "safetensors" or "torch" -- from its first bytes (the suffix only
+    decides between npz and torch for a zip cut off before its index); anything else is a UserError."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith(_ZIP):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            # The index of a zip is at its end, so a cut-off download is only known to be a zip.
+            return "npz" if path.suffix.lower() == ".npz" else "torch"
+        return "torch" if any(n.endswith("data.pkl") for n in names) else "npz"
+    if head[8:9] == b"{":
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    if head.startswith(_PICKLE):
+        return "torch"
+    raise UserError(
+        f"{path} is not a .npz, .safetensors or PyTorch file (it starts with {head[:8]!r}); "
+        "pass the checkpoint's weights file"
+    )
+
+
+# safetensors dtype names -> NumPy (ml_dtypes for the float formats NumPy lacks). The file is
+# little-endian, as every host JAX runs on.
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U64": np.uint64,
+    "U32": np.uint32,
+    "U16": np.uint16,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Parses the format directly (8-byte header length, JSON header, one data buffer): the
+    `safetensors` package's NumPy reader cannot hold bfloat16 in its older releases, and its other
+    readers need torch or place arrays on an accelerator."""
+
+    def damaged(why: str) -> UserError:
+        return UserError(
+            f"{path} is not a readable .safetensors file ({why}): it is truncated or corrupt; download or write it again"
+        )
+
+    buf = bytearray(path.stat().st_size)  # writable, so the arrays are too
+    with open(path, "rb") as f:
+        f.readinto(buf)
+    n = int.from_bytes(buf[:8], "little")
+    if n > len(buf) - 8:
+        raise damaged("the header runs past the end of the file")
+    try:
+        header = json.loads(bytes(buf[8 : 8 + n]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise damaged(f"the header is not JSON: {_first_line(e)}") from None
+    if not isinstance(header, dict):
+        raise damaged("the header is not a JSON object")
+    start, out = 8 + n, {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except KeyError as e:
+            if isinstance(entry, dict) and "dtype" in entry and e.args[0] == entry["dtype"]:
+                raise UserError(
+                    f"{path}: entry {key!r} is {entry['dtype']}, which nest_jax does not read; "
+                    f"save it as one of {', '.join(_SAFETENSORS_DTYPES)}"
+                ) from None
+            raise damaged(f"entry {key!r} lacks {e}") from None
+        except (TypeError, ValueError):
+            raise damaged(f"entry {key!r} has a malformed shape or offsets") from None
+        count = int(np.prod(shape, dtype=np.int64))
+        if min(shape, default=0) < 0 or begin < 0 or end != begin + count * dtype.itemsize or start + end > len(buf):
+            raise damaged(f"entry {key!r} {shape} does not fit the file's data")
+        out[key] = np.frombuffer(buf, dtype, count, offset=start + begin).reshape(shape)
+    return out
+
+
+_NARROW_FLOATS = {np.dtype(ml_dtypes.bfloat16), np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2)}
+
+
+def _widened(value: np.ndarray) -> np.ndarray:
+    """bfloat16 / float8 (ml_dtypes, which NumPy's own routines do not take) as float32, exactly."""
+    if isinstance(value, np.ndarray) and value.dtype in _NARROW_FLOATS:
+        return value.astype(np.float32)
+    return value
 
 
 def _first_line(e: BaseException) -> str:
@@ -161,7 +258,9 @@ def _load_torch_file(path: str | Path) -> dict[str, np.ndarray]:
     import torch  # optional: only needed for PyTorch files
 
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles code
+        # A file object, not a path: torch would pick its reader by the suffix (e.g. ".safetensors").
+        with open(path, "rb") as f:
+            sd = torch.load(f, map_location="cpu", weights_only=True)  # never unpickles code
     except pickle.UnpicklingError as e:
         # torch's own message suggests weights_only=False, i.e. running the file's code: never that.
         raise UserError(

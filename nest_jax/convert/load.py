@@ -195,7 +195,9 @@ def from_source(source: str, data: dict[str, np.ndarray], model: nnx.Module, *, 
         raise UserError(f"unknown importer {source!r}; choose one of {', '.join(IMPORTERS)}")
     try:
         arrays = _convert(source, data, model)
-    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError) as e:
+        # The importers index and reshape by the layout they expect: a tensor of another rank
+        # fails there, before any shape check could name it.
         raise UserError(
             f"{path or 'the checkpoint'} does not read as {source} weights of {type(model).__name__}: "
             f"{str(e).splitlines()[0]}"

@@ -25,10 +25,8 @@ Guarantees on top of orbax:
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
-import sys
 from typing import Any
 
 import jax
@@ -37,6 +35,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 # The layout lives in the convert layer, which reads a workdir's weights without the trainer.
+from nest_jax.convert.checkpoint import ignore_closed_loop_callbacks as _ignore_closed_loop_callbacks
+from nest_jax.convert.checkpoint import is_no_space as _is_no_space
+from nest_jax.convert.checkpoint import quiet_orbax_on_full_disk as _quiet_orbax_on_full_disk
 from nest_jax.convert.workdir import CHECKPOINTS, DATA, STATE, as_path
 from nest_jax.errors import UserError
 from nest_jax.train import integrity
@@ -111,50 +112,6 @@ class DataStateSave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class DataStateRestore(ocp.args.CheckpointArgs):
     pass
-
-
-def _is_no_space(e: BaseException | None) -> bool:
-    while e is not None:
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-class _NoSpaceFromOrbax(logging.Filter):
-    """Drops orbax's own error records (each with a traceback, one per background thread) about a
-    full disk: `Checkpointer` reports that failure itself, in one line naming the last good step."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or "/orbax/" not in record.pathname:
-            return True
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (_is_no_space(exc) or "No space left on device" in record.getMessage())
-
-
-def _quiet_orbax_on_full_disk() -> None:
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _NoSpaceFromOrbax) for f in logger.filters):
-        logger.addFilter(_NoSpaceFromOrbax())
-
-
-def _ignore_closed_loop_callbacks() -> None:
-    """After a failed read, tensorstore's pending callbacks hit orbax's closed asyncio loop; each
-    would print an 'Event loop is closed' traceback (hundreds for a large model). Those alone are
-    dropped; every other unraisable exception still reaches the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_nest_jax", False):
-        return
-
-    def hook(u):
-        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
-            return
-        previous(u)
-
-    hook._nest_jax = True
-    sys.unraisablehook = hook
 
 
 def _first_line(e: BaseException) -> str:
