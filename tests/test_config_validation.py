@@ -102,7 +102,9 @@ def test_gan_section_and_teachers_are_checked():
         validate_config(gan)
     gan.gan.generator.name = "nest_gan_32"
     gan.dataset.image_size = 30
-    with pytest.raises(UserError, match=r"^gan.generator.name='nest_gan_32' cannot be built with dataset.image_size=30"):
+    with pytest.raises(
+        UserError, match=r"^gan.generator.name='nest_gan_32' cannot be built with dataset.image_size=30"
+    ):
         validate_config(gan)
     deit = load_config(str(REPO / "configs" / "digits_deit_distilled.py"))
     token = next(iter(deit.distill))

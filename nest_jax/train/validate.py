@@ -169,7 +169,11 @@ def validate_config(config: Any, *, check_dataset: bool = True) -> None:
     business, not `nest_jax.data`'s).
     """
     gan = _get(config, "task") == "gan"
-    for path, check in {**FIELDS, "dataset.normalize": one_of(_normalizations()), **(GAN_FIELDS if gan else {})}.items():
+    for path, check in {
+        **FIELDS,
+        "dataset.normalize": one_of(_normalizations()),
+        **(GAN_FIELDS if gan else {}),
+    }.items():
         _check(config, path, check)
     _check_schedule(config)
     for prefix in ("gan.g_optimizer", "gan.d_optimizer") if gan else ("optimizer",):
@@ -332,4 +336,6 @@ def _check_mesh(config: Any) -> None:
         if devices % others == 0
         else "make the product of the axes divide the device count"
     )
-    raise _fail("mesh.axes", axes, f"needs {known}{' × k' if -1 in axes.values() else ''} devices, jax sees {devices}", fix)
+    raise _fail(
+        "mesh.axes", axes, f"needs {known}{' × k' if -1 in axes.values() else ''} devices, jax sees {devices}", fix
+    )
