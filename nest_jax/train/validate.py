@@ -133,8 +133,8 @@ FIELDS: dict[str, Check] = {
     "mix.switch_prob": number(0, 1),
     "mix.label_smoothing": number(0, 1, below_hi=True),
     "mix.sampling": one_of(("nest", "beta")),
-    "train.global_batch_size": integer(1),
-    "train.eval_batch_size": integer(1),
+    # train.global_batch_size / eval_batch_size: the loop checks them against the mesh
+    # (loop.check_batch_sizes: positive multiples of the batch-axis devices and processes).
     "train.num_epochs": number(0),
     "train.num_train_steps": integer(1, optional=True),
     "train.stop_after_steps": integer(1, optional=True),
@@ -146,6 +146,7 @@ FIELDS: dict[str, Check] = {
     "distill_kl_reduction": one_of(("batchmean", "deit")),
 }
 GAN_FIELDS: dict[str, Check] = {
+    "train.global_batch_size": integer(1),
     "gan.latent_dim": integer(1),
     "gan.loss": one_of(LOSSES),
     "gan.r1_gamma": number(0),
