@@ -186,9 +186,14 @@ def run_job(config, workdir: str, mode: str) -> dict[str, Any]:
 
 
 def _prepare(cl: CommandLine):
+    from nest_jax.train.validate import validate_config
+
     check_required(cl)
     config = load_config(cl.config)
     apply_overrides(config, cl.overrides)
+    with config.unlocked():
+        config.mode = cl.mode
+    validate_config(config)  # every bad value, one line, before any data, model or device work
     return config
 
 

@@ -60,7 +60,9 @@ def test_non_finite_parameters_are_never_saved_and_the_run_resumes_with_a_lower_
     good = tiny_config(num_train_steps=6, checkpoint_every_steps=1, stop_after_steps=2, log_every_steps=100)
     train_and_evaluate(good, tmp_path, data=SyntheticData())
     diverging = tiny_config(num_train_steps=6, checkpoint_every_steps=1, log_every_steps=100)
-    diverging.optimizer.lr = float("inf")  # the loss of step 2 is finite; the parameters after it are not
+    # The loss of step 2 is finite; the parameters after it are not. 1e39 is a finite number (as
+    # validate_config requires of a learning rate) but overflows float32 on the device.
+    diverging.optimizer.lr = 1e39
     with pytest.raises(FloatingPointError, match=r"last good checkpoint is step 2 .*lower learning rate"):
         train_and_evaluate(diverging, tmp_path, data=SyntheticData())
     states = _restore_all(tmp_path, good)

@@ -33,6 +33,7 @@ from nest_jax.train.lock import WorkdirLock
 from nest_jax.train.preemption import Preemption, wait_for_all_processes
 from nest_jax.train.sharding import make_mesh
 from nest_jax.train.trainer import make_trainer, shard_batch
+from nest_jax.train.validate import validate_config
 from nest_jax.train.writers import MetricWriter, Progress
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[s
     pass a small in-memory stand-in.
     """
     # ---- setup ----
+    validate_config(config, check_dataset=data is None)
     data = data if data is not None else importlib.import_module("nest_jax.data")
     workdir = as_path(workdir)
     mode = config.mode

@@ -16,6 +16,11 @@ import optax
 
 from nest_jax.train.sharding import path_str
 
+OPTIMIZERS = ("adamw", "sgd", "lamb")  # config.optimizer.name
+SCHEDULES = ("cosine", "linear", "constant")  # config.optimizer.schedule (after the linear warmup)
+WD_MASKS = ("nest", "timm", "all", "none")  # config.optimizer.wd_mask: see decay_mask
+MU_DTYPES = ("bfloat16", "float32")  # config.optimizer.mu_dtype, or None
+
 
 def resolve_lr(opt: Any, global_batch_size: int) -> float:
     """Peak lr: `lr` if set, else `base_lr × global_batch / base_batch` (NesT: 2.5e-4 per 256)."""
@@ -38,7 +43,7 @@ def make_schedule(opt: Any, *, peak_lr: float, total_steps: int, warmup_steps: i
     elif kind == "constant":
         decay = optax.constant_schedule(peak_lr)
     else:
-        raise ValueError(f"optimizer.schedule must be cosine, linear or constant, got {kind!r}")
+        raise ValueError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
     if warmup_steps == 0:
         return decay
     return optax.join_schedules([warm, decay], [warmup_steps])
@@ -76,7 +81,7 @@ def decay_mask(params: Any, kind: str) -> Any:
                 or is_position_embedding(path)
                 or last == "scale"
             )
-        raise ValueError(f"optimizer.wd_mask must be nest, timm, all or none, got {kind!r}")
+        raise ValueError(f"optimizer.wd_mask must be one of {', '.join(WD_MASKS)}, got {kind!r}")
 
     return jax.tree.map(one, _paths(params), params)
 
@@ -161,7 +166,7 @@ def make_optimizer(opt: Any, params: Any, *, schedule: optax.Schedule) -> optax.
             parts.append(optax.add_decayed_weights(wd, mask=mask))
         parts.append(optax.sgd(schedule, momentum=float(opt.momentum) or None, nesterov=bool(opt.nesterov)))
     else:
-        raise ValueError(f"optimizer.name must be adamw, sgd or lamb, got {name!r}")
+        raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     if opt.layer_decay and float(opt.layer_decay) != 1.0:
         ids, count = layer_ids(params)
         decay = float(opt.layer_decay)
@@ -176,10 +181,9 @@ def make_optimizer(opt: Any, params: Any, *, schedule: optax.Schedule) -> optax.
 def _dtype(name: str | None):
     if name is None:
         return None
-    dtypes = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
-    if name not in dtypes:
-        raise ValueError(f"optimizer.mu_dtype must be bfloat16, float32 or None, got {name!r}")
-    return dtypes[name]
+    if name not in MU_DTYPES:
+        raise ValueError(f"optimizer.mu_dtype must be one of {', '.join(MU_DTYPES)} or None, got {name!r}")
+    return jnp.dtype(name)
 
 
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
