@@ -52,11 +52,11 @@ def check_patch(
         raise UserError(f"adversarial_patch: steps={steps} must be at least 1, e.g. steps=30")
     if not float(lr) > 0:
         raise UserError(f"adversarial_patch: lr={lr} must be positive, e.g. lr={2 / 255:.4f}")
-    side = patch_side(image_hw, fraction, shape) if 0 < fraction <= 1 else 0
-    if not 1 <= side <= min(image_hw):
+    side = patch_side(image_hw, fraction, shape) if fraction > 0 else 0
+    if not (fraction <= 1 and 1 <= side <= min(image_hw)):
         raise UserError(
-            f"adversarial_patch: fraction={fraction} gives a {shape} patch of {side} px on "
-            f"{image_hw[0]}×{image_hw[1]} images; choose 0 < fraction <= 1 with a patch of 1 to {min(image_hw)} px"
+            f"adversarial_patch: fraction={fraction} gives a {side}-px {shape} patch on {image_hw[0]}×{image_hw[1]} "
+            f"images; choose 0 < fraction <= 1 (the patch's share of the image area) for a patch of 1 to {min(image_hw)} px"
         )
 
 

@@ -151,7 +151,7 @@ def parse_options(items: list[str]) -> dict:
 
 def run(args) -> dict:
     from nest_jax import data
-    from nest_jax.analyze.loop import analyse, check_options, selected
+    from nest_jax.analyze.loop import analyse, check_options, make_out_dir, selected
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size={args.batch_size} must be at least 1 (or left out: train.eval_batch_size)")
@@ -160,6 +160,7 @@ def run(args) -> dict:
     names = selected(args.analysis)
     options = parse_options(args.opt)
     check_options(names, options)
+    make_out_dir(args.out)
     config = load_config(args.config, args.set)
     try:
         info = data.get_info(config.dataset)

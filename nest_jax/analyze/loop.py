@@ -125,7 +125,7 @@ def analyse(
     """
     options = dict(options or {})
     check_options(names, options)
-    _make_out(out)
+    make_out_dir(out)
     eval_data = EvalData(config, data, make_mesh({"data": -1}), batch_size=batch_size, max_batches=max_batches)
     bound = [model_fn_of(s.model) for s in subjects]
     from tensorboardX import SummaryWriter
@@ -149,7 +149,7 @@ def analyse(
     return results
 
 
-def _make_out(out: str) -> None:
+def make_out_dir(out: str) -> None:
     """Creates the output folder (UserError if it cannot be: a file there, no permission)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, not a folder; pass a folder for the results")
