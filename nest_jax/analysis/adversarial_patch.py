@@ -43,15 +43,15 @@ def check_patch(
 ) -> None:
     """UserError unless the settings describe a patch that fits the image and can be trained:
     0 < fraction <= 1 with a bounding square of 1 to min(H, W) pixels, shape square or circle,
-    steps >= 1, lr > 0, optimizer sign or adam."""
+    steps >= 1, lr >= 0, optimizer sign or adam."""
     if shape not in ("square", "circle"):
         raise UserError(f"adversarial_patch: shape={shape!r} must be 'square' or 'circle'")
     if optimizer not in ("sign", "adam"):
         raise UserError(f"adversarial_patch: optimizer={optimizer!r} must be 'sign' or 'adam'")
     if int(steps) < 1:
         raise UserError(f"adversarial_patch: steps={steps} must be at least 1, e.g. steps=30")
-    if not float(lr) > 0:
-        raise UserError(f"adversarial_patch: lr={lr} must be positive, e.g. lr={2 / 255:.4f}")
+    if not float(lr) >= 0:  # 0 keeps the random initial patch: a baseline
+        raise UserError(f"adversarial_patch: lr={lr} must not be negative, e.g. lr={2 / 255:.4f}")
     side = patch_side(image_hw, fraction, shape) if fraction > 0 else 0
     if not (fraction <= 1 and 1 <= side <= min(image_hw)):
         raise UserError(
