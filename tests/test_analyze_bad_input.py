@@ -70,6 +70,7 @@ def test_an_opt_of_the_wrong_type_names_the_setting_value_and_type(capsys, tmp_p
         ("adversarial_patch", ["target=10"], ["target=10", "0..9"]),
         ("few_shot", ["shots=(0,)"], ["shots=(0,)", "at least 1"]),
         ("few_shot", ["seeds=0"], ["seeds=0", "at least 1"]),
+        ("all", ["shots=(0,)"], ["shots=(0,)", "at least 1"]),  # under `all` too, before cka etc. run
         ("patch_shuffle", ["grids=((3,3),)"], ["grids=((3, 3),)", "divide the 32×32"]),
         ("occlusion", ["max_batches=-1"], ["max_batches=-1", "at least 0"]),  # was empty results, rc 0
     ],
@@ -81,6 +82,7 @@ def test_an_out_of_range_setting_is_one_line_naming_it(capsys, tmp_path, analysi
     argv = [analysis, f"--config={NEST}", f"--out={tmp_path}", *FAST]
     line = _error(capsys, argv + [a for o in opts for a in ("--opt", o)])
     assert all(w in line for w in words), line
+    assert not list(tmp_path.glob("*.json"))  # no analysis ran
 
 
 def test_the_training_loop_gets_the_same_one_line_errors():

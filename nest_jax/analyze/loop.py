@@ -131,12 +131,14 @@ def analyse(
     from tensorboardX import SummaryWriter
 
     writer = SummaryWriter(os.path.join(out, "tensorboard"))
+    # Every analysis is built (its settings checked) before any runs: a bad value fails at once.
+    built = {n: _build(n, evals_config(config, n, options), bound, eval_data, skip_inapplicable) for n in names}
     results: dict[str, dict] = {}
     try:
         for name in names:
-            numbers = _run_one(
-                name, subjects, evals_config(config, name, options), bound, eval_data, step, skip_inapplicable
-            )
+            if built[name] is None:
+                continue
+            numbers = _run_one(name, subjects, built[name], bound, step, skip_inapplicable)
             if numbers is None:
                 continue
             results[name], figures = numbers
@@ -172,16 +174,20 @@ def _write(out: str, name: str, results: dict, figures: dict, writer: Any, step:
         writer.add_figure(f"{name}/{stem}", fig, global_step=step)
 
 
-def _run_one(name, subjects, config, bound, data, step, skip_inapplicable):
-    """(results by label, figures) of one analysis; None when `all` asked for one that does not
-    apply. With two models, one it does not apply to is noted and left out."""
+def _build(name, config, bound, data, skip_inapplicable) -> list | None:
+    """Analysis `name`'s evaluator for each model; None when `all` asked for one that does not apply."""
     try:
-        built = [build_evaluators(config, model_fn, data)[name].evaluator for model_fn, _ in bound]
+        return [build_evaluators(config, model_fn, data)[name].evaluator for model_fn, _ in bound]
     except UserError as e:  # a setting it needs is missing (shape_bias without stimuli)
         if not skip_inapplicable or _builds_without_options(name, config, bound[0][0], data):
             raise  # a bad --opt value is an error even under `all`, never a skipped analysis
         print(f"note: skipping {name}: {e}", file=sys.stderr)
         return None
+
+
+def _run_one(name, subjects, built, bound, step, skip_inapplicable):
+    """(results by label, figures) of one analysis; None when `all` asked for one that does not
+    apply. With two models, one it does not apply to is noted and left out."""
     results, evaluators, reason = {}, {}, ""
     for s, ev, (_, state) in zip(subjects, built, bound):
         try:
