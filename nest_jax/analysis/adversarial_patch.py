@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from nest_jax.analysis.forward import as_list, batch_mask, logits_from_pixels, normalize
+from nest_jax.errors import UserError
 
 Array = jax.Array
 
@@ -35,6 +36,28 @@ def patch_side(image_hw: tuple[int, int], fraction: float, shape: str = "square"
     area = fraction * image_hw[0] * image_hw[1]
     side = math.sqrt(area) if shape == "square" else 2.0 * math.sqrt(area / math.pi)
     return int(round(side))
+
+
+def check_patch(
+    image_hw: tuple[int, int], *, fraction: float, shape: str, steps: int, lr: float, optimizer: str
+) -> None:
+    """UserError unless the settings describe a patch that fits the image and can be trained:
+    0 < fraction <= 1 with a bounding square of 1 to min(H, W) pixels, shape square or circle,
+    steps >= 1, lr >= 0, optimizer sign or adam."""
+    if shape not in ("square", "circle"):
+        raise UserError(f"adversarial_patch: shape={shape!r} must be 'square' or 'circle'")
+    if optimizer not in ("sign", "adam"):
+        raise UserError(f"adversarial_patch: optimizer={optimizer!r} must be 'sign' or 'adam'")
+    if int(steps) < 1:
+        raise UserError(f"adversarial_patch: steps={steps} must be at least 1, e.g. steps=30")
+    if not float(lr) >= 0:  # 0 keeps the random initial patch: a baseline
+        raise UserError(f"adversarial_patch: lr={lr} must not be negative, e.g. lr={2 / 255:.4f}")
+    side = patch_side(image_hw, fraction, shape) if fraction > 0 else 0
+    if not (fraction <= 1 and 1 <= side <= min(image_hw)):
+        raise UserError(
+            f"adversarial_patch: fraction={fraction} gives a {side}-px {shape} patch on {image_hw[0]}×{image_hw[1]} "
+            f"images; choose 0 < fraction <= 1 (the patch's share of the image area) for a patch of 1 to {min(image_hw)} px"
+        )
 
 
 def support_mask(side: int, shape: str) -> np.ndarray:
@@ -148,7 +171,10 @@ def train_patch(
     optimizer "sign": p ← clip(p − lr·sign(∇L)) with L the objective of `patch_loss`; "adam": optax.adam(lr).
     """
     mean, std = tuple(mean), tuple(std)
-    data = correctly_classified(model, as_list(batches), mean, std)
+    batches = as_list(batches)
+    image_hw = tuple(np.shape(batches[0]["image"])[1:3])
+    check_patch(image_hw, fraction=fraction, shape=shape, steps=steps, lr=lr, optimizer=optimizer)
+    data = correctly_classified(model, batches, mean, std)
     if not data:
         raise ValueError("the model classifies none of the training images correctly; nothing to attack")
     h, w, c = data[0]["image"].shape[1:]

@@ -36,6 +36,12 @@ def num_dropped(ratio: float, cells: int) -> int:
     return int(np.floor(ratio * cells + 1e-9))
 
 
+def check_ratios(ratios: Sequence[float]) -> None:
+    """UserError unless `ratios` is a non-empty sequence of drop fractions in [0, 1]."""
+    if not ratios or not all(0.0 <= float(r) <= 1.0 for r in ratios):
+        raise UserError(f"occlusion: ratios={tuple(ratios)} must be fractions in [0, 1], e.g. ratios=(0.0,0.5)")
+
+
 def random_drop_mask(key: Array, batch: int, grid: tuple[int, int], num_drop: int, per_image: bool = False) -> Array:
     """(B, gh, gw) bool, True = dropped; exactly `num_drop` cells per image."""
     n = grid[0] * grid[1]
@@ -128,6 +134,7 @@ def run_occlusion(
     seed: int = 0,
 ) -> dict:
     """Top-1 under random PatchDrop for each drop ratio.  -> {"ratios", "top1", "grid", "dropped"}."""
+    check_ratios(ratios)
     batches = as_list(batches)
     grid = tuple(grid or default_grid(model, np.shape(batches[0]["image"])))
     n = grid[0] * grid[1]

@@ -55,6 +55,16 @@ def fitting_grids(image_shape: Sequence[int], grids: Sequence[tuple[int, int]] =
     return [g for g in grids if h % g[0] == 0 and w % g[1] == 0]
 
 
+def check_grids(grids: Sequence[tuple[int, int]], image_hw: tuple[int, int]) -> None:
+    """UserError unless every grid is (rows, columns) of positive cells that divide the image."""
+    bad = [g for g in grids if len(g) != 2 or min(g) < 1 or image_hw[0] % g[0] or image_hw[1] % g[1]]
+    if bad or not grids:
+        raise UserError(
+            f"patch_shuffle: grids={tuple(map(tuple, grids))} must be (rows, columns) that divide the "
+            f"{image_hw[0]}×{image_hw[1]} images, e.g. grids=((2,2),(4,4))"
+        )
+
+
 def run_patch_shuffle(
     model,
     batches: Iterable[dict],
@@ -67,6 +77,7 @@ def run_patch_shuffle(
     """Top-1 for each shuffle grid.  -> {"grids": [[gh, gw], …], "top1": […]}."""
     batches = as_list(batches)
     grids = [tuple(g) for g in (grids or fitting_grids(np.shape(batches[0]["image"])))]
+    check_grids(grids, tuple(np.shape(batches[0]["image"])[1:3]))
     top1 = []
     for gi, g in enumerate(grids):
         acc = Accuracy()

@@ -74,8 +74,7 @@ class Occlusion(PixelBatches):
         max_batches: int | None = None,
     ):
         super().__init__(model_fn, data, batch_size, max_batches)
-        if not ratios or not all(0.0 <= float(r) < 1.0 for r in ratios):
-            raise UserError(f"occlusion: ratios={ratios} must be fractions in [0, 1), e.g. ratios=(0.0,0.5)")
+        occlusion.check_ratios(ratios)
         self.ratios, self.per_image, self.seed, self.salient = tuple(ratios), bool(per_image), int(seed), salient
 
     def run(self, state: dict, step: int) -> dict:
@@ -113,6 +112,8 @@ class PatchShuffle(PixelBatches):
         max_batches: int | None = None,
     ):
         super().__init__(model_fn, data, batch_size, max_batches)
+        if grids is not None:
+            patch_shuffle.check_grids(grids, (data.image_size, data.image_size))
         self.grids, self.seed = ([tuple(g) for g in grids] if grids else None), int(seed)
 
     def run(self, state: dict, step: int) -> dict:
@@ -203,10 +204,10 @@ class AdversarialPatch(PixelBatches):
         max_batches: int | None = None,
     ):
         super().__init__(model_fn, data, batch_size, max_batches)
-        if shape not in ("square", "circle") or optimizer not in ("sign", "adam") or not 0 < fraction < 1:
-            raise UserError(
-                "adversarial_patch: shape must be square or circle, optimizer sign or adam, 0 < fraction < 1"
-            )
+        size = (data.image_size, data.image_size)
+        adversarial_patch.check_patch(size, fraction=fraction, shape=shape, steps=steps, lr=lr, optimizer=optimizer)
+        if target is not None and not 0 <= target < data.num_classes:
+            raise UserError(f"adversarial_patch: target={target} must be a class in 0..{data.num_classes - 1} or None")
         self.settings = dict(fraction=float(fraction), shape=shape, steps=int(steps), lr=float(lr), optimizer=optimizer)
         self.target = target
 
@@ -244,6 +245,8 @@ class ShapeBias(PixelBatches):
 
     def __init__(self, model_fn: Callable, data: EvalData, *, folder: str | None = None, num_images: int = 256):
         super().__init__(model_fn, data, None, None)
+        if num_images < 1:
+            raise UserError(f"shape_bias: num_images={num_images} must be at least 1, e.g. num_images=256")
         if not folder and data.dataset.name != "shapes":
             raise UserError(
                 "shape_bias needs cue-conflict images: folder='<stimuli dir>' (16 categories or ImageNet "
@@ -297,8 +300,7 @@ class FewShot(PixelBatches):
         max_batches: int | None = None,
     ):
         super().__init__(model_fn, data, batch_size, max_batches)
-        if not shots or min(shots) < 1:
-            raise UserError(f"few_shot: shots={shots} must be positive counts, e.g. shots=(1,5)")
+        transfer.check_shots(shots, seeds)
         self.shots, self.seeds, self.features = tuple(int(k) for k in shots), int(seeds), features
         self.dataset = data.dataset.copy_and_resolve_references()
         with self.dataset.unlocked():

@@ -162,6 +162,14 @@ def sample_shots(y: np.ndarray, shots: int, num_classes: int, rng: np.random.Gen
     return np.concatenate(idx)
 
 
+def check_shots(shots: Sequence[int], seeds: int) -> None:
+    """UserError unless `shots` is a non-empty sequence of counts >= 1 and `seeds` >= 1."""
+    if not shots or not all(int(k) == k and k >= 1 for k in shots):
+        raise UserError(f"few_shot: shots={tuple(shots)} must be counts of at least 1, e.g. shots=(1,5)")
+    if int(seeds) < 1:
+        raise UserError(f"few_shot: seeds={seeds} must be at least 1, e.g. seeds=3")
+
+
 def ridge_few_shot(
     x: np.ndarray,
     y: np.ndarray,
@@ -174,6 +182,7 @@ def ridge_few_shot(
     l2: float = 1024.0,
 ) -> dict:
     """big_vision-style few-shot accuracy: {shots: [accuracy per seed]} and the means."""
+    check_shots(shots, seeds)
     out, means = {}, {}
     for k in shots:
         accs = []

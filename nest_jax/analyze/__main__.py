@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
+import os
 import sys
 
 from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
@@ -39,14 +41,46 @@ def load_config(spec: str, overrides: list[str], flag: str = "--set"):
 
 def load_checkpoint(model, source: str, path: str, label: str) -> int:
     """Loads a checkpoint into `model` (params, and BatchNorm statistics when it has them) through
-    `nest_jax.load_params` / `load_into`; returns the training step (0 unless a workdir)."""
-    from nest_jax.convert.load import load_into, load_params
+    `nest_jax.load_params` / `load_into`; returns the training step (0 unless a workdir).
 
-    weights = load_params(path, source=source, model=model)
+    A workdir's newest readable checkpoint is used, as training resumes from: an unreadable one is
+    named in one line and the previous one tried (analysis only reads: nothing is moved aside)."""
+    from nest_jax.convert.load import load_into, load_params
+    from nest_jax.convert.workdir import as_path, checkpoint_steps, is_workdir
+
+    steps = checkpoint_steps(path) if source == "nest_jax" and is_workdir(as_path(path)) else []
+    candidates = list(reversed(steps)) or [None]
+    for step in candidates:
+        try:
+            weights = load_params(path, source=source, model=model, step=step)
+            break
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- any failure to read makes this copy unusable
+            if step is None:
+                raise
+            reason = _reason(e)
+            if step == candidates[-1]:
+                raise UserError(f"{label}: no readable checkpoint in {path} (the oldest, {step}: {reason})") from e
+            print(
+                f"{PROG}: warning: {label}: checkpoint {step} of {path} is unreadable ({reason}); using the previous one",
+                file=sys.stderr,
+            )
     fresh = load_into(model, weights)
     if fresh:
         print(f"{PROG}: note: {label}: class count differs, head left at random: {', '.join(fresh)}", file=sys.stderr)
     return int(weights.step or 0)
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of an error, without tensorstore's spec dump, at most 160 characters."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" [tensorstore_spec=")[0]
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _not_orbax(record: logging.LogRecord) -> bool:
+    """Drops orbax's progress and info messages (logged through absl): nothing the user acts on."""
+    return record.levelno >= logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 def build_subject(config, checkpoint: str | None, source: str, label: str, num_classes: int):
@@ -117,11 +151,16 @@ def parse_options(items: list[str]) -> dict:
 
 def run(args) -> dict:
     from nest_jax import data
-    from nest_jax.analyze.loop import analyse, check_options, selected
+    from nest_jax.analyze.loop import analyse, check_options, make_out_dir, selected
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size={args.batch_size} must be at least 1 (or left out: train.eval_batch_size)")
+    if args.max_batches < 0:
+        raise UserError(f"--max-batches={args.max_batches} must be at least 0 (0: the whole split)")
     names = selected(args.analysis)
     options = parse_options(args.opt)
     check_options(names, options)
+    make_out_dir(args.out)
     config = load_config(args.config, args.set)
     try:
         info = data.get_info(config.dataset)
@@ -154,6 +193,8 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(args.debug)
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_not_orbax)
     try:
         results = run(args)
     except UserError as e:
@@ -161,6 +202,8 @@ def main(argv=None) -> int:
             raise
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return USAGE_EXIT_CODE
+    finally:
+        absl_logger.removeFilter(_not_orbax)
     print(json.dumps({k: sorted(v) if isinstance(v, dict) else v for k, v in results.items()}))
     return 0
 

@@ -22,6 +22,7 @@ from nest_jax.errors import UserError
 from nest_jax.train.evaluators import (
     EvalData,
     build_evaluators,
+    check_settings,
     flatten,
     known_kinds,
     model_fn_of,
@@ -75,13 +76,17 @@ def evals_config(config: Any, name: str, options: dict) -> Any:
 
 
 def check_options(names: list[str], options: dict) -> None:
-    """Every --opt key must be a setting of at least one selected analysis."""
+    """Every --opt key must be a setting of at least one selected analysis, of the type each that
+    takes it declares (`check_settings`): checked before any model or data is read."""
     known = sorted({k for n in names for k in settings_of(known_kinds()[n])})
     for key in options:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3)
             hint = f"did you mean {', '.join(close)}? " if close else ""
             raise UserError(f"unknown --opt {key} for {', '.join(names)}; {hint}valid: {', '.join(known) or 'none'}")
+    for name in names:
+        keys = settings_of(known_kinds()[name])
+        check_settings(name, {k: v for k, v in options.items() if k in keys}, where="--opt")
 
 
 def to_json(x: Any) -> Any:
@@ -120,45 +125,69 @@ def analyse(
     """
     options = dict(options or {})
     check_options(names, options)
+    make_out_dir(out)
     eval_data = EvalData(config, data, make_mesh({"data": -1}), batch_size=batch_size, max_batches=max_batches)
     bound = [model_fn_of(s.model) for s in subjects]
-    os.makedirs(out, exist_ok=True)
     from tensorboardX import SummaryWriter
 
     writer = SummaryWriter(os.path.join(out, "tensorboard"))
+    # Every analysis is built (its settings checked) before any runs: a bad value fails at once.
+    built = {n: _build(n, evals_config(config, n, options), bound, eval_data, skip_inapplicable) for n in names}
     results: dict[str, dict] = {}
     try:
         for name in names:
-            numbers = _run_one(
-                name, subjects, evals_config(config, name, options), bound, eval_data, step, skip_inapplicable
-            )
+            if built[name] is None:
+                continue
+            numbers = _run_one(name, subjects, built[name], bound, step, skip_inapplicable)
             if numbers is None:
                 continue
             results[name], figures = numbers
-            with open(os.path.join(out, f"{name}.json"), "w") as f:
-                json.dump(to_json(results[name]), f)
-            for label, r in results[name].items():
-                for key, v in flatten(r).items():
-                    if np.ndim(v) == 0:
-                        writer.add_scalar(f"{name}/{label}/{key}", v, global_step=step)
-            for stem, fig in figures.items():
-                fig.savefig(os.path.join(out, f"{stem}.png"), dpi=110)
-                writer.add_figure(f"{name}/{stem}", fig, global_step=step)
+            try:
+                _write(out, name, results[name], figures, writer, step)
+            except OSError as e:  # a full disk or a read-only folder: one line, not a traceback
+                raise UserError(f"cannot write the results of {name} under {out}: {e.strerror or e}") from e
     finally:
         writer.close()
     return results
 
 
-def _run_one(name, subjects, config, bound, data, step, skip_inapplicable):
-    """(results by label, figures) of one analysis; None when `all` asked for one that does not
-    apply. With two models, one it does not apply to is noted and left out."""
+def make_out_dir(out: str) -> None:
+    """Creates the output folder (UserError if it cannot be: a file there, no permission)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file, not a folder; pass a folder for the results")
     try:
-        built = [build_evaluators(config, model_fn, data)[name].evaluator for model_fn, _ in bound]
+        os.makedirs(os.path.join(out, "tensorboard"), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output folder {out}: {e.strerror or e}") from e
+
+
+def _write(out: str, name: str, results: dict, figures: dict, writer: Any, step: int) -> None:
+    """`name`'s results as out/<name>.json, its figures as PNG, both (and the scalars) to TensorBoard."""
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(to_json(results), f)
+    for label, r in results.items():
+        for key, v in flatten(r).items():
+            if np.ndim(v) == 0:
+                writer.add_scalar(f"{name}/{label}/{key}", v, global_step=step)
+    for stem, fig in figures.items():
+        fig.savefig(os.path.join(out, f"{stem}.png"), dpi=110)
+        writer.add_figure(f"{name}/{stem}", fig, global_step=step)
+
+
+def _build(name, config, bound, data, skip_inapplicable) -> list | None:
+    """Analysis `name`'s evaluator for each model; None when `all` asked for one that does not apply."""
+    try:
+        return [build_evaluators(config, model_fn, data)[name].evaluator for model_fn, _ in bound]
     except UserError as e:  # a setting it needs is missing (shape_bias without stimuli)
-        if not skip_inapplicable:
-            raise
+        if not skip_inapplicable or _builds_without_options(name, config, bound[0][0], data):
+            raise  # a bad --opt value is an error even under `all`, never a skipped analysis
         print(f"note: skipping {name}: {e}", file=sys.stderr)
         return None
+
+
+def _run_one(name, subjects, built, bound, step, skip_inapplicable):
+    """(results by label, figures) of one analysis; None when `all` asked for one that does not
+    apply. With two models, one it does not apply to is noted and left out."""
     results, evaluators, reason = {}, {}, ""
     for s, ev, (_, state) in zip(subjects, built, bound):
         try:
@@ -180,3 +209,13 @@ def _run_one(name, subjects, config, bound, data, step, skip_inapplicable):
         (a, ev_a), (b, ev_b) = evaluators.items()
         results[f"{a}|{b}"] = done[f"{a}|{b}"] = unflatten(flatten(ev_a.compare(bound[0][1], ev_b, bound[1][1])))
     return results, (first.figures(done) if hasattr(first, "figures") else {})
+
+
+def _builds_without_options(name: str, config: Any, model_fn: Any, data: EvalData) -> bool:
+    """Whether analysis `name` builds with its default settings (then an error building it with the
+    --opt values is about those values)."""
+    try:
+        build_evaluators(evals_config(config, name, {}), model_fn, data)
+    except UserError:
+        return False
+    return True

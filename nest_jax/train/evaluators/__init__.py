@@ -25,14 +25,19 @@ importing `PLUGIN_MODULES` (lazily: the training loop never imports them itself)
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import importlib
 import inspect
+import numbers
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -90,11 +95,18 @@ def settings_of(cls: type) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def make_evaluator(kind: str, model_fn: Callable, data: EvalData, settings: dict, *, where: str) -> Any:
-    """`kind`'s class built with `settings` as keyword arguments; an unknown one is a UserError."""
+# Settings of the data every evaluator reads, with their least valid value (None: the data's default).
+DATA_SETTING_MINIMUM = {"batch_size": 1, "max_batches": 0}
+
+
+def check_settings(kind: str, settings: dict, *, where: str) -> None:
+    """UserError (one line) unless every key of `settings` is a setting of `kind`'s class and each
+    value has the type its signature annotates (`int`, `float`, `bool`, `str`, `dict`,
+    `Sequence[...]`, `tuple[...]`, `... | None`); the shared data settings must be in range."""
     cls = get_evaluator(kind)
     valid = settings_of(cls)
-    for key in settings:
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in settings.items():
         if key not in valid:
             close = difflib.get_close_matches(key, list(valid) + list(SCHEDULE_KEYS), n=3)
             hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -102,7 +114,68 @@ def make_evaluator(kind: str, model_fn: Callable, data: EvalData, settings: dict
                 f"{where}: unknown setting {key!r} of evaluator kind {kind!r}; {hint}"
                 f"valid settings: {', '.join(valid) or 'none'} (and {', '.join(SCHEDULE_KEYS)})"
             )
-    return cls(model_fn, data, **settings)
+        hint = hints.get(key, Any)
+        if not _has_type(value, hint):
+            raise UserError(
+                f"{where}: setting {key}={value!r} of {kind} must be {_type_name(hint)} (default {key}={valid[key]!r})"
+            )
+        least = DATA_SETTING_MINIMUM.get(key)
+        if least is not None and value is not None and value < least:
+            raise UserError(f"{where}: setting {key}={value!r} of {kind} must be at least {least} (or None)")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether `value` fits the annotation `hint` (unknown annotations accept anything)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if hint is dict or origin is dict:
+        return isinstance(value, (dict, ml_collections.ConfigDict))
+    if origin in (collections.abc.Sequence, list) or hint in (list, tuple):
+        item = args[0] if args else Any
+        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_has_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: Any, article: bool = True) -> str:
+    """`hint` in words: "an int", "a sequence of float", "a sequence of (int, int) or None"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None) or hint is None:
+        return "None"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a, article) for a in args)
+    if origin in (collections.abc.Sequence, list) or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+        name = f"sequence of {_type_name(args[0], False)}" if args else "sequence"
+    elif origin is tuple:
+        return "(" + ", ".join(_type_name(a, False) for a in args) + ")"
+    else:
+        name = getattr(hint, "__name__", str(hint))
+    return (("an " if name[0] in "aeiou" else "a ") if article else "") + name
+
+
+def make_evaluator(kind: str, model_fn: Callable, data: EvalData, settings: dict, *, where: str) -> Any:
+    """`kind`'s class built with `settings` as keyword arguments, checked first (`check_settings`);
+    the class's __init__ checks the ranges of its own settings."""
+    check_settings(kind, settings, where=where)
+    return get_evaluator(kind)(model_fn, data, **settings)
 
 
 @dataclasses.dataclass
@@ -200,6 +273,7 @@ __all__ = [
     "batch_multiple",
     "build_evaluators",
     "check_batch_size",
+    "check_settings",
     "flatten",
     "get_evaluator",
     "known_kinds",
