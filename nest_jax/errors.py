@@ -13,6 +13,7 @@ import os
 DEBUG_ENV = "NEST_JAX_DEBUG"
 USAGE_EXIT_CODE = 2  # bad input: config, flag, file or dataset (as argparse/absl usage errors)
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped by SIGTERM after saving; requeue me
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd command
 
 
 def debug_requested(flag: bool = False) -> bool:
@@ -26,11 +27,25 @@ class UserError(Exception):
 
 
 class Preempted(Exception):
-    """Training stopped on SIGTERM after a checkpoint was saved; resuming continues from it."""
+    """Training stopped on SIGTERM; every checkpoint on disk is complete and resuming continues
+    from the newest. `step` is the checkpoint saved for the notice, None when the signal came
+    outside the training steps (setup, restore, a final evaluation), where nothing was saved."""
 
-    def __init__(self, step: int, directory: str):
-        super().__init__(
-            f"preempted: saved checkpoint {step} in {directory}; rerun the same command "
-            f"to resume (exit code {PREEMPTED_EXIT_CODE})"
-        )
+    def __init__(self, step: int | None, directory: str | None = None):
+        if step is None:
+            text = "preempted (SIGTERM) outside the training steps (setup, restore or a final evaluation)"
+        else:
+            text = f"preempted: saved checkpoint {step} in {directory}"
+        super().__init__(f"{text}; rerun the same command to resume (exit code {PREEMPTED_EXIT_CODE})")
+        self.step, self.directory = step, directory
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run after the checkpoint save in progress was finished.
+
+    step: the newest complete checkpoint in `directory` (None: there is none)."""
+
+    def __init__(self, step: int | None, directory: str):
+        where = f"the newest complete checkpoint is step {step}" if step is not None else "no checkpoint is saved"
+        super().__init__(f"interrupted (Ctrl-C): {where} in {directory}; rerun the same command to resume")
         self.step, self.directory = step, directory

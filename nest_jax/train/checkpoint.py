@@ -40,6 +40,7 @@ from etils import epath
 from nest_jax.convert.workdir import CHECKPOINTS, DATA, STATE, as_path
 from nest_jax.errors import UserError
 from nest_jax.train import integrity
+from nest_jax.train.preemption import signals_held, wait_for_all_processes
 
 log = logging.getLogger(__name__)
 
@@ -245,23 +246,25 @@ class Checkpointer:
         args = {STATE: ocp.args.StandardSave(state), CHECKSUMS: ocp.args.JsonSave(integrity.record(state, sums))}
         if data_state is not None:
             args[DATA] = DataStateSave(data_state)
-        self.wait()  # a failure of the previous async save is reported for its own step
-        self._displace(step)
-        try:
-            self.manager.save(step, args=ocp.args.Composite(**args), force=True)
-        except Exception as e:
-            self._fail(e, step)
-        self._pending = step
+        with signals_held():  # Ctrl-C waits until orbax has the save in hand (then `close` finishes it)
+            self.wait()  # a failure of the previous async save is reported for its own step
+            self._displace(step)
+            try:
+                self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+            except Exception as e:
+                self._fail(e, step)
+            self._pending = step
 
     def wait(self) -> None:
         """Blocks until the pending save is written; its step becomes `last_good`."""
-        try:
-            self.manager.wait_until_finished()
-        except Exception as e:
-            self._fail(e, self._pending)
-        if self._pending is not None:
-            self.last_good, self._pending = self._pending, None
-            self._prune()
+        with signals_held():
+            try:
+                self.manager.wait_until_finished()
+            except Exception as e:
+                self._fail(e, self._pending)
+            if self._pending is not None:
+                self.last_good, self._pending = self._pending, None
+                self._prune()
 
     def _displace(self, step: int) -> None:
         """Moves whatever already sits at the new checkpoint's path aside (orbax would replace it)."""
@@ -418,8 +421,6 @@ class Checkpointer:
         dst = _free_name(self.directory, f"{step}.corrupt")
         if jax.process_index() == 0:
             (self.directory / str(step)).rename(dst)
-        from nest_jax.train.preemption import wait_for_all_processes
-
         wait_for_all_processes(f"nest_jax_set_aside_{step}")
         log.warning("checkpoint %d is unreadable (%s): moved it to %s; trying the previous one", step, reason, dst)
         self.manager.reload()

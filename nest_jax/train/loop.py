@@ -26,14 +26,14 @@ import jax
 import numpy as np
 from clu import parameter_overview
 
-from nest_jax.errors import Preempted, UserError
+from nest_jax.errors import Interrupted, Preempted, UserError
 from nest_jax.train.checkpoint import Checkpointer, as_path
 from nest_jax.train.evaluators import EvalData, build_evaluators, check_batch_size
 from nest_jax.train.lock import WorkdirLock
-from nest_jax.train.preemption import Preemption, wait_for_all_processes
+from nest_jax.train.preemption import Preemption, signals_held, wait_for_all_processes
 from nest_jax.train.sharding import make_mesh
 from nest_jax.train.trainer import make_trainer, shard_batch
-from nest_jax.train.writers import MetricWriter, Progress
+from nest_jax.train.writers import MetricWriter, Progress, workdir_errors, write_file
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _write_parameter_table(workdir: Any, params: Any, write: bool) -> None:
     nbytes = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in leaves)
     where = ""
     if write:
-        (workdir / "params.txt").write_text(parameter_overview.get_parameter_overview(abstract, include_stats=False))
+        write_file(workdir / "params.txt", parameter_overview.get_parameter_overview(abstract, include_stats=False))
         where = f" (table: {workdir / 'params.txt'})"
     log.info("parameters: %s in %d arrays, %.1f MiB%s", f"{count:,}", len(leaves), nbytes / 2**20, where)
 
@@ -153,8 +153,9 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
     training = mode == "train"
     tcfg = config.train
     if is_main and training:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        with workdir_errors(workdir):
+            workdir.mkdir(parents=True, exist_ok=True)
+        write_file(workdir / "config.json", config.to_json_best_effort(indent=2))
     info = data.get_info(config.dataset)
     num_steps, warmup, steps_per_epoch = schedule_lengths(config, info.num_train)
     log.info(
@@ -271,6 +272,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                     writer.flush()
         progress.close()
         ckpt.close()
+        writer.close()
         result["step"] = step
         if is_main:
             log.info(
@@ -286,8 +288,12 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                 workdir,
             )
         return result
-    finally:
-        writer.close()
+    except KeyboardInterrupt:  # Ctrl-C: the save in progress is finished, then one line says where to resume
+        with signals_held():
+            ckpt.close(quiet=True)
+        raise Interrupted(ckpt.last_good, str(ckpt.directory)) from None
+    finally:  # after an error: the first error is the one reported
+        writer.close(quiet=True)
         ckpt.close(quiet=True)
 
 
