@@ -2,7 +2,8 @@
 
 Layout: `<workdir>/checkpoints/<step>/default` holds the train state (params, optimizer state, EMA,
 batch stats, step, raw rng key); `<step>/data` holds the input iterator's position, one JSON file
-per process (`process_<i>-of-<n>.json`), when the data module can report it. Without it the
+per process (`process_<i>-of-<n>.json`, `nest_jax.train.data_position`), when the data module can
+report it. Without it the
 position is the step itself: the input stream is a pure function of (seed, step). Orbax writes each
 checkpoint into a temporary directory and renames it to `<step>` only when complete, so a partially
 written checkpoint is never listed.
@@ -24,11 +25,10 @@ Guarantees on top of orbax:
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import json
 import logging
 import sys
+import time
 from typing import Any
 
 import jax
@@ -39,7 +39,8 @@ from etils import epath
 # The layout lives in the convert layer, which reads a workdir's weights without the trainer.
 from nest_jax.convert.workdir import CHECKPOINTS, DATA, STATE, as_path
 from nest_jax.errors import UserError
-from nest_jax.train import integrity
+from nest_jax.train import data_position, integrity
+from nest_jax.train.data_position import DataStateHandler, DataStateRestore, DataStateSave
 from nest_jax.train.preemption import signals_held, wait_for_all_processes
 
 log = logging.getLogger(__name__)
@@ -74,44 +75,6 @@ def _free_name(directory: epath.Path, stem: str) -> epath.Path:
     while dst.exists():
         dst, n = directory / f"{stem}{n}", n + 1
     return dst
-
-
-# ---- the input iterator's position: one JSON file per process ----
-
-
-class DataStateHandler(ocp.CheckpointHandler):
-    """Saves a JSON-serialisable dict per process (each process reads its own input shard)."""
-
-    def _file(self, directory: epath.Path) -> epath.Path:
-        return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-
-    def save(self, directory: epath.Path, args: DataStateSave) -> None:
-        self._file(directory).write_text(json.dumps(args.state))
-
-    def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> dict | None:
-        f = self._file(directory)
-        return json.loads(f.read_text()) if f.exists() else None  # None: other process count
-
-    def metadata(self, directory: epath.Path) -> None:
-        return None
-
-    def finalize(self, directory: epath.Path) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_save=True)
-@dataclasses.dataclass
-class DataStateSave(ocp.args.CheckpointArgs):
-    state: dict
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
-@dataclasses.dataclass
-class DataStateRestore(ocp.args.CheckpointArgs):
-    pass
 
 
 def _is_no_space(e: BaseException | None) -> bool:
@@ -183,6 +146,17 @@ def _shape_mismatch(saved: Any, abstract: Any) -> str | None:
     return None
 
 
+def _listed(read: Any, tries: int = 20) -> Any:
+    """`read()` (a listing of the checkpoints), again while a step folder vanishes under it: another
+    run's retention deleting an old checkpoint while this process lists them."""
+    for _ in range(tries - 1):
+        try:
+            return read()
+        except FileNotFoundError:
+            time.sleep(0.01)
+    return read()
+
+
 class Checkpointer:
     """Train-state checkpoints under `<workdir>/checkpoints/<step>`.
 
@@ -209,7 +183,7 @@ class Checkpointer:
             DATA: DataStateHandler(),
             CHECKSUMS: ocp.handlers.JsonCheckpointHandler(),
         }
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        self.manager = _listed(lambda: ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers))
         self._closed = False
         self._pending: int | None = None  # step of a save that may still be in flight
         self.last_good: int | None = self.latest_step()  # newest step known complete and finite
@@ -360,6 +334,10 @@ class Checkpointer:
                 raise CorruptCheckpointError(f"checkpoint {step}: {problem}")
         return out[STATE]
 
+    def data_file(self, step: int) -> epath.Path:
+        """This process's input-position file in checkpoint `step` (`nest_jax.train.data_position`)."""
+        return self.directory / str(step) / DATA / data_position.file_name()
+
     def restore_data(self, step: int) -> dict | None:
         """This process's saved input position at `step`, or None if the checkpoint has none."""
         if not (self.directory / str(step) / DATA).exists():
@@ -386,35 +364,58 @@ class Checkpointer:
                 "use the config it was trained with, or another --workdir"
             )
 
-    def restore_latest(self, abstract_state: Any, shardings: Any, *, set_aside: bool = True) -> tuple[int, Any] | None:
+    def restore_latest(
+        self, abstract_state: Any, shardings: Any, *, set_aside: bool = True, retries: int = 10
+    ) -> tuple[int, Any] | None:
         """(step, state) of the newest checkpoint that reads and is finite; None if there is none.
 
         Unreadable or non-finite checkpoints are moved aside to `<step>.corrupt` (set_aside=False,
-        for evaluation: only skipped, the workdir is left as it is).
+        for evaluation: only skipped, the workdir is left as it is). With set_aside=False a run may
+        be training in the same workdir: a checkpoint that its retention deletes while it is read
+        (a newer one has appeared) is not unreadable, the newest is read instead, at most `retries`
+        times; then a UserError.
         """
-        for step in sorted(self.all_steps(), reverse=True):
-            try:
-                self.check_shapes(step, abstract_state)
-                state = self.restore(abstract_state, shardings, step)
-                if not bool(all_finite(state)):
-                    raise ValueError("it holds NaN or Inf values")
-            except UserError:
-                raise
-            except Exception as e:  # noqa: BLE001 -- any failure to read means this copy is unusable
-                _ignore_closed_loop_callbacks()
-                if set_aside:
-                    self._set_aside(step, e)
-                else:
+        _ignore_closed_loop_callbacks()  # before reading: a read cut short leaves callbacks behind
+        failures: dict[int, int] = {}  # set_aside=False: a step failing twice in place is unreadable
+        for _ in range(retries + 1):
+            for step in sorted((s for s in self.all_steps() if failures.get(s, 0) < 2), reverse=True):
+                try:
+                    self.check_shapes(step, abstract_state)
+                    state = self.restore(abstract_state, shardings, step)
+                    if not bool(all_finite(state)):
+                        raise ValueError("it holds NaN or Inf values")
+                except UserError:
+                    raise
+                except Exception as e:  # noqa: BLE001 -- any failure to read means this copy is unusable
+                    if set_aside:
+                        self._set_aside(step, e)
+                        continue
+                    failures[step] = failures.get(step, 0) + 1
+                    if self._superseded(step) or failures[step] < 2:  # deleted, or still being finalized
+                        log.info("checkpoint %d changed while it was read (%s); reading again", step, _first_line(e))
+                        time.sleep(0.05)
+                        break
                     log.warning(
                         "checkpoint %d in %s is unreadable (%s); trying the previous one",
                         step,
                         self.directory,
                         _first_line(e),
                     )
-                continue
-            self.last_good = step
-            return step, state
-        return None
+                    continue
+                self.last_good = step
+                return step, state
+            else:
+                return None
+        raise UserError(
+            f"the checkpoints in {self.directory} were replaced {retries + 1} times while being read (a run "
+            "saving faster than they can be read): raise train.checkpoint_every_steps or evaluate after training"
+        )
+
+    def _superseded(self, step: int) -> bool:
+        """Whether checkpoint `step` has been deleted, or a newer one saved, since it was listed."""
+        _listed(self.manager.reload)
+        steps = self.all_steps()
+        return step not in steps or not (self.directory / str(step) / STATE).exists() or max(steps) > step
 
     def _set_aside(self, step: int, err: Exception) -> None:
         reason = _first_line(err)

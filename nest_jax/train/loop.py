@@ -27,6 +27,7 @@ import numpy as np
 from clu import parameter_overview
 
 from nest_jax.errors import Interrupted, Preempted, UserError
+from nest_jax.train import data_position
 from nest_jax.train.checkpoint import Checkpointer, as_path
 from nest_jax.train.evaluators import EvalData, build_evaluators, check_batch_size
 from nest_jax.train.lock import WorkdirLock
@@ -209,6 +210,10 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
             log.warning("%s", message)
             return {"step": start, "message": message}
         log_every, ckpt_every = int(tcfg.log_every_steps), int(tcfg.checkpoint_every_steps or 0)
+        if data_state is not None:  # another seed: UserError; another step: ignored (the step places the input)
+            data_state = data_position.checked(
+                data_state, step=start, seed=int(config.seed), where=ckpt.data_file(start)
+            )
         it = data.train_iterator(
             config.dataset,
             global_batch_size=int(tcfg.global_batch_size),
