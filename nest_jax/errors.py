@@ -27,17 +27,26 @@ class UserError(Exception):
 
 
 class Preempted(Exception):
-    """Training stopped on SIGTERM; every checkpoint on disk is complete and resuming continues
-    from the newest. `step` is the checkpoint saved for the notice, None when the signal came
-    outside the training steps (setup, restore, a final evaluation), where nothing was saved."""
+    """Training stopped on SIGTERM after a checkpoint was saved; resuming continues from it."""
 
-    def __init__(self, step: int | None, directory: str | None = None):
-        if step is None:
-            text = "preempted (SIGTERM) outside the training steps (setup, restore or a final evaluation)"
-        else:
-            text = f"preempted: saved checkpoint {step} in {directory}"
-        super().__init__(f"{text}; rerun the same command to resume (exit code {PREEMPTED_EXIT_CODE})")
+    def __init__(self, step: int, directory: str):
+        super().__init__(
+            f"preempted: saved checkpoint {step} in {directory}; rerun the same command "
+            f"to resume (exit code {PREEMPTED_EXIT_CODE})"
+        )
         self.step, self.directory = step, directory
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training steps (setup, restore, a final evaluation): the run unwinds at
+    once, nothing was being saved. Raised from a signal handler, so a BaseException (as
+    KeyboardInterrupt): no `except Exception` on the way (logging, a checkpoint reader) swallows it."""
+
+    def __init__(self):
+        super().__init__(
+            "preempted (SIGTERM) outside the training steps (setup, restore or a final evaluation); "
+            f"rerun the same command to resume (exit code {PREEMPTED_EXIT_CODE})"
+        )
 
 
 class Interrupted(KeyboardInterrupt):

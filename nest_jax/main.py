@@ -34,6 +34,7 @@ from nest_jax.errors import (
     USAGE_EXIT_CODE,
     Interrupted,
     Preempted,
+    Terminated,
     UserError,
     debug_requested,
 )
@@ -207,8 +208,8 @@ def _prepare(cl: CommandLine):
     return config
 
 
-def _raise_preempted(signum, frame) -> NoReturn:
-    raise Preempted(None)  # the training loop installs its own handler while it trains
+def _raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated  # the training loop installs its own handler while it trains
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested("--debug" in argv)
-    previous = signal.signal(signal.SIGTERM, _raise_preempted)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _main(argv, debug)
     finally:
@@ -239,7 +240,7 @@ def _main(argv: list[str], debug: bool) -> int:
     except UserError as e:
         _say(f"error: {e}", debug)
         return USAGE_EXIT_CODE
-    except Preempted as e:
+    except (Preempted, Terminated) as e:
         _say(str(e), debug)
         return PREEMPTED_EXIT_CODE
     except KeyboardInterrupt as e:  # Ctrl-C; in the training loop: after the save in progress finished

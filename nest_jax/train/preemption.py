@@ -8,8 +8,8 @@ coordination service, on the first step every process can still reach;
 every process at that same step. The common step therefore runs no collective outside the jitted
 train step. No Python handler is installed in that case: it would replace JAX's.
 
-Outside the training steps the command line (`nest_jax.main`) turns SIGTERM into a `Preempted`
-exception, so setup and restore unwind (the workdir lock is released) instead of dying.
+Outside the training steps the command line (`nest_jax.main`) turns SIGTERM into a `Terminated`
+exception (a BaseException), so setup and restore unwind (the workdir lock is released) instead of dying.
 `signals_held()` holds SIGINT and SIGTERM for the length of a block (a checkpoint save, the
 wait for one) and delivers them at its end: Ctrl-C never cuts a save in half.
 """
