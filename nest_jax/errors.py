@@ -13,6 +13,7 @@ import os
 DEBUG_ENV = "NEST_JAX_DEBUG"
 USAGE_EXIT_CODE = 2  # bad input: config, flag, file or dataset (as argparse/absl usage errors)
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped by SIGTERM after saving; requeue me
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd command
 
 
 def debug_requested(flag: bool = False) -> bool:
@@ -33,4 +34,27 @@ class Preempted(Exception):
             f"preempted: saved checkpoint {step} in {directory}; rerun the same command "
             f"to resume (exit code {PREEMPTED_EXIT_CODE})"
         )
+        self.step, self.directory = step, directory
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training steps (setup, restore, a final evaluation): the run unwinds at
+    once, nothing was being saved. Raised from a signal handler, so a BaseException (as
+    KeyboardInterrupt): no `except Exception` on the way (logging, a checkpoint reader) swallows it."""
+
+    def __init__(self):
+        super().__init__(
+            "preempted (SIGTERM) outside the training steps (setup, restore or a final evaluation); "
+            f"rerun the same command to resume (exit code {PREEMPTED_EXIT_CODE})"
+        )
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run after the checkpoint save in progress was finished.
+
+    step: the newest complete checkpoint in `directory` (None: there is none)."""
+
+    def __init__(self, step: int | None, directory: str):
+        where = f"the newest complete checkpoint is step {step}" if step is not None else "no checkpoint is saved"
+        super().__init__(f"interrupted (Ctrl-C): {where} in {directory}; rerun the same command to resume")
         self.step, self.directory = step, directory

@@ -8,21 +8,36 @@ GPU clusters; TPU pods detect them) calls `jax.distributed.initialize` before an
 
 Exit codes: 0 done; 2 (`USAGE_EXIT_CODE`) bad input — a `UserError` (config, flag, file or
 dataset), printed as one line `nest_jax.main: error: <what and how to fix it>` on stderr without a
-traceback; 75 (`PREEMPTED_EXIT_CODE`) SIGTERM stopped training after saving a checkpoint — rerun
-the same command to resume; 1 training diverged (the line names the last good checkpoint) or a bug.
+traceback, and so is a full disk while writing the workdir; 75 (`PREEMPTED_EXIT_CODE`) SIGTERM
+stopped the run (in the training loop after saving a checkpoint; during setup, restore or a final
+evaluation at once, the workdir lock released) — rerun the same command to resume; 130
+(`INTERRUPTED_EXIT_CODE`) Ctrl-C, after finishing the checkpoint save in progress; 1 training
+diverged (the line names the last good checkpoint) or a bug. Each is one line on stderr.
 `--debug` or `NEST_JAX_DEBUG=1` prints the traceback as well.
 """
 
 from __future__ import annotations
 
+import errno
 import logging as pylogging
 import os
+import signal
 import sys
 import traceback
 from typing import Any, NoReturn
 
 from nest_jax.cli_config import CommandLine, apply_overrides, check_required, load_config, shipped_configs, split_argv
-from nest_jax.errors import DEBUG_ENV, PREEMPTED_EXIT_CODE, USAGE_EXIT_CODE, Preempted, UserError, debug_requested
+from nest_jax.errors import (
+    DEBUG_ENV,
+    INTERRUPTED_EXIT_CODE,
+    PREEMPTED_EXIT_CODE,
+    USAGE_EXIT_CODE,
+    Interrupted,
+    Preempted,
+    Terminated,
+    UserError,
+    debug_requested,
+)
 
 PROG = "nest_jax.main"
 _notes: list[str] = []  # said once absl logging is up
@@ -61,6 +76,7 @@ EXIT CODES
   1   training diverged (non-finite loss or parameters): the line names the last good checkpoint
   {USAGE_EXIT_CODE}   bad input (config, flag, file or dataset): one line on stderr says what and how to fix it
   {PREEMPTED_EXIT_CODE}  preempted (SIGTERM) after saving a checkpoint: rerun the same command to resume
+  {INTERRUPTED_EXIT_CODE} interrupted (Ctrl-C) after finishing the checkpoint save in progress: rerun to resume
 
 OTHER FLAGS
   --debug           show the traceback of an error (also: {DEBUG_ENV}=1)
@@ -197,13 +213,26 @@ def _prepare(cl: CommandLine):
     return config
 
 
+def _raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated  # the training loop installs its own handler while it trains
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit status (0, `USAGE_EXIT_CODE` or `PREEMPTED_EXIT_CODE`).
+    """The command line; returns the exit status (0, `USAGE_EXIT_CODE`, `PREEMPTED_EXIT_CODE`,
+    `INTERRUPTED_EXIT_CODE` or 1).
 
     argv: the arguments without the program name (default: `sys.argv[1:]`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested("--debug" in argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv, debug)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str], debug: bool) -> int:
     try:
         cl = split_argv(argv)
         debug = debug or cl.debug
@@ -214,21 +243,31 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(cl.absl_args, debug)
         run_job(config, cl.workdir, cl.mode)
     except UserError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        _say(f"error: {e}", debug)
         return USAGE_EXIT_CODE
-    except Preempted as e:
-        if debug:
-            traceback.print_exc()
-        print(f"{PROG}: {e}", file=sys.stderr)
+    except (Preempted, Terminated) as e:
+        _say(str(e), debug)
         return PREEMPTED_EXIT_CODE
+    except KeyboardInterrupt as e:  # Ctrl-C; in the training loop: after the save in progress finished
+        setup = "interrupted (Ctrl-C) during setup, before any checkpoint was touched; rerun the same command"
+        _say(str(e) if isinstance(e, Interrupted) else setup, debug)
+        return INTERRUPTED_EXIT_CODE
     except FloatingPointError as e:  # training diverged: the message names the last good checkpoint
-        if debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        _say(f"error: {e}", debug)
         return 1
+    except OSError as e:  # a full disk anywhere in the workdir (the lock file, a log): no traceback
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _say(f"error: {e.strerror} while writing {e.filename or 'the workdir'}: free space and rerun", debug)
+        return USAGE_EXIT_CODE
     return 0
+
+
+def _say(line: str, debug: bool) -> None:
+    """The one line a failed run prints on stderr (after the traceback with --debug)."""
+    if debug:
+        traceback.print_exc()
+    print(f"{PROG}: {line}", file=sys.stderr)
 
 
 def run() -> NoReturn:

@@ -211,7 +211,7 @@ def test_help_explains_the_program_its_configs_and_exit_codes():
     ):
         assert needle in text, needle
     codes = dict(line.split(None, 1) for line in text.split("EXIT CODES\n")[1].split("\n\n")[0].splitlines())
-    assert set(codes) == {"0", "1", str(USAGE_EXIT_CODE), str(PREEMPTED_EXIT_CODE)} and "rerun" in codes["75"]
+    assert set(codes) == {"0", "1", str(USAGE_EXIT_CODE), str(PREEMPTED_EXIT_CODE), "130"} and "rerun" in codes["75"]
     assert max(len(r) for r in text.splitlines()) <= 110
 
 

@@ -2,7 +2,8 @@
 
 Layout: `<workdir>/checkpoints/<step>/default` holds the train state (params, optimizer state, EMA,
 batch stats, step, raw rng key); `<step>/data` holds the input iterator's position, one JSON file
-per process (`process_<i>-of-<n>.json`), when the data module can report it. Without it the
+per process (`process_<i>-of-<n>.json`, `nest_jax.train.data_position`), when the data module can
+report it. Without it the
 position is the step itself: the input stream is a pure function of (seed, step). Orbax writes each
 checkpoint into a temporary directory and renames it to `<step>` only when complete, so a partially
 written checkpoint is never listed.
@@ -24,9 +25,8 @@ Guarantees on top of orbax:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
+import time
 from typing import Any
 
 import jax
@@ -40,7 +40,9 @@ from nest_jax.convert.checkpoint import is_no_space as _is_no_space
 from nest_jax.convert.checkpoint import quiet_orbax_on_full_disk as _quiet_orbax_on_full_disk
 from nest_jax.convert.workdir import CHECKPOINTS, DATA, STATE, as_path
 from nest_jax.errors import UserError
-from nest_jax.train import integrity
+from nest_jax.train import data_position, integrity
+from nest_jax.train.data_position import DataStateHandler, DataStateRestore, DataStateSave
+from nest_jax.train.preemption import signals_held, wait_for_all_processes
 
 log = logging.getLogger(__name__)
 
@@ -76,44 +78,6 @@ def _free_name(directory: epath.Path, stem: str) -> epath.Path:
     return dst
 
 
-# ---- the input iterator's position: one JSON file per process ----
-
-
-class DataStateHandler(ocp.CheckpointHandler):
-    """Saves a JSON-serialisable dict per process (each process reads its own input shard)."""
-
-    def _file(self, directory: epath.Path) -> epath.Path:
-        return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-
-    def save(self, directory: epath.Path, args: DataStateSave) -> None:
-        self._file(directory).write_text(json.dumps(args.state))
-
-    def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> dict | None:
-        f = self._file(directory)
-        return json.loads(f.read_text()) if f.exists() else None  # None: other process count
-
-    def metadata(self, directory: epath.Path) -> None:
-        return None
-
-    def finalize(self, directory: epath.Path) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_save=True)
-@dataclasses.dataclass
-class DataStateSave(ocp.args.CheckpointArgs):
-    state: dict
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
-@dataclasses.dataclass
-class DataStateRestore(ocp.args.CheckpointArgs):
-    pass
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
@@ -137,6 +101,17 @@ def _shape_mismatch(saved: Any, abstract: Any) -> str | None:
     if extra:
         return f"the checkpoint has {extra[0]} {have[extra[0]]}, which the model does not"
     return None
+
+
+def _listed(read: Any, tries: int = 20) -> Any:
+    """`read()` (a listing of the checkpoints), again while a step folder vanishes under it: another
+    run's retention deleting an old checkpoint while this process lists them."""
+    for _ in range(tries - 1):
+        try:
+            return read()
+        except FileNotFoundError:
+            time.sleep(0.01)
+    return read()
 
 
 class Checkpointer:
@@ -165,7 +140,7 @@ class Checkpointer:
             DATA: DataStateHandler(),
             CHECKSUMS: ocp.handlers.JsonCheckpointHandler(),
         }
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        self.manager = _listed(lambda: ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers))
         self._closed = False
         self._pending: int | None = None  # step of a save that may still be in flight
         self.last_good: int | None = self.latest_step()  # newest step known complete and finite
@@ -202,23 +177,25 @@ class Checkpointer:
         args = {STATE: ocp.args.StandardSave(state), CHECKSUMS: ocp.args.JsonSave(integrity.record(state, sums))}
         if data_state is not None:
             args[DATA] = DataStateSave(data_state)
-        self.wait()  # a failure of the previous async save is reported for its own step
-        self._displace(step)
-        try:
-            self.manager.save(step, args=ocp.args.Composite(**args), force=True)
-        except Exception as e:
-            self._fail(e, step)
-        self._pending = step
+        with signals_held():  # Ctrl-C waits until orbax has the save in hand (then `close` finishes it)
+            self.wait()  # a failure of the previous async save is reported for its own step
+            self._displace(step)
+            try:
+                self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+            except Exception as e:
+                self._fail(e, step)
+            self._pending = step
 
     def wait(self) -> None:
         """Blocks until the pending save is written; its step becomes `last_good`."""
-        try:
-            self.manager.wait_until_finished()
-        except Exception as e:
-            self._fail(e, self._pending)
-        if self._pending is not None:
-            self.last_good, self._pending = self._pending, None
-            self._prune()
+        with signals_held():
+            try:
+                self.manager.wait_until_finished()
+            except Exception as e:
+                self._fail(e, self._pending)
+            if self._pending is not None:
+                self.last_good, self._pending = self._pending, None
+                self._prune()
 
     def _displace(self, step: int) -> None:
         """Moves whatever already sits at the new checkpoint's path aside (orbax would replace it)."""
@@ -314,6 +291,10 @@ class Checkpointer:
                 raise CorruptCheckpointError(f"checkpoint {step}: {problem}")
         return out[STATE]
 
+    def data_file(self, step: int) -> epath.Path:
+        """This process's input-position file in checkpoint `step` (`nest_jax.train.data_position`)."""
+        return self.directory / str(step) / DATA / data_position.file_name()
+
     def restore_data(self, step: int) -> dict | None:
         """This process's saved input position at `step`, or None if the checkpoint has none."""
         if not (self.directory / str(step) / DATA).exists():
@@ -340,43 +321,64 @@ class Checkpointer:
                 "use the config it was trained with, or another --workdir"
             )
 
-    def restore_latest(self, abstract_state: Any, shardings: Any, *, set_aside: bool = True) -> tuple[int, Any] | None:
+    def restore_latest(
+        self, abstract_state: Any, shardings: Any, *, set_aside: bool = True, retries: int = 10
+    ) -> tuple[int, Any] | None:
         """(step, state) of the newest checkpoint that reads and is finite; None if there is none.
 
         Unreadable or non-finite checkpoints are moved aside to `<step>.corrupt` (set_aside=False,
-        for evaluation: only skipped, the workdir is left as it is).
+        for evaluation: only skipped, the workdir is left as it is). With set_aside=False a run may
+        be training in the same workdir: a checkpoint that its retention deletes while it is read
+        (a newer one has appeared) is not unreadable, the newest is read instead, at most `retries`
+        times; then a UserError.
         """
-        for step in sorted(self.all_steps(), reverse=True):
-            try:
-                self.check_shapes(step, abstract_state)
-                state = self.restore(abstract_state, shardings, step)
-                if not bool(all_finite(state)):
-                    raise ValueError("it holds NaN or Inf values")
-            except UserError:
-                raise
-            except Exception as e:  # noqa: BLE001 -- any failure to read means this copy is unusable
-                _ignore_closed_loop_callbacks()
-                if set_aside:
-                    self._set_aside(step, e)
-                else:
+        _ignore_closed_loop_callbacks()  # before reading: a read cut short leaves callbacks behind
+        failures: dict[int, int] = {}  # set_aside=False: a step failing twice in place is unreadable
+        for _ in range(retries + 1):
+            for step in sorted((s for s in self.all_steps() if failures.get(s, 0) < 2), reverse=True):
+                try:
+                    self.check_shapes(step, abstract_state)
+                    state = self.restore(abstract_state, shardings, step)
+                    if not bool(all_finite(state)):
+                        raise ValueError("it holds NaN or Inf values")
+                except UserError:
+                    raise
+                except Exception as e:  # noqa: BLE001 -- any failure to read means this copy is unusable
+                    if set_aside:
+                        self._set_aside(step, e)
+                        continue
+                    failures[step] = failures.get(step, 0) + 1
+                    if self._superseded(step) or failures[step] < 2:  # deleted, or still being finalized
+                        log.info("checkpoint %d changed while it was read (%s); reading again", step, _first_line(e))
+                        time.sleep(0.05)
+                        break
                     log.warning(
                         "checkpoint %d in %s is unreadable (%s); trying the previous one",
                         step,
                         self.directory,
                         _first_line(e),
                     )
-                continue
-            self.last_good = step
-            return step, state
-        return None
+                    continue
+                self.last_good = step
+                return step, state
+            else:
+                return None
+        raise UserError(
+            f"the checkpoints in {self.directory} were replaced {retries + 1} times while being read (a run "
+            "saving faster than they can be read): raise train.checkpoint_every_steps or evaluate after training"
+        )
+
+    def _superseded(self, step: int) -> bool:
+        """Whether checkpoint `step` has been deleted, or a newer one saved, since it was listed."""
+        _listed(self.manager.reload)
+        steps = self.all_steps()
+        return step not in steps or not (self.directory / str(step) / STATE).exists() or max(steps) > step
 
     def _set_aside(self, step: int, err: Exception) -> None:
         reason = _first_line(err)
         dst = _free_name(self.directory, f"{step}.corrupt")
         if jax.process_index() == 0:
             (self.directory / str(step)).rename(dst)
-        from nest_jax.train.preemption import wait_for_all_processes
-
         wait_for_all_processes(f"nest_jax_set_aside_{step}")
         log.warning("checkpoint %d is unreadable (%s): moved it to %s; trying the previous one", step, reason, dst)
         self.manager.reload()

@@ -26,15 +26,16 @@ import jax
 import numpy as np
 from clu import parameter_overview
 
-from nest_jax.errors import Preempted, UserError
+from nest_jax.errors import Interrupted, Preempted, UserError
+from nest_jax.train import data_position
 from nest_jax.train.checkpoint import Checkpointer, as_path
 from nest_jax.train.evaluators import EvalData, build_evaluators, check_batch_size
 from nest_jax.train.lock import WorkdirLock
-from nest_jax.train.preemption import Preemption, wait_for_all_processes
+from nest_jax.train.preemption import Preemption, signals_held, wait_for_all_processes
 from nest_jax.train.sharding import make_mesh
 from nest_jax.train.trainer import make_trainer, shard_batch
 from nest_jax.train.validate import validate_config
-from nest_jax.train.writers import MetricWriter, Progress
+from nest_jax.train.writers import MetricWriter, Progress, workdir_errors, write_file
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _write_parameter_table(workdir: Any, params: Any, write: bool) -> None:
     nbytes = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in leaves)
     where = ""
     if write:
-        (workdir / "params.txt").write_text(parameter_overview.get_parameter_overview(abstract, include_stats=False))
+        write_file(workdir / "params.txt", parameter_overview.get_parameter_overview(abstract, include_stats=False))
         where = f" (table: {workdir / 'params.txt'})"
     log.info("parameters: %s in %d arrays, %.1f MiB%s", f"{count:,}", len(leaves), nbytes / 2**20, where)
 
@@ -155,8 +156,9 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
     training = mode == "train"
     tcfg = config.train
     if is_main and training:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        with workdir_errors(workdir):
+            workdir.mkdir(parents=True, exist_ok=True)
+        write_file(workdir / "config.json", config.to_json_best_effort(indent=2))
     info = data.get_info(config.dataset)
     num_steps, warmup, steps_per_epoch = schedule_lengths(config, info.num_train)
     log.info(
@@ -210,6 +212,10 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
             log.warning("%s", message)
             return {"step": start, "message": message}
         log_every, ckpt_every = int(tcfg.log_every_steps), int(tcfg.checkpoint_every_steps or 0)
+        if data_state is not None:  # another seed: UserError; another step: ignored (the step places the input)
+            data_state = data_position.checked(
+                data_state, step=start, seed=int(config.seed), where=ckpt.data_file(start)
+            )
         it = data.train_iterator(
             config.dataset,
             global_batch_size=int(tcfg.global_batch_size),
@@ -273,6 +279,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                     writer.flush()
         progress.close()
         ckpt.close()
+        writer.close()
         result["step"] = step
         if is_main:
             log.info(
@@ -288,8 +295,12 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                 workdir,
             )
         return result
-    finally:
-        writer.close()
+    except KeyboardInterrupt:  # Ctrl-C: the save in progress is finished, then one line says where to resume
+        with signals_held():
+            ckpt.close(quiet=True)
+        raise Interrupted(ckpt.last_good, str(ckpt.directory)) from None
+    finally:  # after an error: the first error is the one reported
+        writer.close(quiet=True)
         ckpt.close(quiet=True)
 
 

@@ -7,12 +7,19 @@ coordination service, on the first step every process can still reach;
 `multihost_utils.reached_preemption_sync_point(step)` is then a local check that turns True on
 every process at that same step. The common step therefore runs no collective outside the jitted
 train step. No Python handler is installed in that case: it would replace JAX's.
+
+Outside the training steps the command line (`nest_jax.main`) turns SIGTERM into a `Terminated`
+exception (a BaseException), so setup and restore unwind (the workdir lock is released) instead of dying.
+`signals_held()` holds SIGINT and SIGTERM for the length of a block (a checkpoint save, the
+wait for one) and delivers them at its end: Ctrl-C never cuts a save in half.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import threading
 
 import jax
 
@@ -75,3 +82,32 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
         multihost_utils.sync_global_devices(name)
         return
     client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM arriving inside the block are delivered when it ends (to the handlers
+    that were in place before); an exception leaving the block drops them: it is reported instead.
+    No-op off the main thread (signals only ever reach the main thread)."""
+    if not _on_main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum, frame) -> None:
+        if not held:
+            log.warning("%s received: finishing the checkpoint save first", signal.Signals(signum).name)
+        held.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    for s in dict.fromkeys(held):
+        signal.raise_signal(s)

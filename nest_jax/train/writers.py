@@ -1,16 +1,19 @@
 """TensorFlow-free metric output: TensorBoard event files, a JSONL log, and one console line.
 
-`MetricWriter` writes scalars and images to TensorBoard event files in the workdir (through
-tensorboardX; `tensorboard --logdir WORKDIR` shows the run), every scalar to
+`MetricWriter` writes scalars and images to TensorBoard event files in the workdir (tensorboardX's
+record format; `tensorboard --logdir WORKDIR` shows the run), every scalar to
 `WORKDIR/metrics.jsonl`, one JSON object per write: {"step": k, name: value, ...}, and every
 picture (a uint8 image, e.g. the GAN's sample grid `samples`) as `WORKDIR/<name>/step_<k>.png`.
 Only process 0 writes; others get a writer that does nothing. `Progress` prints one line per log
 interval (step of total, loss, accuracy, learning rate, steps/s, time left); on a terminal the
-line is a progress bar redrawn in place.
+line is a progress bar redrawn in place. A write into the workdir that fails (a full disk) is one
+`UserError` line naming the file (`write_file`, `workdir_errors`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import logging
@@ -22,44 +25,58 @@ import numpy as np
 from absl import logging as absl_logging
 from etils import epath
 
+from nest_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter:
-    """Scalars and images to TensorBoard + scalars to metrics.jsonl (enabled=False: a no-op)."""
+    """Scalars and images to TensorBoard + scalars to metrics.jsonl (enabled=False: a no-op).
+
+    Event records are written from the calling thread (tensorboardX's `EventsWriter`, not its
+    background-thread `SummaryWriter`), so a write that fails (a full disk) fails here, as one
+    `UserError` line, instead of killing a thread and later blocking on its full queue."""
 
     def __init__(self, workdir: epath.Path, *, enabled: bool = True):
         self.enabled, self.workdir = enabled, workdir
-        self._tb = None
+        self._events = None
         self._lines: list[str] = []
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
 
-        self._tb = SummaryWriter(logdir=str(workdir))
+        with workdir_errors(workdir):
+            self._events = EventsWriter(str(workdir / "events"))
         self._jsonl = workdir / METRICS_FILE
         # Object stores cannot append: the file is rewritten whole at each flush (it stays small).
         self._lines = self._jsonl.read_text().splitlines() if self._jsonl.exists() else []
+
+    def _add(self, summary: Any, step: int) -> None:
+        from tensorboardX.proto import event_pb2
+
+        with workdir_errors(self.workdir):
+            self._events.write_event(event_pb2.Event(summary=summary, step=int(step), wall_time=time.time()))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         """Floats (and 0-d arrays) as scalars; arrays with ndim >= 2 as images (HWC or NHWC), a
         uint8 HWC picture also as a PNG file."""
         if not self.enabled:
             return
+        from tensorboardX import summary
+
         scalars = {}
         for name, value in metrics.items():
             arr = np.asarray(value)
             if arr.ndim == 3 and arr.dtype == np.uint8:
                 write_png(self.workdir / name / f"step_{int(step):06d}.png", arr)
             if arr.ndim >= 2:
-                self._tb.add_images(name, arr, step, dataformats="NHWC") if arr.ndim == 4 else self._tb.add_image(
-                    name, arr if arr.ndim == 3 else arr[..., None], step, dataformats="HWC"
-                )
+                image = arr if arr.ndim >= 3 else arr[..., None]
+                self._add(summary.image(name, image, dataformats="NHWC" if arr.ndim == 4 else "HWC"), step)
             elif arr.ndim == 0 and arr.dtype.kind in "fiub":
                 scalars[name] = float(arr)
-                self._tb.add_scalar(name, float(arr), step)
+                self._add(summary.scalar(name, float(arr)), step)
         if scalars:
             self._lines.append(json.dumps({"step": int(step), **scalars}))
             # The same line format as clu's logging writer, for readers of the log.
@@ -67,14 +84,51 @@ class MetricWriter:
 
     def flush(self) -> None:
         if self.enabled:
-            self._tb.flush()
-            self._jsonl.write_text("".join(line + "\n" for line in self._lines))
+            with workdir_errors(self.workdir):
+                self._events.flush()
+            write_file(self._jsonl, "".join(line + "\n" for line in self._lines))
 
-    def close(self) -> None:
-        if self.enabled:
+    def close(self, quiet: bool = False) -> None:
+        """Flushes and closes; quiet=True (after another error) raises nothing."""
+        if not self.enabled:
+            return
+        try:
             self.flush()
-            self._tb.close()
+        except UserError:
+            if not quiet:
+                raise
+        finally:
             self.enabled = False
+            with contextlib.suppress(OSError):  # the flush above has reported a failed write
+                self._events.close()
+
+
+@contextlib.contextmanager
+def workdir_errors(path: Any):
+    """An OSError while writing `path` (a full disk, a read-only or vanished folder) becomes one
+    `UserError` line naming the path and the fix."""
+    try:
+        yield
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        fix = "free space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the folder or pick another --workdir"
+        raise UserError(
+            f"cannot write {path}: {why}; {fix} and rerun (training resumes from the last checkpoint)"
+        ) from None
+
+
+def write_file(path: epath.Path, text: str) -> None:
+    """Writes `path` whole through a temporary sibling renamed into place: a failed write (a full
+    disk) leaves the previous content intact and is one `UserError` line."""
+    tmp = path.with_name(path.name + ".tmp")
+    with workdir_errors(path):
+        try:
+            tmp.write_text(text)
+            tmp.replace(path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_png(path: epath.Path, image: np.ndarray) -> None:
@@ -83,8 +137,9 @@ def write_png(path: epath.Path, image: np.ndarray) -> None:
 
     buf = io.BytesIO()
     matplotlib.image.imsave(buf, image, format="png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
+    with workdir_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buf.getvalue())
 
 
 def _duration(seconds: float) -> str:
