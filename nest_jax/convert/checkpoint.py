@@ -108,7 +108,7 @@ def save_params(
             ckptr.save(new, args=composite, force=True)
         (new / MANIFEST).write_text(json.dumps(_paths(new)))
     except BaseException as e:
-        _remove_settled(directory.parent, new.name)
+        remove_settled(directory.parent, new.name)
         if is_no_space(e):
             kept = "; the earlier checkpoint there is unchanged" if directory.exists() else ""
             raise UserError(
@@ -130,7 +130,7 @@ def save_params(
     return directory
 
 
-def _remove_settled(parent: Path, prefix: str, settle_s: float = 1.0, limit_s: float = 30.0) -> None:
+def remove_settled(parent: Path, prefix: str, settle_s: float = 1.0, limit_s: float = 30.0) -> None:
     """Removes `parent/prefix*` (the new checkpoint and orbax's temporary folders) until none has
     reappeared for `settle_s`: when one write fails, orbax raises while tensorstore's other writes
     are still in flight, and those re-create their folders after a single removal."""

@@ -25,7 +25,9 @@ Guarantees on top of orbax:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import pathlib
 import time
 from typing import Any
 
@@ -38,6 +40,7 @@ from etils import epath
 from nest_jax.convert.checkpoint import ignore_closed_loop_callbacks as _ignore_closed_loop_callbacks
 from nest_jax.convert.checkpoint import is_no_space as _is_no_space
 from nest_jax.convert.checkpoint import quiet_orbax_on_full_disk as _quiet_orbax_on_full_disk
+from nest_jax.convert.checkpoint import remove_settled
 from nest_jax.convert.workdir import CHECKPOINTS, DATA, STATE, as_path
 from nest_jax.errors import UserError
 from nest_jax.train import data_position, integrity
@@ -76,6 +79,16 @@ def _free_name(directory: epath.Path, stem: str) -> epath.Path:
     while dst.exists():
         dst, n = directory / f"{stem}{n}", n + 1
     return dst
+
+
+def _remove_partial(directory: epath.Path, prefix: str) -> None:
+    """Best effort: a failed save's temporary folder (its other writes may still be landing)."""
+    if "://" not in str(directory):
+        remove_settled(pathlib.Path(directory), prefix)
+        return
+    for partial in directory.glob(f"{prefix}*"):
+        with contextlib.suppress(OSError):
+            partial.rmtree() if partial.is_dir() else partial.unlink()
 
 
 def _first_line(e: BaseException) -> str:
@@ -245,8 +258,7 @@ class Checkpointer:
         except Exception:  # noqa: BLE001 -- the same failure again
             pass
         if jax.process_index() == 0 and step is not None:  # the half-written copy only takes space
-            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-                partial.rmtree() if partial.is_dir() else partial.unlink()
+            _remove_partial(self.directory, f"{step}.orbax-checkpoint-tmp")
         where = f"the last good checkpoint is step {good}" if good is not None else "no checkpoint is complete yet"
         raise UserError(
             f"no space left on device while saving step {step} in {self.directory}; {where}: free space "
