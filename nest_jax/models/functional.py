@@ -40,6 +40,7 @@ from nest_jax.models.registry import create_model
 
 Array = jax.Array
 
+
 def pure(model: nnx.Module) -> tuple[Callable[..., Any], nnx.State, nnx.State]:
     """Splits a model into `(apply, params, state)` with `apply` a pure function.
 
