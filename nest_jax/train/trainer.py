@@ -102,22 +102,27 @@ class Network:
 
 
 @dataclasses.dataclass
-class Trainer:
-    """Everything the loop needs: shardings, the jitted init and train functions, the schedule.
-
-    `model(params, batch_stats, rest)` merges a train state's pure dicts (params or EMA, batch
-    statistics or None, `init_rest()`) back into the `nnx.Module` that evaluators and analyses
-    run; it works inside and outside `jax.jit`.
-    """
+class TaskTrainer:
+    """What the training loop needs of every task: shardings, the jitted init and train step.
+    A task adds `parameters(state)`, `eval_model(state, rest)` and `evaluate_at_start`."""
 
     mesh: Mesh
     state_shardings: Any
     batch_sharding: Any
-    init_state: Callable[[], dict]
-    init_rest: Callable[[], Any]
-    train_step: Callable  # (state, batch, rest, teacher_params) -> (state, metrics)
-    schedule: optax.Schedule
     abstract_state: Any
+    init_state: Callable[[], dict]
+    init_rest: Callable[[], Any]  # the RNG-stream variables outside the state
+    train_step: Callable  # (state, batch, rest, ...) -> (state, metrics)
+
+
+@dataclasses.dataclass
+class Trainer(TaskTrainer):
+    """The classification task: `model(params, batch_stats, rest)` merges a train state's pure
+    dicts (params or EMA, batch statistics or None, `init_rest()`) back into the `nnx.Module` that
+    evaluators and analyses run; it works inside and outside `jax.jit`.
+    """
+
+    schedule: optax.Schedule
     teachers: dict  # token -> (graphdef, rest, teacher cfg)
     model: Callable[..., nnx.Module]  # (params, batch_stats or None, rest) -> nnx.Module
 
