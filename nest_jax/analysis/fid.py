@@ -144,22 +144,19 @@ def accumulate(extract: Extractor, batches: Iterable[np.ndarray], *, keep_featur
 
 # ---- feature extractors ------------------------------------------------------------------------
 def classifier_extractor(
-    model: Any, params: Any, *, mean: tuple[float, ...], std: tuple[float, ...], capture: str = "pre_logits"
+    model: Any, *, mean: tuple[float, ...], std: tuple[float, ...], capture: str = "pre_logits"
 ) -> Extractor:
     """Features of a nest_jax classifier: images in [-1, 1] are mapped to [0, 1] and normalized with
     the classifier's (mean, std), then its `capture="pre_logits"` vector is returned (B, D)."""
     from flax import nnx
 
-    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-    params_state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(params_state, params)
+    graphdef, state = nnx.split(model)
     mean_a, std_a = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     @jax.jit
     def extract(images):
-        m = nnx.merge(graphdef, params_state, rest)
         x = ((images + 1.0) / 2.0 - mean_a) / std_a
-        return m(x, train=False, capture=capture)[1][capture].astype(jnp.float32)
+        return nnx.merge(graphdef, state)(x, train=False, capture=capture)[1][capture].astype(jnp.float32)
 
     return extract
 
@@ -193,7 +190,7 @@ def classifier_from_workdir(workdir: str, *, use_ema: bool = False) -> Extractor
     model = build_model(config, num_classes, nnx.Rngs(0))
     load_into(model, weights)
     mean, std = mean_std(config.dataset)
-    return classifier_extractor(model, nnx.to_pure_dict(nnx.state(model, nnx.Param)), mean=mean, std=std)
+    return classifier_extractor(model, mean=mean, std=std)
 
 
 def inception_extractor(weights: str, *, resize: str = "tf_legacy") -> Extractor:

@@ -96,15 +96,6 @@ def linear_zoom_taps(n: int, zoom: float) -> tuple[np.ndarray, np.ndarray, np.nd
     return top + lo, top + hi, (c - lo).astype(np.float32)
 
 
-def linear_zoom_matrix(n: int, zoom: float) -> np.ndarray:
-    """The same as an (n, n) matrix (for tests and small images)."""
-    lo, hi, f = linear_zoom_taps(n, zoom)
-    m = np.zeros((n, n))
-    np.add.at(m, (np.arange(len(lo)), lo), 1.0 - f)
-    np.add.at(m, (np.arange(len(hi)), hi), f)
-    return m
-
-
 def _interp_axis(x: Array, taps, axis: int) -> Array:
     lo, hi, f = taps
     shape = [1] * x.ndim

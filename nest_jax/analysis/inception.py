@@ -104,20 +104,6 @@ def param_shapes() -> dict[str, tuple[int, ...]]:
     return out
 
 
-def init_params(key: Array) -> dict[str, Array]:
-    """Random parameters of the right shapes (tests, timing); real FID needs the published weights."""
-    params = {}
-    for i, (name, shape) in enumerate(sorted(param_shapes().items())):
-        k = jax.random.fold_in(key, i)
-        if name.endswith("running_var"):
-            params[name] = jax.random.uniform(k, shape, minval=0.5, maxval=1.5)
-        elif name.endswith("conv.weight"):
-            params[name] = jax.random.normal(k, shape) * (2.0 / np.prod(shape[:3])) ** 0.5
-        else:
-            params[name] = 0.1 * jax.random.normal(k, shape)
-    return params
-
-
 def params_from_state_dict(state: Mapping[str, np.ndarray]) -> dict[str, Array]:
     """PyTorch-named arrays (conv weights OIHW) -> our params (HWIO); `fc.*`, counters ignored."""
     shapes = param_shapes()

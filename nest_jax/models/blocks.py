@@ -18,10 +18,6 @@ Array = jax.Array
 POOL_PADDINGS = ("tf_same", "symmetric")
 
 
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def blockify(x: Array, block_size: int) -> Array:
     """Image to blocks. x: (B, H, W, C) -> (B, T, N, C), T = (H/b)(W/b), N = b·b."""
     b_, h, w, c = x.shape
@@ -37,7 +33,7 @@ def deblockify(x: Array, grid: int | tuple[int, int]) -> Array:
 
     `grid` is the number of blocks per side (gh, gw) (an int for a square grid); b = sqrt(N).
     """
-    gh, gw = _pair(grid)
+    gh, gw = L.to_hw(grid)
     b_, t, n, c = x.shape
     b = math.isqrt(n)
     if gh * gw != t or b * b != n:

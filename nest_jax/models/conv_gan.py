@@ -208,9 +208,7 @@ def _register(name: str) -> None:
         fields = {k: v for k, v in fields.items() if k in fields_ok or k not in ("in_chans", "num_classes")}
         return cls(cfg_cls(**fields), rngs=rngs)
 
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"{name}: {cls.__name__}, {spec}."
-    register_model(builder)
+    register_model(builder, name=name, doc=f"{name}: {cls.__name__}, {spec}.")
 
 
 for _name in CONV_GAN_VARIANTS:

@@ -39,8 +39,6 @@ from flax.nnx import bridge
 from nest_jax.models.registry import create_model
 
 Array = jax.Array
-# What a pure `apply` closes over besides the parameters: BatchNorm statistics and RNG state.
-OTHER_STATE = (nnx.BatchStat, nnx.RngState, ...)
 
 
 def pure(model: nnx.Module) -> tuple[Callable[..., Any], nnx.State, nnx.State]:

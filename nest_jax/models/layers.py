@@ -81,6 +81,11 @@ def _log_once(message: str) -> None:
     log.info(message)
 
 
+def to_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """An image or grid size as (height, width)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def axes(init: Init, *names: str | None) -> Init:
     """Attaches logical partition names to an initializer (no eager sharding: shapes decide later)."""
     return nnx.with_partitioning(init, tuple(names), eager_sharding=False)

@@ -276,12 +276,8 @@ def _register(name: str) -> None:
         return build_nest(name, num_classes=num_classes, img_size=img_size, rngs=rngs, **overrides)
 
     s = NEST_VARIANTS[name]
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = (
-        f"{name}: {s['img']} px, patch {s['patch']}, block {s['block']}×{s['block']}, "
-        f"dims {s['dims']}, depths {s['depths']}, heads {s['heads']}."
-    )
-    register_model(builder)
+    grid = f"block {s['block']}×{s['block']}, dims {s['dims']}, depths {s['depths']}, heads {s['heads']}"
+    register_model(builder, name=name, doc=f"{name}: {s['img']} px, patch {s['patch']}, {grid}.")
 
 
 for _name in NEST_VARIANTS:

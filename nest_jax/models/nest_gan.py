@@ -282,12 +282,8 @@ def _register(name: str) -> None:
         fields.pop("in_chans", None)
         return NestGenerator(NestGeneratorConfig(**fields), rngs=rngs)
 
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = (
-        f"{name}: NesT generator, {spec['img_size']} px, dims {spec['dims']}, "
-        f"depths {spec['depths']} (top level first)."
-    )
-    register_model(builder)
+    doc = f"{name}: NesT generator, {spec['img_size']} px, dims {spec['dims']}, depths {spec['depths']} (top first)."
+    register_model(builder, name=name, doc=doc)
 
 
 for _name in NEST_GAN_VARIANTS:

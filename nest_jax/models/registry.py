@@ -12,11 +12,18 @@ from flax import nnx
 _REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
 
 
-def register_model(fn: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
-    """Registers a builder `fn(*, num_classes, img_size, rngs, **overrides)` under its name.
+def register_model(
+    fn: Callable[..., nnx.Module], *, name: str | None = None, doc: str | None = None
+) -> Callable[..., nnx.Module]:
+    """Registers a builder `fn(*, num_classes, img_size, rngs, **overrides)` under its name (or
+    `name`, which with `doc` also becomes the builder's `__name__` and `__doc__`: one variant each).
 
     `img_size` reaches the builder as None when the user gave none: the builder picks its native size.
     """
+    if name is not None:
+        fn.__name__ = fn.__qualname__ = name
+    if doc is not None:
+        fn.__doc__ = doc
     if fn.__name__ in _REGISTRY:
         raise ValueError(f"model {fn.__name__!r} registered twice")
     _REGISTRY[fn.__name__] = fn

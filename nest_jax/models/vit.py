@@ -22,10 +22,6 @@ Array = jax.Array
 HEAD_NAMES = {"cls": "head", "dist": "head_dist", "shape": "head_shape"}
 
 
-def to_hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
     """Every choice of a ViT/DeiT. `init="official"` follows Google's ViT code, `"timm"` DeiT/timm."""
@@ -71,7 +67,7 @@ class ViTConfig:
         unknown = set(self.prefix_tokens) - set(HEAD_NAMES)
         if unknown:
             raise ValueError(f"unknown prefix tokens {sorted(unknown)}; known: {list(HEAD_NAMES)}")
-        h, w = to_hw(self.img_size)
+        h, w = L.to_hw(self.img_size)
         s = self.stride
         if h % s or w % s:
             ok = ", ".join(str(s * k) for k in range(max(1, h // s - 2), h // s + 3))
@@ -85,7 +81,7 @@ class ViTConfig:
 
     @property
     def grid(self) -> tuple[int, int]:
-        h, w = to_hw(self.img_size)
+        h, w = L.to_hw(self.img_size)
         return h // self.stride, w // self.stride
 
     @property
@@ -197,9 +193,9 @@ class ViT(nnx.Module):
     def embed(self, x: Array, *, train: bool = False) -> Array:
         """Image (B, H, W, C) -> token sequence (B, P+N, D) with position embeddings added."""
         c = self.config
-        if tuple(x.shape[1:3]) != to_hw(c.img_size):
+        if tuple(x.shape[1:3]) != L.to_hw(c.img_size):
             raise ValueError(
-                f"input is {tuple(x.shape[1:3])} px but the model was built for {to_hw(c.img_size)}; "
+                f"input is {tuple(x.shape[1:3])} px but the model was built for {L.to_hw(c.img_size)}; "
                 "create it with img_size=… or resize the position embedding "
                 "(nest_jax.convert.resize_pos_embed)."
             )
@@ -273,9 +269,7 @@ def _register(name: str, patch: int, dim: int, depth: int, heads: int, mlp: int,
         fields.update(overrides)
         return build_vit(num_classes=num_classes, img_size=img_size, rngs=rngs, **fields)
 
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"{name}: patch {patch}, D={dim}, {depth} layers, {heads} heads, MLP {mlp}."
-    register_model(builder)
+    register_model(builder, name=name, doc=f"{name}: patch {patch}, D={dim}, {depth} layers, {heads} heads, MLP {mlp}.")
 
 
 for _name, _spec in VIT_VARIANTS.items():

@@ -97,9 +97,7 @@ def _register(name: str) -> None:
             fields["img_size"] = int(img_size)
         return ViTGenerator(ViTGeneratorConfig(**fields), rngs=rngs)
 
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"{name}: plain ViT generator, {spec}."
-    register_model(builder)
+    register_model(builder, name=name, doc=f"{name}: plain ViT generator, {spec}.")
 
 
 for _name in VIT_GAN_VARIANTS:

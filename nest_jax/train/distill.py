@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from nest_jax.errors import UserError
 from nest_jax.train import sharding as shd
 from nest_jax.train.init_from import place, read_fitted
-from nest_jax.train.trainer import DTYPES, params_state
+from nest_jax.train.trainer import dtype_kwargs, params_state
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,7 @@ def load_teachers(config: Any, mesh: Mesh, num_classes: int) -> tuple[dict, dict
         if cfg is None:
             continue
         flag = f"--config.distill.{token}.checkpoint"
-        kw = dict(cfg.overrides or {})
-        for key in ("dtype", "param_dtype"):
-            if isinstance(kw.get(key), str):
-                kw[key] = DTYPES[kw[key]]
+        kw = dtype_kwargs(cfg.overrides)
         kw.setdefault("in_chans", int(config.dataset.num_channels))
         img = cfg.img_size or config.model.img_size or config.dataset.image_size
 
@@ -74,12 +71,6 @@ def load_teachers(config: Any, mesh: Mesh, num_classes: int) -> tuple[dict, dict
             rest = nnx.from_flat_state(flat)
         teachers[token] = (graphdef, rest, cfg)
         params[token] = (params_state(list(nnx.to_flat_state(abs_params)), pure), rest)
-        log.info(
-            "teacher for %r: %s from %s (%s distillation, alpha %s)",
-            token,
-            cfg.model,
-            cfg.checkpoint,
-            cfg.kind,
-            cfg.alpha,
-        )
+        what = f"{cfg.model} from {cfg.checkpoint} ({cfg.kind} distillation, alpha {cfg.alpha})"
+        log.info("teacher for %r: %s", token, what)
     return teachers, params

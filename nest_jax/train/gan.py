@@ -17,7 +17,6 @@ One step = one discriminator update on (real batch, G(z)) then one generator upd
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,7 +28,7 @@ from jax.sharding import Mesh
 from nest_jax.errors import UserError
 from nest_jax.train import optim
 from nest_jax.train import sharding as shd
-from nest_jax.train.trainer import Network, dtype_kwargs
+from nest_jax.train.trainer import Network, TaskTrainer, dtype_kwargs
 
 LOSSES = ("hinge", "non_saturating")
 
@@ -87,16 +86,10 @@ def g_loss(kind: str, fake_logits):
 
 
 @dataclasses.dataclass
-class GanTrainer:
-    """What the training loop needs, as `trainer.Trainer`: shardings, jitted init and train step."""
+class GanTrainer(TaskTrainer):
+    """The GAN task; its `init_rest()` is (generator rest, discriminator rest), its train step
+    (state, batch, rests) -> (state, metrics)."""
 
-    mesh: Mesh
-    state_shardings: Any
-    batch_sharding: Any
-    abstract_state: Any
-    init_state: Callable[[], dict]
-    init_rest: Callable[[], tuple]  # (generator rest, discriminator rest)
-    train_step: Callable  # (state, batch, rests) -> (state, metrics)
     generator: Network
     discriminator: Network
 

@@ -25,7 +25,6 @@ from nest_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MESH_AXES = ("data", "fsdp", "tensor")
 # Batch axes: examples are split over both data-parallel axes (fsdp is data parallel for activations).
 BATCH_AXES = ("data", "fsdp")
 # Default logical -> mesh rules: FSDP over the model width, tensor parallelism over heads and MLP.

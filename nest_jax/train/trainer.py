@@ -1,4 +1,4 @@
-"""The sharded train state, train step and eval step, built from a config and a mesh.
+"""The sharded train state and train step, built from a config and a mesh.
 
 State (a pure pytree, checkpointed as is): {"step": int32, "params": pure dict, "opt_state",
 "rng": uint32[2] raw key, optional "ema" (params-shaped) and "batch_stats"}. Shardings are derived
@@ -102,24 +102,27 @@ class Network:
 
 
 @dataclasses.dataclass
-class Trainer:
-    """Everything the loop needs: shardings, the jitted init/train/eval functions, the schedule.
-
-    `model(params, batch_stats, rest)` merges a train state's pure dicts (params or EMA, batch
-    statistics or None, `init_rest()`) back into the `nnx.Module` that evaluators and analyses
-    run; it works inside and outside `jax.jit`.
-    """
+class TaskTrainer:
+    """What the training loop needs of every task: shardings, the jitted init and train step.
+    A task adds `parameters(state)`, `eval_model(state, rest)` and `evaluate_at_start`."""
 
     mesh: Mesh
-    graphdef: Any
     state_shardings: Any
     batch_sharding: Any
-    init_state: Callable[[], dict]
-    init_rest: Callable[[], Any]
-    train_step: Callable  # (state, batch, rest, teacher_params) -> (state, metrics)
-    eval_step: Callable  # (params, batch_stats, batch, rest) -> metric sums
-    schedule: optax.Schedule
     abstract_state: Any
+    init_state: Callable[[], dict]
+    init_rest: Callable[[], Any]  # the RNG-stream variables outside the state
+    train_step: Callable  # (state, batch, rest, ...) -> (state, metrics)
+
+
+@dataclasses.dataclass
+class Trainer(TaskTrainer):
+    """The classification task: `model(params, batch_stats, rest)` merges a train state's pure
+    dicts (params or EMA, batch statistics or None, `init_rest()`) back into the `nnx.Module` that
+    evaluators and analyses run; it works inside and outside `jax.jit`.
+    """
+
+    schedule: optax.Schedule
     teachers: dict  # token -> (graphdef, rest, teacher cfg)
     model: Callable[..., nnx.Module]  # (params, batch_stats or None, rest) -> nnx.Module
 
@@ -235,10 +238,6 @@ def make_trainer(
         }
         return new, metrics
 
-    def eval_step(params, stats, batch, rest):
-        model = net.merge(params, stats, rest)
-        return losses.eval_metrics(model(batch["image"], train=False), batch["label"], batch["mask"])
-
     # Teacher parameters arrive already placed (see distill.load_teachers): their shardings are inferred.
     jit_train = jax.jit(
         train_step,
@@ -246,18 +245,13 @@ def make_trainer(
         out_shardings=(state_sh, repl),
         donate_argnums=(0,),
     )
-    jit_eval = jax.jit(
-        eval_step, in_shardings=(p_sh, state_sh.get("batch_stats"), batch_sh, rest_sh), out_shardings=repl
-    )
     return Trainer(
         mesh=mesh,
-        graphdef=net.graphdef,
         state_shardings=state_sh,
         batch_sharding=batch_sh,
         init_state=jax.jit(init, out_shardings=state_sh, compiler_options=_run_once_options(mesh)),
         init_rest=jax.jit(net.rest, out_shardings=rest_sh),
         train_step=jit_train,
-        eval_step=jit_eval,
         schedule=schedule,
         abstract_state=abstract_state,
         teachers=teachers,

@@ -39,11 +39,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 
+from nest_jax.convert.common import nest_paths
 from nest_jax.errors import UserError
 from nest_jax.train.evaluators.data import EvalData, batch_multiple, check_batch_size
-from nest_jax.train.trainer import params_state
+from nest_jax.train.trainer import Network
 
 # The analysis layer's modules that register kinds (imported the first time a kind is looked up).
 PLUGIN_MODULES: tuple[str, ...] = (
@@ -211,22 +211,11 @@ def build_evaluators(config: Any, model_fn: Callable, data: EvalData) -> dict[st
 def model_fn_of(model: Any) -> tuple[Callable[[dict], Any], dict]:
     """An `nnx.Module` -> (model_fn, state) of this contract: state {"params", "batch_stats" when
     the model has BatchNorm} as pure dicts; model_fn(state) merges any such state back."""
-    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    params_flat, stats_flat = list(nnx.to_flat_state(params)), list(nnx.to_flat_state(stats))
-    state = {"params": nnx.to_pure_dict(params)}
-    if stats_flat:
-        state["batch_stats"] = nnx.to_pure_dict(stats)
-
-    def model_fn(s: dict) -> Any:
-        # Fresh RNG-stream variables: merging must not share them with another trace.
-        return nnx.merge(
-            graphdef,
-            params_state(params_flat, s["params"]),
-            params_state(stats_flat, s.get("batch_stats") or {}),
-            jax.tree.map(lambda x: x, rest),
-        )
-
-    return model_fn, state
+    net = Network(lambda: model)
+    params, stats = net.init()
+    state = {"params": params} if stats is None else {"params": params, "batch_stats": stats}
+    rest = net.rest()
+    return (lambda s: net.merge(s["params"], s.get("batch_stats"), rest)), state
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, float | np.ndarray]:
@@ -246,13 +235,6 @@ def flatten(value: Any, prefix: str = "") -> dict[str, float | np.ndarray]:
 
 def unflatten(flat: dict[str, Any]) -> Any:
     """The inverse of `flatten` up to types: "a/0", "a/1" -> {"a": [v0, v1]}."""
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
 
     def lists(node):
         if not isinstance(node, dict):
@@ -262,7 +244,7 @@ def unflatten(flat: dict[str, Any]) -> Any:
             return [node[str(i)] for i in range(len(node))]
         return node
 
-    return lists(tree)
+    return lists(nest_paths(flat))
 
 
 from nest_jax.train.evaluators import classification  # noqa: E402,F401  (registers the built-in kind)
