@@ -289,7 +289,10 @@ class Checkpointer:
             pass
         if jax.process_index() == 0 and step is not None:  # the half-written copy only takes space
             for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-                partial.rmtree() if partial.is_dir() else partial.unlink()
+                try:
+                    partial.rmtree() if partial.is_dir() else partial.unlink()
+                except OSError:  # a writer thread still adding files: orbax never lists a tmp folder
+                    log.warning("could not delete the partial checkpoint %s; delete it to free space", partial)
         where = f"the last good checkpoint is step {good}" if good is not None else "no checkpoint is complete yet"
         raise UserError(
             f"no space left on device while saving step {step} in {self.directory}; {where}: free space "
