@@ -19,6 +19,7 @@ from nest_jax.convert.checkpoint import MANIFEST
 from nest_jax.convert.common import load_array_file
 from nest_jax.errors import UserError
 from nest_jax.models import create_model
+from tests._tmpfs import tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--set", "depth=2", "--set", "patch_size=8"]
@@ -85,12 +86,8 @@ def test_overwrite_refuses_a_converted_folder_holding_a_users_files_and_deletes_
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MB tmpfs: smaller than the 3.6 MB of weights, so orbax's real writer threads fill it."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    assert proc.returncode == 0, f"this test needs root to mount a tmpfs: {proc.stderr.strip()}"
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path, "1m") as mnt:
+        yield mnt
 
 
 @pytest.mark.slow

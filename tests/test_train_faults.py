@@ -28,6 +28,7 @@ from nest_jax.train.loop import train_and_evaluate
 from nest_jax.train.sharding import make_mesh, path_str
 from nest_jax.train.trainer import make_trainer
 from nest_jax.train.writers import MetricWriter
+from tests._tmpfs import tmpfs
 from tests._train_helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,12 +243,13 @@ def test_evaluation_beside_a_run_that_keeps_one_checkpoint_always_reads_the_newe
 
 
 @pytest.fixture
-def tmpfs(tmp_path):
+def small_disk(tmp_path):
     """A 1 MB tmpfs and a function leaving exactly `pages` free memory pages on it."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    assert proc.returncode == 0, f"this test needs root to mount a tmpfs: {proc.stderr.strip()}"
+    with tmpfs(tmp_path, "1m") as mnt:
+        yield _filler(mnt)
+
+
+def _filler(mnt: Path):
     page = os.sysconf("SC_PAGE_SIZE")
 
     def leave_free(pages: int) -> Path:
@@ -263,8 +265,7 @@ def tmpfs(tmp_path):
         os.truncate(filler, (os.stat(filler).st_size // page - pages) * page)
         return mnt / "run"
 
-    yield leave_free
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return leave_free
 
 
 def _pages(text: str) -> int:
@@ -272,12 +273,12 @@ def _pages(text: str) -> int:
 
 
 @pytest.mark.parametrize("target", ["config.json", "params.txt"])
-def test_a_full_disk_at_the_workdirs_files_is_one_line(tmpfs, target):
+def test_a_full_disk_at_the_workdirs_files_is_one_line(small_disk, target):
     """config.json or params.txt on a full disk was an OSError traceback (exit 1)."""
     cfg = tiny_config(num_train_steps=2)
     cfg.mode = "train"
     # The lock takes one page; then config.json fits or not; params.txt comes next.
-    work = tmpfs(1 if target == "config.json" else 1 + _pages(cfg.to_json_best_effort(indent=2)))
+    work = small_disk(1 if target == "config.json" else 1 + _pages(cfg.to_json_best_effort(indent=2)))
     from tests._train_helpers import SyntheticData
 
     with pytest.raises(UserError) as info:
@@ -287,11 +288,11 @@ def test_a_full_disk_at_the_workdirs_files_is_one_line(tmpfs, target):
     assert not (work / LOCK_NAME).exists() and not list(work.glob("*.tmp"))
 
 
-def test_a_full_disk_at_the_event_file_and_metrics_is_one_line(tmpfs, capfd):
+def test_a_full_disk_at_the_event_file_and_metrics_is_one_line(small_disk, capfd):
     """The TensorBoard writer's thread died with a traceback on a full disk (and then blocked on its
     full queue); metrics.jsonl raised OSError. Now the flush is one UserError line, and closing
     after it raises nothing."""
-    work = tmpfs(0)
+    work = small_disk(0)
     work.mkdir()
     writer = MetricWriter(work)
     writer.write(1, {"loss": 0.5, "picture": np.zeros((4, 4, 3), np.uint8)[None]})
@@ -302,8 +303,8 @@ def test_a_full_disk_at_the_event_file_and_metrics_is_one_line(tmpfs, capfd):
 
 
 @pytest.mark.slow  # one CLI process up to config.json: ~10 CPU-s
-def test_the_command_line_on_a_full_disk_exits_2_with_one_line(tmpfs):
-    work = tmpfs(1)
+def test_the_command_line_on_a_full_disk_exits_2_with_one_line(small_disk):
+    work = small_disk(1)
     proc = _start_main(work, "train.num_train_steps=4")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == USAGE_EXIT_CODE, err[-3000:]

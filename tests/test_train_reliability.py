@@ -19,6 +19,7 @@ from nest_jax.train.lock import LOCK_NAME, WorkdirLock
 from nest_jax.train.loop import train_and_evaluate
 from nest_jax.train.sharding import make_mesh, path_str
 from nest_jax.train.trainer import make_trainer
+from tests._tmpfs import tmpfs
 from tests._train_helpers import SyntheticData, tiny_config
 
 
@@ -253,12 +254,8 @@ def test_disk_full_in_an_async_save_is_reported_at_the_next_wait(tmp_path, monke
 @pytest.fixture
 def full_disk(tmp_path):
     """A 3 MB tmpfs: orbax's real writer threads run out of space."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    assert proc.returncode == 0, f"this test needs root to mount a tmpfs: {proc.stderr.strip()}"
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path, "3m") as mnt:
+        yield mnt
 
 
 def test_a_real_full_disk_during_an_async_save_is_one_line_and_leaves_no_partial_copy(full_disk, caplog):
