@@ -203,19 +203,21 @@ def is_no_space(e: BaseException | None) -> bool:
 
 class NoSpaceFromOrbax(logging.Filter):
     """Drops orbax's own error records (each with a traceback, one per background thread) about a
-    full disk: the caller reports that failure itself, in one line."""
+    full disk, and asyncio's "exception was never retrieved" records of orbax's abandoned writes
+    (logged when they are garbage-collected): the caller reports that failure itself, in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or "/orbax/" not in record.pathname:
+        if record.levelno < logging.ERROR or ("/orbax/" not in record.pathname and record.name != "asyncio"):
             return True
         exc = record.exc_info[1] if record.exc_info else None
         return not (is_no_space(exc) or "No space left on device" in record.getMessage())
 
 
 def quiet_orbax_on_full_disk() -> None:
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, NoSpaceFromOrbax) for f in logger.filters):
-        logger.addFilter(NoSpaceFromOrbax())
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, NoSpaceFromOrbax) for f in logger.filters):
+            logger.addFilter(NoSpaceFromOrbax())
 
 
 def ignore_closed_loop_callbacks() -> None:
