@@ -196,7 +196,7 @@ def _check_restorable(folder: Path) -> None:
 # ---- 9: evaluation beside a training run ----
 
 _SAVER = """
-import sys, jax.numpy as jnp
+import sys, time, jax.numpy as jnp
 from nest_jax.train.checkpoint import Checkpointer
 ckpt = Checkpointer(sys.argv[1], max_to_keep=1)
 state = {"step": jnp.zeros((), jnp.int32), "params": {f"w{i}": jnp.full((256, 256), 1.0 + i) for i in range(8)}}
@@ -205,6 +205,7 @@ for step in range(1, 1_000_000):
     if step == 1:
         ckpt.wait()
         print("saved", flush=True)
+    time.sleep(0.01)
 """
 
 
@@ -226,7 +227,9 @@ def test_evaluation_beside_a_run_that_keeps_one_checkpoint_always_reads_the_newe
         steps = []
         for _ in range(30):
             ckpt = Checkpointer(tmp_path, create=False)  # as --mode=eval does
-            found = ckpt.restore_latest(abstract, shardings, set_aside=False)
+            # A loaded machine can lose many races in a row to a run saving every 10 ms: the bound on
+            # re-reads is raised here, so what is tested is that no read fails, whatever the load.
+            found = ckpt.restore_latest(abstract, shardings, set_aside=False, retries=200)
             ckpt.close(quiet=True)
             assert found is not None
             step, state = found
