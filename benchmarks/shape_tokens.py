@@ -70,7 +70,8 @@ def train(
 
         def loss(p):
             # Fresh Variables for this trace level: training mutates the BatchNorm statistics.
-            out, new_state = apply(p, xn, state=jax.tree.map(lambda v: v, state), train=True)
+            (logits, rec), new_state = apply(p, xn, state=jax.tree.map(lambda v: v, state), train=True, capture="heads")
+            out = rec["heads"] if len(rec["heads"]) > 1 else logits
             value, _ = classification_loss(out, jax.nn.one_hot(yb, k), teachers=teachers)
             return value, new_state
 

@@ -62,7 +62,8 @@ def jax_runners(args) -> dict[str, tuple[Runner, float]]:
 
     def train_step(params, opt_state, state, x, y):
         def loss_fn(p):
-            logits, new_state = apply(p, x, state=state, train=True)
+            (logits, recorded), new_state = apply(p, x, state=state, train=True, capture="heads")
+            logits = recorded["heads"] or logits  # each head's own logits (a ResNet/NesT has none)
             return cross_entropy(logits, y), new_state
 
         (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

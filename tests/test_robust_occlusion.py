@@ -130,7 +130,7 @@ def test_last_layer_tokens_reproduce_the_model(deit, images):
     assert abs(out["top1"]["inference"][-1] - 4 / 6) < 1e-9
     x = (jnp.asarray(images) - jnp.asarray(MEAN)) / jnp.asarray(STD)
     per = T.per_layer_logits(deit, x)
-    both = deit(x, train=True)  # the heads' own logits
+    both = deit(x, capture="heads")[1]["heads"]  # the heads' own logits
     np.testing.assert_allclose(np.asarray(per["cls"][-1]), np.asarray(both["cls"]), atol=1e-5)
     np.testing.assert_allclose(np.asarray(per["dist"][-1]), np.asarray(both["dist"]), atol=1e-5)
     assert len(out["cosine"]["cls_dist"]) == 4  # input + 3 layers

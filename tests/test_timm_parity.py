@@ -61,7 +61,7 @@ def forward(model, x):
 
 @nnx.jit
 def forward_eval_and_train(model, x):
-    return model(x), model(x, train=True)
+    return model(x), model(x, train=True, capture="heads")
 
 
 def check_logits(name: str, size: int = 224, seed: int = 0, **kw):
@@ -95,8 +95,10 @@ def test_deit_small_distilled_matches_timm_both_heads():
         ref = tm(x_t).numpy()  # eval: the mean of the two heads' raw logits
         f = tm.forward_features(x_t)  # (B, 2 + N, D) after the final norm: [cls, dist, patches]
         want = {"cls": tm.head(f[:, 0]).numpy(), "dist": tm.head_dist(f[:, 1]).numpy()}
-    out, got = forward_eval_and_train(ours, x_j)  # no dropout configured: train mode is deterministic
+    out, (out_train, recorded) = forward_eval_and_train(ours, x_j)  # no dropout: train mode is deterministic
     np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=TOL)
+    np.testing.assert_allclose(np.asarray(out_train), ref, rtol=0, atol=TOL)  # one return shape in both modes
+    got = recorded["heads"]
     assert set(got) == {"cls", "dist"}
     for k in want:
         np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=0, atol=TOL)

@@ -83,7 +83,8 @@ def test_hard_distillation_step_uses_the_frozen_teacher(teacher_dir):
     batch = next(SyntheticData().train_iterator(None, global_batch_size=16, seed=0, process_index=0, process_count=1))
     student = build_model(cfg, 4, nnx.Rngs(0))
     assign_params(student, _flat(state["params"]))
-    out = student(jnp.asarray(batch["image"]), train=True)
+    _, recorded = student(jnp.asarray(batch["image"]), train=True, capture="heads")
+    out = recorded["heads"]
     t_graph, _, _ = teachers["dist"]
     t_logits = nnx.merge(t_graph, *t_params["dist"])(jnp.asarray(batch["image"]), train=False)
     teacher_before = _flat(t_params["dist"][0])

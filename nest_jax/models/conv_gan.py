@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nest_jax.models import layers as L
+from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
 from nest_jax.models.registry import register_model
 from nest_jax.models.spectral_norm import SNConv, SNLinear
 
@@ -84,8 +85,8 @@ class ConvGeneratorConfig:
             )
 
 
-class ConvGenerator(nnx.Module):
-    """z: (B, latent_dim) -> image (B, H, W, out_chans) in [-1, 1]."""
+class ConvGenerator(Model):
+    """z: (B, latent_dim) -> image (B, H, W, out_chans) in [-1, 1]; `capture="features"`: each block's map."""
 
     def __init__(self, config: ConvGeneratorConfig, *, rngs: nnx.Rngs):
         self.config = c = config
@@ -102,12 +103,20 @@ class ConvGenerator(nnx.Module):
         self.bn = _bn(c.widths[-1], rngs, **kw)
         self.to_rgb = SNConv(c.widths[-1], c.out_chans, 3, spectral=False, rngs=rngs, **kw)
 
-    def __call__(self, z: Array, *, train: bool = False) -> Array:
+    def __call__(self, z: Array, *, train: bool | None = None, capture: Capture = None):
+        train, rec = self.training(train), maybe_recorder(capture)
         x = self.stem(z).reshape(z.shape[0], 4, 4, self.config.widths[0])
-        for block in self.blocks:
-            x = block(x, train=train)
+        x = _run_blocks(self.blocks, x, train, rec)
         x = jax.nn.relu(self.bn(x, use_running_average=not train))
-        return jnp.tanh(self.to_rgb(x).astype(jnp.float32))
+        return finish(jnp.tanh(self.to_rgb(x).astype(jnp.float32)), rec)
+
+
+def _run_blocks(blocks: nnx.List, x: Array, train: bool, rec) -> Array:
+    for block in blocks:
+        x = block(x, train=train)
+        if rec is not None:
+            rec.append("features", x)
+    return x
 
 
 class DBlock(nnx.Module):
@@ -156,8 +165,8 @@ class ConvDiscriminatorConfig:
             raise ValueError(f"img_size {self.img_size} is not divisible by 2^{sum(self.down)} downsamplings")
 
 
-class ConvDiscriminator(nnx.Module):
-    """x: (B, H, W, C) image -> logits (B, num_classes)."""
+class ConvDiscriminator(Model):
+    """x: (B, H, W, C) image -> logits (B, num_classes); `capture="features"`: each block's map."""
 
     def __init__(self, config: ConvDiscriminatorConfig, *, rngs: nnx.Rngs):
         self.config = c = config
@@ -171,10 +180,10 @@ class ConvDiscriminator(nnx.Module):
         )
         self.head = SNLinear(c.widths[-1], c.num_classes, spectral=c.spectral_norm, rngs=rngs, **kw)
 
-    def __call__(self, x: Array, *, train: bool = False) -> Array:
-        for block in self.blocks:
-            x = block(x, train=train)
-        return self.head(jax.nn.relu(x).sum(axis=(1, 2)), train=train)
+    def __call__(self, x: Array, *, train: bool | None = None, capture: Capture = None):
+        train, rec = self.training(train), maybe_recorder(capture)
+        x = _run_blocks(self.blocks, x, train, rec)
+        return finish(self.head(jax.nn.relu(x).sum(axis=(1, 2)), train=train), rec)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""One mechanism for intermediates: every model records into a `Recorder` when asked.
+"""The one call contract of every model (`Model`) and its intermediates (`Recorder`).
 
-Every model's `__call__(x, *, train=False, capture=None)` returns the logits alone when
-`capture` is None (nothing is recorded, nothing is computed for it: zero cost), and
-`(logits, intermediates)` when `capture` names what to keep. `intermediates` is a plain dict
-(a pytree, so it passes through `jax.jit`, `jax.vmap` and sharding unchanged):
+Every model's `__call__(x, *, train=None, capture=None)` returns one array: the logits (B, K) of a
+classifier (the mean of the heads' raw logits for a DeiT with several prefix tokens, train or
+eval), the pooled features (B, D) when built with `num_classes=0`, the image of a generator, the
+real/fake logits of a discriminator. With `capture` naming what to keep it returns
+`(output, intermediates)`; with `capture=None` nothing is recorded and nothing is computed for it
+(zero cost). `intermediates` is a plain dict (a pytree, so it passes through `jax.jit`,
+`jax.vmap` and sharding unchanged):
 
 | key            | what                                                     | ViT/DeiT shape        | NesT shape              |
 |----------------|----------------------------------------------------------|-----------------------|-------------------------|
@@ -17,17 +20,29 @@ Every model's `__call__(x, *, train=False, capture=None)` returns the logits alo
 | `features`     | list, spatial feature maps (ResNet stages, NesT levels,  | (B, h, w, D)          | (B, H, W, C) per level  |
 |                | the ViT patch grid after the final norm)                 |                       |                         |
 | `pre_logits`   | the vector the head reads                                | (B, D)                | (B, C)                  |
+| `heads`        | dict prefix token -> that token's head logits            | (B, K) per token      | —                       |
 
 ResNets record `layers` (each residual block's output, (B, h, w, C)) and, for `residuals`, the
 keys `block_in` (the shortcut added) and `block_branch` (the residual branch) instead of the four
 transformer keys.
 
+`heads` is how a multi-head DeiT is trained (each head its own loss, `train/losses.py`). The GAN
+generators record `features` (each level's / block's map, coarsest first) and, for the
+transformer ones, the per-layer kinds.
+
 `capture` is an iterable of the kinds `layers`, `attention`, `residuals` (all four residual
-keys), `tokens`, `features`, `pre_logits`; or `True` / `"all"` for everything. Layers are
+keys), `tokens`, `features`, `pre_logits`, `heads`; or `True` / `"all"` for everything. Layers are
 numbered globally (NesT counts across levels). A "layer" is what the ViT papers call a
 transformer block; nest_jax keeps "block" for NesT's spatial blocks. P is the number of prefix tokens; the model's
 `config.prefix_tokens` names them in order, so `layers[i][:, config.token_index("dist")]` is the
 distillation token after layer i.
+
+Mode (`Model`): a model is built in eval mode: no dropout, no stochastic depth, BatchNorm running
+statistics, spectral-norm vectors frozen; `model(x)` is inference, as it is in timm's `.eval()`
+and in every analysis. nnx's `model.train()` / `model.eval()` switch the mode (they set the
+`deterministic` attribute `Model` carries); `train=True` / `train=False` overrides it for one call.
+This differs from a bare `nnx.Dropout`, which starts in training mode: here the training loop is the
+one place that trains, and it says so (`train=True`).
 """
 
 from __future__ import annotations
@@ -35,7 +50,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-KINDS = ("layers", "attention", "residuals", "tokens", "features", "pre_logits")
+from flax import nnx
+
+KINDS = ("layers", "attention", "residuals", "tokens", "features", "pre_logits", "heads")
+LAYER_KINDS = frozenset({"layers", "attention", "residuals"})
 _KEYS = {
     "layers": ("layers",),
     "attention": ("attention",),
@@ -43,6 +61,7 @@ _KEYS = {
     "tokens": ("tokens",),
     "features": ("features",),
     "pre_logits": ("pre_logits",),
+    "heads": ("heads",),
 }
 # Keys created on first use only (so the transformer models' dicts are unchanged): ResNet blocks.
 _LAZY_KEYS = {"block_in": "residuals", "block_branch": "residuals"}
@@ -73,7 +92,7 @@ class Recorder:
         self.values: dict[str, Any] = {}
         for kind in self.kinds:
             for key in _KEYS[kind]:
-                self.values[key] = {} if key == "tokens" else ([] if key != "pre_logits" else None)
+                self.values[key] = {} if key in ("tokens", "heads") else ([] if key != "pre_logits" else None)
 
     def wants(self, kind: str) -> bool:
         return kind in self.kinds
@@ -86,7 +105,7 @@ class Recorder:
             self.values[key].append(value)
 
     def set(self, key: str, value, name: str | None = None) -> None:
-        """Sets `pre_logits`, or `tokens[name]`."""
+        """Sets `pre_logits`, or `tokens[name]` / `heads[name]`."""
         if key not in self.values:
             return
         if name is None:
@@ -100,6 +119,16 @@ def maybe_recorder(capture: Capture) -> Recorder | None:
     return Recorder(kinds) if kinds else None
 
 
-def finish(logits, recorder: Recorder | None):
-    """What a model's `__call__` returns: logits, or (logits, intermediates)."""
-    return logits if recorder is None else (logits, recorder.values)
+def finish(output, recorder: Recorder | None):
+    """What a model's `__call__` returns: the output array, or (output, intermediates)."""
+    return output if recorder is None else (output, recorder.values)
+
+
+class Model(nnx.Module):
+    """Base of every registered model: the train/eval mode that nnx's `train()` / `eval()` set."""
+
+    deterministic: bool = True  # built in eval mode; `model.train()` sets False on every module
+
+    def training(self, train: bool | None) -> bool:
+        """A call's mode: an explicit `train=` wins, None follows `model.train()` / `model.eval()`."""
+        return not self.deterministic if train is None else bool(train)

@@ -21,7 +21,7 @@ from flax import nnx
 
 from nest_jax.models import layers as L
 from nest_jax.models.blocks import POOL_PADDINGS, BlockAggregation, blockify, deblockify
-from nest_jax.models.intermediates import Capture, finish, maybe_recorder
+from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
 from nest_jax.models.registry import register_model
 
 Array = jax.Array
@@ -179,10 +179,11 @@ class NestLevel(nnx.Module):
         return deblockify(x, self.grid)
 
 
-class Nest(nnx.Module):
+class Nest(Model):
     """x: (B, H, W, C) image -> logits (B, classes) (or pre-logits (B, C_top) when num_classes=0).
 
-    `__call__(x, *, train=False, capture=None, taps=None)`:
+    `__call__(x, *, train=None, capture=None, taps=None)` (contract and modes:
+    `nest_jax.models.intermediates`):
       capture: see `nest_jax.models.intermediates`; `features[l]` is level l's output map
         (B, H_l, W_l, C_l) after its transformer layers (and after its tap), bottom level first.
       taps: optional list, one array per level shaped like `features[l]`, added to each level's
@@ -213,8 +214,11 @@ class Nest(nnx.Module):
             else None
         )
 
-    def __call__(self, x: Array, *, train: bool = False, capture: Capture = None, taps: Sequence[Array] | None = None):
+    def __call__(
+        self, x: Array, *, train: bool | None = None, capture: Capture = None, taps: Sequence[Array] | None = None
+    ):
         c = self.config
+        train = self.training(train)
         size = _square(c.img_size)
         if tuple(x.shape[1:3]) != (size, size):
             raise ValueError(

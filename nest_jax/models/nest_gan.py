@@ -22,6 +22,7 @@ from flax import nnx
 
 from nest_jax.models import layers as L
 from nest_jax.models.blocks import blockify, deblockify
+from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
 from nest_jax.models.registry import register_model
 
 Array = jax.Array
@@ -181,11 +182,11 @@ class NestGeneratorConfig:
         return self.top_grid * 2**level
 
 
-class NestGenerator(nnx.Module):
+class NestGenerator(Model):
     """z: (B, latent_dim) -> image (B, H, W, out_chans) in [-1, 1].
 
-    `__call__(z, *, train=False, return_levels=False)`; with `return_levels` also the list of each
-    level's token map (B, H_l, W_l, C_l) after its transformer layers, top first.
+    `__call__(z, *, train=None, capture=None)`; `capture="features"` records each level's token map
+    (B, H_l, W_l, C_l) after its transformer layers, top first (`nest_jax.models.intermediates`).
     """
 
     def __init__(self, config: NestGeneratorConfig, *, rngs: nnx.Rngs):
@@ -239,22 +240,20 @@ class NestGenerator(nnx.Module):
             **kw,
         )
 
-    def __call__(self, z: Array, *, train: bool = False, return_levels: bool = False):
+    def __call__(self, z: Array, *, train: bool | None = None, capture: Capture = None):
         c = self.config
-        b = z.shape[0]
-        x = self.stem(z).reshape(b, c.top_grid**2, c.block_size**2, c.dims[0])
-        maps = []
+        train, rec = self.training(train), maybe_recorder(capture)
+        x = self.stem(z).reshape(z.shape[0], c.top_grid**2, c.block_size**2, c.dims[0])
         for i in range(c.levels):
             if i > 0:
                 x = self.deaggregate[i - 1](x, c.grid(i - 1))
             x = x + self.pos_embed[i][...].astype(x.dtype)
             for layer in self.levels[i]:
-                x = layer(x, train=train)
-            if return_levels:
-                maps.append(deblockify(x, c.grid(i)))
+                x = layer(x, train=train, rec=rec)
+            if rec is not None:
+                rec.append("features", deblockify(x, c.grid(i)))
         x = deblockify(self.norm(x), c.grid(c.levels - 1))
-        image = jnp.tanh(depth_to_space(self.head(x), c.patch_size).astype(jnp.float32))
-        return (image, maps) if return_levels else image
+        return finish(jnp.tanh(depth_to_space(self.head(x), c.patch_size).astype(jnp.float32)), rec)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nest_jax.models import layers as L
-from nest_jax.models.intermediates import Capture, finish, maybe_recorder
+from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
 from nest_jax.models.registry import register_model
 
 Array = jax.Array
@@ -344,8 +344,12 @@ class ResNetConfig:
         return Parts("group", True, "torch", self.dtype, self.param_dtype)
 
 
-class ResNet(nnx.Module):
-    """x: (B, H, W, C) image -> logits (B, classes); global average pool then a linear head."""
+class ResNet(Model):
+    """x: (B, H, W, C) image -> logits (B, classes); global average pool then a linear head.
+
+    Eval mode (the default, `model.eval()`, `train=False`) normalizes with BatchNorm's running
+    statistics; train mode with the batch's, updating the running ones.
+    """
 
     def __init__(self, config: ResNetConfig, *, rngs: nnx.Rngs):
         self.config = c = config
@@ -378,7 +382,8 @@ class ResNet(nnx.Module):
             else None
         )
 
-    def __call__(self, x: Array, *, train: bool = False, capture: Capture = None):
+    def __call__(self, x: Array, *, train: bool | None = None, capture: Capture = None):
+        train = self.training(train)
         rec = maybe_recorder(capture)
         feats = run_stages(self.stages, self.stem(x, train=train), train=train, rec=rec)
         if self.norm is not None:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nest_jax.models import layers as L
-from nest_jax.models.intermediates import Capture, finish, maybe_recorder
+from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
 from nest_jax.models.registry import register_model
 
 Array = jax.Array
@@ -93,11 +93,12 @@ class ViTConfig:
         return self.prefix_tokens.index(name)
 
 
-class ViT(nnx.Module):
+class ViT(Model):
     """x: (B, H, W, C) image -> logits (B, classes).
 
-    With several prefix tokens and `pool="token"`: eval returns the mean of the heads' raw logits
-    (DeiT inference); `train=True` returns a dict token name -> logits (each head's own loss).
+    With several prefix tokens and `pool="token"` the logits are the mean of the heads' raw logits
+    (DeiT inference), in train mode too; `capture="heads"` adds each token's own head logits (each
+    head's own loss in training). Call contract and modes: `nest_jax.models.intermediates`.
     """
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
@@ -190,9 +191,10 @@ class ViT(nnx.Module):
             )
             setattr(self, HEAD_NAMES[name], head)
 
-    def embed(self, x: Array, *, train: bool = False) -> Array:
+    def embed(self, x: Array, *, train: bool | None = None) -> Array:
         """Image (B, H, W, C) -> token sequence (B, P+N, D) with position embeddings added."""
         c = self.config
+        train = self.training(train)
         if tuple(x.shape[1:3]) != L.to_hw(c.img_size):
             raise ValueError(
                 f"input is {tuple(x.shape[1:3])} px but the model was built for {L.to_hw(c.img_size)}; "
@@ -214,8 +216,9 @@ class ViT(nnx.Module):
             x = x + self.pos_embed[...].astype(x.dtype)
         return self.pos_drop(x, deterministic=not train)
 
-    def __call__(self, x: Array, *, train: bool = False, capture: Capture = None):
+    def __call__(self, x: Array, *, train: bool | None = None, capture: Capture = None):
         c = self.config
+        train = self.training(train)
         rec = maybe_recorder(capture)
         x = self.embed(x, train=train)
         for layer in self.layers:
@@ -232,17 +235,19 @@ class ViT(nnx.Module):
         if self.pre_logits is not None:
             feats = {n: jnp.tanh(self.pre_logits(f)) for n, f in feats.items()}
         if rec is not None:
-            rec.set("pre_logits", sum(feats.values()) / len(feats))
+            rec.set("pre_logits", _mean(feats))
         if c.num_classes == 0:
-            return finish(sum(feats.values()) / len(feats), rec)
+            return finish(_mean(feats), rec)
         logits = {n: getattr(self, HEAD_NAMES[n])(f) for n, f in feats.items()}
-        if len(logits) == 1:
-            out = logits[next(iter(logits))]
-        elif train:
-            out = logits
-        else:
-            out = sum(logits.values()) / len(logits)
-        return finish(out, rec)
+        if rec is not None:
+            for n, v in logits.items():
+                rec.set("heads", v, n)
+        return finish(_mean(logits), rec)
+
+
+def _mean(per_token: dict[str, Array]) -> Array:
+    values = list(per_token.values())
+    return values[0] if len(values) == 1 else sum(values) / len(values)
 
 
 # name: (patch, dim, depth, heads, mlp)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nest_jax.models import layers as L
+from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
 from nest_jax.models.nest_gan import depth_to_space
 from nest_jax.models.registry import register_model
 
@@ -47,8 +48,11 @@ class ViTGeneratorConfig:
         return self.img_size // self.patch_size
 
 
-class ViTGenerator(nnx.Module):
-    """z: (B, latent_dim) -> image (B, H, W, out_chans) in [-1, 1]."""
+class ViTGenerator(Model):
+    """z: (B, latent_dim) -> image (B, H, W, out_chans) in [-1, 1].
+
+    `capture`: the per-layer kinds, and `features` = the token grid after the final norm (B, g, g, D).
+    """
 
     def __init__(self, config: ViTGeneratorConfig, *, rngs: nnx.Rngs):
         self.config = c = config
@@ -71,13 +75,17 @@ class ViTGenerator(nnx.Module):
             c.dim, c.patch_size**2 * c.out_chans, kernel_init=L.axes(L.trunc_normal_02, "embed", None), **kw
         )
 
-    def __call__(self, z: Array, *, train: bool = False) -> Array:
+    def __call__(self, z: Array, *, train: bool | None = None, capture: Capture = None):
         c = self.config
+        train, rec = self.training(train), maybe_recorder(capture)
         x = self.pos_embed[...] + self.stem(z)[:, None, :]
         for layer in self.layers:
-            x = layer(x, train=train)
-        x = self.head(self.norm(x)).reshape(z.shape[0], c.grid, c.grid, -1)
-        return jnp.tanh(depth_to_space(x, c.patch_size).astype(jnp.float32))
+            x = layer(x, train=train, rec=rec)
+        x = self.norm(x).reshape(z.shape[0], c.grid, c.grid, -1)
+        if rec is not None:
+            rec.append("features", x)
+        x = self.head(x)
+        return finish(jnp.tanh(depth_to_space(x, c.patch_size).astype(jnp.float32)), rec)
 
 
 VIT_GAN_VARIANTS = {

@@ -60,8 +60,8 @@ def classification_loss(
 ) -> tuple[Array, Array]:
     """Training loss and the logits used for the accuracy metric.
 
-    outputs: logits (B, K), or a dict token name -> logits (a ViT/DeiT with several prefix tokens
-      in train mode). teachers: token name -> (teacher logits (B, K), cfg with kind/alpha/tau).
+    outputs: logits (B, K), or a dict token name -> logits (a ViT/DeiT with several prefix tokens:
+      its `capture="heads"`). teachers: token name -> (teacher logits (B, K), cfg with kind/alpha/tau).
     Returns (scalar loss, logits (B, K) the model would predict with at inference: the mean of the
     heads' raw logits).
     """

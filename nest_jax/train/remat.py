@@ -3,7 +3,7 @@
 The models have no remat option, so the trainer swaps each `TransformerLayer` instance's class for
 a subclass whose `__call__` runs the layer under `jax.checkpoint` (split/merge at the boundary, as
 `nnx.remat` does). Parameters, paths and results are unchanged; only memory and compute trade.
-Intermediates capture (`rec`) runs the plain layer: recorded values must not be rematerialized.
+A capture of per-layer values runs the plain layer: recorded values must not be rematerialized.
 
 `config.model.remat_policy` names what the backward pass may keep instead of recomputing, one of
 `jax.checkpoint_policies`: "nothing_saveable" (the default: only each layer's input survives the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from nest_jax.models.intermediates import LAYER_KINDS
 from nest_jax.models.layers import TransformerLayer
 
 POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "everything_saveable")
@@ -25,7 +26,7 @@ class RematTransformerLayer(TransformerLayer):
     remat_policy: str = "nothing_saveable"
 
     def __call__(self, x, *, train: bool = False, rec=None):
-        if rec is not None:
+        if rec is not None and rec.kinds & LAYER_KINDS:
             return super().__call__(x, train=train, rec=rec)
         graphdef, state = nnx.split(self)
 

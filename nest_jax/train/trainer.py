@@ -213,7 +213,8 @@ def make_trainer(
         def loss_fn(params):
             model = net.merge(params, state.get("batch_stats"), rest)
             nnx.reseed(model, dropout=k_drop)
-            out = model(images, train=True)
+            logits, recorded = model(images, train=True, capture="heads")
+            out = recorded["heads"] if len(recorded["heads"]) > 1 else logits
             loss, logits = losses.classification_loss(
                 out, targets, teachers=t_logits, kl_reduction=config.distill_kl_reduction
             )
