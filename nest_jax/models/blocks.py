@@ -71,34 +71,12 @@ class BlockAggregation(nnx.Module):
     width; the pool halves the resolution, so with a fixed block edge the block grid halves.
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        *,
-        rngs: nnx.Rngs,
-        padding: str = "tf_same",
-        kernel_init=L.trunc_normal_02,
-        dtype=None,
-        param_dtype=jnp.float32,
-    ):
-        if padding not in POOL_PADDINGS:
-            raise ValueError(f"pool_padding must be one of {POOL_PADDINGS}, got {padding!r}")
+    def __init__(self, in_dim: int, out_dim: int, *, padding: str = "tf_same", kernel_init=L.trunc_normal_02, **kw):
+        """kw: `rngs`, `dtype`, `param_dtype` of the conv and the norm. `padding`: see `pool_pads`."""
         self.padding = padding
         # Stride 1, kernel 3: SAME is a symmetric pad of 1 in flax, TF and PyTorch alike.
-        self.conv = nnx.Conv(
-            in_dim,
-            out_dim,
-            (3, 3),
-            strides=1,
-            padding="SAME",
-            kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"),
-            bias_init=L.axes(nnx.initializers.zeros, "embed"),
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
-        self.norm = L.layer_norm(out_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv = L.conv(in_dim, out_dim, 3, padding="SAME", kernel_init=kernel_init, **kw)
+        self.norm = L.layer_norm(out_dim, **kw)
 
     def __call__(self, x: Array) -> Array:
         if x.shape[1] % 2 or x.shape[2] % 2:

@@ -91,14 +91,8 @@ class ConvGenerator(Model):
     def __init__(self, config: ConvGeneratorConfig, *, rngs: nnx.Rngs):
         self.config = c = config
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
-        self.stem = nnx.Linear(
-            c.latent_dim,
-            16 * c.widths[0],
-            kernel_init=L.axes(nnx.initializers.xavier_uniform(), None, "mlp"),
-            bias_init=L.axes(nnx.initializers.zeros, "mlp"),
-            rngs=rngs,
-            **kw,
-        )
+        xavier = nnx.initializers.xavier_uniform()
+        self.stem = L.dense(c.latent_dim, 16 * c.widths[0], (None, "mlp"), kernel_init=xavier, rngs=rngs, **kw)
         self.blocks = nnx.List([GBlock(a, b, rngs=rngs, **kw) for a, b in zip(c.widths[:-1], c.widths[1:])])
         self.bn = _bn(c.widths[-1], rngs, **kw)
         self.to_rgb = SNConv(c.widths[-1], c.out_chans, 3, spectral=False, rngs=rngs, **kw)

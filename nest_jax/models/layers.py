@@ -23,6 +23,7 @@ Init = Callable[..., Array]
 
 LN_EPS = 1e-6
 trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02)
+zeros = nnx.initializers.zeros
 log = logging.getLogger(__name__)
 
 ATTN_IMPLS = ("auto", "cudnn", "xla", "explicit")
@@ -113,36 +114,33 @@ def layer_norm(
     )
 
 
+def dense(din: int, dout: int, names: tuple, *, kernel_init: Init = trunc_normal_02, bias_init: Init = zeros, **kw):
+    """`nnx.Linear` whose kernel carries the logical axis names `names` and whose bias the second."""
+    return nnx.Linear(din, dout, kernel_init=axes(kernel_init, *names), bias_init=axes(bias_init, names[1]), **kw)
+
+
+def classifier(width: int, num_classes: int, kernel_init: Init, **kw) -> nnx.Linear | None:
+    """The classification head (zero bias), or None for a feature extractor (`num_classes=0`)."""
+    return dense(width, num_classes, ("embed", "classes"), kernel_init=kernel_init, **kw) if num_classes > 0 else None
+
+
+def conv(din: int, dout: int, kernel: int, *, out_name="embed", kernel_init: Init = trunc_normal_02, up=False, **kw):
+    """Square `nnx.Conv` (`ConvTranspose` when `up`), kernel axes (·, ·, conv_in, `out_name`), zero bias."""
+    init = axes(kernel_init, None, None, "conv_in", out_name)
+    layer = nnx.ConvTranspose if up else nnx.Conv
+    return layer(din, dout, (kernel, kernel), kernel_init=init, bias_init=axes(zeros, out_name), **kw)
+
+
 class PatchEmbed(nnx.Module):
     """Non-overlapping P×P patches by a conv with kernel = stride = P.
 
     x: (B, H, W, C_in) -> (B, H/P, W/P, D)
     """
 
-    def __init__(
-        self,
-        in_chans: int,
-        dim: int,
-        patch_size: int,
-        *,
-        rngs: nnx.Rngs,
-        kernel_init: Init = nnx.initializers.lecun_normal(),
-        dtype: Dtype = None,
-        param_dtype: Dtype = jnp.float32,
-    ):
+    def __init__(self, in_chans: int, dim: int, patch_size: int, *, kernel_init=nnx.initializers.lecun_normal(), **kw):
+        """kw: `rngs`, `dtype`, `param_dtype` of the conv."""
         self.patch_size = patch_size
-        self.proj = nnx.Conv(
-            in_chans,
-            dim,
-            (patch_size, patch_size),
-            strides=patch_size,
-            padding="VALID",
-            kernel_init=axes(kernel_init, None, None, "conv_in", "embed"),
-            bias_init=axes(nnx.initializers.zeros, "embed"),
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
+        self.proj = conv(in_chans, dim, patch_size, strides=patch_size, padding="VALID", kernel_init=kernel_init, **kw)
 
     def __call__(self, x: Array) -> Array:
         return self.proj(x)
@@ -293,25 +291,9 @@ class Mlp(nnx.Module):
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
     ):
-        out_dim = out_dim or dim
-        self.fc1 = nnx.Linear(
-            dim,
-            hidden,
-            kernel_init=axes(kernel_init, "embed", "mlp"),
-            bias_init=axes(bias_init, "mlp"),
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
-        self.fc2 = nnx.Linear(
-            hidden,
-            out_dim,
-            kernel_init=axes(kernel_init, "mlp", "embed"),
-            bias_init=axes(bias_init, "embed"),
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
+        kw = dict(kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = dense(dim, hidden, ("embed", "mlp"), **kw)
+        self.fc2 = dense(hidden, out_dim or dim, ("mlp", "embed"), **kw)
         self.act = act
         self.drop = nnx.Dropout(drop, rngs=rngs)
 

@@ -75,11 +75,9 @@ class NestConfig:
     skip_removed: tuple[int, ...] = ()  # global layer indices trained without residuals (ablation)
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    attn_impl: str = "auto"  # attention kernel: "auto" | "cudnn" | "xla" | "explicit" (layers.Attention)
+    attn_impl: str = "auto"  # attention kernel: "auto" | "cudnn" | "xla" | "explicit" (checked by layers.Attention)
 
     def __post_init__(self):
-        if self.attn_impl not in L.ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {L.ATTN_IMPLS}, got {self.attn_impl!r}")
         for name in ("dims", "depths", "heads", "skip_removed"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         if any(not 0 <= i < sum(self.depths) for i in self.skip_removed):
@@ -202,17 +200,7 @@ class Nest(Model):
             [NestLevel(c, i, rates[starts[i] : starts[i] + c.depths[i]], rngs=rngs) for i in range(c.levels)]
         )
         self.norm = L.layer_norm(c.dims[-1], **kw)
-        self.head = (
-            nnx.Linear(
-                c.dims[-1],
-                c.num_classes,
-                kernel_init=L.axes(init, "embed", "classes"),
-                bias_init=L.axes(nnx.initializers.zeros, "classes"),
-                **kw,
-            )
-            if c.num_classes > 0
-            else None
-        )
+        self.head = L.classifier(c.dims[-1], c.num_classes, init, **kw)
 
     def __call__(
         self, x: Array, *, train: bool | None = None, capture: Capture = None, taps: Sequence[Array] | None = None

@@ -65,18 +65,8 @@ class BlockDeaggregation(nnx.Module):
       transposed_conv : transposed conv 4×4 stride 2 C_in → C_out (DCGAN's upsampling).
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        *,
-        rngs: nnx.Rngs,
-        kind: str = "pixel_shuffle",
-        project: bool = True,
-        kernel_init=L.trunc_normal_02,
-        dtype=None,
-        param_dtype=jnp.float32,
-    ):
+    def __init__(self, in_dim: int, out_dim: int, *, kind: str = "pixel_shuffle", project: bool = True, **kw):
+        """kw: `rngs`, `kernel_init`, `dtype`, `param_dtype` of the projection."""
         if kind not in DEAGGREGATIONS:
             raise ValueError(f"deaggregation must be one of {DEAGGREGATIONS}, got {kind!r}")
         if not project and (kind != "pixel_shuffle" or in_dim != 4 * out_dim):
@@ -84,42 +74,12 @@ class BlockDeaggregation(nnx.Module):
                 f"project=False needs pixel_shuffle and in_dim = 4·out_dim, got {kind}, {in_dim} → {out_dim}"
             )
         self.kind = kind
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        bias = L.axes(nnx.initializers.zeros, "embed")
         if kind == "pixel_shuffle":
-            self.proj = (
-                nnx.Conv(
-                    in_dim,
-                    4 * out_dim,
-                    (1, 1),
-                    kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"),
-                    bias_init=bias,
-                    **kw,
-                )
-                if project
-                else None
-            )
+            self.proj = L.conv(in_dim, 4 * out_dim, 1, **kw) if project else None
         elif kind == "nearest_conv":
-            self.proj = nnx.Conv(
-                in_dim,
-                out_dim,
-                (3, 3),
-                padding="SAME",
-                kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"),
-                bias_init=bias,
-                **kw,
-            )
+            self.proj = L.conv(in_dim, out_dim, 3, padding="SAME", **kw)
         else:
-            self.proj = nnx.ConvTranspose(
-                in_dim,
-                out_dim,
-                (4, 4),
-                strides=(2, 2),
-                padding="SAME",
-                kernel_init=L.axes(kernel_init, None, None, "conv_in", "embed"),
-                bias_init=bias,
-                **kw,
-            )
+            self.proj = L.conv(in_dim, out_dim, 4, strides=(2, 2), padding="SAME", up=True, **kw)
 
     def upsample(self, x: Array) -> Array:
         """On the map: x (B, H, W, C_in) -> (B, 2H, 2W, C_out)."""
@@ -195,12 +155,8 @@ class NestGenerator(Model):
         init = L.trunc_normal_02
         n = c.block_size**2
         t0 = c.top_grid**2
-        self.stem = nnx.Linear(
-            c.latent_dim,
-            t0 * n * c.dims[0],
-            kernel_init=L.axes(nnx.initializers.lecun_normal(), None, "mlp"),
-            bias_init=L.axes(nnx.initializers.zeros, "mlp"),
-            **kw,
+        self.stem = L.dense(
+            c.latent_dim, t0 * n * c.dims[0], (None, "mlp"), kernel_init=nnx.initializers.lecun_normal(), **kw
         )
         self.pos_embed = nnx.List(
             [
@@ -232,13 +188,7 @@ class NestGenerator(Model):
             ]
         )
         self.norm = L.layer_norm(c.dims[-1], **kw)
-        self.head = nnx.Linear(
-            c.dims[-1],
-            c.patch_size**2 * c.out_chans,
-            kernel_init=L.axes(init, "embed", None),
-            bias_init=nnx.initializers.zeros,
-            **kw,
-        )
+        self.head = L.dense(c.dims[-1], c.patch_size**2 * c.out_chans, ("embed", None), kernel_init=init, **kw)
 
     def __call__(self, z: Array, *, train: bool | None = None, capture: Capture = None):
         c = self.config

@@ -91,34 +91,6 @@ class Conv(nnx.Module):
         )
 
 
-def make_norm(
-    kind: str,
-    chans: int,
-    *,
-    zero_scale: bool = False,
-    rngs: nnx.Rngs,
-    dtype: Any = None,
-    param_dtype: Any = jnp.float32,
-) -> nnx.Module:
-    """`batch`: BatchNorm (eps 1e-5, PyTorch momentum 0.1); `group`: GroupNorm, 32 groups, eps 1e-5."""
-    scale_init = nnx.initializers.zeros if zero_scale else nnx.initializers.ones
-    kw = dict(
-        scale_init=L.axes(scale_init, "conv_out"),
-        bias_init=L.axes(nnx.initializers.zeros, "conv_out"),
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
-    if kind == "batch":
-        # Deviation: flax updates the running variance with the biased batch variance, PyTorch with
-        # the unbiased one (factor n/(n-1), n = B·H·W: < 0.1% for any realistic batch).
-        return nnx.BatchNorm(chans, momentum=BN_MOMENTUM, epsilon=BN_EPS, **kw)
-    if kind == "group":
-        return nnx.GroupNorm(chans, num_groups=GN_GROUPS, epsilon=GN_EPS, **kw)
-    raise ValueError(f"norm must be 'batch' or 'group', got {kind!r}")
-
-
 def apply_norm(norm: nnx.Module, x: Array, train: bool) -> Array:
     """BatchNorm uses batch statistics (and updates its running ones) only when training."""
     if isinstance(norm, nnx.BatchNorm):
@@ -150,9 +122,23 @@ class Parts:
         )
 
     def norm_layer(self, chans: int, *, zero_scale: bool = False, rngs: nnx.Rngs) -> nnx.Module:
-        return make_norm(
-            self.norm, chans, zero_scale=zero_scale, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs
+        """`batch`: BatchNorm (eps 1e-5, PyTorch momentum 0.1); `group`: GroupNorm, 32 groups, eps 1e-5."""
+        scale_init = nnx.initializers.zeros if zero_scale else nnx.initializers.ones
+        kw = dict(
+            scale_init=L.axes(scale_init, "conv_out"),
+            bias_init=L.axes(nnx.initializers.zeros, "conv_out"),
+            use_fast_variance=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            rngs=rngs,
         )
+        if self.norm == "batch":
+            # Deviation: flax updates the running variance with the biased batch variance, PyTorch with
+            # the unbiased one (factor n/(n-1), n = B·H·W: < 0.1% for any realistic batch).
+            return nnx.BatchNorm(chans, momentum=BN_MOMENTUM, epsilon=BN_EPS, **kw)
+        if self.norm == "group":
+            return nnx.GroupNorm(chans, num_groups=GN_GROUPS, epsilon=GN_EPS, **kw)
+        raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
 
 
 class Downsample(nnx.Module):
@@ -167,12 +153,11 @@ class Downsample(nnx.Module):
         return x if self.norm is None else apply_norm(self.norm, x, train)
 
 
-class Bottleneck(nnx.Module):
-    """Post-activation bottleneck, v1.5 (stride in the 3x3 conv); also the hybrid's BiT block.
+class _Bottleneck(nnx.Module):
+    """What both bottleneck flavours share: width C_out / 4, the stride in the 3x3 conv, a projection
+    shortcut when the shape changes (with a norm unless pre-activated), stochastic depth."""
 
-    y = ReLU(shortcut(x) + norm3(conv3(ReLU(norm2(conv2(ReLU(norm1(conv1(x)))))))))
-    x: (B, H, W, C_in) -> (B, H/stride, W/stride, C_out), bottleneck width C_out / 4.
-    """
+    preact = False
 
     def __init__(
         self,
@@ -185,7 +170,21 @@ class Bottleneck(nnx.Module):
         zero_init_last: bool = False,
         rngs: nnx.Rngs,
     ):
-        mid = cout // 4
+        self.layers(cin, cout // 4, cout, stride, parts, zero_init_last, rngs)
+        needs_proj = stride != 1 or cin != cout
+        proj = Downsample(cin, cout, stride, parts, with_norm=not self.preact, rngs=rngs) if needs_proj else None
+        self.downsample = proj
+        self.drop_path = L.DropPath(drop_path, rngs=rngs)
+
+
+class Bottleneck(_Bottleneck):
+    """Post-activation bottleneck, v1.5 (stride in the 3x3 conv); also the hybrid's BiT block.
+
+    y = ReLU(shortcut(x) + norm3(conv3(ReLU(norm2(conv2(ReLU(norm1(conv1(x)))))))))
+    x: (B, H, W, C_in) -> (B, H/stride, W/stride, C_out), bottleneck width C_out / 4.
+    """
+
+    def layers(self, cin, mid, cout, stride, parts, zero_init_last, rngs):
         self.conv1 = parts.conv(cin, mid, 1, rngs=rngs)
         self.norm1 = parts.norm_layer(mid, rngs=rngs)
         self.conv2 = parts.conv(mid, mid, 3, stride, rngs=rngs)
@@ -193,9 +192,6 @@ class Bottleneck(nnx.Module):
         self.conv3 = parts.conv(mid, cout, 1, rngs=rngs)
         # Zero-init of the last norm's scale makes each block start as the identity (Goyal et al.).
         self.norm3 = parts.norm_layer(cout, zero_scale=zero_init_last, rngs=rngs)
-        needs_proj = stride != 1 or cin != cout
-        self.downsample = Downsample(cin, cout, stride, parts, with_norm=True, rngs=rngs) if needs_proj else None
-        self.drop_path = L.DropPath(drop_path, rngs=rngs)
 
     def __call__(self, x: Array, *, train: bool = False, rec=None) -> Array:
         shortcut = x if self.downsample is None else self.downsample(x, train=train)
@@ -208,7 +204,7 @@ class Bottleneck(nnx.Module):
         return jax.nn.relu(y + shortcut)
 
 
-class PreActBottleneck(nnx.Module):
+class PreActBottleneck(_Bottleneck):
     """Pre-activation bottleneck (ResNet v2 / BiT), stride in the 3x3 conv.
 
     p = ReLU(norm1(x)); y = shortcut + conv3(ReLU(norm3(conv2(ReLU(norm2(conv1(p)))))))
@@ -216,28 +212,16 @@ class PreActBottleneck(nnx.Module):
     x: (B, H, W, C_in) -> (B, H/stride, W/stride, C_out)
     """
 
-    def __init__(
-        self,
-        cin: int,
-        cout: int,
-        stride: int,
-        parts: Parts,
-        *,
-        drop_path: float = 0.0,
-        zero_init_last: bool = False,
-        rngs: nnx.Rngs,
-    ):
+    preact = True
+
+    def layers(self, cin, mid, cout, stride, parts, zero_init_last, rngs):
         del zero_init_last  # the last op is a conv; BiT trains from the plain init
-        mid = cout // 4
         self.norm1 = parts.norm_layer(cin, rngs=rngs)
         self.conv1 = parts.conv(cin, mid, 1, rngs=rngs)
         self.norm2 = parts.norm_layer(mid, rngs=rngs)
         self.conv2 = parts.conv(mid, mid, 3, stride, rngs=rngs)
         self.norm3 = parts.norm_layer(mid, rngs=rngs)
         self.conv3 = parts.conv(mid, cout, 1, rngs=rngs)
-        needs_proj = stride != 1 or cin != cout
-        self.downsample = Downsample(cin, cout, stride, parts, with_norm=False, rngs=rngs) if needs_proj else None
-        self.drop_path = L.DropPath(drop_path, rngs=rngs)
 
     def __call__(self, x: Array, *, train: bool = False, rec=None) -> Array:
         p = jax.nn.relu(apply_norm(self.norm1, x, train))
@@ -368,19 +352,8 @@ class ResNet(Model):
         self.norm = parts.norm_layer(c.widths[-1], rngs=rngs) if bit else None
         # Head: normal(0.01), zero bias (timm ResNetV2; torchvision's default Linear init differs
         # only in scale and matters only when training from scratch).
-        self.head = (
-            nnx.Linear(
-                c.widths[-1],
-                c.num_classes,
-                kernel_init=L.axes(nnx.initializers.normal(0.01), "embed", "classes"),
-                bias_init=L.axes(nnx.initializers.zeros, "classes"),
-                dtype=c.dtype,
-                param_dtype=c.param_dtype,
-                rngs=rngs,
-            )
-            if c.num_classes > 0
-            else None
-        )
+        kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
+        self.head = L.classifier(c.widths[-1], c.num_classes, nnx.initializers.normal(0.01), **kw)
 
     def __call__(self, x: Array, *, train: bool | None = None, capture: Capture = None):
         train = self.training(train)

@@ -16,6 +16,7 @@ from flax import nnx
 from nest_jax.models import layers as L
 
 Array = jax.Array
+XAVIER = nnx.initializers.xavier_uniform()
 
 
 class PowerIterate(nnx.BatchStat):
@@ -37,47 +38,34 @@ def spectral_sigma(w: Array, u: Array, *, update: bool) -> tuple[Array, Array]:
     return v @ (w @ u_new), u_new
 
 
+def _power_iterate(out_dim: int, spectral: bool, rngs: nnx.Rngs) -> PowerIterate | None:
+    return PowerIterate(_l2_normalize(jax.random.normal(rngs.params(), (out_dim,)))) if spectral else None
+
+
+def _normalized(u: PowerIterate, w: Array, train: bool) -> Array:
+    """The kernel w (..., out) divided by σ of its (fan_in, out) matrix; training also steps `u`."""
+    sigma, u_new = spectral_sigma(w.reshape(-1, w.shape[-1]), u[...], update=train)
+    if train:
+        u[...] = u_new
+    return w / sigma
+
+
 class SNConv(nnx.Module):
     """Conv with an optionally spectrally normalized kernel. x: (B, H, W, C_in) -> (B, H', W', C_out)."""
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        kernel: int = 3,
-        *,
-        rngs: nnx.Rngs,
-        stride: int = 1,
-        padding: str = "SAME",
-        spectral: bool = True,
-        kernel_init=nnx.initializers.xavier_uniform(),
-        dtype=None,
-        param_dtype=jnp.float32,
-    ):
-        self.conv = nnx.Conv(
-            in_dim,
-            out_dim,
-            (kernel, kernel),
-            strides=stride,
-            padding=padding,
-            kernel_init=L.axes(kernel_init, None, None, "conv_in", "conv_out"),
-            bias_init=L.axes(nnx.initializers.zeros, "conv_out"),
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
+    def __init__(self, in_dim: int, out_dim: int, kernel: int = 3, *, stride=1, padding="SAME", spectral=True, **kw):
+        """kw: `rngs`, `dtype`, `param_dtype`, `kernel_init` (default xavier uniform)."""
+        kw.setdefault("kernel_init", XAVIER)
+        self.conv = L.conv(in_dim, out_dim, kernel, out_name="conv_out", strides=stride, padding=padding, **kw)
         self.stride, self.padding = (stride, stride), padding
-        self.u = PowerIterate(_l2_normalize(jax.random.normal(rngs.params(), (out_dim,)))) if spectral else None
+        self.u = _power_iterate(out_dim, spectral, kw["rngs"])
 
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         if self.u is None:
             return self.conv(x)
-        w = self.conv.kernel[...]
-        sigma, u = spectral_sigma(w.reshape(-1, w.shape[-1]), self.u[...], update=train)
-        if train:
-            self.u[...] = u
+        w = _normalized(self.u, self.conv.kernel[...], train)
         y = jax.lax.conv_general_dilated(
-            x, (w / sigma).astype(x.dtype), self.stride, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            x, w.astype(x.dtype), self.stride, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
         return y + self.conv.bias[...].astype(y.dtype)
 
@@ -85,33 +73,14 @@ class SNConv(nnx.Module):
 class SNLinear(nnx.Module):
     """Dense with an optionally spectrally normalized kernel. x: (..., C_in) -> (..., C_out)."""
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        *,
-        rngs: nnx.Rngs,
-        spectral: bool = True,
-        kernel_init=nnx.initializers.xavier_uniform(),
-        dtype=None,
-        param_dtype=jnp.float32,
-    ):
-        self.linear = nnx.Linear(
-            in_dim,
-            out_dim,
-            kernel_init=L.axes(kernel_init, "embed", None),
-            bias_init=nnx.initializers.zeros,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
-        self.u = PowerIterate(_l2_normalize(jax.random.normal(rngs.params(), (out_dim,)))) if spectral else None
+    def __init__(self, in_dim: int, out_dim: int, *, spectral: bool = True, **kw):
+        """kw: `rngs`, `dtype`, `param_dtype`, `kernel_init` (default xavier uniform)."""
+        kw.setdefault("kernel_init", XAVIER)
+        self.linear = L.dense(in_dim, out_dim, ("embed", None), **kw)
+        self.u = _power_iterate(out_dim, spectral, kw["rngs"])
 
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         if self.u is None:
             return self.linear(x)
-        w = self.linear.kernel[...]
-        sigma, u = spectral_sigma(w, self.u[...], update=train)
-        if train:
-            self.u[...] = u
-        return x @ (w / sigma).astype(x.dtype) + self.linear.bias[...].astype(x.dtype)
+        w = _normalized(self.u, self.linear.kernel[...], train)
+        return x @ w.astype(x.dtype) + self.linear.bias[...].astype(x.dtype)

@@ -48,11 +48,9 @@ class ViTConfig:
     skip_removed: tuple[int, ...] = ()  # layers trained without residual connections (ablation)
     dtype: Any = None  # compute dtype, e.g. jnp.bfloat16
     param_dtype: Any = jnp.float32
-    attn_impl: str = "auto"  # attention kernel: "auto" | "cudnn" | "xla" | "explicit" (layers.Attention)
+    attn_impl: str = "auto"  # attention kernel: "auto" | "cudnn" | "xla" | "explicit" (checked by layers.Attention)
 
     def __post_init__(self):
-        if self.attn_impl not in L.ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {L.ATTN_IMPLS}, got {self.attn_impl!r}")
         if self.pool not in ("token", "gap"):
             raise ValueError(f"pool must be 'token' or 'gap', got {self.pool!r}")
         if self.pool == "token" and not self.prefix_tokens:
@@ -164,32 +162,13 @@ class ViT(Model):
             ]
         )
         self.norm = L.layer_norm(c.dim, **kw)
-        width = c.dim
-        if c.representation_size:
-            self.pre_logits = nnx.Linear(
-                c.dim,
-                c.representation_size,
-                kernel_init=L.axes(dense_init, "embed", "mlp"),
-                bias_init=L.axes(nnx.initializers.zeros, "mlp"),
-                **kw,
-            )
-            width = c.representation_size
-        else:
-            self.pre_logits = None
+        width = c.representation_size or c.dim
+        self.pre_logits = (
+            L.dense(c.dim, width, ("embed", "mlp"), kernel_init=dense_init, **kw) if c.representation_size else None
+        )
         head_init = nnx.initializers.zeros if official else L.trunc_normal_02
         for name in c.prefix_tokens if c.pool == "token" else ("cls",):
-            head = (
-                nnx.Linear(
-                    width,
-                    c.num_classes,
-                    kernel_init=L.axes(head_init, "embed", "classes"),
-                    bias_init=L.axes(nnx.initializers.zeros, "classes"),
-                    **kw,
-                )
-                if c.num_classes > 0
-                else None
-            )
-            setattr(self, HEAD_NAMES[name], head)
+            setattr(self, HEAD_NAMES[name], L.classifier(width, c.num_classes, head_init, **kw))
 
     def embed(self, x: Array, *, train: bool | None = None) -> Array:
         """Image (B, H, W, C) -> token sequence (B, P+N, D) with position embeddings added."""

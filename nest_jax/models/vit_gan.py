@@ -57,13 +57,7 @@ class ViTGenerator(Model):
     def __init__(self, config: ViTGeneratorConfig, *, rngs: nnx.Rngs):
         self.config = c = config
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
-        self.stem = nnx.Linear(
-            c.latent_dim,
-            c.dim,
-            kernel_init=L.axes(nnx.initializers.lecun_normal(), None, "embed"),
-            bias_init=L.axes(nnx.initializers.zeros, "embed"),
-            **kw,
-        )
+        self.stem = L.dense(c.latent_dim, c.dim, (None, "embed"), kernel_init=nnx.initializers.lecun_normal(), **kw)
         self.pos_embed = nnx.Param(
             L.axes(L.trunc_normal_02, None, None, "embed")(rngs.params(), (1, c.grid**2, c.dim), c.param_dtype)
         )
@@ -71,9 +65,7 @@ class ViTGenerator(Model):
             [L.TransformerLayer(c.dim, c.num_heads, int(c.dim * c.mlp_ratio), act=c.gelu, **kw) for _ in range(c.depth)]
         )
         self.norm = L.layer_norm(c.dim, **kw)
-        self.head = nnx.Linear(
-            c.dim, c.patch_size**2 * c.out_chans, kernel_init=L.axes(L.trunc_normal_02, "embed", None), **kw
-        )
+        self.head = L.dense(c.dim, c.patch_size**2 * c.out_chans, ("embed", None), **kw)
 
     def __call__(self, z: Array, *, train: bool | None = None, capture: Capture = None):
         c = self.config
