@@ -91,13 +91,9 @@ def _p(name: str, severity: int):
 
 
 def _pd(name: str, severity) -> Array:
-    """A scalar parameter looked up with a traced severity: one compiled program serves all five."""
+    """A parameter (a scalar, or a row that unpacks) looked up with a traced severity: one compiled
+    program serves all five."""
     return jnp.asarray(PARAMS[name], jnp.float32)[jnp.asarray(severity, jnp.int32) - 1]
-
-
-def _pd2(name: str, severity) -> tuple[Array, ...]:
-    row = jnp.asarray(PARAMS[name], jnp.float32)[jnp.asarray(severity, jnp.int32) - 1]
-    return tuple(row[i] for i in range(row.shape[0]))
 
 
 def _clip(x: Array) -> Array:
@@ -225,7 +221,7 @@ def _plasma_batch(key, b: int, h: int, w: int, decay: float) -> Array:
 
 
 def fog(key, x, severity):
-    strength, decay = _pd2("fog", severity)
+    strength, decay = _pd("fog", severity)
     b, h, w, _ = x.shape
     peak = x.max(axis=(1, 2, 3), keepdims=True)
     x = x + strength * _plasma_batch(key, b, h, w, decay)
@@ -292,7 +288,7 @@ def prepare_frost_textures(textures, h: int, w: int) -> np.ndarray:
 
 def frost(key, x, severity, textures: Array | None = None):
     """c0·x + c1·frost, the frost a random crop of a random texture (prepared, (n, H', W', 3))."""
-    a, c = _pd2("frost", severity)
+    a, c = _pd("frost", severity)
     b, h, w, ch = x.shape
     k1, k2, k3 = jax.random.split(key, 3)
     if textures is None:

@@ -116,24 +116,22 @@ def linear_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(np.asarray(x @ params["w"] + params["b"]), -1) == y))
 
 
-def run_linear_probe(
-    model,
-    train_batches,
-    test_batches,
-    *,
-    mean: tuple,
-    std: tuple,
-    num_classes: int,
-    kinds: Sequence[str] = ("cls", "ensemble", "ensemble_patch"),
-    **train_kw,
-) -> dict:
-    """Test top-1 of the linear probe on each feature kind.  -> {"top1": {kind: acc}}."""
+def train_test_features(model, train_batches, test_batches, **kw) -> tuple[np.ndarray, ...]:
+    """(x, y, x_test, y_test): `extract_features(model, batches, **kw)` of both splits."""
+    return (*extract_features(model, train_batches, **kw), *extract_features(model, test_batches, **kw))
+
+
+def run_linear_probe(model, train_batches, test_batches, *, num_classes: int, kinds=FEATURES[:3], **kw) -> dict:
+    """Test top-1 of the linear probe on each feature kind.  -> {"top1": {kind: acc}}.
+
+    kw: `mean`, `std` of `extract_features`; the rest goes to `train_linear`.
+    """
     train_batches, test_batches = as_list(train_batches), as_list(test_batches)
+    norm = dict(mean=kw.pop("mean"), std=kw.pop("std"))
     out = {}
     for kind in kinds:
-        xtr, ytr = extract_features(model, train_batches, mean=mean, std=std, kind=kind)
-        xte, yte = extract_features(model, test_batches, mean=mean, std=std, kind=kind)
-        out[kind] = linear_accuracy(train_linear(xtr, ytr, num_classes, **train_kw), xte, yte)
+        x, y, xt, yt = train_test_features(model, train_batches, test_batches, kind=kind, **norm)
+        out[kind] = linear_accuracy(train_linear(x, y, num_classes, **kw), xt, yt)
     return {"top1": out}
 
 
@@ -275,20 +273,7 @@ def _episode_accuracy(sx, sy, qx, qy, *, n_way: int, steps: int, lr: float):
     return jax.vmap(one)(sx, sy, qx, qy)
 
 
-def run_few_shot(
-    model,
-    train_batches,
-    test_batches,
-    *,
-    mean: tuple,
-    std: tuple,
-    num_classes: int,
-    kind: str = "cls",
-    shots: Sequence[int] = (1, 5, 10, 25),
-    seeds: int = 3,
-    l2: float = 1024.0,
-) -> dict:
-    """big_vision-style ridge few-shot on the model's frozen features."""
-    x, y = extract_features(model, train_batches, mean=mean, std=std, kind=kind)
-    xt, yt = extract_features(model, test_batches, mean=mean, std=std, kind=kind)
-    return ridge_few_shot(x, y, xt, yt, num_classes, shots=shots, seeds=seeds, l2=l2)
+def run_few_shot(model, train_batches, test_batches, *, mean, std, num_classes: int, kind="cls", **ridge_kw) -> dict:
+    """big_vision-style ridge few-shot on the model's frozen features (`ridge_few_shot`'s settings)."""
+    features = train_test_features(model, train_batches, test_batches, mean=mean, std=std, kind=kind)
+    return ridge_few_shot(*features, num_classes, **ridge_kw)

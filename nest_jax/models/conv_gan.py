@@ -20,7 +20,7 @@ from flax import nnx
 
 from nest_jax.models import layers as L
 from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
-from nest_jax.models.registry import register_model
+from nest_jax.models.registry import register_variant
 from nest_jax.models.spectral_norm import SNConv, SNLinear
 
 Array = jax.Array
@@ -197,22 +197,5 @@ CONV_GAN_VARIANTS = {
 }
 
 
-def _register(name: str) -> None:
-    cls, cfg_cls, spec = CONV_GAN_VARIANTS[name]
-    fields_ok = {f.name for f in dataclasses.fields(cfg_cls)}
-
-    def builder(*, num_classes: int = 1, img_size=None, rngs: nnx.Rngs, **overrides):
-        fields = dict(spec)
-        fields.update(overrides)
-        if img_size is not None:
-            fields["img_size"] = int(img_size)
-        if "num_classes" in fields_ok:
-            fields["num_classes"] = num_classes
-        fields = {k: v for k, v in fields.items() if k in fields_ok or k not in ("in_chans", "num_classes")}
-        return cls(cfg_cls(**fields), rngs=rngs)
-
-    register_model(builder, name=name, doc=f"{name}: {cls.__name__}, {spec}.")
-
-
-for _name in CONV_GAN_VARIANTS:
-    _register(_name)
+for _name, (_cls, _config, _spec) in CONV_GAN_VARIANTS.items():
+    register_variant(_name, _cls, _config, _spec, f"{_name}: {_cls.__name__}, {_spec}.")

@@ -23,7 +23,7 @@ from flax import nnx
 from nest_jax.models import layers as L
 from nest_jax.models.blocks import blockify, deblockify
 from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
-from nest_jax.models.registry import register_model
+from nest_jax.models.registry import register_variant
 
 Array = jax.Array
 DEAGGREGATIONS = ("pixel_shuffle", "nearest_conv", "transposed_conv")
@@ -219,21 +219,8 @@ NEST_GAN_VARIANTS = {
 }
 
 
-def _register(name: str) -> None:
-    spec = NEST_GAN_VARIANTS[name]
-
-    def builder(*, num_classes: int = 0, img_size=None, rngs: nnx.Rngs, **overrides) -> NestGenerator:
-        # num_classes is the registry's uniform argument; an unconditional generator has no classes.
-        fields = dict(spec)
-        fields.update(overrides)
-        if img_size is not None:
-            fields["img_size"] = int(img_size)
-        fields.pop("in_chans", None)
-        return NestGenerator(NestGeneratorConfig(**fields), rngs=rngs)
-
-    doc = f"{name}: NesT generator, {spec['img_size']} px, dims {spec['dims']}, depths {spec['depths']} (top first)."
-    register_model(builder, name=name, doc=doc)
-
-
-for _name in NEST_GAN_VARIANTS:
-    _register(_name)
+for _name, _spec in NEST_GAN_VARIANTS.items():
+    _doc = (
+        f"{_name}: NesT generator, {_spec['img_size']} px, dims {_spec['dims']}, depths {_spec['depths']} (top first)."
+    )
+    register_variant(_name, NestGenerator, NestGeneratorConfig, _spec, _doc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 from collections.abc import Callable
@@ -28,6 +29,25 @@ def register_model(
         raise ValueError(f"model {fn.__name__!r} registered twice")
     _REGISTRY[fn.__name__] = fn
     return fn
+
+
+def register_variant(name: str, model: Callable[..., nnx.Module], config: type, spec: dict, doc: str) -> None:
+    """Registers `name` as `model(config(**spec, **overrides), rngs=rngs)` (the GAN families).
+
+    `img_size` sets the config's field when given; `num_classes` does when the config has one.
+    The registry's uniform arguments a config lacks (`num_classes`, an `in_chans` override) are
+    dropped: an unconditional generator has no classes and no input channels.
+    """
+    known = {f.name for f in dataclasses.fields(config)}
+
+    def builder(*, num_classes: int = 1, img_size=None, rngs: nnx.Rngs, **overrides) -> nnx.Module:
+        fields = dict(spec, **overrides, num_classes=num_classes)
+        if img_size is not None:
+            fields["img_size"] = int(img_size)
+        fields = {k: v for k, v in fields.items() if k in known or k not in ("in_chans", "num_classes")}
+        return model(config(**fields), rngs=rngs)
+
+    register_model(builder, name=name, doc=doc)
 
 
 def _load_families() -> None:

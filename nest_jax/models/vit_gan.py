@@ -20,7 +20,7 @@ from flax import nnx
 from nest_jax.models import layers as L
 from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
 from nest_jax.models.nest_gan import depth_to_space
-from nest_jax.models.registry import register_model
+from nest_jax.models.registry import register_variant
 
 Array = jax.Array
 
@@ -86,19 +86,5 @@ VIT_GAN_VARIANTS = {
 }
 
 
-def _register(name: str) -> None:
-    spec = VIT_GAN_VARIANTS[name]
-
-    def builder(*, num_classes: int = 0, img_size=None, rngs: nnx.Rngs, **overrides) -> ViTGenerator:
-        fields = dict(spec)
-        fields.update(overrides)
-        fields.pop("in_chans", None)
-        if img_size is not None:
-            fields["img_size"] = int(img_size)
-        return ViTGenerator(ViTGeneratorConfig(**fields), rngs=rngs)
-
-    register_model(builder, name=name, doc=f"{name}: plain ViT generator, {spec}.")
-
-
-for _name in VIT_GAN_VARIANTS:
-    _register(_name)
+for _name, _spec in VIT_GAN_VARIANTS.items():
+    register_variant(_name, ViTGenerator, ViTGeneratorConfig, _spec, f"{_name}: plain ViT generator, {_spec}.")

@@ -18,16 +18,14 @@ Guarantees on top of orbax:
 - a full disk is one `UserError` line naming the step, the directory and the last good checkpoint;
 - every array carries a checksum (`nest_jax.train.integrity`) verified at restore: a checkpoint whose
   bytes changed after writing is treated like an unreadable one;
-- retention (`max_to_keep`; 0 keeps every checkpoint) deletes only what nest_jax wrote, never the
-  newest good checkpoint: a step folder that also holds other files keeps them, renamed to
+- retention (`max_to_keep`; 0 keeps every checkpoint; `nest_jax.train.retention`) deletes only
+  what nest_jax wrote, never the newest good checkpoint: a step folder that also holds other files keeps them, renamed to
   `<step>.kept`, and anything already at the path of a new checkpoint is moved to `<step>.displaced`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import pathlib
 import time
 from typing import Any
 
@@ -40,18 +38,15 @@ from etils import epath
 from nest_jax.convert.checkpoint import ignore_closed_loop_callbacks as _ignore_closed_loop_callbacks
 from nest_jax.convert.checkpoint import is_no_space as _is_no_space
 from nest_jax.convert.checkpoint import quiet_orbax_on_full_disk as _quiet_orbax_on_full_disk
-from nest_jax.convert.checkpoint import remove_settled
 from nest_jax.convert.workdir import CHECKPOINTS, DATA, STATE, as_path
 from nest_jax.errors import UserError
-from nest_jax.train import data_position, integrity
+from nest_jax.train import data_position, integrity, retention
 from nest_jax.train.data_position import DataStateHandler, DataStateRestore, DataStateSave
 from nest_jax.train.preemption import signals_held, wait_for_all_processes
 
 log = logging.getLogger(__name__)
 
-CHECKSUMS = "checksums"
-# What orbax and nest_jax write into a step folder; retention deletes these and nothing else.
-_WRITTEN = (STATE, DATA, CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt")
+CHECKSUMS = retention.CHECKSUMS
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -72,23 +67,6 @@ class NonFiniteStateError(FloatingPointError):
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint read back differs from what was written (its checksums do not match)."""
-
-
-def _free_name(directory: epath.Path, stem: str) -> epath.Path:
-    dst, n = directory / stem, 1
-    while dst.exists():
-        dst, n = directory / f"{stem}{n}", n + 1
-    return dst
-
-
-def _remove_partial(directory: epath.Path, prefix: str) -> None:
-    """Best effort: a failed save's temporary folder (its other writes may still be landing)."""
-    if "://" not in str(directory):
-        remove_settled(pathlib.Path(directory), prefix)
-        return
-    for partial in directory.glob(f"{prefix}*"):
-        with contextlib.suppress(OSError):
-            partial.rmtree() if partial.is_dir() else partial.unlink()
 
 
 def _first_line(e: BaseException) -> str:
@@ -212,38 +190,14 @@ class Checkpointer:
 
     def _displace(self, step: int) -> None:
         """Moves whatever already sits at the new checkpoint's path aside (orbax would replace it)."""
-        target = self.directory / str(step)
-        if jax.process_index() != 0 or not target.exists():
-            return
-        dst = _free_name(self.directory, f"{step}.displaced")
-        target.rename(dst)
-        log.warning("%s already existed and is not this run's checkpoint: moved it to %s", target, dst)
-        self.manager.reload()
+        if jax.process_index() == 0 and retention.displace(self.directory, step):
+            self.manager.reload()
 
     def _prune(self) -> None:
         """Deletes the checkpoints beyond the newest `max_to_keep`, and in them only what was written."""
         if self.max_to_keep is None or jax.process_index() != 0:
             return
-        steps = sorted(self.all_steps(), reverse=True)
-        old = [s for s in steps[self.max_to_keep :] if s != self.last_good]
-        for step in old:
-            folder = self.directory / str(step)
-            for name in _WRITTEN:
-                entry = folder / name
-                if entry.is_dir():
-                    entry.rmtree()
-                elif entry.exists():
-                    entry.unlink()
-            left = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-            if left:
-                dst = _free_name(self.directory, f"{step}.kept")
-                folder.rename(dst)
-                log.warning(
-                    "deleted checkpoint %d but kept %s, which nest_jax did not write: now in %s", step, left[:5], dst
-                )
-            elif folder.exists():
-                folder.rmdir() if folder.is_dir() else None
-        if old:
+        if retention.prune(self.directory, self.all_steps(), self.max_to_keep, self.last_good):
             self.manager.reload()
 
     def _fail(self, e: Exception, step: int | None) -> None:
@@ -252,13 +206,9 @@ class Checkpointer:
             raise e
         finished = [s for s in self._finished_steps() if s != step]
         good = self.last_good if self.last_good is not None else max(finished, default=None)
-        self._closed = True
-        try:  # stop orbax's background threads now, not at interpreter shutdown
-            self.manager.close()
-        except Exception:  # noqa: BLE001 -- the same failure again
-            pass
+        self._close_manager(quiet=True)  # orbax's background threads stop now, not at interpreter exit
         if jax.process_index() == 0 and step is not None:  # the half-written copy only takes space
-            _remove_partial(self.directory, f"{step}.orbax-checkpoint-tmp")
+            retention.remove_partial(self.directory, f"{step}.orbax-checkpoint-tmp")
         where = f"the last good checkpoint is step {good}" if good is not None else "no checkpoint is complete yet"
         raise UserError(
             f"no space left on device while saving step {step} in {self.directory}; {where}: free space "
@@ -388,7 +338,7 @@ class Checkpointer:
 
     def _set_aside(self, step: int, err: Exception) -> None:
         reason = _first_line(err)
-        dst = _free_name(self.directory, f"{step}.corrupt")
+        dst = retention.free_name(self.directory, f"{step}.corrupt")
         if jax.process_index() == 0:
             (self.directory / str(step)).rename(dst)
         wait_for_all_processes(f"nest_jax_set_aside_{step}")
@@ -405,10 +355,15 @@ class Checkpointer:
             if not quiet:
                 raise
         finally:
-            if not self._closed:
-                self._closed = True
-                try:
-                    self.manager.close()
-                except Exception:  # noqa: BLE001 -- closing after a failed save must not hide it
-                    if not quiet:
-                        raise
+            self._close_manager(quiet)
+
+    def _close_manager(self, quiet: bool) -> None:
+        """Closes orbax's manager once; quiet: its failure (the same one again) is not raised."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 -- closing after a failed save must not hide it
+            if not quiet:
+                raise

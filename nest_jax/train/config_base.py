@@ -157,19 +157,8 @@ def gan_section(**kw) -> ml_collections.ConfigDict:
     """`config.gan`: networks, losses, the two optimizers (Adam β1 0, TTUR-style lrs), EMA. Its
     samples and FID/KID are evaluators (`gan_evals`)."""
 
-    def adam(lr):
-        return optimizer(
-            name="adamw",
-            lr=lr,
-            b1=0.0,
-            b2=0.99,
-            eps=1e-8,
-            weight_decay=0.0,
-            wd_mask="none",
-            clip_norm=0.0,
-            schedule="constant",
-            warmup_steps=0,
-        )
+    def adam(lr):  # AdamW without decay: plain Adam
+        return optimizer(lr=lr, b1=0.0, b2=0.99, wd_mask="none", schedule="constant", warmup_steps=0)
 
     g = dict(
         generator=dict(name="nest_gan_32", overrides={}),

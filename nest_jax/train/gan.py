@@ -17,6 +17,7 @@ One step = one discriminator update on (real batch, G(z)) then one generator upd
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -33,32 +34,18 @@ from nest_jax.train.trainer import Network, TaskTrainer, dtype_kwargs
 LOSSES = ("hinge", "non_saturating")
 
 
-def build_generator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
+def build_network(config: Any, rngs: nnx.Rngs, *, role: str) -> nnx.Module:
+    """`config.gan[role]`: the generator (z -> image) or the discriminator (image -> one logit)."""
     from nest_jax.models import create_model
 
-    gen = config.gan.generator
-    return create_model(
-        gen.name,
-        img_size=config.dataset.image_size,
-        rngs=rngs,
-        latent_dim=int(config.gan.latent_dim),
-        out_chans=int(config.dataset.num_channels),
-        **dtype_kwargs(gen.overrides),
-    )
+    net, chans = config.gan[role], int(config.dataset.num_channels)
+    io = dict(latent_dim=int(config.gan.latent_dim), out_chans=chans) if role == "generator" else dict(in_chans=chans)
+    size = config.dataset.image_size
+    return create_model(net.name, num_classes=1, img_size=size, rngs=rngs, **io, **dtype_kwargs(net.overrides))
 
 
-def build_discriminator(config: Any, rngs: nnx.Rngs) -> nnx.Module:
-    from nest_jax.models import create_model
-
-    d = config.gan.discriminator
-    return create_model(
-        d.name,
-        num_classes=1,
-        img_size=config.dataset.image_size,
-        rngs=rngs,
-        in_chans=int(config.dataset.num_channels),
-        **dtype_kwargs(d.overrides),
-    )
+build_generator = functools.partial(build_network, role="generator")
+build_discriminator = functools.partial(build_network, role="discriminator")
 
 
 def _apply(net: Network, params, stats, x, rest, key, train: bool):
@@ -69,20 +56,21 @@ def _apply(net: Network, params, stats, x, rest, key, train: bool):
     return model(x, train=train), net.stats(model)
 
 
+def _loss_kind(kind: str) -> bool:
+    """True for hinge, False for non-saturating; a UserError for anything else."""
+    if kind not in LOSSES:
+        raise UserError(f"gan.loss must be one of {LOSSES}, got {kind!r}")
+    return kind == "hinge"
+
+
 def d_losses(kind: str, real_logits, fake_logits):
-    if kind == "hinge":
+    if _loss_kind(kind):
         return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
-    if kind == "non_saturating":
-        return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
-    raise ValueError(f"gan.loss must be one of {LOSSES}, got {kind!r}")
+    return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
 
 
 def g_loss(kind: str, fake_logits):
-    if kind == "hinge":
-        return -jnp.mean(fake_logits)
-    if kind == "non_saturating":
-        return jnp.mean(jax.nn.softplus(-fake_logits))
-    raise ValueError(f"gan.loss must be one of {LOSSES}, got {kind!r}")
+    return -jnp.mean(fake_logits) if _loss_kind(kind) else jnp.mean(jax.nn.softplus(-fake_logits))
 
 
 @dataclasses.dataclass
@@ -108,8 +96,7 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
     cfg = config.gan
     seed = int(config.seed)
     kind = cfg.loss
-    if kind not in LOSSES:
-        raise UserError(f"gan.loss must be one of {LOSSES}, got {kind!r}")
+    _loss_kind(kind)  # a bad name fails before anything is built
     r1 = float(cfg.r1_gamma)
     ema_decay, ema_start = float(cfg.ema_decay), int(cfg.ema_start_step)
     latent = int(cfg.latent_dim)

@@ -154,11 +154,6 @@ GAN_FIELDS: dict[str, Check] = {
     "gan.ema_start_step": integer(0),
     **_optimizer_fields("gan.g_optimizer"),
     **_optimizer_fields("gan.d_optimizer"),
-    "gan.sample_every_steps": integer(0),
-    "gan.num_sample_images": integer(1),
-    "gan.fid.every_steps": integer(0),
-    "gan.fid.num_samples": integer(1),
-    "gan.fid.batch_size": integer(1),
 }
 
 
