@@ -212,21 +212,27 @@ class Attention(nnx.Module):
         self.proj_drop = nnx.Dropout(proj_drop, rngs=rngs)
         self.attn_drop_rate = attn_drop
 
-    def _project(self, x: Array) -> tuple[Array, Array, Array]:
-        """x: (B, N, D) -> q (B, N, h, d), k, v (B, N, g, d)."""
+    def _project(self, x: Array, *, heads_major: bool) -> tuple[Array, Array, Array]:
+        """x: (B, N, D) -> q (B, h, N, d), k, v (B, g, N, d) heads-major (the explicit path), else
+        q (B, N, h, d), k, v (B, N, g, d) (the fused kernels' layout)."""
         dt = self.dtype or x.dtype
         x = x.astype(dt)
+        out = "hnd" if heads_major else "nhd"
+
+        def bias(b: Array) -> Array:  # (t, heads, d) -> broadcast against (t, B, *out)
+            return b.astype(dt)[:, None, :, None, :] if heads_major else b.astype(dt)[:, None, None]
+
         if self.num_kv_heads == self.num_heads:
-            qkv = jnp.einsum("bnc,cthd->bnthd", x, self.qkv[...].astype(dt))
+            qkv = jnp.einsum(f"bnc,cthd->tb{out}", x, self.qkv[...].astype(dt))
             if self.qkv_bias is not None:
-                qkv = qkv + self.qkv_bias[...].astype(dt)
-            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q = jnp.einsum("bnc,chd->bnhd", x, self.q[...].astype(dt))
-        kv = jnp.einsum("bnc,ctgd->bntgd", x, self.kv[...].astype(dt))
+                qkv = qkv + bias(self.qkv_bias[...])
+            return qkv[0], qkv[1], qkv[2]
+        q = jnp.einsum(f"bnc,chd->b{out}", x, self.q[...].astype(dt))
+        kv = jnp.einsum(f"bnc,ctgd->tb{out.replace('h', 'g')}", x, self.kv[...].astype(dt))
         if self.q_bias is not None:
-            q = q + self.q_bias[...].astype(dt)
-            kv = kv + self.kv_bias[...].astype(dt)
-        return q, kv[:, :, 0], kv[:, :, 1]
+            q = q + bias(self.q_bias[...][None])[0]
+            kv = kv + bias(self.kv_bias[...])
+        return q, kv[0], kv[1]
 
     def _attend_explicit(self, x: Array, *, train: bool) -> tuple[Array, Array]:
         """Softmax attention, heads-major. x: (B, N, D) -> out (B, h, N, d), weights (B, h, N, N).
@@ -234,22 +240,9 @@ class Attention(nnx.Module):
         Grouped / multi-query heads are a (g, r) split of the h query heads (r = h / g per K/V
         head), so K and V are never repeated.
         """
-        dt = self.dtype or x.dtype
-        x = x.astype(dt)
         b, n, _ = x.shape
         h, g, d = self.num_heads, self.num_kv_heads, self.head_dim
-        if g == h:
-            qkv = jnp.einsum("bnc,cthd->tbhnd", x, self.qkv[...].astype(dt))
-            if self.qkv_bias is not None:
-                qkv = qkv + self.qkv_bias[...].astype(dt)[:, None, :, None, :]
-            q, k, v = qkv[0], qkv[1], qkv[2]
-        else:
-            q = jnp.einsum("bnc,chd->bhnd", x, self.q[...].astype(dt))
-            kv = jnp.einsum("bnc,ctgd->tbgnd", x, self.kv[...].astype(dt))
-            if self.q_bias is not None:
-                q = q + self.q_bias[...].astype(dt)[:, None, :]
-                kv = kv + self.kv_bias[...].astype(dt)[:, None, :, None, :]
-            k, v = kv[0], kv[1]
+        q, k, v = self._project(x, heads_major=True)
         q = q.reshape(b, g, h // g, n, d)
         logits = jnp.einsum("bgrqd,bgkd->bgrqk", q, k) * (d**-0.5)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
@@ -267,7 +260,8 @@ class Attention(nnx.Module):
             proj = "bhnd,hdc->bnc"
             weights = weights.reshape(*lead, self.num_heads, n, n) if return_weights else None
         else:
-            out = fused_attention(*self._project(x), implementation=path, seq_multiple=SEQ_MULTIPLE[path])
+            qkv = self._project(x, heads_major=False)
+            out = fused_attention(*qkv, implementation=path, seq_multiple=SEQ_MULTIPLE[path])
             proj = "bnhd,hdc->bnc"
         y = jnp.einsum(proj, out, self.proj[...].astype(out.dtype)) + self.proj_bias[...].astype(out.dtype)
         y = self.proj_drop(y, deterministic=not train)
@@ -277,25 +271,12 @@ class Attention(nnx.Module):
 class Mlp(nnx.Module):
     """Dense(hidden) -> GELU -> dropout -> Dense(out) -> dropout.  x: (..., D) -> (..., D_out)."""
 
-    def __init__(
-        self,
-        dim: int,
-        hidden: int,
-        *,
-        rngs: nnx.Rngs,
-        out_dim: int | None = None,
-        act: Callable[[Array], Array] = gelu("exact"),
-        drop: float = 0.0,
-        kernel_init: Init = trunc_normal_02,
-        bias_init: Init = nnx.initializers.zeros,
-        dtype: Dtype = None,
-        param_dtype: Dtype = jnp.float32,
-    ):
-        kw = dict(kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    def __init__(self, dim: int, hidden: int, *, out_dim: int | None = None, act=gelu("exact"), drop=0.0, **kw):
+        """kw: `rngs`, `kernel_init`, `bias_init`, `dtype`, `param_dtype` of both Dense layers."""
         self.fc1 = dense(dim, hidden, ("embed", "mlp"), **kw)
         self.fc2 = dense(hidden, out_dim or dim, ("mlp", "embed"), **kw)
         self.act = act
-        self.drop = nnx.Dropout(drop, rngs=rngs)
+        self.drop = nnx.Dropout(drop, rngs=kw["rngs"])
 
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         x = self.drop(self.act(self.fc1(x)), deterministic=not train)
@@ -341,7 +322,6 @@ class TransformerLayer(nnx.Module):
         num_heads: int,
         mlp_dim: int,
         *,
-        rngs: nnx.Rngs,
         num_kv_heads: int | None = None,
         qkv_bias: bool = True,
         drop: float = 0.0,
@@ -351,12 +331,11 @@ class TransformerLayer(nnx.Module):
         kernel_init: Init = trunc_normal_02,
         mlp_bias_init: Init = nnx.initializers.zeros,
         qkv_init: Init | None = None,
-        dtype: Dtype = None,
-        param_dtype: Dtype = jnp.float32,
         attn_impl: str = "auto",
         skip: bool = True,
+        **kw,
     ):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        """kw: `rngs`, `dtype`, `param_dtype` of every sublayer."""
         self.skip = skip
         self.norm1 = layer_norm(dim, **kw)
         self.attn = Attention(
@@ -373,7 +352,7 @@ class TransformerLayer(nnx.Module):
         )
         self.norm2 = layer_norm(dim, **kw)
         self.mlp = Mlp(dim, mlp_dim, act=gelu(act), drop=drop, kernel_init=kernel_init, bias_init=mlp_bias_init, **kw)
-        self.drop_path = DropPath(drop_path, rngs=rngs)
+        self.drop_path = DropPath(drop_path, rngs=kw["rngs"])
 
     def __call__(self, x: Array, *, train: bool = False, rec: Recorder | None = None) -> Array:
         want_w = rec is not None and rec.wants("attention")
