@@ -78,11 +78,8 @@ def hsic(k: Array, l: Array, *, unbiased: bool = False) -> Array:
     n = k.shape[0]
     if unbiased:
         _check("linear", n, True)
-        k = k * (1.0 - jnp.eye(n, dtype=k.dtype))
-        l = l * (1.0 - jnp.eye(n, dtype=l.dtype))
-        kl1 = jnp.dot(k.sum(1), l.sum(1), precision=_HI)
-        t = (k * l).sum() + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl1
-        return t / (n * (n - 3))
+        off_diagonal = 1.0 - jnp.eye(n, dtype=k.dtype)
+        return _pair_hsic(jnp.stack([k * off_diagonal, l * off_diagonal]))[0, 1]
     kc = k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean()
     return (kc * l).sum() / (n - 1) ** 2  # tr(HKH L) = tr(KHLH)
 

@@ -122,25 +122,35 @@ def run_corruptions(
     Returns {"clean_top1", "top1": {name: [per severity]}, "ce", "mce", "relative_ce", "relative_mce"}.
     """
     check_corruptions(corruptions, severities)
-    batches = as_list(batches)
-    mean, std = tuple(mean), tuple(std)
-    clean = Accuracy()
-    for b in batches:
-        clean.add(logits_from_pixels(model, b["image"], mean=mean, std=std), b["label"], batch_mask(b))
-    top1 = {}
-    key = jax.random.key(seed)
-    for ci, name in enumerate(corruptions):
-        top1[name] = []
-        for s in severities:
-            acc = Accuracy()
-            for bi, b in enumerate(batches):
-                k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, ci), s), bi)
-                x = C.corrupt(name, k, b["image"], s, frost_textures=frost_textures)
-                acc.add(logits_from_pixels(model, x, mean=mean, std=std), b["label"], batch_mask(b))
-            top1[name].append(acc.value)
-    errors = {n: [1.0 - a for a in v] for n, v in top1.items()}
-    out = {"clean_top1": clean.value, "severities": list(severities), "top1": top1}
-    out.update(mean_corruption_error(errors, clean_error=1.0 - clean.value, severities=severities))
+    batches, mean, std, key = as_list(batches), tuple(mean), tuple(std), jax.random.key(seed)
+
+    def corrupted(ci: int, name: str, s: int) -> Callable:
+        def apply(bi: int, images):
+            k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, ci), s), bi)
+            return C.corrupt(name, k, images, s, frost_textures=frost_textures)
+
+        return apply
+
+    table = {
+        n: [_top1(model, batches, mean, std, corrupted(ci, n, s)) for s in severities]
+        for ci, n in enumerate(corruptions)
+    }
+    return _report(_top1(model, batches, mean, std), table, severities)
+
+
+def _top1(model, batches: Iterable[dict], mean: tuple, std: tuple, corrupt: Callable | None = None) -> float:
+    """Top-1 over batches of [0, 1] pixels; `corrupt(i, images)` transforms batch i first."""
+    acc = Accuracy()
+    for i, b in enumerate(batches):
+        x = b["image"] if corrupt is None else corrupt(i, b["image"])
+        acc.add(logits_from_pixels(model, x, mean=mean, std=std), b["label"], batch_mask(b))
+    return acc.value
+
+
+def _report(clean_top1: float, table: dict, severities: Sequence[int], **extra) -> dict:
+    errors = {n: [1.0 - a for a in v] for n, v in table.items()}
+    out = {"clean_top1": clean_top1, "severities": list(severities), "top1": table, **extra}
+    out.update(mean_corruption_error(errors, clean_error=1.0 - clean_top1, severities=severities))
     return out
 
 
@@ -202,16 +212,6 @@ def run_stored_corruptions(
     `functools.partial(imagenet_c_folder, root)`; `clean` the uncorrupted validation batches."""
     check_corruptions(corruptions, severities)
     mean, std = tuple(mean), tuple(std)
-
-    def top1(batches) -> float:
-        acc = Accuracy()
-        for b in batches:
-            acc.add(logits_from_pixels(model, b["image"], mean=mean, std=std), b["label"], batch_mask(b))
-        return acc.value
-
-    clean_top1 = top1(clean)
-    table = {name: [top1(load(name, s)) for s in severities] for name in corruptions}
-    errors = {n: [1.0 - a for a in v] for n, v in table.items()}
-    out = {"clean_top1": clean_top1, "severities": list(severities), "top1": table, "source": "stored"}
-    out.update(mean_corruption_error(errors, clean_error=1.0 - clean_top1, severities=severities))
-    return out
+    clean_top1 = _top1(model, clean, mean, std)
+    table = {name: [_top1(model, load(name, s), mean, std) for s in severities] for name in corruptions}
+    return _report(clean_top1, table, severities, source="stored")

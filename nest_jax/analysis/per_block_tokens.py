@@ -26,7 +26,6 @@ from nest_jax.analysis.forward import as_list, batch_mask, normalize
 from nest_jax.errors import UserError
 
 Array = jax.Array
-HEAD_NAMES = {"cls": "head", "dist": "head_dist", "shape": "head_shape"}
 
 
 def is_vit(model) -> bool:
@@ -39,13 +38,7 @@ def is_nest(model) -> bool:
 
 def vit_token_logits(model, z: Array) -> dict[str, Array]:
     """Token sequence z (B, P+N, D) after any layer -> {token name: logits (B, K)} via norm and heads."""
-    c = model.config
-    x = model.norm(z)
-    p = c.num_prefix
-    feats = {n: x[:, i] for i, n in enumerate(c.prefix_tokens)} if c.pool == "token" else {"cls": x[:, p:].mean(axis=1)}
-    if model.pre_logits is not None:
-        feats = {n: jnp.tanh(model.pre_logits(f)) for n, f in feats.items()}
-    return {n: getattr(model, HEAD_NAMES[n])(f) for n, f in feats.items()}
+    return model.readout(model.norm(z))[1]
 
 
 def vit_run_layers(model, z: Array, start: int = 0, stop: int | None = None) -> Array:

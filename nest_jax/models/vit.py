@@ -203,25 +203,27 @@ class ViT(Model):
         for layer in self.layers:
             x = layer(x, train=train, rec=rec)
         x = self.norm(x)
-        p = c.num_prefix
+        feats, logits = self.readout(x)
         if rec is not None:
-            rec.append("features", x[:, p:].reshape(x.shape[0], *c.grid, c.dim))
+            rec.append("features", x[:, c.num_prefix :].reshape(x.shape[0], *c.grid, c.dim))
             for i, name in enumerate(c.prefix_tokens):
                 rec.set("tokens", x[:, i], name)
+            rec.set("pre_logits", _mean(feats))
+            for n, v in logits.items():
+                rec.set("heads", v, n)
+        return finish(_mean(logits or feats), rec)
+
+    def readout(self, x: Array) -> tuple[dict[str, Array], dict[str, Array]]:
+        """Normed tokens x (B, P+N, D) -> ({head token: the vector its head reads}, {head token:
+        logits (B, K)}; {} without classes). The final norm of any layer's output reads out alike."""
+        c = self.config
+        p = c.num_prefix
         feats = (
             {n: x[:, i] for i, n in enumerate(c.prefix_tokens)} if c.pool == "token" else {"cls": x[:, p:].mean(axis=1)}
         )
         if self.pre_logits is not None:
             feats = {n: jnp.tanh(self.pre_logits(f)) for n, f in feats.items()}
-        if rec is not None:
-            rec.set("pre_logits", _mean(feats))
-        if c.num_classes == 0:
-            return finish(_mean(feats), rec)
-        logits = {n: getattr(self, HEAD_NAMES[n])(f) for n, f in feats.items()}
-        if rec is not None:
-            for n, v in logits.items():
-                rec.set("heads", v, n)
-        return finish(_mean(logits), rec)
+        return feats, {n: getattr(self, HEAD_NAMES[n])(f) for n, f in feats.items()} if c.num_classes else {}
 
 
 def _mean(per_token: dict[str, Array]) -> Array:
