@@ -114,9 +114,7 @@ def make_task_trainer(config: Any, mesh: Any, info: Any, num_steps: int, warmup:
 
         if config.init_from.checkpoint:
             raise UserError("init_from fine-tunes classifiers; a GAN starts from scratch: unset init_from.checkpoint")
-        return make_gan_trainer(config, mesh), ()
-    if config.task != "classification":
-        raise UserError(f"config.task={config.task!r} is not a task; use 'classification' or 'gan'")
+        return make_gan_trainer(config, mesh), ()  # any other task name was refused by validate_config
     teachers, teacher_params = {}, {}
     if config.distill:
         from nest_jax.train.distill import load_teachers
