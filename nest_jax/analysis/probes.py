@@ -44,16 +44,19 @@ def ridge_probe(
 ) -> Array:
     """Test accuracy of the closed-form ridge probe. x: (n, d) float, y: (n,) int -> scalar."""
     x_train, x_test = _whiten(x_train.astype(jnp.float32), x_test.astype(jnp.float32))
-    y = 2.0 * jax.nn.one_hot(y_train, num_classes) - 1.0
-    n, d = x_train.shape
-    if n >= d:
-        a = jnp.matmul(x_train.T, x_train, precision=_HI) + l2 * jnp.eye(d)
-        w = jnp.linalg.solve(a, jnp.matmul(x_train.T, y, precision=_HI))
-    else:
-        a = jnp.matmul(x_train, x_train.T, precision=_HI) + l2 * jnp.eye(n)
-        w = jnp.matmul(x_train.T, jnp.linalg.solve(a, y), precision=_HI)
-    pred = jnp.argmax(jnp.matmul(x_test, w, precision=_HI), -1)
+    pred = jnp.argmax(jnp.matmul(x_test, _ridge(x_train, y_train, num_classes, l2), precision=_HI), -1)
     return jnp.mean(pred == y_test)
+
+
+def _ridge(x: Array, labels: Array, num_classes: int, l2: float) -> Array:
+    """Ridge weights (d, K) onto ±1 one-hot targets for whitened x (n, d): primal when n ≥ d, else dual."""
+    y = 2.0 * jax.nn.one_hot(labels, num_classes) - 1.0
+    n, d = x.shape
+    if n >= d:
+        a = jnp.matmul(x.T, x, precision=_HI) + l2 * jnp.eye(d)
+        return jnp.linalg.solve(a, jnp.matmul(x.T, y, precision=_HI))
+    a = jnp.matmul(x, x.T, precision=_HI) + l2 * jnp.eye(n)
+    return jnp.matmul(x.T, jnp.linalg.solve(a, y), precision=_HI)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
@@ -111,11 +114,9 @@ def token_probe(
     tokens: (n, N, D) final-layer spatial tokens; y: (n,) -> (N,) test accuracy at each position.
     """
     n, t, d = tokens_train.shape
-    xtr = tokens_train.reshape(n * t, d).astype(jnp.float32)
-    ytr = jnp.repeat(y_train, t)
-    xtr_w, xte_w = _whiten(xtr, tokens_test.reshape(-1, d).astype(jnp.float32))
-    y = 2.0 * jax.nn.one_hot(ytr, num_classes) - 1.0
-    a = jnp.matmul(xtr_w.T, xtr_w, precision=_HI) + l2 * jnp.eye(d + 1)
-    w = jnp.linalg.solve(a, jnp.matmul(xtr_w.T, y, precision=_HI))
-    pred = jnp.argmax(jnp.matmul(xte_w, w, precision=_HI), -1).reshape(tokens_test.shape[:2])
+    xtr, xte = _whiten(
+        tokens_train.reshape(n * t, d).astype(jnp.float32), tokens_test.reshape(-1, d).astype(jnp.float32)
+    )
+    w = _ridge(xtr, jnp.repeat(y_train, t), num_classes, l2)
+    pred = jnp.argmax(jnp.matmul(xte, w, precision=_HI), -1).reshape(tokens_test.shape[:2])
     return jnp.mean(pred == y_test[:, None], axis=0)
