@@ -18,6 +18,18 @@ Array = jax.Array
 POOL_PADDINGS = ("tf_same", "symmetric")
 
 
+def check_levels(config) -> None:
+    """A frozen NesT (or NesT generator) config's per-level `dims`, `depths`, `heads` become int
+    tuples of one length, each width divisible by its heads; ValueError otherwise."""
+    for name in ("dims", "depths", "heads"):
+        object.__setattr__(config, name, tuple(int(v) for v in getattr(config, name)))
+    if not len(config.dims) == len(config.depths) == len(config.heads):
+        raise ValueError(f"dims {config.dims}, depths {config.depths}, heads {config.heads}: one entry per level each")
+    for d, h in zip(config.dims, config.heads):
+        if d % h:
+            raise ValueError(f"width {d} is not divisible by {h} heads")
+
+
 def blockify(x: Array, block_size: int) -> Array:
     """Image to blocks. x: (B, H, W, C) -> (B, T, N, C), T = (H/b)(W/b), N = b·b."""
     b_, h, w, c = x.shape

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nest_jax.models import layers as L
-from nest_jax.models.blocks import POOL_PADDINGS, BlockAggregation, blockify, deblockify
+from nest_jax.models.blocks import POOL_PADDINGS, BlockAggregation, blockify, check_levels, deblockify
 from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
 from nest_jax.models.registry import register_model
 
@@ -78,21 +78,14 @@ class NestConfig:
     attn_impl: str = "auto"  # attention kernel: "auto" | "cudnn" | "xla" | "explicit" (checked by layers.Attention)
 
     def __post_init__(self):
-        for name in ("dims", "depths", "heads", "skip_removed"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        check_levels(self)
+        object.__setattr__(self, "skip_removed", tuple(int(i) for i in self.skip_removed))
         if any(not 0 <= i < sum(self.depths) for i in self.skip_removed):
             raise ValueError(f"skip_removed {self.skip_removed} must be layer indices in [0, {sum(self.depths)})")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.pool_padding not in POOL_PADDINGS:
             raise ValueError(f"pool_padding must be one of {POOL_PADDINGS}, got {self.pool_padding!r}")
-        if not len(self.dims) == len(self.depths) == len(self.heads):
-            raise ValueError(
-                f"dims {self.dims}, depths {self.depths} and heads {self.heads} need one entry per level each"
-            )
-        for d, h in zip(self.dims, self.heads):
-            if d % h:
-                raise ValueError(f"width {d} is not divisible by {h} heads")
         size, p, b, n = _square(self.img_size), self.patch_size, self.block_size, len(self.depths)
         side = size // p if size % p == 0 else 0
         ratio = side // b if side and side % b == 0 else 0

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nest_jax.models import layers as L
-from nest_jax.models.blocks import blockify, deblockify
+from nest_jax.models.blocks import blockify, check_levels, deblockify
 from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
 from nest_jax.models.registry import register_variant
 
@@ -117,15 +117,9 @@ class NestGeneratorConfig:
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        for name in ("dims", "depths", "heads"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        if not len(self.dims) == len(self.depths) == len(self.heads):
-            raise ValueError(f"dims {self.dims}, depths {self.depths}, heads {self.heads}: one entry per level each")
+        check_levels(self)
         if self.deaggregation not in DEAGGREGATIONS:
             raise ValueError(f"deaggregation must be one of {DEAGGREGATIONS}, got {self.deaggregation!r}")
-        for d, h in zip(self.dims, self.heads):
-            if d % h:
-                raise ValueError(f"width {d} is not divisible by {h} heads")
         side = self.patch_size * self.block_size * self.top_grid * 2 ** (self.levels - 1)
         if side != self.img_size:
             raise ValueError(
