@@ -131,13 +131,17 @@ def kid(
     return float(np.mean(vals)), float(np.std(vals))
 
 
-def accumulate(extract: Extractor, batches: Iterable[np.ndarray], *, keep_features: bool = False) -> FeatureStats:
+def accumulate(
+    extract: Extractor, batches: Iterable[np.ndarray], *, keep_features: bool = False, gather: Callable | None = None
+) -> FeatureStats:
     """Runs `extract` over image batches (B, H, W, C) in [-1, 1]; padding rows may be masked by
-    passing (images, mask) tuples."""
+    passing (images, mask) tuples. `gather((features, mask))`: every process's rows (multi-host)."""
     stats = FeatureStats(keep_features)
     for batch in batches:
         images, mask = batch if isinstance(batch, tuple) else (batch, None)
         f = np.asarray(jax.device_get(extract(jnp.asarray(images))))
+        if gather is not None:
+            f, mask = gather((f, np.ones(len(f)) if mask is None else np.asarray(mask)))
         stats.update(f if mask is None else f[np.asarray(mask) > 0])
     return stats
 

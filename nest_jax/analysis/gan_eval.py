@@ -19,7 +19,6 @@ import math
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nest_jax.analysis import fid as F
@@ -138,12 +137,9 @@ class FIDEvaluator:
         ds = self.data.dataset.copy_and_resolve_references()
         with ds.unlocked():
             ds.eval_resize = "resize"  # the whole image, as the generator draws it (no center crop)
-        stats = F.FeatureStats(keep_features=True)
-        for batch in self.data.batches(self.split, batch_size=self.batch_size, max_batches=0, dataset=ds):
-            feats = np.asarray(jax.device_get(self.extract(jnp.asarray(batch["image"]))))
-            feats, mask = self.data.gather((feats, np.asarray(batch["mask"])))
-            stats.update(feats[mask > 0])
-        return stats
+        batches = self.data.batches(self.split, batch_size=self.batch_size, max_batches=0, dataset=ds)
+        pairs = ((b["image"], b["mask"]) for b in batches)
+        return F.accumulate(self.extract, pairs, keep_features=True, gather=self.data.gather)
 
     def run(self, state: dict, step: int) -> dict[str, float]:
         if self.real is None:

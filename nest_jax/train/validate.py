@@ -236,9 +236,8 @@ def _check_model_name(path: str, name: Any) -> None:
 
     names = list_models()
     if name not in names:
-        close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise _fail(path, name, "is not a registered model", f"{hint}(nest_jax.models.list_models() names them all)")
+        hint = _did_you_mean(name, names)
+        raise _fail(path, name, f"is not a registered model{hint} (nest_jax.models.list_models() names them all)")
 
 
 def _check_models(config: Any, gan: bool) -> None:
