@@ -32,7 +32,7 @@ def register_model(
 
 
 def register_variant(name: str, model: Callable[..., nnx.Module], config: type, spec: dict, doc: str) -> None:
-    """Registers `name` as `model(config(**spec, **overrides), rngs=rngs)` (the GAN families).
+    """Registers `name` as `model(config(**spec, **overrides), rngs=rngs)`.
 
     `img_size` sets the config's field when given; `num_classes` does when the config has one.
     The registry's uniform arguments a config lacks (`num_classes`, an `in_chans` override) are
@@ -43,7 +43,7 @@ def register_variant(name: str, model: Callable[..., nnx.Module], config: type, 
     def builder(*, num_classes: int = 1, img_size=None, rngs: nnx.Rngs, **overrides) -> nnx.Module:
         fields = dict(spec, **overrides, num_classes=num_classes)
         if img_size is not None:
-            fields["img_size"] = int(img_size)
+            fields["img_size"] = img_size
         fields = {k: v for k, v in fields.items() if k in known or k not in ("in_chans", "num_classes")}
         return model(config(**fields), rngs=rngs)
 

@@ -24,7 +24,7 @@ from flax import nnx
 
 from nest_jax.models import layers as L
 from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
-from nest_jax.models.registry import register_model
+from nest_jax.models.registry import register_variant
 
 Array = jax.Array
 
@@ -400,19 +400,16 @@ class BiTStem(nnx.Module):
         return run_stages(self.stages, self.stem(x, train=train), train=train)[-1]
 
 
-def _build(kind: str, layers: tuple[int, ...], num_classes: int, img_size, rngs: nnx.Rngs, overrides) -> ResNet:
-    fields = dict(kind=kind, layers=layers, num_classes=num_classes, img_size=img_size or 224)
-    fields.update(overrides)
-    return ResNet(ResNetConfig(**fields), rngs=rngs)
-
-
-@register_model
-def resnet50(*, num_classes: int = 1000, img_size=None, rngs: nnx.Rngs, **overrides) -> ResNet:
-    """ResNet-50 v1.5 (torchvision/timm `resnet50`): BatchNorm, stride in the 3x3 conv. 25,557,032 params."""
-    return _build("v1", (3, 4, 6, 3), num_classes, img_size, rngs, overrides)
-
-
-@register_model
-def resnetv2_50x1_bit(*, num_classes: int = 1000, img_size=None, rngs: nnx.Rngs, **overrides) -> ResNet:
-    """BiT-M R50x1 (timm `resnetv2_50x1_bit`): pre-activation, weight-standardized convs, GroupNorm 32."""
-    return _build("bit", (3, 4, 6, 3), num_classes, img_size, rngs, overrides)
+for _name, _kind, _doc in (
+    (
+        "resnet50",
+        "v1",
+        "ResNet-50 v1.5 (torchvision/timm `resnet50`): BatchNorm, stride in the 3x3 conv. 25,557,032 params.",
+    ),
+    (
+        "resnetv2_50x1_bit",
+        "bit",
+        "BiT-M R50x1 (timm `resnetv2_50x1_bit`): pre-activation, weight-standardized convs, GroupNorm 32.",
+    ),
+):
+    register_variant(_name, ResNet, ResNetConfig, dict(kind=_kind, layers=(3, 4, 6, 3)), _doc)

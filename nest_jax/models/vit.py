@@ -16,7 +16,7 @@ from flax import nnx
 
 from nest_jax.models import layers as L
 from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
-from nest_jax.models.registry import register_model
+from nest_jax.models.registry import register_variant
 
 Array = jax.Array
 HEAD_NAMES = {"cls": "head", "dist": "head_dist", "shape": "head_shape"}
@@ -245,17 +245,11 @@ VIT_VARIANTS = {
 }
 
 
-def build_vit(*, num_classes: int, img_size, rngs: nnx.Rngs, **fields) -> ViT:
-    return ViT(ViTConfig(num_classes=num_classes, img_size=img_size or 224, **fields), rngs=rngs)
-
-
 def _register(name: str, patch: int, dim: int, depth: int, heads: int, mlp: int, **extra):
-    def builder(*, num_classes: int, img_size, rngs: nnx.Rngs, **overrides) -> ViT:
-        fields = dict(patch_size=patch, dim=dim, depth=depth, num_heads=heads, mlp_dim=mlp, **extra)
-        fields.update(overrides)
-        return build_vit(num_classes=num_classes, img_size=img_size, rngs=rngs, **fields)
-
-    register_model(builder, name=name, doc=f"{name}: patch {patch}, D={dim}, {depth} layers, {heads} heads, MLP {mlp}.")
+    spec = dict(patch_size=patch, dim=dim, depth=depth, num_heads=heads, mlp_dim=mlp, **extra)
+    register_variant(
+        name, ViT, ViTConfig, spec, f"{name}: patch {patch}, D={dim}, {depth} layers, {heads} heads, MLP {mlp}."
+    )
 
 
 for _name, _spec in VIT_VARIANTS.items():
