@@ -1,0 +1,240 @@
+"""Pretrained weights by name: `create_model(name, pretrained=...)` and `list_models(pretrained=True)`.
+
+`pretrained` is
+  - True, or a tag ("augreg2_in21k_ft_in1k"; or the name in timm's "name.tag" form): timm's release
+    on the Hugging Face Hub, `timm/<architecture>.<tag>` (the table in `hub_table.py`), read from
+    `model.safetensors` through `huggingface_hub.hf_hub_download` -- cache first, so a filled
+    cache works offline (HF_HUB_OFFLINE=1); a cache on an object store (HF_HUB_CACHE=gs://...) is
+    read through `etils.epath` in the hub's own layout (`models--timm--<name>/snapshots/<rev>/`);
+  - a "gcs_<tag>" tag: Google's own release on GCS (ViT `.npz`, official NesT folder), read
+    through `etils.epath`;
+  - a path (local or gs://): anything `nest_jax.load_params` reads -- a timm `.pth`/`.safetensors`,
+    a Google ViT `.npz`, an official NesT file or folder, a nest_jax workdir, a convert output, or
+    a folder holding `model.safetensors` (a Hub snapshot, `python -m nest_jax.export` output).
+Every source goes through the one loader (`load_params` -> `load_into`): position tables are
+resized to the model's grid and a head of another class count keeps its fresh initialization,
+each change logged. Nothing needs torch: safetensors files are parsed by `convert/common.py`
+(bfloat16 widened exactly to float32).
+
+This lives in the convert layer because `nest_jax.models` cannot import the importers; the package
+top (`nest_jax.create_model`, `nest_jax.list_models`) points here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from nest_jax.convert.hub_table import GCS, TIMM
+from nest_jax.convert.load import Weights, load_into, load_params
+from nest_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+WEIGHTS_FILE = "model.safetensors"
+# The architecture fields each source's weights were trained with (docs/models.md): PyTorch's exact
+# GELU for timm, the tanh form for Google's JAX code; timm's `nest_*_jx` pools with TF-SAME padding.
+TIMM_KWARGS = {"nest": {"gelu": "exact", "pool_padding": "tf_same"}}
+GCS_KWARGS = {"nest": {"gelu": "tanh"}, "vit": {"gelu": "tanh", "init": "official"}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """Where a model's named weights are and what their `pretrained_cfg` says.
+
+    location: the hub id ("timm/vit_small_patch16_224.augreg_in21k_ft_in1k") or the gs:// URL.
+    kwargs: the architecture fields the weights need (`create_model` overrides).
+    """
+
+    model: str
+    tag: str
+    location: str
+    num_classes: int
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    kwargs: dict[str, Any]
+
+    @property
+    def on_hub(self) -> bool:
+        return "://" not in self.location
+
+
+def _family(name: str) -> str:
+    return name.split("_")[0]
+
+
+def tags(name: str) -> list[str]:
+    """The named weights of a model, timm's default first, then Google's GCS releases."""
+    return list(TIMM.get(name, ("", {}))[1]) + list(GCS.get(name, {}))
+
+
+def resolve(name: str, pretrained: bool | str = True) -> Pretrained:
+    """The weights `pretrained` (True or a tag) names for model `name` (which may carry ".tag")."""
+    name, _, dotted = name.partition(".")
+    tag = dotted or (None if pretrained is True else str(pretrained))
+    known = tags(name)
+    if not known:
+        raise UserError(
+            f"no named pretrained weights for {name!r}; pass pretrained=PATH to a checkpoint, or pick a model "
+            "from nest_jax.list_models(pretrained=True)"
+        )
+    tag = tag or known[0]
+    if name in TIMM and tag in TIMM[name][1]:
+        arch, table = TIMM[name]
+        classes, size, (mean, std) = table[tag]
+        return Pretrained(name, tag, f"timm/{arch}.{tag}", classes, size, mean, std, TIMM_KWARGS.get(_family(name), {}))
+    if tag in GCS.get(name, {}):
+        url, classes, size, (mean, std) = GCS[name][tag]
+        return Pretrained(name, tag, url, classes, size, mean, std, GCS_KWARGS.get(_family(name), {}))
+    raise UserError(f"{name} has no pretrained weights tagged {tag!r}; its tags: {', '.join(known)}")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_file(hub_id: str, filename: str = WEIGHTS_FILE, *, cache_dir: str | None = None) -> epath.Path:
+    """The cached (or, online, downloaded) `filename` of Hub repository `hub_id`.
+
+    cache_dir: the Hugging Face cache (default: HF_HUB_CACHE, read at call time, else the
+    library's default). A cache on an object store is read directly in the hub's layout (no
+    download). Offline (HF_HUB_OFFLINE=1) only the cache is consulted; a missing entry is one
+    UserError naming the hub id and how to fill the cache.
+    """
+    cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE") or None
+    fill = (
+        f"fill the cache where there is network, e.g. `hf download {hub_id} {filename}` "
+        f"(HF_HUB_CACHE={cache_dir or '<default>'}), or pass pretrained=PATH to the file"
+    )
+    if cache_dir and "://" in cache_dir:
+        return _remote_cache_file(epath.Path(cache_dir), hub_id, filename, fill)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        return epath.Path(hf_hub_download(hub_id, filename, cache_dir=cache_dir, local_files_only=_offline()))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        raise UserError(f"{hub_id}: {filename} is not in the Hugging Face cache and downloads are off; {fill}") from e
+    except (HfHubHTTPError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{hub_id}: cannot fetch {filename} ({first}); {fill}") from e
+
+
+def _remote_cache_file(cache: epath.Path, hub_id: str, filename: str, fill: str) -> epath.Path:
+    """`<cache>/models--<org>--<name>/snapshots/<refs/main>/<filename>`, the hub's cache layout."""
+    repo = cache / ("models--" + hub_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    revision = ref.read_text().strip() if ref.exists() else None
+    found = repo / "snapshots" / revision / filename if revision else None
+    if found is None or not found.exists():
+        raise UserError(f"{hub_id}: {filename} is not in the Hugging Face cache {cache}; {fill}")
+    return found
+
+
+def _source_path(src: Pretrained, cache_dir: str | None) -> epath.Path:
+    if src.on_hub:
+        return hub_file(src.location, cache_dir=cache_dir)
+    return epath.Path(src.location)
+
+
+def _head_classes(weights: Weights) -> int:
+    head = weights.params.get("head/kernel")
+    return 0 if head is None else int(np.shape(head)[-1])
+
+
+def create_model(
+    name: str,
+    pretrained: bool | str | os.PathLike = False,
+    *,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    rngs: nnx.Rngs | None = None,
+    cache_dir: str | None = None,
+    **overrides: Any,
+) -> nnx.Module:
+    """`nest_jax.models.create_model`, with pretrained weights (see the module docstring).
+
+    num_classes: None = the weights' class count (1000 without weights); another count keeps a fresh
+    head. img_size: None = the variant's native size; another size resizes the position tables.
+    overrides: architecture fields, over those the weights need (e.g. the GELU form).
+    """
+    from nest_jax.models import create_model as build
+
+    name, _, dotted = name.partition(".")
+    if isinstance(pretrained, str) and pretrained.strip().lower() in ("true", "default"):
+        pretrained = True  # the config's string form (--config.model.pretrained=true)
+    if not pretrained and not dotted:
+        classes = 1000 if num_classes is None else num_classes
+        return build(name, num_classes=classes, img_size=img_size, rngs=rngs, **overrides)
+    named = pretrained is True or dotted or (isinstance(pretrained, str) and pretrained in tags(name))
+    if named:
+        src = resolve(f"{name}.{dotted}" if dotted else name, True if dotted else pretrained)
+        kwargs = {**src.kwargs, **overrides}
+        classes = src.num_classes if num_classes is None else num_classes
+        where = _source_path(src, cache_dir)
+    else:
+        kwargs, classes, where = dict(overrides), num_classes, epath.Path(pretrained)
+        if "://" not in str(pretrained) and not where.exists():
+            known = ", ".join(tags(name)) or "none"
+            raise UserError(f"pretrained={str(pretrained)!r} is neither a tag of {name} ({known}) nor an existing path")
+    # The importers rename by the architecture alone, so an abstract model of any class count reads them.
+    shape = nnx.eval_shape(lambda: build(name, num_classes=classes or 1000, img_size=img_size, **kwargs))
+    weights = load_params(where, model=shape)
+    if classes is None:  # a path: the checkpoint's own class count
+        classes = _head_classes(weights)
+    model = build(name, num_classes=classes, img_size=img_size, rngs=rngs, **kwargs)
+    load_into(model, _with_own_missing_heads(weights, model))
+    log.info("%s: loaded pretrained weights from %s", name, weights.path or where)
+    return model
+
+
+def _with_own_missing_heads(weights: Weights, model: nnx.Module) -> Weights:
+    """A checkpoint without a classifier (in21k feature extractors, num_classes=0) into a model
+    with one: the model's fresh head is kept, logged once."""
+    from nest_jax.convert.common import path_str
+    from nest_jax.convert.resize import HEAD_NAMES
+
+    own = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    missing = {
+        k: np.asarray(v[...]) for k, v in own.items() if k.split("/")[0] in HEAD_NAMES and k not in weights.params
+    }
+    if not missing:
+        return weights
+    log.info("%s has no %s: kept at its fresh initialization", weights.path, ", ".join(sorted(missing)))
+    return dataclasses.replace(weights, params={**weights.params, **missing})
+
+
+def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
+    """`nest_jax.models.list_models(pattern)`; with pretrained=True the "name.tag" of every named
+    release (timm's default first for each name), as `timm.list_models(pretrained=True)`."""
+    from nest_jax.models import list_models as registered
+
+    if not pretrained:
+        return registered(pattern)
+    return [
+        f"{n}.{t}"
+        for n in registered()
+        for t in tags(n)
+        if fnmatch.fnmatch(f"{n}.{t}", pattern) or fnmatch.fnmatch(n, pattern)
+    ]
+
+
+def pretrained_cfg(name: str, pretrained: bool | str = True) -> dict[str, Any]:
+    """What the named weights expect: hub id or URL, class count, input size, mean and std."""
+    src = resolve(name, pretrained)
+    return dict(
+        location=src.location,
+        tag=src.tag,
+        num_classes=src.num_classes,
+        input_size=(3, src.img_size, src.img_size),
+        mean=src.mean,
+        std=src.std,
+        model_kwargs=dict(src.kwargs),
+    )
