@@ -33,7 +33,7 @@ from etils import epath
 from flax import nnx
 
 from nest_jax.convert.hub_table import GCS, TIMM
-from nest_jax.convert.load import Weights, load_into, load_params
+from nest_jax.convert.load import Weights, fit_weights, load_into, load_params
 from nest_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -168,47 +168,67 @@ def create_model(
     from nest_jax.models import create_model as build
 
     name, _, dotted = name.partition(".")
-    if isinstance(pretrained, str) and pretrained.strip().lower() in ("true", "default"):
-        pretrained = True  # the config's string form (--config.model.pretrained=true)
-    if not pretrained and not dotted:
+    if not dotted and not pretrained:
         classes = 1000 if num_classes is None else num_classes
         return build(name, num_classes=classes, img_size=img_size, rngs=rngs, **overrides)
-    named = pretrained is True or dotted or (isinstance(pretrained, str) and pretrained in tags(name))
-    if named:
-        src = resolve(f"{name}.{dotted}" if dotted else name, True if dotted else pretrained)
-        kwargs = {**src.kwargs, **overrides}
-        classes = src.num_classes if num_classes is None else num_classes
-        where = _source_path(src, cache_dir)
-    else:
-        kwargs, classes, where = dict(overrides), num_classes, epath.Path(pretrained)
-        if "://" not in str(pretrained) and not where.exists():
-            known = ", ".join(tags(name)) or "none"
-            raise UserError(f"pretrained={str(pretrained)!r} is neither a tag of {name} ({known}) nor an existing path")
+    kwargs, classes, where = locate(name + (f".{dotted}" if dotted else ""), pretrained, cache_dir=cache_dir)
+    kwargs = {**kwargs, **overrides}
+    classes = classes if num_classes is None else num_classes
     # The importers rename by the architecture alone, so an abstract model of any class count reads them.
     shape = nnx.eval_shape(lambda: build(name, num_classes=classes or 1000, img_size=img_size, **kwargs))
     weights = load_params(where, model=shape)
     if classes is None:  # a path: the checkpoint's own class count
         classes = _head_classes(weights)
     model = build(name, num_classes=classes, img_size=img_size, rngs=rngs, **kwargs)
-    load_into(model, _with_own_missing_heads(weights, model))
+    load_into(model, weights, headless_ok=True)
     log.info("%s: loaded pretrained weights from %s", name, weights.path or where)
     return model
 
 
-def _with_own_missing_heads(weights: Weights, model: nnx.Module) -> Weights:
-    """A checkpoint without a classifier (in21k feature extractors, num_classes=0) into a model
-    with one: the model's fresh head is kept, logged once."""
-    from nest_jax.convert.common import path_str
-    from nest_jax.convert.resize import HEAD_NAMES
+def _is_named(name: str, pretrained: Any) -> bool:
+    """Whether `pretrained` (with `name`, which may carry ".tag") names weights rather than a path."""
+    if isinstance(pretrained, str) and pretrained.strip().lower() in ("true", "default"):
+        return True  # the config's string form (--config.model.pretrained=true)
+    base, _, dotted = name.partition(".")
+    return pretrained is True or bool(dotted) or (isinstance(pretrained, str) and pretrained in tags(base))
 
-    own = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    missing = {
-        k: np.asarray(v[...]) for k, v in own.items() if k.split("/")[0] in HEAD_NAMES and k not in weights.params
-    }
-    if not missing:
-        return weights
-    log.info("%s has no %s: kept at its fresh initialization", weights.path, ", ".join(sorted(missing)))
-    return dataclasses.replace(weights, params={**weights.params, **missing})
+
+def locate(
+    name: str, pretrained: Any, *, cache_dir: str | None = None
+) -> tuple[dict[str, Any], int | None, epath.Path]:
+    """(architecture fields the weights need, their class count -- None for a path -- and where they are)."""
+    if _is_named(name, pretrained):
+        base, _, dotted = name.partition(".")
+        tag = dotted or (
+            True if pretrained is True or str(pretrained).strip().lower() in ("true", "default") else pretrained
+        )
+        src = resolve(base, tag)
+        return dict(src.kwargs), src.num_classes, _source_path(src, cache_dir)
+    where = epath.Path(pretrained)
+    if "://" not in str(pretrained) and not where.exists():
+        known = ", ".join(tags(name.partition(".")[0])) or "none"
+        raise UserError(f"pretrained={str(pretrained)!r} is neither a tag of {name} ({known}) nor an existing path")
+    return {}, None, where
+
+
+def pretrained_weights(
+    name: str, pretrained: Any, model: nnx.Module, *, resize_method: str = "bicubic"
+) -> tuple[Weights, list[str]]:
+    """For training (`config.model.pretrained`): the weights `pretrained` names, fitted to `model`
+    (abstract is fine), and the head parameters left fresh, as `nest_jax.convert.load.fit_weights`."""
+    weights = load_params(locate(name, pretrained)[2], model=model)
+    return fit_weights(model, weights, resize_method=resize_method, headless_ok=True)
+
+
+def model_kwargs(name: str, pretrained: Any) -> dict[str, Any]:
+    """The architecture fields named weights need (e.g. timm NesT's exact GELU); {} for a path."""
+    return dict(resolve(name, _tag(name, pretrained)).kwargs) if pretrained and _is_named(name, pretrained) else {}
+
+
+def _tag(name: str, pretrained: Any) -> bool | str:
+    if "." in name or pretrained is True or str(pretrained).strip().lower() in ("true", "default"):
+        return True
+    return str(pretrained)
 
 
 def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:

@@ -279,17 +279,26 @@ def from_source(source: str, data: dict[str, np.ndarray], model: nnx.Module, *, 
     return Weights(params, stats, source=source, path=path)
 
 
-def fit_weights(model: nnx.Module, weights: Weights, *, resize_method: str = "bicubic") -> tuple[Weights, list[str]]:
+def fit_weights(
+    model: nnx.Module, weights: Weights, *, resize_method: str = "bicubic", headless_ok: bool = False
+) -> tuple[Weights, list[str]]:
     """`weights` made to fit `model` (abstract is fine), and the head parameters left out.
 
     Position tables are resized to the model's grid (`adapt_params`); a head whose class count
     differs is dropped from the result (its names are the second value), so the model keeps its
-    fresh initialization there. Anything else that does not match -- a missing, extra or
+    fresh initialization there; with `headless_ok`, so is a head the checkpoint lacks (a feature
+    extractor's weights, num_classes=0, into a classifier). Anything else that does not match -- a missing, extra or
     differently shaped parameter or batch statistic -- is one UserError naming the first few.
     """
     adapted = adapt_params(weights.params, model, resize_method=resize_method)
     want = param_shapes(model)
-    fresh = [k for k in want if k.split("/")[0] in HEAD_NAMES and k in weights.params and k not in adapted]
+    fresh = [
+        k
+        for k in want
+        if k.split("/")[0] in HEAD_NAMES and (k in weights.params or headless_ok) and k not in adapted
+    ]
+    if headless_ok and any(k not in weights.params for k in fresh):
+        log.info("%s has no classifier: the model's head is left at random", weights.path or weights.source)
     have = weights.source if weights.source != "nest_jax" else "checkpoint"
     problems = [
         f"shape mismatch for {k!r}: {have} has {tuple(np.shape(v))}, model expects {want[k]}"
@@ -319,10 +328,12 @@ def fit_weights(model: nnx.Module, weights: Weights, *, resize_method: str = "bi
     return dataclasses.replace(weights, params=adapted), fresh
 
 
-def load_into(model: nnx.Module, weights: Weights, *, resize_method: str = "bicubic") -> list[str]:
+def load_into(
+    model: nnx.Module, weights: Weights, *, resize_method: str = "bicubic", headless_ok: bool = False
+) -> list[str]:
     """Assigns `weights` into `model` in place, fitted by `fit_weights`; returns the head parameters
     left at their fresh initialization because the class count differs (empty when none)."""
-    fitted, fresh = fit_weights(model, weights, resize_method=resize_method)
+    fitted, fresh = fit_weights(model, weights, resize_method=resize_method, headless_ok=headless_ok)
     assign_params(model, fitted.params, strict=False, source=fitted.path or fitted.source)
     stats = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
     for k, v in fitted.batch_stats.items():
