@@ -28,10 +28,13 @@ import logging
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from flax import nnx
 
+from nest_jax.convert.common import path_str
 from nest_jax.convert.hub_table import GCS, TIMM
 from nest_jax.convert.load import Weights, fit_weights, load_into, load_params
 from nest_jax.errors import UserError
@@ -179,10 +182,38 @@ def create_model(
     weights = load_params(where, model=shape)
     if classes is None:  # a path: the checkpoint's own class count
         classes = _head_classes(weights)
-    model = build(name, num_classes=classes, img_size=img_size, rngs=rngs, **kwargs)
-    load_into(model, weights, headless_ok=True)
+    if rngs is not None:  # the caller's random streams: a regular build, then the weights assigned
+        model = build(name, num_classes=classes, img_size=img_size, rngs=rngs, **kwargs)
+        load_into(model, weights, headless_ok=True)
+    else:
+        model = _materialize(lambda: build(name, num_classes=classes, img_size=img_size, **kwargs), weights)
     log.info("%s: loaded pretrained weights from %s", name, weights.path or where)
     return model
+
+
+def _materialize(make: Any, weights: Weights) -> nnx.Module:
+    """The model `make()` builds (with `nnx.Rngs(0)`), holding `weights` (fitted to it), without
+    initializing what the weights replace: only the rest -- a fresh head, dropout streams -- is
+    computed, by one jitted build whose other outputs XLA drops. Same values as `make()` + `load_into`."""
+    abstract = nnx.eval_shape(make)
+    fitted, fresh = fit_weights(abstract, weights, headless_ok=True)
+    if fresh:
+        log.info("%s: class count differs, head left at random: %s", fitted.path, ", ".join(fresh))
+    loaded = {**fitted.params, **fitted.batch_stats}
+    graphdef, state = nnx.split(abstract)
+    flat = list(nnx.to_flat_state(state))
+    missing = {path_str(k) for k, _ in flat if path_str(k) not in loaded}
+
+    def rest() -> dict[str, Any]:
+        return {path_str(k): v[...] for k, v in nnx.to_flat_state(nnx.state(make())) if path_str(k) in missing}
+
+    computed = jax.jit(rest)() if missing else {}
+    leaves = []
+    for k, v in flat:
+        name = path_str(k)
+        value = jnp.asarray(loaded[name], dtype=v.dtype) if name in loaded else computed[name]
+        leaves.append((k, v.replace(value)))
+    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
 def _is_named(name: str, pretrained: Any) -> bool:
