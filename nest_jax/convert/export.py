@@ -36,6 +36,12 @@ from nest_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 FORMATS = ("timm", "npz")
+# timm's NesT sizes: (embed_dims, depths, num_heads) of nest_{tiny,small,base}(_jx).
+NEST_SIZES = {
+    "tiny": ((96, 192, 384), (2, 2, 8), (3, 6, 12)),
+    "small": ((96, 192, 384), (2, 2, 20), (3, 6, 12)),
+    "base": ((128, 256, 512), (2, 2, 20), (4, 8, 16)),
+}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -266,9 +272,13 @@ def timm_architecture(model_name: str, model: nnx.Module) -> str:
     """The timm model name whose architecture holds `model` (the arguments in `timm_model_args`)."""
     c, kind = model.config, _family(model)
     if kind == "Nest":
-        size = model_name.split("_")[1] if model_name.startswith("nest_") else "tiny"
-        size = size if size in ("tiny", "small", "base") else "tiny"
-        return f"nest_{size}_jx" if c.pool_padding == "tf_same" else f"nest_{size}"
+        for size in ("tiny", "small", "base"):  # timm's factories fix these three fields
+            if (c.dims, c.depths, c.heads) == NEST_SIZES[size]:
+                return f"nest_{size}_jx" if c.pool_padding == "tf_same" else f"nest_{size}"
+        raise UserError(
+            f"timm's NesT comes in three fixed sizes (nest_tiny/small/base); dims {c.dims}, depths {c.depths}, "
+            f"heads {c.heads} are none of them, so timm cannot rebuild this model"
+        )
     if kind == "ResNet":
         return "resnet50" if c.kind == "v1" else "resnetv2_50x1_bit"
     if c.stem:
@@ -288,17 +298,18 @@ def timm_model_args(model: nnx.Module) -> dict[str, Any]:
     """The arguments that make timm's architecture this model's (`model_args` of config.json)."""
     c, kind = model.config, _family(model)
     size = c.img_size if isinstance(c.img_size, int) else list(c.img_size)
+    if kind == "ResNet" and c.kind == "bit":  # timm's factory fixes the depths
+        if tuple(c.layers) != (3, 4, 6, 3):
+            raise UserError(f"timm's resnetv2_50x1_bit has layers (3, 4, 6, 3), this model {tuple(c.layers)}")
+        return dict(in_chans=c.in_chans)
     if kind == "ResNet":
         return dict(layers=list(c.layers), in_chans=c.in_chans)
-    if kind == "Nest":
+    if kind == "Nest":  # widths, depths and heads are the architecture's own (timm_architecture)
         return dict(
             img_size=size,
             in_chans=c.in_chans,
             patch_size=c.patch_size,
             num_levels=len(c.depths),
-            embed_dims=list(c.dims),
-            num_heads=list(c.heads),
-            depths=list(c.depths),
             mlp_ratio=c.mlp_ratio,
             pad_type="same" if c.pool_padding == "tf_same" else "",
         )

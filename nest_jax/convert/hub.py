@@ -36,7 +36,16 @@ from flax import nnx
 
 from nest_jax.convert.common import path_str
 from nest_jax.convert.hub_table import GCS, TIMM
-from nest_jax.convert.load import Weights, fit_weights, load_into, load_params
+from nest_jax.convert.load import (
+    Weights,
+    detect_source,
+    fit_weights,
+    from_source,
+    load_into,
+    load_params,
+    read_file,
+    weights_file_in,
+)
 from nest_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -177,9 +186,10 @@ def create_model(
     kwargs, classes, where = locate(name + (f".{dotted}" if dotted else ""), pretrained, cache_dir=cache_dir)
     kwargs = {**kwargs, **overrides}
     classes = classes if num_classes is None else num_classes
-    # The importers rename by the architecture alone, so an abstract model of any class count reads them.
-    shape = nnx.eval_shape(lambda: build(name, num_classes=classes or 1000, img_size=img_size, **kwargs))
-    weights = load_params(where, model=shape)
+    weights, source_kwargs = _read(
+        where, lambda **kw: build(name, num_classes=classes or 1000, img_size=img_size, **kw), kwargs
+    )
+    kwargs = {**source_kwargs, **kwargs}
     if classes is None:  # a path: the checkpoint's own class count
         classes = _head_classes(weights)
     if rngs is not None:  # the caller's random streams: a regular build, then the weights assigned
@@ -214,6 +224,29 @@ def _materialize(make: Any, weights: Weights) -> nnx.Module:
         value = jnp.asarray(loaded[name], dtype=v.dtype) if name in loaded else computed[name]
         leaves.append((k, v.replace(value)))
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
+# The GELU each importer's weights were trained with (as `python -m nest_jax.convert` assumes).
+SOURCE_GELU = {"timm": "exact", "nest_timm": "exact", "vit_npz": "tanh", "nest_official": "tanh"}
+
+
+def _read(where: epath.Path, make: Any, kwargs: dict[str, Any]) -> tuple[Weights, dict[str, Any]]:
+    """The weights at `where`, converted into the architecture `make(**fields)` builds (abstractly:
+    the importers rename by the architecture alone, so any class count reads them), and the fields
+    an importer's file needs unless `kwargs` sets them (its GELU form)."""
+    if where.is_dir():
+        where = weights_file_in(where) or where  # a Hub snapshot or clu folder: its weights file
+    if where.is_dir():  # a workdir or convert output: nest_jax's own, architecture as given
+        return load_params(where, model=nnx.eval_shape(lambda: make(**kwargs))), {}
+    data = read_file(where)
+    source = detect_source(data, where)
+    extra = (
+        {}
+        if "resnet" in type(nnx.eval_shape(lambda: make(**kwargs))).__name__.lower()
+        else {"gelu": SOURCE_GELU[source]}
+    )
+    shape = nnx.eval_shape(lambda: make(**{**extra, **kwargs}))
+    return from_source(source, data, shape, path=str(where)), extra
 
 
 def _is_named(name: str, pretrained: Any) -> bool:
