@@ -147,3 +147,22 @@ def test_cli_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
     assert "pass --model" in capsys.readouterr().err
     assert main([f"--checkpoint={tmp_path / 'nope'}", f"--out={tmp_path / 'o'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_config_model_pretrained_starts_training_from_the_weights(workdir, tmp_path):
+    """`config.model.pretrained` (a path here; a tag reads the Hub cache as above): the first step
+    starts from those weights, so after one AdamW step of lr 1e-4 every parameter is within ~lr."""
+    from nest_jax.train.loop import train_and_evaluate
+    from tests._train_helpers import SyntheticData, tiny_config
+
+    cfg = tiny_config(num_train_steps=1, checkpoint_every_steps=1, log_every_steps=100)
+    cfg.model.pretrained = str(workdir)
+    cfg.optimizer.update(lr=1e-4, warmup_steps=0, ema_decay=0.0)
+    train_and_evaluate(cfg, tmp_path / "ft", data=SyntheticData())
+    start, after = nest_jax.load_params(workdir).params, nest_jax.load_params(tmp_path / "ft").params
+    assert set(start) == set(after)
+    for k in start:
+        np.testing.assert_allclose(after[k], start[k], rtol=0, atol=2e-4, err_msg=k)
+    cfg.init_from.checkpoint = str(workdir)
+    with pytest.raises(UserError, match="not both"):
+        train_and_evaluate(cfg, tmp_path / "both", data=SyntheticData())

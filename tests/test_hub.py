@@ -7,6 +7,7 @@ against timm's own `pretrained_cfg`s. Smallest variants (1-layer, 32 px) keep ea
 import hashlib
 import logging
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -147,8 +148,17 @@ def test_official_nest_clu_folder_by_path(tmp_path):
     from nest_jax.convert.nest import params_to_official_nest
     from nest_jax.models import create_model
 
-    kw = dict(img_size=32, depths=(1, 1, 1), num_classes=10)
-    src = create_model("nest_tiny", rngs=nnx.Rngs(3), **kw)
+    kw = dict(img_size=32, depths=(1, 1, 1), num_classes=10, drop_rate=0.0, attn_drop_rate=0.0)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: create_model("nest_tiny", rngs=nnx.Rngs(3), **kw)))
+    rng = np.random.default_rng(3)  # random values everywhere (a real init compiles per shape: slow)
+    fill = lambda x: (
+        jax.random.key(0)
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+        else jnp.asarray(  # noqa: E731
+            rng.normal(0, 0.2, x.shape).astype(x.dtype) if x.dtype.kind == "f" else np.zeros(x.shape, x.dtype)
+        )
+    )
+    src = nnx.merge(graphdef, jax.tree.map(fill, state))
     state = {"optimizer": {"target": params_to_official_nest(src)}, "step": np.asarray(5)}
     folder = tmp_path / "nest-t_imagenet"
     folder.mkdir()

@@ -186,26 +186,28 @@ def create_model(
     kwargs, classes, where = locate(name + (f".{dotted}" if dotted else ""), pretrained, cache_dir=cache_dir)
     kwargs = {**kwargs, **overrides}
     classes = classes if num_classes is None else num_classes
-    weights, source_kwargs = _read(
-        where, lambda **kw: build(name, num_classes=classes or 1000, img_size=img_size, **kw), kwargs
+    read_classes = 1000 if classes is None else classes
+    weights, extra, shape = _read(
+        where, lambda **kw: build(name, num_classes=read_classes, img_size=img_size, **kw), kwargs, name
     )
-    kwargs = {**source_kwargs, **kwargs}
+    kwargs = {**extra, **kwargs}
     if classes is None:  # a path: the checkpoint's own class count
         classes = _head_classes(weights)
     if rngs is not None:  # the caller's random streams: a regular build, then the weights assigned
         model = build(name, num_classes=classes, img_size=img_size, rngs=rngs, **kwargs)
         load_into(model, weights, headless_ok=True)
     else:
-        model = _materialize(lambda: build(name, num_classes=classes, img_size=img_size, **kwargs), weights)
+        make = lambda: build(name, num_classes=classes, img_size=img_size, **kwargs)  # noqa: E731
+        model = _materialize(make, weights, shape if classes == read_classes else None)
     log.info("%s: loaded pretrained weights from %s", name, weights.path or where)
     return model
 
 
-def _materialize(make: Any, weights: Weights) -> nnx.Module:
+def _materialize(make: Any, weights: Weights, abstract: nnx.Module | None = None) -> nnx.Module:
     """The model `make()` builds (with `nnx.Rngs(0)`), holding `weights` (fitted to it), without
     initializing what the weights replace: only the rest -- a fresh head, dropout streams -- is
     computed, by one jitted build whose other outputs XLA drops. Same values as `make()` + `load_into`."""
-    abstract = nnx.eval_shape(make)
+    abstract = nnx.eval_shape(make) if abstract is None else abstract  # (tracing a build takes seconds)
     fitted, fresh = fit_weights(abstract, weights, headless_ok=True)
     if fresh:
         log.info("%s: class count differs, head left at random: %s", fitted.path, ", ".join(fresh))
@@ -230,23 +232,20 @@ def _materialize(make: Any, weights: Weights) -> nnx.Module:
 SOURCE_GELU = {"timm": "exact", "nest_timm": "exact", "vit_npz": "tanh", "nest_official": "tanh"}
 
 
-def _read(where: epath.Path, make: Any, kwargs: dict[str, Any]) -> tuple[Weights, dict[str, Any]]:
+def _read(where: epath.Path, make: Any, kwargs: dict[str, Any], name: str) -> tuple[Weights, dict[str, Any], Any]:
     """The weights at `where`, converted into the architecture `make(**fields)` builds (abstractly:
-    the importers rename by the architecture alone, so any class count reads them), and the fields
-    an importer's file needs unless `kwargs` sets them (its GELU form)."""
+    the importers rename by the architecture alone, so any class count reads them); the fields an
+    importer's file needs unless `kwargs` sets them (its GELU form); and that abstract model."""
     if where.is_dir():
         where = weights_file_in(where) or where  # a Hub snapshot or clu folder: its weights file
     if where.is_dir():  # a workdir or convert output: nest_jax's own, architecture as given
-        return load_params(where, model=nnx.eval_shape(lambda: make(**kwargs))), {}
+        shape = nnx.eval_shape(lambda: make(**kwargs))
+        return load_params(where, model=shape), {}, shape
     data = read_file(where)
     source = detect_source(data, where)
-    extra = (
-        {}
-        if "resnet" in type(nnx.eval_shape(lambda: make(**kwargs))).__name__.lower()
-        else {"gelu": SOURCE_GELU[source]}
-    )
+    extra = {} if name.startswith("resnet") else {"gelu": SOURCE_GELU[source]}
     shape = nnx.eval_shape(lambda: make(**{**extra, **kwargs}))
-    return from_source(source, data, shape, path=str(where)), extra
+    return from_source(source, data, shape, path=str(where)), extra, shape
 
 
 def _is_named(name: str, pretrained: Any) -> bool:
