@@ -293,9 +293,7 @@ def fit_weights(
     adapted = adapt_params(weights.params, model, resize_method=resize_method)
     want = param_shapes(model)
     fresh = [
-        k
-        for k in want
-        if k.split("/")[0] in HEAD_NAMES and (k in weights.params or headless_ok) and k not in adapted
+        k for k in want if k.split("/")[0] in HEAD_NAMES and (k in weights.params or headless_ok) and k not in adapted
     ]
     if headless_ok and any(k not in weights.params for k in fresh):
         log.info("%s has no classifier: the model's head is left at random", weights.path or weights.source)
