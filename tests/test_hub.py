@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from etils import epath
 from flax import nnx
 from safetensors.torch import save_file
 
@@ -116,8 +117,9 @@ def test_other_class_count_and_size_keep_a_fresh_head_and_resize_once(cache, cap
         model = nest_jax.create_model("vit_tiny_patch16_224.augreg_in21k_ft_in1k", num_classes=7, img_size=48, depth=1)
     assert model.head.kernel.shape == (192, 7) and model.pos_embed.shape == (1, 10, 192)
     np.testing.assert_array_equal(np.asarray(model.cls_token[...]), tm.cls_token.detach().numpy())
-    resized = [r for r in caplog.records if "resized pos_embed" in r.getMessage()]
-    assert len(resized) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    for change in ("resized pos_embed", "re-initializing head/kernel", "re-initializing head/bias"):
+        assert sum(change in m for m in messages) == 1, (change, messages)
 
 
 def test_missing_cache_entry_offline_is_one_line_naming_the_hub_id(cache):
@@ -132,6 +134,12 @@ def test_missing_cache_entry_offline_is_one_line_naming_the_hub_id(cache):
 def test_truncated_cache_file_and_unknown_tag_are_one_line(cache):
     tm = timm_model("vit_tiny_patch16_224", img_size=32, depth=1)
     put_in_cache(cache, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", tm.state_dict())
+    hub_id = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    # The walk used for a gs:// cache (here on a local folder) finds what huggingface_hub finds.
+    walked = hub._remote_cache_file(epath.Path(cache), hub_id, "model.safetensors", "fill it")
+    assert walked.resolve() == hub.hub_file(hub_id).resolve()
+    with pytest.raises(UserError, match="not in the Hugging Face cache"):
+        hub._remote_cache_file(epath.Path(cache), "timm/other", "model.safetensors", "fill it")
     blob = next((cache / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k" / "blobs").iterdir())
     blob.write_bytes(blob.read_bytes()[:5000])
     with pytest.raises(UserError, match="truncated or corrupt") as e:

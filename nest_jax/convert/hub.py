@@ -208,9 +208,7 @@ def _materialize(make: Any, weights: Weights, abstract: nnx.Module | None = None
     initializing what the weights replace: only the rest -- a fresh head, dropout streams -- is
     computed, by one jitted build whose other outputs XLA drops. Same values as `make()` + `load_into`."""
     abstract = nnx.eval_shape(make) if abstract is None else abstract  # (tracing a build takes seconds)
-    fitted, fresh = fit_weights(abstract, weights, headless_ok=True)
-    if fresh:
-        log.info("%s: class count differs, head left at random: %s", fitted.path, ", ".join(fresh))
+    fitted, _ = fit_weights(abstract, weights, headless_ok=True)  # each change logged there, once
     loaded = {**fitted.params, **fitted.batch_stats}
     graphdef, state = nnx.split(abstract)
     flat = list(nnx.to_flat_state(state))

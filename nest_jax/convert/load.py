@@ -336,6 +336,4 @@ def load_into(
     stats = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
     for k, v in fitted.batch_stats.items():
         stats[k][...] = np.asarray(v, dtype=stats[k][...].dtype)
-    if fresh:
-        log.info("%s: class count differs, head left at random: %s", fitted.path, ", ".join(fresh))
-    return fresh
+    return fresh  # `adapt_params` has logged each re-initialized head tensor
