@@ -145,6 +145,8 @@ def test_cli_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
     assert err.count("\n") == 0 and err.startswith("nest_jax.export: error:") and "truncated or corrupt" in err
     assert main([f"--checkpoint={bad}", f"--out={tmp_path / 'o'}"]) == 2
     assert "pass --model" in capsys.readouterr().err
+    assert main([f"--checkpoint={bad}", "--set=depth=1", f"--out={tmp_path / 'o'}"]) == 2
+    assert "pass --model too" in capsys.readouterr().err
     assert main([f"--checkpoint={tmp_path / 'nope'}", f"--out={tmp_path / 'o'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
 

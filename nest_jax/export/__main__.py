@@ -6,7 +6,7 @@
 
 `--to=timm` output loads with `timm.create_model("local-dir:DIR", pretrained=True)`. A training
 workdir exports its latest checkpoint (`--step`, `--ema` choose another); other checkpoints that
-do not record their model need `--model`. What timm cannot represent is refused, or noted in
+do not record their model need `--model` (and `--set FIELD=VALUE` for fields the name does not fix). What timm cannot represent is refused, or noted in
 `config.json` (`nest_jax.notes`) and on stderr. Bad input (a missing, truncated or foreign file,
 an unknown model) is one line and exit status 2; `--debug` (or NEST_JAX_DEBUG=1) shows the traceback.
 """
@@ -17,7 +17,7 @@ import argparse
 import sys
 import traceback
 
-from nest_jax.convert.__main__ import _log_to_stderr, one_line
+from nest_jax.convert.__main__ import _log_to_stderr, one_line, parse_overrides
 from nest_jax.convert.export import FORMATS
 from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
 
@@ -30,6 +30,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", required=True, help="output folder (timm) or .npz file / folder (npz)")
     p.add_argument("--model", help="model name, for checkpoints that do not record it")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="architecture field of --model (repeatable), e.g. --set depth=6 --set img_size=384",
+    )
     p.add_argument("--step", type=int, help="workdir checkpoint step (default: the latest)")
     p.add_argument("--ema", action="store_true", help="export the workdir's EMA parameters")
     p.add_argument(
@@ -47,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     from nest_jax.export import export_checkpoint
 
     try:
+        fields = {}
+        if args.overrides:
+            if not args.model:
+                raise UserError("--set changes fields of --model: pass --model too")
+            fields = parse_overrides(args.model, args.overrides)
         export_checkpoint(
             args.checkpoint,
             args.out,
@@ -57,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             mean=tuple(args.mean) if args.mean else None,
             std=tuple(args.std) if args.std else None,
             overwrite=args.overwrite,
+            **fields,
         )
     except (UserError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError) as e:
         if debug_requested(args.debug):
