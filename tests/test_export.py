@@ -130,6 +130,12 @@ def test_cli_exports_a_trained_workdir_to_timm_and_npz(workdir, tmp_path, capsys
     assert set(back) == set(weights.params)
     for k, v in weights.params.items():
         np.testing.assert_array_equal(back[k], v)
+    # A path's GELU form is told from its file: Google's npz tanh, timm's exact, a workdir as built.
+    from nest_jax.convert.hub import path_fields
+
+    assert path_fields("vit_tiny_patch16_224", tmp_path / "vit.npz") == {"gelu": "tanh"}
+    assert path_fields("vit_tiny_patch16_224", out) == {"gelu": "exact"}
+    assert path_fields("vit_tiny_patch16_224", workdir) == {}
     # And the exported folder is itself a pretrained= path (and a config's model.pretrained).
     again = nest_jax.create_model(
         "vit_tiny_patch16_224", pretrained=str(out), img_size=8, patch_size=4, dim=16, depth=1, num_heads=2, mlp_dim=32

@@ -6,6 +6,7 @@ against timm's own `pretrained_cfg`s. Smallest variants (1-layer, 32 px) keep ea
 
 import hashlib
 import logging
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +87,7 @@ def test_pretrained_true_reads_the_cache_offline_and_gives_timms_logits(cache, n
     assert np.abs(ref).max() > 0.1
 
 
-def test_distilled_deit_both_heads_and_a_bfloat16_file(cache):
+def test_distilled_deit_both_heads_and_a_bfloat16_file(cache, monkeypatch):
     tm = timm_model("deit_tiny_distilled_patch16_224", img_size=32, depth=1)
     with torch.no_grad():  # the bf16 file holds these values; the float32 model below gets them exactly
         for p in tm.parameters():
@@ -96,7 +97,9 @@ def test_distilled_deit_both_heads_and_a_bfloat16_file(cache):
         "timm/deit_tiny_distilled_patch16_224.fb_in1k",
         {k: v.to(torch.bfloat16) for k, v in tm.state_dict().items()},
     )
-    model = nest_jax.create_model("deit_tiny_distilled_patch16_224", pretrained="fb_in1k", img_size=32, depth=1)
+    with monkeypatch.context() as m:  # no torch at run time: any `import torch` fails here
+        m.setitem(sys.modules, "torch", None)
+        model = nest_jax.create_model("deit_tiny_distilled_patch16_224", pretrained="fb_in1k", img_size=32, depth=1)
     assert model.cls_token[...].dtype == jnp.float32
     x_t, x_j = inputs(32)
     with torch.no_grad():

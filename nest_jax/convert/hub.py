@@ -26,6 +26,7 @@ import dataclasses
 import fnmatch
 import logging
 import os
+import zipfile
 from typing import Any
 
 import jax
@@ -241,9 +242,41 @@ def _read(where: epath.Path, make: Any, kwargs: dict[str, Any], name: str) -> tu
         return load_params(where, model=shape), {}, shape
     data = read_file(where)
     source = detect_source(data, where)
-    extra = {} if name.startswith("resnet") else {"gelu": SOURCE_GELU[source]}
+    extra = path_fields(name, where)
     shape = nnx.eval_shape(lambda: make(**{**extra, **kwargs}))
     return from_source(source, data, shape, path=str(where)), extra, shape
+
+
+def path_fields(name: str, where: Any) -> dict[str, Any]:
+    """The architecture fields the weights file at `where` needs: its GELU form (timm's exact,
+    Google's tanh; docs/models.md), told from the file's first bytes and entry names without
+    reading its tensors. {} for nest_jax's own checkpoints (they are built as given) and ResNets."""
+    where = epath.Path(where)
+    if name.startswith("resnet") or not where.exists():
+        return {}
+    if where.is_dir():
+        where = weights_file_in(where)
+        if where is None:
+            return {}
+    with where.open("rb") as f:
+        head = f.read(9)
+        if head[:1] and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
+            return {"gelu": SOURCE_GELU["nest_official"]}  # a flax msgpack checkpoint: Google's code
+        if not head.startswith(b"PK"):
+            return {"gelu": SOURCE_GELU["timm"]}  # safetensors or torch: PyTorch weights
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return {}  # damaged: the reader names the problem
+    if any(n.endswith("data.pkl") for n in names):
+        return {"gelu": SOURCE_GELU["timm"]}  # torch's zip format
+    try:
+        source = detect_source(dict.fromkeys(n.removesuffix(".npy") for n in names), where)
+    except UserError:
+        return {}
+    return {"gelu": SOURCE_GELU[source]}
 
 
 def _is_named(name: str, pretrained: Any) -> bool:
@@ -282,8 +315,13 @@ def pretrained_weights(
 
 
 def model_kwargs(name: str, pretrained: Any) -> dict[str, Any]:
-    """The architecture fields named weights need (e.g. timm NesT's exact GELU); {} for a path."""
-    return dict(resolve(name, _tag(name, pretrained)).kwargs) if pretrained and _is_named(name, pretrained) else {}
+    """The architecture fields the weights need (e.g. timm NesT's exact GELU): a named release's
+    from the table, a path's from its file (`path_fields`)."""
+    if not pretrained:
+        return {}
+    if _is_named(name, pretrained):
+        return dict(resolve(name, _tag(name, pretrained)).kwargs)
+    return path_fields(name, pretrained)
 
 
 def _tag(name: str, pretrained: Any) -> bool | str:
