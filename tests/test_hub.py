@@ -207,6 +207,9 @@ def test_hub_table_matches_timms_pretrained_cfgs():
         arch = f"{name}_jx" if name in ("nest_tiny", "nest_small", "nest_base") else name
         if arch in timm.list_models(pretrained=False) and timm.list_models(arch, pretrained=True):
             assert name in TIMM, name
+    cfg = hub.pretrained_cfg("nest_tiny")
+    assert cfg["location"] == "timm/nest_tiny_jx.goog_in1k" and cfg["model_kwargs"]["gelu"] == "exact"
+    assert hub.pretrained_cfg("vit_tiny_patch16_224", "gcs_augreg_in21k")["num_classes"] == 21843
     listed = nest_jax.list_models("vit_tiny*", pretrained=True)
     assert (
         listed[0] == "vit_tiny_patch16_224.augreg_in21k_ft_in1k" and "vit_tiny_patch16_224.gcs_augreg_in21k" in listed
