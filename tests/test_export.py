@@ -174,3 +174,27 @@ def test_config_model_pretrained_starts_training_from_the_weights(workdir, tmp_p
     cfg.init_from.checkpoint = str(workdir)
     with pytest.raises(UserError, match="not both"):
         train_and_evaluate(cfg, tmp_path / "both", data=SyntheticData())
+
+
+def test_bit_resnetv2_state_dict_round_trip(tmp_path):
+    """BiT (GroupNorm, 1x1-conv classifier): timm -> nest_jax -> timm is the identical state dict."""
+    from functools import partial
+
+    from timm.layers import StdConv2d
+    from timm.models.resnetv2 import ResNetV2
+
+    from tests.test_timm_parity import randomize
+
+    torch.manual_seed(0)
+    tm = randomize(ResNetV2(layers=(1, 1, 1, 1), stem_type="fixed", conv_layer=partial(StdConv2d, eps=1e-8)).eval())
+    save_file(tm.state_dict(), str(tmp_path / "bit.safetensors"))
+    model = nest_jax.create_model(
+        "resnetv2_50x1_bit", pretrained=str(tmp_path / "bit.safetensors"), layers=(1, 1, 1, 1)
+    )
+    back = to_timm_state_dict(model)
+    sd = {k: v.numpy() for k, v in tm.state_dict().items()}
+    assert set(back) == set(sd)
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+    with pytest.raises(UserError, match=r"resnetv2_50x1_bit has layers \(3, 4, 6, 3\)"):
+        export_timm(model, tmp_path / "out", model_name="resnetv2_50x1_bit")
