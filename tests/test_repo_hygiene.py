@@ -23,6 +23,7 @@ LAYERS = {
     "analysis": 4,
     "viz": 4,  # plots of analysis results: the analysis evaluators' `figures` draw them
     "analyze": 6,
+    "export": 6,  # python -m nest_jax.export and its library entry (reads workdirs: train, data)
     "main": 6,
     "cli_config": 6,
 }

@@ -1,6 +1,8 @@
 """Weights in and out: the one loader (`load_params` -> `Weights`, `load_into`) for training workdirs,
 convert outputs and importers' files; the importers (timm state dicts, Google ViT `.npz`, official
-NesT trees); position-embedding resize; orbax checkpoints of converted weights (`save_params`).
+NesT trees); position-embedding resize; orbax checkpoints of converted weights (`save_params`);
+pretrained weights by name (`hub.create_model`, the Hugging Face Hub and GCS); export to timm and
+Google ViT `.npz` (`export`).
 Command line: `python -m nest_jax.convert --help`."""
 
 from nest_jax.convert.checkpoint import read_meta, save_params
@@ -16,6 +18,9 @@ _LAZY = {
     "timm_vit_to_params": "nest_jax.convert.timm",
     "load_official_nest": "nest_jax.convert.nest",
     "load_timm_nest": "nest_jax.convert.nest",
+    "export_timm": "nest_jax.convert.export",
+    "export_npz": "nest_jax.convert.export",
+    "to_timm_state_dict": "nest_jax.convert.export",
 }
 
 

@@ -6,7 +6,10 @@ into a model.
     and the batch statistics; only those subtrees are read, as host arrays, without the trainer;
   - a `python -m nest_jax.convert` output folder (`save_params`), which also records its model;
   - an importer's file (timm `.pth`/`.safetensors`, Google ViT `.npz`, official or timm NesT), whose
-    arrays the importers of this package rename into the architecture of `model`.
+    arrays the importers of this package rename into the architecture of `model`;
+  - a folder holding `model.safetensors` (a Hugging Face Hub snapshot, `python -m nest_jax.export`
+    output) or an official NesT checkpoint folder (clu's `ckpt-<n>.flax`, msgpack): its weights
+    file (the newest `ckpt-<n>.flax`), read as above.
 It returns `Weights`: flat {'/'-joined nnx path: NumPy array} dicts, whatever the source.
 `load_into(model, weights)` fits them to the model (position tables resized to its grid, a head
 of another class count left at its fresh initialization) and assigns them; `fit_weights` does the
@@ -27,7 +30,7 @@ from etils import epath
 from flax import nnx
 
 from nest_jax.convert.checkpoint import as_tuples, read_arrays, read_meta
-from nest_jax.convert.common import assign_params, load_array_file, param_shapes, path_str
+from nest_jax.convert.common import assign_params, check_numeric, load_array_file, param_shapes, path_str
 from nest_jax.convert.resize import HEAD_NAMES, adapt_params
 from nest_jax.convert.workdir import as_path, is_workdir, read_workdir
 from nest_jax.errors import UserError
@@ -94,6 +97,11 @@ def load_params(
         raise UserError(f"{path} does not exist; {_HOW}")
     if source is not None and source not in SOURCES:
         raise UserError(f"unknown weights source {source!r} for {path}; choose one of {', '.join(SOURCES)}")
+    if where.is_dir() and not is_workdir(where) and not (where / "meta").is_dir():
+        inner = weights_file_in(where)
+        if inner is not None:
+            inner_source = None if source == "nest_jax" else source  # "nest_jax": init_from's default
+            return load_params(inner, step=step, ema=ema, source=inner_source, model=model)
     if where.is_dir():
         if source not in (None, "nest_jax"):
             raise UserError(f"{path} is a directory, but a {source} checkpoint is a file (.npz, .pth, .safetensors)")
@@ -103,7 +111,8 @@ def load_params(
         if (where / "meta").is_dir():
             return _read_convert_output(where, step=step, ema=ema)
         raise UserError(
-            f"{path} is neither a training workdir (no checkpoints/) nor a convert output (no meta/); {_HOW}"
+            f"{path} is neither a training workdir (no checkpoints/), a convert output (no meta/) nor a "
+            f"weights folder (no {HUB_WEIGHTS} or ckpt-<n>.flax); {_HOW}"
         )
     if source == "nest_jax":
         raise UserError(
@@ -137,20 +146,82 @@ def _read_convert_output(where: epath.Path, *, step: int | None, ema: bool) -> W
     )
 
 
+HUB_WEIGHTS = "model.safetensors"  # the weights file of a Hub snapshot (timm, nest_jax.export)
+
+
+def weights_file_in(folder: epath.Path) -> epath.Path | None:
+    """The weights file of a Hub-style folder, or the newest `ckpt-<n>.flax` of a clu checkpoint
+    folder (official NesT); None for other folders."""
+    if (folder / HUB_WEIGHTS).exists():
+        return folder / HUB_WEIGHTS
+    steps = {}
+    for f in folder.glob("ckpt-*.flax"):
+        number = f.name[len("ckpt-") : -len(".flax")]
+        if number.isdigit():
+            steps[int(number)] = f
+    return steps[max(steps)] if steps else None
+
+
 def read_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """An importer's file as a flat {entry name: array}; never unpickles (see `load_array_file`).
-    A remote file is copied to a local temporary file first: the readers need a seekable file."""
+    """An importer's file as a flat {entry name: array}; never unpickles (see `load_array_file`;
+    msgpack files, flax's format, are read by `read_msgpack`). A remote file is copied to a local
+    temporary file first: the readers need a seekable file."""
     path = as_path(path)
     if path.is_dir():
         raise UserError(f"{path} is a directory; pass a file (.npz, .pth, .safetensors)")
     if "://" not in str(path):
-        return load_array_file(Path(str(path)))
+        return _read_local(Path(str(path)))
     if not path.exists():
         raise UserError(f"{path}: no such file")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / path.name
         local.write_bytes(path.read_bytes())
-        return load_array_file(local)
+        return _read_local(local)
+
+
+def _read_local(path: Path) -> dict[str, np.ndarray]:
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(1)
+        if head and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):  # a msgpack map (pickles start 0x80)
+            return read_msgpack(path)
+    return load_array_file(path)
+
+
+def read_msgpack(path: Path) -> dict[str, np.ndarray]:
+    """A flax msgpack checkpoint (`flax.serialization`, e.g. clu's `ckpt-<n>.flax`) as flat
+    '/'-joined arrays; of a training state only the parameters (`optimizer/target`, `params`).
+    msgpack holds data only: nothing is executed."""
+    from flax import serialization
+
+    try:
+        tree = serialization.msgpack_restore(Path(path).read_bytes())
+    except Exception as e:  # msgpack raises its own types for truncated or corrupt data
+        raise UserError(
+            f"{path} is not a readable msgpack checkpoint ({type(e).__name__}): it is truncated or corrupt; "
+            "download or write it again"
+        ) from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path} holds a msgpack {type(tree).__name__}, not a tree of arrays")
+    for root in (("optimizer", "target"), ("params",)):
+        node = tree
+        for key in root:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            tree = node
+            break
+    flat: dict[str, np.ndarray] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}/")
+            else:
+                flat[f"{prefix}{k}"] = np.asarray(v)
+
+    walk(tree, "")
+    check_numeric(flat, source=str(path))
+    return flat
 
 
 def detect_source(data: dict[str, np.ndarray], path: Any = "the file") -> str:
@@ -208,17 +279,24 @@ def from_source(source: str, data: dict[str, np.ndarray], model: nnx.Module, *, 
     return Weights(params, stats, source=source, path=path)
 
 
-def fit_weights(model: nnx.Module, weights: Weights, *, resize_method: str = "bicubic") -> tuple[Weights, list[str]]:
+def fit_weights(
+    model: nnx.Module, weights: Weights, *, resize_method: str = "bicubic", headless_ok: bool = False
+) -> tuple[Weights, list[str]]:
     """`weights` made to fit `model` (abstract is fine), and the head parameters left out.
 
     Position tables are resized to the model's grid (`adapt_params`); a head whose class count
     differs is dropped from the result (its names are the second value), so the model keeps its
-    fresh initialization there. Anything else that does not match -- a missing, extra or
+    fresh initialization there; with `headless_ok`, so is a head the checkpoint lacks (a feature
+    extractor's weights, num_classes=0, into a classifier). Anything else that does not match -- a missing, extra or
     differently shaped parameter or batch statistic -- is one UserError naming the first few.
     """
     adapted = adapt_params(weights.params, model, resize_method=resize_method)
     want = param_shapes(model)
-    fresh = [k for k in want if k.split("/")[0] in HEAD_NAMES and k in weights.params and k not in adapted]
+    fresh = [
+        k for k in want if k.split("/")[0] in HEAD_NAMES and (k in weights.params or headless_ok) and k not in adapted
+    ]
+    if headless_ok and any(k not in weights.params for k in fresh):
+        log.info("%s has no classifier: the model's head is left at random", weights.path or weights.source)
     have = weights.source if weights.source != "nest_jax" else "checkpoint"
     problems = [
         f"shape mismatch for {k!r}: {have} has {tuple(np.shape(v))}, model expects {want[k]}"
@@ -248,14 +326,14 @@ def fit_weights(model: nnx.Module, weights: Weights, *, resize_method: str = "bi
     return dataclasses.replace(weights, params=adapted), fresh
 
 
-def load_into(model: nnx.Module, weights: Weights, *, resize_method: str = "bicubic") -> list[str]:
+def load_into(
+    model: nnx.Module, weights: Weights, *, resize_method: str = "bicubic", headless_ok: bool = False
+) -> list[str]:
     """Assigns `weights` into `model` in place, fitted by `fit_weights`; returns the head parameters
     left at their fresh initialization because the class count differs (empty when none)."""
-    fitted, fresh = fit_weights(model, weights, resize_method=resize_method)
+    fitted, fresh = fit_weights(model, weights, resize_method=resize_method, headless_ok=headless_ok)
     assign_params(model, fitted.params, strict=False, source=fitted.path or fitted.source)
     stats = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
     for k, v in fitted.batch_stats.items():
         stats[k][...] = np.asarray(v, dtype=stats[k][...].dtype)
-    if fresh:
-        log.info("%s: class count differs, head left at random: %s", fitted.path, ", ".join(fresh))
-    return fresh
+    return fresh  # `adapt_params` has logged each re-initialized head tensor

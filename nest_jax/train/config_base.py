@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             name="",
             img_size=placeholder(int),
+            # Starting weights by name: "true" (timm's default release), a tag or a path
+            # (nest_jax.convert.hub; fitted like init_from, which it excludes).
+            pretrained=placeholder(str),
             remat=False,
             remat_policy="nothing_saveable",
             overrides=ml_collections.ConfigDict(),

@@ -56,10 +56,24 @@ def initialize_from(config: Any, trainer: Any, state: dict, num_classes: int) ->
     Heads whose class count differs keep `state`'s fresh initialization."""
     from nest_jax.train.trainer import build_model
 
-    cfg = config.init_from
+    cfg, pretrained = config.init_from, config.model.get("pretrained")
     abstract = nnx.eval_shape(lambda: build_model(config, num_classes, nnx.Rngs(params=0, dropout=1)))
-    weights, fresh = read_fitted(cfg, abstract, flag="--config.init_from.checkpoint", resize_method=cfg.resize_method)
-    log.info("initialized from %s (%s); re-initialized: %s", cfg.checkpoint, cfg.source, fresh or "nothing")
+    if pretrained:  # config.model.pretrained: named weights or a path (nest_jax.convert.hub)
+        from nest_jax.convert.hub import pretrained_weights
+
+        if cfg.checkpoint:
+            raise UserError("set --config.model.pretrained or --config.init_from.checkpoint, not both")
+        try:
+            weights, fresh = pretrained_weights(
+                config.model.name, pretrained, abstract, resize_method=cfg.resize_method
+            )
+        except UserError as e:
+            raise UserError(f"--config.model.pretrained: {e}") from e
+    else:
+        weights, fresh = read_fitted(
+            cfg, abstract, flag="--config.init_from.checkpoint", resize_method=cfg.resize_method
+        )
+    log.info("initialized from %s; re-initialized: %s", pretrained or cfg.checkpoint, fresh or "nothing")
     loaded = weights.params  # fresh heads are not in it: they keep the state's init
 
     def pick(path, leaf, sharding):

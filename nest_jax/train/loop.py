@@ -187,7 +187,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
             raise UserError(f"--mode=eval: no readable checkpoint in {ckpt.directory}")
         else:
             state = trainer.init_state()
-            if config.init_from.checkpoint:
+            if config.init_from.checkpoint or config.model.get("pretrained"):
                 from nest_jax.train.init_from import initialize_from
 
                 state = initialize_from(config, trainer, state, info.num_classes)

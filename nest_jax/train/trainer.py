@@ -43,6 +43,10 @@ def dtype_kwargs(overrides: Any) -> dict:
 def model_kwargs(config: Any, num_classes: int) -> dict:
     """`create_model` keyword arguments from config.model."""
     kw = dtype_kwargs(config.model.overrides)
+    if config.model.get("pretrained"):  # the architecture fields named weights need (e.g. NesT's GELU)
+        from nest_jax.convert.hub import model_kwargs as pretrained_kwargs
+
+        kw = {**pretrained_kwargs(config.model.name, config.model.pretrained), **kw}
     kw.setdefault("in_chans", int(config.dataset.num_channels))
     kw["num_classes"] = num_classes
     kw["img_size"] = config.model.img_size or config.dataset.image_size
