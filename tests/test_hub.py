@@ -106,8 +106,10 @@ def test_distilled_deit_both_heads_and_a_bfloat16_file(cache, monkeypatch):
         ref = tm(x_t).numpy()
         f = tm.forward_features(x_t)
         want = {"cls": tm.head(f[:, 0]).numpy(), "dist": tm.head_dist(f[:, 1]).numpy()}
-    out, got = forward_eval_and_train(model, x_j)  # no dropout configured: train mode is deterministic
+    out, (out_train, recorded) = forward_eval_and_train(model, x_j)  # no dropout: train mode is deterministic
     np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=TOL)
+    np.testing.assert_allclose(np.asarray(out_train), ref, rtol=0, atol=TOL)
+    got = recorded["heads"]
     for k in want:
         np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=0, atol=TOL)
     assert np.abs(want["cls"] - want["dist"]).max() > 0.1
