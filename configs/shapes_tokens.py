@@ -16,8 +16,9 @@ Four runs, one command each (32 px, 8 classes, 4,000 training images; a few minu
   resnet_natural.
 Then: shape bias of each token on cue-conflict images, top-1 of each token, and the per-layer
 cosine similarity of class vs shape / distillation tokens (`nest_jax.analysis.per_block_tokens`,
-`shape_bias`). The section `dataset.shapes` (variant, num_classes, num_train, num_test, seed)
-configures `nest_jax.data.shapes.ShapesTexturesSource` (dataset name "shapes").
+`shape_bias`). The section `dataset.shapes` (variant, num_classes, num_train, num_test, seed,
+clutter, rotation, min_scale, max_scale) configures `nest_jax.data.shapes.ShapesTexturesSource`
+(dataset name "shapes").
 """
 
 from nest_jax.train.config_base import augment, base_config, teacher

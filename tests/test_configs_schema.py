@@ -47,7 +47,17 @@ def test_config_has_exactly_the_schemas_fields(name, arg):
 def test_schema_holds_the_gan_and_shapes_sections_and_no_dead_fields():
     c = base_config()
     assert c.gan.to_dict() == gan_section().to_dict() and c.gan.ema_decay == 0.999
-    assert set(c.dataset.shapes) == {"variant", "num_classes", "num_train", "num_test", "seed"}
+    assert set(c.dataset.shapes) == {
+        "variant",
+        "num_classes",
+        "num_train",
+        "num_test",
+        "seed",
+        "clutter",
+        "rotation",
+        "min_scale",
+        "max_scale",
+    }  # each read by nest_jax.data.get_source
     for key in ("validate_files", "image_key", "label_key", "tfrecord"):
         assert key in c.dataset
     assert "local_device_ids" in c.distributed  # read by nest_jax.main.initialize_distributed

@@ -64,6 +64,10 @@ def get_source(ds_cfg):
             num_train=shapes.num_train,
             num_test=shapes.num_test,
             seed=shapes.seed,
+            clutter=shapes.clutter,
+            rotation=shapes.rotation,
+            min_scale=shapes.min_scale,
+            max_scale=shapes.max_scale,
         )
     if name == "image_folder":
         from nest_jax.data.image_folder import ImageFolderSource

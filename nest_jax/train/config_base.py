@@ -96,7 +96,19 @@ def base_config() -> ml_collections.ConfigDict:
             label_key="label",
             tfrecord=False,  # tfds: read TFRecord files through TensorFlow (the [tf] extra)
             # name "shapes": nest_jax.data.shapes.ShapesTexturesSource (configs/shapes_tokens.py)
-            shapes=dict(variant="natural", num_classes=8, num_train=4000, num_test=1000, seed=0),
+            # clutter: distractor ellipses on a cluttered background (0: plain grey); rotation: rotate
+            # each object; min_scale / max_scale: object scale as a fraction of the image side
+            shapes=dict(
+                variant="natural",
+                num_classes=8,
+                num_train=4000,
+                num_test=1000,
+                seed=0,
+                clutter=0,
+                rotation=False,
+                min_scale=0.28,
+                max_scale=0.42,
+            ),
         )
     )
     c.mix = ml_collections.ConfigDict(
