@@ -9,6 +9,7 @@ from nest_jax.viz.representations import (
     plot_probe_accuracy,
     plot_token_probe,
 )
+from nest_jax.viz.segmentation import plot_segmentation
 
 __all__ = [
     "plot_attention_distance",
@@ -19,5 +20,6 @@ __all__ = [
     "plot_norm_ratios",
     "plot_position_maps",
     "plot_probe_accuracy",
+    "plot_segmentation",
     "plot_token_probe",
 ]

@@ -50,6 +50,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "nest_jax.analysis.evaluators",
     "nest_jax.analysis.robustness_evaluators",
     "nest_jax.analysis.gan_eval",
+    "nest_jax.analysis.segmentation",
 )
 # Read by build_evaluators itself; every other key of a config.evals entry is a setting of the class.
 SCHEDULE_KEYS = ("kind", "every_steps", "prefix")
