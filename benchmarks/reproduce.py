@@ -1,0 +1,208 @@
+"""One command for the seed claims on nest_jax's own models in the procedural shapes world:
+
+    python benchmarks/reproduce.py --smoke   # seconds: the pipeline end to end (tiny models, few steps)
+    python benchmarks/reproduce.py --quick   # ≤ 10 min on 2 CPU cores
+    python benchmarks/reproduce.py --full    # ≤ 60 CPU-minutes
+
+Trains the models the claims need (ViT with a class token; the same without position embedding;
+a small ResNet; all on the natural world; ResNet, ViT, DeiT with a shape token and DeiT with a
+distillation token on the stylized world, the DeiT tokens hard-distilled from the stylized ResNet),
+caches them (`--cache`, one .npz of the model state per model and tier: a re-run only analyses),
+runs the analyses and writes REPRODUCTIONS.md (`--out`): per claim the paper's statement, our
+number, the threshold fixed in `reproduce_claims.py`, the verdict, the figure and the command.
+Claims that need more than the tier's budget are listed as not run, with what they need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from etils import epath
+from flax import nnx
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import reproduce_claims as C  # noqa: E402
+import shape_tokens as ST  # noqa: E402
+
+from nest_jax.data.shapes import ShapesTexturesSource  # noqa: E402
+from nest_jax.models import create_model  # noqa: E402
+
+# Per tier: the world, the models' size, steps, and the number of train / test images.
+TIERS = {
+    "smoke": dict(size=32, classes=4, clutter=2, train=64, test=32, steps=2, batch=16, seg_fraction=0.6,
+                  vit=dict(patch_size=8, dim=16, depth=2, num_heads=2, mlp_dim=32), resnet=(16, 16, 16, 16)),
+    "quick": dict(size=32, classes=8, clutter=3, train=2000, test=400, steps=400, batch=64, seg_fraction=0.6,
+                  vit=dict(patch_size=4, dim=64, depth=4, num_heads=4, mlp_dim=128), resnet=(32, 64, 128, 256)),
+    "full": dict(size=64, classes=10, clutter=4, train=10000, test=500, steps=600, batch=64, seg_fraction=0.6,
+                 vit=dict(patch_size=8, dim=96, depth=6, num_heads=4, mlp_dim=192), resnet=(32, 64, 128, 256)),
+}  # fmt: skip
+# name: (model family, world variant, teacher for the extra token)
+MODELS = {
+    "vit_natural": ("vit", "natural", None),
+    "vit_nopos_natural": ("vit_nopos", "natural", None),
+    "resnet_natural": ("resnet", "natural", None),
+    "resnet_stylized": ("resnet", "stylized", None),
+    "vit_stylized": ("vit", "stylized", None),
+    "deit_shape_stylized": ("deit_shape", "stylized", "resnet_stylized"),
+    "deit_dist_stylized": ("deit_dist", "stylized", "resnet_stylized"),
+}
+NOT_RUN = [
+    ("Less training data → fewer local heads in lower layers (Raghu et al. 2021, §4.2, Fig. 4)", "data-scale runs: the ViT at 1k … 100k images, `--full` size, each ~60 CPU-min"),
+    ("CLS-token norm-ratio switch between early and late layers (Raghu et al. 2021, §5)", "`python -m nest_jax.analyze norm_ratio` on the `--full` ViT"),
+    ("Skip-connection removal changes the CKA structure (Raghu et al. 2021, §5, Fig. 9)", "ViTs trained with `skip_removed=(k,)`, one per k"),
+    ("GAP vs cls-token localization (Raghu et al. 2021, §6, Fig. 11); cls ≈ GAP accuracy (Dosovitskiy et al. 2021, App. D.3)", "a GAP ViT (`pool='gap'`) beside the cls ViT; `python -m nest_jax.analyze localization`"),
+    ("Corruption mCE and adversarial-patch robustness, ViT vs CNN (IPViT §3.6, §3.1)", "`python -m nest_jax.analyze corruptions,adversarial_patch` on the cached models"),
+    ("Deeper per-block class tokens more discriminative (IPViT §3.6)", "`python -m nest_jax.analyze per_block_tokens`"),
+    ("NesT data efficiency vs ViT (Zhang et al. 2022, §4.2)", "shown on digits: benchmarks/data_efficiency.py (BENCHMARKS.md)"),
+    ("NesT GradCAT / CAM boxes on the objects (Zhang et al. 2022, §4.4)", "a NesT on the world and box IoU against the masks' boxes"),
+    ("NesT generator FID vs the conv baseline (Zhang et al. 2022, §4.5)", "benchmarks/generator.py on an accelerator"),
+    ("Fine-tuning at a higher resolution with interpolated position embeddings (Dosovitskiy et al. 2021, §3.2)", "fine-tune the `--full` ViT at 96 px through nest_jax.convert.resize"),
+]  # fmt: skip
+
+
+def build(name: str, tier: dict, seed: int):
+    family = MODELS[name][0]
+    k, size = tier["classes"], tier["size"]
+    if family == "resnet":
+        return create_model(
+            "resnet50", num_classes=k, img_size=size, rngs=nnx.Rngs(seed), layers=(1, 1, 1, 1), widths=tier["resnet"]
+        )
+    model_name = {"deit_shape": "deit_tiny_shape_patch16_224", "deit_dist": "deit_tiny_distilled_patch16_224"}.get(
+        family, "vit_tiny_patch16_224"
+    )
+    extra = dict(pos_embed="none") if family == "vit_nopos" else {}
+    return create_model(model_name, num_classes=k, img_size=size, rngs=nnx.Rngs(seed), **tier["vit"], **extra)
+
+
+def world(tier: dict, variant: str) -> ShapesTexturesSource:
+    return ShapesTexturesSource(
+        num_classes=tier["classes"], image_size=tier["size"], variant=variant, num_train=tier["train"],
+        num_test=tier["test"], clutter=tier["clutter"], rotation=True, min_scale=0.2,
+    )  # fmt: skip
+
+
+def arrays(tier: dict, variant: str, split: str) -> dict:
+    a = world(tier, variant).arrays(split, masks=True)
+    a["image"] = a["image"].astype(np.float32) / 255.0
+    return a
+
+
+def trained(name: str, tier_name: str, tier: dict, cache: epath.Path, models: dict, data: dict, log) -> nnx.Module:
+    """The model, from the cache or trained (AdamW, cosine schedule, no augmentation; ST.train)."""
+    model = build(name, tier, seed=len(models))
+    # The cache key holds every setting of the tier: changing one retrains instead of reusing.
+    key = hashlib.sha256(json.dumps(tier, sort_keys=True).encode()).hexdigest()[:10]
+    path = cache / f"{tier_name}-{key}" / f"{name}.npz"
+    weights = nnx.Any(nnx.Param, nnx.BatchStat)  # the cached state: no RNG keys
+    leaves, treedef = jax.tree.flatten(nnx.state(model, weights))
+    if path.exists():
+        with path.open("rb") as f:
+            z = np.load(f, allow_pickle=False)
+            nnx.update(model, jax.tree.unflatten(treedef, [z[f"a{i}"] for i in range(len(leaves))]))
+        log(f"{name}: loaded {path}")
+        return model
+    _, variant, teacher = MODELS[name]
+    x, y = data[variant]["image"], data[variant]["label"]
+    t0 = time.time()
+    token = {"deit_shape": "shape", "deit_dist": "dist"}.get(MODELS[name][0])
+    ST.train(model, x, y, tier["steps"], teacher=models.get(teacher), token=token, bs=tier["batch"], seed=len(models))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        np.savez(f, **{f"a{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(nnx.state(model, weights)))})
+    log(f"{name}: trained {tier['steps']} steps in {time.time() - t0:.0f} s")
+    return model
+
+
+def write_report(
+    path: epath.Path, tier_name: str, tier: dict, accs: dict, rows: list[dict], seconds: float, command: str
+) -> None:
+    lines = [
+        "# Reproductions in the procedural shapes world",
+        "",
+        f"Made by `{command}` on {time.strftime('%Y-%m-%d')}, machine: 2-core CPU, shared/loaded "
+        f"({seconds / 60:.1f} min, tier `{tier_name}`). World: {tier['classes']} classes, {tier['size']} px, "
+        f"clutter {tier['clutter']}, rotation, {tier['train']} training images per variant; models trained "
+        f"{tier['steps']} steps of batch {tier['batch']} (AdamW, no augmentation). ViT: {tier['vit']}; "
+        f"ResNet: one bottleneck block per stage, output widths {tier['resnet']}.",
+        "",
+        "Thresholds are fixed in `benchmarks/reproduce_claims.py` before the run; the evaluation images "
+        "are the world's test split, which no model trains on and nothing is tuned on.",
+        "",
+        "## Models (top-1 on the natural test split)",
+        "",
+        "| model | trained on | top-1 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {MODELS[k][1]} world | {v:.3f} |" for k, v in accs.items()]
+    lines += [
+        "",
+        "## Claims",
+        "",
+        "| claim | paper | ours | threshold (fixed beforehand) | verdict | figure |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['claim']} | {r['paper']} | {r['ours']} | {r['threshold']} | **{r['verdict']}** | {r['figure']} |"
+        for r in rows
+    ]
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("reproduced", "partly", "not reproduced")}
+    lines += [
+        "",
+        "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + f"; {len(NOT_RUN)} claims not run here.",
+        "",
+    ]
+    lines += ["## Not run here", "", "| claim | what it needs |", "|---|---|"]
+    lines += [f"| {c} | {need} |" for c, need in NOT_RUN]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    g = p.add_mutually_exclusive_group()
+    for t in TIERS:
+        g.add_argument(f"--{t}", dest="tier", action="store_const", const=t)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "REPRODUCTIONS.md"))
+    p.add_argument("--figures", default=None, help="figure folder (default: reproductions/ beside --out)")
+    p.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "nest_jax_reproduce"))
+    args = p.parse_args(argv)
+    tier_name = args.tier or "quick"
+    tier, t0 = TIERS[tier_name], time.time()
+    out = epath.Path(args.out)
+    figs = epath.Path(args.figures) if args.figures else out.parent / "reproductions"
+    figs.mkdir(parents=True, exist_ok=True)
+
+    def log(msg):
+        print(f"[{time.time() - t0:6.0f} s] {msg}", flush=True)
+
+    data = {v: arrays(tier, v, "train") for v in ("natural", "stylized")}
+    nat, cue = arrays(tier, "natural", "test"), arrays(tier, "cue_conflict", "test")
+    models: dict = {}
+    for name in MODELS:
+        models[name] = trained(name, tier_name, tier, epath.Path(args.cache), models, data, log)
+    accs = {k: C.top1(m, nat["image"], nat["label"]) for k, m in models.items()}
+    log(f"top-1 {accs}")
+    sb_rows, sb = C.shape_bias_rows(models, cue)
+    rows = [*sb_rows, C.token_cosine_row(models, nat)]
+    rows += C.segmentation_rows(models, nat, tier["seg_fraction"], figs)
+    rows += C.occlusion_rows(models, nat)
+    rows += [C.pos_embed_row(models, figs), C.cka_row(models, nat, figs), C.attention_distance_row(models, nat, figs)]
+    for r in rows:
+        log(f"{r['verdict']}: {r['claim']} — {r['ours']}")
+    command = "python benchmarks/reproduce.py --" + tier_name
+    write_report(out, tier_name, tier, accs, rows, time.time() - t0, command)
+    log(f"wrote {out}")
+    return dict(rows=rows, accuracy=accs, shape_bias=sb)
+
+
+if __name__ == "__main__":
+    main()
