@@ -22,11 +22,11 @@ def test_smoke_tier_writes_every_claim_with_a_verdict(tmp_path):
     reproduce = _load("reproduce")
     out = tmp_path / "REPRODUCTIONS.md"
     result = reproduce.main(["--smoke", f"--out={out}", f"--cache={tmp_path / 'cache'}"])
-    assert sorted(p.name for p in (tmp_path / "cache" / "smoke").iterdir()) == sorted(
-        f"{m}.npz" for m in reproduce.MODELS
-    )
+    (cached,) = (tmp_path / "cache").iterdir()  # one folder per tier and settings
+    assert cached.name.startswith("smoke-")
+    assert sorted(p.name for p in cached.iterdir()) == sorted(f"{m}.npz" for m in reproduce.MODELS)
     text = out.read_text()
-    rows = [r for r in result["rows"]]
+    rows = result["rows"]
     assert len(rows) == 10
     for r in rows:
         assert r["verdict"] in ("reproduced", "partly", "not reproduced")
@@ -35,7 +35,7 @@ def test_smoke_tier_writes_every_claim_with_a_verdict(tmp_path):
             assert (tmp_path / fig).is_file()
     for claim, _ in reproduce.NOT_RUN:
         assert f"| {claim} |" in text
-    counts = re.search(r"Verdicts: reproduced (\d+), partly (\d+), not reproduced (\d+)", text)
+    counts = re.search(r"Verdicts: (\d+) reproduced, (\d+) partly, (\d+) not reproduced", text)
     assert counts and sum(map(int, counts.groups())) == len(rows)
     assert all(0.0 <= a <= 1.0 for a in result["accuracy"].values()) and len(result["accuracy"]) == len(
         reproduce.MODELS
