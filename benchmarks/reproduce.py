@@ -172,14 +172,15 @@ def main(argv=None) -> dict:
     for t in TIERS:
         g.add_argument(f"--{t}", dest="tier", action="store_const", const=t)
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "REPRODUCTIONS.md"))
-    p.add_argument("--figures", default=None, help="figure folder (default: reproductions/ beside --out)")
+    p.add_argument("--figures", default=None, help="figure folder (default: docs/reproductions/ beside --out)")
     p.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "nest_jax_reproduce"))
     args = p.parse_args(argv)
     tier_name = args.tier or "quick"
     tier, t0 = TIERS[tier_name], time.time()
     out = epath.Path(args.out)
-    figs = epath.Path(args.figures) if args.figures else out.parent / "reproductions"
+    figs = epath.Path(args.figures) if args.figures else out.parent / "docs" / "reproductions"
     figs.mkdir(parents=True, exist_ok=True)
+    C.FIGURES = os.path.relpath(os.fspath(figs), os.fspath(out.parent))
 
     def log(msg):
         print(f"[{time.time() - t0:6.0f} s] {msg}", flush=True)

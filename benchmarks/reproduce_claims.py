@@ -20,6 +20,7 @@ from nest_jax.analysis.representations import layer_representations, model_famil
 from nest_jax.analysis.segmentation import run_segmentation
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+FIGURES = "docs/reproductions"  # the figure folder as the report links it (set by reproduce.main)
 
 
 def verdict(ok: bool, partly: bool = False) -> str:
@@ -107,7 +108,7 @@ def segmentation_rows(m: dict, nat: dict, fraction: float, out_dir) -> list[dict
     ds = run_segmentation(m["deit_shape_stylized"], nat["image"], nat["mask"], **kw)
     vs = run_segmentation(m["vit_stylized"], nat["image"], nat["mask"], **kw)
     vn = run_segmentation(m["vit_natural"], nat["image"], nat["mask"], **kw)
-    fig = "reproductions/segmentation.png"
+    fig = f"{FIGURES}/segmentation.png"
     plot_segmentation(ds).savefig(out_dir / "segmentation.png", dpi=100)
     area = float(np.mean(nat["mask"]))
     return [
@@ -173,7 +174,7 @@ def pos_embed_row(m: dict, out_dir) -> dict:
         "reproduced: neighbours ≥ far + 0.1; partly: greater",
         near >= far + 0.1,
         near > far,
-        "reproductions/pos_embed.png",
+        f"{FIGURES}/pos_embed.png",
     )
 
 
@@ -202,7 +203,7 @@ def cka_row(m: dict, nat: dict, out_dir) -> dict:
         "reproduced: ViT ≥ ResNet + 0.05; partly: greater",
         off(v) >= off(r) + 0.05,
         off(v) > off(r),
-        "reproductions/cka_vit.png, reproductions/cka_resnet.png",
+        f"{FIGURES}/cka_vit.png, {FIGURES}/cka_resnet.png",
     )
 
 
@@ -226,5 +227,5 @@ def attention_distance_row(m: dict, nat: dict, out_dir) -> dict:
         "reproduced: layer-0 spread ≥ 0.3 × uniform and last-layer spread smaller; partly: spread ≥ 0.15 × uniform",
         spread >= 0.3 and (last.max() - last.min()) < first.max() - first.min(),
         spread >= 0.15,
-        "reproductions/attention_distance.png",
+        f"{FIGURES}/attention_distance.png",
     )

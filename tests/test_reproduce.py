@@ -31,7 +31,7 @@ def test_smoke_tier_writes_every_claim_with_a_verdict(tmp_path):
     for r in rows:
         assert r["verdict"] in ("reproduced", "partly", "not reproduced")
         assert f"| {r['claim']} |" in text and f"**{r['verdict']}**" in text
-        for fig in re.findall(r"reproductions/[\w.]+\.png", r["figure"]):
+        for fig in re.findall(r"docs/reproductions/[\w.]+\.png", r["figure"]):
             assert (tmp_path / fig).is_file()
     for claim, _ in reproduce.NOT_RUN:
         assert f"| {claim} |" in text
