@@ -27,8 +27,10 @@ def verdict(ok: bool, partly: bool = False) -> str:
     return "reproduced" if ok else ("partly" if partly else "not reproduced")
 
 
-def row(claim, paper, ours, threshold, ok, partly=False, figure="—") -> dict:
-    return dict(claim=claim, paper=paper, ours=ours, threshold=threshold, verdict=verdict(ok, partly), figure=figure)
+def row(claim, paper, ours, threshold, ok, partly=False, figure="—", models=()) -> dict:
+    """One claim; `models`: the models its numbers rest on (the report flags undertrained ones)."""
+    out = dict(claim=claim, paper=paper, ours=ours, threshold=threshold, verdict=verdict(ok, partly), figure=figure)
+    return dict(out, models=list(models))
 
 
 def top1(model, x, y) -> float:
@@ -67,6 +69,7 @@ def shape_bias_rows(m: dict, cue: dict) -> list[dict]:
             "reproduced: ViT ≥ ResNet + 0.05; partly: ViT > ResNet",
             vit >= rn + 0.05,
             vit > rn,
+            models=("vit_natural", "resnet_natural"),
         ),
         row(
             "Stylized training raises shape bias (IPViT §3.2, Geirhos et al. 2019)",
@@ -75,6 +78,7 @@ def shape_bias_rows(m: dict, cue: dict) -> list[dict]:
             "reproduced: both rise ≥ 0.1; partly: one does",
             vit_s >= vit + 0.1 and rn_s >= rn + 0.1,
             vit_s >= vit + 0.1 or rn_s >= rn + 0.1,
+            models=("vit_natural", "resnet_natural", "vit_stylized", "resnet_stylized"),
         ),
         row(
             "Shape token more shape-biased than class token (IPViT §3.5)",
@@ -83,6 +87,7 @@ def shape_bias_rows(m: dict, cue: dict) -> list[dict]:
             "reproduced: shape ≥ cls + 0.05; partly: shape > cls",
             ds["shape"] >= ds["cls"] + 0.05,
             ds["shape"] > ds["cls"],
+            models=("deit_shape_stylized", "resnet_stylized"),
         ),
     ], sb
 
@@ -98,6 +103,7 @@ def token_cosine_row(m: dict, nat: dict) -> dict:
         "reproduced: shape ≤ dist − 0.2; partly: shape < dist",
         cs[-1] <= cd[-1] - 0.2,
         cs[-1] < cd[-1],
+        models=("deit_shape_stylized", "deit_dist_stylized", "resnet_stylized"),
     )
 
 
@@ -120,6 +126,7 @@ def segmentation_rows(m: dict, nat: dict, fraction: float, out_dir) -> list[dict
             ds["jaccard_shape"] >= vs["jaccard_cls"] + 0.02,
             ds["jaccard_shape"] > vs["jaccard_cls"],
             fig,
+            models=("deit_shape_stylized", "vit_stylized"),
         )
     ]
 
@@ -145,6 +152,7 @@ def occlusion_rows(m: dict, nat: dict) -> list[dict]:
             "reproduced: ViT's retained fraction ≥ ResNet's + 0.1; partly: greater",
             kept["vit_natural"] >= kept["resnet_natural"] + 0.1,
             kept["vit_natural"] > kept["resnet_natural"],
+            models=("vit_natural", "resnet_natural"),
         ),
         row(
             "Patch shuffle: ViT more permutation-robust than the CNN, the no-position ViT most (IPViT §3.4, Fig. 9)",
@@ -153,6 +161,7 @@ def occlusion_rows(m: dict, nat: dict) -> list[dict]:
             "reproduced: no-pos ≥ ViT ≥ ResNet (kept fractions); partly: ViT ≥ ResNet",
             keep_sh["vit_nopos_natural"] >= keep_sh["vit_natural"] >= keep_sh["resnet_natural"],
             keep_sh["vit_natural"] >= keep_sh["resnet_natural"],
+            models=("vit_natural", "resnet_natural", "vit_nopos_natural"),
         ),
     ]
 
@@ -175,6 +184,7 @@ def pos_embed_row(m: dict, out_dir) -> dict:
         near >= far + 0.1,
         near > far,
         f"{FIGURES}/pos_embed.png",
+        models=("vit_natural",),
     )
 
 
@@ -204,6 +214,7 @@ def cka_row(m: dict, nat: dict, out_dir) -> dict:
         off(v) >= off(r) + 0.05,
         off(v) > off(r),
         f"{FIGURES}/cka_vit.png, {FIGURES}/cka_resnet.png",
+        models=("vit_natural", "resnet_natural"),
     )
 
 
@@ -228,4 +239,5 @@ def attention_distance_row(m: dict, nat: dict, out_dir) -> dict:
         spread >= 0.3 and (last.max() - last.min()) < first.max() - first.min(),
         spread >= 0.15,
         f"{FIGURES}/attention_distance.png",
+        models=("vit_natural",),
     )

@@ -30,6 +30,7 @@ def test_smoke_tier_writes_every_claim_with_a_verdict(tmp_path):
     assert len(rows) == 10
     for r in rows:
         assert r["verdict"] in ("reproduced", "partly", "not reproduced")
+        assert r["models"] and set(r["models"]) <= set(reproduce.MODELS)  # what the undertrained flag reads
         assert f"| {r['claim']} |" in text and f"**{r['verdict']}**" in text
         for fig in re.findall(r"docs/reproductions/[\w.]+\.png", r["figure"]):
             assert (tmp_path / fig).is_file()
