@@ -218,6 +218,10 @@ def cka_row(m: dict, nat: dict, out_dir) -> dict:
     )
 
 
+def _px(values) -> str:
+    return "[" + ", ".join(f"{float(v):.1f}" for v in values) + "]"
+
+
 def attention_distance_row(m: dict, nat: dict, out_dir) -> dict:
     from nest_jax.viz import plot_attention_distance
 
@@ -234,7 +238,7 @@ def attention_distance_row(m: dict, nat: dict, out_dir) -> dict:
     return row(
         "Lower ViT layers mix local and global heads, higher layers are global (Raghu et al. 2021, §4, Fig. 3)",
         "first layers' heads spread from a few pixels to image scale; last layers all near image scale",
-        f"layer 0 heads {np.round(first, 1).tolist()} px, last layer {np.round(last, 1).tolist()} px; uniform attention {uniform:.1f} px",
+        f"layer 0 heads {_px(first)} px, last layer {_px(last)} px; uniform attention {uniform:.1f} px",
         "reproduced: layer-0 spread ≥ 0.3 × uniform and last-layer spread smaller; partly: spread ≥ 0.15 × uniform",
         spread >= 0.3 and (last.max() - last.min()) < first.max() - first.min(),
         spread >= 0.15,
