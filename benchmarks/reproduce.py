@@ -7,7 +7,7 @@
 Trains the models the claims need (ViT with a class token; the same without position embedding;
 a small ResNet; all on the natural world; ResNet, ViT, DeiT with a shape token and DeiT with a
 distillation token on the stylized world, the DeiT tokens hard-distilled from the stylized ResNet),
-caches them (`--cache`, one .npz of the model state per model and tier: a re-run only analyses),
+caches them (`--checkpoints`, one .npz of the model state per model and tier: a re-run only analyses),
 runs the analyses and writes REPRODUCTIONS.md (`--out`): per claim the paper's statement, our
 number, the threshold fixed in `reproduce_claims.py`, the verdict, the figure and the command.
 Claims that need more than the tier's budget are listed as not run, with what they need.
@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
         g.add_argument(f"--{t}", dest="tier", action="store_const", const=t)
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "REPRODUCTIONS.md"))
     p.add_argument("--figures", default=None, help="figure folder (default: docs/reproductions/ beside --out)")
-    p.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "nest_jax_reproduce"))
+    p.add_argument("--checkpoints", default=os.path.join(os.path.expanduser("~"), ".cache", "nest_jax_reproduce"))
     args = p.parse_args(argv)
     tier_name = args.tier or "quick"
     tier, t0 = TIERS[tier_name], time.time()
@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
     nat, cue = arrays(tier, "natural", "test"), arrays(tier, "cue_conflict", "test")
     models: dict = {}
     for name in MODELS:
-        models[name] = trained(name, tier_name, tier, epath.Path(args.cache), models, data, log)
+        models[name] = trained(name, tier_name, tier, epath.Path(args.checkpoints), models, data, log)
     accs = {k: C.top1(m, nat["image"], nat["label"]) for k, m in models.items()}
     log(f"top-1 {accs}")
     sb_rows, sb = C.shape_bias_rows(models, cue)

@@ -21,8 +21,8 @@ def _load(name: str):
 def test_smoke_tier_writes_every_claim_with_a_verdict(tmp_path):
     reproduce = _load("reproduce")
     out = tmp_path / "REPRODUCTIONS.md"
-    result = reproduce.main(["--smoke", f"--out={out}", f"--cache={tmp_path / 'cache'}"])
-    (cached,) = (tmp_path / "cache").iterdir()  # one folder per tier and settings
+    result = reproduce.main(["--smoke", f"--out={out}", f"--checkpoints={tmp_path / 'ckpt'}"])
+    (cached,) = (tmp_path / "ckpt").iterdir()  # one folder per tier and settings
     assert cached.name.startswith("smoke-")
     assert sorted(p.name for p in cached.iterdir()) == sorted(f"{m}.npz" for m in reproduce.MODELS)
     text = out.read_text()
