@@ -70,6 +70,9 @@ NOT_RUN = [
 ]  # fmt: skip
 
 
+TRAIN_SECONDS: dict[str, float] = {}  # per model: wall-clock training seconds (kept in its cache file)
+
+
 def build(name: str, tier: dict, seed: int):
     family = MODELS[name][0]
     k, size = tier["classes"], tier["size"]
@@ -109,6 +112,7 @@ def trained(name: str, tier_name: str, tier: dict, cache: epath.Path, models: di
         with path.open("rb") as f:
             z = np.load(f, allow_pickle=False)
             nnx.update(model, jax.tree.unflatten(treedef, [z[f"a{i}"] for i in range(len(leaves))]))
+            TRAIN_SECONDS[name] = float(z["seconds"]) if "seconds" in z else float("nan")
         log(f"{name}: loaded {path}")
         return model
     _, variant, teacher = MODELS[name]
@@ -117,8 +121,10 @@ def trained(name: str, tier_name: str, tier: dict, cache: epath.Path, models: di
     token = {"deit_shape": "shape", "deit_dist": "dist"}.get(MODELS[name][0])
     ST.train(model, x, y, tier["steps"], teacher=models.get(teacher), token=token, bs=tier["batch"], seed=len(models))
     path.parent.mkdir(parents=True, exist_ok=True)
+    TRAIN_SECONDS[name] = time.time() - t0
     with path.open("wb") as f:
-        np.savez(f, **{f"a{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(nnx.state(model, weights)))})
+        arrays_ = {f"a{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(nnx.state(model, weights)))}
+        np.savez(f, seconds=np.asarray(TRAIN_SECONDS[name]), **arrays_)
     log(f"{name}: trained {tier['steps']} steps in {time.time() - t0:.0f} s")
     return model
 
@@ -130,7 +136,8 @@ def write_report(
         "# Reproductions in the procedural shapes world",
         "",
         f"Made by `{command}` on {time.strftime('%Y-%m-%d')}, machine: 2-core CPU, shared/loaded "
-        f"({seconds / 60:.1f} min, tier `{tier_name}`). World: {tier['classes']} classes, {tier['size']} px, "
+        f"(tier `{tier_name}`; training {sum(TRAIN_SECONDS.values()) / 60:.1f} min, recorded with the cached "
+        f"models; this run {seconds / 60:.1f} min). World: {tier['classes']} classes, {tier['size']} px, "
         f"clutter {tier['clutter']}, rotation, {tier['train']} training images per variant; models trained "
         f"{tier['steps']} steps of batch {tier['batch']} (AdamW, no augmentation). ViT: {tier['vit']}; "
         f"ResNet: one bottleneck block per stage, output widths {tier['resnet']}.",
@@ -140,10 +147,12 @@ def write_report(
         "",
         "## Models (top-1 on the natural test split)",
         "",
-        "| model | trained on | top-1 |",
-        "|---|---|---|",
+        "| model | trained on | top-1 | training seconds |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {k} | {MODELS[k][1]} world | {v:.3f} |" for k, v in accs.items()]
+    lines += [
+        f"| {k} | {MODELS[k][1]} world | {v:.3f} | {TRAIN_SECONDS.get(k, float('nan')):.0f} |" for k, v in accs.items()
+    ]
     lines += [
         "",
         "## Claims",
@@ -194,6 +203,7 @@ def main(argv=None) -> dict:
     data = {v: arrays(tier, v, "train") for v in ("natural", "stylized")}
     nat, cue = arrays(tier, "natural", "test"), arrays(tier, "cue_conflict", "test")
     models: dict = {}
+    TRAIN_SECONDS.clear()
     for name in MODELS:
         models[name] = trained(name, tier_name, tier, epath.Path(args.checkpoints), models, data, log)
     accs = {k: C.top1(m, nat["image"], nat["label"]) for k, m in models.items()}
@@ -205,7 +215,13 @@ def main(argv=None) -> dict:
     rows += [C.pos_embed_row(models, figs), C.cka_row(models, nat, figs), C.attention_distance_row(models, nat, figs)]
     for r in rows:
         log(f"{r['verdict']}: {r['claim']} — {r['ours']}")
-    command = "python benchmarks/reproduce.py --" + tier_name
+    given = list(argv if argv is not None else sys.argv[1:])
+    shown = [
+        a for i, a in enumerate(given) if not a.startswith("--checkpoints") and given[i - 1 : i] != ["--checkpoints"]
+    ]
+    command = (
+        " ".join(["python benchmarks/reproduce.py", *shown]) if shown else "python benchmarks/reproduce.py --quick"
+    )
     write_report(out, tier_name, tier, accs, rows, time.time() - t0, command)
     log(f"wrote {out}")
     return dict(rows=rows, accuracy=accs, shape_bias=sb)
