@@ -16,6 +16,7 @@ PACKAGE = REPO / "nest_jax"
 # Layer of each part of the package: a module may import its own layer and the layers below.
 LAYERS = {
     "errors": 0,
+    "paths": 0,  # the one user-path helper (etils.epath)
     "models": 1,
     "convert": 2,
     "data": 3,
