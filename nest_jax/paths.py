@@ -44,11 +44,22 @@ def rmtree(path: epath.Path) -> None:
         path.rmtree() if path.is_dir() else path.unlink()
 
 
+def walk(root: epath.Path) -> list[epath.Path]:
+    """Every file and folder under `root` (not `root`), by listing (epath's `rglob` refuses `**`)."""
+    found, pending = [], [root]
+    while pending:
+        for child in pending.pop().iterdir():
+            found.append(child)
+            if child.is_dir():
+                pending.append(child)
+    return found
+
+
 def copytree(src: epath.Path, dst: epath.Path, last: str | None = None) -> None:
     """Copies every file under `src` to `dst` (object stores have no rename); the file named `last`
     (relative), if given, is copied after all others, so a reader that checks it never sees a half
     copy as complete."""
-    files = sorted(p for p in src.rglob("*") if p.is_file())
+    files = sorted(p for p in walk(src) if p.is_file())
     files.sort(key=lambda p: p.relative_to(src).as_posix() == last)
     for f in files:
         target = dst / f.relative_to(src).as_posix()
