@@ -28,7 +28,7 @@ TINY = [
 COMPARE = """
 import sys, jax, numpy as np, nest_jax
 a, b = (nest_jax.load_params(p) for p in sys.argv[1:3])
-fa, fb = (dict(jax.tree_util.tree_leaves_with_path(w.params)) for w in (a, b))
+fa, fb = ({jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(w.params)} for w in (a, b))
 assert fa.keys() == fb.keys() and len(fa) > 10, (len(fa), len(fb))
 print(max(float(np.max(np.abs(np.asarray(fa[k]) - np.asarray(fb[k])))) for k in fa))
 """
@@ -88,3 +88,39 @@ def test_main_job_on_gcs_resumes_bit_exact_evaluates_and_locks(gcs, tmp_path, mo
     out = _main(gcs.env, remote, "--mode=eval")
     assert "eval_top1" in out.stdout + out.stderr
     assert not (gcs.bucket_dir / "main job" / "nest_jax.lock").exists()
+
+
+# Converts two tiny ViTs' Google .npz to one gs:// folder (the second with --overwrite), reads it
+# back as init_from does (`load_params`), and compares with the second model's own weights.
+CONVERT = """
+import sys, jax, numpy as np
+from flax import nnx
+from nest_jax.convert import params_to_vit_npz
+from nest_jax.convert.__main__ import main
+from nest_jax.convert.load import load_params
+from nest_jax.models import create_model
+
+out, tmp = sys.argv[1:3]
+models = []
+for seed, extra in ((1, []), (2, ["--overwrite"])):
+    m = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=10, gelu="tanh",
+                     rngs=nnx.Rngs(seed))
+    np.savez(f"{tmp}/{seed}.npz", **params_to_vit_npz(m, "prelinen"))
+    args = ["--model", "vit_tiny_patch16_224", "--source", "vit_npz", "--input", f"{tmp}/{seed}.npz",
+            "--output", out, "--img-size", "32", "--set", "depth=1", "--set", "patch_size=8", *extra]
+    assert main(args) == 0, seed
+    models.append(m)
+assert main(args[:-1]) == 2  # exists, no --overwrite: refused
+flat = lambda tree: {"/".join(str(k.key) for k in p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+got = flat(load_params(out).params)
+want = flat(nnx.to_pure_dict(nnx.state(models[1], nnx.Param)))
+assert got.keys() == want.keys() and len(got) > 10, (sorted(got)[:3], sorted(want)[:3])
+print(max(float(np.max(np.abs(np.asarray(got[k]) - np.asarray(want[k])))) for k in got))
+"""
+
+
+def test_convert_to_gcs_overwrites_and_reads_back(gcs, tmp_path):
+    out = _run(gcs.env, "-c", CONVERT, f"gs://{BUCKET}/converted/vit", str(tmp_path))
+    assert float(out.stdout.split()[-1]) == 0.0
+    converted = gcs.bucket_dir / "converted"  # no new/old folder's object left beside it:
+    assert {p.relative_to(converted).parts[0] for p in converted.rglob("*") if p.is_file()} == {"vit"}
