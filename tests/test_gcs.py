@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.gcs_emulator import BUCKET, Emulator, emulator_env
@@ -88,6 +89,15 @@ def test_main_job_on_gcs_resumes_bit_exact_evaluates_and_locks(gcs, tmp_path, mo
     out = _main(gcs.env, remote, "--mode=eval")
     assert "eval_top1" in out.stdout + out.stderr
     assert not (gcs.bucket_dir / "main job" / "nest_jax.lock").exists()
+
+    # analyze reads the gs:// workdir and writes its results to gs://.
+    analyze = ["-m", "nest_jax.analyze", "cka", "--config=configs/digits_nest_tiny.py", f"--checkpoint={remote}"]
+    _run(gcs.env, *analyze, f"--out=gs://{BUCKET}/analysis", "--batch-size=32", "--max-batches=1")
+    results = gcs.bucket_dir / "analysis"
+    cka = json.loads((results / "cka.json").read_text())
+    assert len(cka) == 1 and np.allclose(np.diag(next(iter(cka.values()))["matrix"]), 1.0, atol=1e-5)
+    assert any(p.suffix == ".png" and p.stat().st_size > 1000 for p in results.iterdir())
+    assert any(p.name.startswith("events.out.tfevents") for p in (results / "tensorboard").iterdir())
 
 
 # Converts two tiny ViTs' Google .npz to one gs:// folder (the second with --overwrite), reads it
