@@ -134,3 +134,40 @@ def test_convert_to_gcs_overwrites_and_reads_back(gcs, tmp_path):
     assert float(out.stdout.split()[-1]) == 0.0
     converted = gcs.bucket_dir / "converted"  # no new/old folder's object left beside it:
     assert {p.relative_to(converted).parts[0] for p in converted.rglob("*") if p.is_file()} == {"vit"}
+
+
+# Saves step 1, starts the async save of step 2 and dies by SIGKILL once step 2's first objects
+# are in the bucket (its other writes in flight); then, in a fresh process, restores the newest checkpoint.
+KILLED_SAVE = """
+import os, signal, sys, jax, numpy as np
+from nest_jax.train.checkpoint import Checkpointer
+state = lambda step: {f"w{i}": np.full((256, 256), step * 1000 + i, np.float32) for i in range(64)}
+ckpt = Checkpointer(sys.argv[1], max_to_keep=3)
+ckpt.save(1, jax.device_put(state(1)))
+ckpt.wait()
+ckpt.save(2, jax.device_put(state(2)))
+while not (ckpt.directory / "2" / "default").exists():  # the step's first objects are written
+    pass
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+RESTORE = """
+import sys, jax, numpy as np
+from nest_jax.train.checkpoint import Checkpointer
+like = {f"w{i}": np.zeros((256, 256), np.float32) for i in range(64)}
+abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+shardings = jax.tree.map(lambda x: jax.device_put(x).sharding, like)
+step, got = Checkpointer(sys.argv[1], max_to_keep=3).restore_latest(abstract, shardings)
+ok = all(np.array_equal(np.asarray(got[f"w{i}"]), np.full((256, 256), step * 1000 + i)) for i in range(64))
+print(step, ok)
+"""
+
+
+def test_kill_mid_save_on_gcs_restores_only_a_complete_checkpoint(gcs):
+    workdir = f"gs://{BUCKET}/killed"
+    killed = _run(gcs.env, "-c", KILLED_SAVE, workdir, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    step, ok = _run(gcs.env, "-c", RESTORE, workdir).stdout.split()[-2:]
+    steps = gcs.bucket_dir / "killed" / "checkpoints"
+    assert ok == "True" and (steps / step / "commit_success.txt").is_file()
+    assert (steps / "2" / "default").is_dir()  # the killed save had started writing
+    assert step == "1" or (steps / "2" / "commit_success.txt").is_file()
