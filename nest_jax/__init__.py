@@ -9,6 +9,12 @@ output or an importer's file; `nest_jax.load_into(model, weights)` puts them int
 imported on first use, so `import nest_jax` stays light.
 """
 
+import os
+
+# etils.epath reaches gs:// through gcsfs, not tf.io.gfile, even when TensorFlow is installed
+# (nest_jax/paths.py); a value the user set is kept.
+os.environ.setdefault("EPATH_USE_TF", "false")
+
 _LAZY = {
     "create_model": "nest_jax.convert.hub",
     "list_models": "nest_jax.convert.hub",

@@ -13,7 +13,7 @@ EXTRA="$*"
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="
   set -e
   [ -d nest_jax ] || git clone $REPO_URL nest_jax
-  cd nest_jax && pip install -q -e . 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
+  cd nest_jax && pip install -q -e '.[gcs]' 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
   python -m nest_jax.main --config=$CONFIG --workdir=$WORKDIR \
       --config.distributed.enabled=True $EXTRA 2>&1 | tee -a ~/train.log
 "

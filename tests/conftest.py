@@ -48,6 +48,7 @@ LONG_FILES = (
     "test_bf16.py",
     "test_gan_train.py",
     "test_train_checkpoint.py",
+    "test_gcs.py",
     "test_gradcat.py",
     "test_train_step.py",
     "test_train_transfer.py",

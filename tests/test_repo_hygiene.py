@@ -5,6 +5,7 @@ file outside the repository."""
 import ast
 import importlib.util
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ PACKAGE = REPO / "nest_jax"
 # Layer of each part of the package: a module may import its own layer and the layers below.
 LAYERS = {
     "errors": 0,
+    "paths": 0,  # the one user-path helper (etils.epath)
     "models": 1,
     "convert": 2,
     "data": 3,
@@ -103,3 +105,37 @@ def test_ruff_is_clean(command):
     assert importlib.util.find_spec("ruff"), "ruff is a dev dependency: pip install -e '.[dev]'"
     proc = subprocess.run([sys.executable, "-m", "ruff", *command], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+# Local-only file access in the package: every user path goes through nest_jax.paths (etils.epath);
+# these places touch only local files, each for the reason given.
+LOCAL_FILE_ACCESS = {
+    "nest_jax/analysis/corruptions.py": "the imagecorruptions package's own frost images",
+    "nest_jax/analysis/inception.py": "a temporary local copy of (possibly remote) FID weights",
+    "nest_jax/cli_config.py": "config files are Python modules executed from local disk",
+    "nest_jax/convert/checkpoint.py": "the atomic rename swap, local branch (object stores: _swap_remote)",
+    "nest_jax/convert/common.py": "format sniffing of a local (or locally copied) weights file",
+    "nest_jax/convert/export.py": "temporary local files, uploaded through epath",
+    "nest_jax/convert/load.py": "reading a local (or locally copied) weights file",
+    "nest_jax/convert/timm.py": "type annotations of local weights files",
+    "nest_jax/convert/vit_npz.py": "type annotations of local weights files",
+    "nest_jax/data/image_folder.py": "image folders are local (a gs:// data_dir is one UserError line)",
+    "nest_jax/main.py": "probes /dev/nvidia* device files",
+    "nest_jax/train/lock.py": "fcntl lock on a local workdir (object stores: check-then-write)",
+}
+_FILE_ACCESS = re.compile(
+    r"\bos\.path\.|\bimport pathlib\b|\bfrom pathlib import\b|\bpathlib\.|(?<![.\w])open\(|\bos\.(makedirs|replace|open)\("
+)
+
+
+def test_user_paths_go_through_the_path_helper():
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = [line.split("#")[0] for line in path.read_text().splitlines()]
+        hits = [n for n, code in enumerate(lines, 1) if _FILE_ACCESS.search(code)]
+        rel = path.relative_to(REPO).as_posix()
+        if hits and rel not in LOCAL_FILE_ACCESS:
+            found[rel] = hits
+    assert not found, f"os.path/pathlib/open/os.makedirs/os.replace outside nest_jax.paths (lines): {found}"
+    stale = [f for f in LOCAL_FILE_ACCESS if not _FILE_ACCESS.search((REPO / f).read_text())]
+    assert not stale, f"allow-listed but clean now: remove them from LOCAL_FILE_ACCESS: {stale}"

@@ -71,3 +71,20 @@ def test_lock_and_eval_checks_on_an_object_store_path(memory_s3):
     with pytest.raises(UserError, match="needs a checkpoint but s3://bucket/other has none"):
         train_and_evaluate(cfg, "s3://bucket/other", data=SyntheticData())
     assert not epath.Path("s3://bucket/other").exists()
+
+
+def test_gcs_path_without_gcsfs_is_one_line_naming_the_extra(monkeypatch, capfd):
+    import importlib.util
+
+    from nest_jax import main as cli
+    from nest_jax.errors import UserError
+    from nest_jax.paths import as_path
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real(name, *a))
+    with pytest.raises(UserError, match=r'pip install "nest_jax\[gcs\]"'):
+        as_path("gs://bucket/run")
+    assert str(as_path("local/run")).endswith("local/run")  # local paths need no gcsfs
+    rc = cli.main(["--config=configs/digits_nest_tiny.py", "--workdir=gs://bucket/run"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and 'pip install "nest_jax[gcs]"' in err[0], err

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 import sys
 from typing import Any
 
@@ -19,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from nest_jax.errors import UserError
+from nest_jax.paths import as_path
 from nest_jax.train.evaluators import (
     EvalData,
     build_evaluators,
@@ -130,7 +130,7 @@ def analyse(
     bound = [model_fn_of(s.model) for s in subjects]
     from tensorboardX import SummaryWriter
 
-    writer = SummaryWriter(os.path.join(out, "tensorboard"))
+    writer = SummaryWriter(str(as_path(out) / "tensorboard"))
     # Every analysis is built (its settings checked) before any runs: a bad value fails at once.
     built = {n: _build(n, evals_config(config, n, options), bound, eval_data, skip_inapplicable) for n in names}
     results: dict[str, dict] = {}
@@ -152,25 +152,26 @@ def analyse(
 
 
 def make_out_dir(out: str) -> None:
-    """Creates the output folder (UserError if it cannot be: a file there, no permission)."""
-    if os.path.exists(out) and not os.path.isdir(out):
+    """Creates the output folder, local or gs:// (UserError if it cannot be: a file there, no permission)."""
+    path = as_path(out)
+    if path.exists() and not path.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; pass a folder for the results")
     try:
-        os.makedirs(os.path.join(out, "tensorboard"), exist_ok=True)
+        (path / "tensorboard").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the output folder {out}: {e.strerror or e}") from e
 
 
 def _write(out: str, name: str, results: dict, figures: dict, writer: Any, step: int) -> None:
     """`name`'s results as out/<name>.json, its figures as PNG, both (and the scalars) to TensorBoard."""
-    with open(os.path.join(out, f"{name}.json"), "w") as f:
-        json.dump(to_json(results), f)
+    (as_path(out) / f"{name}.json").write_text(json.dumps(to_json(results)))
     for label, r in results.items():
         for key, v in flatten(r).items():
             if np.ndim(v) == 0:
                 writer.add_scalar(f"{name}/{label}/{key}", v, global_step=step)
     for stem, fig in figures.items():
-        fig.savefig(os.path.join(out, f"{stem}.png"), dpi=110)
+        with (as_path(out) / f"{stem}.png").open("wb") as f:
+            fig.savefig(f, format="png", dpi=110)
         writer.add_figure(f"{name}/{stem}", fig, global_step=step)
 
 

@@ -29,10 +29,10 @@ import logging
 import re
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from nest_jax.cli_config import model_fields, override
@@ -41,6 +41,7 @@ from nest_jax.convert.common import check_finite
 from nest_jax.convert.load import IMPORTERS, from_source, load_into, read_file
 from nest_jax.convert.resize import METHODS
 from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
+from nest_jax.paths import as_path
 
 log = logging.getLogger("nest_jax.convert")
 # The GELU each source was trained with (docs/models.md): Google's JAX code uses the tanh form.
@@ -198,12 +199,12 @@ def check_sizes(kwargs: dict[str, Any], overrides: dict[str, Any]) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(args: argparse.Namespace) -> epath.Path:
     from nest_jax.models import create_model, list_models
 
     if args.model not in list_models():
         create_model(args.model)  # raises the registry's "Unknown model … Did you mean" error
-    output = Path(args.output)
+    output = as_path(args.output)
     if output.exists() and not args.overwrite:
         raise UserError(f"--output {output} exists; pass --overwrite to replace it, or choose another directory")
     if output.exists() and not is_replaceable(output):

@@ -25,17 +25,18 @@ import os
 import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from nest_jax.convert.common import nest_paths, path_str
 from nest_jax.convert.workdir import as_path
 from nest_jax.errors import UserError
+from nest_jax.paths import copytree, is_remote, rmtree, walk
 
 FORMAT = "nest_jax.params/1"
 COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
@@ -64,12 +65,12 @@ def as_tuples(value: Any) -> Any:
 
 def save_params(
     model_or_state: nnx.Module | nnx.State,
-    directory: str | Path,
+    directory: str | os.PathLike,
     *,
     model_name: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     overwrite: bool = False,
-) -> Path:
+) -> epath.Path:
     """Writes the Params (and BatchStats, if any) of a model or its `nnx.state`, and how to rebuild it.
 
     Returns the checkpoint path.
@@ -77,7 +78,7 @@ def save_params(
     kwargs, e.g. {"num_classes": 10, "img_size": 384, "gelu": "tanh"}); without a name,
     `load_into` needs the model built by the caller.
     """
-    directory = Path(directory).absolute()
+    directory = as_path(directory)
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
     if directory.exists() and not is_replaceable(directory):
@@ -116,6 +117,9 @@ def save_params(
                 "free some space or choose another directory"
             ) from e
         raise
+    if is_remote(directory):
+        _swap_remote(new, directory)
+        return directory
     if not directory.exists():
         os.replace(new, directory)
         return directory
@@ -130,7 +134,25 @@ def save_params(
     return directory
 
 
-def remove_settled(parent: Path, prefix: str, settle_s: float = 1.0, limit_s: float = 30.0) -> None:
+def _swap_remote(new: epath.Path, directory: epath.Path) -> None:
+    """Puts the complete checkpoint `new` at `directory` on an object store (no rename there): the
+    earlier checkpoint's files are deleted, `new`'s are copied with MANIFEST last, then `new` is
+    deleted. A reader never takes a half copy for a checkpoint: `read_meta` needs `meta/`, which
+    comes before MANIFEST, and `foreign_files`/`is_replaceable` judge a copy without MANIFEST at its
+    top level only; an interrupted swap leaves `new` complete beside it, named in the error."""
+    expected = json.loads((new / MANIFEST).read_text())
+    if _paths(new) != sorted(expected + [MANIFEST]):
+        rmtree(new)
+        raise OSError(f"{directory}: the written checkpoint does not match its file list; nothing was replaced")
+    try:
+        rmtree(directory)
+        copytree(new, directory, last=MANIFEST)
+    except BaseException as e:
+        raise OSError(f"replacing {directory} failed ({e}); the complete checkpoint is in {new}") from e
+    rmtree(new)
+
+
+def remove_settled(parent: epath.Path, prefix: str, settle_s: float = 1.0, limit_s: float = 30.0) -> None:
     """Removes `parent/prefix*` (the new checkpoint and orbax's temporary folders) until none has
     reappeared for `settle_s`: when one write fails, orbax raises while tensorstore's other writes
     are still in flight, and those re-create their folders after a single removal."""
@@ -138,7 +160,9 @@ def remove_settled(parent: Path, prefix: str, settle_s: float = 1.0, limit_s: fl
     while time.monotonic() - start < limit_s:
         found = list(parent.glob(f"{glob.escape(prefix)}*"))
         for leftover in found:
-            if leftover.is_dir():
+            if is_remote(leftover):
+                rmtree(leftover)
+            elif leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
@@ -150,10 +174,10 @@ def remove_settled(parent: Path, prefix: str, settle_s: float = 1.0, limit_s: fl
         time.sleep(0.05)
 
 
-def is_replaceable(directory: str | Path) -> bool:
+def is_replaceable(directory: str | os.PathLike) -> bool:
     """True for an empty directory or a `save_params` checkpoint: what `overwrite=True` may replace
     (once `foreign_files` finds nothing in it that nest_jax did not write)."""
-    directory = Path(directory)
+    directory = as_path(directory)
     if not directory.is_dir():
         return False
     if not any(directory.iterdir()):
@@ -165,16 +189,16 @@ def is_replaceable(directory: str | Path) -> bool:
     return True
 
 
-def _paths(directory: Path) -> list[str]:
+def _paths(directory: epath.Path) -> list[str]:
     """Every file and folder under `directory`, '/'-joined relative to it, sorted."""
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*"))
+    return sorted(p.relative_to(directory).as_posix() for p in walk(directory))
 
 
-def foreign_files(directory: str | Path) -> list[str]:
+def foreign_files(directory: str | os.PathLike) -> list[str]:
     """What a user put in a `save_params` checkpoint: the paths (relative; a foreign folder as
     itself, not its contents) that `save_params` did not write, from the list it records in
     `MANIFEST`. A checkpoint written without that list is checked at its top level only."""
-    directory = Path(directory)
+    directory = as_path(directory)
     present = _paths(directory)
     try:
         ours = set(json.loads((directory / MANIFEST).read_text())) | {MANIFEST}

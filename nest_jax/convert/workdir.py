@@ -18,16 +18,11 @@ from etils import epath
 
 from nest_jax.convert.common import path_str
 from nest_jax.errors import UserError
+from nest_jax.paths import as_path  # noqa: F401  (the one path helper, re-exported)
 
 CHECKPOINTS = "checkpoints"  # <workdir>/checkpoints/<step>/
 STATE, DATA = "default", "data"  # orbax item names; "default" keeps single-item readers working
 PARAMS, EMA, BATCH_STATS = "params", "ema", "batch_stats"  # keys of the train state read as weights
-
-
-def as_path(path: str | os.PathLike) -> epath.Path:
-    """An absolute `epath.Path` (local paths resolved against the current directory; gs:// kept)."""
-    p = epath.Path(path)
-    return p if "://" in str(path) else p.expanduser().absolute()
 
 
 def is_workdir(path: epath.Path) -> bool:

@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from nest_jax.errors import UserError
+from nest_jax.paths import is_remote
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 _DECODABLE = {"JPEG", "MPO", "PNG", "GIF", "BMP"}  # PIL format names accepted
@@ -158,6 +159,11 @@ class ImageFolderSource:
         return cls._instances[key]
 
     def __init__(self, root: str | None, *, train_split: str, validate: bool, max_pixels: int):
+        if root and is_remote(root):
+            raise UserError(
+                f"image_folder: data_dir {root} is on an object store; image folders are read from local "
+                "disk (many small files): copy them first, e.g. `gcloud storage cp -r`"
+            )
         if not root or not os.path.isdir(root):
             raise FileNotFoundError(
                 f"image_folder: data_dir {root!r} is not a directory; expected data_dir/<split>/<class>/<image files>"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pathlib
 
 from etils import epath
 
@@ -34,7 +33,7 @@ def free_name(directory: epath.Path, stem: str) -> epath.Path:
 def remove_partial(directory: epath.Path, prefix: str) -> None:
     """Best effort: a failed save's temporary folder (its other writes may still be landing)."""
     if "://" not in str(directory):
-        remove_settled(pathlib.Path(directory), prefix)
+        remove_settled(directory, prefix)
         return
     for partial in directory.glob(f"{prefix}*"):
         with contextlib.suppress(OSError):

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nest_jax.errors import UserError
+from nest_jax.paths import as_path
 from nest_jax.train import optim
 from nest_jax.train.config_base import base_config
 from nest_jax.train.gan import LOSSES
@@ -291,9 +292,7 @@ def _check_dataset_name(config: Any) -> None:
         return
     data_dir = _get(config, "dataset.data_dir") or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
     folder = name.split(":")[0].split("/")[0]
-    from etils import epath
-
-    if (epath.Path(os.path.expanduser(data_dir)) / folder).exists():
+    if (as_path(data_dir) / folder).exists():
         return  # a prepared tfds dataset that happens to look like a built-in name
     raise _fail(
         "dataset.name",
