@@ -7,6 +7,7 @@ it when first used). The emulator comes from a dev dependency: a missing wheel f
 
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -33,6 +34,17 @@ fa, fb = ({jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with
 assert fa.keys() == fb.keys() and len(fa) > 10, (len(fa), len(fb))
 print(max(float(np.max(np.abs(np.asarray(fa[k]) - np.asarray(fb[k])))) for k in fa))
 """
+
+
+def _events(path):
+    """The Event records of a TensorBoard file (TFRecord framing: length, CRC, data, CRC)."""
+    from tensorboardX.proto import event_pb2
+
+    data, at = path.read_bytes(), 0
+    while at < len(data):
+        (n,) = struct.unpack("<Q", data[at : at + 8])
+        yield event_pb2.Event.FromString(data[at + 12 : at + 12 + n])
+        at += 12 + n + 4
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +109,9 @@ def test_main_job_on_gcs_resumes_bit_exact_evaluates_and_locks(gcs, tmp_path, mo
     cka = json.loads((results / "cka.json").read_text())
     assert len(cka) == 1 and np.allclose(np.diag(next(iter(cka.values()))["matrix"]), 1.0, atol=1e-5)
     assert any(p.suffix == ".png" and p.stat().st_size > 1000 for p in results.iterdir())
-    assert any(p.name.startswith("events.out.tfevents") for p in (results / "tensorboard").iterdir())
+    events = [p for p in (results / "tensorboard").iterdir() if p.name.startswith("events.out.tfevents")]
+    # The results are recorded at the checkpoint's training step (4), not at 0.
+    assert events and {e.step for e in _events(events[0]) if e.summary.value} == {4}
 
 
 # Converts two tiny ViTs' Google .npz to one gs:// folder (the second with --overwrite), reads it
