@@ -63,18 +63,22 @@ nest = train(create_model("nest_tiny_cifar", num_classes=10, img_size=32, patch_
                           dims=(32, 32, 32), depths=(1, 1, 1), heads=(2, 2, 2)), x_tr, y_tr)
 test = batches(x_te, y_te)
 models = {"ViT": vit, "NesT": nest}
-clean = {n: occlusion.run_occlusion(m, test, mean=MEAN, std=STD, ratios=(0.0,))["top1"][0] for n, m in models.items()}
+clean = {n: occlusion.run_occlusion(m, test, mean=MEAN, std=STD, ratios=(0.0,), repeats=1)["top1"][0]
+         for n, m in models.items()}
 print("clean test top-1:", {n: round(a, 4) for n, a in clean.items()}, f"({time.time() - T0:.0f} s)")""")
 md("""## Occlusion and patch shuffling
-Random PatchDrop on the 8×8 grid of 4-px cells (the ViT's patches), one pattern per batch; then
-the paper's shuffle grids that divide 32 px. Salient PatchDrop uses the ViT's own class-token
+Random PatchDrop on the 8×8 grid of 4-px cells (the ViT's patches): every image draws its own
+random order of the cells and drops a growing share of it; three orders per image give the mean and
+its standard error (the error bars). Then the paper's shuffle grids that divide 32 px, two
+permutations each. Salient PatchDrop uses the ViT's own class-token
 attention, for both models.""")
-code("""occ = {n: occlusion.run_occlusion(m, test, mean=MEAN, std=STD, grid=(8, 8)) for n, m in models.items()}
-shuf = {n: patch_shuffle.run_patch_shuffle(m, test, mean=MEAN, std=STD) for n, m in models.items()}
+code("""occ = {n: occlusion.run_occlusion(m, test, mean=MEAN, std=STD, grid=(8, 8), ratios=(0.0, 0.25, 0.5, 0.75, 0.9),
+                                 repeats=3) for n, m in models.items()}
+shuf = {n: patch_shuffle.run_patch_shuffle(m, test, mean=MEAN, std=STD, repeats=2) for n, m in models.items()}
 sal = {n: occlusion.run_salient_occlusion(m, test, mean=MEAN, std=STD, saliency_model=vit, lambdas=(0.3, 0.5, 0.7, 0.9))
        for n, m in models.items()}
 for n in models:
-    print(f"{n:5s} PatchDrop 50%: {occ[n]['top1'][5]:.3f}  shuffle 4x4: {shuf[n]['top1'][3]:.3f}  "
+    print(f"{n:5s} PatchDrop 50%: {occ[n]['top1'][2]:.3f} ± {occ[n]['top1_sem'][2]:.3f}  shuffle 4x4: {shuf[n]['top1'][3]:.3f}  "
           f"salient drop λ=0.5: {sal[n]['salient_drop_top1'][1]:.3f}  non-salient: {sal[n]['non_salient_drop_top1'][1]:.3f}")
 viz.plot_occlusion(occ)""")
 code("""viz.plot_shuffle(shuf)""")
@@ -88,11 +92,13 @@ for c in corruption_eval.C.CORRUPTIONS:
 print("mCE (severity 3):", {n: round(r['mce'], 1) for n, r in corr.items()})
 viz.plot_corruption_errors(corr)""")
 md("""## A universal adversarial patch
-A square covering 10% of the image, random positions, 60 signed-gradient steps against the ViT on
-training images; the fooling rate is measured on the test images it classifies correctly.""")
+A square covering 10% of the image, two random positions per image and step, 40 Adam steps against
+the ViT on training images; the fooling rate is measured on the test images it classifies correctly,
+beside that of the random patch the optimization started from (same size and positions).""")
 code("""adv = adversarial_patch.run_adversarial_patch(vit, batches(x_tr[:600], y_tr[:600], 100), test, mean=MEAN, std=STD,
-                                              fraction=0.1, steps=60, lr=0.05, return_patch=True)
-print(f"fooling rate {adv['fooling_rate']:.3f} on {adv['evaluated']} images (patch {adv['patch_side']} px)")
+                                              fraction=0.1, steps=40, return_patch=True)
+print(f"fooling rate {adv['fooling_rate']:.3f} on {adv['evaluated']} images (patch {adv['patch_side']} px); "
+      f"the random patch: {adv['random_fooling_rate']:.3f}")
 img = x_te[:1]
 patched = adversarial_patch.paste(jnp.asarray(img), jnp.asarray(adv["patch"]), jnp.asarray(adv["mask"]),
                                   jnp.asarray([[4, 20]]), jnp.zeros(1))

@@ -64,10 +64,14 @@ def test_an_opt_of_the_wrong_type_names_the_setting_value_and_type(capsys, tmp_p
     "analysis, opts, words",
     [
         ("occlusion", ["ratios=(1.5,)"], ["ratios=(1.5,)", "[0, 1]"]),
-        ("adversarial_patch", ["fraction=2.0"], ["fraction=2.0", "45-px", "32×32"]),  # a 45-px patch on 32 px
-        ("adversarial_patch", ["fraction=1.0", "shape=circle"], ["36-px circle"]),  # the disk overflows
+        ("adversarial_patch", ["fractions=(0.1,2.0)"], ["fraction=2.0", "45-px", "32×32"]),  # a 45-px patch on 32 px
+        ("adversarial_patch", ["fractions=(1.0,)", "shape=circle"], ["36-px circle"]),  # the disk overflows
         ("adversarial_patch", ["steps=0"], ["steps=0", "at least 1"]),  # IndexError with a trained model
         ("adversarial_patch", ["target=10"], ["target=10", "0..9"]),
+        ("adversarial_patch", ["placements=0"], ["placements=0", "at least 1"]),
+        ("adversarial_patch", ["fractions=()"], ["fractions=()"]),
+        ("occlusion", ["repeats=0"], ["repeats=0", "at least 1"]),
+        ("patch_shuffle", ["repeats=0"], ["repeats=0", "at least 1"]),
         ("few_shot", ["shots=(0,)"], ["shots=(0,)", "at least 1"]),
         ("few_shot", ["seeds=0"], ["seeds=0", "at least 1"]),
         ("all", ["shots=(0,)"], ["shots=(0,)", "at least 1"]),  # under `all` too, before cka etc. run

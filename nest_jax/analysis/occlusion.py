@@ -4,8 +4,11 @@ The image (B, H, W, C) in [0, 1] is divided into a grid of gh × gw cells; dropp
 to 0 (black) BEFORE normalization, as in the paper (after normalization black is not 0).
 
 - Random PatchDrop: exactly floor(ratio · gh·gw) cells are dropped (the paper: k·196 // 10 cells of
-  the 14×14 grid for k = 0..9), one random pattern for the whole batch (the paper) or one per
-  image (`per_image=True`).
+  the 14×14 grid for k = 0..9). Each image draws its own random order of the cells (or the batch
+  shares one, `per_image=False`, as in the paper) and drops the first floor(ratio · gh·gw) of it, so
+  the cells dropped at a lower ratio are also dropped at every higher one (nested drop sets: a
+  pattern's curve cannot rise by a new draw). The estimate is averaged over `repeats` independent
+  orders and reported with its standard error across them.
 - Salient / non-salient PatchDrop: the saliency of a cell is the class token's attention to that
   patch in the last layer (mean over heads, or one head: the paper used DINO ViT-S/16, head 1),
   from the model itself or from another ViT (`saliency_model`). The foreground mask for λ is the
@@ -42,13 +45,27 @@ def check_ratios(ratios: Sequence[float]) -> None:
         raise UserError(f"occlusion: ratios={tuple(ratios)} must be fractions in [0, 1], e.g. ratios=(0.0,0.5)")
 
 
-def random_drop_mask(key: Array, batch: int, grid: tuple[int, int], num_drop: int, per_image: bool = False) -> Array:
-    """(B, gh, gw) bool, True = dropped; exactly `num_drop` cells per image."""
+def random_drop_mask(key: Array, batch: int, grid: tuple[int, int], num_drop, per_image: bool = True) -> Array:
+    """(B, gh, gw) bool, True = dropped; exactly `num_drop` cells per image. For one key the drop
+    sets are nested in num_drop (the first num_drop cells of one random order)."""
     n = grid[0] * grid[1]
     scores = jax.random.uniform(key, (batch if per_image else 1, n))
     ranks = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
     mask = ranks < num_drop
     return jnp.broadcast_to(mask, (batch, n)).reshape(batch, *grid)
+
+
+def mean_and_sem(values) -> tuple[list[float], list[float]]:
+    """(repeats, K) estimates -> (mean over repeats, standard error of that mean), each (K,)."""
+    v = np.asarray(values, np.float64)
+    sem = v.std(0, ddof=1) / np.sqrt(len(v)) if len(v) > 1 else np.zeros(v.shape[1])
+    return v.mean(0).tolist(), sem.tolist()
+
+
+def check_repeats(repeats: int, name: str) -> None:
+    """UserError unless at least one repeat is asked for."""
+    if int(repeats) < 1:
+        raise UserError(f"{name}: repeats={repeats} must be at least 1, e.g. repeats=5")
 
 
 def drop_cells(images: Array, dropped: Array) -> Array:
@@ -130,32 +147,43 @@ def run_occlusion(
     std: tuple,
     ratios: Sequence[float] = PAPER_RATIOS,
     grid: tuple[int, int] | None = None,
-    per_image: bool = False,
+    per_image: bool = True,
+    repeats: int = 5,
     seed: int = 0,
 ) -> dict:
-    """Top-1 under random PatchDrop for each drop ratio.  -> {"ratios", "top1", "grid", "dropped"}."""
+    """Top-1 under random PatchDrop for each drop ratio, averaged over `repeats` random cell orders
+    (nested drop sets across ratios).  -> {"ratios", "top1", "top1_sem", "grid", "dropped"}."""
     check_ratios(ratios)
+    check_repeats(repeats, "occlusion")
     batches = as_list(batches)
     grid = tuple(grid or default_grid(model, np.shape(batches[0]["image"])))
     n = grid[0] * grid[1]
-    top1 = []
-    for ri, r in enumerate(ratios):
-        acc = Accuracy()
+    per_repeat = []
+    for rep in range(repeats):
+        accs = [Accuracy() for _ in ratios]
         for bi, b in enumerate(batches):
-            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), ri), bi)
-            logits = random_occlusion_logits(
-                model,
-                jnp.asarray(b["image"]),
-                key,
-                grid=grid,
-                num_drop=jnp.int32(num_dropped(r, n)),
-                per_image=per_image,
-                mean=tuple(mean),
-                std=tuple(std),
-            )
-            acc.add(logits, b["label"], batch_mask(b))
-        top1.append(acc.value)
-    return {"ratios": list(ratios), "top1": top1, "grid": list(grid), "dropped": [num_dropped(r, n) for r in ratios]}
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), rep), bi)  # one order per image
+            for acc, r in zip(accs, ratios):
+                logits = random_occlusion_logits(
+                    model,
+                    jnp.asarray(b["image"]),
+                    key,
+                    grid=grid,
+                    num_drop=jnp.int32(num_dropped(r, n)),
+                    per_image=per_image,
+                    mean=tuple(mean),
+                    std=tuple(std),
+                )
+                acc.add(logits, b["label"], batch_mask(b))
+        per_repeat.append([acc.value for acc in accs])
+    top1, sem = mean_and_sem(per_repeat)
+    return {
+        "ratios": list(ratios),
+        "top1": top1,
+        "top1_sem": sem,
+        "grid": list(grid),
+        "dropped": [num_dropped(r, n) for r in ratios],
+    }
 
 
 def run_salient_occlusion(

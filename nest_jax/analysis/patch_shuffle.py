@@ -1,7 +1,8 @@
 """Patch shuffling and feature-level token dropping (Naseer et al. 2021, Sections 3.1 and 3.4).
 
 Patch shuffle: the image (B, H, W, C) in [0, 1] is cut into a gh × gw grid of cells and the cells
-are permuted, one random permutation for the whole batch (the paper), before normalization. The
+are permuted, one random permutation for the whole batch (the paper), before normalization; the
+estimate is averaged over `repeats` permutations per batch with its standard error. The
 paper's grids at 224 px are 2×2, 2×4, 4×4, 4×8, 8×8, 14×14 and 16×16; grid 1×1 is the identity.
 
 Token drop (the feature-level variant): a ViT runs its first `layer` layers on the full token
@@ -21,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from nest_jax.analysis.forward import Accuracy, as_list, batch_mask, normalize
+from nest_jax.analysis.occlusion import check_repeats, mean_and_sem
 from nest_jax.analysis.per_block_tokens import is_vit, vit_run_layers, vit_token_logits
 from nest_jax.errors import UserError
 
@@ -72,24 +74,31 @@ def run_patch_shuffle(
     mean: tuple,
     std: tuple,
     grids: Sequence[tuple[int, int]] | None = None,
+    repeats: int = 5,
     seed: int = 0,
 ) -> dict:
-    """Top-1 for each shuffle grid.  -> {"grids": [[gh, gw], …], "top1": […]}."""
+    """Top-1 for each shuffle grid, averaged over `repeats` permutations.
+    -> {"grids": [[gh, gw], …], "top1": […], "top1_sem": […]}."""
     batches = as_list(batches)
     grids = [tuple(g) for g in (grids or fitting_grids(np.shape(batches[0]["image"])))]
     check_grids(grids, tuple(np.shape(batches[0]["image"])[1:3]))
-    top1 = []
-    for gi, g in enumerate(grids):
-        acc = Accuracy()
-        for bi, b in enumerate(batches):
-            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), gi), bi)
-            acc.add(
-                shuffled_logits(model, jnp.asarray(b["image"]), key, grid=g, mean=tuple(mean), std=tuple(std)),
-                b["label"],
-                batch_mask(b),
-            )
-        top1.append(acc.value)
-    return {"grids": [list(g) for g in grids], "top1": top1}
+    check_repeats(repeats, "patch_shuffle")
+    per_repeat = []
+    for rep in range(repeats):
+        row = []
+        for gi, g in enumerate(grids):
+            acc = Accuracy()
+            for bi, b in enumerate(batches):
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), gi), bi), rep)
+                acc.add(
+                    shuffled_logits(model, jnp.asarray(b["image"]), key, grid=g, mean=tuple(mean), std=tuple(std)),
+                    b["label"],
+                    batch_mask(b),
+                )
+            row.append(acc.value)
+        per_repeat.append(row)
+    top1, sem = mean_and_sem(per_repeat)
+    return {"grids": [list(g) for g in grids], "top1": top1, "top1_sem": sem}
 
 
 @nnx.jit(static_argnames=("layer", "num_keep"))

@@ -67,7 +67,8 @@ class Occlusion(PixelBatches):
         data: EvalData,
         *,
         ratios: Sequence[float] = occlusion.PAPER_RATIOS,
-        per_image: bool = False,
+        per_image: bool = True,
+        repeats: int = 5,
         seed: int = 0,
         salient: bool = True,
         batch_size: int | None = None,
@@ -75,12 +76,14 @@ class Occlusion(PixelBatches):
     ):
         super().__init__(model_fn, data, batch_size, max_batches)
         occlusion.check_ratios(ratios)
+        occlusion.check_repeats(repeats, "occlusion")
         self.ratios, self.per_image, self.seed, self.salient = tuple(ratios), bool(per_image), int(seed), salient
+        self.repeats = int(repeats)
 
     def run(self, state: dict, step: int) -> dict:
         model, b = self.model_fn(state), self.batches()
         out = occlusion.run_occlusion(
-            model, b, ratios=self.ratios, per_image=self.per_image, seed=self.seed, **self.kw()
+            model, b, ratios=self.ratios, per_image=self.per_image, repeats=self.repeats, seed=self.seed, **self.kw()
         )
         if self.salient:
             if per_block_tokens.is_vit(model) and "cls" in model.config.prefix_tokens:
@@ -107,6 +110,7 @@ class PatchShuffle(PixelBatches):
         data: EvalData,
         *,
         grids: Sequence[tuple[int, int]] | None = None,
+        repeats: int = 5,
         seed: int = 0,
         batch_size: int | None = None,
         max_batches: int | None = None,
@@ -114,17 +118,23 @@ class PatchShuffle(PixelBatches):
         super().__init__(model_fn, data, batch_size, max_batches)
         if grids is not None:
             patch_shuffle.check_grids(grids, (data.image_size, data.image_size))
-        self.grids, self.seed = ([tuple(g) for g in grids] if grids else None), int(seed)
+        occlusion.check_repeats(repeats, "patch_shuffle")
+        self.grids, self.seed, self.repeats = ([tuple(g) for g in grids] if grids else None), int(seed), int(repeats)
 
     def run(self, state: dict, step: int) -> dict:
         r = patch_shuffle.run_patch_shuffle(
-            self.model_fn(state), self.batches(), grids=self.grids, seed=self.seed, **self.kw()
+            self.model_fn(state), self.batches(), grids=self.grids, repeats=self.repeats, seed=self.seed, **self.kw()
         )
-        return {"top1": {f"{g[0]}x{g[1]}": a for g, a in zip(r["grids"], r["top1"])}}
+        names = [f"{g[0]}x{g[1]}" for g in r["grids"]]
+        return {key: dict(zip(names, r[key])) for key in ("top1", "top1_sem")}
 
     def figures(self, results: dict) -> dict:
         curves = {
-            k: {"grids": [g.split("x") for g in r["top1"]], "top1": list(r["top1"].values())}
+            k: {
+                "grids": [g.split("x") for g in r["top1"]],
+                "top1": list(r["top1"].values()),
+                "top1_sem": list(r["top1_sem"].values()),
+            }
             for k, r in results.items()
         }
         return {"patch_shuffle": vr.plot_shuffle(curves)}
@@ -187,53 +197,68 @@ class PerBlockTokens(PixelBatches):
 
 @register_evaluator("adversarial_patch")
 class AdversarialPatch(PixelBatches):
-    """Universal patch trained on the even-indexed images, fooling rate on the odd-indexed ones."""
+    """Universal patches of several sizes trained on the even-indexed images; the fooling rate of
+    each, and of the random patch it starts from, on the odd-indexed ones."""
 
     def __init__(
         self,
         model_fn: Callable,
         data: EvalData,
         *,
-        fraction: float = 0.05,
+        fractions: tuple[float, ...] = (0.05, 0.1, 0.2),
         shape: str = "square",
-        steps: int = 30,
-        lr: float = 2 / 255,
-        optimizer: str = "sign",
+        steps: int = 100,
+        lr: float = 0.1,
+        optimizer: str = "adam",
+        placements: int = 2,
         target: int | None = None,
         batch_size: int | None = None,
         max_batches: int | None = None,
     ):
         super().__init__(model_fn, data, batch_size, max_batches)
         size = (data.image_size, data.image_size)
-        adversarial_patch.check_patch(size, fraction=fraction, shape=shape, steps=steps, lr=lr, optimizer=optimizer)
+        if not fractions:
+            raise UserError("adversarial_patch: fractions=() names no patch size; e.g. fractions=(0.05, 0.1)")
+        for fraction in fractions:
+            adversarial_patch.check_patch(
+                size, fraction=fraction, shape=shape, steps=steps, lr=lr, optimizer=optimizer, placements=placements
+            )
         if target is not None and not 0 <= target < data.num_classes:
             raise UserError(f"adversarial_patch: target={target} must be a class in 0..{data.num_classes - 1} or None")
-        self.settings = dict(fraction=float(fraction), shape=shape, steps=int(steps), lr=float(lr), optimizer=optimizer)
+        self.fractions = tuple(float(f) for f in fractions)
+        self.settings = dict(shape=shape, steps=int(steps), lr=float(lr), optimizer=optimizer, placements=placements)
         self.target = target
 
     def run(self, state: dict, step: int) -> dict:
-        def rows(sl):
-            return [{k: v[sl] for k, v in b.items()} for b in self.batches()]
-
-        out = adversarial_patch.run_adversarial_patch(
-            self.model_fn(state),
-            rows(slice(0, None, 2)),
-            rows(slice(1, None, 2)),
-            target=self.target,
-            return_patch=True,
-            **self.settings,
-            **self.kw(),
-        )
-        out["patch"] = out["patch"] * out.pop("mask")[..., None]  # the patch as pasted (HWC image)
+        batches = self.batches()
+        train = [{k: v[0::2] for k, v in b.items()} for b in batches]
+        held_out = [{k: v[1::2] for k, v in b.items()} for b in batches]
+        model = self.model_fn(state)
+        out = {}
+        for fraction in self.fractions:
+            r = adversarial_patch.run_adversarial_patch(
+                model,
+                train,
+                held_out,
+                fraction=fraction,
+                target=self.target,
+                return_patch=True,
+                **self.settings,
+                **self.kw(),
+            )
+            r["patch"] = r["patch"] * r.pop("mask")[..., None]  # the patch as pasted (HWC image)
+            out[f"fraction_{fraction:g}"] = r
         return out
 
     def figures(self, results: dict) -> dict:
-        return {
-            f"adversarial_patch_{k}": vr.plot_patched_images(
-                [np.asarray(r["patch"])], [f"{k}: fooling rate {r['fooling_rate']:.2f}"]
+        figures = {"adversarial_patch_fooling": vr.plot_fooling_rates(results)}
+        for k, r in results.items():
+            names = list(r)
+            figures[f"adversarial_patch_{k}"] = vr.plot_patched_images(
+                [np.asarray(r[n]["patch"]) for n in names],
+                [f"{n}: {r[n]['fooling_rate']:.2f} (random {r[n]['random_fooling_rate']:.2f})" for n in names],
             )
-            for k, r in results.items()
-        }
+        return figures
 
 
 @register_evaluator("shape_bias")

@@ -14,11 +14,21 @@ from matplotlib.figure import Figure
 
 
 def plot_occlusion(results: Mapping[str, dict], title: str = "Random PatchDrop") -> Figure:
-    """Top-1 vs fraction of cells dropped, one line per model (results of `run_occlusion`)."""
+    """Top-1 vs fraction of cells dropped, one line per model with ± one standard error over the
+    repeated drop patterns (results of `run_occlusion`)."""
     fig = Figure(figsize=(4.5, 3.2))
     ax = fig.add_subplot()
     for name, r in results.items():
-        ax.plot(np.asarray(r["ratios"]) * 100, np.asarray(r["top1"]) * 100, marker="o", ms=3, label=name)
+        sem = np.asarray(r.get("top1_sem", np.zeros(len(r["top1"])))) * 100
+        ax.errorbar(
+            np.asarray(r["ratios"]) * 100,
+            np.asarray(r["top1"]) * 100,
+            yerr=sem,
+            marker="o",
+            ms=3,
+            capsize=2,
+            label=name,
+        )
     ax.set_xlabel("image occluded (%)"), ax.set_ylabel("top-1 (%)"), ax.set_title(title)
     ax.set_ylim(0, 100), ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.tight_layout()
@@ -48,12 +58,13 @@ def plot_salient_occlusion(results: Mapping[str, dict]) -> Figure:
 
 
 def plot_shuffle(results: Mapping[str, dict]) -> Figure:
-    """Top-1 per shuffle grid (`run_patch_shuffle`)."""
+    """Top-1 per shuffle grid, ± one standard error over the permutations (`run_patch_shuffle`)."""
     fig = Figure(figsize=(4.5, 3.2))
     ax = fig.add_subplot()
     for name, r in results.items():
         labels = [f"{g[0]}×{g[1]}" for g in r["grids"]]
-        ax.plot(labels, np.asarray(r["top1"]) * 100, marker="o", ms=3, label=name)
+        sem = np.asarray(r.get("top1_sem", np.zeros(len(r["top1"])))) * 100
+        ax.errorbar(labels, np.asarray(r["top1"]) * 100, yerr=sem, marker="o", ms=3, capsize=2, label=name)
     ax.set_xlabel("shuffle grid"), ax.set_ylabel("top-1 (%)"), ax.set_ylim(0, 100)
     ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.tight_layout()
@@ -93,6 +104,22 @@ def plot_patched_images(images: np.ndarray, titles=None) -> Figure:
         ax.set_xticks([]), ax.set_yticks([])
         if titles:
             ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_fooling_rates(results: Mapping[str, dict]) -> Figure:
+    """Fooling rate against the patch's share of the image, optimized (solid) and the random patch
+    it starts from (dashed), one colour per model (`adversarial_patch` results: model → fraction_f)."""
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.add_subplot()
+    for i, (name, r) in enumerate(results.items()):
+        rows = sorted(r.values(), key=lambda row: row["fraction"])
+        x = [100 * row["fraction"] for row in rows]
+        ax.plot(x, [row["fooling_rate"] for row in rows], marker="o", c=f"C{i}", label=f"{name} optimized")
+        ax.plot(x, [row["random_fooling_rate"] for row in rows], marker="s", ls="--", c=f"C{i}", label=f"{name} random")
+    ax.set_xlabel("patch area (% of the image)"), ax.set_ylabel("fooling rate"), ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
