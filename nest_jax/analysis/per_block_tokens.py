@@ -70,8 +70,7 @@ def per_layer_logits(model, images: Array) -> dict[str, Array]:
         _, inter = model(images, train=False, capture=("features",))
         top = model.config.dims[-1]
         maps = [f for f in inter["features"] if f.shape[-1] == top]
-        logits = jnp.stack([model.head(model.norm(f).mean(axis=(1, 2))) for f in maps])
-        return {"cls": logits, "inference": logits}
+        return {"inference": jnp.stack([model.head(model.norm(f).mean(axis=(1, 2))) for f in maps])}
     raise UserError(f"per-layer tokens need a ViT/DeiT or NesT, got {type(model).__name__}")
 
 
@@ -97,7 +96,9 @@ def token_cosine_per_layer(model, images: Array, a: str = "cls", b: str = "dist"
 
 
 def run_per_block_tokens(model, batches: Iterable[dict], *, mean: tuple, std: tuple) -> dict:
-    """Top-1 of every layer's tokens: {"top1": {token: [per layer]}, "layers": L}.
+    """Top-1 of every layer's tokens: {"top1": {token: [per layer]}, "layers": L} for a ViT/DeiT;
+    for NesT {"top1": {"inference": [per level]}, "levels": L} (each level's output with the head's
+    width, through the final norm, global average pooling and the head).
 
     `top1["inference"]` averages the heads' logits as the model does; its last entry equals the
     model's own top-1. With several prefix tokens, also {"cosine": {"cls_<token>": [input, layers…]}}.
@@ -117,10 +118,9 @@ def run_per_block_tokens(model, batches: Iterable[dict], *, mean: tuple, std: tu
                 cosines.setdefault(f"cls_{t}", []).append(
                     (np.asarray(token_cosine_per_layer(model, x, a="cls", b=t)), float(m.sum()))
                 )
-    out = {
-        "top1": {n: (v / max(count, 1.0)).tolist() for n, v in hits.items()},
-        "layers": len(next(iter(hits.values()))),
-    }
+    depth = len(next(iter(hits.values())))
+    out = {"top1": {n: (v / max(count, 1.0)).tolist() for n, v in hits.items()}}
+    out["layers" if is_vit(model) else "levels"] = depth  # the model's own unit: ViT layers, NesT levels
     if cosines:
         out["cosine"] = {k: (sum(c * w for c, w in v) / sum(w for _, w in v)).tolist() for k, v in cosines.items()}
     return out

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_cka(matrix: np.ndarray, *, xlabel: str = "layer", ylabel: str = "layer", title: str = "CKA") -> Figure:
@@ -49,6 +50,7 @@ def plot_norm_ratios(ratios: dict[str, np.ndarray], *, title: str = "‖z‖ / �
         ax.plot(np.arange(len(v)), np.where(np.isfinite(v), v, np.nan), "o-", ms=3, label=k)
     ax.set_yscale("log")
     ax.set(xlabel="layer", ylabel="ratio of norms", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -61,6 +63,7 @@ def plot_probe_accuracy(curves: dict[str, np.ndarray], *, title: str = "linear p
     for k, v in sorted(curves.items()):
         ax.plot(np.arange(len(v)), np.asarray(v, np.float64), "o-", ms=3, label=k)
     ax.set(xlabel="layer", ylabel="test accuracy", ylim=(0, 1.02), title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -92,16 +95,21 @@ def plot_position_maps(
         ]
     cols = min(3, len(positions))
     rows = -(-len(positions) // cols)
-    fig = Figure(figsize=(2.1 * cols, 2.1 * rows + 0.3))
+    shown = np.stack([m[i, j] for i, j in positions])
+    vmin = float(shown.min()) if vmin is None else vmin  # one colour scale for every map
+    vmax = float(shown.max()) if vmax is None else vmax
+    fig = Figure(figsize=(2.1 * cols + 0.6, 2.1 * rows + 0.3), layout="constrained")
+    axes = []
     for k, (i, j) in enumerate(positions):
         ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(m[i, j], cmap="viridis", vmin=vmin, vmax=vmax)
+        im = ax.imshow(m[i, j], cmap="viridis", vmin=vmin, vmax=vmax)
         ax.plot([j], [i], "r+", ms=8)
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_title(f"({i}, {j})", fontsize=8)
+        axes.append(ax)
+    fig.colorbar(im, ax=axes, shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 

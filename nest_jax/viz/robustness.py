@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_occlusion(results: Mapping[str, dict], title: str = "Random PatchDrop") -> Figure:
@@ -124,14 +125,39 @@ def plot_fooling_rates(results: Mapping[str, dict]) -> Figure:
     return fig
 
 
+TOKEN_NAMES = {
+    "inference": "model's prediction",
+    "cls": "class token",
+    "dist": "distillation token",
+    "shape": "shape token",
+}
+
+
 def plot_per_layer(results: Mapping[str, dict]) -> Figure:
-    """Top-1 of every layer's tokens through the shared head (`run_per_block_tokens`)."""
-    fig = Figure(figsize=(4.5, 3.2))
+    """Top-1 of every layer's (ViT/DeiT) or level's (NesT) tokens through the shared head
+    (`run_per_block_tokens`). A line equal to one already drawn for the same model is named on it
+    ("class token = model's prediction") instead of hiding under it."""
+    fig = Figure(figsize=(4.8, 3.3))
     ax = fig.add_subplot()
-    for name, r in results.items():
+    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]
+    units = set()
+    for i, (name, r) in enumerate(results.items()):
+        units.add("level (NesT)" if "levels" in r else "layer")
+        drawn: list[tuple[list, list]] = []  # (values, names)
         for token, acc in r["top1"].items():
-            ax.plot(np.arange(1, len(acc) + 1), np.asarray(acc) * 100, marker="o", ms=3, label=f"{name} {token}")
-    ax.set_xlabel("layer"), ax.set_ylabel("top-1 (%)"), ax.set_ylim(0, 100), ax.grid(alpha=0.3)
+            same = [d for d in drawn if np.allclose(d[0], acc)]
+            if same:
+                same[0][1].append(TOKEN_NAMES.get(token, token))
+            else:
+                drawn.append((list(acc), [TOKEN_NAMES.get(token, token)]))
+        for k, (acc, names) in enumerate(drawn):
+            marker, ls = styles[k % len(styles)]
+            x = np.arange(1, len(acc) + 1)
+            ax.plot(
+                x, np.asarray(acc) * 100, c=f"C{i}", marker=marker, ls=ls, ms=4, label=f"{name}: {' = '.join(names)}"
+            )
+    ax.set_xlabel(" / ".join(sorted(units))), ax.set_ylabel("top-1 (%)"), ax.set_ylim(0, 100), ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
