@@ -174,3 +174,15 @@ def test_fid_classifier_reads_the_workdirs_ema_through_the_loader(workdir):
     images = np.random.default_rng(2).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
     want = model(((images + 1) / 2 - mean) / std, capture="pre_logits")[1]["pre_logits"]
     np.testing.assert_allclose(np.asarray(extract(images)), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_loading_a_workdir_prints_nothing_of_orbax(workdir):
+    """A user sees only nest_jax's own lines: no orbax "Item ... could not be restored" warnings for
+    the parts of the train state the loader leaves out, no sharding UserWarning (a fresh process,
+    so absl and `warnings` print as they would for a user)."""
+    path, _ = workdir
+    code = "import sys, nest_jax; w = nest_jax.load_params(sys.argv[1]); print('step', w.step)"
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code, str(path)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["step", "4"], out.stderr[-2000:]
+    noise = [line for line in out.stderr.splitlines() if "could not be restored" in line or "Warning" in line]
+    assert not noise, noise
