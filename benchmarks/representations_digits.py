@@ -145,7 +145,11 @@ def main():
     cka = {k: v["matrix"] for k, v in {**r1["cka"], **r2["cka"]}.items()}
     dist = {k: v["per_head"] for r in (r1, r2, r3) for k, v in r["attention_distance"].items() if "per_head" in v}
     probes = {**r1["probes"], **r2["probes"]}
-    loc = {k: v["own_patch_is_most_similar"] for k, v in {**r1["localization"], **r2["localization"]}.items()}
+    loc = {
+        k: v["own_patch_is_most_similar"]
+        for k, v in {**r1["localization"], **r2["localization"]}.items()
+        if "own_patch_is_most_similar" in v  # a ResNet or NesT entry says why it was skipped
+    }
     summary = dict(
         steps=args.steps,
         test_top1=accs,
