@@ -289,15 +289,8 @@ class ShapeBias(PixelBatches):
                 from nest_jax.data.shapes import ShapesTexturesSource
 
                 world = self.data.dataset.shapes  # the run's world (clutter, rotation, scale), cue-conflict images
-                src = ShapesTexturesSource(
-                    num_classes=self.data.num_classes,
-                    image_size=size,
-                    variant="cue_conflict",
-                    num_test=self.num_images,
-                    clutter=world.clutter,
-                    rotation=world.rotation,
-                    min_scale=world.min_scale,
-                    max_scale=world.max_scale,
+                src = ShapesTexturesSource.from_config(
+                    world, size, num_classes=self.data.num_classes, variant="cue_conflict", num_test=self.num_images
                 )
                 a = src.arrays("test")
                 img = a["image"].astype(np.float32) / 255.0

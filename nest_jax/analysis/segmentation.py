@@ -162,17 +162,12 @@ class Segmentation:
     def stimuli(self) -> tuple[np.ndarray, np.ndarray]:
         from nest_jax.data.shapes import ShapesTexturesSource
 
-        w = self.data.dataset.shapes
-        src = ShapesTexturesSource(
+        src = ShapesTexturesSource.from_config(
+            self.data.dataset.shapes,
+            self.data.image_size,
             num_classes=self.data.num_classes,
-            image_size=self.data.image_size,
             variant=self.variant,
             num_test=self.num_images,
-            seed=w.seed,
-            clutter=w.clutter,
-            rotation=w.rotation,
-            min_scale=w.min_scale,
-            max_scale=w.max_scale,
         )
         a = src.arrays("test", masks=True)
         img = a["image"].astype(np.float32) / 255.0

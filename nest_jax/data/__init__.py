@@ -56,19 +56,7 @@ def get_source(ds_cfg):
     if name == "shapes":  # the procedural shapes × textures set (shape-bias studies)
         from nest_jax.data.shapes import ShapesTexturesSource
 
-        shapes = ds_cfg.shapes
-        return ShapesTexturesSource(
-            num_classes=shapes.num_classes,
-            image_size=ds_cfg.image_size,
-            variant=shapes.variant,
-            num_train=shapes.num_train,
-            num_test=shapes.num_test,
-            seed=shapes.seed,
-            clutter=shapes.clutter,
-            rotation=shapes.rotation,
-            min_scale=shapes.min_scale,
-            max_scale=shapes.max_scale,
-        )
+        return ShapesTexturesSource.from_config(ds_cfg.shapes, ds_cfg.image_size)
     if name == "image_folder":
         from nest_jax.data.image_folder import ImageFolderSource
 

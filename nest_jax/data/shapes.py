@@ -123,6 +123,14 @@ class ShapesTexturesSource:
         self.scale = (float(min_scale), float(max_scale))
         assert NUM_TEXTURES >= len(SHAPES)
 
+    @classmethod
+    def from_config(cls, shapes, image_size: int, **overrides) -> ShapesTexturesSource:
+        """The world of a config's `dataset.shapes` section at `image_size` px; `overrides` replace
+        fields (e.g. variant="cue_conflict", num_test=256 for an analysis's stimuli)."""
+        fields = ("num_classes", "variant", "num_train", "num_test", "seed", "clutter", "rotation")
+        kw = {k: shapes[k] for k in fields + ("min_scale", "max_scale")}
+        return cls(image_size=image_size, **{**kw, **overrides})
+
     def num_examples(self, split: str) -> int:
         if split not in self.sizes:
             raise ValueError(f"shapes has splits {sorted(self.sizes)}, not {split!r}")
