@@ -65,6 +65,7 @@ def get_source(ds_cfg):
             train_split=ds_cfg.train_split,
             validate=ds_cfg.validate_files,
             max_pixels=ds_cfg.max_image_pixels,
+            draft=ds_cfg.jpeg_draft,
         )
     keys = dict(image_key=ds_cfg.image_key, label_key=ds_cfg.label_key)
     if ds_cfg.tfrecord:

@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nest_jax.data import augment
 from nest_jax.errors import UserError
 from nest_jax.paths import is_remote
 
@@ -152,13 +153,15 @@ class ImageFolderSource:
     _instances: dict = {}
 
     @classmethod
-    def get(cls, root: str | None, *, train_split: str, validate: bool, max_pixels: int):
-        key = (root, train_split, validate, max_pixels)
+    def get(cls, root: str | None, *, train_split: str, validate: bool, max_pixels: int, draft: bool = False):
+        key = (root, train_split, validate, max_pixels, draft)
         if key not in cls._instances:
-            cls._instances[key] = cls(root, train_split=train_split, validate=validate, max_pixels=max_pixels)
+            cls._instances[key] = cls(
+                root, train_split=train_split, validate=validate, max_pixels=max_pixels, draft=draft
+            )
         return cls._instances[key]
 
-    def __init__(self, root: str | None, *, train_split: str, validate: bool, max_pixels: int):
+    def __init__(self, root: str | None, *, train_split: str, validate: bool, max_pixels: int, draft: bool = False):
         if root and is_remote(root):
             raise UserError(
                 f"image_folder: data_dir {root} is on an object store; image folders are read from local "
@@ -171,7 +174,7 @@ class ImageFolderSource:
         if max_pixels <= 0:
             raise UserError(f"dataset.max_image_pixels={max_pixels} must be positive")
         self.root, self.validate, self.max_pixels, self.name = root, validate, max_pixels, "image_folder"
-        self.train_split = train_split
+        self.train_split, self.draft = train_split, bool(draft)
         train_dir = self._split_dir(train_split)
         self.classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
         if not self.classes:
@@ -240,7 +243,7 @@ class ImageFolderSource:
 
     def lookup(self, split: str) -> FileRecords:
         s = self.split(split)
-        return FileRecords(s.paths, s.labels, self.max_pixels)
+        return FileRecords(s.paths, s.labels, self.max_pixels, encoded=self.draft and split == self.train_split)
 
 
 def _to_rgb(image) -> np.ndarray:
@@ -270,14 +273,62 @@ def decode(path: str, max_pixels: int) -> np.ndarray:
     raise UserError(f"image_folder: {path} is {reason}; or set config.dataset.validate_files=True to skip such files")
 
 
-class FileRecords:
-    """Random access over image files: `records[i]` → {"image": uint8 (H, W, 3), "label"}."""
+DRAFT_SCALES = (8, 4, 2)  # the JPEG decoder's DCT-domain reductions (1/8, 1/4, 1/2)
 
-    def __init__(self, paths: list[str], labels: np.ndarray, max_pixels: int):
-        self.paths, self.labels, self.max_pixels = paths, labels, max_pixels
+
+class EncodedImage:
+    """An image file not decoded yet. `np.asarray(x)` decodes it whole (uint8 (H, W, 3));
+    `inception_crop` decodes only the scale its crop needs."""
+
+    def __init__(self, path: str, max_pixels: int):
+        self.path, self.max_pixels = path, max_pixels
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        image = decode(self.path, self.max_pixels)
+        return image if dtype is None else image.astype(dtype)
+
+    def inception_crop(self, rng: np.random.Generator, *, size: int, min_area: float, method: str) -> np.ndarray:
+        """`augment.inception_crop` of the decoded image, decoding less: the crop box is drawn from
+        the header's size (the same box, from the same rng, as for the full image), then the JPEG
+        decoder reduces by the largest of 1/2, 1/4, 1/8 that keeps the box at least `size` px on
+        both sides (PIL `Image.draft`), and the box is mapped onto the reduced image. Other formats
+        decode whole. -> uint8 (size, size, 3)."""
+        try:
+            with _open(self.path) as image:
+                w, h = image.size
+                reason = _too_large((w, h), self.max_pixels)
+                if reason is None:
+                    top, left, ch, cw = augment.sample_crop_box(rng, h, w, min_area=min_area)
+                    scale = next((s for s in DRAFT_SCALES if min(ch, cw) >= s * size), 1)
+                    if scale > 1:
+                        image.draft(image.mode, (-(-w // scale), -(-h // scale)))
+                    pixels = _to_rgb(image)
+        except _TooLarge as e:
+            reason = str(e)
+        except Exception as e:  # PIL raises many types for garbage input
+            raise UserError(f"image_folder: cannot decode {self.path} ({type(e).__name__}: {e})") from e
+        if reason is not None:
+            raise UserError(f"image_folder: {self.path} is {reason}")
+        sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
+        box = (left, top, left + cw, top + ch)
+        if (sy, sx) != (1.0, 1.0):
+            box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+        return augment.resize(pixels, (size, size), method, box=box)
+
+
+class FileRecords:
+    """Random access over image files: `records[i]` → {"image": uint8 (H, W, 3), "label"}, or with
+    `encoded=True` {"image": EncodedImage, "label"} for a training chain that decodes (less)
+    itself."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, max_pixels: int, encoded: bool = False):
+        self.paths, self.labels, self.max_pixels, self.encoded = paths, labels, max_pixels, encoded
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": decode(self.paths[index], self.max_pixels), "label": int(self.labels[index])}
+        path, label = self.paths[index], int(self.labels[index])
+        if self.encoded:
+            return {"image": EncodedImage(path, self.max_pixels), "label": label}
+        return {"image": decode(path, self.max_pixels), "label": label}

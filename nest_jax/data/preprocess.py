@@ -133,12 +133,15 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]
         def rng(stage):
             return example_rng(*where, stage)
 
+        encoded = inception and hasattr(image, "inception_crop")  # a file not decoded yet (dataset.jpeg_draft)
+        if encoded:  # the same crop box from the same stream, decoding only the scale it needs
+            image = image.inception_crop(rng(CROP), size=size, min_area=min_area, method=method)
         image = np.asarray(image)
         if image.ndim == 2:
             image = image[..., None]
-        if inception:
+        if inception and not encoded:
             image = augment.inception_crop(image, rng(CROP), size=size, min_area=min_area, method=method)
-        else:
+        elif not inception:
             image = augment.resize(image, (size, size), method)  # no-op when already there
             if cifar:
                 image = augment.pad_and_crop(image, rng(CROP), padding=padding)

@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
             validate_files=True,  # image_folder: decode every file once, skip (and name) bad ones
             # image_folder: refuse images above this many pixels (PIL's decompression-bomb threshold)
             max_image_pixels=89_478_485,
+            # image_folder with augment.inception_crop: decode JPEGs at 1/2, 1/4 or 1/8 scale when the
+            # sampled crop still has the output resolution there (PIL draft; same crop boxes)
+            jpeg_draft=False,
             image_key="image",  # tfds feature names
             label_key="label",
             tfrecord=False,  # tfds: read TFRecord files through TensorFlow (the [tf] extra)
