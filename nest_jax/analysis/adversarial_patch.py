@@ -204,13 +204,15 @@ def train_patch(
     schedule = optax.cosine_decay_schedule(lr, steps)
     tx = optax.sign_sgd(schedule) if optimizer == "sign" else optax.adam(schedule)
     opt_state = tx.init(patch)
+    # Each image `placements` times (each copy gets its own placement), on the device once.
+    tiled = [tuple(jnp.asarray(np.concatenate([b[k]] * placements)) for k in ("image", "label")) for b in data]
     losses = []
     for i in range(steps):
-        b = data[i % len(data)]
+        images, labels = tiled[i % len(tiled)]
         patch, opt_state, loss = _step(
             model,
-            jnp.asarray(np.concatenate([b["image"]] * placements)),
-            jnp.asarray(np.concatenate([b["label"]] * placements)),
+            images,
+            labels,
             patch,
             opt_state,
             mask,
@@ -221,8 +223,8 @@ def train_patch(
             target=target,
             tx=tx,
         )
-        losses.append(float(loss))
-    return patch, mask, losses
+        losses.append(loss)  # read back once at the end: no host round trip per step
+    return patch, mask, [float(v) for v in jax.device_get(losses)]
 
 
 def initial_patch(seed: int, side: int, channels: int) -> Array:
