@@ -182,17 +182,26 @@ def adjust_hue(image: np.ndarray, delta: float) -> np.ndarray:
     return hsv_to_rgb(hsv).astype(np.float32)
 
 
-def color_jitter(image: np.ndarray, rng: np.random.Generator, *, strength: float) -> np.ndarray:
-    """SimCLR colour distortion (Chen et al. 2020, appendix A) of strength s: with prob 0.8
-    brightness (×U[1-0.8s, 1+0.8s]), contrast (0.8s), saturation (0.8s) and hue (0.2s) in random
-    order, each result clipped to [0, 1]; then grey with prob 0.2. Saturation and hue are
-    skipped for one-channel images. All random numbers are drawn whether used or not."""
+def sample_color_jitter(rng: np.random.Generator, *, strength: float) -> dict[str, np.ndarray]:
+    """One image's colour-jitter choices (see `color_jitter`): {"apply": bool, "factors": float32
+    (4,) = brightness, contrast, saturation factors and hue shift, "order": int32 (4,) the order of
+    those four ops, "grey": bool}. All random numbers are drawn whether used or not."""
     s = float(strength)
     lo, hi = max(0.0, 1 - 0.8 * s), 1 + 0.8 * s
     apply, b, c, sat, hue, grey = rng.uniform(size=6)
     order = rng.permutation(4)
-    b, c, sat = lo + (hi - lo) * b, lo + (hi - lo) * c, lo + (hi - lo) * sat
-    hue = -0.2 * s + 0.4 * s * hue
+    factors = (lo + (hi - lo) * b, lo + (hi - lo) * c, lo + (hi - lo) * sat, -0.2 * s + 0.4 * s * hue)
+    return {
+        "apply": np.asarray(apply < 0.8),
+        "factors": np.asarray(factors, np.float32),
+        "order": order.astype(np.int32),
+        "grey": np.asarray(grey < 0.2),
+    }
+
+
+def apply_color_jitter(image: np.ndarray, choices: dict[str, np.ndarray]) -> np.ndarray:
+    """Applies `sample_color_jitter`'s choices. image: (H, W, C) float32 [0, 1] → same."""
+    b, c, sat, hue = (float(f) for f in choices["factors"])
     rgb = image.shape[-1] == 3
     ops = [
         lambda x: x * np.float32(b),
@@ -200,12 +209,44 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, *, strength: float
         lambda x: adjust_saturation(x, sat) if rgb else x,
         lambda x: adjust_hue(x, hue) if rgb else x,
     ]
-    if apply < 0.8:
-        for i in order:
-            image = np.clip(ops[i](image), 0.0, 1.0).astype(np.float32)
-    if grey < 0.2 and image.shape[-1] > 1:
+    if choices["apply"]:
+        for i in choices["order"]:
+            image = np.clip(ops[int(i)](image), 0.0, 1.0).astype(np.float32)
+    if choices["grey"] and image.shape[-1] > 1:
         image = np.broadcast_to(gray(image), image.shape).astype(np.float32)
     return image
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, *, strength: float) -> np.ndarray:
+    """SimCLR colour distortion (Chen et al. 2020, appendix A) of strength s: with prob 0.8
+    brightness (×U[1-0.8s, 1+0.8s]), contrast (0.8s), saturation (0.8s) and hue (0.2s) in random
+    order, each result clipped to [0, 1]; then grey with prob 0.2. Saturation and hue are
+    skipped for one-channel images."""
+    return apply_color_jitter(image, sample_color_jitter(rng, strength=strength))
+
+
+def sample_erasing_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    prob: float,
+    min_area: float = 0.02,
+    max_area: float = 1 / 3,
+    min_aspect: float = 0.3,
+) -> np.ndarray:
+    """The box of `random_erasing` as int32 (top, bottom, left, right), rows [top, bottom) ×
+    columns [left, right); (0, 0, 0, 0) when the image is not erased (probability 1 − `prob`)."""
+    if rng.random() >= prob:
+        return np.zeros(4, np.int32)
+    area = rng.uniform(min_area, max_area)
+    aspect = math.exp(rng.uniform(math.log(min_aspect), -math.log(min_aspect)))
+    half_h, half_w = height * math.sqrt(area * aspect) / 2, width * math.sqrt(area / aspect) / 2
+    cy, cx = rng.uniform() * height, rng.uniform() * width
+    # Rows r with cy − half_h < r < cy + half_h (strict), clipped to the image.
+    top, bottom = max(0, math.floor(cy - half_h) + 1), min(height, math.ceil(cy + half_h))
+    left, right = max(0, math.floor(cx - half_w) + 1), min(width, math.ceil(cx + half_w))
+    return np.asarray([top, max(top, bottom), left, max(left, right)], np.int32)
 
 
 def random_erasing(
@@ -221,19 +262,15 @@ def random_erasing(
     (no redraws): with probability `prob` a box of area U[min_area, max_area] of the image and
     log-uniform aspect ratio in [min_aspect, 1/min_aspect], centred uniformly (the part outside
     the image is dropped), is replaced by per-pixel N(0, 1) noise. image: (H, W, C) → same."""
-    if rng.random() >= prob:
-        return image
     h, w, c = image.shape
-    area = rng.uniform(min_area, max_area)
-    aspect = math.exp(rng.uniform(math.log(min_aspect), -math.log(min_aspect)))
-    half_h, half_w = h * math.sqrt(area * aspect) / 2, w * math.sqrt(area / aspect) / 2
-    cy, cx = rng.uniform() * h, rng.uniform() * w
-    rows, cols = np.arange(h), np.arange(w)
-    in_rows = (rows > cy - half_h) & (rows < cy + half_h)
-    in_cols = (cols > cx - half_w) & (cols < cx + half_w)
-    box = in_rows[:, None] & in_cols[None, :]
+    top, bottom, left, right = (
+        int(v)
+        for v in sample_erasing_box(rng, h, w, prob=prob, min_area=min_area, max_area=max_area, min_aspect=min_aspect)
+    )
+    if bottom == top or right == left:
+        return image
     out = image.copy()
-    out[box] = rng.standard_normal((int(box.sum()), c)).astype(np.float32)
+    out[top:bottom, left:right] = rng.standard_normal((bottom - top, right - left, c)).astype(np.float32)
     return out
 
 
@@ -246,7 +283,10 @@ __all__ = [
     "random_affine",
     "flip",
     "color_jitter",
+    "sample_color_jitter",
+    "apply_color_jitter",
     "random_erasing",
+    "sample_erasing_box",
     "adjust_contrast",
     "adjust_saturation",
     "adjust_hue",

@@ -109,9 +109,45 @@ def example_rng(seed: int, epoch: int, position: int, stage: int) -> np.random.G
     return np.random.default_rng([seed, epoch, position, stage])
 
 
-def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]:
+def sample_device_choices(rng: Callable[[int], np.random.Generator], ds_cfg) -> dict:
+    """One image's random choices for the stages `augment_on="device"` runs in the train step
+    (nest_jax.data.device_augment), drawn from the same per-stage streams as the host chain:
+    {"randaugment", "jitter", "erasing"}, each present when its stage is on."""
+    aug = ds_cfg.augment
+    ra = aug.randaugment
+    size = int(ds_cfg.image_size)
+    out = {}
+    if int(ra.layers) > 0:
+        out["randaugment"] = randaugment.sample(
+            rng(RANDAUGMENT),
+            layers=int(ra.layers),
+            magnitude=float(ra.magnitude),
+            magnitude_std=float(ra.magnitude_std),
+            prob=float(ra.prob),
+        )
+    if float(aug.color_jitter) > 0:
+        out["jitter"] = augment.sample_color_jitter(rng(JITTER), strength=float(aug.color_jitter))
+    if float(aug.random_erasing) > 0:
+        out["erasing"] = augment.sample_erasing_box(rng(ERASING), size, size, prob=float(aug.random_erasing))
+    return out
+
+
+def to_channels(image: np.ndarray, num_channels: int) -> np.ndarray:
+    """`to_float`, except that uint8 stays uint8 where no arithmetic is needed (the device
+    augmentation's input: a quarter of the bytes)."""
+    c = image.shape[-1]
+    if image.dtype != np.uint8 or (c > 1 and num_channels == 1):  # grey from colour is arithmetic
+        return to_float(image, num_channels)
+    if c == num_channels:
+        return image
+    return np.repeat(image, num_channels, -1) if c == 1 else image[..., :num_channels]
+
+
+def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray | dict]:
     """The training chain: crop → affine (rotate/scale/shift) → flip → RandAugment → colour
-    jitter → normalize → random erasing. Returns f(image, (seed, epoch, position)) -> (size, size, C) float32, normalized."""
+    jitter → normalize → random erasing. Returns f(image, (seed, epoch, position)) -> (size, size, C)
+    float32, normalized. With `augment_on="device"` the chain stops after the flip and f returns
+    {"image": (size, size, C) uint8 or float32 [0, 1], "augment": the later stages' choices}."""
     size = int(ds_cfg.image_size)
     channels = int(ds_cfg.num_channels)
     aug = ds_cfg.augment
@@ -128,6 +164,7 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]
     if aff["scale"] < 1.0 or aff["degrees"] < 0 or aff["translate"] < 0:
         raise ValueError(f"augment.affine={aff}: degrees and translate must be ≥ 0 and scale ≥ 1 (the largest zoom)")
     use_affine = aff["degrees"] > 0 or aff["translate"] > 0 or aff["scale"] > 1.0
+    on_device = ds_cfg.augment_on == "device"
 
     def f(image: np.ndarray, where: tuple[int, int, int]) -> np.ndarray:
         def rng(stage):
@@ -145,11 +182,13 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]
             image = augment.resize(image, (size, size), method)  # no-op when already there
             if cifar:
                 image = augment.pad_and_crop(image, rng(CROP), padding=padding)
-        image = to_float(image, channels)
+        image = to_channels(image, channels) if on_device and not use_affine else to_float(image, channels)
         if use_affine:
             image = augment.random_affine(image, rng(AFFINE), **aff)
         if flip:
             image = augment.flip(image, rng(FLIP))
+        if on_device:
+            return {"image": np.ascontiguousarray(image), "augment": sample_device_choices(rng, ds_cfg)}
         if ra_layers > 0:
             image = randaugment.rand_augment(image, rng(RANDAUGMENT), layers=ra_layers, **ra_args)
         if jitter > 0:

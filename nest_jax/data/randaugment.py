@@ -140,13 +140,18 @@ def posterize(image: np.ndarray, level: float) -> np.ndarray:
     return (np.floor(np.round(image * 255.0) / quantum) * quantum / 255.0).astype(np.float32)
 
 
+def translate_pixels(width: int) -> int:
+    """Largest translation in pixels at level 1 (the official table; else 0.3 × width)."""
+    return _TRANSLATE_PX.get(width, int(0.3 * width))
+
+
 def apply_op(name: str, image: np.ndarray, level: float, sign: float) -> np.ndarray:
     """Applies op `name` at magnitude `level` ∈ [0, 1]; `sign` ±1 for the signed ops.
     image: (H, W, C) float32 in [0, 1] → same shape, same range."""
     h, w, _ = image.shape
     enhance = level * 1.8 + 0.1
     shear = sign * level * 0.3
-    pixels = sign * level * _TRANSLATE_PX.get(w, int(0.3 * w))
+    pixels = sign * level * translate_pixels(w)
     if name == "identity":
         return image
     if name == "autocontrast":
@@ -178,6 +183,41 @@ def apply_op(name: str, image: np.ndarray, level: float, sign: float) -> np.ndar
     raise ValueError(f"unknown RandAugment op {name!r}; expected one of {OPS}")
 
 
+def sample(
+    rng: np.random.Generator,
+    *,
+    layers: int = 2,
+    magnitude: float = 9.0,
+    magnitude_std: float = 0.5,
+    prob: float = 0.5,
+) -> dict[str, np.ndarray]:
+    """One image's RandAugment choices, per layer: op uniform over OPS, level ~ N(magnitude,
+    magnitude_std) clipped to [0, 10] / 10, sign ±1 with prob ½, applied with probability `prob`
+    (all four drawn every layer, so one layer's choice never shifts another's random numbers).
+    Returns {"op": int32 (layers,), "level": float32, "sign": float32, "apply": bool}."""
+    op, level, sign, apply = [], [], [], []
+    for _ in range(layers):
+        op.append(int(rng.integers(len(OPS))))
+        lv = rng.normal(magnitude, magnitude_std) if magnitude_std > 0 else magnitude
+        level.append(float(np.clip(lv, 0.0, 10.0)) / 10.0)
+        sign.append(-1.0 if rng.random() < 0.5 else 1.0)
+        apply.append(rng.random() < prob)
+    return {
+        "op": np.asarray(op, np.int32),
+        "level": np.asarray(level, np.float32),
+        "sign": np.asarray(sign, np.float32),
+        "apply": np.asarray(apply, bool),
+    }
+
+
+def apply_sampled(image: np.ndarray, choices: dict[str, np.ndarray]) -> np.ndarray:
+    """Applies `sample`'s choices in order. image: (H, W, C) float32 in [0, 1] → same."""
+    for op, level, sign, apply in zip(choices["op"], choices["level"], choices["sign"], choices["apply"]):
+        if apply:
+            image = apply_op(OPS[int(op)], image, float(level), float(sign))
+    return image
+
+
 def rand_augment(
     image: np.ndarray,
     rng: np.random.Generator,
@@ -187,15 +227,6 @@ def rand_augment(
     magnitude_std: float = 0.5,
     prob: float = 0.5,
 ) -> np.ndarray:
-    """image: (H, W, C) float32 in [0, 1] → same shape, same range. Per layer: op uniform over
-    OPS, level ~ N(magnitude, magnitude_std) clipped to [0, 10] / 10, sign ±1 with prob ½,
-    applied with probability `prob` (all four drawn every layer, so one layer's choice never
-    shifts another's random numbers)."""
-    for _ in range(layers):
-        op = int(rng.integers(len(OPS)))
-        level = rng.normal(magnitude, magnitude_std) if magnitude_std > 0 else magnitude
-        level = float(np.clip(level, 0.0, 10.0)) / 10.0
-        sign = -1.0 if rng.random() < 0.5 else 1.0
-        if rng.random() < prob:
-            image = apply_op(OPS[op], image, level, sign)
-    return image
+    """image: (H, W, C) float32 in [0, 1] → same shape, same range: `sample`, then `apply_sampled`."""
+    choices = sample(rng, layers=layers, magnitude=magnitude, magnitude_std=magnitude_std, prob=prob)
+    return apply_sampled(image, choices)

@@ -41,8 +41,17 @@ def epoch_length(num_examples: int, process_index: int, process_count: int, repe
     return len(range(process_index, num_examples, process_count))
 
 
+def stack(examples: list) -> np.ndarray | dict:
+    """Stacks a list of arrays, or of equally nested dicts of arrays, along a new first axis."""
+    if isinstance(examples[0], dict):
+        return {k: stack([e[k] for e in examples]) for k in examples[0]}
+    return np.stack(examples)
+
+
 class TrainBatches:
-    """Batch number k → {"image": float32 (b, S, S, C) normalized, "label": int32 (b,)}.
+    """Batch number k → {"image": float32 (b, S, S, C) normalized, "label": int32 (b,)}; with
+    `augment_on="device"`, "image" is the uint8 / float [0, 1] crop and "augment" holds the
+    device stages' random choices (preprocess.sample_device_choices), stacked.
 
     Picklable (sent to grain's worker processes); the augmentation chain and the epoch
     permutations are rebuilt lazily in each process."""
@@ -77,13 +86,19 @@ class TrainBatches:
     def __call__(self, k: int) -> dict[str, np.ndarray]:
         if self._augment is None:
             self._augment = preprocess.train_fn(self.ds_cfg)
-        images, labels = [], []
+        examples, labels = [], []
         for i in range(k * self.b, (k + 1) * self.b):
             epoch, slot, index = self.sample(i)
             record = self.records[index]
-            images.append(self._augment(record["image"], (self.seed, epoch, slot)))
+            examples.append(self._augment(record["image"], (self.seed, epoch, slot)))
             labels.append(record["label"])
-        return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
+        batch = stack(examples)
+        batch = dict(batch) if isinstance(batch, dict) else {"image": batch}
+        return dict(batch, label=np.asarray(labels, np.int32))
+
+
+def _own_arrays(batch):
+    return {k: _own_arrays(v) if isinstance(v, dict) else np.array(v) for k, v in batch.items()}
 
 
 def grain_iterator(dataset, num_workers: int):
@@ -99,7 +114,7 @@ def grain_iterator(dataset, num_workers: int):
             flags.FLAGS.mark_as_parsed()  # (tests, notebooks) may not have parsed any
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
         # Workers hand back shared-memory arrays; copy them into ordinary arrays.
-        ds = ds.map(lambda batch: {k: np.array(v) for k, v in batch.items()})
+        ds = ds.map(_own_arrays)
     return iter(ds)
 
 

@@ -95,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
             # image_folder with augment.inception_crop: decode JPEGs at 1/2, 1/4 or 1/8 scale when the
             # sampled crop still has the output resolution there (PIL draft; same crop boxes)
             jpeg_draft=False,
+            # "device": RandAugment, colour jitter, normalization and random erasing run in the jitted
+            # train step (nest_jax.data.device_augment) on the host's uint8 crops and random choices
+            augment_on="host",
             image_key="image",  # tfds feature names
             label_key="label",
             tfrecord=False,  # tfds: read TFRecord files through TensorFlow (the [tf] extra)

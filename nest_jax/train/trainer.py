@@ -7,7 +7,7 @@ The model's graph (`graphdef`) and its RNG-stream variables (`rest`, reseeded ev
 outside the state: they are a deterministic function of the config.
 
 The train step never waits for the host: mixing selects between its branches instead of
-branching (`mixing.mix_batch`), the EMA under gradient accumulation is a `where`, and metrics stay
+branching (`mixing.mix_batch`), so does device augmentation between its ops, the EMA under gradient accumulation is a `where`, and metrics stay
 on device until the loop reads them.
 """
 
@@ -24,9 +24,12 @@ from flax import nnx
 from flax.nnx import traversals
 from jax.sharding import Mesh
 
+from nest_jax.data.device_augment import DeviceAugment
 from nest_jax.train import losses, optim
 from nest_jax.train import sharding as shd
 from nest_jax.train.mixing import mix_batch
+
+_AUGMENT_STREAM = 1  # fold_in tag of the device augmentation's key
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 
@@ -189,6 +192,8 @@ def make_trainer(
     rest_sh = jax.tree.map(lambda _: repl, jax.eval_shape(net.rest))
     batch_sh = shd.batch_sharding(mesh)
 
+    device_augment = DeviceAugment.from_config(config.dataset) if config.dataset.augment_on == "device" else None
+
     def make_targets(key, images, labels):
         # With both alphas 0 this only smooths the labels.
         return mix_batch(
@@ -207,7 +212,10 @@ def make_trainer(
         step = state["step"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
         k_mix, k_drop = jax.random.split(key)
-        images, targets = make_targets(k_mix, batch["image"], batch["label"])
+        images = batch["image"]
+        if device_augment is not None:  # its own key: the host path's mixing and dropout keys stay as they are
+            images = device_augment(jax.random.fold_in(key, _AUGMENT_STREAM), images, batch["augment"])
+        images, targets = make_targets(k_mix, images, batch["label"])
         # Teachers are frozen and see exactly the student's (mixed) inputs.
         t_logits = {}
         for token, (t_graph, _, t_cfg) in teachers.items():

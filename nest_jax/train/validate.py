@@ -129,6 +129,7 @@ FIELDS: dict[str, Check] = {
     "dataset.crop_fraction": number(0, 1),
     "dataset.num_workers": integer(0),
     "dataset.max_image_pixels": integer(1),
+    "dataset.augment_on": one_of(("host", "device")),
     "mix.mixup_alpha": number(0),
     "mix.cutmix_alpha": number(0),
     "mix.switch_prob": number(0, 1),
@@ -179,6 +180,8 @@ def validate_config(config: Any, *, check_dataset: bool = True) -> None:
         _check_dataset_name(config)
     _check_mesh(config)
     _check_models(config, gan)
+    if gan and _get(config, "dataset.augment_on") == "device":
+        raise _fail("dataset.augment_on", "device", "is for task='classification'", 'set it to "host"')
 
 
 def _get(config: Any, path: str) -> Any:

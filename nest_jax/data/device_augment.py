@@ -1,0 +1,272 @@
+"""The photometric half of the training chain as jitted, batched JAX ops (`dataset.augment_on="device"`).
+
+With device augmentation the host decodes, crops, warps and flips (nest_jax.data.preprocess), and
+sends the crop as uint8 (or float32 [0, 1] when the source or the warp is float) together with the
+random choices of the later stages, drawn from the same per-example streams as the host chain
+(`randaugment.sample`, `augment.sample_color_jitter`, `augment.sample_erasing_box`). The train step
+then applies, per example, RandAugment (Cubuk et al. 2020, §3), the SimCLR colour distortion (Chen
+et al. 2020, appendix A), normalization and random erasing (Zhong et al. 2020). Each op computes
+the same function as its NumPy twin in randaugment.py / augment.py; only the erasing noise is drawn
+on the device (from the step's key), so the training distribution is the host chain's.
+
+Every op is computed for every example and the chosen one selected (`jnp.select`): no branch
+depends on data, so the step has no `conditional` and nothing waits for the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from nest_jax.data import randaugment
+from nest_jax.data.preprocess import mean_std
+
+_OP = {name: i for i, name in enumerate(randaugment.OPS)}
+_GRAY = jnp.asarray(randaugment.GRAY_WEIGHTS)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceAugment:
+    """The static settings of the device stages, from a dataset config (`from_config`)."""
+
+    randaugment_layers: int
+    color_jitter: float
+    random_erasing: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, ds_cfg) -> DeviceAugment:
+        aug = ds_cfg.augment
+        mean, std = mean_std(ds_cfg)
+        return cls(
+            randaugment_layers=int(aug.randaugment.layers),
+            color_jitter=float(aug.color_jitter),
+            random_erasing=float(aug.random_erasing),
+            mean=tuple(mean),
+            std=tuple(std),
+        )
+
+    def __call__(self, key: jax.Array, images: jax.Array, choices: dict) -> jax.Array:
+        """images: (B, H, W, C) uint8 or float [0, 1]; choices: the batch's stacked host draws
+        ({"randaugment", "jitter", "erasing"}, each present when its stage is on) → (B, H, W, C)
+        float32, normalized."""
+        x = images.astype(jnp.float32)
+        if images.dtype == jnp.uint8:
+            x = x / jnp.float32(255.0)
+        if self.randaugment_layers > 0:
+            x = jax.vmap(rand_augment)(x, choices["randaugment"])
+        if self.color_jitter > 0:
+            x = jax.vmap(color_jitter)(x, choices["jitter"])
+        x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+        if self.random_erasing > 0:
+            x = random_erasing(key, x, choices["erasing"])
+        return x
+
+
+# ---- RandAugment, one image (H, W, C) float32 [0, 1] ----
+
+
+def gray(image: jax.Array) -> jax.Array:
+    """(H, W, 3) → (H, W, 1) luma (ITU-R 601-2); one channel stays as it is."""
+    if image.shape[-1] == 1:
+        return image
+    return (image[..., :3] @ _GRAY)[..., None]
+
+
+def blend(degenerate: jax.Array, image: jax.Array, factor: jax.Array) -> jax.Array:
+    return jnp.clip(degenerate + factor * (image - degenerate), 0.0, 1.0)
+
+
+def affine(image: jax.Array, transform: jax.Array) -> jax.Array:
+    """Nearest-neighbour warp, output (x, y) ← input (a0·x + a1·y + a2, b0·x + b1·y + b2), grey 0.5
+    outside (randaugment.affine). transform: (6,) float32."""
+    h, w, c = image.shape
+    y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    a0, a1, a2, b0, b1, b2 = (transform[i] for i in range(6))
+
+    def nearest(coord):  # half away from zero, as TF's nearest sampling; negatives are outside
+        return jnp.where(coord > -0.5, jnp.floor(coord + 0.5), -1.0).astype(jnp.int32)
+
+    src_x, src_y = nearest(a0 * x + a1 * y + a2), nearest(b0 * x + b1 * y + b2)
+    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    flat = jnp.where(inside, src_y * w + src_x, 0).reshape(-1)
+    out = image.reshape(h * w, c)[flat].reshape(h, w, c)
+    return jnp.where(inside[..., None], out, jnp.float32(0.5))
+
+
+def _transform(op: jax.Array, level: jax.Array, sign: jax.Array, h: int, w: int) -> jax.Array:
+    """The output→input affine map of a geometric op (identity for the others). → (6,)"""
+    angle = sign * level * jnp.float32(30.0 * math.pi / 180.0)
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    rotate = jnp.stack(
+        [
+            cos,
+            -sin,
+            ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2,
+            sin,
+            cos,
+            ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2,
+        ]
+    )
+    shear = sign * level * jnp.float32(0.3)
+    pixels = sign * level * jnp.float32(randaugment.translate_pixels(w))
+    one, zero = jnp.float32(1.0), jnp.float32(0.0)
+    table = {
+        "rotate": rotate,
+        "shear_x": jnp.stack([one, shear, zero, zero, one, zero]),
+        "shear_y": jnp.stack([one, zero, zero, shear, one, zero]),
+        "translate_x": jnp.stack([one, zero, pixels, zero, one, zero]),
+        "translate_y": jnp.stack([one, zero, zero, zero, one, pixels]),
+    }
+    identity = jnp.asarray([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], jnp.float32)
+    return jnp.select([op == _OP[name] for name in table], list(table.values()), identity)
+
+
+def autocontrast(image: jax.Array) -> jax.Array:
+    lo, hi = image.min((0, 1)), image.max((0, 1))
+    scaled = (image - lo) / jnp.maximum(hi - lo, 1e-6)
+    return jnp.where(hi > lo, scaled, image)
+
+
+def _equalize_channel(q: jax.Array) -> jax.Array:
+    """q: (N,) int32 levels 0–255 → equalized levels (PIL ImageOps.equalize)."""
+    hist = jnp.zeros(256, jnp.int32).at[q].add(1)
+    step = (q.shape[0] - hist[q.max()]) // 255
+    lut = (jnp.cumsum(hist) + step // 2) // jnp.maximum(step, 1)
+    lut = jnp.clip(jnp.concatenate([jnp.zeros(1, jnp.int32), lut[:-1]]), 0, 255)
+    return jnp.where(step == 0, q, lut[q])
+
+
+def equalize(image: jax.Array) -> jax.Array:
+    h, w, c = image.shape
+    q = jnp.round(image * 255.0).astype(jnp.int32).reshape(h * w, c)
+    return jax.vmap(_equalize_channel, 1, 1)(q).reshape(h, w, c).astype(jnp.float32) / jnp.float32(255.0)
+
+
+def smooth(image: jax.Array) -> jax.Array:
+    """PIL's SMOOTH kernel [[1,1,1],[1,5,1],[1,1,1]]/13 inside, the one-pixel border as it is."""
+    h, w, _ = image.shape
+    if h <= 2 or w <= 2:
+        return image
+    acc = 4.0 * image[1:-1, 1:-1]
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            acc = acc + image[dy : dy + h - 2, dx : dx + w - 2]
+    return image.at[1:-1, 1:-1].set(acc / 13.0)
+
+
+def posterize(image: jax.Array, level: jax.Array) -> jax.Array:
+    quantum = 2.0 ** jnp.floor(level * 4)
+    return jnp.floor(jnp.round(image * 255.0) / quantum) * quantum / 255.0
+
+
+def apply_op(op: jax.Array, image: jax.Array, level: jax.Array, sign: jax.Array) -> jax.Array:
+    """RandAugment op number `op` (index into randaugment.OPS) at `level` ∈ [0, 1], `sign` ±1."""
+    h, w, _ = image.shape
+    enhance = level * jnp.float32(1.8) + jnp.float32(0.1)
+    g = gray(image)
+    # The four blends differ only in what they blend with.
+    degenerate = jnp.select(
+        [op == _OP["color"], op == _OP["contrast"], op == _OP["brightness"]],
+        [jnp.broadcast_to(g, image.shape), jnp.broadcast_to(g.mean(), image.shape), jnp.zeros_like(image)],
+        smooth(image),
+    )
+    pixel_ops = {
+        "autocontrast": autocontrast(image),
+        "equalize": equalize(image),
+        "solarize": jnp.where(image < level, image, 1.0 - image),
+        "posterize": posterize(image, level),
+    }
+    blends = ("color", "contrast", "brightness", "sharpness")
+    conditions = [op == _OP[name] for name in pixel_ops] + [jnp.isin(op, jnp.asarray([_OP[n] for n in blends]))]
+    return jnp.select(
+        conditions + [op == _OP["identity"]],
+        list(pixel_ops.values()) + [blend(degenerate, image, enhance), image],
+        affine(image, _transform(op, level, sign, h, w)),
+    )
+
+
+def rand_augment(image: jax.Array, choices: dict) -> jax.Array:
+    """randaugment.apply_sampled for one image: choices {"op", "level", "sign", "apply"}, (layers,)."""
+    for i in range(choices["op"].shape[0]):
+        out = apply_op(choices["op"][i], image, choices["level"][i], choices["sign"][i])
+        image = jnp.where(choices["apply"][i], out, image)
+    return image
+
+
+# ---- colour jitter, one image (H, W, C) float32 [0, 1] ----
+
+
+def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = jnp.maximum(jnp.maximum(r, g), b)
+    delta = v - jnp.minimum(jnp.minimum(r, g), b)
+    s = jnp.where(v > 0, delta / jnp.where(v > 0, v, 1), 0.0)
+    d = jnp.where(delta > 0, delta, 1)
+    h = jnp.where(v == r, (g - b) / d, jnp.where(v == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    h = jnp.where(delta > 0, (h / 6.0) % 1.0, 0.0)
+    return jnp.stack([h, s, v], -1)
+
+
+def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    vs, h6 = v * s, 6 * h
+    out = []
+    for n in (5, 3, 1):
+        k = (n + h6) % 6
+        out.append(v - vs * jnp.clip(jnp.minimum(k, 4 - k), 0, 1))
+    return jnp.stack(out, -1)
+
+
+def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
+    mean = image.mean((0, 1))
+    return (image - mean) * factor + mean
+
+
+def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    v = jnp.maximum(jnp.maximum(r, g), b)[..., None]
+    delta = v - jnp.minimum(jnp.minimum(r, g), b)[..., None]
+    ratio = jnp.minimum(factor, v / jnp.where(delta > 0, delta, 1))
+    return jnp.where(delta > 0, v - (v - image) * ratio, image)
+
+
+def adjust_hue(image: jax.Array, delta: jax.Array) -> jax.Array:
+    hsv = rgb_to_hsv(image)
+    return hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + delta) % 1.0))
+
+
+def color_jitter(image: jax.Array, choices: dict) -> jax.Array:
+    """augment.apply_color_jitter for one image: choices {"apply", "factors" (4,), "order" (4,), "grey"}."""
+    brightness, contrast, saturation, hue = (choices["factors"][i] for i in range(4))
+    rgb = image.shape[-1] == 3
+    x = image
+    for i in range(4):
+        op = choices["order"][i]
+        candidates = [x * brightness, adjust_contrast(x, contrast)]
+        if rgb:
+            candidates += [adjust_saturation(x, saturation), adjust_hue(x, hue)]
+        x = jnp.clip(jnp.select([op == k for k in range(len(candidates))], candidates, x), 0.0, 1.0)
+    x = jnp.where(choices["apply"], x, image)
+    if image.shape[-1] > 1:
+        x = jnp.where(choices["grey"], jnp.broadcast_to(gray(x), x.shape), x)
+    return x
+
+
+# ---- random erasing, a batch of normalized images ----
+
+
+def random_erasing(key: jax.Array, images: jax.Array, boxes: jax.Array) -> jax.Array:
+    """images (B, H, W, C); boxes (B, 4) int32 (top, bottom, left, right) from
+    augment.sample_erasing_box → the boxes filled with N(0, 1) noise drawn from `key`."""
+    _, h, w, _ = images.shape
+    rows = jnp.arange(h)[None, :, None]
+    cols = jnp.arange(w)[None, None, :]
+    top, bottom, left, right = (boxes[:, i, None, None] for i in range(4))
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    noise = jax.random.normal(key, images.shape, jnp.float32)
+    return jnp.where(inside[..., None], noise, images)
