@@ -3,7 +3,7 @@
 With device augmentation the host decodes, crops, warps and flips (nest_jax.data.preprocess), and
 sends the crop as uint8 (or float32 [0, 1] when the source or the warp is float) together with the
 random choices of the later stages, drawn from the same per-example streams as the host chain
-(`randaugment.sample`, `augment.sample_color_jitter`, `augment.sample_erasing_box`). The train step
+(preprocess.sample_device_choices). The train step
 then applies, per example, RandAugment (Cubuk et al. 2020, §3), the SimCLR colour distortion (Chen
 et al. 2020, appendix A), normalization and random erasing (Zhong et al. 2020). Each op computes
 the same function as its NumPy twin in randaugment.py / augment.py; only the erasing noise is drawn
@@ -50,20 +50,20 @@ class DeviceAugment:
             std=tuple(std),
         )
 
-    def __call__(self, key: jax.Array, images: jax.Array, choices: dict) -> jax.Array:
-        """images: (B, H, W, C) uint8 or float [0, 1]; choices: the batch's stacked host draws
-        ({"randaugment", "jitter", "erasing"}, each present when its stage is on) → (B, H, W, C)
-        float32, normalized."""
-        x = images.astype(jnp.float32)
-        if images.dtype == jnp.uint8:
+    def __call__(self, key: jax.Array, image: jax.Array, augment: dict) -> jax.Array:
+        """image: (B, H, W, C) uint8 or float [0, 1]; augment: the batch's stacked host draws
+        (preprocess.sample_device_choices: "randaugment", "jitter", "erasing", each present when
+        its stage is on) → (B, H, W, C) float32, normalized."""
+        x = image.astype(jnp.float32)
+        if image.dtype == jnp.uint8:
             x = x / jnp.float32(255.0)
         if self.randaugment_layers > 0:
-            x = jax.vmap(rand_augment)(x, choices["randaugment"])
+            x = jax.vmap(rand_augment)(x, augment["randaugment"])
         if self.color_jitter > 0:
-            x = jax.vmap(color_jitter)(x, choices["jitter"])
+            x = jax.vmap(color_jitter)(x, augment["jitter"])
         x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
         if self.random_erasing > 0:
-            x = random_erasing(key, x, choices["erasing"])
+            x = random_erasing(key, x, augment["erasing"])
         return x
 
 
