@@ -70,3 +70,20 @@ def compiled_flops(compiled) -> float:
     if isinstance(cost, (list, tuple)):  # older jax: one dict per device program
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
+
+
+def device_augment_batch(ds_cfg, batch: int, seed: int = 0) -> dict:
+    """A host batch as `dataset.augment_on="device"` sends it, for step timings: random uint8
+    crops of `ds_cfg.image_size` and each example's random choices from the host samplers."""
+    import numpy as np
+
+    from nest_jax.data.preprocess import example_rng, sample_device_choices
+    from nest_jax.data.train_stream import stack
+
+    size, channels = int(ds_cfg.image_size), int(ds_cfg.num_channels)
+    choices = stack(
+        [sample_device_choices(lambda stage, i=i: example_rng(seed, 0, i, stage), ds_cfg) for i in range(batch)]
+    )
+    images = np.random.default_rng(seed).integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
+    labels = np.zeros(batch, np.int32)
+    return {"image": images, "label": labels, "augment": choices}

@@ -40,7 +40,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import matmul_peak_flops  # noqa: E402
+from common import device_augment_batch, matmul_peak_flops  # noqa: E402
 
 NUM_CLASSES = 1000
 # case -> (config file, config argument, timm model name)
@@ -108,6 +108,8 @@ def load_config(case: str, batch: int, img: int, remat: bool = False, dtype: str
         c.model.name = CASES[case][2]
     if dtype != "config":
         c.model.overrides.dtype = dtype
+    if ARGS is not None and ARGS.augment_on != "host":
+        c.dataset.augment_on = ARGS.augment_on
     if ARGS is not None and ARGS.attn_impl:
         c.model.overrides.attn_impl = ARGS.attn_impl
     return c
@@ -132,6 +134,9 @@ def jax_case(case: str, batch: int, img: int, steps: int, remat: bool = False) -
         "image": jax.device_put(jax.random.normal(key, (batch, img, img, 3)), tr.batch_sharding),
         "label": jax.device_put(jax.random.randint(key, (batch,), 0, NUM_CLASSES), tr.batch_sharding),
     }
+    if config.dataset.augment_on == "device":  # uint8 crops + the host's random choices
+        host = device_augment_batch(config.dataset, batch)
+        batch_arrays = jax.device_put(dict(host, label=np.asarray(batch_arrays["label"])), tr.batch_sharding)
     state, rest = tr.init_state(), tr.init_rest()
     t0 = time.perf_counter()
     step = tr.train_step.lower(state, batch_arrays, rest, {}).compile()
@@ -298,6 +303,12 @@ def main() -> None:
         help="CPU threads for PyTorch (default: all cores). On a loaded machine OpenMP's barriers "
         "make 2 threads slower than 1; pair with XLA_FLAGS=--xla_cpu_multi_thread_eigen=false",
     )
+    ap.add_argument(
+        "--augment-on",
+        choices=("host", "device"),
+        default="host",
+        help="device: the step also runs RandAugment, jitter, normalization and erasing (dataset.augment_on)",
+    )
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--max-batch", action="store_true", help="binary-search the largest batch (GPU only)")
     ap.add_argument("--json", default=os.path.join(REPO, "benchmarks", "gpu_train.json"))
@@ -317,6 +328,7 @@ def main() -> None:
             steps=steps,
             dtype=args.dtype,
             attn_impl=args.attn_impl or "auto",
+            augment_on=args.augment_on,
             torch_threads=args.torch_threads,
         )
         rec.update(jax_case(case, batch, img, steps))

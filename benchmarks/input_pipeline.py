@@ -11,6 +11,10 @@ this script into a temporary directory, 4 classes):
                    flip, RandAugment 2/9 ± 0.5 p 0.5, colour jitter 0.3, random erasing 0.25.
   folder_nest224_draft  the same chain with dataset.jpeg_draft: each JPEG decoded at 1/2, 1/4 or 1/8
                    scale when the sampled crop keeps 224 px there (same crop boxes).
+  folder_nest224_device  the same chain with dataset.augment_on="device": the host decodes, crops and
+                   flips, and sends uint8 crops with the random choices of RandAugment, jitter and
+                   erasing, which the train step applies (its cost: benchmarks/device_augment.py).
+  folder_nest224_draft_device  both.
   digits_plain     configs/digits_nest_tiny.py's dataset (8×8 → 32 px, normalize).
 Each case is timed for every `--workers` count (`config.dataset.num_workers`: 0 = decode and
 augment in the calling process, n > 0 = n worker processes). The first `--warmup` batches
@@ -65,10 +69,11 @@ def write_folder(root: str, num_images: int, seed: int = 0) -> None:
         shutil.copy(os.path.join(root, "train", f"c{k}", f"{k}.jpg"), d)
 
 
-def folder_cfg(root: str, full_chain: bool, draft: bool = False):
+def folder_cfg(root: str, full_chain: bool, draft: bool = False, device: bool = False):
     ds = load_config("image_folder_example.py").dataset
     ds.data_dir = root
     ds.jpeg_draft = draft
+    ds.augment_on = "device" if device else "host"
     if not full_chain:
         ds.augment.inception_crop = False
         ds.augment.random_erasing = 0.0
@@ -128,7 +133,16 @@ def main() -> None:
     ap.add_argument("--label", default="after")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument(
-        "--cases", nargs="+", default=["folder_ra224", "folder_nest224", "folder_nest224_draft", "digits_plain"]
+        "--cases",
+        nargs="+",
+        default=[
+            "folder_ra224",
+            "folder_nest224",
+            "folder_nest224_draft",
+            "folder_nest224_device",
+            "folder_nest224_draft_device",
+            "digits_plain",
+        ],
     )
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
@@ -146,7 +160,12 @@ def main() -> None:
                     cfg = load_config("digits_nest_tiny.py").dataset
                     cfg.augment.affine = dict(degrees=0.0, translate=0.0, scale=1.0)  # plain: resize only
                 else:
-                    cfg = folder_cfg(root, full_chain=case.startswith("folder_nest224"), draft=case.endswith("_draft"))
+                    cfg = folder_cfg(
+                        root,
+                        full_chain=case.startswith("folder_nest224"),
+                        draft="_draft" in case,
+                        device=case.endswith("_device"),
+                    )
                 try:
                     r = time_iterator(cfg, args.batch, args.batches, args.warmup, w)
                 except Exception as e:  # e.g. the TF pipeline's failing inception-crop chain
