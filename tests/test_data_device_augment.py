@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nest_jax import data
 from nest_jax.data import augment, device_augment, preprocess, randaugment
 from nest_jax.data.train_stream import stack
 from tests._configs import load_config
@@ -199,3 +200,30 @@ def test_device_augmentation_is_refused_for_the_gan_task_in_one_line():
     cfg.task, cfg.dataset.augment_on = "classification", "gpu"
     with pytest.raises(UserError, match=r"dataset.augment_on='gpu'.*device"):
         validate_config(cfg, check_dataset=False)
+
+
+def test_device_mode_stream_is_the_same_through_worker_processes_and_resumes():
+    """The nested batch (crops + choices) crosses grain's worker processes intact and in order,
+    and a stream restarted at step k gives batch k: the choices are a function of (seed, k)."""
+    from tests._data_cfg import FULL_AUGMENT
+
+    cfg = dataset_config(train_split="test", augment=FULL_AUGMENT, augment_on="device")
+
+    def take(num_workers, start_step, n):
+        c = cfg.copy_and_resolve_references()
+        c.num_workers = num_workers
+        it = data.train_iterator(
+            c, global_batch_size=16, seed=0, start_step=start_step, process_index=0, process_count=1
+        )
+        out = [next(it) for _ in range(n)]
+        it.close()
+        return out
+
+    fresh = take(0, 0, 4)
+    assert set(fresh[0]) == {"image", "label", "augment"}
+    assert set(fresh[0]["augment"]) == {"randaugment", "jitter", "erasing"}
+    for got, want in zip(take(2, 2, 2), fresh[2:]):
+        flat_got, flat_want = jax.tree.leaves(got), jax.tree.leaves(want)
+        assert all(type(x) is np.ndarray for x in flat_got)
+        for x, y in zip(flat_got, flat_want):
+            np.testing.assert_array_equal(x, y)
