@@ -44,9 +44,10 @@ def load_config(path: str, overrides: list[str]):
     """`get_config()` of a config file, then `a.b.c=value` overrides, read exactly as
     `python -m nest_jax.main --config.a.b.c=value` reads them (the --test runs pass them so)."""
     from nest_jax import cli_config
+    from nest_jax.overrides import override
 
     config = cli_config.load_config(os.path.join(REPO, path))
-    cli_config.override(config, overrides)
+    override(config, overrides)
     return config
 
 

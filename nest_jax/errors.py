@@ -22,6 +22,12 @@ def debug_requested(flag: bool = False) -> bool:
     return flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def describe(e: BaseException) -> str:
+    """An exception as one line: its type, then its message with the whitespace folded."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 class UserError(Exception):
     """Bad input that the user can fix: the message is one line saying what and how."""
 

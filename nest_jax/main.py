@@ -26,7 +26,7 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
-from nest_jax.cli_config import CommandLine, apply_overrides, check_required, load_config, shipped_configs, split_argv
+from nest_jax.cli_config import CommandLine, check_required, load_config, shipped_configs, split_argv
 from nest_jax.errors import (
     DEBUG_ENV,
     INTERRUPTED_EXIT_CODE,
@@ -38,6 +38,7 @@ from nest_jax.errors import (
     UserError,
     debug_requested,
 )
+from nest_jax.overrides import apply_overrides
 
 PROG = "nest_jax.main"
 _notes: list[str] = []  # said once absl logging is up

@@ -14,8 +14,9 @@ import ml_collections
 import pytest
 
 from nest_jax import main as main_mod
-from nest_jax.cli_config import apply_overrides, load_config, split_argv
+from nest_jax.cli_config import load_config, split_argv
 from nest_jax.errors import PREEMPTED_EXIT_CODE, USAGE_EXIT_CODE, Preempted, UserError
+from nest_jax.overrides import apply_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "configs" / "digits_nest_tiny.py")

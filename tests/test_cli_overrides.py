@@ -10,12 +10,13 @@ from flax import nnx
 
 from nest_jax import main as main_mod
 from nest_jax.analyze.__main__ import main as analyze_main
-from nest_jax.cli_config import apply_overrides, load_config, model_fields, override
+from nest_jax.cli_config import load_config
 from nest_jax.convert import load_into, load_params, read_meta
 from nest_jax.convert.__main__ import main as convert_main
 from nest_jax.convert.nest import params_to_official_nest
 from nest_jax.errors import UserError, debug_requested
 from nest_jax.models import create_model
+from nest_jax.overrides import apply_overrides, model_fields, override
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS, DIGITS_VIT = str(REPO / "configs" / "digits_nest_tiny.py"), str(REPO / "configs" / "digits_vit.py")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nest_jax.cli_config import field_paths
+from nest_jax.overrides import field_paths
 from nest_jax.train.config_base import base_config, gan_section
 from tests._configs import CONFIG_ARGS, load_config
 

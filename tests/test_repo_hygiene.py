@@ -28,6 +28,7 @@ LAYERS = {
     "export": 6,  # python -m nest_jax.export and its library entry (reads workdirs: train, data)
     "main": 6,
     "cli_config": 6,
+    "overrides": 6,  # the override grammar of the command lines
 }
 # Deliberate upward imports, each done lazily inside a function and documented where it happens.
 PLUGIN_IMPORTS = {

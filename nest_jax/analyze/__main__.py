@@ -31,11 +31,12 @@ PROG = "python -m nest_jax.analyze"
 
 def load_config(spec: str, overrides: list[str], flag: str = "--set"):
     """`path.py[:arg]` -> its `get_config([arg])`, locked, then `FIELD.PATH=VALUE` overrides parsed
-    and checked exactly as `nest_jax.main`'s `--config.FIELD.PATH=VALUE` (`cli_config.override`)."""
+    and checked exactly as `nest_jax.main`'s `--config.FIELD.PATH=VALUE` (`nest_jax.overrides.override`)."""
     from nest_jax import cli_config
+    from nest_jax.overrides import override
 
     config = cli_config.load_config(spec)
-    cli_config.override(config, overrides, flag=flag)
+    override(config, overrides, flag=flag)
     return config
 
 

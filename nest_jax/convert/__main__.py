@@ -35,12 +35,12 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from nest_jax.cli_config import model_fields, override
 from nest_jax.convert.checkpoint import foreign_files, holds_foreign, is_replaceable, save_params
 from nest_jax.convert.common import check_finite
 from nest_jax.convert.load import IMPORTERS, from_source, load_into, read_file
 from nest_jax.convert.resize import METHODS
 from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
+from nest_jax.overrides import model_fields, override
 from nest_jax.paths import as_path
 
 log = logging.getLogger("nest_jax.convert")
@@ -174,7 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def parse_overrides(model_name: str, items: list[str]) -> dict[str, Any]:
     """`--set FIELD=VALUE` items -> {field: value}: fields of the model's config dataclass, each value
-    parsed for the field's type as `nest_jax.main` parses `--config.FIELD=VALUE` (`cli_config.override`)."""
+    parsed for the field's type as `nest_jax.main` parses `--config.FIELD=VALUE` (`nest_jax.overrides.override`)."""
     if not items:
         return {}
     return override(model_fields(model_name), items, flag="--set", subject=f"model {model_name}")
