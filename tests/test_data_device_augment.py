@@ -129,7 +129,9 @@ def test_device_chain_gives_the_host_chains_images():
     host = np.stack([host_fn(p, (0, 1, i)) for i, p in enumerate(photos)])
     batch = stack([device_fn(p, (0, 1, i)) for i, p in enumerate(photos)])
     assert batch["image"].dtype == np.uint8 and batch["image"].shape == (32, 24, 24, 3)
-    dev = np.asarray(jax.jit(device_augment.DeviceAugment.from_config(ds))(jax.random.key(0), **batch))
+    dev = np.asarray(
+        jax.jit(device_augment.DeviceAugment.from_config(ds))(jax.random.key(0), batch["image"], batch["augment"])
+    )
     inside = np.zeros(host.shape[:3], bool)
     for i, (t, b, left, r) in enumerate(batch["augment"]["erasing"]):
         inside[i, t:b, left:r] = True
@@ -150,7 +152,7 @@ def test_grey_float_images_stay_float_and_match():
     host = np.stack([host_fn(x, (0, 0, i)) for i, x in enumerate(images)])
     batch = stack([device_fn(x, (0, 0, i)) for i, x in enumerate(images)])
     assert batch["image"].dtype == np.float32 and set(batch["augment"]) == {"randaugment"}
-    dev = np.asarray(device_augment.DeviceAugment.from_config(ds)(jax.random.key(0), **batch))
+    dev = np.asarray(device_augment.DeviceAugment.from_config(ds)(jax.random.key(0), batch["image"], batch["augment"]))
     geometric = np.isin(batch["augment"]["randaugment"]["op"], [randaugment.OPS.index(o) for o in GEOMETRIC])
     # At 8 px one half-pixel tie moves a large share of pixels: compare the non-geometric draws.
     same = ~(geometric & batch["augment"]["randaugment"]["apply"]).any(1)

@@ -132,31 +132,32 @@ def flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # ---- colour (float32 [0, 1], RGB or one channel) ----
 
 
-def _rgb(image: np.ndarray):
+def _rgb(image):
     return image[..., 0], image[..., 1], image[..., 2]
 
 
-def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    """(…, 3) RGB in [0, 1] → HSV, hue in [0, 1) (the hexcone model of tf.image / colorsys)."""
+def rgb_to_hsv(rgb, xp=np):
+    """(…, 3) RGB in [0, 1] → HSV, hue in [0, 1) (the hexcone model of tf.image / colorsys).
+    `xp`: the array module (numpy, or jax.numpy for the device chain)."""
     r, g, b = _rgb(rgb)
-    v = np.maximum(np.maximum(r, g), b)  # elementwise over planes: far faster than max(-1)
-    delta = v - np.minimum(np.minimum(r, g), b)
-    s = np.where(v > 0, delta / np.where(v > 0, v, 1), 0.0)
-    d = np.where(delta > 0, delta, 1)
-    h = np.where(v == r, (g - b) / d, np.where(v == g, 2 + (b - r) / d, 4 + (r - g) / d))
-    h = np.where(delta > 0, (h / 6.0) % 1.0, 0.0)
-    return np.stack([h, s, v], -1)
+    v = xp.maximum(xp.maximum(r, g), b)  # elementwise over planes: far faster than max(-1)
+    delta = v - xp.minimum(xp.minimum(r, g), b)
+    s = xp.where(v > 0, delta / xp.where(v > 0, v, 1), 0.0)
+    d = xp.where(delta > 0, delta, 1)
+    h = xp.where(v == r, (g - b) / d, xp.where(v == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    h = xp.where(delta > 0, (h / 6.0) % 1.0, 0.0)
+    return xp.stack([h, s, v], -1)
 
 
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+def hsv_to_rgb(hsv, xp=np):
     h, s, v = _rgb(hsv)
     # Each channel is v − v·s·clip(min(k, 4 − k), 0, 1) with k = (n + 6h) mod 6, n = 5, 3, 1.
     vs, h6 = v * s, 6 * h
     out = []
     for n in (5, 3, 1):
         k = (n + h6) % 6
-        out.append(v - vs * np.clip(np.minimum(k, 4 - k), 0, 1))
-    return np.stack(out, -1)
+        out.append(v - vs * xp.clip(xp.minimum(k, 4 - k), 0, 1))
+    return xp.stack(out, -1)
 
 
 def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
@@ -165,15 +166,15 @@ def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
     return ((image - mean) * np.float32(factor) + mean).astype(np.float32)
 
 
-def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
+def adjust_saturation(image, factor, xp=np):
     """HSV saturation × factor, clipped to [0, 1] (tf.image.adjust_saturation), in closed form:
     hue and value (the channel max) are kept, so each channel moves along v − x by the ratio
     of new to old saturation, min(factor, v / (v − min))."""
     r, g, b = _rgb(image)
-    v = np.maximum(np.maximum(r, g), b)[..., None]
-    delta = v - np.minimum(np.minimum(r, g), b)[..., None]
-    ratio = np.minimum(np.float32(factor), v / np.where(delta > 0, delta, 1))
-    return np.where(delta > 0, v - (v - image) * ratio, image).astype(np.float32)
+    v = xp.maximum(xp.maximum(r, g), b)[..., None]
+    delta = v - xp.minimum(xp.minimum(r, g), b)[..., None]
+    ratio = xp.minimum(xp.float32(factor), v / xp.where(delta > 0, delta, 1))
+    return xp.where(delta > 0, v - (v - image) * ratio, image).astype(xp.float32)
 
 
 def adjust_hue(image: np.ndarray, delta: float) -> np.ndarray:

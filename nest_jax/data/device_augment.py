@@ -21,7 +21,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from nest_jax.data import randaugment
+from nest_jax.data import augment, randaugment
 from nest_jax.data.preprocess import mean_std
 
 _OP = {name: i for i, name in enumerate(randaugment.OPS)}
@@ -50,20 +50,20 @@ class DeviceAugment:
             std=tuple(std),
         )
 
-    def __call__(self, key: jax.Array, image: jax.Array, augment: dict) -> jax.Array:
-        """image: (B, H, W, C) uint8 or float [0, 1]; augment: the batch's stacked host draws
-        (preprocess.sample_device_choices: "randaugment", "jitter", "erasing", each present when
-        its stage is on) → (B, H, W, C) float32, normalized."""
+    def __call__(self, key: jax.Array, image: jax.Array, choices: dict) -> jax.Array:
+        """image: (B, H, W, C) uint8 or float [0, 1]; choices: the batch's "augment" entry, the
+        stacked host draws (preprocess.sample_device_choices: "randaugment", "jitter", "erasing",
+        each present when its stage is on) → (B, H, W, C) float32, normalized."""
         x = image.astype(jnp.float32)
         if image.dtype == jnp.uint8:
             x = x / jnp.float32(255.0)
         if self.randaugment_layers > 0:
-            x = jax.vmap(rand_augment)(x, augment["randaugment"])
+            x = jax.vmap(rand_augment)(x, choices["randaugment"])
         if self.color_jitter > 0:
-            x = jax.vmap(color_jitter)(x, augment["jitter"])
+            x = jax.vmap(color_jitter)(x, choices["jitter"])
         x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
         if self.random_erasing > 0:
-            x = random_erasing(key, x, augment["erasing"])
+            x = random_erasing(key, x, choices["erasing"])
         return x
 
 
@@ -101,17 +101,7 @@ def affine(image: jax.Array, transform: jax.Array) -> jax.Array:
 def _transform(op: jax.Array, level: jax.Array, sign: jax.Array, h: int, w: int) -> jax.Array:
     """The output→input affine map of a geometric op (identity for the others). → (6,)"""
     angle = sign * level * jnp.float32(30.0 * math.pi / 180.0)
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
-    rotate = jnp.stack(
-        [
-            cos,
-            -sin,
-            ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2,
-            sin,
-            cos,
-            ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2,
-        ]
-    )
+    rotate = jnp.stack(randaugment.rotation(angle, h, w, xp=jnp))
     shear = sign * level * jnp.float32(0.3)
     pixels = sign * level * jnp.float32(randaugment.translate_pixels(w))
     one, zero = jnp.float32(1.0), jnp.float32(0.0)
@@ -201,43 +191,14 @@ def rand_augment(image: jax.Array, choices: dict) -> jax.Array:
 # ---- colour jitter, one image (H, W, C) float32 [0, 1] ----
 
 
-def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    v = jnp.maximum(jnp.maximum(r, g), b)
-    delta = v - jnp.minimum(jnp.minimum(r, g), b)
-    s = jnp.where(v > 0, delta / jnp.where(v > 0, v, 1), 0.0)
-    d = jnp.where(delta > 0, delta, 1)
-    h = jnp.where(v == r, (g - b) / d, jnp.where(v == g, 2 + (b - r) / d, 4 + (r - g) / d))
-    h = jnp.where(delta > 0, (h / 6.0) % 1.0, 0.0)
-    return jnp.stack([h, s, v], -1)
-
-
-def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    vs, h6 = v * s, 6 * h
-    out = []
-    for n in (5, 3, 1):
-        k = (n + h6) % 6
-        out.append(v - vs * jnp.clip(jnp.minimum(k, 4 - k), 0, 1))
-    return jnp.stack(out, -1)
-
-
 def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
     mean = image.mean((0, 1))
     return (image - mean) * factor + mean
 
 
-def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
-    r, g, b = image[..., 0], image[..., 1], image[..., 2]
-    v = jnp.maximum(jnp.maximum(r, g), b)[..., None]
-    delta = v - jnp.minimum(jnp.minimum(r, g), b)[..., None]
-    ratio = jnp.minimum(factor, v / jnp.where(delta > 0, delta, 1))
-    return jnp.where(delta > 0, v - (v - image) * ratio, image)
-
-
 def adjust_hue(image: jax.Array, delta: jax.Array) -> jax.Array:
-    hsv = rgb_to_hsv(image)
-    return hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + delta) % 1.0))
+    hsv = augment.rgb_to_hsv(image, xp=jnp)
+    return augment.hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + delta) % 1.0), xp=jnp)
 
 
 def color_jitter(image: jax.Array, choices: dict) -> jax.Array:
@@ -249,7 +210,7 @@ def color_jitter(image: jax.Array, choices: dict) -> jax.Array:
         op = choices["order"][i]
         candidates = [x * brightness, adjust_contrast(x, contrast)]
         if rgb:
-            candidates += [adjust_saturation(x, saturation), adjust_hue(x, hue)]
+            candidates += [augment.adjust_saturation(x, saturation, xp=jnp), adjust_hue(x, hue)]
         x = jnp.clip(jnp.select([op == k for k in range(len(candidates))], candidates, x), 0.0, 1.0)
     x = jnp.where(choices["apply"], x, image)
     if image.shape[-1] > 1:

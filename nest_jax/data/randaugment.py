@@ -77,9 +77,10 @@ def affine(image: np.ndarray, transform) -> np.ndarray:
     return np.where(inside[..., None], out, np.float32(0.5)).astype(np.float32, copy=False)
 
 
-def rotation(angle: float, h: int, w: int) -> tuple[float, ...]:
-    """Rotation by `angle` radians about the image centre, as an output→input affine map."""
-    cos, sin = math.cos(angle), math.sin(angle)
+def rotation(angle, h: int, w: int, xp=math) -> tuple:
+    """Rotation by `angle` radians about the image centre, as an output→input affine map
+    (`xp`: math, or jax.numpy for a traced angle)."""
+    cos, sin = xp.cos(angle), xp.sin(angle)
     return (
         cos,
         -sin,
