@@ -12,6 +12,7 @@ erasing 0.25. The erased boxes differ only in their noise, which the device draw
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -23,31 +24,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from nest_jax.data import preprocess  # noqa: E402
 from nest_jax.data.device_augment import DeviceAugment  # noqa: E402
 from nest_jax.data.shapes import ShapesTexturesSource  # noqa: E402
 from nest_jax.data.train_stream import stack  # noqa: E402
-from nest_jax.train.config_base import augment, base_config  # noqa: E402
 
 
 def chain_config(size: int):
-    ds = base_config().dataset
-    ds.update(
-        dict(
-            name="shapes",
-            image_size=size,
-            normalize="imagenet",
-            augment=augment(
-                inception_crop=True,
-                flip=True,
-                color_jitter=0.3,
-                random_erasing=0.25,
-                randaugment=dict(layers=2, magnitude=9.0, magnitude_std=0.5, prob=0.5),
-            ),
-        )
-    )
+    """configs/imagenet_nest.py:tiny's dataset section at `size` px."""
+    spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, "configs", "imagenet_nest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ds = module.get_config("tiny").dataset
+    ds.image_size = size
     return ds
 
 
