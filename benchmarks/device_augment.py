@@ -1,7 +1,6 @@
 """What `dataset.augment_on="device"` adds to the train step, side by side with host augmentation.
 
     python benchmarks/device_augment.py                      # CPU: DeiT-S, 224 px
-    python benchmarks/device_augment.py --step-batch 256 --remat --repeats 1   # the step at 256 on CPU
     python benchmarks/device_augment.py --batch 256 --step-batch 256   # an accelerator
 
 Two figures, each measured in one run on the current JAX backend:
@@ -34,7 +33,7 @@ from common import cpu_model, device_augment_batch  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def deit_config(batch: int, img: int, augment_on: str, remat: bool = False):
+def deit_config(batch: int, img: int, augment_on: str):
     spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, "configs", "imagenet_deit.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -42,7 +41,6 @@ def deit_config(batch: int, img: int, augment_on: str, remat: bool = False):
     c.dataset.image_size = img
     c.dataset.augment_on = augment_on
     c.train.global_batch_size = batch
-    c.model.remat = remat
     c.mesh.axes = dict(data=-1, fsdp=1, tensor=1)
     return c
 
@@ -68,11 +66,11 @@ def augment_alone(batch: int, img: int, repeats: int) -> dict:
     return dict(batch=batch, img=img, augment_ms=round(1e3 * s, 1), augment_ms_per_img=round(1e3 * s / batch, 3))
 
 
-def step_time(batch: int, img: int, augment_on: str, repeats: int, remat: bool) -> float:
+def step_time(batch: int, img: int, augment_on: str, repeats: int) -> float:
     from nest_jax.train.sharding import make_mesh
     from nest_jax.train.trainer import make_trainer, shard_batch
 
-    config = deit_config(batch, img, augment_on, remat)
+    config = deit_config(batch, img, augment_on)
     mesh = make_mesh(dict(config.mesh.axes), devices=jax.devices()[:1])
     tr = make_trainer(config, mesh, num_classes=1000, num_train_steps=100_000, warmup_steps=10)
     host = device_augment_batch(config.dataset, batch)
@@ -96,21 +94,24 @@ def step_time(batch: int, img: int, augment_on: str, repeats: int, remat: bool) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--step-batch", type=int, default=None, help="default: 16 on CPU, --batch elsewhere")
+    ap.add_argument(
+        "--step-batch",
+        type=int,
+        default=None,
+        help="default: 16 on CPU (DeiT-S at 256 needs ~30 GiB of temporaries), --batch elsewhere",
+    )
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--remat", action="store_true", help="rematerialize the blocks (DeiT-S at 256 in < 24 GB)")
     ap.add_argument("--json", default=os.path.join(REPO, "benchmarks", "device_augment.json"))
     args = ap.parse_args()
     cpu = jax.default_backend() == "cpu"
     step_batch = args.step_batch or (16 if cpu else args.batch)
     rec = augment_alone(args.batch, args.img_size, args.repeats)
     print(rec, flush=True)
-    host_s = step_time(step_batch, args.img_size, "host", args.repeats, args.remat)
-    device_s = step_time(step_batch, args.img_size, "device", args.repeats, args.remat)
+    host_s = step_time(step_batch, args.img_size, "host", args.repeats)
+    device_s = step_time(step_batch, args.img_size, "device", args.repeats)
     rec.update(
         step_batch=step_batch,
-        remat=args.remat,
         step_host_ms=round(1e3 * host_s, 1),
         step_device_ms=round(1e3 * device_s, 1),
         added_ms=round(1e3 * (device_s - host_s), 1),
