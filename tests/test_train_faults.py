@@ -229,7 +229,7 @@ def test_evaluation_beside_a_run_that_keeps_one_checkpoint_always_reads_the_newe
             ckpt = Checkpointer(tmp_path, create=False)  # as --mode=eval does
             # A loaded machine can lose many races in a row to a run saving every 10 ms: the bound on
             # re-reads is raised here, so what is tested is that no read fails, whatever the load.
-            found = ckpt.restore_latest(abstract, shardings, set_aside=False, retries=200)
+            found = ckpt.restore_latest(abstract, shardings, set_aside=False, retries=1000)
             ckpt.close(quiet=True)
             assert found is not None
             step, state = found

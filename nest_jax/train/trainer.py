@@ -24,7 +24,6 @@ from flax import nnx
 from flax.nnx import traversals
 from jax.sharding import Mesh
 
-from nest_jax.data.device_augment import DeviceAugment
 from nest_jax.train import losses, optim
 from nest_jax.train import sharding as shd
 from nest_jax.train.mixing import mix_batch
@@ -192,7 +191,11 @@ def make_trainer(
     rest_sh = jax.tree.map(lambda _: repl, jax.eval_shape(net.rest))
     batch_sh = shd.batch_sharding(mesh)
 
-    device_augment = DeviceAugment.from_config(config.dataset) if config.dataset.augment_on == "device" else None
+    device_augment = None
+    if config.dataset.augment_on == "device":  # the data package only when asked for (same layer)
+        from nest_jax.data.device_augment import DeviceAugment
+
+        device_augment = DeviceAugment.from_config(config.dataset)
 
     def make_targets(key, images, labels):
         # With both alphas 0 this only smooths the labels.
