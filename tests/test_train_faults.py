@@ -209,13 +209,17 @@ for step in range(1, 1_000_000):
 """
 
 
-def test_evaluation_beside_a_run_that_keeps_one_checkpoint_always_reads_the_newest(tmp_path, capfd):
+def test_evaluation_beside_a_run_that_keeps_one_checkpoint_always_reads_the_newest(tmp_path, capfd, caplog):
     """With a run saving every few ms and keeping one checkpoint (`max_to_keep=1`), evaluation
     listed a step that was deleted while it was read: "no readable checkpoint", or a traceback
-    from orbax's listing. 30 reads must all return a whole checkpoint, with no traceback."""
+    from orbax's listing. For 30 s of reads (at most 30): each read returns a whole checkpoint or,
+    when the run replaced it `retries` times in a row, the documented one-line UserError; nothing
+    else. The run must win some races (re-reads logged) and lose some (distinct steps returned):
+    how many of each depends on the machine's speed, so neither is counted exactly."""
     saver = subprocess.Popen(
         [sys.executable, "-c", _SAVER, str(tmp_path)], cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True
     )
+    caplog.set_level("INFO", logger="nest_jax.train.checkpoint")
     try:
         assert saver.stdout.readline().startswith("saved")
         abstract = {
@@ -224,13 +228,16 @@ def test_evaluation_beside_a_run_that_keeps_one_checkpoint_always_reads_the_newe
         }
         one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: one, abstract)
-        steps = []
-        for _ in range(30):
+        steps, deadline = [], time.monotonic() + 30
+        while time.monotonic() < deadline and len(steps) < 30:
             ckpt = Checkpointer(tmp_path, create=False)  # as --mode=eval does
-            # A loaded machine can lose many races in a row to a run saving every 10 ms: the bound on
-            # re-reads is raised here, so what is tested is that no read fails, whatever the load.
-            found = ckpt.restore_latest(abstract, shardings, set_aside=False, retries=1000)
-            ckpt.close(quiet=True)
+            try:
+                found = ckpt.restore_latest(abstract, shardings, set_aside=False, retries=20)
+            except UserError as e:
+                assert "were replaced 21 times while being read" in str(e)
+                continue
+            finally:
+                ckpt.close(quiet=True)
             assert found is not None
             step, state = found
             assert int(state["step"]) == step and float(state["params"]["w3"][0, 0]) == 4.0
@@ -239,6 +246,7 @@ def test_evaluation_beside_a_run_that_keeps_one_checkpoint_always_reads_the_newe
     finally:
         saver.kill()
         saver.wait()
+    assert any("changed while it was read" in r.getMessage() for r in caplog.records)  # races happened
     assert "Traceback" not in capfd.readouterr().err
 
 

@@ -96,11 +96,12 @@ def _shape_mismatch(saved: Any, abstract: Any) -> str | None:
 
 def _listed(read: Any, tries: int = 20) -> Any:
     """`read()` (a listing of the checkpoints), again while a step folder vanishes under it: another
-    run's retention deleting an old checkpoint while this process lists them."""
+    run's retention deleting an old checkpoint while this process lists them (orbax reports a
+    folder gone between its listing and its metadata read as either error)."""
     for _ in range(tries - 1):
         try:
             return read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             time.sleep(0.01)
     return read()
 
