@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import reproduce_claims as C  # noqa: E402
+import reproduce_robustness as R  # noqa: E402
 import reproduce_tokens as T  # noqa: E402
 import shape_tokens as ST  # noqa: E402
 
@@ -61,7 +62,6 @@ MODELS = {
 }
 NOT_RUN = [
     ("Less training data → fewer local heads in lower layers (Raghu et al. 2021, §4.2, Fig. 4)", "data-scale runs: the ViT at 1k … 100k images, `--full` size, each ~60 CPU-min"),
-    ("Corruption mCE and adversarial-patch robustness, ViT vs CNN (IPViT §3.6, §3.1)", "`python -m nest_jax.analyze corruptions,adversarial_patch` on the cached models"),
     ("Skip-connection removal changes the CKA structure (Raghu et al. 2021, §5, Fig. 9)", "ViTs trained with `skip_removed=(k,)`, one per k"),
     ("NesT data efficiency vs ViT (Zhang et al. 2022, §4.2)", "shown on digits: benchmarks/data_efficiency.py (BENCHMARKS.md)"),
     ("NesT GradCAT / CAM boxes on the objects (Zhang et al. 2022, §4.4)", "a NesT on the world and box IoU against the masks' boxes"),
@@ -215,6 +215,7 @@ def main(argv=None) -> dict:
     rows += [C.pos_embed_row(models, figs), C.cka_row(models, nat, figs), C.attention_distance_row(models, nat, figs)]
     rows += [T.per_block_row(models, nat, figs), T.norm_ratio_row(models, nat, figs)]
     rows += T.gap_rows(models, nat, accs, figs)
+    rows += [R.corruption_row(models, nat, figs), R.patch_row(models, nat, data["natural"])]
     for r in rows:
         log(f"{r['verdict']}: {r['claim']} — {r['ours']}")
     given = list(argv if argv is not None else sys.argv[1:])
