@@ -5,8 +5,9 @@
     python benchmarks/reproduce.py --full    # ≤ 60 CPU-minutes
 
 Trains the models the claims need (ViT with a class token; the same without position embedding;
-a small ResNet; all on the natural world; ResNet, ViT, DeiT with a shape token and DeiT with a
-distillation token on the stylized world, the DeiT tokens hard-distilled from the stylized ResNet),
+the same with global average pooling and no class token; a small ResNet; all on the natural
+world; ResNet, ViT, DeiT with a shape token and DeiT with a distillation token on the stylized
+world, the DeiT tokens hard-distilled from the stylized ResNet),
 caches them (`--checkpoints`, one .npz of the model state per model and tier: a re-run only analyses),
 runs the analyses and writes REPRODUCTIONS.md (`--out`): per claim the paper's statement, our
 number, the threshold fixed in `reproduce_claims.py`, the verdict, the figure and the command.
@@ -32,6 +33,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import reproduce_claims as C  # noqa: E402
+import reproduce_robustness as R  # noqa: E402
+import reproduce_tokens as T  # noqa: E402
 import shape_tokens as ST  # noqa: E402
 
 from nest_jax.data.shapes import ShapesTexturesSource  # noqa: E402
@@ -55,14 +58,11 @@ MODELS = {
     "vit_stylized": ("vit", "stylized", None),
     "deit_shape_stylized": ("deit_shape", "stylized", "resnet_stylized"),
     "deit_dist_stylized": ("deit_dist", "stylized", "resnet_stylized"),
+    "vit_gap_natural": ("vit_gap", "natural", None),  # last: the models above keep their seeds
 }
 NOT_RUN = [
     ("Less training data → fewer local heads in lower layers (Raghu et al. 2021, §4.2, Fig. 4)", "data-scale runs: the ViT at 1k … 100k images, `--full` size, each ~60 CPU-min"),
-    ("CLS-token norm-ratio switch between early and late layers (Raghu et al. 2021, §5)", "`python -m nest_jax.analyze norm_ratio` on the `--full` ViT"),
     ("Skip-connection removal changes the CKA structure (Raghu et al. 2021, §5, Fig. 9)", "ViTs trained with `skip_removed=(k,)`, one per k"),
-    ("GAP vs cls-token localization (Raghu et al. 2021, §6, Fig. 11); cls ≈ GAP accuracy (Dosovitskiy et al. 2021, App. D.3)", "a GAP ViT (`pool='gap'`) beside the cls ViT; `python -m nest_jax.analyze localization`"),
-    ("Corruption mCE and adversarial-patch robustness, ViT vs CNN (IPViT §3.6, §3.1)", "`python -m nest_jax.analyze corruptions,adversarial_patch` on the cached models"),
-    ("Deeper per-block class tokens more discriminative (IPViT §3.6)", "`python -m nest_jax.analyze per_block_tokens`"),
     ("NesT data efficiency vs ViT (Zhang et al. 2022, §4.2)", "shown on digits: benchmarks/data_efficiency.py (BENCHMARKS.md)"),
     ("NesT GradCAT / CAM boxes on the objects (Zhang et al. 2022, §4.4)", "a NesT on the world and box IoU against the masks' boxes"),
     ("NesT generator FID vs the conv baseline (Zhang et al. 2022, §4.5)", "benchmarks/generator.py on an accelerator"),
@@ -83,7 +83,7 @@ def build(name: str, tier: dict, seed: int):
     model_name = {"deit_shape": "deit_tiny_shape_patch16_224", "deit_dist": "deit_tiny_distilled_patch16_224"}.get(
         family, "vit_tiny_patch16_224"
     )
-    extra = dict(pos_embed="none") if family == "vit_nopos" else {}
+    extra = {"vit_nopos": dict(pos_embed="none"), "vit_gap": dict(pool="gap", prefix_tokens=())}.get(family, {})
     return create_model(model_name, num_classes=k, img_size=size, rngs=nnx.Rngs(seed), **tier["vit"], **extra)
 
 
@@ -213,6 +213,9 @@ def main(argv=None) -> dict:
     rows += C.segmentation_rows(models, nat, tier["seg_fraction"], figs)
     rows += C.occlusion_rows(models, nat)
     rows += [C.pos_embed_row(models, figs), C.cka_row(models, nat, figs), C.attention_distance_row(models, nat, figs)]
+    rows += [T.per_block_row(models, nat, figs), T.norm_ratio_row(models, nat, figs)]
+    rows += T.gap_rows(models, nat, accs, figs)
+    rows += [R.corruption_row(models, nat, figs), R.patch_row(models, nat, data["natural"])]
     for r in rows:
         log(f"{r['verdict']}: {r['claim']} — {r['ours']}")
     given = list(argv if argv is not None else sys.argv[1:])

@@ -27,7 +27,7 @@ def test_smoke_tier_writes_every_claim_with_a_verdict(tmp_path):
     assert sorted(p.name for p in cached.iterdir()) == sorted(f"{m}.npz" for m in reproduce.MODELS)
     text = out.read_text()
     rows = result["rows"]
-    assert len(rows) == 10
+    assert len(rows) == 16
     for r in rows:
         assert r["verdict"] in ("reproduced", "partly", "not reproduced")
         assert r["models"] and set(r["models"]) <= set(reproduce.MODELS)  # what the undertrained flag reads
