@@ -41,7 +41,7 @@ def corruption_row(m: dict, nat: dict, out_dir) -> dict:
     plot_corruption_errors(res).savefig(out_dir / "corruptions.png", dpi=100)
     v, r = d["vit_natural"], d["resnet_natural"]
     return C.row(
-        "ViT more robust to common corruptions than a CNN (Naseer et al. 2021, IPViT §3.6)",
+        "ViT more robust to common corruptions than a CNN (Naseer et al. 2021, IPViT §3.3)",
         "DeiT's mean corruption error on ImageNet-C below ResNet-50's",
         f"mean relative top-1 drop over {len(CORRUPTIONS)} corruptions × severities 1–5 "
         f"({sum(len(b['label']) for b in ev)} test images): "
@@ -73,7 +73,7 @@ def patch_row(m: dict, nat: dict, train: dict) -> dict:
         for k, x in f.items()
     )
     return C.row(
-        "ViT less fooled by a universal adversarial patch than a CNN (Naseer et al. 2021, IPViT §3.1)",
+        "ViT less fooled by a universal adversarial patch than a CNN (Naseer et al. 2021, IPViT §3.3)",
         "DeiT's fooling rate under an adversarial patch below ResNet-50's at the same patch size",
         f"fooling rate of a 10 %-area square patch on correctly classified test images: {shown}",
         "reproduced: ViT ≤ ResNet − 0.05; partly: lower",
