@@ -77,13 +77,12 @@ def device_augment_batch(ds_cfg, batch: int, seed: int = 0) -> dict:
     crops of `ds_cfg.image_size` and each example's random choices from the host samplers."""
     import numpy as np
 
-    from nest_jax.data.preprocess import example_rng, sample_device_choices
+    from nest_jax.data.preprocess import device_choices, example_rng
     from nest_jax.data.train_stream import stack
 
     size, channels = int(ds_cfg.image_size), int(ds_cfg.num_channels)
-    choices = stack(
-        [sample_device_choices(lambda stage, i=i: example_rng(seed, 0, i, stage), ds_cfg) for i in range(batch)]
-    )
+    sample = device_choices(ds_cfg)
+    choices = stack([sample(lambda stage, i=i: example_rng(seed, 0, i, stage)) for i in range(batch)])
     images = np.random.default_rng(seed).integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
     labels = np.zeros(batch, np.int32)
     return {"image": images, "label": labels, "augment": choices}

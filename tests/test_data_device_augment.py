@@ -174,7 +174,7 @@ def test_compiled_train_step_with_device_augmentation_has_no_host_round_trips():
         cfg, make_mesh({"data": 1}, devices=jax.devices()[:1]), num_classes=4, num_train_steps=4, warmup_steps=0
     )
     ds = cfg.dataset
-    one = preprocess.sample_device_choices(lambda stage: np.random.default_rng(stage), ds)
+    one = preprocess.device_choices(ds)(lambda stage: np.random.default_rng(stage))
     choices = jax.tree.map(lambda a: jax.ShapeDtypeStruct((8, *np.shape(a)), np.asarray(a).dtype), one)
     batch = {
         "image": jax.ShapeDtypeStruct((8, 8, 8, 3), np.uint8),

@@ -3,7 +3,7 @@
 With device augmentation the host decodes, crops, warps and flips (nest_jax.data.preprocess), and
 sends the crop as uint8 (or float32 [0, 1] when the source or the warp is float) together with the
 random choices of the later stages, drawn from the same per-example streams as the host chain
-(preprocess.sample_device_choices). The train step
+(preprocess.device_choices). The train step
 then applies, per example, RandAugment (Cubuk et al. 2020, §3), the SimCLR colour distortion (Chen
 et al. 2020, appendix A), normalization and random erasing (Zhong et al. 2020). Each op computes
 the same function as its NumPy twin in randaugment.py / augment.py; only the erasing noise is drawn
@@ -52,7 +52,7 @@ class DeviceAugment:
 
     def __call__(self, key: jax.Array, image: jax.Array, choices: dict) -> jax.Array:
         """image: (B, H, W, C) uint8 or float [0, 1]; choices: the batch's "augment" entry, the
-        stacked host draws (preprocess.sample_device_choices: "randaugment", "jitter", "erasing",
+        stacked host draws (preprocess.device_choices: "randaugment", "jitter", "erasing",
         each present when its stage is on) → (B, H, W, C) float32, normalized."""
         x = image.astype(jnp.float32)
         if image.dtype == jnp.uint8:

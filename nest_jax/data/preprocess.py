@@ -109,27 +109,28 @@ def example_rng(seed: int, epoch: int, position: int, stage: int) -> np.random.G
     return np.random.default_rng([seed, epoch, position, stage])
 
 
-def sample_device_choices(rng: Callable[[int], np.random.Generator], ds_cfg) -> dict:
-    """One image's random choices for the stages `augment_on="device"` runs in the train step
-    (nest_jax.data.device_augment), drawn from the same per-stage streams as the host chain:
-    {"randaugment", "jitter", "erasing"}, each present when its stage is on."""
+def device_choices(ds_cfg) -> Callable[[Callable[[int], np.random.Generator]], dict]:
+    """The sampler of one image's random choices for the stages `augment_on="device"` runs in the
+    train step (nest_jax.data.device_augment): f(rng) with `rng(stage)` the stage's generator,
+    → {"randaugment", "jitter", "erasing"}, each present when its stage is on. The draws are the
+    host chain's: same samplers, same per-stage streams. The config is read once, here."""
     aug = ds_cfg.augment
     ra = aug.randaugment
-    size = int(ds_cfg.image_size)
-    out = {}
-    if int(ra.layers) > 0:
-        out["randaugment"] = randaugment.sample(
-            rng(RANDAUGMENT),
-            layers=int(ra.layers),
-            magnitude=float(ra.magnitude),
-            magnitude_std=float(ra.magnitude_std),
-            prob=float(ra.prob),
-        )
-    if float(aug.color_jitter) > 0:
-        out["jitter"] = augment.sample_color_jitter(rng(JITTER), strength=float(aug.color_jitter))
-    if float(aug.random_erasing) > 0:
-        out["erasing"] = augment.sample_erasing_box(rng(ERASING), size, size, prob=float(aug.random_erasing))
-    return out
+    size, layers = int(ds_cfg.image_size), int(ra.layers)
+    ra_args = dict(magnitude=float(ra.magnitude), magnitude_std=float(ra.magnitude_std), prob=float(ra.prob))
+    jitter, erasing = float(aug.color_jitter), float(aug.random_erasing)
+
+    def sample(rng: Callable[[int], np.random.Generator]) -> dict:
+        out = {}
+        if layers > 0:
+            out["randaugment"] = randaugment.sample(rng(RANDAUGMENT), layers=layers, **ra_args)
+        if jitter > 0:
+            out["jitter"] = augment.sample_color_jitter(rng(JITTER), strength=jitter)
+        if erasing > 0:
+            out["erasing"] = augment.sample_erasing_box(rng(ERASING), size, size, prob=erasing)
+        return out
+
+    return sample
 
 
 def to_channels(image: np.ndarray, num_channels: int) -> np.ndarray:
@@ -164,7 +165,7 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray 
     if aff["scale"] < 1.0 or aff["degrees"] < 0 or aff["translate"] < 0:
         raise ValueError(f"augment.affine={aff}: degrees and translate must be ≥ 0 and scale ≥ 1 (the largest zoom)")
     use_affine = aff["degrees"] > 0 or aff["translate"] > 0 or aff["scale"] > 1.0
-    on_device = ds_cfg.augment_on == "device"
+    choices = device_choices(ds_cfg) if ds_cfg.augment_on == "device" else None
 
     def f(image: np.ndarray, where: tuple[int, int, int]) -> np.ndarray:
         def rng(stage):
@@ -182,13 +183,13 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray 
             image = augment.resize(image, (size, size), method)  # no-op when already there
             if cifar:
                 image = augment.pad_and_crop(image, rng(CROP), padding=padding)
-        image = to_channels(image, channels) if on_device and not use_affine else to_float(image, channels)
+        image = to_channels(image, channels) if choices and not use_affine else to_float(image, channels)
         if use_affine:
             image = augment.random_affine(image, rng(AFFINE), **aff)
         if flip:
             image = augment.flip(image, rng(FLIP))
-        if on_device:
-            return {"image": np.ascontiguousarray(image), "augment": sample_device_choices(rng, ds_cfg)}
+        if choices:
+            return {"image": np.ascontiguousarray(image), "augment": choices(rng)}
         if ra_layers > 0:
             image = randaugment.rand_augment(image, rng(RANDAUGMENT), layers=ra_layers, **ra_args)
         if jitter > 0:

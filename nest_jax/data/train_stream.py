@@ -51,7 +51,7 @@ def stack(examples: list) -> np.ndarray | dict:
 class TrainBatches:
     """Batch number k → {"image": float32 (b, S, S, C) normalized, "label": int32 (b,)}; with
     `augment_on="device"`, "image" is the uint8 / float [0, 1] crop and "augment" holds the
-    device stages' random choices (preprocess.sample_device_choices), stacked.
+    device stages' random choices (preprocess.device_choices), stacked.
 
     Picklable (sent to grain's worker processes); the augmentation chain and the epoch
     permutations are rebuilt lazily in each process."""
@@ -92,9 +92,8 @@ class TrainBatches:
             record = self.records[index]
             examples.append(self._augment(record["image"], (self.seed, epoch, slot)))
             labels.append(record["label"])
-        batch = stack(examples)
-        batch = dict(batch) if isinstance(batch, dict) else {"image": batch}
-        return dict(batch, label=np.asarray(labels, np.int32))
+        batch = stack(examples)  # host chain: the images; device chain: {"image", "augment"}
+        return dict(batch if isinstance(batch, dict) else {"image": batch}, label=np.asarray(labels, np.int32))
 
 
 def _own_arrays(batch):

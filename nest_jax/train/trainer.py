@@ -7,8 +7,8 @@ The model's graph (`graphdef`) and its RNG-stream variables (`rest`, reseeded ev
 outside the state: they are a deterministic function of the config.
 
 The train step never waits for the host: mixing selects between its branches instead of
-branching (`mixing.mix_batch`), so does device augmentation between its ops, the EMA under gradient accumulation is a `where`, and metrics stay
-on device until the loop reads them.
+branching (`mixing.mix_batch`), device augmentation between its ops, the EMA under gradient
+accumulation is a `where`, and metrics stay on device until the loop reads them.
 """
 
 from __future__ import annotations
