@@ -32,7 +32,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+import reproduce_ablations as A  # noqa: E402
 import reproduce_claims as C  # noqa: E402
+import reproduce_nest as N  # noqa: E402
 import reproduce_robustness as R  # noqa: E402
 import reproduce_tokens as T  # noqa: E402
 import shape_tokens as ST  # noqa: E402
@@ -42,12 +44,18 @@ from nest_jax.models import create_model  # noqa: E402
 
 # Per tier: the world, the models' size, steps, and the number of train / test images.
 TIERS = {
-    "smoke": dict(size=32, classes=4, clutter=2, train=64, test=32, steps=2, batch=16, seg_fraction=0.6,
-                  vit=dict(patch_size=8, dim=16, depth=2, num_heads=2, mlp_dim=32), resnet=(16, 16, 16, 16)),
+    "smoke": dict(size=32, classes=4, clutter=2, train=64, test=32, steps=2, batch=16, seg_fraction=0.6, subset=32,
+                  finetune=dict(images=32, steps=2),
+                  vit=dict(patch_size=8, dim=16, depth=2, num_heads=2, mlp_dim=32), resnet=(16, 16, 16, 16),
+                  nest=dict(dims=(16, 16, 16), depths=(1, 1, 1), heads=(1, 1, 1))),
     "quick": dict(size=32, classes=8, clutter=3, train=2000, test=400, steps=400, batch=64, seg_fraction=0.6,
-                  vit=dict(patch_size=4, dim=64, depth=4, num_heads=4, mlp_dim=128), resnet=(32, 64, 128, 256)),
+                  subset=250, finetune=dict(images=1000, steps=100),
+                  vit=dict(patch_size=4, dim=64, depth=4, num_heads=4, mlp_dim=128), resnet=(32, 64, 128, 256),
+                  nest=dict(patch_size=2, dims=(32, 64, 128), depths=(1, 1, 2), heads=(2, 2, 4))),
     "full": dict(size=64, classes=10, clutter=4, train=10000, test=500, steps=800, batch=64, seg_fraction=0.6,
-                 vit=dict(patch_size=8, dim=96, depth=6, num_heads=4, mlp_dim=192), resnet=(32, 64, 128, 256)),
+                 subset=1000, finetune=dict(images=2000, steps=200),
+                 vit=dict(patch_size=8, dim=96, depth=6, num_heads=4, mlp_dim=192), resnet=(32, 64, 128, 256),
+                 nest=dict(patch_size=4, dims=(48, 96, 192), depths=(2, 2, 2), heads=(2, 4, 8))),
 }  # fmt: skip
 # name: (model family, world variant, teacher for the extra token)
 MODELS = {
@@ -58,32 +66,41 @@ MODELS = {
     "vit_stylized": ("vit", "stylized", None),
     "deit_shape_stylized": ("deit_shape", "stylized", "resnet_stylized"),
     "deit_dist_stylized": ("deit_dist", "stylized", "resnet_stylized"),
-    "vit_gap_natural": ("vit_gap", "natural", None),  # last: the models above keep their seeds
+    "vit_gap_natural": ("vit_gap", "natural", None),  # new models go last: the ones above keep their seeds
+    "nest_natural": ("nest", "natural", None),
+    "vit_skip_natural": ("vit_skip", "natural", None),
+    "vit_natural_subset": ("vit", "natural", None),  # the tier's `subset` training images only
+    "nest_natural_subset": ("nest", "natural", None),
 }
 NOT_RUN = [
-    ("Less training data → fewer local heads in lower layers (Raghu et al. 2021, §4.2, Fig. 4)", "data-scale runs: the ViT at 1k … 100k images, `--full` size, each ~60 CPU-min"),
-    ("Skip-connection removal changes the CKA structure (Raghu et al. 2021, §5, Fig. 9)", "ViTs trained with `skip_removed=(k,)`, one per k"),
-    ("NesT data efficiency vs ViT (Zhang et al. 2022, §4.2)", "shown on digits: benchmarks/data_efficiency.py (BENCHMARKS.md)"),
-    ("NesT GradCAT / CAM boxes on the objects (Zhang et al. 2022, §4.4)", "a NesT on the world and box IoU against the masks' boxes"),
-    ("NesT generator FID vs the conv baseline (Zhang et al. 2022, §4.5)", "benchmarks/generator.py on an accelerator"),
-    ("Fine-tuning at a higher resolution with interpolated position embeddings (Dosovitskiy et al. 2021, §3.2)", "fine-tune the `--full` ViT at 96 px through nest_jax.convert.resize"),
+    ("NesT generator FID vs the conv baseline (Zhang et al. 2022, §4.5)", "`python benchmarks/generator.py` on an accelerator: FID needs thousands of generated images from generators trained for hours"),
 ]  # fmt: skip
 
 
 TRAIN_SECONDS: dict[str, float] = {}  # per model: wall-clock training seconds (kept in its cache file)
 
 
-def build(name: str, tier: dict, seed: int):
+def build(name: str, tier: dict, seed: int, size: int | None = None):
+    """The untrained model `name` of the tier (at `size` px; default the tier's)."""
     family = MODELS[name][0]
-    k, size = tier["classes"], tier["size"]
+    k, size = tier["classes"], size or tier["size"]
     if family == "resnet":
         return create_model(
             "resnet50", num_classes=k, img_size=size, rngs=nnx.Rngs(seed), layers=(1, 1, 1, 1), widths=tier["resnet"]
         )
+    if family == "nest":
+        # No stochastic depth: the same recipe as the ViTs.
+        return create_model(
+            "nest_tiny", num_classes=k, img_size=size, rngs=nnx.Rngs(seed), drop_path_rate=0.0, **tier["nest"]
+        )
     model_name = {"deit_shape": "deit_tiny_shape_patch16_224", "deit_dist": "deit_tiny_distilled_patch16_224"}.get(
         family, "vit_tiny_patch16_224"
     )
-    extra = {"vit_nopos": dict(pos_embed="none"), "vit_gap": dict(pool="gap", prefix_tokens=())}.get(family, {})
+    extra = {
+        "vit_nopos": dict(pos_embed="none"),
+        "vit_gap": dict(pool="gap", prefix_tokens=()),
+        "vit_skip": dict(skip_removed=(A.skip_block(tier["vit"]["depth"]),)),
+    }.get(family, {})
     return create_model(model_name, num_classes=k, img_size=size, rngs=nnx.Rngs(seed), **tier["vit"], **extra)
 
 
@@ -100,12 +117,10 @@ def arrays(tier: dict, variant: str, split: str) -> dict:
     return a
 
 
-def trained(name: str, tier_name: str, tier: dict, cache: epath.Path, models: dict, data: dict, log) -> nnx.Module:
-    """The model, from the cache or trained (AdamW, cosine schedule, no augmentation; ST.train)."""
-    model = build(name, tier, seed=len(models))
-    # The cache key holds every setting of the tier: changing one retrains instead of reusing.
-    key = hashlib.sha256(json.dumps(tier, sort_keys=True).encode()).hexdigest()[:10]
-    path = cache / f"{tier_name}-{key}" / f"{name}.npz"
+def cached(name: str, model: nnx.Module, fit, where: epath.Path, log) -> nnx.Module:
+    """`model` with the state cached as `where/name.npz`, or after `fit(model)` (which trains it in
+    place; the state and the training seconds are then cached)."""
+    path = where / f"{name}.npz"
     weights = nnx.Any(nnx.Param, nnx.BatchStat)  # the cached state: no RNG keys
     leaves, treedef = jax.tree.flatten(nnx.state(model, weights))
     if path.exists():
@@ -115,18 +130,58 @@ def trained(name: str, tier_name: str, tier: dict, cache: epath.Path, models: di
             TRAIN_SECONDS[name] = float(z["seconds"]) if "seconds" in z else float("nan")
         log(f"{name}: loaded {path}")
         return model
-    _, variant, teacher = MODELS[name]
-    x, y = data[variant]["image"], data[variant]["label"]
     t0 = time.time()
-    token = {"deit_shape": "shape", "deit_dist": "dist"}.get(MODELS[name][0])
-    ST.train(model, x, y, tier["steps"], teacher=models.get(teacher), token=token, bs=tier["batch"], seed=len(models))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fit(model)
     TRAIN_SECONDS[name] = time.time() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         arrays_ = {f"a{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(nnx.state(model, weights)))}
         np.savez(f, seconds=np.asarray(TRAIN_SECONDS[name]), **arrays_)
-    log(f"{name}: trained {tier['steps']} steps in {time.time() - t0:.0f} s")
+    log(f"{name}: trained in {TRAIN_SECONDS[name]:.0f} s")
     return model
+
+
+def cache_dir(root: epath.Path, tier_name: str, tier: dict) -> epath.Path:
+    # The key holds every setting of the tier: changing one retrains instead of reusing.
+    return root / f"{tier_name}-{hashlib.sha256(json.dumps(tier, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def trained(name: str, tier: dict, where: epath.Path, models: dict, data: dict, log) -> nnx.Module:
+    """The model, from the cache or trained (AdamW, cosine schedule, no augmentation; ST.train)."""
+    family, variant, teacher = MODELS[name]
+    n = tier["subset"] if name.endswith("_subset") else None
+    x, y = data[variant]["image"][:n], data[variant]["label"][:n]
+    token = {"deit_shape": "shape", "deit_dist": "dist"}.get(family)
+    seed = len(models)
+
+    def fit(model):
+        ST.train(model, x, y, tier["steps"], teacher=models.get(teacher), token=token, bs=tier["batch"], seed=seed)
+
+    return cached(name, build(name, tier, seed=seed), fit, where, log)
+
+
+def finetune_row(models: dict, tier: dict, where: epath.Path, log) -> dict:
+    """The ViT fine-tuned at 1.5 × the tier's size (position table interpolated) and at its size."""
+    ft, hi = tier["finetune"], tier["size"] * 3 // 2
+
+    def split(size, name, n=None):
+        a = world(dict(tier, size=size), "natural").arrays(name, n)
+        return {"image": a["image"].astype(np.float32) / 255.0, "label": a["label"]}
+
+    lo_, hi_ = ({"train": split(s, "train", ft["images"]), "test": split(s, "test")} for s in (tier["size"], hi))
+
+    def fit(name, model, x, y):
+        train = lambda m: ST.train(m, x, y, ft["steps"], lr=A.FINETUNE_LR, bs=tier["batch"], seed=0)  # noqa: E731
+        return cached(name, model, train, where, log)
+
+    return A.finetune_row(
+        models, lambda size: build("vit_natural", tier, seed=0, size=size), fit, lo_, hi_, ft["steps"]
+    )
+
+
+def trained_on(name: str, tier: dict) -> str:
+    subset = f" (first {tier['subset']} images)" if name.endswith("_subset") else ""
+    return f"{MODELS[name][1]} world{subset}"
 
 
 def write_report(
@@ -140,9 +195,11 @@ def write_report(
         f"models; this run {seconds / 60:.1f} min). World: {tier['classes']} classes, {tier['size']} px, "
         f"clutter {tier['clutter']}, rotation, {tier['train']} training images per variant; models trained "
         f"{tier['steps']} steps of batch {tier['batch']} (AdamW, no augmentation). ViT: {tier['vit']}; "
-        f"ResNet: one bottleneck block per stage, output widths {tier['resnet']}.",
+        f"ResNet: one bottleneck block per stage, output widths {tier['resnet']}; NesT (3 levels, no "
+        f"stochastic depth): {tier['nest']}. Fine-tuning at {tier['size'] * 3 // 2} px: {tier['finetune']['steps']} "
+        f"steps on the first {tier['finetune']['images']} training images at lr {A.FINETUNE_LR}.",
         "",
-        "Thresholds are fixed in `benchmarks/reproduce_claims.py` before the run; the evaluation images "
+        "Thresholds are fixed in `benchmarks/reproduce_*.py` before the run; the evaluation images "
         "are the world's test split, which no model trains on and nothing is tuned on.",
         "",
         "## Models (top-1 on the natural test split)",
@@ -151,7 +208,7 @@ def write_report(
         "|---|---|---|---|",
     ]
     lines += [
-        f"| {k} | {MODELS[k][1]} world | {v:.3f} | {TRAIN_SECONDS.get(k, float('nan')):.0f} |" for k, v in accs.items()
+        f"| {k} | {trained_on(k, tier)} | {v:.3f} | {TRAIN_SECONDS.get(k, float('nan')):.0f} |" for k, v in accs.items()
     ]
     lines += [
         "",
@@ -204,8 +261,9 @@ def main(argv=None) -> dict:
     nat, cue = arrays(tier, "natural", "test"), arrays(tier, "cue_conflict", "test")
     models: dict = {}
     TRAIN_SECONDS.clear()
+    where = cache_dir(epath.Path(args.checkpoints), tier_name, tier)
     for name in MODELS:
-        models[name] = trained(name, tier_name, tier, epath.Path(args.checkpoints), models, data, log)
+        models[name] = trained(name, tier, where, models, data, log)
     accs = {k: C.top1(m, nat["image"], nat["label"]) for k, m in models.items()}
     log(f"top-1 {accs}")
     sb_rows, sb = C.shape_bias_rows(models, cue)
@@ -216,6 +274,9 @@ def main(argv=None) -> dict:
     rows += [T.per_block_row(models, nat, figs), T.norm_ratio_row(models, nat, figs)]
     rows += T.gap_rows(models, nat, accs, figs)
     rows += [R.corruption_row(models, nat, figs), R.patch_row(models, nat, data["natural"])]
+    rows += [A.skip_removal_row(models, nat, accs, figs), A.data_scale_row(models, nat, tier["subset"], tier["train"])]
+    rows += [N.localization_row(models, nat, figs), N.data_efficiency_row(accs, tier["subset"], tier["train"])]
+    rows.append(finetune_row(models, tier, where, log))
     for r in rows:
         log(f"{r['verdict']}: {r['claim']} — {r['ours']}")
     given = list(argv if argv is not None else sys.argv[1:])

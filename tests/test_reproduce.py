@@ -5,6 +5,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def test_smoke_tier_writes_every_claim_with_a_verdict(tmp_path):
     assert sorted(p.name for p in cached.iterdir()) == sorted(f"{m}.npz" for m in reproduce.MODELS)
     text = out.read_text()
     rows = result["rows"]
-    assert len(rows) == 16
+    assert len(rows) == 21
     for r in rows:
         assert r["verdict"] in ("reproduced", "partly", "not reproduced")
         assert r["models"] and set(r["models"]) <= set(reproduce.MODELS)  # what the undertrained flag reads
@@ -41,3 +42,45 @@ def test_smoke_tier_writes_every_claim_with_a_verdict(tmp_path):
     assert all(0.0 <= a <= 1.0 for a in result["accuracy"].values()) and len(result["accuracy"]) == len(
         reproduce.MODELS
     )
+
+
+def test_localization_helpers_on_hand_made_masks():
+    """The boxes and coverages the NesT localization row rests on, against values worked by hand."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    nest = _load("reproduce_nest")
+    mask = np.zeros((2, 8, 8), bool)
+    mask[0, 2:5, 3:7] = True  # a 3×4 object
+    assert nest.mask_box(mask[0]) == (2, 3, 5, 7)
+    assert nest.mask_box(mask[1]) == (0, 0, 8, 8)  # no object: the whole image
+    boxes = np.asarray([[2, 3, 4, 5], [0, 0, 4, 4]])
+    np.testing.assert_allclose(nest.box_coverage(boxes, mask), [1.0, 0.0])
+    np.testing.assert_allclose(nest.box_coverage(np.asarray([[0, 0, 8, 8]] * 2), mask), [12 / 64, 0.0])
+    gt = np.asarray([[2, 3, 5, 7], [0, 0, 5, 5]])  # mean size 4 × 4.5
+    np.testing.assert_array_equal(nest.centre_boxes(gt, 8), [[2, 2, 6, 6]] * 2)
+
+
+def test_weights_move_to_a_larger_grid_with_the_position_table_resized():
+    """`with_weights_of` copies every parameter; at the same size the logits are the source's, at a
+    larger size only the patch rows of the position table change (the class-token row is kept)."""
+    import sys
+
+    import jax
+    from flax import nnx
+
+    from nest_jax.models import create_model
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    ab = _load("reproduce_ablations")
+    kw = dict(num_classes=3, patch_size=8, dim=16, depth=1, num_heads=2, mlp_dim=32)
+    make = lambda size, seed: create_model("vit_tiny_patch16_224", img_size=size, rngs=nnx.Rngs(seed), **kw)  # noqa: E731
+    src = make(32, 0)
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    same = ab.with_weights_of(src, make(32, 1))
+    np.testing.assert_array_equal(np.asarray(same(x, train=False)), np.asarray(src(x, train=False)))
+    big = ab.with_weights_of(src, make(48, 1))
+    pos_src, pos_big = np.asarray(src.pos_embed[...]), np.asarray(big.pos_embed[...])
+    assert pos_src.shape == (1, 1 + 16, 16) and pos_big.shape == (1, 1 + 36, 16)
+    np.testing.assert_array_equal(pos_big[:, 0], pos_src[:, 0])
+    np.testing.assert_array_equal(np.asarray(big.head.kernel[...]), np.asarray(src.head.kernel[...]))
