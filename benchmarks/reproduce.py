@@ -55,7 +55,7 @@ TIERS = {
     "full": dict(size=64, classes=10, clutter=4, train=10000, test=500, steps=800, batch=64, seg_fraction=0.6,
                  subset=1000, finetune=dict(images=2000, steps=200),
                  vit=dict(patch_size=8, dim=96, depth=6, num_heads=4, mlp_dim=192), resnet=(32, 64, 128, 256),
-                 nest=dict(patch_size=4, dims=(48, 96, 192), depths=(2, 2, 2), heads=(2, 4, 8))),
+                 nest=dict(patch_size=4, dims=(32, 64, 128), depths=(2, 2, 2), heads=(2, 4, 8))),
 }  # fmt: skip
 # name: (model family, world variant, teacher for the extra token)
 MODELS = {
@@ -275,7 +275,7 @@ def main(argv=None) -> dict:
     rows += T.gap_rows(models, nat, accs, figs)
     rows += [R.corruption_row(models, nat, figs), R.patch_row(models, nat, data["natural"])]
     rows += [A.skip_removal_row(models, nat, accs, figs), A.data_scale_row(models, nat, tier["subset"], tier["train"])]
-    rows += [N.localization_row(models, nat, figs), N.data_efficiency_row(accs, tier["subset"], tier["train"])]
+    rows += [N.localization_row(models, nat, figs), N.data_efficiency_row(models, accs, tier["subset"], tier["train"])]
     rows.append(finetune_row(models, tier, where, log))
     for r in rows:
         log(f"{r['verdict']}: {r['claim']} — {r['ours']}")

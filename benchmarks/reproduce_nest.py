@@ -4,9 +4,11 @@ fixed here, before any run (see `reproduce_claims.py`)."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import reproduce_claims as C
+from flax import nnx
 
 from nest_jax.analysis.cam import box_from_cam, box_iou, class_activation_map
 from nest_jax.analysis.forward import normalize
@@ -91,14 +93,19 @@ def localization_row(m: dict, nat: dict, out_dir) -> dict:
     )
 
 
-def data_efficiency_row(accs: dict, subset: int, full: int) -> dict:
+def num_params(model) -> int:
+    return sum(int(v.size) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def data_efficiency_row(m: dict, accs: dict, subset: int, full: int) -> dict:
     nest, vit = accs["nest_natural_subset"], accs["vit_natural_subset"]
+    sizes = f"NesT {num_params(m['nest_natural']):,} parameters, ViT {num_params(m['vit_natural']):,}"
     return C.row(
         "NesT more data-efficient than ViT (Zhang et al. 2022, §4.2, Table 2)",
         "trained from scratch on small data (CIFAR), NesT far above DeiT of similar size",
         f"top-1 with {subset} / {full} training images: NesT {nest:.3f} / {accs['nest_natural']:.3f}, "
-        f"ViT {vit:.3f} / {accs['vit_natural']:.3f} (digits, 135 images: NesT 94.0 % vs ViT 41.2 %, "
-        "benchmarks/data_efficiency.py)",
+        f"ViT {vit:.3f} / {accs['vit_natural']:.3f} ({sizes}; on digits, 135 images: NesT 94.0 % vs ViT "
+        "41.2 %, benchmarks/data_efficiency.py)",
         f"reproduced: NesT ≥ ViT + 0.05 at {subset} images; partly: greater",
         nest >= vit + 0.05,
         nest > vit,
