@@ -235,7 +235,34 @@ def write_report(
     ]
     lines += ["## Not run here", "", "| claim | what it needs |", "|---|---|"]
     lines += [f"| {c} | {need} |" for c, need in NOT_RUN]
+    if tier_name == "full":
+        lines += stylized_trials_section()
     path.write_text("\n".join(lines) + "\n")
+
+
+def stylized_trials_section(path: str = os.path.join(HERE, "stylized_trials.json")) -> list[str]:
+    """The stylized ViT's training trials (benchmarks/stylized_trials.py), when they were run."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        t = json.load(f)
+    lines = [
+        "",
+        "## The stylized ViT: what was tried",
+        "",
+        f"The stylized transformers learn little in {TIERS['full']['steps']} steps, so the verdicts resting on "
+        f"them are provisional. `{t['command']}` ({t['date']}) trained the stylized ViT on 9000 stylized training "
+        "images with other settings; top-1 on 1000 held-out stylized training images (chance 0.1):",
+        "",
+        "| start | learning rate | steps | held-out top-1 | train top-1 | shape bias (cls) | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['start']} | {r['lr']:g} | {r['steps']} | {r['held_out_top1']:.3f} | {r['train_top1']:.3f} | "
+        f"{r['shape_bias']:.3f} | {r['seconds']:.0f} |"
+        for r in t["trials"]
+    ]
+    return lines
 
 
 def main(argv=None) -> dict:
