@@ -8,7 +8,7 @@ speed: images/s of a jitted forward pass of the NesT generator, a plain ViT gene
 every stage; ViT: the width at a fixed depth), and peak memory from XLA's compiled memory analysis
 (arguments + outputs + temporaries of the forward).
 fid: trains the NesT and the conv generator on digits against the same NesT discriminator for the
-same number of steps, evaluating FID (features of a digits classifier, its workdir given) every
+same number of steps, once per seed, evaluating FID (features of a digits classifier, its workdir given) every
 `--every` steps.
 """
 
@@ -94,7 +94,9 @@ def speed(sizes, batch: int, repeats: int) -> list[dict]:
     return rows
 
 
-def fid_curve(classifier: str, steps: int, every: int, batch: int, samples: int) -> dict:
+def fid_curve(classifier: str, steps: int, every: int, batch: int, samples: int, seeds: list[int]) -> dict:
+    """{kind: {"params", "runs": [{"seed", "steps", "fid", "kid", "seconds"}, ...]}} per generator."""
+    from nest_jax.train.gan import build_generator
     from nest_jax.train.loop import train_and_evaluate
 
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "configs"))
@@ -107,32 +109,30 @@ def fid_curve(classifier: str, steps: int, every: int, batch: int, samples: int)
         "conv": dict(name="sagan_generator_32", overrides=dict(widths=(128, 96, 64, 32))),
     }
     for kind, gen in generators.items():
-        c = digits_nest_gan.get_config()
-        c.gan.generator = gen
-        c.train.num_train_steps, c.train.global_batch_size = steps, batch
-        c.train.checkpoint_every_steps = steps
-        c.evals.samples.every_steps = steps
-        with c.unlocked():
-            c.evals.fid = dict(
-                kind="fid", every_steps=every, prefix="", checkpoint=classifier, num_samples=samples, batch_size=256
+        for seed in seeds:
+            c = digits_nest_gan.get_config()
+            c.seed, c.gan.generator = seed, gen
+            c.train.num_train_steps, c.train.global_batch_size = steps, batch
+            c.train.checkpoint_every_steps = steps
+            c.evals.samples.every_steps = steps
+            with c.unlocked():
+                c.evals.fid = dict(
+                    kind="fid", every_steps=every, prefix="", checkpoint=classifier, num_samples=samples, batch_size=256
+                )
+            workdir = f"/tmp/gen_fid_{kind}_{seed}"
+            os.system(f"rm -rf {workdir}")
+            t = time.time()
+            train_and_evaluate(c, workdir)
+            rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")) if '"fid"' in line]
+            run = dict(
+                seed=seed,
+                steps=[r["step"] for r in rows],
+                fid=[r["fid"] for r in rows],
+                kid=[r["kid"] for r in rows],
+                seconds=time.time() - t,
             )
-        workdir = f"/tmp/gen_fid_{kind}"
-        os.system(f"rm -rf {workdir}")
-        t = time.time()
-        train_and_evaluate(c, workdir)
-        rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")) if '"fid"' in line]
-        from nest_jax.train.gan import build_generator
-
-        n = count(build_generator(c, nnx.Rngs(0)))
-        curves[kind] = dict(
-            steps=[r["step"] for r in rows],
-            fid=[r["fid"] for r in rows],
-            kid=[r["kid"] for r in rows],
-            params=n,
-            seconds=time.time() - t,
-            workdir=workdir,
-        )
-        print(kind, json.dumps(curves[kind]), flush=True)
+            curves.setdefault(kind, dict(params=count(build_generator(c, nnx.Rngs(0))), runs=[]))["runs"].append(run)
+            print(kind, json.dumps(run), flush=True)
     return curves
 
 
@@ -144,11 +144,15 @@ def plot(curves: dict, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for kind, c in curves.items():
-        ax.plot(c["steps"], c["fid"], marker="o", label=f"{kind} generator ({c['params'] / 1e6:.2f}M)")
+        fid = np.asarray([r["fid"] for r in c["runs"]])  # (seeds, evaluations)
+        steps = c["runs"][0]["steps"]
+        label = f"{kind} generator ({c['params'] / 1e6:.2f}M), mean of {len(fid)} seeds"
+        (line,) = ax.plot(steps, fid.mean(0), marker="o", label=label)
+        ax.fill_between(steps, fid.min(0), fid.max(0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("training step")
     ax.set_ylabel("FID (digits classifier features)")
     ax.set_yscale("log")
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -168,6 +172,7 @@ def main() -> None:
     f.add_argument("--every", type=int, default=50)
     f.add_argument("--batch", type=int, default=32)
     f.add_argument("--samples", type=int, default=1000)
+    f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     f.add_argument("--out", default=os.path.join(HERE, "generator_fid"))
     a = p.parse_args()
     meta = dict(
@@ -182,7 +187,7 @@ def main() -> None:
         with open(a.out, "w") as fh:
             json.dump(dict(meta, rows=rows), fh, indent=1)
     else:
-        curves = fid_curve(a.classifier, a.steps, a.every, a.batch, a.samples)
+        curves = fid_curve(a.classifier, a.steps, a.every, a.batch, a.samples, a.seeds)
         with open(a.out + ".json", "w") as fh:
             json.dump(dict(meta, curves=curves), fh, indent=1)
         plot(curves, a.out + ".png")
