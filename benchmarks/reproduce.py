@@ -230,7 +230,9 @@ def write_report(
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("reproduced", "partly", "not reproduced")}
     lines += [
         "",
-        "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + f"; {len(NOT_RUN)} claim{'s' * (len(NOT_RUN) != 1)} not run here.",
+        "Verdicts: "
+        + ", ".join(f"{n} {v}" for v, n in counts.items())
+        + f"; {len(NOT_RUN)} claim{'s' * (len(NOT_RUN) != 1)} not run here.",
         "",
     ]
     lines += ["## Not run here", "", "| claim | what it needs |", "|---|---|"]

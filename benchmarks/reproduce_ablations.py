@@ -16,6 +16,7 @@ from nest_jax.convert.common import assign_params, path_str
 from nest_jax.convert.resize import adapt_params
 
 FINETUNE_LR = 1e-4  # AdamW, cosine, as the models' training otherwise (ST.train)
+FINETUNED = ("vit_natural_ft_hi", "vit_natural_ft_lo")  # the cached fine-tuned ViTs: at 1.5 × and at 1 × size
 
 
 def skip_block(depth: int) -> int:
@@ -97,8 +98,8 @@ def finetune_row(m: dict, make, fit, lo: dict, hi: dict, steps: int) -> dict:
     size_lo, size_hi = lo["train"]["image"].shape[1], hi["train"]["image"].shape[1]
     at_hi = with_weights_of(base, make(size_hi))
     zero = top1_nll(at_hi, hi["test"]["image"], hi["test"]["label"])
-    ft_hi = fit("vit_natural_ft_hi", at_hi, hi["train"]["image"], hi["train"]["label"])
-    ft_lo = fit("vit_natural_ft_lo", with_weights_of(base, make(size_lo)), lo["train"]["image"], lo["train"]["label"])
+    ft_hi = fit(FINETUNED[0], at_hi, hi["train"]["image"], hi["train"]["label"])
+    ft_lo = fit(FINETUNED[1], with_weights_of(base, make(size_lo)), lo["train"]["image"], lo["train"]["label"])
     (a_hi, l_hi), (a_lo, l_lo) = (
         top1_nll(ft_hi, hi["test"]["image"], hi["test"]["label"]),
         top1_nll(ft_lo, lo["test"]["image"], lo["test"]["label"]),

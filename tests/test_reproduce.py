@@ -25,7 +25,8 @@ def test_smoke_tier_writes_every_claim_with_a_verdict(tmp_path):
     result = reproduce.main(["--smoke", f"--out={out}", f"--checkpoints={tmp_path / 'ckpt'}"])
     (cached,) = (tmp_path / "ckpt").iterdir()  # one folder per tier and settings
     assert cached.name.startswith("smoke-")
-    assert sorted(p.name for p in cached.iterdir()) == sorted(f"{m}.npz" for m in reproduce.MODELS)
+    cached_models = [*reproduce.MODELS, *reproduce.A.FINETUNED]
+    assert sorted(p.name for p in cached.iterdir()) == sorted(f"{m}.npz" for m in cached_models)
     text = out.read_text()
     rows = result["rows"]
     assert len(rows) == 21
