@@ -5,13 +5,10 @@ run (see `reproduce_claims.py`)."""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import reproduce_claims as C
 from flax import nnx
 
-from nest_jax.analysis.attention_distance import model_attention_distances, patch_distances
-from nest_jax.analysis.forward import logits_from_pixels, normalize
 from nest_jax.convert.common import assign_params, path_str
 from nest_jax.convert.resize import adapt_params
 
@@ -48,16 +45,9 @@ def skip_removal_row(m: dict, nat: dict, accs: dict, out_dir) -> dict:
     )
 
 
-def _first_layer_heads(model, x) -> tuple[np.ndarray, float]:
-    """Layer 0's mean attention distance per head (px) and that of uniform attention."""
-    _, inter = model(normalize(jnp.asarray(x[:256]), C.MEAN, C.STD), train=False, capture=("attention",))
-    first = np.asarray(model_attention_distances(inter["attention"], model.config)[0]).mean(0)
-    return first, float(patch_distances(model.config.grid, model.config.stride).mean())
-
-
 def data_scale_row(m: dict, nat: dict, subset: int, full: int) -> dict:
-    few, uniform = _first_layer_heads(m["vit_natural_subset"], nat["image"])
-    many, _ = _first_layer_heads(m["vit_natural"], nat["image"])
+    (few, *_), uniform = C.head_distances(m["vit_natural_subset"], nat["image"])
+    (many, *_), _ = C.head_distances(m["vit_natural"], nat["image"])
     gap = (few.min() - many.min()) / uniform  # how much more local the most local head is with more data
     return C.row(
         "Less training data → fewer local heads in the lower layers (Raghu et al. 2021, §4.2, Fig. 4)",
@@ -72,12 +62,7 @@ def data_scale_row(m: dict, nat: dict, subset: int, full: int) -> dict:
 
 
 def top1_nll(model, x, y) -> tuple[float, float]:
-    logits = np.concatenate(
-        [
-            np.asarray(logits_from_pixels(model, jnp.asarray(x[i : i + 128]), mean=C.MEAN, std=C.STD), np.float64)
-            for i in range(0, len(x), 128)
-        ]
-    )
+    logits = C.logits(model, x).astype(np.float64)
     logp = logits - logits.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
     return float(np.mean(logits.argmax(-1) == y)), float(-np.mean(logp[np.arange(len(y)), y]))

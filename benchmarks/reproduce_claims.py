@@ -33,14 +33,18 @@ def row(claim, paper, ours, threshold, ok, partly=False, figure="—", models=()
     return dict(out, models=list(models))
 
 
-def top1(model, x, y) -> float:
-    logits = np.concatenate(
+def logits(model, x) -> np.ndarray:
+    """Eval-mode logits of images x (N, H, W, 3) in [0, 1], in batches of 128 -> (N, classes)."""
+    return np.concatenate(
         [
             np.asarray(logits_from_pixels(model, jnp.asarray(x[i : i + 128]), mean=MEAN, std=STD))
             for i in range(0, len(x), 128)
         ]
     )
-    return float(np.mean(logits.argmax(-1) == y))
+
+
+def top1(model, x, y) -> float:
+    return float(np.mean(logits(model, x).argmax(-1) == y))
 
 
 def token_shape_bias(model, cue: dict) -> dict[str, float]:
@@ -222,14 +226,18 @@ def _px(values) -> str:
     return "[" + ", ".join(f"{float(v):.1f}" for v in values) + "]"
 
 
+def head_distances(model, x) -> tuple[list[np.ndarray], float]:
+    """Mean attention distance (px) of every head, one (heads,) array per layer, over the first 256
+    images; and the distance of uniform attention on the model's grid."""
+    _, inter = model(normalize(jnp.asarray(x[:256]), MEAN, STD), train=False, capture=("attention",))
+    per_layer = [np.asarray(d).mean(0) for d in model_attention_distances(inter["attention"], model.config)]
+    return per_layer, float(patch_distances(model.config.grid, model.config.stride).mean())
+
+
 def attention_distance_row(m: dict, nat: dict, out_dir) -> dict:
     from nest_jax.viz import plot_attention_distance
 
-    model = m["vit_natural"]
-    _, inter = model(normalize(jnp.asarray(nat["image"][:256]), MEAN, STD), train=False, capture=("attention",))
-    per_layer = [np.asarray(d).mean(0) for d in model_attention_distances(inter["attention"], model.config)]
-    c = model.config
-    uniform = float(patch_distances(c.grid, c.stride).mean())
+    per_layer, uniform = head_distances(m["vit_natural"], nat["image"])
     first, last = per_layer[0], per_layer[-1]
     plot_attention_distance(per_layer, title="ViT (natural world): mean attention distance").savefig(
         out_dir / "attention_distance.png", dpi=100

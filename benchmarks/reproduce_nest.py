@@ -20,10 +20,7 @@ CAM_THRESHOLD = 0.2  # Zhou et al. 2016's threshold on the min–max normalized 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """Half-open box (y0, x0, y1, x1) of a boolean mask (H, W); the whole image when it is empty."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        return 0, 0, mask.shape[0], mask.shape[1]
-    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+    return box_from_cam(mask, threshold=0.5, mode="tight")  # a 0/1 map: the box of its ones
 
 
 def box_coverage(boxes: np.ndarray, masks: np.ndarray) -> np.ndarray:
