@@ -134,24 +134,48 @@ def _message_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
 
 
+# The child sends itself SIGTERM from a filter on the training loop's logger when the data line is
+# logged: the signal lands at that point of setup on any machine, loaded or not (a parent reading the
+# line and signalling could be scheduled late enough for the child to reach the loop).
+_TERM_MARK = "test: SIGTERM sent at the data line"
+_TERM_AT_DATA_LINE = f"""
+import logging, os, signal, sys
+MARK, LOCK = {_TERM_MARK!r}, {LOCK_NAME!r}
+WORKDIR = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir="))
+def term(record):
+    if "eval examples" in record.getMessage():
+        held = os.path.exists(os.path.join(WORKDIR, LOCK))
+        print(MARK + (" with the lock held" if held else " without the lock"), file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+logging.getLogger("nest_jax.train.loop").addFilter(term)
+from nest_jax.main import run
+sys.argv[0] = "nest_jax.main"
+run()
+"""
+
+
 @pytest.mark.slow  # one CLI process up to the model's construction: ~20 CPU-s
 def test_sigterm_during_setup_exits_75_with_one_line_and_releases_the_lock(tmp_path):
-    """SIGTERM before the loop (here: right after the data is read) killed the process: exit 143,
-    no message, the lock file left behind."""
-    proc = _start_main(tmp_path, "train.num_train_steps=4")
-    seen = []
-    for line in proc.stderr:  # the data line: the lock is held, the model not yet built
-        seen.append(line)
-        if "train / 450 eval examples" in line:
-            assert (tmp_path / LOCK_NAME).exists()
-            proc.send_signal(signal.SIGTERM)
-            break
-    _, err = proc.communicate(timeout=300)
-    err = "".join(seen) + err
+    """SIGTERM before the loop (here: right after the data is read, the lock held, the model not
+    yet built) killed the process: exit 143, no message, the lock file left behind."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _TERM_AT_DATA_LINE, "--config=configs/digits_nest_tiny.py", f"--workdir={tmp_path}"]
+        + ["--config.train.num_train_steps=4"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    sent = f"{_TERM_MARK} with the lock held"
+    assert sent in proc.stderr, proc.stderr[-3000:]  # the signal came at the data line, the lock held
+    err = proc.stderr.replace(sent, "")
     assert proc.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
     lines = _message_lines(err)
     assert len(lines) == 1 and lines[0].startswith("nest_jax.main: preempted (SIGTERM) outside"), err[-3000:]
     assert "Traceback" not in err and not (tmp_path / LOCK_NAME).exists()
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
 
 
 @pytest.mark.slow  # one CLI run to its first saves: ~60 CPU-s
