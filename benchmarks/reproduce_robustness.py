@@ -17,7 +17,7 @@ SEVERITIES = (1, 2, 3, 4, 5)
 EVAL_IMAGES = 200  # the first test images (the cost stays ~ a CPU-minute in the full tier)
 PATCH_TRAIN_IMAGES = 128  # natural-world training images the patch is optimized on
 PATCH_BATCH = 32  # per step (× the default 2 placements): ~25 s per model in the full tier
-PATCH = dict(fraction=0.1)  # 10 % of the image area; otherwise run_adversarial_patch's defaults
+PATCH = dict(fraction=0.1)  # 10 % of the image area; otherwise train_patch's defaults
 
 
 def _batches(x, y, size: int = 100) -> list[dict]:

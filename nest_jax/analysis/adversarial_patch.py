@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -255,22 +256,9 @@ def fooling_rate(
     data = correctly_classified(model, as_list(batches), mean, std)
     fooled, total = 0, 0
     for i, b in enumerate(data):
-        labels = b["label"]
-        pred = np.asarray(
-            jnp.argmax(
-                patched_logits(
-                    model,
-                    jnp.asarray(b["image"]),
-                    patch,
-                    mask,
-                    jax.random.fold_in(jax.random.key(seed), i),
-                    rotate=rotate,
-                    mean=mean,
-                    std=std,
-                ),
-                -1,
-            )
-        )
+        labels, key = b["label"], jax.random.fold_in(jax.random.key(seed), i)
+        logits = patched_logits(model, jnp.asarray(b["image"]), patch, mask, key, rotate=rotate, mean=mean, std=std)
+        pred = np.asarray(jnp.argmax(logits, -1))
         if target is None:
             fooled += int((pred != labels).sum())
             total += len(labels)
@@ -288,39 +276,21 @@ def run_adversarial_patch(
     *,
     mean: tuple,
     std: tuple,
-    fraction: float = 0.05,
-    shape: str = "square",
-    rotate: bool | None = None,
-    steps: int = 100,
-    lr: float = 0.1,
-    optimizer: str = "adam",
-    placements: int = 2,
-    target: int | None = None,
-    seed: int = 0,
     return_patch: bool = False,
+    **settings: Any,
 ) -> dict:
-    """Trains a universal patch and reports its fooling rate on held-out images.
+    """Trains a universal patch (`train_patch` with `settings`: fraction, shape, rotate, steps, lr,
+    optimizer, placements, target, seed) and reports its fooling rate on held-out images.
 
     -> {"fooling_rate", "random_fooling_rate" (the starting random patch, same placements),
     "evaluated", "patch_side", "fraction", "shape", "objective_first", "objective_last"}.
     """
-    rotate = (shape == "circle") if rotate is None else rotate
-    patch, mask, losses = train_patch(
-        model,
-        train_batches,
-        mean=mean,
-        std=std,
-        fraction=fraction,
-        shape=shape,
-        rotate=rotate,
-        steps=steps,
-        lr=lr,
-        optimizer=optimizer,
-        placements=placements,
-        target=target,
-        seed=seed,
-    )
+    shape, fraction = settings.get("shape", "square"), settings.get("fraction", 0.05)
+    rotate = settings.get("rotate")
+    settings["rotate"] = rotate = (shape == "circle") if rotate is None else rotate
+    patch, mask, losses = train_patch(model, train_batches, mean=mean, std=std, **settings)
     eval_batches = as_list(eval_batches)
+    target, seed = settings.get("target"), settings.get("seed", 0)
     out = fooling_rate(model, eval_batches, patch, mask, mean=mean, std=std, rotate=rotate, target=target)
     start = initial_patch(seed, patch.shape[0], patch.shape[-1])
     random = fooling_rate(model, eval_batches, start, mask, mean=mean, std=std, rotate=rotate, target=target)
