@@ -2,10 +2,8 @@
 overrides follow nest_jax.overrides' grammar).
 
 Every mistake a user can make here (a config path that does not exist, a `get_config` that raises,
-an override of a field the config does not have, a value of the wrong type, a missing flag) becomes
-one `UserError` line that names the problem and the fix. Configs are Python files with a
-`get_config([arg])` (`--config=configs/cifar10_nest.py:small` passes "small"); override values are
-parsed as data for the field's type (`ast.literal_eval` for tuples and lists), never evaluated.
+a missing or unknown flag) becomes one `UserError` line that names the problem and the fix. Configs
+are Python files with a `get_config([arg])` (`--config=configs/cifar10_nest.py:small` passes "small").
 """
 
 from __future__ import annotations
@@ -19,9 +17,8 @@ from pathlib import Path
 import ml_collections
 
 from nest_jax.errors import UserError, describe
-
-MODES = ("train", "eval")
-_TRUE, _FALSE = ("true", "t", "1", "yes", "y", "on"), ("false", "f", "0", "no", "n", "off")
+from nest_jax.overrides import TRUE_WORDS
+from nest_jax.train.config_base import MODES
 
 
 @dataclass
@@ -43,46 +40,36 @@ def split_argv(argv: list[str]) -> CommandLine:
 
     argv: the arguments without the program name.
     """
-    cl, i = CommandLine(), 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
+    cl, rest = CommandLine(), list(argv)
+    while rest:
+        arg = rest.pop(0)
         if arg == "--":
-            cl.positional += argv[i:]
+            cl.positional += rest
             break
         if not arg.startswith("-") or arg == "-":
             cl.positional.append(arg)
             continue
-        if arg in ("-h", "-?"):
-            cl.help = "help"
-            continue
         name, eq, value = arg.lstrip("-").partition("=")
-        has_value = bool(eq)
-        if name in ("help", "helpshort", "helpfull"):
+        value = value if eq else None
+        follows = bool(rest) and _is_value(rest[0])  # `--name VALUE`, as absl reads it
+        if arg in ("-h", "-?") or name in ("help", "helpshort", "helpfull"):
             cl.help = "helpfull" if name == "helpfull" else "help"
         elif name in ("debug", "nodebug"):
-            cl.debug = name == "debug" and (not has_value or value.lower() in _TRUE)
-        elif name.startswith(("config.", "noconfig.")):
-            path = name.partition(".")[2]
-            if name.startswith("no"):
-                if has_value:
-                    raise UserError(f"--{name} takes no value; write --config.{path}={value} instead")
-                cl.overrides.append((path, "false"))
-                continue
-            if not has_value and i < len(argv) and _is_value(argv[i]):
-                value, has_value, i = argv[i], True, i + 1  # `--config.x VALUE`, as absl reads it
-            cl.overrides.append((path, value if has_value else None))
+            cl.debug = name == "debug" and (value is None or value.lower() in TRUE_WORDS)
+        elif name.startswith("noconfig."):
+            if value is not None:
+                raise UserError(f"--{name} takes no value; write --config.{name[9:]}={value} instead")
+            cl.overrides.append((name[9:], "false"))
+        elif name.startswith("config."):
+            cl.overrides.append((name[7:], rest.pop(0) if value is None and follows else value))
         elif name in ("config", "workdir", "mode"):
-            if not has_value:
-                if i >= len(argv) or not _is_value(argv[i]):
-                    raise UserError(f"--{name} needs a value: --{name}={_EXAMPLE[name]}")
-                value, i = argv[i], i + 1
-            setattr(cl, name, value)
+            if value is None and not follows:
+                raise UserError(f"--{name} needs a value: --{name}={_EXAMPLE[name]}")
+            setattr(cl, name, rest.pop(0) if value is None else value)
         else:
             cl.absl_args.append(arg)
-            if not has_value and i < len(argv) and _is_value(argv[i]) and _absl_takes_value(name):
-                cl.absl_args.append(argv[i])  # `--log_dir DIR`
-                i += 1
+            if value is None and follows and _absl_takes_value(name):
+                cl.absl_args.append(rest.pop(0))  # `--log_dir DIR`
     return cl
 
 
@@ -172,9 +159,21 @@ def split_config_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def _load_module(path: str) -> types.ModuleType:
+def _config_hint(path: str) -> str:
+    folder, shipped = configs_dir(), [name for name, _ in shipped_configs()]
+    if folder is None or not shipped:
+        return "; pass --config=PATH to a config file with a get_config() (see README.md, Training)"
+    close = difflib.get_close_matches(Path(path).name, shipped, n=1, cutoff=0.5)
+    rel = folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder
+    guess = f"; did you mean --config={rel}/{close[0]}?" if close else ""
+    return f"{guess} (shipped configs in {rel}/: {', '.join(n[:-3] for n in shipped)})"
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`get_config([arg])` of the file named by `spec` ("path.py[:arg]"), locked against new fields."""
     from etils import epath  # every path through epath, so a config may live on gs://
 
+    path, arg = split_config_spec(spec)
     p = epath.Path(path)
     if not p.exists():
         raise UserError(f"config file {path} does not exist{_config_hint(path)}")
@@ -184,42 +183,14 @@ def _load_module(path: str) -> types.ModuleType:
         )
     module = types.ModuleType(f"nest_jax_config_{Path(path).stem}")
     module.__file__ = str(Path(path).absolute()) if "://" not in path else path
-    try:
-        code = compile(p.read_text(), module.__file__, "exec")
-        exec(code, module.__dict__)  # a config file is Python by design, like any script the user runs
+    try:  # a config file is Python by design, like any script the user runs
+        exec(compile(p.read_text(), module.__file__, "exec"), module.__dict__)
     except UserError:
         raise
     except Exception as e:
         raise UserError(
             f"config file {path} failed to load: {describe(e)} (fix the file; --debug shows the traceback)"
         ) from e
-    return module
-
-
-def _config_hint(path: str) -> str:
-    shipped = [name for name, _ in shipped_configs()]
-    if not shipped:
-        return "; pass --config=PATH to a config file with a get_config() (see README.md, Training)"
-    close = difflib.get_close_matches(Path(path).name, shipped, n=1, cutoff=0.5)
-    folder = configs_dir()
-    rel = _relative(folder)
-    guess = f"; did you mean --config={rel}/{close[0]}?" if close else ""
-    return f"{guess} (shipped configs in {rel}/: {', '.join(n[:-3] for n in shipped)})"
-
-
-def _relative(folder: Path | None) -> str:
-    if folder is None:
-        return "configs"
-    try:
-        return str(folder.relative_to(Path.cwd()))
-    except ValueError:
-        return str(folder)
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`get_config([arg])` of the file named by `spec` ("path.py[:arg]"), locked against new fields."""
-    path, arg = split_config_spec(spec)
-    module = _load_module(path)
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise UserError(

@@ -1,19 +1,14 @@
-"""Train or evaluate a model from a config: `nest-jax --config=configs/X.py --workdir=DIR` (`nest-jax --help`).
+"""Train or evaluate a model from a config: `nest-jax --config=configs/X.py --workdir=DIR`; `usage()` is
+the `--help` text (modes, `--config.FIELD=VALUE` overrides, fine-tuning, shipped configs, exit codes).
 
-Override any config field with `--config.FIELD=VALUE` (e.g. `--config.train.num_train_steps=100`).
-Modes: `--mode=train` (default; resumes from the latest checkpoint in the workdir) and
-`--mode=eval` (evaluates the latest checkpoint). Fine-tuning: `--config.init_from.checkpoint=PATH`.
-Multi-host: `--config.distributed.enabled=True` (plus coordinator address / process count / id on
-GPU clusters; TPU pods detect them) calls `jax.distributed.initialize` before anything else.
-
-Exit codes: 0 done; 2 (`USAGE_EXIT_CODE`) bad input — a `UserError` (config, flag, file or
-dataset), printed as one line `nest_jax.main: error: <what and how to fix it>` on stderr without a
-traceback, and so is a full disk while writing the workdir; 75 (`PREEMPTED_EXIT_CODE`) SIGTERM
-stopped the run (in the training loop after saving a checkpoint; during setup, restore or a final
-evaluation at once, the workdir lock released) — rerun the same command to resume; 130
-(`INTERRUPTED_EXIT_CODE`) Ctrl-C, after finishing the checkpoint save in progress; 1 training
-diverged (the line names the last good checkpoint) or a bug. Each is one line on stderr.
-`--debug` or `NEST_JAX_DEBUG=1` prints the traceback as well.
+Multi-host: `--config.distributed.enabled=True` (plus coordinator address / process count / id on GPU
+clusters; TPU pods detect them) calls `jax.distributed.initialize` before anything else.
+A `UserError` (config, flag, file or dataset) and a full disk while writing the workdir are one line
+`nest_jax.main: error: <what and how to fix it>` on stderr without a traceback, exit 2; SIGTERM stops
+the run with exit 75 (in the training loop after saving a checkpoint; during setup, restore or a final
+evaluation at once, the workdir lock released); Ctrl-C exits 130 after finishing the checkpoint save in
+progress; a diverged run (the line names the last good checkpoint) or a bug exits 1. `--debug` or
+`NEST_JAX_DEBUG=1` prints the traceback as well.
 """
 
 from __future__ import annotations
@@ -26,7 +21,7 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
-from nest_jax.cli_config import CommandLine, check_required, load_config, shipped_configs, split_argv
+from nest_jax.cli_config import check_required, load_config, shipped_configs, split_argv
 from nest_jax.errors import (
     DEBUG_ENV,
     INTERRUPTED_EXIT_CODE,
@@ -100,36 +95,31 @@ def _clip(text: str, width: int) -> str:
 # A quiet console: set before jax / TensorFlow are imported
 
 
-def _accelerator_plugin_installed() -> bool:
-    """Whether jax could find a GPU/TPU backend (a PJRT plugin or libtpu), without importing jax."""
+def quiet_environment() -> None:
+    """No TensorFlow C++ chatter and no backend probing that cannot succeed; the user's settings win.
+
+    Without any accelerator plugin (a PJRT plugin or libtpu, found here without importing jax) jax
+    still tries libtpu and logs the failure, and warns about an NVIDIA device it cannot use; with
+    `JAX_PLATFORMS=cpu` it goes straight to the CPU.
+    """
     import importlib.metadata
     import importlib.util
     import pkgutil
 
-    if os.environ.get("TPU_LIBRARY_PATH") or importlib.util.find_spec("libtpu") is not None:
-        return True
-    if list(importlib.metadata.entry_points(group="jax_plugins")):
-        return True
-    spec = importlib.util.find_spec("jax_plugins")  # the namespace package CUDA/ROCm plugins install into
-    return bool(
-        spec and spec.submodule_search_locations and any(pkgutil.iter_modules(list(spec.submodule_search_locations)))
-    )
-
-
-def quiet_environment() -> None:
-    """No TensorFlow C++ chatter and no backend probing that cannot succeed; the user's settings win.
-
-    Without any accelerator plugin jax still tries libtpu and logs the failure, and warns about an
-    NVIDIA device it cannot use; with `JAX_PLATFORMS=cpu` it goes straight to the CPU.
-    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "JAX_PLATFORMS" not in os.environ and not _accelerator_plugin_installed():
-        os.environ["JAX_PLATFORMS"] = "cpu"
-        if any(os.path.exists(f"/dev/nvidia{i}") for i in range(8)):
-            _notes.append(
-                "running on CPU: no JAX GPU plugin is installed (pip install -U 'jax[cuda12]'), "
-                "or set JAX_PLATFORMS to choose"
-            )
+    if "JAX_PLATFORMS" in os.environ or os.environ.get("TPU_LIBRARY_PATH") or importlib.util.find_spec("libtpu"):
+        return
+    if list(importlib.metadata.entry_points(group="jax_plugins")):
+        return
+    spec = importlib.util.find_spec("jax_plugins")  # the namespace package CUDA/ROCm plugins install into
+    if spec and spec.submodule_search_locations and any(pkgutil.iter_modules(list(spec.submodule_search_locations))):
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if any(os.path.exists(f"/dev/nvidia{i}") for i in range(8)):
+        _notes.append(
+            "running on CPU: no JAX GPU plugin is installed (pip install -U 'jax[cuda12]'), "
+            "or set JAX_PLATFORMS to choose"
+        )
 
 
 def _setup_logging(absl_args: list[str], debug: bool) -> None:
@@ -175,13 +165,8 @@ def initialize_distributed(config) -> None:
     given = ("coordinator_address", "num_processes", "process_id", "local_device_ids")
     kwargs = {k: dist[k] for k in given if dist[k] is not None}  # unset: jax detects it (TPU pods, SLURM)
     jax.distributed.initialize(**kwargs)
-    logging.info(
-        "process %d of %d, %d local / %d global devices",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-    )
+    counts = jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count()
+    logging.info("process %d of %d, %d local / %d global devices", *counts)
 
 
 def run_job(config, workdir: str, mode: str) -> dict[str, Any]:
@@ -202,18 +187,6 @@ def run_job(config, workdir: str, mode: str) -> dict[str, Any]:
     return result
 
 
-def _prepare(cl: CommandLine):
-    from nest_jax.train.validate import validate_config
-
-    check_required(cl)
-    config = load_config(cl.config)
-    apply_overrides(config, cl.overrides)
-    with config.unlocked():
-        config.mode = cl.mode
-    validate_config(config)  # every bad value, one line, before any data, model or device work
-    return config
-
-
 def _raise_terminated(signum, frame) -> NoReturn:
     raise Terminated  # the training loop installs its own handler while it trains
 
@@ -228,47 +201,43 @@ def main(argv: list[str] | None = None) -> int:
     debug = debug_requested("--debug" in argv)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return _main(argv, debug)
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-def _main(argv: list[str], debug: bool) -> int:
-    try:
         cl = split_argv(argv)
         debug = debug or cl.debug
         if cl.help:
             print(usage(full=cl.help == "helpfull"), end="")
             return 0
-        config = _prepare(cl)  # every command-line mistake surfaces here, before anything heavy
+        # Every command-line mistake and bad value surfaces here, before any data, model or device work.
+        from nest_jax.train.validate import validate_config
+
+        check_required(cl)
+        config = load_config(cl.config)
+        apply_overrides(config, cl.overrides)
+        with config.unlocked():
+            config.mode = cl.mode
+        validate_config(config)
         _setup_logging(cl.absl_args, debug)
         run_job(config, cl.workdir, cl.mode)
+        return 0
     except UserError as e:
-        _say(f"error: {e}", debug)
-        return USAGE_EXIT_CODE
+        error, code, line = e, USAGE_EXIT_CODE, f"error: {e}"
     except (Preempted, Terminated) as e:
-        _say(str(e), debug)
-        return PREEMPTED_EXIT_CODE
+        error, code, line = e, PREEMPTED_EXIT_CODE, str(e)
     except KeyboardInterrupt as e:  # Ctrl-C; in the training loop: after the save in progress finished
         setup = "interrupted (Ctrl-C) during setup, before any checkpoint was touched; rerun the same command"
-        _say(str(e) if isinstance(e, Interrupted) else setup, debug)
-        return INTERRUPTED_EXIT_CODE
+        error, code, line = e, INTERRUPTED_EXIT_CODE, str(e) if isinstance(e, Interrupted) else setup
     except FloatingPointError as e:  # training diverged: the message names the last good checkpoint
-        _say(f"error: {e}", debug)
-        return 1
+        error, code, line = e, 1, f"error: {e}"
     except OSError as e:  # a full disk anywhere in the workdir (the lock file, a log): no traceback
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        _say(f"error: {e.strerror} while writing {e.filename or 'the workdir'}: free space and rerun", debug)
-        return USAGE_EXIT_CODE
-    return 0
-
-
-def _say(line: str, debug: bool) -> None:
-    """The one line a failed run prints on stderr (after the traceback with --debug)."""
-    if debug:
-        traceback.print_exc()
+        error, code = e, USAGE_EXIT_CODE
+        line = f"error: {e.strerror} while writing {e.filename or 'the workdir'}: free space and rerun"
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    if debug:  # the traceback, then the one line a failed run prints on stderr
+        traceback.print_exception(error)
     print(f"{PROG}: {line}", file=sys.stderr)
+    return code
 
 
 def run() -> NoReturn:

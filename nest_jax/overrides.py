@@ -13,7 +13,6 @@ import ast
 import dataclasses
 import difflib
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -21,13 +20,7 @@ from ml_collections.config_dict import FieldReference
 
 from nest_jax.errors import UserError, describe
 
-_TRUE, _FALSE = ("true", "t", "1", "yes", "y", "on"), ("false", "f", "0", "no", "n", "off")
-
-Spell = Callable[[str], str]  # dotted field -> how the user wrote it: "--config.a.b" or "--set a.b"
-
-
-def _config_flag(path: str) -> str:
-    return f"--config.{path}"
+TRUE_WORDS, FALSE_WORDS = ("true", "t", "1", "yes", "y", "on"), ("false", "f", "0", "no", "n", "off")
 
 
 def field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -43,24 +36,26 @@ def field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str
 
 
 def _no_such_field(
-    config: ml_collections.ConfigDict, path: str, depth: int, spell: Spell, subject: str = "the config"
+    config: ml_collections.ConfigDict,
+    path: str,
+    depth: int,
+    group: ml_collections.ConfigDict,
+    flag: str,
+    subject: str = "the config",
 ) -> UserError:
+    """The miss is at `path`'s part `depth`, in `group`; `flag` spells a field as the user writes it
+    ("--config." or "--set ")."""
     parts = path.split(".")
     known = field_paths(config)
     close = difflib.get_close_matches(path, known, n=3, cutoff=0.75)
     # A right name in the wrong group (--config.num_train_steps) matches on its last part.
-    leaf = parts[-1]
-    close += [k for k in known if k.rsplit(".", 1)[-1] == leaf and k not in close][:3]
+    close += [k for k in known if k.rsplit(".", 1)[-1] == parts[-1] and k not in close][:3]
     if close:
-        hint = "close field names: " + ", ".join(spell(c) for c in close[:4])
+        hint = "close field names: " + ", ".join(flag + c for c in close[:4])
     else:
-        node = config
-        for part in parts[:depth]:  # resolved already: the miss is at parts[depth]
-            node = node[part]
-        group = "".join(f".{p}" for p in parts[:depth])
-        owner = f"config{group}" if subject == "the config" else subject
-        hint = f"the fields of {owner} are: {', '.join(sorted(node.keys()))}"
-    return UserError(f"{spell(path)}: {subject} has no field {'.'.join(parts[: depth + 1])!r}; {hint}")
+        owner = "config" + "".join(f".{p}" for p in parts[:depth]) if subject == "the config" else subject
+        hint = f"the fields of {owner} are: {', '.join(sorted(group.keys()))}"
+    return UserError(f"{flag}{path}: {subject} has no field {'.'.join(parts[: depth + 1])!r}; {hint}")
 
 
 @functools.cache
@@ -91,57 +86,45 @@ def model_fields(name: str) -> ml_collections.ConfigDict:
     return out
 
 
-def _overrides_model(config: ml_collections.ConfigDict, parts: list[str]) -> str | None:
-    """The model whose config fields the group `parts` holds: an `overrides` group beside the model's
-    `name` (config.model, gan.generator) or `model` (a distillation teacher)."""
-    if len(parts) < 2 or parts[-1] != "overrides":
-        return None
-    node = config
-    for part in parts[:-1]:
-        node = node[part]
-    for key in ("name", "model"):
-        if key in node and isinstance(node[key], str):
-            return node[key]
-    return None
-
-
 def _resolve(
-    config: ml_collections.ConfigDict, path: str, spell: Spell, subject: str = "the config"
+    config: ml_collections.ConfigDict, path: str, flag: str, subject: str = "the config"
 ) -> tuple[ml_collections.ConfigDict, str, type, Any]:
     """(group, key, declared type, current value) of the field at dotted `path`.
 
-    A model's `overrides` group takes any field of that model's config dataclass (`model_fields`),
-    set or not yet set there; everything else must already be in the config.
+    A model's `overrides` group (beside the model's `name`, as config.model and gan.generator, or
+    `model`, as a distillation teacher) takes any field of that model's config dataclass
+    (`model_fields`), set or not yet set there; everything else must already be in the config.
     """
-    parts = path.split(".")
+    *groups, key = parts = path.split(".")
     if not all(parts):
         raise UserError(
-            f"{spell(path)}: malformed field name; write GROUP.FIELD=VALUE, e.g. {spell('train.num_train_steps')}=100"
+            f"{flag}{path}: malformed field name; write GROUP.FIELD=VALUE, e.g. {flag}train.num_train_steps=100"
         )
-    node = config
-    for depth, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict):
-            group = ".".join(parts[:depth])
-            raise UserError(
-                f"{spell(path)}: config.{group} is a value, not a group of fields; override it as {spell(group)}=VALUE"
-            )
+    owner, node = None, config
+    for depth, part in enumerate(groups):
         if part not in node:
-            model = _overrides_model(config, parts[:depth]) if depth == len(parts) - 1 else None
-            if model is None:
-                raise _no_such_field(config, path, depth, spell, subject)
-            if not model:
-                group = ".".join(parts[: depth - 1])
-                raise UserError(f"{spell(path)}: config.{group} names no model yet; set its model before its overrides")
-            fields = model_fields(model)
-            if part not in fields:
-                raise _no_such_field(
-                    fields, part, 0, lambda p: spell(".".join([*parts[:depth], p])), f"model {model}'s config"
-                )
-            return node, part, fields.get_type(part), fields[part]
-        if depth == len(parts) - 1:
-            return node, part, node.get_type(part), node[part]
-        node = node[part]
-    raise AssertionError("unreachable")
+            raise _no_such_field(config, path, depth, node, flag, subject)
+        owner, node = node, node[part]
+        if not isinstance(node, ml_collections.ConfigDict):
+            group = ".".join(parts[: depth + 1])
+            raise UserError(
+                f"{flag}{path}: config.{group} is a value, not a group of fields; override it as {flag}{group}=VALUE"
+            )
+    if key in node:
+        return node, key, node.get_type(key), node[key]
+    model = None
+    if len(groups) > 1 and groups[-1] == "overrides":
+        model = next((owner[k] for k in ("name", "model") if k in owner and isinstance(owner[k], str)), None)
+    if model is None:
+        raise _no_such_field(config, path, len(groups), node, flag, subject)
+    if not model:
+        raise UserError(
+            f"{flag}{path}: config.{'.'.join(groups[:-1])} names no model yet; set its model before its overrides"
+        )
+    fields = model_fields(model)
+    if key not in fields:
+        raise _no_such_field(fields, key, 0, fields, f"{flag}{'.'.join(groups)}.", f"model {model}'s config")
+    return node, key, fields.get_type(key), fields[key]
 
 
 def parse_value(flag: str, text: str | None, field_type: type, current: Any) -> Any:
@@ -150,9 +133,9 @@ def parse_value(flag: str, text: str | None, field_type: type, current: Any) -> 
     flag: how the user named the field, e.g. "--config.train.profile" or "--set train.profile".
     """
     if field_type is bool:
-        if text is None or text.lower() in _TRUE:
+        if text is None or text.lower() in TRUE_WORDS:
             return True
-        if text.lower() in _FALSE:
+        if text.lower() in FALSE_WORDS:
             return False
         bare = f" (or --{flag[2:]} / --no{flag[2:]})" if flag.startswith("--config.") else ""
         raise UserError(f"{flag}={text}: expects true or false{bare}")
@@ -199,16 +182,12 @@ def _example(field_type: type, current: Any) -> str:
 
 
 def _apply(
-    config: ml_collections.ConfigDict,
-    overrides: list[tuple[str, str | None]],
-    spell: Spell,
-    subject: str = "the config",
+    config: ml_collections.ConfigDict, overrides: list[tuple[str, str | None]], flag: str, subject: str = "the config"
 ) -> dict[str, Any]:
     applied = {}
     for path, text in overrides:
-        parent, key, field_type, current = _resolve(config, path, spell, subject)
-        flag = spell(path)
-        value = parse_value(flag, text, field_type, current)
+        parent, key, field_type, current = _resolve(config, path, flag, subject)
+        value = parse_value(flag + path, text, field_type, current)
         try:
             if key in parent:
                 parent[key] = value
@@ -216,14 +195,14 @@ def _apply(
                 with parent.unlocked():
                     parent[key] = value
         except (TypeError, ValueError) as e:
-            raise UserError(f"{flag}={text}: {describe(e)}") from e
+            raise UserError(f"{flag}{path}={text}: {describe(e)}") from e
         applied[path] = value
     return applied
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[tuple[str, str | None]]) -> None:
     """Sets each `--config.FIELD=VALUE` in order, type-checked against the field's declared type."""
-    _apply(config, overrides, _config_flag)
+    _apply(config, overrides, "--config.")
 
 
 def override(
@@ -235,10 +214,6 @@ def override(
 
     Returns {path: value} of what was set (e.g. the model fields `python -m nest_jax.convert` passes on).
     """
-
-    def spell(path: str) -> str:
-        return f"{flag} {path}"
-
     pairs = []
     for item in items:
         path, eq, text = item.partition("=")
@@ -246,4 +221,4 @@ def override(
             paths = sorted(field_paths(config), key=lambda p: (p.count("."), len(p)))
             raise UserError(f"{flag} {item}: expects FIELD=VALUE, e.g. {flag} {paths[0] if paths else 'FIELD'}=VALUE")
         pairs.append((path.strip(), text))
-    return _apply(config, pairs, spell, subject)
+    return _apply(config, pairs, f"{flag} ", subject)

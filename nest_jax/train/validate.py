@@ -22,7 +22,7 @@ from typing import Any
 from nest_jax.errors import UserError
 from nest_jax.paths import as_path
 from nest_jax.train import optim
-from nest_jax.train.config_base import base_config
+from nest_jax.train.config_base import MODES, base_config
 from nest_jax.train.gan import LOSSES
 from nest_jax.train.remat import POLICIES
 
@@ -40,32 +40,27 @@ _NO_DEFAULT_FIX = {"dataset.image_size", "dataset.num_channels", "model.img_size
 _BUILT: set[str] = set()
 
 
-def integer(lo: int, *, optional: bool = False) -> Check:
-    """An int ≥ lo (None allowed when `optional`: a placeholder field left unset)."""
-
-    def check(v: Any) -> str | None:
-        if v is None and optional:
-            return None
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-            return f"must be an integer ≥ {lo}" + (" or None" if optional else "")
-        return None
-
-    return check
-
-
-def number(lo: float, hi: float | None = None, *, below_hi: bool = False, optional: bool = False) -> Check:
-    """A finite number in [lo, hi] ([lo, hi) with `below_hi`; no upper bound when hi is None)."""
+def number(
+    lo: float, hi: float | None = None, *, below_hi: bool = False, optional: bool = False, integral: bool = False
+) -> Check:
+    """A finite number in [lo, hi] ([lo, hi) with `below_hi`; no upper bound when hi is None), an int
+    with `integral`, or None when `optional` (a placeholder field left unset)."""
     top = "" if hi is None else (f" and < {hi}" if below_hi else f" and ≤ {hi}")
+    kind, cls = ("an integer", numbers.Integral) if integral else ("a finite number", numbers.Real)
+    problem = f"must be {kind} ≥ {lo}{top}" + (" or None" if optional else "")
 
     def check(v: Any) -> str | None:
         if v is None and optional:
             return None
-        bad = isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < lo
-        if not bad and hi is not None:
-            bad = v >= hi if below_hi else v > hi
-        return f"must be a finite number ≥ {lo}{top}" + (" or None" if optional else "") if bad else None
+        fine = isinstance(v, cls) and not isinstance(v, bool) and (integral or math.isfinite(v)) and v >= lo
+        return None if fine and (hi is None or (v < hi if below_hi else v <= hi)) else problem
 
     return check
+
+
+def integer(lo: int, *, optional: bool = False) -> Check:
+    """An int ≥ lo (None allowed when `optional`)."""
+    return number(lo, optional=optional, integral=True)
 
 
 def one_of(names: Sequence[str], *, optional: bool = False) -> Check:
@@ -109,16 +104,10 @@ def _optimizer_fields(prefix: str) -> dict[str, Check]:
     }
 
 
-def _normalizations() -> tuple[str, ...]:
-    from nest_jax.data.preprocess import NORMALIZATION  # same layer; numpy/PIL only
-
-    return (*NORMALIZATION, "cifar")  # "cifar": the CIFAR-10 or -100 figures by dataset name
-
-
 # Every field whose type and range (or names) are known without building anything, in schema order.
 FIELDS: dict[str, Check] = {
     "seed": integer(0),
-    "mode": one_of(("train", "eval")),
+    "mode": one_of(MODES),
     "task": one_of(("classification", "gan")),
     "model.img_size": integer(1, optional=True),
     "model.remat_policy": one_of(POLICIES),
@@ -166,16 +155,28 @@ def validate_config(config: Any, *, check_dataset: bool = True) -> None:
     check_dataset: False when the caller supplies its own data module (then `dataset.name` is its
     business, not `nest_jax.data`'s).
     """
+    from nest_jax.data.preprocess import NORMALIZATION  # same layer; numpy/PIL only
+
     gan = _get(config, "task") == "gan"
-    for path, check in {
-        **FIELDS,
-        "dataset.normalize": one_of(_normalizations()),
-        **(GAN_FIELDS if gan else {}),
-    }.items():
+    normalize = one_of((*NORMALIZATION, "cifar"))  # "cifar": the CIFAR-10 or -100 figures by dataset name
+    for path, check in {**FIELDS, "dataset.normalize": normalize, **(GAN_FIELDS if gan else {})}.items():
         _check(config, path, check)
-    _check_schedule(config)
+    epochs = _get(config, "train.num_epochs")
+    if _get(config, "mode") == "train" and _get(config, "train.num_train_steps") is None and epochs == 0:
+        raise _fail(
+            "train.num_epochs",
+            epochs,
+            "with train.num_train_steps unset leaves nothing to train",
+            "set --config.train.num_train_steps=N or --config.train.num_epochs=E (E > 0)",
+        )
     for prefix in ("gan.g_optimizer", "gan.d_optimizer") if gan else ("optimizer",):
-        _check_lr(config, prefix)
+        if _get(config, f"{prefix}.lr") is None and _get(config, f"{prefix}.base_lr") is None:
+            raise _fail(
+                f"{prefix}.lr",
+                None,
+                f"and {prefix}.base_lr=None: no learning rate",
+                f"set --config.{prefix}.lr=0.001, or --config.{prefix}.base_lr (scaled by batch / base_batch)",
+            )
     if check_dataset:
         _check_dataset_name(config)
     _check_mesh(config)
@@ -212,27 +213,6 @@ def _check(config: Any, path: str, check: Check) -> None:
     else:
         fix = f"set --config.{path}={default} (the schema's default)"
     raise _fail(path, value, problem, fix)
-
-
-def _check_schedule(config: Any) -> None:
-    steps, epochs = _get(config, "train.num_train_steps"), _get(config, "train.num_epochs")
-    if _get(config, "mode") == "train" and steps is None and epochs == 0:
-        raise _fail(
-            "train.num_epochs",
-            epochs,
-            "with train.num_train_steps unset leaves nothing to train",
-            "set --config.train.num_train_steps=N or --config.train.num_epochs=E (E > 0)",
-        )
-
-
-def _check_lr(config: Any, prefix: str) -> None:
-    if _get(config, f"{prefix}.lr") is None and _get(config, f"{prefix}.base_lr") is None:
-        raise _fail(
-            f"{prefix}.lr",
-            None,
-            f"and {prefix}.base_lr=None: no learning rate",
-            f"set --config.{prefix}.lr=0.001, or --config.{prefix}.base_lr (scaled by batch / base_batch)",
-        )
 
 
 def _check_model_name(path: str, name: Any) -> None:
@@ -314,6 +294,7 @@ def _check_mesh(config: Any) -> None:
     for name, size in axes.items():
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or (size < 1 and size != -1):
             raise _fail(f"mesh.axes.{name}", size, "must be an integer ≥ 1, or -1 for the devices the others leave")
+    flexible = -1 in axes.values()
     if list(axes.values()).count(-1) > 1:
         raise _fail("mesh.axes", axes, "has more than one -1", "leave -1 on one axis (data) and give the others sizes")
     import jax
@@ -322,9 +303,7 @@ def _check_mesh(config: Any) -> None:
         return  # the device count is known only after jax.distributed.initialize; checked again then
     devices = jax.device_count()
     known = math.prod(s for s in axes.values() if s != -1)
-    if -1 in axes.values() and devices % known == 0:
-        return
-    if -1 not in axes.values() and known == devices:
+    if (devices % known == 0) if flexible else (known == devices):
         return
     free = next((n for n, s in axes.items() if s == -1), "data" if "data" in axes else next(iter(axes)))
     others = math.prod(s for n, s in axes.items() if n != free and s != -1)
@@ -333,6 +312,4 @@ def _check_mesh(config: Any) -> None:
         if devices % others == 0
         else "make the product of the axes divide the device count"
     )
-    raise _fail(
-        "mesh.axes", axes, f"needs {known}{' × k' if -1 in axes.values() else ''} devices, jax sees {devices}", fix
-    )
+    raise _fail("mesh.axes", axes, f"needs {known}{' × k' if flexible else ''} devices, jax sees {devices}", fix)
