@@ -1,15 +1,14 @@
-"""The representation analyses as evaluators: cka, attention_distance, norm_ratio, probes,
-localization, pos_embed (`nest_jax.train.evaluators` contract; run by the training loop through
-`config.evals` and by `python -m nest_jax.analyze`).
+"""The representation analyses as evaluators (`nest_jax.train.evaluators`): cka,
+attention_distance, norm_ratio, probes, localization, pos_embed.
 
-Each reads the evaluation split through `EvalData` (`batch_size`, `max_batches`: None = the
-data's defaults), runs one jitted forward pass per batch recording what it needs (`capture`),
+Each runs one jitted forward pass per batch recording what it needs (`Representation.capture`),
 drops the padding rows, and accumulates on the host. An analysis that does not apply to the model
 (e.g. localization on a ResNet) raises a UserError from `run`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import jax
@@ -25,25 +24,25 @@ from nest_jax.analysis.pos_embed_similarity import pos_embed_similarity
 from nest_jax.analysis.probes import layer_probes, token_probe
 from nest_jax.analysis.representations import POOLS, layer_representations, model_family, num_prefix
 from nest_jax.errors import UserError
-from nest_jax.train.evaluators import EvalData, register_evaluator
-
-MODEL_KEYS = ("params", "batch_stats")
+from nest_jax.train.evaluators import EvalData, Evaluator, model_state, register_evaluator
 
 
-class Forward:
-    """One jitted eval-mode forward pass recording `capture`, over the batches of `data`."""
+class Representation(Evaluator):
+    """An evaluator over one jitted eval-mode forward pass per batch recording `capture`."""
 
-    def __init__(self, model_fn: Callable, data: EvalData, capture: tuple[str, ...], batch_size, max_batches):
-        self.model_fn, self.data, self.batch_size, self.max_batches = model_fn, data, batch_size, max_batches
-        self._fwd = jax.jit(lambda state, images: model_fn(state)(images, train=False, capture=capture)[1])
+    capture: tuple[str, ...] = ("layers",)
 
-    def __call__(self, state: dict, others: tuple = ()) -> Iterator[tuple[list[dict], np.ndarray]]:
+    @functools.cached_property
+    def _fwd(self) -> Callable:
+        return jax.jit(lambda state, images: self.model_fn(state)(images, train=False, capture=self.capture)[1])
+
+    def forward(self, state: dict, others: tuple = ()) -> Iterator[tuple[list[dict], np.ndarray]]:
         """Per batch: ([intermediates of this model, then of each other], labels), padding rows
-        removed. `others`: (Forward, state) pairs of other models run on the same images."""
+        removed. `others`: (Representation, state) pairs of other models run on the same images."""
         runs = [(self, state), *others]
-        for batch in self.data.batches(batch_size=self.batch_size, max_batches=self.max_batches):
+        for batch in self.batches():
             g = self.data.shard(batch)
-            inters = [f._fwd({k: s[k] for k in MODEL_KEYS if k in s}, g["image"]) for f, s in runs]
+            inters = [ev._fwd(model_state(s), g["image"]) for ev, s in runs]
             inters, mask, labels = self.data.gather((inters, g["mask"], g["label"]))
             valid = np.asarray(mask) > 0
             yield [jax.tree.map(lambda a: a[valid], i) for i in inters], np.asarray(labels)[valid]
@@ -54,7 +53,7 @@ def _meta(model) -> tuple[str, int]:
 
 
 @register_evaluator("cka")
-class CKA:
+class CKA(Representation):
     """Layer × layer unbiased minibatch CKA (Nguyen et al. 2021); with a second model, across both."""
 
     def __init__(
@@ -69,8 +68,8 @@ class CKA:
     ):
         if pool not in POOLS or kernel not in ("linear", "rbf"):
             raise UserError(f"cka: pool must be one of {', '.join(POOLS)} and kernel linear or rbf")
-        self.model_fn, self.pool, self.kernel = model_fn, pool, kernel
-        self.forward = Forward(model_fn, data, ("layers",), batch_size, max_batches)
+        super().__init__(model_fn, data, batch_size=batch_size, max_batches=max_batches)
+        self.pool, self.kernel = pool, kernel
 
     def _features(self, inter: dict, model) -> list:
         family, prefix = _meta(model)
@@ -81,7 +80,7 @@ class CKA:
     def _accumulate(self, state: dict, other=None) -> MinibatchCKA:
         models = [self.model_fn(state)] + ([other[0].model_fn(other[1])] if other else [])
         acc = None
-        for inters, labels in self.forward(state, others=((other[0].forward, other[1]),) if other else ()):
+        for inters, labels in self.forward(state, others=(other,) if other else ()):
             if len(labels) < 4:
                 continue  # HSIC₁ needs 4 examples; only a final partial batch can be this small
             feats = [self._features(i, m) for i, m in zip(inters, models)]
@@ -120,14 +119,10 @@ class CKA:
 
 
 @register_evaluator("attention_distance")
-class AttentionDistance:
+class AttentionDistance(Representation):
     """Mean attention distance per layer and head, in input pixels (ViT/DeiT/NesT)."""
 
-    def __init__(
-        self, model_fn: Callable, data: EvalData, *, batch_size: int | None = None, max_batches: int | None = None
-    ):
-        self.model_fn = model_fn
-        self.forward = Forward(model_fn, data, ("attention",), batch_size, max_batches)
+    capture = ("attention",)
 
     def run(self, state: dict, step: int) -> dict:
         model = self.model_fn(state)
@@ -155,14 +150,10 @@ class AttentionDistance:
 
 
 @register_evaluator("norm_ratio")
-class NormRatio:
+class NormRatio(Representation):
     """‖z‖/‖f(z)‖ per layer: attention and MLP branches (prefix tokens and spatial), ResNet blocks."""
 
-    def __init__(
-        self, model_fn: Callable, data: EvalData, *, batch_size: int | None = None, max_batches: int | None = None
-    ):
-        self.model_fn = model_fn
-        self.forward = Forward(model_fn, data, ("residuals",), batch_size, max_batches)
+    capture = ("residuals",)
 
     def run(self, state: dict, step: int) -> dict:
         model = self.model_fn(state)
@@ -184,16 +175,10 @@ class NormRatio:
 
 
 @register_evaluator("probes")
-class Probes:
+class Probes(Representation):
     """Linear probes per layer (ridge, logistic; class token, mean token) and per final-layer token.
 
     Fitted on the even-indexed examples of the split, tested on the odd-indexed ones."""
-
-    def __init__(
-        self, model_fn: Callable, data: EvalData, *, batch_size: int | None = None, max_batches: int | None = None
-    ):
-        self.model_fn, self.data = model_fn, data
-        self.forward = Forward(model_fn, data, ("layers",), batch_size, max_batches)
 
     def run(self, state: dict, step: int) -> dict:
         family, prefix = _meta(self.model_fn(state))
@@ -210,13 +195,10 @@ class Probes:
         tr, te, k = slice(0, None, 2), slice(1, None, 2), self.data.num_classes
         curves = {}
         for p, batches in feats.items():
-            layers = [np.concatenate([b[i] for b in batches]) for i in range(len(batches[0]))]
+            layers = [np.concatenate(f) for f in zip(*batches)]
+            fit, test = [f[tr] for f in layers], [f[te] for f in layers]
             for kind in ("ridge", "logistic"):
-                curves[f"{kind}_{p}"] = np.asarray(
-                    layer_probes(
-                        [f[tr] for f in layers], y[tr], [f[te] for f in layers], y[te], num_classes=k, kind=kind
-                    )
-                )
+                curves[f"{kind}_{p}"] = np.asarray(layer_probes(fit, y[tr], test, y[te], num_classes=k, kind=kind))
         t = np.concatenate(tokens)
         acc = np.asarray(token_probe(*map(jnp.asarray, (t[tr], y[tr], t[te], y[te])), num_classes=k))
         return {"layers": curves, "per_token": acc, "per_token_mean": float(acc.mean())}
@@ -234,14 +216,10 @@ class Probes:
 
 
 @register_evaluator("localization")
-class Localization:
+class Localization(Representation):
     """CKA between each final-layer token and the input patch tokens at every position (ViT/DeiT)."""
 
-    def __init__(
-        self, model_fn: Callable, data: EvalData, *, batch_size: int | None = None, max_batches: int | None = None
-    ):
-        self.model_fn = model_fn
-        self.forward = Forward(model_fn, data, ("layers", "residuals"), batch_size, max_batches)
+    capture = ("layers", "residuals")
 
     def run(self, state: dict, step: int) -> dict:
         model = self.model_fn(state)

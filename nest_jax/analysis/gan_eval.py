@@ -41,21 +41,10 @@ def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
     return grid
 
 
-def latent_dim(model) -> int:
-    """The generator's latent size; a UserError for any other model (a classifier has no samples)."""
-    dim = getattr(getattr(model, "config", None), "latent_dim", None)
-    if dim is None:
-        raise UserError(
-            f"{type(model).__name__} is not a generator (no config.latent_dim): samples and fid evaluate GANs"
-        )
-    return int(dim)
-
-
 class Sampler:
-    """`sample(state, n, seed)` -> (n, H, W, C) float32 in [-1, 1], host numpy on every process.
-
-    Latent batch i is `normal(fold_in(key(seed), i))`: the same images for the same (state, seed).
-    """
+    """Base of `samples` and `fid`: `sample(state, n, seed)` -> (n, H, W, C) float32 in [-1, 1], host
+    numpy on every process. Latent batch i is `normal(fold_in(key(seed), i))`: the same images for
+    the same (state, seed)."""
 
     def __init__(self, model_fn: Callable, data: EvalData, batch_size: int | None):
         size = data.batch_size if batch_size is None else check_batch_size(batch_size, data.mesh, "batch_size")
@@ -68,14 +57,19 @@ class Sampler:
 
         self._generate = generate
 
-    def __call__(self, state: dict, n: int, seed: int) -> np.ndarray:
-        latent, key = latent_dim(self.model_fn(state)), jax.random.key(seed)
-        out = [self._generate(state, jax.random.fold_in(key, i), latent) for i in range(-(-n // self.batch_size))]
+    def sample(self, state: dict, n: int, seed: int) -> np.ndarray:
+        model = self.model_fn(state)
+        latent, key = getattr(getattr(model, "config", None), "latent_dim", None), jax.random.key(seed)
+        if latent is None:  # a classifier has no samples
+            raise UserError(
+                f"{type(model).__name__} is not a generator (no config.latent_dim): samples and fid evaluate GANs"
+            )
+        out = [self._generate(state, jax.random.fold_in(key, i), int(latent)) for i in range(-(-n // self.batch_size))]
         return np.concatenate([np.asarray(self.data.gather(x), np.float32) for x in out])[:n]
 
 
 @register_evaluator("samples")
-class SampleGrid:
+class SampleGrid(Sampler):
     """A grid of the generator's images on fixed latents (the same latents at every step)."""
 
     def __init__(
@@ -87,23 +81,15 @@ class SampleGrid:
         seed: int = 1234,
         batch_size: int | None = None,
     ):
+        super().__init__(model_fn, data, batch_size)
         self.num_images, self.seed = num_images, seed
-        self.sample = Sampler(model_fn, data, batch_size)
 
     def run(self, state: dict, step: int) -> dict[str, np.ndarray]:
         return {"samples": image_grid(self.sample(state, self.num_images, self.seed))}
 
 
-def make_extractor(extractor: str, checkpoint: str, weights: str, resize: str) -> F.Extractor:
-    if extractor == "classifier":
-        return F.classifier_from_workdir(checkpoint)
-    if extractor == "inception":
-        return F.inception_extractor(weights, resize=resize)
-    raise UserError(f"fid evaluator: extractor must be 'classifier' or 'inception', got {extractor!r}")
-
-
 @register_evaluator("fid")
-class FIDEvaluator:
+class FIDEvaluator(Sampler):
     """FID and KID of the generator's samples against the real images of a split.
 
     extractor "classifier": features of a classifier trained with the main job on the same data
@@ -126,13 +112,22 @@ class FIDEvaluator:
         kid_subsets: int = 50,
         kid_subset_size: int = 500,
     ):
-        self.extract = make_extractor(extractor, checkpoint, weights, resize)  # a missing file fails now
-        self.sample = Sampler(model_fn, data, batch_size)
-        self.data, self.split, self.batch_size = data, split, self.sample.batch_size
-        self.num_samples, self.kid_subsets, self.kid_subset_size = num_samples, kid_subsets, kid_subset_size
-        self.real: F.FeatureStats | None = None
+        if extractor == "classifier":  # a missing file fails now
+            self.extract = F.classifier_from_workdir(checkpoint)
+        elif extractor == "inception":
+            self.extract = F.inception_extractor(weights, resize=resize)
+        else:
+            raise UserError(f"fid evaluator: extractor must be 'classifier' or 'inception', got {extractor!r}")
+        super().__init__(model_fn, data, batch_size)
+        self.split, self.num_samples, self.kid_subsets, self.kid_subset_size = (
+            split,
+            num_samples,
+            kid_subsets,
+            kid_subset_size,
+        )
 
-    def real_stats(self) -> F.FeatureStats:
+    @functools.cached_property
+    def real(self) -> F.FeatureStats:
         """Features of one pass over `split` (padding masked), every process's examples."""
         ds = self.data.dataset.copy_and_resolve_references()
         with ds.unlocked():
@@ -142,15 +137,10 @@ class FIDEvaluator:
         return F.accumulate(self.extract, pairs, keep_features=True, gather=self.data.gather)
 
     def run(self, state: dict, step: int) -> dict[str, float]:
-        if self.real is None:
-            self.real = self.real_stats()
-        images = self.sample(state, self.num_samples, 10_000 + step)
-        bs = self.batch_size
+        real = self.real  # computed at the first run
+        images, bs = self.sample(state, self.num_samples, 10_000 + step), self.batch_size
         fake = F.accumulate(self.extract, (images[i : i + bs] for i in range(0, len(images), bs)), keep_features=True)
         kid, kid_std = F.kid(
-            self.real.all_features(),
-            fake.all_features(),
-            num_subsets=self.kid_subsets,
-            subset_size=self.kid_subset_size,
+            real.all_features(), fake.all_features(), num_subsets=self.kid_subsets, subset_size=self.kid_subset_size
         )
-        return {"fid": F.fid_from_stats(self.real, fake), "kid": kid, "kid_std": kid_std}
+        return {"fid": F.fid_from_stats(real, fake), "kid": kid, "kid_std": kid_std}

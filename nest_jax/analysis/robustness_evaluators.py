@@ -1,16 +1,15 @@
-"""The robustness analyses (Naseer et al. 2021) as evaluators: occlusion, patch_shuffle,
-corruptions, per_block_tokens, adversarial_patch, shape_bias, few_shot (`nest_jax.train.evaluators`
-contract; run by the training loop through `config.evals` and by `python -m nest_jax.analyze`).
+"""The robustness analyses (Naseer et al. 2021) as evaluators (`nest_jax.train.evaluators`):
+occlusion, patch_shuffle, corruptions, per_block_tokens, adversarial_patch, shape_bias, few_shot.
 
-They re-run the model on perturbed copies of the evaluation images, so each reads up to
-`max_batches` batches of this process (`batch_size`, `max_batches`: None = the data's defaults)
-once, turned back into [0, 1] pixels with the dataset's mean and std, and calls the `run_<name>`
-function of `nest_jax.analysis` on them with the model of the state. With several processes each
-scores its own shard of the split (the writers keep process 0's numbers).
+They re-run the model on perturbed copies of the evaluation images, so each reads its batches of
+this process once, as [0, 1] pixels (`PixelBatches`), and calls the `run_<name>` function of
+`nest_jax.analysis` on them. With several processes each scores its own shard of the split (the
+writers keep process 0's numbers).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -20,7 +19,7 @@ from nest_jax.analysis import adversarial_patch, corruption_eval, occlusion, pat
 from nest_jax.analysis import shape_bias as sb
 from nest_jax.analysis.forward import to_pixels
 from nest_jax.errors import UserError
-from nest_jax.train.evaluators import EvalData, register_evaluator
+from nest_jax.train.evaluators import EvalData, Evaluator, register_evaluator
 from nest_jax.viz import robustness as vr
 
 log = logging.getLogger(__name__)
@@ -32,26 +31,16 @@ def axes(results: dict, *keys: str) -> dict:
     return {k: np.asarray(v) if k in keys else v for k, v in results.items()}
 
 
-class PixelBatches:
-    """The evaluation batches as [0, 1] pixels, read once on first use."""
+class PixelBatches(Evaluator):
+    """An evaluator of the evaluation batches as [0, 1] pixels (`pixels`, read once)."""
 
-    def __init__(self, model_fn: Callable, data: EvalData, batch_size: int | None, max_batches: int | None):
-        self.model_fn, self.data, self.batch_size, self.max_batches = model_fn, data, batch_size, max_batches
-        self._batches: list[dict] | None = None
+    @functools.cached_property
+    def pixels(self) -> list[dict]:
+        return self.read_pixels()
 
-    def batches(self, split: str | None = None, *, dataset=None, max_batches: int | None = None) -> list[dict]:
-        """The evaluation batches (cached); with `split`/`dataset`, those of another split (read anew)."""
-
-        def read():
-            limit = self.max_batches if max_batches is None else max_batches
-            it = self.data.batches(split, batch_size=self.batch_size, max_batches=limit, dataset=dataset)
-            return [to_pixels(b, self.data.mean, self.data.std) for b in it]
-
-        if split is not None or dataset is not None:
-            return read()
-        if self._batches is None:
-            self._batches = read()
-        return self._batches
+    def read_pixels(self, split: str | None = None, **kw) -> list[dict]:
+        """The batches of `split` (None: the evaluation split) as pixels; `kw`: as `Evaluator.batches`."""
+        return [to_pixels(b, self.data.mean, self.data.std) for b in self.batches(split, **kw)]
 
     def kw(self) -> dict:
         return dict(mean=self.data.mean, std=self.data.std)
@@ -74,17 +63,15 @@ class Occlusion(PixelBatches):
         batch_size: int | None = None,
         max_batches: int | None = None,
     ):
-        super().__init__(model_fn, data, batch_size, max_batches)
+        super().__init__(model_fn, data, batch_size=batch_size, max_batches=max_batches)
         occlusion.check_ratios(ratios)
         occlusion.check_repeats(repeats, "occlusion")
-        self.ratios, self.per_image, self.seed, self.salient = tuple(ratios), bool(per_image), int(seed), salient
-        self.repeats = int(repeats)
+        self.settings = dict(ratios=tuple(ratios), per_image=bool(per_image), repeats=int(repeats), seed=int(seed))
+        self.salient = salient
 
     def run(self, state: dict, step: int) -> dict:
-        model, b = self.model_fn(state), self.batches()
-        out = occlusion.run_occlusion(
-            model, b, ratios=self.ratios, per_image=self.per_image, repeats=self.repeats, seed=self.seed, **self.kw()
-        )
+        model, b = self.model_fn(state), self.pixels
+        out = occlusion.run_occlusion(model, b, **self.settings, **self.kw())
         if self.salient:
             if per_block_tokens.is_vit(model) and "cls" in model.config.prefix_tokens:
                 out["salient"] = axes(occlusion.run_salient_occlusion(model, b, **self.kw()), "lambdas", "grid")
@@ -115,26 +102,20 @@ class PatchShuffle(PixelBatches):
         batch_size: int | None = None,
         max_batches: int | None = None,
     ):
-        super().__init__(model_fn, data, batch_size, max_batches)
+        super().__init__(model_fn, data, batch_size=batch_size, max_batches=max_batches)
         if grids is not None:
             patch_shuffle.check_grids(grids, (data.image_size, data.image_size))
         occlusion.check_repeats(repeats, "patch_shuffle")
-        self.grids, self.seed, self.repeats = ([tuple(g) for g in grids] if grids else None), int(seed), int(repeats)
+        self.settings = dict(grids=[tuple(g) for g in grids] if grids else None, repeats=int(repeats), seed=int(seed))
 
     def run(self, state: dict, step: int) -> dict:
-        r = patch_shuffle.run_patch_shuffle(
-            self.model_fn(state), self.batches(), grids=self.grids, repeats=self.repeats, seed=self.seed, **self.kw()
-        )
+        r = patch_shuffle.run_patch_shuffle(self.model_fn(state), self.pixels, **self.settings, **self.kw())
         names = [f"{g[0]}x{g[1]}" for g in r["grids"]]
         return {key: dict(zip(names, r[key])) for key in ("top1", "top1_sem")}
 
     def figures(self, results: dict) -> dict:
         curves = {
-            k: {
-                "grids": [g.split("x") for g in r["top1"]],
-                "top1": list(r["top1"].values()),
-                "top1_sem": list(r["top1_sem"].values()),
-            }
+            k: {"grids": [g.split("x") for g in r["top1"]], **{m: list(r[m].values()) for m in ("top1", "top1_sem")}}
             for k, r in results.items()
         }
         return {"patch_shuffle": vr.plot_shuffle(curves)}
@@ -155,21 +136,14 @@ class Corruptions(PixelBatches):
         batch_size: int | None = None,
         max_batches: int | None = None,
     ):
-        super().__init__(model_fn, data, batch_size, max_batches)
+        super().__init__(model_fn, data, batch_size=batch_size, max_batches=max_batches)
         corruption_eval.check_corruptions(corruptions, severities)
         if data.image_size < 32:
             raise UserError(f"the corruptions need images of at least 32 px, these have {data.image_size}")
-        self.corruptions, self.severities, self.seed = tuple(corruptions), tuple(severities), int(seed)
+        self.settings = dict(corruptions=tuple(corruptions), severities=tuple(severities), seed=int(seed))
 
     def run(self, state: dict, step: int) -> dict:
-        out = corruption_eval.run_corruptions(
-            self.model_fn(state),
-            self.batches(),
-            corruptions=self.corruptions,
-            severities=self.severities,
-            seed=self.seed,
-            **self.kw(),
-        )
+        out = corruption_eval.run_corruptions(self.model_fn(state), self.pixels, **self.settings, **self.kw())
         return axes(out, "severities")
 
     def figures(self, results: dict) -> dict:
@@ -180,16 +154,11 @@ class Corruptions(PixelBatches):
 class PerBlockTokens(PixelBatches):
     """Top-1 of every layer's tokens through the shared final norm and head(s) (ViT/DeiT, NesT)."""
 
-    def __init__(
-        self, model_fn: Callable, data: EvalData, *, batch_size: int | None = None, max_batches: int | None = None
-    ):
-        super().__init__(model_fn, data, batch_size, max_batches)
-
     def run(self, state: dict, step: int) -> dict:
         model = self.model_fn(state)
         if not (per_block_tokens.is_vit(model) or per_block_tokens.is_nest(model)):
             raise UserError("per_block_tokens needs a ViT/DeiT or NesT, not a ResNet")
-        return per_block_tokens.run_per_block_tokens(model, self.batches(), **self.kw())
+        return per_block_tokens.run_per_block_tokens(model, self.pixels, **self.kw())
 
     def figures(self, results: dict) -> dict:
         return {"per_block_tokens": vr.plot_per_layer(results)}
@@ -215,7 +184,7 @@ class AdversarialPatch(PixelBatches):
         batch_size: int | None = None,
         max_batches: int | None = None,
     ):
-        super().__init__(model_fn, data, batch_size, max_batches)
+        super().__init__(model_fn, data, batch_size=batch_size, max_batches=max_batches)
         size = (data.image_size, data.image_size)
         if not fractions:
             raise UserError("adversarial_patch: fractions=() names no patch size; e.g. fractions=(0.05, 0.1)")
@@ -226,25 +195,19 @@ class AdversarialPatch(PixelBatches):
         if target is not None and not 0 <= target < data.num_classes:
             raise UserError(f"adversarial_patch: target={target} must be a class in 0..{data.num_classes - 1} or None")
         self.fractions = tuple(float(f) for f in fractions)
-        self.settings = dict(shape=shape, steps=int(steps), lr=float(lr), optimizer=optimizer, placements=placements)
-        self.target = target
+        self.settings = dict(
+            shape=shape, steps=int(steps), lr=float(lr), optimizer=optimizer, placements=placements, target=target
+        )
 
     def run(self, state: dict, step: int) -> dict:
-        batches = self.batches()
+        batches = self.pixels
         train = [{k: v[0::2] for k, v in b.items()} for b in batches]
         held_out = [{k: v[1::2] for k, v in b.items()} for b in batches]
         model = self.model_fn(state)
         out = {}
         for fraction in self.fractions:
             r = adversarial_patch.run_adversarial_patch(
-                model,
-                train,
-                held_out,
-                fraction=fraction,
-                target=self.target,
-                return_patch=True,
-                **self.settings,
-                **self.kw(),
+                model, train, held_out, fraction=fraction, return_patch=True, **self.settings, **self.kw()
             )
             r["patch"] = r["patch"] * r.pop("mask")[..., None]  # the patch as pasted (HWC image)
             out[f"fraction_{fraction:g}"] = r
@@ -269,7 +232,7 @@ class ShapeBias(PixelBatches):
     the procedural `shapes` data set, its cue-conflict variant."""
 
     def __init__(self, model_fn: Callable, data: EvalData, *, folder: str | None = None, num_images: int = 256):
-        super().__init__(model_fn, data, None, None)
+        super().__init__(model_fn, data)
         if num_images < 1:
             raise UserError(f"shape_bias: num_images={num_images} must be at least 1, e.g. num_images=256")
         if not folder and data.dataset.name != "shapes":
@@ -278,28 +241,25 @@ class ShapeBias(PixelBatches):
                 "models) or a config whose dataset.name is 'shapes'"
             )
         self.folder, self.num_images = folder, int(num_images)
-        self._stimuli = None
 
+    @functools.cached_property
     def stimuli(self) -> list[dict]:
-        if self._stimuli is None:
-            size = self.data.image_size
-            if self.folder:
-                self._stimuli = list(sb.cue_conflict_folder(self.folder, image_size=size))
-            else:
-                from nest_jax.data.shapes import ShapesTexturesSource
+        size = self.data.image_size
+        if self.folder:
+            return list(sb.cue_conflict_folder(self.folder, image_size=size))
+        from nest_jax.data.shapes import ShapesTexturesSource
 
-                world = self.data.dataset.shapes  # the run's world (clutter, rotation, scale), cue-conflict images
-                src = ShapesTexturesSource.from_config(
-                    world, size, num_classes=self.data.num_classes, variant="cue_conflict", num_test=self.num_images
-                )
-                a = src.arrays("test")
-                img = a["image"].astype(np.float32) / 255.0
-                img = img if self.data.num_channels == 3 else img.mean(-1, keepdims=True)
-                self._stimuli = [{"image": img, "label": a["label"], "texture_label": a["texture_label"]}]
-        return self._stimuli
+        world = self.data.dataset.shapes  # the run's world (clutter, rotation, scale), cue-conflict images
+        src = ShapesTexturesSource.from_config(
+            world, size, num_classes=self.data.num_classes, variant="cue_conflict", num_test=self.num_images
+        )
+        a = src.arrays("test")
+        img = a["image"].astype(np.float32) / 255.0
+        img = img if self.data.num_channels == 3 else img.mean(-1, keepdims=True)
+        return [{"image": img, "label": a["label"], "texture_label": a["texture_label"]}]
 
     def run(self, state: dict, step: int) -> dict:
-        return sb.run_shape_bias(self.model_fn(state), self.stimuli(), **self.kw())
+        return sb.run_shape_bias(self.model_fn(state), self.stimuli, **self.kw())
 
     def figures(self, results: dict) -> dict:
         return {"shape_bias": vr.plot_shape_bias(results)}
@@ -325,33 +285,31 @@ class FewShot(PixelBatches):
         batch_size: int | None = None,
         max_batches: int | None = None,
     ):
-        super().__init__(model_fn, data, batch_size, max_batches)
+        super().__init__(model_fn, data, batch_size=batch_size, max_batches=max_batches)
         transfer.check_shots(shots, seeds)
         self.shots, self.seeds, self.features = tuple(int(k) for k in shots), int(seeds), features
         self.dataset = data.dataset.copy_and_resolve_references()
         with self.dataset.unlocked():
             self.dataset.update(dict(dataset or {}))
-        self._sets = None
 
+    @functools.cached_property
     def sets(self) -> tuple[list, list, int, tuple]:
         """(train batches, test batches, classes, usable shots), read once."""
-        if self._sets is None:
-            test = self.batches(self.dataset.eval_split, dataset=self.dataset)
-            train = self.batches(self.dataset.train_split, dataset=self.dataset, max_batches=len(test))
-            labels = np.concatenate([b["label"][b["mask"] > 0] for b in train])
-            classes = int(max(int(np.max(b["label"])) for b in train + test) + 1)
-            fewest = int(np.bincount(labels, minlength=classes).min())
-            shots = tuple(k for k in self.shots if k <= fewest)
-            if not shots:
-                raise UserError("few_shot: some class has no training image; read more batches (max_batches)")
-            if len(shots) < len(self.shots):
-                log.warning("few_shot: the rarest class has %d training images: shots %s only", fewest, shots)
-            self._sets = (train, test, classes, shots)
-        return self._sets
+        test = self.read_pixels(self.dataset.eval_split, dataset=self.dataset)
+        train = self.read_pixels(self.dataset.train_split, dataset=self.dataset, max_batches=len(test))
+        labels = np.concatenate([b["label"][b["mask"] > 0] for b in train])
+        classes = int(max(int(np.max(b["label"])) for b in train + test) + 1)
+        fewest = int(np.bincount(labels, minlength=classes).min())
+        shots = tuple(k for k in self.shots if k <= fewest)
+        if not shots:
+            raise UserError("few_shot: some class has no training image; read more batches (max_batches)")
+        if len(shots) < len(self.shots):
+            log.warning("few_shot: the rarest class has %d training images: shots %s only", fewest, shots)
+        return train, test, classes, shots
 
     def run(self, state: dict, step: int) -> dict:
         model = self.model_fn(state)
-        train, test, classes, shots = self.sets()
+        train, test, classes, shots = self.sets
         kind = self.features or (
             "cls" if per_block_tokens.is_vit(model) and "cls" in model.config.prefix_tokens else "pre_logits"
         )

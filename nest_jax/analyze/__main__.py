@@ -60,7 +60,8 @@ def load_checkpoint(model, source: str, path: str, label: str) -> int:
         except Exception as e:  # noqa: BLE001 -- any failure to read makes this copy unusable
             if step is None:
                 raise
-            reason = _reason(e)
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" [tensorstore_spec=")[0]
+            reason = reason if len(reason) <= 160 else reason[:157] + "..."  # without tensorstore's spec dump
             if step == candidates[-1]:
                 raise UserError(f"{label}: no readable checkpoint in {path} (the oldest, {step}: {reason})") from e
             print(
@@ -71,12 +72,6 @@ def load_checkpoint(model, source: str, path: str, label: str) -> int:
     if fresh:
         print(f"{PROG}: note: {label}: class count differs, head left at random: {', '.join(fresh)}", file=sys.stderr)
     return int(weights.step or 0)
-
-
-def _reason(e: BaseException) -> str:
-    """The first line of an error, without tensorstore's spec dump, at most 160 characters."""
-    line = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" [tensorstore_spec=")[0]
-    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def _not_orbax(record: logging.LogRecord) -> bool:

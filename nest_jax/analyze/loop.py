@@ -1,5 +1,5 @@
-"""Evaluation only: the requested analyses built by `build_evaluators` (the classes, settings and
-defaults the training loop uses), run once per model; JSON, PNG and TensorBoard out.
+"""Evaluation only: the requested analyses built as `build_evaluators` builds them (the classes,
+settings and defaults the training loop uses), run once per model; JSON, PNG and TensorBoard out.
 
 Each analysis is an evaluator kind of the same name (`nest_jax.train.evaluators.known_kinds()`).
 With two models every per-model evaluator runs for both, on the same images; evaluators with a
@@ -9,21 +9,20 @@ With two models every per-model evaluator runs for both, on the same images; eva
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import sys
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from nest_jax.errors import UserError
 from nest_jax.paths import as_path
 from nest_jax.train.evaluators import (
     EvalData,
-    build_evaluators,
     check_settings,
+    did_you_mean,
     flatten,
+    get_evaluator,
     known_kinds,
     model_fn_of,
     settings_of,
@@ -58,35 +57,25 @@ def selected(spec: str) -> list[str]:
     names = list(kinds) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
     bad = [n for n in names if n not in kinds]
     if bad or not names:
-        close = difflib.get_close_matches(bad[0], kinds, n=3) if bad else []
-        hint = f"did you mean {', '.join(close)}? " if close else ""
+        hint = did_you_mean(bad[0], kinds) if bad else ""
         raise UserError(f"unknown analysis {', '.join(bad) or spec!r}; {hint}choose from {', '.join(kinds)} or all")
     return names
 
 
-def evals_config(config: Any, name: str, options: dict) -> Any:
-    """`config` with one evaluation: `name` with the options it takes as settings."""
-    cfg = config.copy_and_resolve_references()
-    keys = settings_of(known_kinds()[name])
-    with cfg.unlocked():
-        cfg.evals = ml_collections.ConfigDict(
-            {name: dict(kind=name, **{k: v for k, v in options.items() if k in keys})}
-        )
-    return cfg
-
-
-def check_options(names: list[str], options: dict) -> None:
+def check_options(names: list[str], options: dict) -> dict[str, dict]:
     """Every --opt key must be a setting of at least one selected analysis, of the type each that
-    takes it declares (`check_settings`): checked before any model or data is read."""
-    known = sorted({k for n in names for k in settings_of(known_kinds()[n])})
+    takes it declares (`check_settings`): checked before any model or data is read. Returns
+    {name: the options it takes}."""
+    takes = {n: settings_of(known_kinds()[n]) for n in names}
+    known = sorted({k for keys in takes.values() for k in keys})
     for key in options:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=3)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
+            hint = did_you_mean(key, known)
             raise UserError(f"unknown --opt {key} for {', '.join(names)}; {hint}valid: {', '.join(known) or 'none'}")
-    for name in names:
-        keys = settings_of(known_kinds()[name])
-        check_settings(name, {k: v for k, v in options.items() if k in keys}, where="--opt")
+    takes = {n: {k: v for k, v in options.items() if k in keys} for n, keys in takes.items()}
+    for name, settings in takes.items():
+        check_settings(name, settings, where="--opt")
+    return takes
 
 
 def to_json(x: Any) -> Any:
@@ -123,8 +112,7 @@ def analyse(
     localization on a ResNet) instead of raising their UserError. options: evaluator settings
     (`--opt KEY=VALUE`), each given to the analyses that take it.
     """
-    options = dict(options or {})
-    check_options(names, options)
+    settings = check_options(names, dict(options or {}))
     make_out_dir(out)
     eval_data = EvalData(config, data, make_mesh({"data": -1}), batch_size=batch_size, max_batches=max_batches)
     bound = [model_fn_of(s.model) for s in subjects]
@@ -132,7 +120,7 @@ def analyse(
 
     writer = SummaryWriter(str(as_path(out) / "tensorboard"))
     # Every analysis is built (its settings checked) before any runs: a bad value fails at once.
-    built = {n: _build(n, evals_config(config, n, options), bound, eval_data, skip_inapplicable) for n in names}
+    built = {n: _build(n, settings[n], bound, eval_data, skip_inapplicable) for n in names}
     results: dict[str, dict] = {}
     try:
         for name in names:
@@ -175,15 +163,19 @@ def _write(out: str, name: str, results: dict, figures: dict, writer: Any, step:
         writer.add_figure(f"{name}/{stem}", fig, global_step=step)
 
 
-def _build(name, config, bound, data, skip_inapplicable) -> list | None:
+def _build(name, settings, bound, data, skip_inapplicable) -> list | None:
     """Analysis `name`'s evaluator for each model; None when `all` asked for one that does not apply."""
+    cls = get_evaluator(name)
     try:
-        return [build_evaluators(config, model_fn, data)[name].evaluator for model_fn, _ in bound]
+        return [cls(model_fn, data, **settings) for model_fn, _ in bound]
     except UserError as e:  # a setting it needs is missing (shape_bias without stimuli)
-        if not skip_inapplicable or _builds_without_options(name, config, bound[0][0], data):
-            raise  # a bad --opt value is an error even under `all`, never a skipped analysis
-        print(f"note: skipping {name}: {e}", file=sys.stderr)
-        return None
+        if skip_inapplicable:  # unless it builds with its defaults: a bad --opt value fails even under `all`
+            try:
+                cls(bound[0][0], data)
+            except UserError:
+                print(f"note: skipping {name}: {e}", file=sys.stderr)
+                return None
+        raise
 
 
 def _run_one(name, subjects, built, bound, step, skip_inapplicable):
@@ -210,13 +202,3 @@ def _run_one(name, subjects, built, bound, step, skip_inapplicable):
         (a, ev_a), (b, ev_b) = evaluators.items()
         results[f"{a}|{b}"] = done[f"{a}|{b}"] = unflatten(flatten(ev_a.compare(bound[0][1], ev_b, bound[1][1])))
     return results, (first.figures(done) if hasattr(first, "figures") else {})
-
-
-def _builds_without_options(name: str, config: Any, model_fn: Any, data: EvalData) -> bool:
-    """Whether analysis `name` builds with its default settings (then an error building it with the
-    --opt values is about those values)."""
-    try:
-        build_evaluators(evals_config(config, name, {}), model_fn, data)
-    except UserError:
-        return False
-    return True

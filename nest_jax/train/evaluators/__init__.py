@@ -16,6 +16,9 @@ way by the training loop and by `python -m nest_jax.analyze`.
 (HWC or NHWC). `figures` gets {subject label: unflatten(flatten(results))} and returns figures
 keyed by file stem.
 
+`Evaluator` is the base of the evaluators that read the split: it keeps `model_fn`, `data` and the
+data settings `batch_size`, `max_batches` (None: the data's defaults) and reads with them (`batches`).
+
 `config.evals.<name> = dict(kind=..., every_steps=..., prefix=..., **settings)`: `build_evaluators`
 reads kind, every_steps (None: train.eval_every_steps; 0: only at the end) and prefix (None:
 "<name>/"), and passes the remaining keys to the class as keyword arguments; an unknown key is a
@@ -33,7 +36,7 @@ import inspect
 import numbers
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -68,6 +71,33 @@ def register_evaluator(kind: str) -> Callable[[type], type]:
     return wrap
 
 
+class Evaluator:
+    """Base of the evaluators that read the split: `batch_size` examples a batch, at most
+    `max_batches` batches (None: the data's defaults)."""
+
+    def __init__(
+        self, model_fn: Callable, data: EvalData, *, batch_size: int | None = None, max_batches: int | None = None
+    ):
+        self.model_fn, self.data, self.batch_size, self.max_batches = model_fn, data, batch_size, max_batches
+
+    def batches(self, split: str | None = None, *, max_batches: int | None = None, dataset: Any = None) -> Iterator:
+        """This process's host batches of `split` (None: the evaluation split) of `dataset` (None: the
+        run's), at most `max_batches` (None: this evaluator's)."""
+        limit = self.max_batches if max_batches is None else max_batches
+        return self.data.batches(split, batch_size=self.batch_size, max_batches=limit, dataset=dataset)
+
+
+def model_state(state: dict) -> dict:
+    """The model's part of a train state: {"params", "batch_stats" when present}."""
+    return {k: state[k] for k in ("params", "batch_stats") if k in state}
+
+
+def did_you_mean(name: str, choices) -> str:
+    """The hint "did you mean a, b? " naming the choices close to `name` ("" when none is)."""
+    close = difflib.get_close_matches(name, list(choices), n=3)
+    return f"did you mean {', '.join(close)}? " if close else ""
+
+
 def _import_plugins() -> None:
     for name in PLUGIN_MODULES:
         importlib.import_module(name)  # plugin modules are imported lazily (train -> analysis)
@@ -78,8 +108,7 @@ def get_evaluator(kind: str) -> type:
     if kind not in _REGISTRY:
         _import_plugins()
     if kind not in _REGISTRY:
-        close = difflib.get_close_matches(kind, _REGISTRY, n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
+        hint = did_you_mean(kind, _REGISTRY)
         raise UserError(f"unknown evaluator kind {kind!r}; {hint}known kinds: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[kind]
 
@@ -109,8 +138,7 @@ def check_settings(kind: str, settings: dict, *, where: str) -> None:
     hints = typing.get_type_hints(cls.__init__)
     for key, value in settings.items():
         if key not in valid:
-            close = difflib.get_close_matches(key, list(valid) + list(SCHEDULE_KEYS), n=3)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
+            hint = did_you_mean(key, [*valid, *SCHEDULE_KEYS])
             raise UserError(
                 f"{where}: unknown setting {key!r} of evaluator kind {kind!r}; {hint}"
                 f"valid settings: {', '.join(valid) or 'none'} (and {', '.join(SCHEDULE_KEYS)})"
@@ -130,30 +158,23 @@ def _has_type(value: Any, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
-    if hint is type(None) or hint is None:
-        return value is None
     if origin in (typing.Union, types.UnionType):
         return any(_has_type(value, a) for a in args)
-    if hint is bool:
-        return isinstance(value, (bool, np.bool_))
-    if hint is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-    if hint is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint in (bool, int, float):
+        if isinstance(value, (bool, np.bool_)):
+            return hint is bool
+        return hint is not bool and isinstance(value, numbers.Integral if hint is int else numbers.Real)
     if hint is dict or origin is dict:
         return isinstance(value, (dict, ml_collections.ConfigDict))
-    if origin in (collections.abc.Sequence, list) or hint in (list, tuple):
-        item = args[0] if args else Any
-        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
-    if origin is tuple:
+    if origin in (collections.abc.Sequence, list, tuple) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
             return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_has_type(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(map(_has_type, value, args))
+        return all(_has_type(v, args[0] if args else Any) for v in value)
+    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 def _type_name(hint: Any, article: bool = True) -> str:
@@ -253,15 +274,18 @@ from nest_jax.train.evaluators import classification  # noqa: E402,F401  (regist
 __all__ = [
     "EvalData",
     "Evaluation",
+    "Evaluator",
     "batch_multiple",
     "build_evaluators",
     "check_batch_size",
     "check_settings",
+    "did_you_mean",
     "flatten",
     "get_evaluator",
     "known_kinds",
     "make_evaluator",
     "model_fn_of",
+    "model_state",
     "register_evaluator",
     "settings_of",
     "unflatten",

@@ -12,12 +12,12 @@ import jax
 
 from nest_jax.errors import UserError
 from nest_jax.train import losses
-from nest_jax.train.evaluators import register_evaluator
+from nest_jax.train.evaluators import Evaluator, model_state, register_evaluator
 from nest_jax.train.evaluators.data import EvalData, check_batch_size
 
 
 @register_evaluator("classification")
-class ClassificationEvaluator:
+class ClassificationEvaluator(Evaluator):
     """Top-1, top-5 and loss over a split (and of the EMA parameters when the state has them)."""
 
     def __init__(
@@ -31,32 +31,23 @@ class ClassificationEvaluator:
     ):
         if batch_size is not None:  # checked now, not at the first evaluation
             check_batch_size(batch_size, data.mesh, "batch_size")
-        self.data, self.split, self.batch_size, self.max_batches = data, split, batch_size, max_batches
-
-        def sums(state: dict, batch: dict) -> dict:
-            model = model_fn(state)
-            return losses.eval_metrics(model(batch["image"], train=False), batch["label"], batch["mask"])
-
-        self._sums = jax.jit(sums)
+        super().__init__(model_fn, data, batch_size=batch_size, max_batches=max_batches)
+        self.split = split
+        self._sums = jax.jit(
+            lambda s, b: losses.eval_metrics(model_fn(s)(b["image"], train=False), b["label"], b["mask"])
+        )
 
     def metrics(self, state: dict) -> dict[str, float]:
         """Mean top-1, top-5 and loss of the model of `state` over the split; `count` examples."""
-        state = {k: state[k] for k in ("params", "batch_stats") if k in state}
-        total = None
-        batches = self.data.batches(self.split, batch_size=self.batch_size, max_batches=self.max_batches)
-        for batch in batches:
+        state, total = model_state(state), None
+        for batch in self.batches(self.split):
             m = self._sums(state, self.data.shard(batch))
             total = m if total is None else jax.tree.map(lambda a, b: a + b, total, m)
         if total is None:
             raise UserError(f"classification evaluation: the split {self.split!r} is empty")
-        total = jax.device_get(total)
-        n = max(float(total["count"]), 1.0)
-        return {
-            "top1": float(total["top1"]) / n,
-            "top5": float(total["top5"]) / n,
-            "loss": float(total["loss"]) / n,
-            "count": float(total["count"]),
-        }
+        total = {k: float(v) for k, v in jax.device_get(total).items()}
+        n = max(total["count"], 1.0)
+        return {**{k: total[k] / n for k in ("top1", "top5", "loss")}, "count": total["count"]}
 
     def run(self, state: dict, step: int) -> dict[str, float]:
         del step

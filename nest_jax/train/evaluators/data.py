@@ -57,7 +57,6 @@ class EvalData:
     ):
         self.config, self.module, self.mesh = config, module, mesh
         self.dataset = config.dataset
-        self.batch_multiple = batch_multiple(mesh)
         field = "--batch-size" if batch_size else "train.eval_batch_size"
         self.batch_size = check_batch_size(int(batch_size or config.train.eval_batch_size), mesh, field)
         self.max_batches = int(max_batches or 0)
