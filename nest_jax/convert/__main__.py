@@ -29,6 +29,7 @@ import logging
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,16 +37,14 @@ from etils import epath
 from flax import nnx
 
 from nest_jax.convert.checkpoint import foreign_files, holds_foreign, is_replaceable, save_params
-from nest_jax.convert.common import check_finite
-from nest_jax.convert.load import IMPORTERS, from_source, load_into, read_file
+from nest_jax.convert.common import check_finite, flat_paths
+from nest_jax.convert.load import IMPORTERS, SOURCE_GELU, from_source, load_into, read_file
 from nest_jax.convert.resize import METHODS
 from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
 from nest_jax.overrides import model_fields, override
 from nest_jax.paths import as_path
 
 log = logging.getLogger("nest_jax.convert")
-# The GELU each source was trained with (docs/models.md): Google's JAX code uses the tanh form.
-SOURCE_GELU = {"timm": "exact", "vit_npz": "tanh", "nest_official": "tanh", "nest_timm": "exact"}
 # Where each source keeps its classifier, and whether the class count is the last axis (JAX) or first (torch).
 HEAD_KEYS = {
     "timm": (("head.weight", 0), ("fc.weight", 0), ("head.fc.weight", 0)),
@@ -83,13 +82,6 @@ TIMM_RANKS = {
 _PREFIXES = ("params/", "opt/target/", "module.")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def reference_shapes(source: str, model: nnx.Module) -> dict[str, tuple[int, ...]]:
     """{source key: shape} the model would have in `source`'s own layout, where an exporter exists."""
     try:
@@ -100,7 +92,7 @@ def reference_shapes(source: str, model: nnx.Module) -> dict[str, tuple[int, ...
         elif source == "nest_official":
             from nest_jax.convert.nest import params_to_official_nest
 
-            ref = _flatten(params_to_official_nest(model))
+            ref = flat_paths(params_to_official_nest(model))
         else:
             return {}
     except (ValueError, TypeError, KeyError, NotImplementedError):  # e.g. a hybrid ViT: no exporter
@@ -243,12 +235,18 @@ def run(args: argparse.Namespace) -> epath.Path:
 def main(argv: list[str] | None = None) -> int:
     """Returns the exit status: 0 on success, `USAGE_EXIT_CODE` (2) with one line on stderr for bad input."""
     args = parse_args(argv)
+    return guarded("nest_jax.convert", args.debug, lambda: run(args))
+
+
+def guarded(prog: str, debug: bool, work: Callable[[], Any]) -> int:
+    """Runs a command line's `work`: 0 on success; bad input (a `UserError`, or what the readers and
+    the model raise for it) is one line on stderr, `USAGE_EXIT_CODE` (2), its traceback with --debug."""
     try:
-        run(args)
+        work()
     except (UserError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError) as e:
-        if debug_requested(args.debug):
+        if debug_requested(debug):
             traceback.print_exc()
-        print(f"nest_jax.convert: error: {one_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return USAGE_EXIT_CODE
     return 0
 

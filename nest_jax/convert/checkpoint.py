@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from nest_jax.convert.common import nest_paths, path_str
+from nest_jax.convert.common import flat_paths, nest_paths, path_str
 from nest_jax.convert.workdir import as_path
 from nest_jax.errors import UserError
 from nest_jax.paths import copytree, is_remote, rmtree, walk
@@ -43,19 +43,6 @@ COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
 MANIFEST = "_NEST_JAX_FILES"  # JSON list of every path save_params wrote: what --overwrite may delete
 # The top level of a checkpoint written before MANIFEST existed: orbax's files and the items.
 _ORBAX_TOP = {"_CHECKPOINT_METADATA", "commit_success.txt", "meta", *COLLECTIONS}
-
-
-def _flat(model_or_state: nnx.Module | nnx.State, kind: type) -> dict[str, np.ndarray]:
-    state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
-    return {path_str(k): np.asarray(v[...]) for k, v in nnx.to_flat_state(state) if isinstance(v, kind)}
-
-
-def _unnest(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}{k}"
-        out.update(_unnest(v, name + "/") if isinstance(v, dict) else {name: v})
-    return out
 
 
 def as_tuples(value: Any) -> Any:
@@ -88,8 +75,12 @@ def save_params(
         )
     if directory.exists() and (foreign := foreign_files(directory)):
         raise UserError(f"{directory} {holds_foreign(foreign)}: move them out of it, or choose another directory")
-    items = {name: _flat(model_or_state, kind) for name, kind in COLLECTIONS.items()}
-    items = {name: nest_paths(flat) for name, flat in items.items() if flat}
+    state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
+    flat = [(path_str(k), v) for k, v in nnx.to_flat_state(state)]
+    items = {
+        name: {k: np.asarray(v[...]) for k, v in flat if isinstance(v, kind)} for name, kind in COLLECTIONS.items()
+    }
+    items = {name: nest_paths(arrays) for name, arrays in items.items() if arrays}
     meta = {"format": FORMAT, "model": model_name, "kwargs": dict(model_kwargs or {}), "collections": sorted(items)}
     try:
         json.dumps(meta)
@@ -288,7 +279,7 @@ def read_arrays(directory: str | os.PathLike) -> dict[str, dict[str, np.ndarray]
             # was saved with) leaves the placement to the caller.
             structure = handler.metadata(directory / name).tree
             restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
-            out[name] = _unnest(handler.restore(directory / name, args=ocp.args.PyTreeRestore(restore_args=restore)))
+            out[name] = flat_paths(handler.restore(directory / name, args=ocp.args.PyTreeRestore(restore_args=restore)))
     finally:
         handler.close()
     return out

@@ -35,38 +35,74 @@ def nest_paths(flat: Mapping[str, object]) -> dict:
     return tree
 
 
+def flat_paths(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """{"a": {"0": {"b": x}}} -> {"a/0/b": x}, the inverse of `nest_paths`."""
+    out = {}
+    for k, v in tree.items():
+        out.update(flat_paths(v, f"{prefix}{k}/") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
+def variables(model: nnx.Module, kind=nnx.Param) -> dict[str, nnx.Variable]:
+    """'/'-joined path -> variable, for every variable of `kind` (a type or a tuple of types)."""
+    return {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, kind))}
+
+
+def host_arrays(model: nnx.Module, kind=nnx.Param, dtype=None) -> dict[str, np.ndarray]:
+    """'/'-joined path -> the variable's value as a host NumPy array (of `dtype`, if given)."""
+    return {k: np.asarray(v[...], dtype) for k, v in variables(model, kind).items()}
+
+
 def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
     """'/'-joined path (e.g. "layers/0/attn/qkv") -> shape, for every parameter of the model."""
-    return {path_str(k): tuple(v.shape) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {k: tuple(v.shape) for k, v in variables(model).items()}
+
+
+def to_numpy(state_dict: Mapping) -> dict[str, np.ndarray]:
+    """A state dict of NumPy arrays or torch tensors (e.g. a live `model.state_dict()`) as NumPy;
+    floating torch tensors come back as float32."""
+    out = {}
+    for k, v in state_dict.items():
+        if hasattr(v, "detach"):
+            v = v.detach().cpu()
+            v = v.float().numpy() if v.is_floating_point() else v.numpy()
+        out[k] = np.asarray(v)
+    return out
 
 
 def assign_params(
-    model: nnx.Module, arrays: Mapping[str, np.ndarray], *, strict: bool = True, source: str = "checkpoint"
+    model: nnx.Module,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    strict: bool = True,
+    source: str = "checkpoint",
+    kind=nnx.Param,
 ) -> None:
-    """Assigns arrays into the model's parameters in place, by '/'-joined path.
+    """Assigns arrays into the model's variables of `kind` (default its parameters; `(nnx.Param,
+    nnx.BatchStat)` adds BatchNorm statistics) in place, by '/'-joined path.
 
-    Every shape is checked first (the error names the parameter and both shapes); with `strict`,
-    parameters missing from `arrays` and unused entries of `arrays` are errors too.
+    Every shape is checked first (the error names the variable and both shapes); with `strict`,
+    variables missing from `arrays` and unused entries of `arrays` are errors too.
     """
-    params = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    targets = variables(model, kind)
     problems = []
     for name, value in arrays.items():
-        if name not in params:
+        if name not in targets:
             if strict:
                 problems.append(f"{source} has {name!r} {tuple(np.shape(value))}, which the model does not")
             continue
-        want = tuple(params[name].shape)
+        want = tuple(targets[name].shape)
         if tuple(np.shape(value)) != want:
             problems.append(f"shape mismatch for {name!r}: {source} has {tuple(np.shape(value))}, model expects {want}")
     if strict:
-        missing = sorted(set(params) - set(arrays))
-        problems += [f"{source} has no value for model parameter {m!r} {tuple(params[m].shape)}" for m in missing]
+        for m in sorted(set(targets) - set(arrays)):
+            what = "statistic" if isinstance(targets[m], nnx.BatchStat) else "parameter"
+            problems.append(f"{source} has no value for model {what} {m!r} {tuple(targets[m].shape)}")
     if problems:
         raise ValueError("Cannot load parameters:\n  " + "\n  ".join(problems))
     for name, value in arrays.items():
-        if name in params:
-            var = params[name]
-            var[...] = jnp.asarray(value, dtype=var[...].dtype)
+        if name in targets:
+            targets[name][...] = jnp.asarray(value, dtype=targets[name][...].dtype)
 
 
 _RESAVE = (

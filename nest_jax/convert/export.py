@@ -15,6 +15,10 @@ and no distillation token is written as timm's distilled DeiT (the same two-toke
 `head_dist` is the shape head), three prefix tokens, mean-pooled or sincos ViTs, grouped attention
 and multi-query NesT are refused; NesT with the tanh GELU is written with a note (timm's NesT has
 the exact GELU only, so its logits differ by the GELU's approximation).
+
+A timm export's `config.json` names the timm architecture that holds the model, the `model_args`
+that make it this model (timm's factories fix some fields -- NesT's widths, depths and heads, BiT's
+depths -- which are then left out or refused) and the input settings (`pretrained_cfg`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import logging
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,72 +36,52 @@ from etils import epath
 from flax import nnx
 
 from nest_jax.convert import timm as timm_import
-from nest_jax.convert.common import path_str
-from nest_jax.convert.export_config import timm_config
+from nest_jax.convert.common import host_arrays
+from nest_jax.convert.hub_table import IMAGENET
 from nest_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 FORMATS = ("timm", "npz")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET
 
 
-def _linear(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.T)
+_TORCH_NAMES = {"mean": "running_mean", "var": "running_var", "bias": "bias", "scale": "weight"}
+_ATTN = ("attn/qkv", "attn/qkv_bias", "attn/proj", "attn/proj_bias")
 
 
-def _conv(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.transpose(3, 2, 0, 1))  # HWIO -> OIHW
-
-
-def _torch_leaf(module: str, leaf: str, w: np.ndarray) -> tuple[str, np.ndarray]:
-    """Inverse of `timm._leaf`: one nest_jax leaf of a conv / linear / norm module -> (timm key, array)."""
-    if leaf == "mean":
-        return f"{module}.running_mean", w
-    if leaf == "var":
-        return f"{module}.running_var", w
-    if leaf == "bias":
-        return f"{module}.bias", w
-    if leaf == "scale":
-        return f"{module}.weight", w
-    if leaf == "kernel" and w.ndim == 4:
-        return f"{module}.weight", _conv(w)
-    if leaf == "kernel" and w.ndim == 2:
-        return f"{module}.weight", _linear(w)
+def _torch_leaf(path: str, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Inverse of `timm._leaf`: one nest_jax leaf of a conv / linear / norm module -> {timm key: array}."""
+    module, _, leaf = path.replace("/", ".").rpartition(".")
+    if leaf in _TORCH_NAMES:
+        return {f"{module}.{_TORCH_NAMES[leaf]}": w}
+    if leaf == "kernel" and w.ndim in (2, 4):  # (in, out) -> (out, in); conv HWIO -> OIHW
+        return {f"{module}.weight": np.ascontiguousarray(w.T if w.ndim == 2 else w.transpose(3, 2, 0, 1))}
     raise UserError(f"parameter {module}/{leaf} {w.shape} has no timm counterpart")
 
 
-# Inverses of timm.py's _RESNET_V1_RULES / _RESNET_V2_RULES (nest_jax module path -> timm module).
-_RESNET_V1_INVERSE = [
-    (r"^stem/conv$", "conv1"),
-    (r"^stem/norm$", "bn1"),
-    (r"^head$", "fc"),
-    (r"^stages/(\d+)/(\d+)/conv(\d)$", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{m[3]}"),
-    (r"^stages/(\d+)/(\d+)/norm(\d)$", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{m[3]}"),
-    (r"^stages/(\d+)/(\d+)/downsample/conv$", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0"),
-    (r"^stages/(\d+)/(\d+)/downsample/norm$", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1"),
-]
-_RESNET_V2_INVERSE = [
-    (r"^stem/(conv|norm)$", r"stem.\1"),
-    (r"^norm$", "norm"),
-    (r"^head$", "head.fc"),
-    (r"^stages/(\d+)/(\d+)/(conv\d|norm\d)$", r"stages.\1.blocks.\2.\3"),
-    (r"^stages/(\d+)/(\d+)/downsample/(conv|norm)$", r"stages.\1.blocks.\2.downsample.\3"),
-]
+def _attn_to_timm(block: str, sub: str, w: np.ndarray, *, head_fastest: bool) -> dict[str, np.ndarray]:
+    """One of `_ATTN` -> timm's fused attention: qkv (D, 3, h, d) -> qkv.weight rows ordered
+    (qkv, head, d); proj (h, d, D) -> proj.weight columns ordered (head, d), or (d, head) when
+    timm merges heads with the head index fastest (NesT); the biases flattened."""
+    if sub == "attn/qkv":
+        return {f"{block}.attn.qkv.weight": np.ascontiguousarray(w.reshape(w.shape[0], -1).T)}
+    if sub == "attn/proj":
+        w = w.transpose(1, 0, 2) if head_fastest else w
+        return {f"{block}.attn.proj.weight": np.ascontiguousarray(w.reshape(-1, w.shape[-1]).T)}
+    return {f"{block}.{sub.replace('_', '.').replace('/', '.')}": w.reshape(-1)}
 
 
 def _resnet_to_timm(arrays: dict[str, np.ndarray], kind: str, prefix: str = "") -> dict[str, np.ndarray]:
-    rules = _RESNET_V1_INVERSE if kind == "v1" else _RESNET_V2_INVERSE
     out = {}
     for key, w in arrays.items():
         module, _, leaf = key.rpartition("/")
-        name = timm_import._rename(module, rules)
+        name = timm_import.resnet_name(module, kind, to_timm=True)
         if name is None:
             raise UserError(f"ResNet parameter {key!r} has no timm counterpart")
         if name == "head.fc" and leaf == "kernel":  # BiT's classifier is a 1x1 conv in timm
             out[prefix + "head.fc.weight"] = np.ascontiguousarray(w.T[:, :, None, None])
             continue
-        k, v = _torch_leaf(prefix + name, leaf, w)
-        out[k] = v
+        out.update(_torch_leaf(f"{prefix}{name}.{leaf}", w))
         if leaf == "var":  # torch's BatchNorm counts its updates; timm's files carry the count
             out[prefix + name + ".num_batches_tracked"] = np.zeros((), np.int64)
     return out
@@ -107,36 +92,20 @@ def _vit_to_timm(arrays: dict[str, np.ndarray], config: Any) -> dict[str, np.nda
     dist_as_shape = "shape" in tokens and "dist" not in tokens
     out, stem = {}, {}
     for key, w in arrays.items():
+        key = key.replace("shape", "dist") if dist_as_shape else key  # only prefix-token names hold "shape"
         m = re.match(r"^layers/(\d+)/(.+)$", key)
-        if m:
-            i, rest = m[1], m[2]
-            b = f"blocks.{i}"
-            if rest == "attn/qkv":  # (D, 3, h, d) -> rows ordered (qkv, head, d)
-                out[f"{b}.attn.qkv.weight"] = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(-1, w.shape[0]))
-            elif rest == "attn/qkv_bias":
-                out[f"{b}.attn.qkv.bias"] = w.reshape(-1)
-            elif rest == "attn/proj":  # (h, d, D) -> (D, h·d)
-                out[f"{b}.attn.proj.weight"] = _linear(w.reshape(-1, w.shape[-1]))
-            elif rest == "attn/proj_bias":
-                out[f"{b}.attn.proj.bias"] = w
-            elif re.match(r"^(norm1|norm2|mlp/fc1|mlp/fc2)/(scale|bias|kernel)$", rest):
-                module, _, leaf = rest.rpartition("/")
-                k, v = _torch_leaf(f"{b}.{module.replace('/', '.')}", leaf, w)
-                out[k] = v
-            else:
-                raise UserError(f"ViT parameter {key!r} has no timm counterpart (timm's ViT has fused qkv attention)")
-            continue
-        if key.startswith("stem/"):
+        if m and m[2] in _ATTN:
+            out.update(_attn_to_timm(f"blocks.{m[1]}", m[2], w, head_fastest=False))
+        elif m and re.match(r"^(norm1|norm2|mlp/fc1|mlp/fc2)/(scale|bias|kernel)$", m[2]):
+            out.update(_torch_leaf(f"blocks.{m[1]}/{m[2]}", w))
+        elif m:
+            raise UserError(f"ViT parameter {key!r} has no timm counterpart (timm's ViT has fused qkv attention)")
+        elif key.startswith("stem/"):
             stem[key[len("stem/") :]] = w
-            continue
-        if dist_as_shape:
-            key = key.replace("shape", "dist")
-        if key in ("cls_token", "dist_token", "pos_embed"):
+        elif key in ("cls_token", "dist_token", "pos_embed"):
             out[key] = w
         elif re.match(r"^(patch_embed/proj|norm|head|head_dist)/(kernel|bias|scale)$", key):
-            module, _, leaf = key.rpartition("/")
-            k, v = _torch_leaf(module.replace("/", "."), leaf, w)
-            out[k] = v
+            out.update(_torch_leaf(key, w))
         else:
             raise UserError(f"ViT parameter {key!r} has no timm counterpart")
     if stem:
@@ -144,50 +113,27 @@ def _vit_to_timm(arrays: dict[str, np.ndarray], config: Any) -> dict[str, np.nda
     return out
 
 
-def _nest_to_timm(arrays: dict[str, np.ndarray], config: Any) -> dict[str, np.ndarray]:
+def _nest_to_timm(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for key, w in arrays.items():
         m = re.match(r"^levels/(\d+)/(.+)$", key)
-        if not m:
-            module, _, leaf = key.rpartition("/")
-            k, v = _torch_leaf(module.replace("/", "."), leaf, w)
-            out[k] = v
-            continue
-        level, rest = int(m[1]), m[2]
-        src = f"levels.{level}"
-        layer = re.match(r"^layers/(\d+)/(.+)$", rest)
-        if rest == "pos_embed":
-            out[f"{src}.pos_embed"] = w
-        elif rest.startswith("pool/"):
-            module, _, leaf = rest.rpartition("/")
-            k, v = _torch_leaf(f"{src}.{module.replace('/', '.')}", leaf, w)
-            out[k] = v
+        layer = re.match(r"^layers/(\d+)/(.+)$", m[2]) if m else None
+        if not m or m[2].startswith("pool/"):
+            out.update(_torch_leaf(key, w))
+        elif m[2] == "pos_embed":
+            out[f"levels.{m[1]}.pos_embed"] = w
+        elif layer and layer[2] in _ATTN:
+            out.update(_attn_to_timm(f"levels.{m[1]}.transformer_encoder.{layer[1]}", layer[2], w, head_fastest=True))
         elif layer:
-            s, sub = f"{src}.transformer_encoder.{layer[1]}", layer[2]
-            if sub == "attn/qkv":  # (C, 3, h, d) -> rows ordered (qkv, head, d)
-                out[f"{s}.attn.qkv.weight"] = np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
-            elif sub == "attn/qkv_bias":
-                out[f"{s}.attn.qkv.bias"] = w.reshape(-1)
-            elif sub == "attn/proj":  # (h, d, C) -> columns ordered (d, head): head index fastest
-                out[f"{s}.attn.proj.weight"] = _linear(w.transpose(1, 0, 2).reshape(-1, w.shape[-1]))
-            elif sub == "attn/proj_bias":
-                out[f"{s}.attn.proj.bias"] = w
-            else:
-                module, _, leaf = sub.rpartition("/")
-                k, v = _torch_leaf(f"{s}.{module.replace('/', '.')}", leaf, w)
-                out[k] = v
+            out.update(_torch_leaf(f"levels.{m[1]}.transformer_encoder.{layer[1]}/{layer[2]}", w))
         else:
             raise UserError(f"NesT parameter {key!r} has no timm counterpart")
     return out
 
 
-def _family(model: nnx.Module) -> str:
-    return type(model).__name__  # "ViT", "Nest", "ResNet"
-
-
 def _check_timm_representable(model: nnx.Module) -> list[str]:
     """Refuses what timm's architectures cannot hold; returns notes on what is approximated."""
-    c, kind, notes = model.config, _family(model), []
+    c, kind, notes = model.config, type(model).__name__, []  # kind: "ViT", "Nest" or "ResNet"
     if kind == "ViT":
         tokens = tuple(c.prefix_tokens)
         if len(tokens) > 2 or tokens not in (("cls",), ("cls", "dist"), ("cls", "shape")):
@@ -232,24 +178,118 @@ def _check_timm_representable(model: nnx.Module) -> list[str]:
     return notes
 
 
+# timm's NesT sizes: (embed_dims, depths, num_heads) of nest_{tiny,small,base}(_jx).
+NEST_SIZES = {
+    "tiny": ((96, 192, 384), (2, 2, 8), (3, 6, 12)),
+    "small": ((96, 192, 384), (2, 2, 20), (3, 6, 12)),
+    "base": ((128, 256, 512), (2, 2, 20), (4, 8, 16)),
+}
+
+
+def timm_architecture(model_name: str, model: nnx.Module) -> str:
+    """The timm model name whose architecture holds `model` (the arguments in `timm_model_args`)."""
+    c, kind = model.config, type(model).__name__
+    if kind == "Nest":
+        for size in ("tiny", "small", "base"):  # timm's factories fix these three fields
+            if (c.dims, c.depths, c.heads) == NEST_SIZES[size]:
+                return f"nest_{size}_jx" if c.pool_padding == "tf_same" else f"nest_{size}"
+        raise UserError(
+            f"timm's NesT comes in three fixed sizes (nest_tiny/small/base); dims {c.dims}, depths {c.depths}, "
+            f"heads {c.heads} are none of them, so timm cannot rebuild this model"
+        )
+    if kind == "ResNet":
+        return "resnet50" if c.kind == "v1" else "resnetv2_50x1_bit"
+    if c.stem:
+        return "vit_base_r50_s16_224"
+    if "shape" in c.prefix_tokens:  # written as a distilled DeiT (see the module docstring)
+        return (
+            model_name.replace("_shape", "")
+            if "distilled" in model_name
+            else model_name.replace("_shape", "_distilled")
+        )
+    if model_name.startswith(("vit_", "deit_")):
+        return model_name  # the model_args below set any overridden width, depth or size
+    return "deit_tiny_distilled_patch16_224" if len(c.prefix_tokens) == 2 else "vit_tiny_patch16_224"
+
+
+def timm_model_args(model: nnx.Module) -> dict[str, Any]:
+    """The arguments that make timm's architecture this model's (`model_args` of config.json)."""
+    c, kind = model.config, type(model).__name__
+    size = c.img_size if isinstance(c.img_size, int) else list(c.img_size)
+    if kind == "ResNet" and c.kind == "bit":  # timm's factory fixes the depths
+        if tuple(c.layers) != (3, 4, 6, 3):
+            raise UserError(f"timm's resnetv2_50x1_bit has layers (3, 4, 6, 3), this model {tuple(c.layers)}")
+        return dict(in_chans=c.in_chans)
+    if kind == "ResNet":
+        return dict(layers=list(c.layers), in_chans=c.in_chans)
+    if kind == "Nest":  # widths, depths and heads are the architecture's own (timm_architecture)
+        return dict(
+            img_size=size,
+            in_chans=c.in_chans,
+            patch_size=c.patch_size,
+            num_levels=len(c.depths),
+            mlp_ratio=c.mlp_ratio,
+            pad_type="same" if c.pool_padding == "tf_same" else "",
+        )
+    args = dict(
+        img_size=size,
+        in_chans=c.in_chans,
+        embed_dim=c.dim,
+        depth=c.depth,
+        num_heads=c.num_heads,
+        mlp_ratio=c.mlp_dim / c.dim,
+        qkv_bias=c.qkv_bias,
+    )
+    if not c.stem:
+        args["patch_size"] = c.patch_size
+    if c.gelu != "exact":
+        args["act_layer"] = "gelu_tanh"
+    return args
+
+
+def timm_config(
+    model_name: str, model: nnx.Module, *, mean: tuple[float, ...], std: tuple[float, ...], notes: list[str] = ()
+) -> dict[str, Any]:
+    """The `config.json` timm reads for `local-dir:` / `hf-hub:` loading."""
+    c = model.config
+    size = (c.img_size, c.img_size) if isinstance(c.img_size, int) else tuple(c.img_size)
+    arch = timm_architecture(model_name, model)
+    return dict(
+        architecture=arch,
+        num_classes=c.num_classes,
+        model_args=timm_model_args(model),
+        pretrained_cfg=dict(
+            tag="nest_jax",
+            input_size=[c.in_chans, *size],
+            fixed_input_size=type(model).__name__ != "ResNet",
+            interpolation="bicubic",
+            crop_pct=0.875,
+            crop_mode="center",
+            mean=list(mean),
+            std=list(std),
+            num_classes=c.num_classes,
+        ),
+        nest_jax=dict(model=model_name, notes=list(notes)),
+    )
+
+
 def _arrays(model: nnx.Module) -> dict[str, np.ndarray]:
     """The model's parameters and batch statistics as float32 host arrays, by '/'-joined path."""
-    state = [*nnx.to_flat_state(nnx.state(model, nnx.Param)), *nnx.to_flat_state(nnx.state(model, nnx.BatchStat))]
-    return {path_str(k): np.asarray(v[...], np.float32) for k, v in state}
+    return {**host_arrays(model, nnx.Param, np.float32), **host_arrays(model, nnx.BatchStat, np.float32)}
 
 
 def to_timm_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """The timm state dict of `model`'s weights, checked by reading it back through the importer."""
     _check_timm_representable(model)
     arrays = _arrays(model)
-    kind, c = _family(model), model.config
+    kind, c = type(model).__name__, model.config
     if kind == "ViT":
         out = _vit_to_timm(arrays, c)
         back = timm_import.timm_vit_to_params(out, model)
     elif kind == "Nest":
         from nest_jax.convert.nest import timm_nest_to_params
 
-        out = _nest_to_timm(arrays, c)
+        out = _nest_to_timm(arrays)
         back = timm_nest_to_params(out, c)
     else:
         out = _resnet_to_timm(arrays, c.kind)
@@ -261,6 +301,14 @@ def to_timm_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
             f"timm export does not invert the importer for {wrong[:5] or sorted(set(back) - set(arrays))[:5]}"
         )
     return out
+
+
+def _write_local(target: epath.Path, write: Callable[[Path], Any]) -> None:
+    """`write(path)` into a local temporary file, then copied to `target` (the writers take local
+    files; `target` may be gs://)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write(local := Path(tmp) / target.name)
+        target.write_bytes(local.read_bytes())
 
 
 def _prepare(out: Any, overwrite: bool) -> epath.Path:
@@ -290,10 +338,7 @@ def export_timm(
     state = to_timm_state_dict(model)
     config = timm_config(model_name, model, mean=mean, std=std, notes=notes)
     out = _prepare(out, overwrite)
-    with tempfile.TemporaryDirectory() as tmp:  # safetensors writes local files; out may be gs://
-        local = Path(tmp) / "model.safetensors"
-        save_file(state, str(local), metadata={"format": "pt"})
-        (out / "model.safetensors").write_bytes(local.read_bytes())
+    _write_local(out / "model.safetensors", lambda local: save_file(state, str(local), metadata={"format": "pt"}))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for note in notes:
         log.warning("%s: %s", out, note)
@@ -305,8 +350,8 @@ def export_npz(model: nnx.Module, out: Any, *, scheme: str = "linen", overwrite:
     `model.npz`), the inverse of `vit_npz_to_params`, checked by reading it back."""
     from nest_jax.convert.vit_npz import params_to_vit_npz, vit_npz_to_params
 
-    if _family(model) != "ViT":
-        raise UserError(f"the Google ViT .npz layout holds ViTs only, not {_family(model)}; export it --to=timm")
+    if (kind := type(model).__name__) != "ViT":
+        raise UserError(f"the Google ViT .npz layout holds ViTs only, not {kind}; export it --to=timm")
     try:
         flat = params_to_vit_npz(model, scheme=scheme)
     except ValueError as e:
@@ -319,9 +364,6 @@ def export_npz(model: nnx.Module, out: Any, *, scheme: str = "linen", overwrite:
         target = _prepare(target, overwrite) / "model.npz"
     elif target.exists() and not overwrite:
         raise UserError(f"{target} exists; choose another --out or pass --overwrite")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "model.npz"
-        np.savez(local, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(local.read_bytes())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_local(target, lambda local: np.savez(local, **{k: np.asarray(v, np.float32) for k, v in flat.items()}))
     return target

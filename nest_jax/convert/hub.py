@@ -8,9 +8,7 @@
     read through `etils.epath` in the hub's own layout (`models--timm--<name>/snapshots/<rev>/`);
   - a "gcs_<tag>" tag: Google's own release on GCS (ViT `.npz`, official NesT folder), read
     through `etils.epath`;
-  - a path (local or gs://): anything `nest_jax.load_params` reads -- a timm `.pth`/`.safetensors`,
-    a Google ViT `.npz`, an official NesT file or folder, a nest_jax workdir, a convert output, or
-    a folder holding `model.safetensors` (a Hub snapshot, `python -m nest_jax.export` output).
+  - a path (local or gs://): anything `nest_jax.load_params` reads (convert/load.py).
 Every source goes through the one loader (`load_params` -> `load_into`): position tables are
 resized to the model's grid and a head of another class count keeps its fresh initialization,
 each change logged. Nothing needs torch: safetensors files are parsed by `convert/common.py`
@@ -38,10 +36,13 @@ from flax import nnx
 from nest_jax.convert.common import path_str
 from nest_jax.convert.hub_table import GCS, TIMM
 from nest_jax.convert.load import (
+    HUB_WEIGHTS,
+    SOURCE_GELU,
     Weights,
     detect_source,
     fit_weights,
     from_source,
+    is_msgpack,
     load_into,
     load_params,
     read_file,
@@ -50,7 +51,6 @@ from nest_jax.convert.load import (
 from nest_jax.errors import UserError
 
 log = logging.getLogger(__name__)
-WEIGHTS_FILE = "model.safetensors"
 # The architecture fields each source's weights were trained with (docs/models.md): PyTorch's exact
 # GELU for timm, the tanh form for Google's JAX code; timm's `nest_*_jx` pools with TF-SAME padding.
 TIMM_KWARGS = {"nest": {"gelu": "exact", "pool_padding": "tf_same"}}
@@ -74,14 +74,6 @@ class Pretrained:
     std: tuple[float, ...]
     kwargs: dict[str, Any]
 
-    @property
-    def on_hub(self) -> bool:
-        return "://" not in self.location
-
-
-def _family(name: str) -> str:
-    return name.split("_")[0]
-
 
 def tags(name: str) -> list[str]:
     """The named weights of a model, timm's default first, then Google's GCS releases."""
@@ -98,22 +90,18 @@ def resolve(name: str, pretrained: bool | str = True) -> Pretrained:
             f"no named pretrained weights for {name!r}; pass pretrained=PATH to a checkpoint, or pick a model "
             "from nest_jax.list_models(pretrained=True)"
         )
-    tag = tag or known[0]
+    tag, family = tag or known[0], name.split("_")[0]
     if name in TIMM and tag in TIMM[name][1]:
         arch, table = TIMM[name]
         classes, size, (mean, std) = table[tag]
-        return Pretrained(name, tag, f"timm/{arch}.{tag}", classes, size, mean, std, TIMM_KWARGS.get(_family(name), {}))
+        return Pretrained(name, tag, f"timm/{arch}.{tag}", classes, size, mean, std, TIMM_KWARGS.get(family, {}))
     if tag in GCS.get(name, {}):
         url, classes, size, (mean, std) = GCS[name][tag]
-        return Pretrained(name, tag, url, classes, size, mean, std, GCS_KWARGS.get(_family(name), {}))
+        return Pretrained(name, tag, url, classes, size, mean, std, GCS_KWARGS.get(family, {}))
     raise UserError(f"{name} has no pretrained weights tagged {tag!r}; its tags: {', '.join(known)}")
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def hub_file(hub_id: str, filename: str = WEIGHTS_FILE, *, cache_dir: str | None = None) -> epath.Path:
+def hub_file(hub_id: str, filename: str = HUB_WEIGHTS, *, cache_dir: str | None = None) -> epath.Path:
     """The cached (or, online, downloaded) `filename` of Hub repository `hub_id`.
 
     cache_dir: the Hugging Face cache (default: HF_HUB_CACHE, read at call time, else the
@@ -131,8 +119,9 @@ def hub_file(hub_id: str, filename: str = WEIGHTS_FILE, *, cache_dir: str | None
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
-        return epath.Path(hf_hub_download(hub_id, filename, cache_dir=cache_dir, local_files_only=_offline()))
+        return epath.Path(hf_hub_download(hub_id, filename, cache_dir=cache_dir, local_files_only=offline))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         raise UserError(f"{hub_id}: {filename} is not in the Hugging Face cache and downloads are off; {fill}") from e
     except (HfHubHTTPError, OSError) as e:
@@ -149,17 +138,6 @@ def _remote_cache_file(cache: epath.Path, hub_id: str, filename: str, fill: str)
     if found is None or not found.exists():
         raise UserError(f"{hub_id}: {filename} is not in the Hugging Face cache {cache}; {fill}")
     return found
-
-
-def _source_path(src: Pretrained, cache_dir: str | None) -> epath.Path:
-    if src.on_hub:
-        return hub_file(src.location, cache_dir=cache_dir)
-    return epath.Path(src.location)
-
-
-def _head_classes(weights: Weights) -> int:
-    head = weights.params.get("head/kernel")
-    return 0 if head is None else int(np.shape(head)[-1])
 
 
 def create_model(
@@ -184,7 +162,7 @@ def create_model(
     if not dotted and not pretrained:
         classes = 1000 if num_classes is None else num_classes
         return build(name, num_classes=classes, img_size=img_size, rngs=rngs, **overrides)
-    kwargs, classes, where = locate(name + (f".{dotted}" if dotted else ""), pretrained, cache_dir=cache_dir)
+    kwargs, classes, where = locate(f"{name}.{dotted}" if dotted else name, pretrained, cache_dir=cache_dir)
     kwargs = {**kwargs, **overrides}
     classes = classes if num_classes is None else num_classes
     read_classes = 1000 if classes is None else classes
@@ -193,7 +171,8 @@ def create_model(
     )
     kwargs = {**extra, **kwargs}
     if classes is None:  # a path: the checkpoint's own class count
-        classes = _head_classes(weights)
+        head = weights.params.get("head/kernel")
+        classes = 0 if head is None else int(np.shape(head)[-1])
     if rngs is not None:  # the caller's random streams: a regular build, then the weights assigned
         model = build(name, num_classes=classes, img_size=img_size, rngs=rngs, **kwargs)
         load_into(model, weights, headless_ok=True)
@@ -227,10 +206,6 @@ def _materialize(make: Any, weights: Weights, abstract: nnx.Module | None = None
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
-# The GELU each importer's weights were trained with (as `python -m nest_jax.convert` assumes).
-SOURCE_GELU = {"timm": "exact", "nest_timm": "exact", "vit_npz": "tanh", "nest_official": "tanh"}
-
-
 def _read(where: epath.Path, make: Any, kwargs: dict[str, Any], name: str) -> tuple[Weights, dict[str, Any], Any]:
     """The weights at `where`, converted into the architecture `make(**fields)` builds (abstractly:
     the importers rename by the architecture alone, so any class count reads them); the fields an
@@ -260,7 +235,7 @@ def path_fields(name: str, where: Any) -> dict[str, Any]:
             return {}
     with where.open("rb") as f:
         head = f.read(9)
-        if head[:1] and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
+        if is_msgpack(head):
             return {"gelu": SOURCE_GELU["nest_official"]}  # a flax msgpack checkpoint: Google's code
         if not head.startswith(b"PK"):
             return {"gelu": SOURCE_GELU["timm"]}  # safetensors or torch: PyTorch weights
@@ -279,25 +254,25 @@ def path_fields(name: str, where: Any) -> dict[str, Any]:
     return {"gelu": SOURCE_GELU[source]}
 
 
-def _is_named(name: str, pretrained: Any) -> bool:
-    """Whether `pretrained` (with `name`, which may carry ".tag") names weights rather than a path."""
-    if isinstance(pretrained, str) and pretrained.strip().lower() in ("true", "default"):
-        return True  # the config's string form (--config.model.pretrained=true)
+def _named(name: str, pretrained: Any) -> tuple[str, bool | str] | None:
+    """(model, tag) when `pretrained` (with `name`, which may carry ".tag") names weights -- tag True
+    for the default -- or None for a path."""
     base, _, dotted = name.partition(".")
-    return pretrained is True or bool(dotted) or (isinstance(pretrained, str) and pretrained in tags(base))
+    # "true"/"default": the config's string form (--config.model.pretrained=true)
+    default = pretrained is True or (isinstance(pretrained, str) and pretrained.strip().lower() in ("true", "default"))
+    if dotted or default:
+        return base, dotted or True
+    return (base, pretrained) if isinstance(pretrained, str) and pretrained in tags(base) else None
 
 
 def locate(
     name: str, pretrained: Any, *, cache_dir: str | None = None
 ) -> tuple[dict[str, Any], int | None, epath.Path]:
     """(architecture fields the weights need, their class count -- None for a path -- and where they are)."""
-    if _is_named(name, pretrained):
-        base, _, dotted = name.partition(".")
-        tag = dotted or (
-            True if pretrained is True or str(pretrained).strip().lower() in ("true", "default") else pretrained
-        )
-        src = resolve(base, tag)
-        return dict(src.kwargs), src.num_classes, _source_path(src, cache_dir)
+    if named := _named(name, pretrained):
+        src = resolve(*named)
+        where = epath.Path(src.location) if "://" in src.location else hub_file(src.location, cache_dir=cache_dir)
+        return dict(src.kwargs), src.num_classes, where
     where = epath.Path(pretrained)
     if "://" not in str(pretrained) and not where.exists():
         known = ", ".join(tags(name.partition(".")[0])) or "none"
@@ -319,15 +294,8 @@ def model_kwargs(name: str, pretrained: Any) -> dict[str, Any]:
     from the table, a path's from its file (`path_fields`)."""
     if not pretrained:
         return {}
-    if _is_named(name, pretrained):
-        return dict(resolve(name, _tag(name, pretrained)).kwargs)
-    return path_fields(name, pretrained)
-
-
-def _tag(name: str, pretrained: Any) -> bool | str:
-    if "." in name or pretrained is True or str(pretrained).strip().lower() in ("true", "default"):
-        return True
-    return str(pretrained)
+    named = _named(name, pretrained)
+    return dict(resolve(*named).kwargs) if named else path_fields(name, pretrained)
 
 
 def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:

@@ -30,7 +30,7 @@ from etils import epath
 from flax import nnx
 
 from nest_jax.convert.checkpoint import as_tuples, read_arrays, read_meta
-from nest_jax.convert.common import assign_params, check_numeric, load_array_file, param_shapes, path_str
+from nest_jax.convert.common import assign_params, check_numeric, flat_paths, load_array_file, param_shapes, variables
 from nest_jax.convert.resize import HEAD_NAMES, adapt_params
 from nest_jax.convert.workdir import as_path, is_workdir, read_workdir
 from nest_jax.errors import UserError
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 IMPORTERS = ("timm", "vit_npz", "nest_official", "nest_timm")
 SOURCES = ("nest_jax", *IMPORTERS)  # nest_jax: a training workdir or a convert output folder
+# The GELU each importer's weights were trained with (docs/models.md): Google's JAX code uses the tanh form.
+SOURCE_GELU = {"timm": "exact", "vit_npz": "tanh", "nest_official": "tanh", "nest_timm": "exact"}
 _HOW = "pass a training workdir, a `python -m nest_jax.convert` output folder or an importer's file"
 
 
@@ -108,12 +110,20 @@ def load_params(
         if is_workdir(where):
             params, stats, step = read_workdir(where, step=step, ema=ema)
             return Weights(params, stats, step=step, source="nest_jax", path=str(where))
-        if (where / "meta").is_dir():
-            return _read_convert_output(where, step=step, ema=ema)
-        raise UserError(
-            f"{path} is neither a training workdir (no checkpoints/), a convert output (no meta/) nor a "
-            f"weights folder (no {HUB_WEIGHTS} or ckpt-<n>.flax); {_HOW}"
-        )
+        if not (where / "meta").is_dir():
+            raise UserError(
+                f"{path} is neither a training workdir (no checkpoints/), a convert output (no meta/) nor a "
+                f"weights folder (no {HUB_WEIGHTS} or ckpt-<n>.flax); {_HOW}"
+            )
+        if step is not None or ema:
+            raise UserError(f"{where} is a convert output: it has no training steps or EMA; load it without step/ema")
+        try:
+            meta, arrays = read_meta(where), read_arrays(where)
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(f"{where} is not a readable nest_jax convert output: {str(e).splitlines()[0]}") from e
+        params, stats = arrays.get("params", {}), arrays.get("batch_stats", {})
+        kwargs = dict(meta.get("kwargs") or {})
+        return Weights(params, stats, source="nest_jax", path=str(where), model=meta.get("model"), model_kwargs=kwargs)
     if source == "nest_jax":
         raise UserError(
             f"{path} is a file, but source 'nest_jax' reads a training workdir or a `python -m nest_jax.convert` "
@@ -126,24 +136,6 @@ def load_params(
     if model is None:
         raise UserError(f"{path} holds {source} weights, named for another layout: pass model= to convert them into")
     return from_source(source, data, model, path=str(where))
-
-
-def _read_convert_output(where: epath.Path, *, step: int | None, ema: bool) -> Weights:
-    if step is not None or ema:
-        raise UserError(f"{where} is a convert output: it has no training steps or EMA; load it without step/ema")
-    try:
-        meta = read_meta(where)
-        arrays = read_arrays(where)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(f"{where} is not a readable nest_jax convert output: {str(e).splitlines()[0]}") from e
-    return Weights(
-        arrays.get("params", {}),
-        arrays.get("batch_stats", {}),
-        source="nest_jax",
-        path=str(where),
-        model=meta.get("model"),
-        model_kwargs=dict(meta.get("kwargs") or {}),
-    )
 
 
 HUB_WEIGHTS = "model.safetensors"  # the weights file of a Hub snapshot (timm, nest_jax.export)
@@ -179,12 +171,16 @@ def read_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return _read_local(local)
 
 
+def is_msgpack(head: bytes) -> bool:
+    """Whether a file starting with `head` is a msgpack map (flax's format; pickles start 0x80)."""
+    return bool(head) and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF))
+
+
 def _read_local(path: Path) -> dict[str, np.ndarray]:
     if path.is_file():
         with open(path, "rb") as f:
-            head = f.read(1)
-        if head and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):  # a msgpack map (pickles start 0x80)
-            return read_msgpack(path)
+            if is_msgpack(f.read(1)):
+                return read_msgpack(path)
     return load_array_file(path)
 
 
@@ -210,16 +206,7 @@ def read_msgpack(path: Path) -> dict[str, np.ndarray]:
         if isinstance(node, dict):
             tree = node
             break
-    flat: dict[str, np.ndarray] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}/")
-            else:
-                flat[f"{prefix}{k}"] = np.asarray(v)
-
-    walk(tree, "")
+    flat = {k: np.asarray(v) for k, v in flat_paths(tree).items()}
     check_numeric(flat, source=str(path))
     return flat
 
@@ -242,21 +229,14 @@ def detect_source(data: dict[str, np.ndarray], path: Any = "the file") -> str:
 
 def _convert(source: str, data: dict[str, np.ndarray], model: nnx.Module) -> dict[str, np.ndarray]:
     """Source arrays -> {nest_jax path: array} through that source's importer, before any resizing."""
+    from nest_jax.convert import nest, timm, vit_npz
+
     if source == "vit_npz":
-        from nest_jax.convert.vit_npz import vit_npz_to_params
-
-        return vit_npz_to_params(data, model)
+        return vit_npz.vit_npz_to_params(data, model)
     if source == "timm":
-        from nest_jax.convert.timm import timm_resnet_to_params, timm_vit_to_params
-
-        if type(model).__name__ == "ResNet":
-            return timm_resnet_to_params(data, model)
-        return timm_vit_to_params(data, model)
-    from nest_jax.convert import nest
-
-    if source == "nest_official":
-        return nest.official_nest_to_params(data, model.config)
-    return nest.timm_nest_to_params(data, model.config)
+        resnet = type(model).__name__ == "ResNet"
+        return (timm.timm_resnet_to_params if resnet else timm.timm_vit_to_params)(data, model)
+    return (nest.official_nest_to_params if source == "nest_official" else nest.timm_nest_to_params)(data, model.config)
 
 
 def from_source(source: str, data: dict[str, np.ndarray], model: nnx.Module, *, path: str = "") -> Weights:
@@ -273,7 +253,7 @@ def from_source(source: str, data: dict[str, np.ndarray], model: nnx.Module, *, 
             f"{path or 'the checkpoint'} does not read as {source} weights of {type(model).__name__}: "
             f"{str(e).splitlines()[0]}"
         ) from e
-    stat_paths = {path_str(k) for k, _ in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
+    stat_paths = set(variables(model, nnx.BatchStat))
     params = {k: v for k, v in arrays.items() if k not in stat_paths}
     stats = {k: v for k, v in arrays.items() if k in stat_paths}
     return Weights(params, stats, source=source, path=path)
@@ -307,7 +287,7 @@ def fit_weights(
         f"{have} has {k!r} {tuple(np.shape(adapted[k]))}, which the model does not" for k in adapted if k not in want
     ]
     problems += [f"{have} has no value for {k!r} {want[k]}" for k in want if k not in adapted and k not in fresh]
-    stat_want = {path_str(k): tuple(v.shape) for k, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
+    stat_want = {k: tuple(v.shape) for k, v in variables(model, nnx.BatchStat).items()}
     if weights.batch_stats:  # a checkpoint without statistics leaves the model's own
         problems += [
             f"{have} has no value for batch statistic {k!r}" for k in stat_want if k not in weights.batch_stats
@@ -332,8 +312,6 @@ def load_into(
     """Assigns `weights` into `model` in place, fitted by `fit_weights`; returns the head parameters
     left at their fresh initialization because the class count differs (empty when none)."""
     fitted, fresh = fit_weights(model, weights, resize_method=resize_method, headless_ok=headless_ok)
-    assign_params(model, fitted.params, strict=False, source=fitted.path or fitted.source)
-    stats = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
-    for k, v in fitted.batch_stats.items():
-        stats[k][...] = np.asarray(v, dtype=stats[k][...].dtype)
+    arrays, kind = {**fitted.params, **fitted.batch_stats}, (nnx.Param, nnx.BatchStat)
+    assign_params(model, arrays, strict=False, source=fitted.path or fitted.source, kind=kind)
     return fresh  # `adapt_params` has logged each re-initialized head tensor

@@ -16,39 +16,26 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from nest_jax.convert.common import assign_params, nest_paths, path_str
+from nest_jax.convert.common import assign_params, flat_paths, host_arrays, nest_paths, to_numpy
 from nest_jax.models.blocks import blockify, deblockify
 from nest_jax.models.nest import Nest, NestConfig
 
 _OFFICIAL_ROOTS = ("params/", "target/params/", "optimizer/target/params/")
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+def _flat(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Nested dict or flat '/'-joined mapping -> flat {'a/b/c': ndarray}; a leading `params/` is dropped."""
-    out: dict[str, np.ndarray] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flat(v, key + "/"))
-        else:
-            out[key] = np.asarray(v)
-    if not prefix:
-        for root in _OFFICIAL_ROOTS:
-            if out and all(k.startswith(root) for k in out):
-                out = {k[len(root) :]: v for k, v in out.items()}
-                break
+    out = {k: np.asarray(v) for k, v in flat_paths(tree).items()}
+    for root in _OFFICIAL_ROOTS:
+        if out and all(k.startswith(root) for k in out):
+            return {k[len(root) :]: v for k, v in out.items()}
     return out
 
 
 def _layer_index(c: NestConfig):
-    """Yields (k, level, j): official global layer number k of layer j in level `level`."""
-    k = 0
-    for level, depth in enumerate(c.depths):
-        for j in range(depth):
-            yield k, level, j
-            k += 1
+    """Yields (k, (level, j)): official global layer number k of layer j in level `level`."""
+    return enumerate((level, j) for level, depth in enumerate(c.depths) for j in range(depth))
 
 
 def _plain_pairs(c: NestConfig) -> list[tuple[str, str]]:
@@ -71,7 +58,7 @@ def _plain_pairs(c: NestConfig) -> list[tuple[str, str]]:
                 (f"{src}/LayerNorm_0/scale", f"{dst}/norm/scale"),
                 (f"{src}/LayerNorm_0/bias", f"{dst}/norm/bias"),
             ]
-    for k, level, j in _layer_index(c):
+    for k, (level, j) in _layer_index(c):
         src, dst = f"EncoderNDBlock_{k}", f"levels/{level}/layers/{j}"
         for a, b in (("LayerNorm_0", "norm1"), ("LayerNorm_1", "norm2")):
             pairs += [(f"{src}/{a}/scale", f"{dst}/{b}/scale"), (f"{src}/{a}/bias", f"{dst}/{b}/bias")]
@@ -97,43 +84,27 @@ def official_nest_to_params(
             f"the checkpoint uses {found} attention but the model has {config.attention!r}; "
             f"create the model with attention={found!r}"
         )
-    used: set[str] = set()
-
-    def take(key: str) -> np.ndarray | None:
-        if key in src:
-            used.add(key)
-            return src[key]
-        return None
-
-    out = {}
-    for a, b in _plain_pairs(config):
-        v = take(a)
-        if v is not None:
-            out[b] = v
-    for k, level, j in _layer_index(config):
-        dst = f"levels/{level}/layers/{j}/attn"
-        if want_mq:
-            base = f"EncoderNDBlock_{k}/MultiQueryAttention_0"
-            q, qb = take(f"{base}/DenseGeneral_0/kernel"), take(f"{base}/DenseGeneral_0/bias")
-            kv, kvb = take(f"{base}/Dense_0/kernel"), take(f"{base}/Dense_0/bias")
-            if q is not None:
-                out[f"{dst}/q"] = q
-            if qb is not None:
-                out[f"{dst}/q_bias"] = qb
-            if kv is not None:  # (C, 2d) = [k | v] -> (C, 2, 1, d)
-                out[f"{dst}/kv"] = kv.reshape(kv.shape[0], 2, 1, -1)
-            if kvb is not None:
-                out[f"{dst}/kv_bias"] = kvb.reshape(2, 1, -1)
-        else:
-            base = f"EncoderNDBlock_{k}/MultiHeadAttention_0"
-            q, qb = take(f"{base}/DenseGeneral_0/kernel"), take(f"{base}/DenseGeneral_0/bias")
-            kv, kvb = take(f"{base}/DenseGeneral_1/kernel"), take(f"{base}/DenseGeneral_1/bias")
-            if q is not None and kv is not None:  # kv (C, h, 2d): each head's [k | v]
+    pairs = _plain_pairs(config)
+    out, used = {b: src[a] for a, b in pairs if a in src}, {a for a, _ in pairs}
+    for k, (level, j) in _layer_index(config):
+        base = f"EncoderNDBlock_{k}/{'MultiQueryAttention_0' if want_mq else 'MultiHeadAttention_0'}"
+        kv_name = "Dense_0" if want_mq else "DenseGeneral_1"
+        keys = [f"{base}/{m}/{p}" for m in ("DenseGeneral_0", kv_name) for p in ("kernel", "bias")]
+        used.update(keys)
+        q, qb, kv, kvb = (src.get(key) for key in keys)
+        if want_mq:  # kv Dense (C, 2d) = [k | v] -> (C, 2, 1, d)
+            found = {"q": q, "q_bias": qb}
+            found["kv"] = None if kv is None else kv.reshape(kv.shape[0], 2, 1, -1)
+            found["kv_bias"] = None if kvb is None else kvb.reshape(2, 1, -1)
+        else:  # kv (C, h, 2d): each head's [k | v]
+            found = {}
+            if q is not None and kv is not None:
                 d = q.shape[-1]
-                out[f"{dst}/qkv"] = np.stack([q, kv[..., :d], kv[..., d:]], axis=1)
+                found["qkv"] = np.stack([q, kv[..., :d], kv[..., d:]], axis=1)
             if qb is not None and kvb is not None:
                 d = qb.shape[-1]
-                out[f"{dst}/qkv_bias"] = np.stack([qb, kvb[..., :d], kvb[..., d:]], axis=0)
+                found["qkv_bias"] = np.stack([qb, kvb[..., :d], kvb[..., d:]], axis=0)
+        out.update({f"levels/{level}/layers/{j}/attn/{name}": v for name, v in found.items() if v is not None})
     unused = sorted(set(src) - used)
     if strict and unused:
         raise ValueError(
@@ -143,16 +114,12 @@ def official_nest_to_params(
     return out
 
 
-def _param_dict(model: Nest) -> dict[str, np.ndarray]:
-    return {path_str(k): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-
-
 def params_to_official_nest(model: Nest) -> dict:
     """The model's parameters in the official flax layout (nested dict of numpy arrays)."""
     c = model.config
-    ours = _param_dict(model)
+    ours = host_arrays(model)
     out = {a: ours[b] for a, b in _plain_pairs(c)}
-    for k, level, j in _layer_index(c):
+    for k, (level, j) in _layer_index(c):
         src = f"levels/{level}/layers/{j}/attn"
         if c.attention == "multi_query":
             base = f"EncoderNDBlock_{k}/MultiQueryAttention_0"
@@ -185,68 +152,49 @@ def load_official_nest(model: Nest, tree_or_flat: Mapping[str, Any], *, strict: 
     return model
 
 
-def _np(v) -> np.ndarray:
-    if hasattr(v, "detach"):  # torch tensor
-        v = v.detach().cpu().float().numpy()
-    return np.asarray(v)
-
-
 def timm_nest_to_params(
     state_dict: Mapping[str, Any], config: NestConfig, *, strict: bool = True
 ) -> dict[str, np.ndarray]:
     """timm `nest_*` / `nest_*_jx` state dict -> {nest_jax path: array} (multi-head only)."""
     if config.attention != "multi_head":
         raise ValueError("timm's NesT has multi-head attention only; create the model with attention='multi_head'")
-    sd = {k: _np(v) for k, v in state_dict.items()}
-    used: set[str] = set()
-
-    def take(key: str) -> np.ndarray | None:
-        if key in sd:
-            used.add(key)
-            return sd[key]
-        return None
-
-    out: dict[str, np.ndarray] = {}
-
-    def put(dst: str, v: np.ndarray | None, fn=lambda a: a) -> None:
-        if v is not None:
-            out[dst] = fn(v)
-
+    sd = to_numpy(state_dict)
+    same, dense = (lambda w: w), (lambda w: w.T)
     conv = lambda w: w.transpose(2, 3, 1, 0)  # (O, I, kh, kw) -> HWIO
-    dense = lambda w: w.T
-    put("patch_embed/proj/kernel", take("patch_embed.proj.weight"), conv)
-    put("patch_embed/proj/bias", take("patch_embed.proj.bias"))
-    put("norm/scale", take("norm.weight"))
-    put("norm/bias", take("norm.bias"))
-    put("head/kernel", take("head.weight"), dense)
-    put("head/bias", take("head.bias"))
+
+    def module(src: str, dst: str, weight=None) -> list:
+        """(timm key, nest_jax path, layout change) of a conv / linear module (`weight`: its weight's
+        layout change) or a norm (none: weight -> scale), and of its bias."""
+        leaf = "scale" if weight is None else "kernel"
+        return [(f"{src}.weight", f"{dst}/{leaf}", weight or same), (f"{src}.bias", f"{dst}/bias", same)]
+
+    pairs = [
+        *module("patch_embed.proj", "patch_embed/proj", conv),
+        *module("norm", "norm"),
+        *module("head", "head", dense),
+    ]
     for level in range(config.levels):
-        src, dst = f"levels.{level}", f"levels/{level}"
-        put(f"{dst}/pos_embed", take(f"{src}.pos_embed"))
-        put(f"{dst}/pool/conv/kernel", take(f"{src}.pool.conv.weight"), conv)
-        put(f"{dst}/pool/conv/bias", take(f"{src}.pool.conv.bias"))
-        put(f"{dst}/pool/norm/scale", take(f"{src}.pool.norm.weight"))
-        put(f"{dst}/pool/norm/bias", take(f"{src}.pool.norm.bias"))
-        h = config.heads[level]
+        src, dst, h = f"levels.{level}", f"levels/{level}", config.heads[level]
+        pairs += [(f"{src}.pos_embed", f"{dst}/pos_embed", same), *module(f"{src}.pool.conv", f"{dst}/pool/conv", conv)]
+        pairs += module(f"{src}.pool.norm", f"{dst}/pool/norm")
         for j in range(config.depths[level]):
             s, d = f"{src}.transformer_encoder.{j}", f"{dst}/layers/{j}"
-            for a, b in (("norm1", "norm1"), ("norm2", "norm2")):
-                put(f"{d}/{b}/scale", take(f"{s}.{a}.weight"))
-                put(f"{d}/{b}/bias", take(f"{s}.{a}.bias"))
-            for a in ("fc1", "fc2"):
-                put(f"{d}/mlp/{a}/kernel", take(f"{s}.mlp.{a}.weight"), dense)
-                put(f"{d}/mlp/{a}/bias", take(f"{s}.mlp.{a}.bias"))
-            # qkv output features ordered (qkv, head, d) -> (C, 3, h, d)
-            put(f"{d}/attn/qkv", take(f"{s}.attn.qkv.weight"), lambda w: w.T.reshape(w.shape[1], 3, h, -1))
-            put(f"{d}/attn/qkv_bias", take(f"{s}.attn.qkv.bias"), lambda b: b.reshape(3, h, -1))
-            # proj input features ordered (d, head): head index fastest -> (h, d, C)
-            put(
-                f"{d}/attn/proj",
-                take(f"{s}.attn.proj.weight"),
-                lambda w: w.T.reshape(-1, h, w.shape[0]).transpose(1, 0, 2),
-            )
-            put(f"{d}/attn/proj_bias", take(f"{s}.attn.proj.bias"))
-    unused = sorted(set(sd) - used)
+            pairs += [*module(f"{s}.norm1", f"{d}/norm1"), *module(f"{s}.norm2", f"{d}/norm2")]
+            pairs += [*module(f"{s}.mlp.fc1", f"{d}/mlp/fc1", dense), *module(f"{s}.mlp.fc2", f"{d}/mlp/fc2", dense)]
+            pairs += [
+                # qkv output features ordered (qkv, head, d) -> (C, 3, h, d)
+                (f"{s}.attn.qkv.weight", f"{d}/attn/qkv", lambda w, h=h: w.T.reshape(w.shape[1], 3, h, -1)),
+                (f"{s}.attn.qkv.bias", f"{d}/attn/qkv_bias", lambda b, h=h: b.reshape(3, h, -1)),
+                # proj input features ordered (d, head): head index fastest -> (h, d, C)
+                (
+                    f"{s}.attn.proj.weight",
+                    f"{d}/attn/proj",
+                    lambda w, h=h: w.T.reshape(-1, h, w.shape[0]).transpose(1, 0, 2),
+                ),
+                (f"{s}.attn.proj.bias", f"{d}/attn/proj_bias", same),
+            ]
+    out = {dst: change(sd[src]) for src, dst, change in pairs if src in sd}
+    unused = sorted(set(sd) - {src for src, _, _ in pairs})
     if strict and unused:
         raise ValueError(f"timm NesT state dict has {len(unused)} entries the model does not use, e.g. {unused[:5]}")
     return out

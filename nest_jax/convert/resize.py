@@ -123,10 +123,6 @@ def resize_pos_embed(
     return np.concatenate([prefix, resized.astype(pos.dtype)], axis=1)
 
 
-def _grid(model: nnx.Module) -> tuple[int, int] | None:
-    return tuple(getattr(getattr(model, "config", None), "grid", None) or ()) or None
-
-
 def adapt_params(
     arrays: dict[str, np.ndarray],
     model: nnx.Module,
@@ -160,7 +156,7 @@ def adapt_params(
                 log.info("re-initializing %s: checkpoint has %d classes, model %d", key, shape[-1], want[key][-1])
                 del out[key]
         elif key == "pos_embed" and key in want and shape != want[key]:
-            grid = _grid(model)
+            grid = tuple(getattr(getattr(model, "config", None), "grid", None) or ()) or None
             if grid is None:
                 raise ValueError("cannot resize pos_embed: the model has no `config.grid`")
             p = model.config.num_prefix if num_prefix is None else num_prefix

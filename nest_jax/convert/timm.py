@@ -17,38 +17,25 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.common import assign_params, load_array_file, path_str
+from nest_jax.convert.common import assign_params, load_array_file, to_numpy
 from nest_jax.models.resnet import ResNet
 from nest_jax.models.vit import ViT
 
 StateDict = Mapping[str, np.ndarray]
 
 
-def _numpy(state_dict: Mapping) -> dict[str, np.ndarray]:
-    """Accepts numpy arrays or torch tensors (e.g. a live `model.state_dict()`)."""
-    out = {}
-    for k, v in state_dict.items():
-        if hasattr(v, "detach"):
-            v = v.detach().cpu()
-            v = v.float().numpy() if v.is_floating_point() else v.numpy()
-        out[k] = np.asarray(v)
-    return out
+_JAX_NAMES = {"running_mean": "mean", "running_var": "var", "bias": "bias"}
 
 
 def _leaf(path: str, name: str, w: np.ndarray) -> tuple[str, np.ndarray] | None:
     """One torch tensor of a conv / linear / norm module at nest_jax `path` -> (full path, array)."""
     if name == "num_batches_tracked":
         return None
-    if name == "running_mean":
-        return f"{path}/mean", w
-    if name == "running_var":
-        return f"{path}/var", w
-    if name == "bias":
-        return f"{path}/bias", w
+    if name in _JAX_NAMES:
+        return f"{path}/{_JAX_NAMES[name]}", w
     if name != "weight":
         return f"{path}.{name}", w  # unknown: kept so a strict load names it
     if w.ndim == 4 and path.endswith("head"):  # BiT's 1x1-conv classifier is a linear layer
@@ -60,37 +47,49 @@ def _leaf(path: str, name: str, w: np.ndarray) -> tuple[str, np.ndarray] | None:
     return f"{path}/scale", w
 
 
-# timm module name -> nest_jax module path, applied in order (first match wins per rule list).
-_RESNET_V1_RULES = [
-    (r"^conv1$", "stem/conv"),
-    (r"^bn1$", "stem/norm"),
-    (r"^fc$", "head"),
-    (r"^layer(\d+)\.(\d+)\.conv(\d)$", lambda m: f"stages/{int(m[1]) - 1}/{m[2]}/conv{m[3]}"),
-    (r"^layer(\d+)\.(\d+)\.bn(\d)$", lambda m: f"stages/{int(m[1]) - 1}/{m[2]}/norm{m[3]}"),
-    (r"^layer(\d+)\.(\d+)\.downsample\.0$", lambda m: f"stages/{int(m[1]) - 1}/{m[2]}/downsample/conv"),
-    (r"^layer(\d+)\.(\d+)\.downsample\.1$", lambda m: f"stages/{int(m[1]) - 1}/{m[2]}/downsample/norm"),
-]
-_RESNET_V2_RULES = [
-    (r"^stem\.(conv|norm)$", r"stem/\1"),
-    (r"^norm$", "norm"),
-    (r"^head\.fc$", "head"),
-    (r"^stages\.(\d+)\.blocks\.(\d+)\.(conv\d|norm\d)$", r"stages/\1/\2/\3"),
-    (r"^stages\.(\d+)\.blocks\.(\d+)\.downsample\.(conv|norm)$", r"stages/\1/\2/downsample/\3"),
-]
+# ResNet module names (timm, nest_jax) of each kind, tried in order; {S} is timm v1's 1-based stage {s} + 1.
+RESNET_NAMES = {
+    "v1": [
+        ("conv1", "stem/conv"),
+        ("bn1", "stem/norm"),
+        ("fc", "head"),
+        ("layer{S}.{b}.conv{n}", "stages/{s}/{b}/conv{n}"),
+        ("layer{S}.{b}.bn{n}", "stages/{s}/{b}/norm{n}"),
+        ("layer{S}.{b}.downsample.0", "stages/{s}/{b}/downsample/conv"),
+        ("layer{S}.{b}.downsample.1", "stages/{s}/{b}/downsample/norm"),
+    ],
+    "v2": [
+        ("stem.{m}", "stem/{m}"),
+        ("norm", "norm"),
+        ("head.fc", "head"),
+        ("stages.{s}.blocks.{b}.{mn}", "stages/{s}/{b}/{mn}"),
+        ("stages.{s}.blocks.{b}.downsample.{m}", "stages/{s}/{b}/downsample/{m}"),
+    ],
+}
+_FIELDS = {"S": r"\d+", "s": r"\d+", "b": r"\d+", "n": r"\d", "m": "conv|norm", "mn": r"conv\d|norm\d"}
 
 
-def _rename(module: str, rules) -> str | None:
-    for pattern, repl in rules:
-        if re.match(pattern, module):
-            return re.sub(pattern, repl, module)
+def resnet_name(module: str, kind: str, *, to_timm: bool = False) -> str | None:
+    """The nest_jax path of a timm ResNet module of `kind` ("v1", else v2), or with `to_timm` the
+    timm name of a nest_jax module; None for a module that has none."""
+    for rule in RESNET_NAMES["v1" if kind == "v1" else "v2"]:
+        src, dst = rule[::-1] if to_timm else rule
+        pattern = re.sub(r"\\\{(\w+)\\\}", lambda f: f"(?P<{f[1]}>{_FIELDS[f[1]]})", re.escape(src))
+        if m := re.fullmatch(pattern, module):
+            fields = m.groupdict()
+            if "S" in fields:
+                fields["s"] = int(fields["S"]) - 1
+            elif "s" in fields:
+                fields["S"] = int(fields["s"]) + 1
+            return dst.format(**fields)
     return None
 
 
-def _convert_modules(state_dict: StateDict, rules, prefix: str = "") -> dict[str, np.ndarray]:
+def _convert_modules(state_dict: StateDict, kind: str, prefix: str = "") -> dict[str, np.ndarray]:
     out = {}
     for key, w in state_dict.items():
         module, _, name = key.rpartition(".")
-        path = _rename(module, rules)
+        path = resnet_name(module, kind)
         if path is None:
             out[key] = w  # unknown module: kept under its timm name so a strict load reports it
             continue
@@ -106,9 +105,7 @@ def timm_resnet_to_params(state_dict: StateDict, model: ResNet) -> dict[str, np.
     The result holds the parameters and, for BatchNorm nets, the running statistics
     (`…/norm1/mean`, `…/norm1/var`), which `load_timm` assigns to the model's BatchStats.
     """
-    sd = _numpy(state_dict)
-    rules = _RESNET_V1_RULES if model.config.kind == "v1" else _RESNET_V2_RULES
-    return _convert_modules(sd, rules)
+    return _convert_modules(to_numpy(state_dict), model.config.kind)
 
 
 def timm_vit_to_params(state_dict: StateDict, model: ViT) -> dict[str, np.ndarray]:
@@ -119,7 +116,7 @@ def timm_vit_to_params(state_dict: StateDict, model: ViT) -> dict[str, np.ndarra
     distilled checkpoints whose teacher is shape-biased); `shape_token` / `head_shape` keys are read
     as such.
     """
-    sd = _numpy(state_dict)
+    sd = to_numpy(state_dict)
     c = model.config
     h = c.num_heads
     dist_as_shape = "shape" in c.prefix_tokens and "dist" not in c.prefix_tokens
@@ -161,26 +158,8 @@ def timm_vit_to_params(state_dict: StateDict, model: ViT) -> dict[str, np.ndarra
             out[key] = w
     if backbone:
         # The hybrid's backbone is a non-pre-activation ResNetV2: same module names as BiT.
-        out.update(_convert_modules(backbone, _RESNET_V2_RULES, prefix="stem/"))
+        out.update(_convert_modules(backbone, "bit", prefix="stem/"))
     return out
-
-
-def _stat_problems(
-    model: nnx.Module, arrays: Mapping[str, np.ndarray], strict: bool, source: str
-) -> tuple[dict, list[str]]:
-    """Shape/missing checks for BatchStats (common.assign_params handles only nnx.Param)."""
-    stats = {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
-    problems = []
-    for name, value in arrays.items():
-        want = tuple(stats[name].shape)
-        if tuple(np.shape(value)) != want:
-            problems.append(f"shape mismatch for {name!r}: {source} has {tuple(np.shape(value))}, model expects {want}")
-    if strict:
-        problems += [
-            f"{source} has no value for model statistic {m!r} {tuple(stats[m].shape)}"
-            for m in sorted(set(stats) - set(arrays))
-        ]
-    return stats, problems
 
 
 def load_timm(model: nnx.Module, state_dict_or_path: StateDict | str | Path, *, strict: bool = True) -> None:
@@ -198,12 +177,4 @@ def load_timm(model: nnx.Module, state_dict_or_path: StateDict | str | Path, *, 
         arrays = timm_resnet_to_params(state_dict_or_path, model)
     else:
         raise TypeError(f"load_timm supports ViT/DeiT (incl. hybrid) and ResNet models, not {type(model).__name__}")
-    stat_paths = {path_str(k) for k, _ in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
-    stat_arrays = {k: v for k, v in arrays.items() if k in stat_paths}
-    params = {k: v for k, v in arrays.items() if k not in stat_paths}
-    stats, problems = _stat_problems(model, stat_arrays, strict, source)
-    if problems:
-        raise ValueError("Cannot load parameters:\n  " + "\n  ".join(problems))
-    assign_params(model, params, strict=strict, source=source)
-    for name, value in stat_arrays.items():
-        stats[name][...] = jnp.asarray(value, dtype=stats[name][...].dtype)
+    assign_params(model, arrays, strict=strict, source=source, kind=(nnx.Param, nnx.BatchStat))

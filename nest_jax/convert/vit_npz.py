@@ -30,22 +30,12 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from nest_jax.convert.common import assign_params, load_array_file, path_str
+from nest_jax.convert.common import assign_params, host_arrays, load_array_file
 
 # Sub-module names inside `Transformer/encoderblock_{i}` per scheme.
 SCHEMES = {
-    "prelinen": {
-        "norm1": "LayerNorm_0",
-        "attn": "MultiHeadDotProductAttention_1",
-        "norm2": "LayerNorm_2",
-        "mlp": "MlpBlock_3",
-    },
-    "linen": {
-        "norm1": "LayerNorm_0",
-        "attn": "MultiHeadDotProductAttention_0",
-        "norm2": "LayerNorm_1",
-        "mlp": "MlpBlock_0",
-    },
+    "prelinen": dict(norm1="LayerNorm_0", attn="MultiHeadDotProductAttention_1", norm2="LayerNorm_2", mlp="MlpBlock_3"),
+    "linen": dict(norm1="LayerNorm_0", attn="MultiHeadDotProductAttention_0", norm2="LayerNorm_1", mlp="MlpBlock_0"),
 }
 # Top-level names shared by both schemes: nest_jax path -> Google path.
 TOP = {
@@ -75,13 +65,6 @@ def detect_scheme(flat: Mapping[str, np.ndarray]) -> str:
     return "prelinen" if pre else "linen"
 
 
-def _strip_prefix(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    for prefix in KNOWN_PREFIXES:
-        if f"{prefix}embedding/kernel" in flat:
-            return {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
-    return dict(flat)
-
-
 def _block_map(scheme: str) -> dict[str, str]:
     """Google sub-path inside an encoder block -> nest_jax sub-path inside `layers/{i}` (not q/k/v)."""
     s = SCHEMES[scheme]
@@ -101,7 +84,10 @@ def vit_npz_to_params(flat: Mapping[str, np.ndarray], model: nnx.Module | None =
     Detects the naming scheme. Keys it does not recognise are passed through under their own
     name, so a strict `assign_params` names them. `model` (optional) is only checked for fitting.
     """
-    flat = _strip_prefix(flat)
+    for prefix in KNOWN_PREFIXES:
+        if f"{prefix}embedding/kernel" in flat:
+            flat = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+            break
     if any(k.startswith(("conv_root", "gn_root", "block1/")) for k in flat):
         raise NotImplementedError("hybrid (R50 stem) ViT checkpoints are not mapped yet")
     if model is not None:
@@ -174,7 +160,7 @@ def params_to_vit_npz(model: nnx.Module, scheme: str = "linen") -> dict[str, np.
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {scheme!r}")
     _check_model(model)
-    params = {k: np.asarray(v[...]) for k, v in _flat_params(model).items()}
+    params = host_arrays(model)
     if any(k.endswith(("attn/q", "attn/kv")) for k in params):
         raise ValueError("Google ViT checkpoints have multi-head attention only (no grouped / multi-query)")
     to_block = {o: g for g, o in _block_map(scheme).items()}
@@ -193,10 +179,6 @@ def params_to_vit_npz(model: nnx.Module, scheme: str = "linen") -> dict[str, np.
         else:
             raise ValueError(f"parameter {key!r} has no Google ViT name")
     return out
-
-
-def _flat_params(model: nnx.Module) -> dict[str, nnx.Variable]:
-    return {path_str(k): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 __all__ = ["detect_scheme", "load_vit_npz", "params_to_vit_npz", "vit_npz_to_params"]

@@ -37,11 +37,8 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
 
 
 def _flat(tree: dict) -> dict[str, np.ndarray]:
-    return {path_str(_keys(p)): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _keys(path: tuple) -> tuple:
-    return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_str(getattr(k, "key", getattr(k, "idx", k)) for k in p): np.asarray(v) for p, v in leaves}
 
 
 def read_workdir(

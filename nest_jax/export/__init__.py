@@ -23,31 +23,12 @@ import ml_collections
 from flax import nnx
 
 from nest_jax.convert.checkpoint import as_tuples
-from nest_jax.convert.export import FORMATS, IMAGENET_MEAN, IMAGENET_STD, export_npz, export_timm
-from nest_jax.convert.load import Weights, load_into, load_params
+from nest_jax.convert.export import FORMATS, IMAGENET_MEAN, IMAGENET_STD, export_npz, export_timm, timm_architecture
+from nest_jax.convert.load import load_into, load_params
 from nest_jax.convert.workdir import as_path, is_workdir
 from nest_jax.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-def _from_workdir(where, *, step: int | None, ema: bool) -> tuple[str, dict[str, Any], Weights, tuple, tuple]:
-    from nest_jax.data.preprocess import mean_std
-    from nest_jax.train.trainer import model_kwargs
-
-    config_file = where / "config.json"
-    if not config_file.exists():
-        raise UserError(f"{where} has no config.json, so its model is unknown; pass --model")
-    try:
-        config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{config_file} is not readable JSON ({e.msg}); pass --model") from None
-    weights = load_params(where, step=step, ema=ema)
-    head = weights.params.get("head/kernel")
-    kwargs = model_kwargs(config, 0 if head is None else int(head.shape[-1]))
-    kwargs.pop("dtype", None)  # exports are float32
-    mean, std = mean_std(config.dataset)
-    return config.model.name, kwargs, weights, mean, std
 
 
 def export_checkpoint(
@@ -77,8 +58,21 @@ def export_checkpoint(
         raise UserError(f"--checkpoint {checkpoint} does not exist; pass a training workdir or a checkpoint")
     norm = (IMAGENET_MEAN, IMAGENET_STD)
     if is_workdir(where):
-        name, kwargs, weights, *norm = _from_workdir(where, step=step, ema=ema)
-        name = model or name
+        from nest_jax.data.preprocess import mean_std
+        from nest_jax.train.trainer import model_kwargs as trainer_kwargs
+
+        config_file = where / "config.json"
+        if not config_file.exists():
+            raise UserError(f"{where} has no config.json, so its model is unknown; pass --model")
+        try:
+            config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{config_file} is not readable JSON ({e.msg}); pass --model") from None
+        weights = load_params(where, step=step, ema=ema)
+        head = weights.params.get("head/kernel")
+        kwargs = trainer_kwargs(config, 0 if head is None else int(head.shape[-1]))
+        kwargs.pop("dtype", None)  # exports are float32
+        name, norm = model or config.model.name, mean_std(config.dataset)
     else:
         from nest_jax.convert.hub import create_model as pretrained_model
 
@@ -104,7 +98,7 @@ def export_checkpoint(
         log.info("wrote %s", export_npz(built, out, overwrite=overwrite))
         return []
     notes = export_timm(built, out, model_name=name, mean=tuple(mean), std=tuple(std), overwrite=overwrite)
-    log.info("wrote %s (timm %s)", out, json.loads((as_path(out) / "config.json").read_text())["architecture"])
+    log.info("wrote %s (timm %s)", out, timm_architecture(name, built))
     return notes
 
 

@@ -4,22 +4,21 @@
   python -m nest_jax.export --checkpoint=WORKDIR --to=npz --out=vit.npz
   python -m nest_jax.export --checkpoint=model.safetensors --model=deit_small_patch16_224 --to=npz --out=x.npz
 
-`--to=timm` output loads with `timm.create_model("local-dir:DIR", pretrained=True)`. A training
-workdir exports its latest checkpoint (`--step`, `--ema` choose another); other checkpoints that
-do not record their model need `--model` (and `--set FIELD=VALUE` for fields the name does not fix). What timm cannot represent is refused, or noted in
-`config.json` (`nest_jax.notes`) and on stderr. Bad input (a missing, truncated or foreign file,
-an unknown model) is one line and exit status 2; `--debug` (or NEST_JAX_DEBUG=1) shows the traceback.
+What each format holds and which checkpoints need `--model`: `nest_jax.export`. A training workdir
+exports its latest checkpoint (`--step`, `--ema` choose another); `--set FIELD=VALUE` sets fields
+of `--model` its name does not fix. What timm cannot represent is refused, or noted in `config.json`
+(`nest_jax.notes`) and on stderr. Bad input (a missing, truncated or foreign file, an unknown
+model) is one line and exit status 2; `--debug` (or NEST_JAX_DEBUG=1) shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
-from nest_jax.convert.__main__ import _log_to_stderr, one_line, parse_overrides
+from nest_jax.convert.__main__ import _log_to_stderr, guarded, parse_overrides
 from nest_jax.convert.export import FORMATS
-from nest_jax.errors import USAGE_EXIT_CODE, UserError, debug_requested
+from nest_jax.errors import UserError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,32 +51,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Returns the exit status: 0 on success, `USAGE_EXIT_CODE` (2) with one line on stderr for bad input."""
     args = parse_args(argv)
+    return guarded("nest_jax.export", args.debug, lambda: _export(args))
+
+
+def _export(args: argparse.Namespace) -> None:
     from nest_jax.export import export_checkpoint
 
-    try:
-        fields = {}
-        if args.overrides:
-            if not args.model:
-                raise UserError("--set changes fields of --model: pass --model too")
-            fields = parse_overrides(args.model, args.overrides)
-        export_checkpoint(
-            args.checkpoint,
-            args.out,
-            to=args.to,
-            model=args.model,
-            step=args.step,
-            ema=args.ema,
-            mean=tuple(args.mean) if args.mean else None,
-            std=tuple(args.std) if args.std else None,
-            overwrite=args.overwrite,
-            **fields,
-        )
-    except (UserError, ValueError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError) as e:
-        if debug_requested(args.debug):
-            traceback.print_exc()
-        print(f"nest_jax.export: error: {one_line(e)}", file=sys.stderr)
-        return USAGE_EXIT_CODE
-    return 0
+    if args.overrides and not args.model:
+        raise UserError("--set changes fields of --model: pass --model too")
+    export_checkpoint(
+        args.checkpoint,
+        args.out,
+        to=args.to,
+        model=args.model,
+        step=args.step,
+        ema=args.ema,
+        mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None,
+        overwrite=args.overwrite,
+        **parse_overrides(args.model, args.overrides),
+    )
 
 
 if __name__ == "__main__":
