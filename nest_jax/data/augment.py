@@ -160,10 +160,10 @@ def hsv_to_rgb(hsv, xp=np):
     return xp.stack(out, -1)
 
 
-def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
+def adjust_contrast(image: np.ndarray, factor: float, xp=np) -> np.ndarray:
     """(x − channel mean) · factor + channel mean (tf.image.adjust_contrast), unclipped."""
-    mean = _channels(image).mean(1)
-    return ((image - mean) * np.float32(factor) + mean).astype(np.float32)
+    mean = _channels(image).mean(1) if xp is np else image.mean((0, 1))
+    return ((image - mean) * xp.float32(factor) + mean).astype(xp.float32)
 
 
 def adjust_saturation(image, factor, xp=np):
@@ -177,10 +177,9 @@ def adjust_saturation(image, factor, xp=np):
     return xp.where(delta > 0, v - (v - image) * ratio, image).astype(xp.float32)
 
 
-def adjust_hue(image: np.ndarray, delta: float) -> np.ndarray:
-    hsv = rgb_to_hsv(image)
-    hsv[..., 0] = (hsv[..., 0] + delta) % 1.0
-    return hsv_to_rgb(hsv).astype(np.float32)
+def adjust_hue(image: np.ndarray, delta: float, xp=np) -> np.ndarray:
+    h, s, v = _rgb(rgb_to_hsv(image, xp))
+    return hsv_to_rgb(xp.stack([(h + delta) % 1.0, s, v], -1), xp).astype(xp.float32)
 
 
 def sample_color_jitter(rng: np.random.Generator, *, strength: float) -> dict[str, np.ndarray]:

@@ -3,11 +3,11 @@
 With device augmentation the host decodes, crops, warps and flips (nest_jax.data.preprocess), and
 sends the crop as uint8 (or float32 [0, 1] when the source or the warp is float) together with the
 random choices of the later stages, drawn from the same per-example streams as the host chain
-(preprocess.device_choices). The train step
-then applies, per example, RandAugment (Cubuk et al. 2020, §3), the SimCLR colour distortion (Chen
-et al. 2020, appendix A), normalization and random erasing (Zhong et al. 2020). Each op computes
-the same function as its NumPy twin in randaugment.py / augment.py; only the erasing noise is drawn
-on the device (from the step's key), so the training distribution is the host chain's.
+(preprocess.device_choices). The train step then applies, per example, RandAugment (Cubuk et al.
+2020, §3), the SimCLR colour distortion (Chen et al. 2020, appendix A), normalization and random
+erasing (Zhong et al. 2020). Most ops are the host's own code in randaugment.py / augment.py run
+with `xp=jax.numpy`; the rest compute the same function as their NumPy twin. Only the erasing
+noise is drawn on the device (from the step's key), so the training distribution is the host chain's.
 
 Every op is computed for every example and the chosen one selected (`jnp.select`): no branch
 depends on data, so the step has no `conditional` and nothing waits for the host.
@@ -25,7 +25,6 @@ from nest_jax.data import augment, randaugment
 from nest_jax.data.preprocess import mean_std
 
 _OP = {name: i for i, name in enumerate(randaugment.OPS)}
-_GRAY = jnp.asarray(randaugment.GRAY_WEIGHTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,34 +69,6 @@ class DeviceAugment:
 # ---- RandAugment, one image (H, W, C) float32 [0, 1] ----
 
 
-def gray(image: jax.Array) -> jax.Array:
-    """(H, W, 3) → (H, W, 1) luma (ITU-R 601-2); one channel stays as it is."""
-    if image.shape[-1] == 1:
-        return image
-    return (image[..., :3] @ _GRAY)[..., None]
-
-
-def blend(degenerate: jax.Array, image: jax.Array, factor: jax.Array) -> jax.Array:
-    return jnp.clip(degenerate + factor * (image - degenerate), 0.0, 1.0)
-
-
-def affine(image: jax.Array, transform: jax.Array) -> jax.Array:
-    """Nearest-neighbour warp, output (x, y) ← input (a0·x + a1·y + a2, b0·x + b1·y + b2), grey 0.5
-    outside (randaugment.affine). transform: (6,) float32."""
-    h, w, c = image.shape
-    y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
-    a0, a1, a2, b0, b1, b2 = (transform[i] for i in range(6))
-
-    def nearest(coord):  # half away from zero, as TF's nearest sampling; negatives are outside
-        return jnp.where(coord > -0.5, jnp.floor(coord + 0.5), -1.0).astype(jnp.int32)
-
-    src_x, src_y = nearest(a0 * x + a1 * y + a2), nearest(b0 * x + b1 * y + b2)
-    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
-    flat = jnp.where(inside, src_y * w + src_x, 0).reshape(-1)
-    out = image.reshape(h * w, c)[flat].reshape(h, w, c)
-    return jnp.where(inside[..., None], out, jnp.float32(0.5))
-
-
 def _transform(op: jax.Array, level: jax.Array, sign: jax.Array, h: int, w: int) -> jax.Array:
     """The output→input affine map of a geometric op (identity for the others). → (6,)"""
     angle = sign * level * jnp.float32(30.0 * math.pi / 180.0)
@@ -116,12 +87,6 @@ def _transform(op: jax.Array, level: jax.Array, sign: jax.Array, h: int, w: int)
     return jnp.select([op == _OP[name] for name in table], list(table.values()), identity)
 
 
-def autocontrast(image: jax.Array) -> jax.Array:
-    lo, hi = image.min((0, 1)), image.max((0, 1))
-    scaled = (image - lo) / jnp.maximum(hi - lo, 1e-6)
-    return jnp.where(hi > lo, scaled, image)
-
-
 def _equalize_channel(q: jax.Array) -> jax.Array:
     """q: (N,) int32 levels 0–255 → equalized levels (PIL ImageOps.equalize)."""
     hist = jnp.zeros(256, jnp.int32).at[q].add(1)
@@ -137,46 +102,29 @@ def equalize(image: jax.Array) -> jax.Array:
     return jax.vmap(_equalize_channel, 1, 1)(q).reshape(h, w, c).astype(jnp.float32) / jnp.float32(255.0)
 
 
-def smooth(image: jax.Array) -> jax.Array:
-    """PIL's SMOOTH kernel [[1,1,1],[1,5,1],[1,1,1]]/13 inside, the one-pixel border as it is."""
-    h, w, _ = image.shape
-    if h <= 2 or w <= 2:
-        return image
-    acc = 4.0 * image[1:-1, 1:-1]
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            acc = acc + image[dy : dy + h - 2, dx : dx + w - 2]
-    return image.at[1:-1, 1:-1].set(acc / 13.0)
-
-
-def posterize(image: jax.Array, level: jax.Array) -> jax.Array:
-    quantum = 2.0 ** jnp.floor(level * 4)
-    return jnp.floor(jnp.round(image * 255.0) / quantum) * quantum / 255.0
-
-
 def apply_op(op: jax.Array, image: jax.Array, level: jax.Array, sign: jax.Array) -> jax.Array:
     """RandAugment op number `op` (index into randaugment.OPS) at `level` ∈ [0, 1], `sign` ±1."""
     h, w, _ = image.shape
     enhance = level * jnp.float32(1.8) + jnp.float32(0.1)
-    g = gray(image)
+    g = randaugment.gray(image, jnp)
     # The four blends differ only in what they blend with.
     degenerate = jnp.select(
         [op == _OP["color"], op == _OP["contrast"], op == _OP["brightness"]],
         [jnp.broadcast_to(g, image.shape), jnp.broadcast_to(g.mean(), image.shape), jnp.zeros_like(image)],
-        smooth(image),
+        randaugment.smooth(image, jnp),
     )
     pixel_ops = {
-        "autocontrast": autocontrast(image),
+        "autocontrast": randaugment.autocontrast(image, jnp),
         "equalize": equalize(image),
         "solarize": jnp.where(image < level, image, 1.0 - image),
-        "posterize": posterize(image, level),
+        "posterize": randaugment.posterize(image, level, jnp),
     }
     blends = ("color", "contrast", "brightness", "sharpness")
     conditions = [op == _OP[name] for name in pixel_ops] + [jnp.isin(op, jnp.asarray([_OP[n] for n in blends]))]
     return jnp.select(
         conditions + [op == _OP["identity"]],
-        list(pixel_ops.values()) + [blend(degenerate, image, enhance), image],
-        affine(image, _transform(op, level, sign, h, w)),
+        list(pixel_ops.values()) + [randaugment.blend(degenerate, image, enhance, jnp), image],
+        randaugment.affine(image, _transform(op, level, sign, h, w), jnp),
     )
 
 
@@ -191,16 +139,6 @@ def rand_augment(image: jax.Array, choices: dict) -> jax.Array:
 # ---- colour jitter, one image (H, W, C) float32 [0, 1] ----
 
 
-def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
-    mean = image.mean((0, 1))
-    return (image - mean) * factor + mean
-
-
-def adjust_hue(image: jax.Array, delta: jax.Array) -> jax.Array:
-    hsv = augment.rgb_to_hsv(image, xp=jnp)
-    return augment.hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + delta) % 1.0), xp=jnp)
-
-
 def color_jitter(image: jax.Array, choices: dict) -> jax.Array:
     """augment.apply_color_jitter for one image: choices {"apply", "factors" (4,), "order" (4,), "grey"}."""
     brightness, contrast, saturation, hue = (choices["factors"][i] for i in range(4))
@@ -208,13 +146,13 @@ def color_jitter(image: jax.Array, choices: dict) -> jax.Array:
     x = image
     for i in range(4):
         op = choices["order"][i]
-        candidates = [x * brightness, adjust_contrast(x, contrast)]
+        candidates = [x * brightness, augment.adjust_contrast(x, contrast, jnp)]
         if rgb:
-            candidates += [augment.adjust_saturation(x, saturation, xp=jnp), adjust_hue(x, hue)]
+            candidates += [augment.adjust_saturation(x, saturation, jnp), augment.adjust_hue(x, hue, jnp)]
         x = jnp.clip(jnp.select([op == k for k in range(len(candidates))], candidates, x), 0.0, 1.0)
     x = jnp.where(choices["apply"], x, image)
     if image.shape[-1] > 1:
-        x = jnp.where(choices["grey"], jnp.broadcast_to(gray(x), x.shape), x)
+        x = jnp.where(choices["grey"], jnp.broadcast_to(randaugment.gray(x, jnp), x.shape), x)
     return x
 
 

@@ -9,6 +9,7 @@ preprocessing, which also replicates the grey channel when `num_channels` is 3.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -48,13 +49,15 @@ class DigitsSource:
 
 
 class ArrayRecords:
-    """Random access over in-memory arrays: `records[i]` → {"image": images[i], "label": labels[i]}."""
+    """Random access over in-memory arrays: `records[i]` → {"image": images[i], "label": labels[i]},
+    or {"image": decode(images[i]), …} with `decode` (e.g. encoded bytes → uint8 pixels)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
+    def __init__(self, images, labels: np.ndarray, decode: Callable | None = None):
+        self.images, self.labels, self.decode = images, labels, decode
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index], "label": int(self.labels[index])}
+        image = self.images[index] if self.decode is None else self.decode(self.images[index])
+        return {"image": image, "label": int(self.labels[index])}

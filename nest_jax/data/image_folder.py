@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import stat
 import threading
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
 from nest_jax.data import augment
+from nest_jax.data.digits import ArrayRecords
 from nest_jax.errors import UserError
 from nest_jax.paths import is_remote
 
@@ -255,22 +258,26 @@ def _to_rgb(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def decode(path: str, max_pixels: int) -> np.ndarray:
-    """The image file at `path` as uint8 (H, W, 3) (grey, palette and RGBA converted to RGB)."""
+def _read(path: str, max_pixels: int, read: Callable, hint: bool = True):
+    """`read(image)` of the file's PIL image. A file that does not decode, or has more than
+    `max_pixels` pixels, is one UserError naming it (with `hint`: and how to skip such files)."""
     try:
         with _open(path) as image:
             reason = _too_large(image.size, max_pixels)
             if reason is None:
-                return _to_rgb(image)
+                return read(image)
     except _TooLarge as e:
         reason = str(e)
     except Exception as e:  # PIL raises many types for garbage input
-        raise UserError(
-            f"image_folder: cannot decode {path} ({type(e).__name__}: {e}); remove it, "
-            "or set config.dataset.validate_files=True to find and skip such files "
-            "before training"
-        ) from e
-    raise UserError(f"image_folder: {path} is {reason}; or set config.dataset.validate_files=True to skip such files")
+        fix = "; remove it, or set config.dataset.validate_files=True to find and skip such files before training"
+        raise UserError(f"image_folder: cannot decode {path} ({type(e).__name__}: {e}){fix if hint else ''}") from e
+    fix = "; or set config.dataset.validate_files=True to skip such files"
+    raise UserError(f"image_folder: {path} is {reason}{fix if hint else ''}")
+
+
+def decode(path: str, max_pixels: int) -> np.ndarray:
+    """The image file at `path` as uint8 (H, W, 3) (grey, palette and RGBA converted to RGB)."""
+    return _read(path, max_pixels, _to_rgb)
 
 
 DRAFT_SCALES = (8, 4, 2)  # the JPEG decoder's DCT-domain reductions (1/8, 1/4, 1/2)
@@ -293,42 +300,28 @@ class EncodedImage:
         decoder reduces by the largest of 1/2, 1/4, 1/8 that keeps the box at least `size` px on
         both sides (PIL `Image.draft`), and the box is mapped onto the reduced image. Other formats
         decode whole. -> uint8 (size, size, 3)."""
-        try:
-            with _open(self.path) as image:
-                w, h = image.size
-                reason = _too_large((w, h), self.max_pixels)
-                if reason is None:
-                    top, left, ch, cw = augment.sample_crop_box(rng, h, w, min_area=min_area)
-                    scale = next((s for s in DRAFT_SCALES if min(ch, cw) >= s * size), 1)
-                    if scale > 1:
-                        image.draft(image.mode, (-(-w // scale), -(-h // scale)))
-                    pixels = _to_rgb(image)
-        except _TooLarge as e:
-            reason = str(e)
-        except Exception as e:  # PIL raises many types for garbage input
-            raise UserError(f"image_folder: cannot decode {self.path} ({type(e).__name__}: {e})") from e
-        if reason is not None:
-            raise UserError(f"image_folder: {self.path} is {reason}")
-        sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
-        box = (left, top, left + cw, top + ch)
-        if (sy, sx) != (1.0, 1.0):
-            box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+
+        def read(image):
+            w, h = image.size
+            top, left, ch, cw = augment.sample_crop_box(rng, h, w, min_area=min_area)
+            scale = next((s for s in DRAFT_SCALES if min(ch, cw) >= s * size), 1)
+            if scale > 1:
+                image.draft(image.mode, (-(-w // scale), -(-h // scale)))
+            pixels = _to_rgb(image)
+            sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
+            if (sy, sx) == (1.0, 1.0):
+                return pixels, (left, top, left + cw, top + ch)
+            return pixels, (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+
+        pixels, box = _read(self.path, self.max_pixels, read, hint=False)
         return augment.resize(pixels, (size, size), method, box=box)
 
 
-class FileRecords:
+class FileRecords(ArrayRecords):
     """Random access over image files: `records[i]` → {"image": uint8 (H, W, 3), "label"}, or with
     `encoded=True` {"image": EncodedImage, "label"} for a training chain that decodes (less)
     itself."""
 
     def __init__(self, paths: list[str], labels: np.ndarray, max_pixels: int, encoded: bool = False):
-        self.paths, self.labels, self.max_pixels, self.encoded = paths, labels, max_pixels, encoded
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict:
-        path, label = self.paths[index], int(self.labels[index])
-        if self.encoded:
-            return {"image": EncodedImage(path, self.max_pixels), "label": label}
-        return {"image": decode(path, self.max_pixels), "label": label}
+        super().__init__(paths, labels, functools.partial(EncodedImage if encoded else decode, max_pixels=max_pixels))
+        self.paths, self.max_pixels, self.encoded = paths, max_pixels, encoded

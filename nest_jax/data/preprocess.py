@@ -109,16 +109,16 @@ def example_rng(seed: int, epoch: int, position: int, stage: int) -> np.random.G
     return np.random.default_rng([seed, epoch, position, stage])
 
 
-def device_choices(ds_cfg) -> Callable[[Callable[[int], np.random.Generator]], dict]:
+def device_choices(ds_cfg, erasing: bool = True) -> Callable[[Callable[[int], np.random.Generator]], dict]:
     """The sampler of one image's random choices for the stages `augment_on="device"` runs in the
     train step (nest_jax.data.device_augment): f(rng) with `rng(stage)` the stage's generator,
-    → {"randaugment", "jitter", "erasing"}, each present when its stage is on. The draws are the
-    host chain's: same samplers, same per-stage streams. The config is read once, here."""
+    → {"randaugment", "jitter", "erasing"}, each present when its stage is on (erasing=False: never
+    "erasing"). The host chain applies the same draws itself. The config is read once, here."""
     aug = ds_cfg.augment
     ra = aug.randaugment
     size, layers = int(ds_cfg.image_size), int(ra.layers)
     ra_args = dict(magnitude=float(ra.magnitude), magnitude_std=float(ra.magnitude_std), prob=float(ra.prob))
-    jitter, erasing = float(aug.color_jitter), float(aug.random_erasing)
+    jitter, erasing = float(aug.color_jitter), float(aug.random_erasing) if erasing else 0.0
 
     def sample(rng: Callable[[int], np.random.Generator]) -> dict:
         out = {}
@@ -153,19 +153,17 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray 
     channels = int(ds_cfg.num_channels)
     aug = ds_cfg.augment
     method = ds_cfg.resize_method
-    ra = aug.randaugment
-    ra_layers = int(ra.layers)
-    ra_args = dict(magnitude=float(ra.magnitude), magnitude_std=float(ra.magnitude_std), prob=float(ra.prob))
-    ra_args = ra_args if ra_layers else {}
     inception, cifar = bool(aug.inception_crop), bool(aug.cifar_crop)
     min_area, padding = float(aug.min_area), int(aug.crop_padding)
-    flip, jitter = bool(aug.flip), float(aug.color_jitter)
-    erasing = float(aug.random_erasing)
+    flip, erasing = bool(aug.flip), float(aug.random_erasing)
     aff = dict(degrees=float(aug.affine.degrees), translate=float(aug.affine.translate), scale=float(aug.affine.scale))
     if aff["scale"] < 1.0 or aff["degrees"] < 0 or aff["translate"] < 0:
         raise ValueError(f"augment.affine={aff}: degrees and translate must be ≥ 0 and scale ≥ 1 (the largest zoom)")
     use_affine = aff["degrees"] > 0 or aff["translate"] > 0 or aff["scale"] > 1.0
-    choices = device_choices(ds_cfg) if ds_cfg.augment_on == "device" else None
+    device = ds_cfg.augment_on == "device"
+    # RandAugment and jitter draw through the device chain's sampler; on the host, erasing draws
+    # its box and then its noise from one stream (augment.random_erasing).
+    later = device_choices(ds_cfg, erasing=device)
 
     def f(image: np.ndarray, where: tuple[int, int, int]) -> np.ndarray:
         def rng(stage):
@@ -183,17 +181,18 @@ def train_fn(ds_cfg) -> Callable[[np.ndarray, tuple[int, int, int]], np.ndarray 
             image = augment.resize(image, (size, size), method)  # no-op when already there
             if cifar:
                 image = augment.pad_and_crop(image, rng(CROP), padding=padding)
-        image = to_channels(image, channels) if choices and not use_affine else to_float(image, channels)
+        image = to_channels(image, channels) if device and not use_affine else to_float(image, channels)
         if use_affine:
             image = augment.random_affine(image, rng(AFFINE), **aff)
         if flip:
             image = augment.flip(image, rng(FLIP))
-        if choices:
-            return {"image": np.ascontiguousarray(image), "augment": choices(rng)}
-        if ra_layers > 0:
-            image = randaugment.rand_augment(image, rng(RANDAUGMENT), layers=ra_layers, **ra_args)
-        if jitter > 0:
-            image = augment.color_jitter(image, rng(JITTER), strength=jitter)
+        drawn = later(rng)
+        if device:
+            return {"image": np.ascontiguousarray(image), "augment": drawn}
+        if "randaugment" in drawn:
+            image = randaugment.apply_sampled(image, drawn["randaugment"])
+        if "jitter" in drawn:
+            image = augment.apply_color_jitter(image, drawn["jitter"])
         image = normalize(image, ds_cfg)
         if erasing > 0:
             image = augment.random_erasing(image, rng(ERASING), prob=erasing)

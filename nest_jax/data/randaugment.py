@@ -1,5 +1,6 @@
 """RandAugment (Cubuk et al. 2020, "RandAugment: Practical automated data augmentation with a
-reduced search space", §3) in NumPy, on float32 [0, 1] images (H, W, C).
+reduced search space", §3) in NumPy, on float32 [0, 1] images (H, W, C). The ops that take `xp`
+also serve the device chain (nest_jax.data.device_augment) with `xp=jax.numpy`.
 
 Follows the official NesT / TF-TPU version: `layers` ops drawn uniformly from the list below,
 each applied with probability `prob`, magnitude level ~ N(magnitude, magnitude_std) clipped to
@@ -38,16 +39,16 @@ _TRANSLATE_PX = {224: 100, 128: 40, 96: 30, 32: 10}  # official table; else 0.3 
 GRAY_WEIGHTS = np.array([0.2989, 0.587, 0.114], np.float32)  # ITU-R 601-2 luma, as tf.image
 
 
-def gray(image: np.ndarray) -> np.ndarray:
+def gray(image: np.ndarray, xp=np) -> np.ndarray:
     """(H, W, 3) → (H, W, 1) luma; one-channel images are returned as they are."""
     if image.shape[-1] == 1:
         return image
-    return (image[..., :3] @ GRAY_WEIGHTS)[..., None].astype(np.float32)
+    return (image[..., :3] @ xp.asarray(GRAY_WEIGHTS))[..., None].astype(xp.float32)
 
 
-def blend(degenerate: np.ndarray, image: np.ndarray, factor: float) -> np.ndarray:
+def blend(degenerate: np.ndarray, image: np.ndarray, factor: float, xp=np) -> np.ndarray:
     """factor 0 → degenerate, 1 → image, > 1 extrapolates (then clipped), as PIL.ImageEnhance."""
-    return np.clip(degenerate + np.float32(factor) * (image - degenerate), 0.0, 1.0)
+    return xp.clip(degenerate + xp.float32(factor) * (image - degenerate), 0.0, 1.0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -56,25 +57,27 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _nearest(coord: np.ndarray) -> np.ndarray:
+def _nearest(coord: np.ndarray, xp=np) -> np.ndarray:
     """std::round (half away from zero, as TF's nearest sampling) for the coordinates that can
     land inside the image; every negative result is −1 (outside) either way."""
-    return np.where(coord > -0.5, np.floor(coord + 0.5), -1.0).astype(np.int64)
+    return xp.where(coord > -0.5, xp.floor(coord + 0.5), -1.0).astype(np.int64 if xp is np else xp.int32)
 
 
-def affine(image: np.ndarray, transform) -> np.ndarray:
+def affine(image: np.ndarray, transform, xp=np) -> np.ndarray:
     """Output pixel (x, y) reads input (a0·x + a1·y + a2, b0·x + b1·y + b2), nearest neighbour,
     grey 0.5 outside the image (the convention of tf ImageProjectiveTransform; transform holds
-    the 6 numbers a0 a1 a2 b0 b1 b2)."""
+    the 6 numbers a0 a1 a2 b0 b1 b2: floats, or with `xp=jax.numpy` a (6,) float32 array)."""
     h, w, c = image.shape
-    a0, a1, a2, b0, b1, b2 = (float(t) for t in transform)
-    x, y = _grid(h, w)
-    src_x = _nearest(a0 * x + a1 * y + a2)
-    src_y = _nearest(b0 * x + b1 * y + b2)
+    if xp is np:
+        (x, y), transform = _grid(h, w), [float(t) for t in transform]
+    else:
+        y, x = xp.meshgrid(xp.arange(h, dtype=xp.float32), xp.arange(w, dtype=xp.float32), indexing="ij")
+    a0, a1, a2, b0, b1, b2 = (transform[i] for i in range(6))
+    src_x, src_y = _nearest(a0 * x + a1 * y + a2, xp), _nearest(b0 * x + b1 * y + b2, xp)
     inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
-    flat = np.where(inside, src_y * w + src_x, 0).ravel()
+    flat = xp.where(inside, src_y * w + src_x, 0).reshape(-1)
     out = image.reshape(h * w, c)[flat].reshape(h, w, c)
-    return np.where(inside[..., None], out, np.float32(0.5)).astype(np.float32, copy=False)
+    return xp.where(inside[..., None], out, xp.float32(0.5)).astype(xp.float32, copy=False)
 
 
 def rotation(angle, h: int, w: int, xp=math) -> tuple:
@@ -97,12 +100,15 @@ def _channels(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.reshape(-1, image.shape[-1]).T)
 
 
-def autocontrast(image: np.ndarray) -> np.ndarray:
+def autocontrast(image: np.ndarray, xp=np) -> np.ndarray:
     """Per channel, stretch [min, max] to [0, 1]; flat channels stay as they are."""
-    planes = _channels(image)
-    lo, hi = planes.min(1), planes.max(1)
-    scaled = (image - lo) / np.maximum(hi - lo, 1e-6)
-    return np.where(hi > lo, scaled, image).astype(np.float32)
+    if xp is np:
+        planes = _channels(image)
+        lo, hi = planes.min(1), planes.max(1)
+    else:
+        lo, hi = image.min((0, 1)), image.max((0, 1))
+    scaled = (image - lo) / xp.maximum(hi - lo, 1e-6)
+    return xp.where(hi > lo, scaled, image).astype(xp.float32)
 
 
 def equalize(image: np.ndarray) -> np.ndarray:
@@ -121,24 +127,31 @@ def equalize(image: np.ndarray) -> np.ndarray:
     return (out.T.reshape(image.shape) / np.float32(255.0)).astype(np.float32)
 
 
-def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
-    """PIL ImageEnhance.Sharpness: blend with the 3×3 smoothing [[1,1,1],[1,5,1],[1,1,1]]/13;
-    the one-pixel border is left unsmoothed."""
-    smooth = image.copy()
+def smooth(image: np.ndarray, xp=np) -> np.ndarray:
+    """PIL's SMOOTH kernel [[1,1,1],[1,5,1],[1,1,1]]/13 inside, the one-pixel border as it is."""
     h, w, _ = image.shape
-    if h > 2 and w > 2:
-        acc = 4.0 * image[1:-1, 1:-1]
-        for dy in (0, 1, 2):
-            for dx in (0, 1, 2):
-                acc = acc + image[dy : dy + h - 2, dx : dx + w - 2]
-        smooth[1:-1, 1:-1] = acc / 13.0
-    return blend(smooth, image, factor)
+    if h <= 2 or w <= 2:
+        return image
+    acc = 4.0 * image[1:-1, 1:-1]
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            acc = acc + image[dy : dy + h - 2, dx : dx + w - 2]
+    if xp is not np:
+        return image.at[1:-1, 1:-1].set(acc / 13.0)
+    out = image.copy()
+    out[1:-1, 1:-1] = acc / 13.0
+    return out
 
 
-def posterize(image: np.ndarray, level: float) -> np.ndarray:
+def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
+    """PIL ImageEnhance.Sharpness: blend with `smooth`."""
+    return blend(smooth(image), image, factor)
+
+
+def posterize(image: np.ndarray, level: float, xp=np) -> np.ndarray:
     """Drop ⌊4·level⌋ low bits of the 8-bit value."""
-    quantum = 2.0 ** math.floor(level * 4)
-    return (np.floor(np.round(image * 255.0) / quantum) * quantum / 255.0).astype(np.float32)
+    quantum = 2.0 ** (math.floor(level * 4) if xp is np else xp.floor(level * 4))
+    return (xp.floor(xp.round(image * 255.0) / quantum) * quantum / 255.0).astype(xp.float32)
 
 
 def translate_pixels(width: int) -> int:
@@ -153,35 +166,25 @@ def apply_op(name: str, image: np.ndarray, level: float, sign: float) -> np.ndar
     enhance = level * 1.8 + 0.1
     shear = sign * level * 0.3
     pixels = sign * level * translate_pixels(w)
-    if name == "identity":
-        return image
-    if name == "autocontrast":
-        return autocontrast(image)
-    if name == "equalize":
-        return equalize(image)
-    if name == "rotate":
-        return affine(image, rotation(sign * level * 30.0 * math.pi / 180.0, h, w))
-    if name == "solarize":  # threshold = level
-        return np.where(image < level, image, 1.0 - image).astype(np.float32)
-    if name == "color":
-        return blend(np.broadcast_to(gray(image), image.shape), image, enhance)
-    if name == "posterize":
-        return posterize(image, level)
-    if name == "contrast":
-        return blend(np.full_like(image, gray(image).mean()), image, enhance)
-    if name == "brightness":
-        return blend(np.zeros_like(image), image, enhance)
-    if name == "sharpness":
-        return sharpness(image, enhance)
-    if name == "shear_x":
-        return affine(image, (1.0, shear, 0.0, 0.0, 1.0, 0.0))
-    if name == "shear_y":
-        return affine(image, (1.0, 0.0, 0.0, shear, 1.0, 0.0))
-    if name == "translate_x":
-        return affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0))
-    if name == "translate_y":
-        return affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels))
-    raise ValueError(f"unknown RandAugment op {name!r}; expected one of {OPS}")
+    ops = {
+        "identity": lambda: image,
+        "autocontrast": lambda: autocontrast(image),
+        "equalize": lambda: equalize(image),
+        "rotate": lambda: affine(image, rotation(sign * level * 30.0 * math.pi / 180.0, h, w)),
+        "solarize": lambda: np.where(image < level, image, 1.0 - image).astype(np.float32),  # threshold = level
+        "color": lambda: blend(np.broadcast_to(gray(image), image.shape), image, enhance),
+        "posterize": lambda: posterize(image, level),
+        "contrast": lambda: blend(np.full_like(image, gray(image).mean()), image, enhance),
+        "brightness": lambda: blend(np.zeros_like(image), image, enhance),
+        "sharpness": lambda: sharpness(image, enhance),
+        "shear_x": lambda: affine(image, (1.0, shear, 0.0, 0.0, 1.0, 0.0)),
+        "shear_y": lambda: affine(image, (1.0, 0.0, 0.0, shear, 1.0, 0.0)),
+        "translate_x": lambda: affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0)),
+        "translate_y": lambda: affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels)),
+    }
+    if name not in ops:
+        raise ValueError(f"unknown RandAugment op {name!r}; expected one of {OPS}")
+    return ops[name]()
 
 
 def sample(

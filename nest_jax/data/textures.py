@@ -27,54 +27,33 @@ PALETTE = (
 )
 
 
-def _pattern_a(kind: int, y: np.ndarray, x: np.ndarray, size: int, period: float, rng) -> np.ndarray:
-    """Patterns of textures 0-9: stripes (3 orientations), checks, dots, rings, grid, waves, noise."""
-    if kind == 0:
-        return np.sin(2 * np.pi * y / period) > 0
-    if kind == 1:
-        return np.sin(2 * np.pi * x / period) > 0
-    if kind == 2:
-        return np.sin(2 * np.pi * (x + y) / (period * 1.4)) > 0
-    if kind == 3:
-        return (np.floor(y / (period / 2)) + np.floor(x / (period / 2))) % 2 == 0
-    if kind == 4:
-        return np.hypot((y % period) - period / 2, (x % period) - period / 2) < period / 3.5
-    if kind == 5:
-        return np.sin(2 * np.pi * (x - y) / (period * 1.4)) > 0
-    if kind == 6:
-        return np.sin(2 * np.pi * np.hypot(y - size / 2, x - size / 2) / period) > 0
-    if kind == 7:
-        return (np.abs((y % period) - period / 2) < 0.6) | (np.abs((x % period) - period / 2) < 0.6)
-    if kind == 8:
-        return np.sin(2 * np.pi * y / period + 2.0 * np.sin(2 * np.pi * x / period)) > 0
-    return rng.random((size // 2 + 1, size // 2 + 1)).repeat(2, 0).repeat(2, 1)[:size, :size] > 0.5
-
-
-def _pattern_b(kind: int, y: np.ndarray, x: np.ndarray, size: int, period: float, rng) -> np.ndarray:
-    """Patterns of textures 10-19: fine stripes, nested squares, zigzag, bricks, offset dots, plaid,
-    sawtooth, fine checks, wavy columns, speckle."""
-    p = period
-    if kind == 0:
-        return np.sin(4 * np.pi * y / p) > 0
-    if kind == 1:
-        return np.floor(np.maximum(np.abs(y - size / 2), np.abs(x - size / 2)) / (p / 2)) % 2 == 0
-    if kind == 2:
-        return ((y + np.abs((x % p) - p / 2)) % p) < p / 2
-    if kind == 3:
-        row = np.floor(y / (p / 2))
-        return ((y % (p / 2)) > 1.0) & (((x + row * p / 2) % p) > 1.0)
-    if kind == 4:
-        row = np.floor(y / p)
-        return np.hypot((y % p) - p / 2, ((x + row * p / 2) % p) - p / 2) < p / 4
-    if kind == 5:
-        return (np.sin(2 * np.pi * x / p) > 0.5) ^ (np.sin(2 * np.pi * y / p) > 0.5)
-    if kind == 6:
-        return (x % p) > (y % p)
-    if kind == 7:
-        return (np.floor(y / (p / 4)) + np.floor(x / (p / 4))) % 2 == 0
-    if kind == 8:
-        return np.sin(2 * np.pi * x / p + 2.0 * np.sin(2 * np.pi * y / p)) > 0
-    return rng.random((size, size)) > 0.6
+def _pattern(k: int, y: np.ndarray, x: np.ndarray, size: int, p: float, rng) -> np.ndarray:
+    """Binary pattern of texture k. 0-9: stripes (3 orientations), checks, dots, rings, grid, waves,
+    noise; 10-19: fine stripes, nested squares, zigzag, bricks, offset dots, plaid, sawtooth, fine
+    checks, wavy columns, speckle. Only the noise patterns draw from `rng`."""
+    patterns = (
+        lambda: np.sin(2 * np.pi * y / p) > 0,
+        lambda: np.sin(2 * np.pi * x / p) > 0,
+        lambda: np.sin(2 * np.pi * (x + y) / (p * 1.4)) > 0,
+        lambda: (np.floor(y / (p / 2)) + np.floor(x / (p / 2))) % 2 == 0,
+        lambda: np.hypot((y % p) - p / 2, (x % p) - p / 2) < p / 3.5,
+        lambda: np.sin(2 * np.pi * (x - y) / (p * 1.4)) > 0,
+        lambda: np.sin(2 * np.pi * np.hypot(y - size / 2, x - size / 2) / p) > 0,
+        lambda: (np.abs((y % p) - p / 2) < 0.6) | (np.abs((x % p) - p / 2) < 0.6),
+        lambda: np.sin(2 * np.pi * y / p + 2.0 * np.sin(2 * np.pi * x / p)) > 0,
+        lambda: rng.random((size // 2 + 1, size // 2 + 1)).repeat(2, 0).repeat(2, 1)[:size, :size] > 0.5,
+        lambda: np.sin(4 * np.pi * y / p) > 0,
+        lambda: np.floor(np.maximum(np.abs(y - size / 2), np.abs(x - size / 2)) / (p / 2)) % 2 == 0,
+        lambda: ((y + np.abs((x % p) - p / 2)) % p) < p / 2,
+        lambda: ((y % (p / 2)) > 1.0) & (((x + np.floor(y / (p / 2)) * p / 2) % p) > 1.0),
+        lambda: np.hypot((y % p) - p / 2, ((x + np.floor(y / p) * p / 2) % p) - p / 2) < p / 4,
+        lambda: (np.sin(2 * np.pi * x / p) > 0.5) ^ (np.sin(2 * np.pi * y / p) > 0.5),
+        lambda: (x % p) > (y % p),
+        lambda: (np.floor(y / (p / 4)) + np.floor(x / (p / 4))) % 2 == 0,
+        lambda: np.sin(2 * np.pi * x / p + 2.0 * np.sin(2 * np.pi * y / p)) > 0,
+        lambda: rng.random((size, size)) > 0.6,
+    )
+    return patterns[k]()
 
 
 def texture(k: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,12 +64,11 @@ def texture(k: int, size: int, rng: np.random.Generator) -> np.ndarray:
     period = max(size / 8.0, 3.0)
     py, px = rng.uniform(0, period, 2)
     y, x = y + py, x + px
+    f = _pattern(k, y, x, size, period, rng)
     if k < 10:
-        f = _pattern_a(k, y, x, size, period, rng)
         c1 = np.asarray(PALETTE[k])
         c2 = np.asarray(PALETTE[(k * 3 + 5) % len(PALETTE)]) * 0.5 + 0.25
     else:
-        f = _pattern_b(k - 10, y, x, size, period, rng)
         c1 = np.asarray(PALETTE[(k + 3) % len(PALETTE)])
         c2 = np.asarray(PALETTE[(k * 7 + 2) % len(PALETTE)]) * 0.5 + 0.25
     return np.where(f[..., None], c1, c2)

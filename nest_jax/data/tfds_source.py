@@ -37,7 +37,8 @@ def _convert_hint(name: str, dataset_dir: str) -> str:
 
 
 class NamedSource:
-    """One instance per (name, data_dir, keys) and class: metadata is read once per run."""
+    """One instance per (name, data_dir, keys) and class: metadata is read once per run. A subclass
+    sets `builder` (the tfds builder) and defines `lookup(split)`."""
 
     _instances: dict = {}
 
@@ -47,6 +48,12 @@ class NamedSource:
         if key not in NamedSource._instances:
             NamedSource._instances[key] = cls(name, data_dir, image_key=image_key, label_key=label_key)
         return NamedSource._instances[key]
+
+    def num_examples(self, split: str) -> int:
+        try:
+            return self.builder.info.splits[split].num_examples
+        except (KeyError, ValueError):  # no split metadata: count the records
+            return len(self.lookup(split))
 
 
 class TfdsSource(NamedSource):
@@ -87,12 +94,6 @@ class TfdsSource(NamedSource):
             source = self._tfds.data_source(self.name, split=split, data_dir=self.data_dir)
             self._sources[split] = TfdsRecords(source, self.image_key, self.label_key if self.labelled else None)
         return self._sources[split]
-
-    def num_examples(self, split: str) -> int:
-        try:
-            return self.builder.info.splits[split].num_examples
-        except (KeyError, ValueError):  # no split metadata: count the records
-            return len(self.lookup(split))
 
 
 class TfdsRecords:

@@ -11,37 +11,32 @@ datasets to array_record instead (tfds_source.py says how).
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
 
-from nest_jax.data.tfds_source import NamedSource
+from nest_jax.data.digits import ArrayRecords
+from nest_jax.data.tfds_source import NamedSource, TfdsSource
 from nest_jax.errors import UserError
-
-
-def _import_tf():
-    try:
-        import tensorflow as tf
-    except ImportError as e:
-        raise UserError(
-            "config.dataset.tfrecord=True reads TFRecord files through TensorFlow, "
-            'which is not installed: pip install -e ".[tf]" (or convert the '
-            "dataset to array_record and drop tfrecord)"
-        ) from e
-    try:
-        tf.config.set_visible_devices([], "GPU")  # TF only reads files; JAX owns accelerators
-    except RuntimeError:  # TF already initialised its devices
-        pass
-    return tf
 
 
 class TfrecordSource(NamedSource):
     """A tfds dataset prepared only as TFRecord, read through tf.data (the `[tf]` extra)."""
 
     def __init__(self, name: str, data_dir: str | None, *, image_key: str = "image", label_key: str = "label"):
-        from nest_jax.data.tfds_source import TfdsSource
-
-        _import_tf()
+        try:
+            import tensorflow as tf
+        except ImportError as e:
+            raise UserError(
+                "config.dataset.tfrecord=True reads TFRecord files through TensorFlow, "
+                'which is not installed: pip install -e ".[tf]" (or convert the '
+                "dataset to array_record and drop tfrecord)"
+            ) from e
+        try:
+            tf.config.set_visible_devices([], "GPU")  # TF only reads files; JAX owns accelerators
+        except RuntimeError:  # TF already initialised its devices
+            pass
         # The same checks and messages as the array_record source (unknown name, not prepared).
         meta = TfdsSource(name, data_dir, image_key=image_key, label_key=label_key)
         self.builder, self.name = meta.builder, name
@@ -49,7 +44,7 @@ class TfrecordSource(NamedSource):
         self.image_key, self.label_key = image_key, label_key
         self._splits: dict = {}
 
-    def lookup(self, split: str) -> EncodedRecords:
+    def lookup(self, split: str) -> ArrayRecords:
         if split not in self._splits:
             import tensorflow_datasets as tfds
 
@@ -63,30 +58,15 @@ class TfrecordSource(NamedSource):
             for record in ds.as_numpy_iterator():
                 images.append(bytes(record[self.image_key]))
                 labels.append(int(record[self.label_key]))
-            self._splits[split] = EncodedRecords(images, np.asarray(labels, np.int32), self.channels)
+            decode = functools.partial(_decode, channels=self.channels)  # picklable, for grain's workers
+            self._splits[split] = ArrayRecords(images, np.asarray(labels, np.int32), decode)
         return self._splits[split]
 
-    def num_examples(self, split: str) -> int:
-        try:
-            return self.builder.info.splits[split].num_examples
-        except (KeyError, ValueError):
-            return len(self.lookup(split))
 
+def _decode(data: bytes, channels: int) -> np.ndarray:
+    """Encoded image bytes → uint8 (H, W, C), decoded with PIL."""
+    from PIL import Image
 
-class EncodedRecords:
-    """`records[i]` → {"image": uint8 (H, W, C) decoded with PIL, "label": int}."""
-
-    def __init__(self, images: list[bytes], labels: np.ndarray, channels: int):
-        self.images, self.labels, self.channels = images, labels, channels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(self.images[index])) as image:
-            pixels = np.asarray(image.convert("L" if self.channels == 1 else "RGB"))
-        if pixels.ndim == 2:
-            pixels = pixels[..., None]
-        return {"image": pixels, "label": int(self.labels[index])}
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    return pixels[..., None] if pixels.ndim == 2 else pixels

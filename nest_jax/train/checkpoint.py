@@ -3,10 +3,9 @@
 Layout: `<workdir>/checkpoints/<step>/default` holds the train state (params, optimizer state, EMA,
 batch stats, step, raw rng key); `<step>/data` holds the input iterator's position, one JSON file
 per process (`process_<i>-of-<n>.json`, `nest_jax.train.data_position`), when the data module can
-report it. Without it the
-position is the step itself: the input stream is a pure function of (seed, step). Orbax writes each
-checkpoint into a temporary directory and renames it to `<step>` only when complete, so a partially
-written checkpoint is never listed.
+report it. Without it the position is the step itself: the input stream is a pure function of
+(seed, step). Orbax writes each checkpoint into a temporary directory and renames it to `<step>`
+only when complete, so a partially written checkpoint is never listed.
 
 Guarantees on top of orbax:
 - nothing non-finite is ever saved: `save` first reduces every float leaf of the state to one
@@ -18,9 +17,8 @@ Guarantees on top of orbax:
 - a full disk is one `UserError` line naming the step, the directory and the last good checkpoint;
 - every array carries a checksum (`nest_jax.train.integrity`) verified at restore: a checkpoint whose
   bytes changed after writing is treated like an unreadable one;
-- retention (`max_to_keep`; 0 keeps every checkpoint; `nest_jax.train.retention`) deletes only
-  what nest_jax wrote, never the newest good checkpoint: a step folder that also holds other files keeps them, renamed to
-  `<step>.kept`, and anything already at the path of a new checkpoint is moved to `<step>.displaced`.
+- retention (`max_to_keep`; 0 keeps every checkpoint) deletes only what nest_jax wrote, never the
+  newest good checkpoint, and moves aside what it did not write (`nest_jax.train.retention`).
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -54,11 +51,8 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-@jax.jit
-def all_finite(tree: Any) -> jax.Array:
-    """One bool: every element of every float leaf of `tree` is finite (computed on device)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+# One bool: every element of every float leaf of a tree is finite (on device; jit drops the unused checksums).
+all_finite = jax.jit(lambda tree: integrity.finite_and_checksums(tree)[0])
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -171,7 +165,9 @@ class Checkpointer:
             args[DATA] = DataStateSave(data_state)
         with signals_held():  # Ctrl-C waits until orbax has the save in hand (then `close` finishes it)
             self.wait()  # a failure of the previous async save is reported for its own step
-            self._displace(step)
+            # Whatever already sits at the new checkpoint's path is moved aside (orbax would replace it).
+            if jax.process_index() == 0 and retention.displace(self.directory, step):
+                self.manager.reload()
             try:
                 self.manager.save(step, args=ocp.args.Composite(**args), force=True)
             except Exception as e:
@@ -189,11 +185,6 @@ class Checkpointer:
                 self.last_good, self._pending = self._pending, None
                 self._prune()
 
-    def _displace(self, step: int) -> None:
-        """Moves whatever already sits at the new checkpoint's path aside (orbax would replace it)."""
-        if jax.process_index() == 0 and retention.displace(self.directory, step):
-            self.manager.reload()
-
     def _prune(self) -> None:
         """Deletes the checkpoints beyond the newest `max_to_keep`, and in them only what was written."""
         if self.max_to_keep is None or jax.process_index() != 0:
@@ -205,7 +196,10 @@ class Checkpointer:
         self._pending = None
         if not _is_no_space(e):
             raise e
-        finished = [s for s in self._finished_steps() if s != step]
+        try:  # step folders on disk that orbax finished (renamed into place), without asking orbax
+            finished = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and int(p.name) != step]
+        except OSError:
+            finished = []
         good = self.last_good if self.last_good is not None else max(finished, default=None)
         self._close_manager(quiet=True)  # orbax's background threads stop now, not at interpreter exit
         if jax.process_index() == 0 and step is not None:  # the half-written copy only takes space
@@ -215,13 +209,6 @@ class Checkpointer:
             f"no space left on device while saving step {step} in {self.directory}; {where}: free space "
             "and rerun to resume"
         ) from None
-
-    def _finished_steps(self) -> list[int]:
-        """Step folders on disk that orbax finished (renamed into place), without asking orbax."""
-        try:
-            return [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()]
-        except OSError:
-            return []
 
     def resume_hint(self) -> str:
         """Where training can resume from, as the end of an error message."""

@@ -59,16 +59,13 @@ def load_teachers(config: Any, mesh: Mesh, num_classes: int) -> tuple[dict, dict
         # unused parameter initializers, so no parameter is materialized here either.
         rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2], out_shardings=repl)()
         if stats:
-            flat = [
-                (
-                    k,
-                    v.replace(jax.device_put(np.asarray(stats[shd.path_str(k)], v.get_value().dtype), repl))
-                    if shd.path_str(k) in stats
-                    else v,
-                )
-                for k, v in nnx.to_flat_state(rest)
-            ]
-            rest = nnx.from_flat_state(flat)
+
+            def put(path, v):  # the checkpoint's statistics, where it has them
+                if shd.path_str(path) not in stats:
+                    return v
+                return v.replace(jax.device_put(np.asarray(stats[shd.path_str(path)], v.get_value().dtype), repl))
+
+            rest = nnx.from_flat_state([(k, put(k, v)) for k, v in nnx.to_flat_state(rest)])
         teachers[token] = (graphdef, rest, cfg)
         params[token] = (params_state(list(nnx.to_flat_state(abs_params)), pure), rest)
         what = f"{cfg.model} from {cfg.checkpoint} ({cfg.kind} distillation, alpha {cfg.alpha})"

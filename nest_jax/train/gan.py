@@ -73,6 +73,11 @@ def g_loss(kind: str, fake_logits):
     return -jnp.mean(fake_logits) if _loss_kind(kind) else jnp.mean(jax.nn.softplus(-fake_logits))
 
 
+def _with_stats(state: dict, g_stats, d_stats) -> dict:
+    """`state` with "g_stats" / "d_stats" set to those that are not None (the networks that have any)."""
+    return dict(state, **{k: v for k, v in (("g_stats", g_stats), ("d_stats", d_stats)) if v is not None})
+
+
 @dataclasses.dataclass
 class GanTrainer(TaskTrainer):
     """The GAN task; its `init_rest()` is (generator rest, discriminator rest), its train step
@@ -120,11 +125,7 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
             "d_opt": txs["d"].init(d),
             "g_ema": jax.tree.map(lambda p: p.astype(jnp.float32), g),
         }
-        if g_stats is not None:
-            state["g_stats"] = g_stats
-        if d_stats is not None:
-            state["d_stats"] = d_stats
-        return state
+        return _with_stats(state, g_stats, d_stats)
 
     abstract_state = jax.eval_shape(init)
     rules = config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES
@@ -194,10 +195,6 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
         g_ema = optim.ema_update(state["g_ema"], g_params, decay)
 
         new = dict(state, step=step + 1, g=g_params, d=d_params, g_opt=g_opt, d_opt=d_opt, g_ema=g_ema)
-        if new_g_stats is not None:
-            new["g_stats"] = new_g_stats
-        if new_d_stats is not None:
-            new["d_stats"] = new_d_stats
         metrics = {
             "d_loss": d_loss,
             "g_loss": gl,
@@ -208,7 +205,7 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
             "d_grad_norm": optax.tree.norm(d_grads),
             "loss": d_loss + gl,
         }
-        return new, metrics
+        return _with_stats(new, new_g_stats, new_d_stats), metrics
 
     jit_train = jax.jit(
         train_step, in_shardings=(state_sh, batch_sh, rest_sh), out_shardings=(state_sh, repl), donate_argnums=(0,)

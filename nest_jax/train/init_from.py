@@ -39,11 +39,14 @@ def read_fitted(cfg: Any, model: nnx.Module, *, flag: str, resize_method: str = 
         raise UserError(f"{flag}: {e}") from e
 
 
-def place(arrays: dict[str, np.ndarray], like: Any, shardings: Any) -> Any:
+def place(arrays: dict[str, np.ndarray], like: Any, shardings: Any, *, keep_missing: bool = False) -> Any:
     """Host arrays {path: array} -> a tree shaped like `like` (pure dict of arrays/ShapeDtypeStructs)
-    whose leaves are global arrays in `shardings` (same tree), each device receiving only its shard."""
+    whose leaves are global arrays in `shardings` (same tree), each device receiving only its shard.
+    keep_missing: a leaf of `like` that `arrays` lacks stays as it is (else a KeyError)."""
 
     def one(path, leaf, sharding):
+        if keep_missing and path_str(path) not in arrays:
+            return leaf
         value = np.asarray(arrays[path_str(path)], dtype=leaf.dtype)
         return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
@@ -74,16 +77,8 @@ def initialize_from(config: Any, trainer: Any, state: dict, num_classes: int) ->
             cfg, abstract, flag="--config.init_from.checkpoint", resize_method=cfg.resize_method
         )
     log.info("initialized from %s; re-initialized: %s", pretrained or cfg.checkpoint, fresh or "nothing")
-    loaded = weights.params  # fresh heads are not in it: they keep the state's init
-
-    def pick(path, leaf, sharding):
-        name = path_str(path)
-        if name not in loaded:
-            return leaf
-        value = np.asarray(loaded[name], dtype=leaf.dtype)
-        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-    params = jax.tree_util.tree_map_with_path(pick, state["params"], trainer.state_shardings["params"])
+    # Fresh heads are not in weights.params: they keep the state's init.
+    params = place(weights.params, state["params"], trainer.state_shardings["params"], keep_missing=True)
     state = dict(state, params=params)
     if "ema" in state:
         state["ema"] = jax.tree.map(lambda p: p.astype(np.float32), params)

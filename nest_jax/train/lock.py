@@ -73,10 +73,6 @@ class WorkdirLock:
         self._fd: int | None = None
         self._held = False
 
-    @property
-    def _local(self) -> bool:
-        return "://" not in str(self.path)
-
     def _in_use(self, holder: dict | None) -> UserError:
         return UserError(
             f"workdir {self.workdir} is in use by another run ({_describe(holder)}); wait for it, use "
@@ -136,7 +132,7 @@ class WorkdirLock:
         if not self.enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._acquire_local() if self._local else self._acquire_object_store()
+        self._acquire_local() if "://" not in str(self.path) else self._acquire_object_store()
         self._held = True
 
     def release(self) -> None:

@@ -146,6 +146,8 @@ def make_optimizer(opt: Any, params: Any, *, schedule: optax.Schedule) -> optax.
     if opt.clip_norm:
         parts.append(optax.clip_by_global_norm(float(opt.clip_norm)))
     if name == "adamw":
+        if opt.mu_dtype is not None and opt.mu_dtype not in MU_DTYPES:
+            raise ValueError(f"optimizer.mu_dtype must be one of {', '.join(MU_DTYPES)} or None, got {opt.mu_dtype!r}")
         parts.append(
             optax.adamw(
                 schedule,
@@ -154,7 +156,7 @@ def make_optimizer(opt: Any, params: Any, *, schedule: optax.Schedule) -> optax.
                 eps=float(opt.eps),
                 weight_decay=wd,
                 mask=mask,
-                mu_dtype=_dtype(opt.mu_dtype),
+                mu_dtype=None if opt.mu_dtype is None else jnp.dtype(opt.mu_dtype),
             )
         )
     elif name == "lamb":
@@ -176,14 +178,6 @@ def make_optimizer(opt: Any, params: Any, *, schedule: optax.Schedule) -> optax.
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)
     return tx
-
-
-def _dtype(name: str | None):
-    if name is None:
-        return None
-    if name not in MU_DTYPES:
-        raise ValueError(f"optimizer.mu_dtype must be one of {', '.join(MU_DTYPES)} or None, got {name!r}")
-    return jnp.dtype(name)
 
 
 def ema_update(ema: Any, params: Any, decay: float) -> Any:

@@ -84,16 +84,12 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
     client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
 
 
-def _on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
 @contextlib.contextmanager
 def signals_held():
     """SIGINT and SIGTERM arriving inside the block are delivered when it ends (to the handlers
     that were in place before); an exception leaving the block drops them: it is reported instead.
     No-op off the main thread (signals only ever reach the main thread)."""
-    if not _on_main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []

@@ -100,20 +100,13 @@ def _fit_spec(
 
 
 def path_str(path: tuple) -> str:
-    """Key path -> '/'-joined string, dropping the `.value` of NNX Variables."""
-    parts = []
-    for k in path:
-        if isinstance(k, jax.tree_util.GetAttrKey):
-            if k.name == "value":
-                continue
-            parts.append(k.name)
-        elif isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        else:
-            parts.append(str(getattr(k, "key", getattr(k, "name", k))))
-    return "/".join(parts)
+    """Key path (jax key entries, or nnx's plain names) -> '/'-joined string, dropping the `.value`
+    of NNX Variables."""
+    return "/".join(
+        str(k.idx if isinstance(k, jax.tree_util.SequenceKey) else getattr(k, "key", getattr(k, "name", k)))
+        for k in path
+        if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value")
+    )
 
 
 def param_shardings(

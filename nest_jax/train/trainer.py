@@ -152,6 +152,14 @@ def make_trainer(
     accum = max(int(opt.accum_steps), 1)
     ema_decay = float(opt.ema_decay)
     mix = config.mix
+    mix_kw = dict(
+        num_classes=num_classes,
+        mixup_alpha=float(mix.mixup_alpha),
+        cutmix_alpha=float(mix.cutmix_alpha),
+        switch_prob=float(mix.switch_prob),
+        label_smoothing=float(mix.label_smoothing),
+        sampling=mix.sampling,
+    )
 
     net = Network(lambda: build_model(config, num_classes, nnx.Rngs(params=seed, dropout=seed + 1)))
     pure_abs = nnx.to_pure_dict(net.abstract_params)
@@ -197,20 +205,6 @@ def make_trainer(
 
         device_augment = DeviceAugment.from_config(config.dataset)
 
-    def make_targets(key, images, labels):
-        # With both alphas 0 this only smooths the labels.
-        return mix_batch(
-            key,
-            images,
-            labels,
-            num_classes=num_classes,
-            mixup_alpha=float(mix.mixup_alpha),
-            cutmix_alpha=float(mix.cutmix_alpha),
-            switch_prob=float(mix.switch_prob),
-            label_smoothing=float(mix.label_smoothing),
-            sampling=mix.sampling,
-        )
-
     def train_step(state, batch, rest, teacher_params):
         step = state["step"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
@@ -218,7 +212,7 @@ def make_trainer(
         images = batch["image"]
         if device_augment is not None:  # its own key: the host path's mixing and dropout keys stay as they are
             images = device_augment(jax.random.fold_in(key, _AUGMENT_STREAM), images, batch["augment"])
-        images, targets = make_targets(k_mix, images, batch["label"])
+        images, targets = mix_batch(k_mix, images, batch["label"], **mix_kw)  # alphas 0: only smoothing
         # Teachers are frozen and see exactly the student's (mixed) inputs.
         t_logits = {}
         for token, (t_graph, _, t_cfg) in teachers.items():
