@@ -76,12 +76,8 @@ def mean_attention_distance(
                 f"attention over {w.shape[-1]} tokens minus {num_prefix} prefix tokens does not "
                 f"match a {grid_hw[0]}×{grid_hw[1]} grid ({dist.shape[0]} patches)"
             )
-    out = np.stack(
-        [
-            np.asarray(attention_distance_per_image(jnp.asarray(w), dist, num_prefix, renormalize=renormalize)).mean(0)
-            for w in layers
-        ]
-    )
+    per = [attention_distance_per_image(jnp.asarray(w), dist, num_prefix, renormalize=renormalize) for w in layers]
+    out = np.stack([np.asarray(d).mean(0) for d in per])
     return out[0] if one else out
 
 

@@ -17,8 +17,6 @@ or of all kept pixels (`mode="tight"`). Boxes are (y0, x0, y1, x1), half-open, i
 
 from __future__ import annotations
 
-import functools
-
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -39,7 +37,7 @@ class CAMResult:
     upsampled: Array
 
 
-@functools.partial(nnx.jit)
+@nnx.jit
 def class_activation_map(model, images: Array, *, target: Array | None = None) -> CAMResult:
     """CAM of class `target` (B,) (None = predicted class).  images: (B, H, W, 3) -> CAMResult."""
     logits, inter = model(images, train=False, capture=("features",))

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from nest_jax.analysis import corruptions as C
-from nest_jax.analysis.forward import Accuracy, as_list, batch_mask, logits_from_pixels
+from nest_jax.analysis.forward import as_list, fold, logits_from_pixels, top1
 from nest_jax.errors import UserError
 
 ALEXNET_ERRORS_BY_SEVERITY = {
@@ -125,11 +125,7 @@ def run_corruptions(
     batches, mean, std, key = as_list(batches), tuple(mean), tuple(std), jax.random.key(seed)
 
     def corrupted(ci: int, name: str, s: int) -> Callable:
-        def apply(bi: int, images):
-            k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, ci), s), bi)
-            return C.corrupt(name, k, images, s, frost_textures=frost_textures)
-
-        return apply
+        return lambda bi, images: C.corrupt(name, fold(key, ci, s, bi), images, s, frost_textures=frost_textures)
 
     table = {
         n: [_top1(model, batches, mean, std, corrupted(ci, n, s)) for s in severities]
@@ -138,13 +134,9 @@ def run_corruptions(
     return _report(_top1(model, batches, mean, std), table, severities)
 
 
-def _top1(model, batches: Iterable[dict], mean: tuple, std: tuple, corrupt: Callable | None = None) -> float:
+def _top1(model, batches: Iterable[dict], mean: tuple, std: tuple, corrupt: Callable = lambda i, x: x) -> float:
     """Top-1 over batches of [0, 1] pixels; `corrupt(i, images)` transforms batch i first."""
-    acc = Accuracy()
-    for i, b in enumerate(batches):
-        x = b["image"] if corrupt is None else corrupt(i, b["image"])
-        acc.add(logits_from_pixels(model, x, mean=mean, std=std), b["label"], batch_mask(b))
-    return acc.value
+    return top1(batches, lambda i, b: logits_from_pixels(model, corrupt(i, b["image"]), mean=mean, std=std))
 
 
 def _report(clean_top1: float, table: dict, severities: Sequence[int], **extra) -> dict:

@@ -38,23 +38,6 @@ from nest_jax.analysis import image_ops as ops
 
 Array = jax.Array
 
-CORRUPTIONS = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
 DETERMINISTIC = ("defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression")
 APPROXIMATE = ("glass_blur", "frost")
 
@@ -82,6 +65,7 @@ PARAMS = {
     "pixelate": (0.6, 0.5, 0.4, 0.3, 0.25),  # downscale factor
     "jpeg_compression": (25, 18, 15, 10, 7),  # quality
 }
+CORRUPTIONS = tuple(PARAMS)  # the paper's order: noise, blur, weather, digital
 
 
 def _p(name: str, severity: int):

@@ -9,7 +9,7 @@ data (Naseer et al. 2021 occlude before normalization). Batches are dicts
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,29 +41,27 @@ def logits_from_pixels(model, images: Array, *, mean: tuple, std: tuple) -> Arra
     return model(normalize(images, mean, std), train=False)
 
 
-def correct(logits: Array, labels: Array) -> Array:
-    return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-
-
 def batch_mask(batch: Batch) -> np.ndarray:
     m = batch.get("mask")
     return np.ones(len(batch["label"]), np.float32) if m is None else np.asarray(m, np.float32)
 
 
-class Accuracy:
-    """Running top-1 over batches with padding masks."""
+def top1(batches: Iterable[Batch], logits_fn: Callable[[int, Batch], Array]) -> float:
+    """Top-1 over batches, padding masked; `logits_fn(i, batch)` -> logits (B, K) of batch i."""
+    hits, count = 0.0, 0.0
+    for i, b in enumerate(batches):
+        m = batch_mask(b)
+        ok = np.asarray(jnp.argmax(logits_fn(i, b), -1) == jnp.asarray(b["label"]), np.float64)
+        hits += float((ok * m).sum())
+        count += float(np.sum(m))
+    return hits / max(count, 1.0)
 
-    def __init__(self):
-        self.hits, self.count = 0.0, 0.0
 
-    def add(self, logits, labels, mask) -> None:
-        ok = np.asarray(jnp.argmax(logits, -1) == jnp.asarray(labels), np.float64)
-        self.hits += float((ok * mask).sum())
-        self.count += float(np.sum(mask))
-
-    @property
-    def value(self) -> float:
-        return self.hits / max(self.count, 1.0)
+def fold(key: Array, *data: int) -> Array:
+    """`jax.random.fold_in` of each of `data` in turn: one key per sweep setting and batch."""
+    for d in data:
+        key = jax.random.fold_in(key, d)
+    return key
 
 
 def as_list(batches: Iterable[Batch]) -> list[Batch]:

@@ -40,8 +40,6 @@ Everything here is a pure function of (model, images): `gradcat` is `nnx.jit`-co
 
 from __future__ import annotations
 
-import functools
-
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -74,11 +72,6 @@ def _grids(config) -> list[tuple[int, int]]:
     return [tuple(g) for g in config.blocks_per_level]
 
 
-def _feature_shapes(config, batch: int) -> list[tuple[int, ...]]:
-    b = config.block_size
-    return [(batch, gh * b, gw * b, dim) for (gh, gw), dim in zip(_grids(config), config.dims)]
-
-
 def block_sum(token_map: Array, grid: tuple[int, int]) -> Array:
     """Sums a token map over the tokens of each block.  (B, H, W) -> (B, gh, gw)."""
     bsz, h, w = token_map.shape
@@ -92,7 +85,9 @@ def class_gradients(model, images: Array, target: Array | None = None):
     images: (B, H, W, 3); target: (B,) int or None (= the predicted class).
     Returns (features, grads, logits, target): features/grads lists of (B, H_l, W_l, C_l).
     """
-    taps = [jnp.zeros(s, images.dtype) for s in _feature_shapes(model.config, images.shape[0])]
+    cfg, b = model.config, images.shape[0]
+    shapes = [(b, gh * cfg.block_size, gw * cfg.block_size, d) for (gh, gw), d in zip(_grids(cfg), cfg.dims)]
+    taps = [jnp.zeros(s, images.dtype) for s in shapes]  # level maps (B, H_l, W_l, C_l)
 
     def objective(taps):
         logits, inter = model(images, train=False, capture=("features",), taps=taps)
@@ -162,7 +157,7 @@ def _parent_rule_scores(model, features, grads, logits_target, negate: bool) -> 
     return out
 
 
-@functools.partial(nnx.jit, static_argnames=("source", "negate"))
+@nnx.jit(static_argnames=("source", "negate"))
 def gradcat(
     model, images: Array, *, target: Array | None = None, source: str = "child", negate: bool = False
 ) -> GradCATResult:

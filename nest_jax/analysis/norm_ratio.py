@@ -24,12 +24,9 @@ Array = jax.Array
 def _token_norms(h: Array, family: str, prefix: int) -> dict[str, Array]:
     """h (B, P+N, D) | (B, T, N, C) | (B, h, w, C) -> {group: per-token L2 norms over channels}."""
     norms = jnp.linalg.norm(h.astype(jnp.float32), axis=-1)
-    if family == "vit":
-        out = {f"token{i}": norms[:, i] for i in range(prefix)}
-        out["spatial"] = norms[:, prefix:]
-    else:
-        out = {"spatial": norms}
-    return out
+    if family != "vit":
+        return {"spatial": norms}
+    return {**{f"token{i}": norms[:, i] for i in range(prefix)}, "spatial": norms[:, prefix:]}
 
 
 def norm_sums(inter: dict, family: str, prefix: int, token_names: tuple[str, ...] = ()) -> dict[str, Array]:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nest_jax.analysis.forward import Accuracy, as_list, batch_mask, normalize
+from nest_jax.analysis.forward import as_list, fold, normalize, top1
 from nest_jax.analysis.per_block_tokens import is_vit
 from nest_jax.errors import UserError
 
@@ -158,28 +158,18 @@ def run_occlusion(
     batches = as_list(batches)
     grid = tuple(grid or default_grid(model, np.shape(batches[0]["image"])))
     n = grid[0] * grid[1]
-    per_repeat = []
-    for rep in range(repeats):
-        accs = [Accuracy() for _ in ratios]
-        for bi, b in enumerate(batches):
-            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), rep), bi)  # one order per image
-            for acc, r in zip(accs, ratios):
-                logits = random_occlusion_logits(
-                    model,
-                    jnp.asarray(b["image"]),
-                    key,
-                    grid=grid,
-                    num_drop=jnp.int32(num_dropped(r, n)),
-                    per_image=per_image,
-                    mean=tuple(mean),
-                    std=tuple(std),
-                )
-                acc.add(logits, b["label"], batch_mask(b))
-        per_repeat.append([acc.value for acc in accs])
-    top1, sem = mean_and_sem(per_repeat)
+    mean, std = tuple(mean), tuple(std)
+
+    def dropped(rep: int, r: float):  # one cell order per image, the same for every ratio
+        key = lambda bi: fold(jax.random.key(seed), rep, bi)
+        kw = dict(grid=grid, num_drop=jnp.int32(num_dropped(r, n)), per_image=per_image, mean=mean, std=std)
+        return lambda bi, b: random_occlusion_logits(model, jnp.asarray(b["image"]), key(bi), **kw)
+
+    per_repeat = [[top1(batches, dropped(rep, r)) for r in ratios] for rep in range(repeats)]
+    acc, sem = mean_and_sem(per_repeat)
     return {
         "ratios": list(ratios),
-        "top1": top1,
+        "top1": acc,
         "top1_sem": sem,
         "grid": list(grid),
         "dropped": [num_dropped(r, n) for r in ratios],
@@ -199,7 +189,7 @@ def run_salient_occlusion(
     head: int | None = None,
 ) -> dict:
     """Top-1 under salient and non-salient PatchDrop for each λ, on the saliency model's grid."""
-    batches = as_list(batches)
+    batches, mean, std = as_list(batches), tuple(mean), tuple(std)
     smodel = saliency_model if saliency_model is not None else model
     smean, sstd = tuple(saliency_mean or mean), tuple(saliency_std or std)
     att = nnx.jit(cls_attention, static_argnames=("head",))
@@ -212,11 +202,8 @@ def run_salient_occlusion(
     }
     for lam in lambdas:
         for mode in ("salient", "non_salient"):
-            acc = Accuracy()
-            for b, s in zip(batches, sal):
-                logits = salient_occlusion_logits(
-                    model, jnp.asarray(b["image"]), s, lam=jnp.float32(lam), mode=mode, mean=tuple(mean), std=tuple(std)
-                )
-                acc.add(logits, b["label"], batch_mask(b))
-            out[f"{mode}_drop_top1"].append(acc.value)
+            logits = lambda bi, b: salient_occlusion_logits(
+                model, jnp.asarray(b["image"]), sal[bi], lam=jnp.float32(lam), mode=mode, mean=mean, std=std
+            )
+            out[f"{mode}_drop_top1"].append(top1(batches, logits))
     return out

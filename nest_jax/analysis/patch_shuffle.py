@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nest_jax.analysis.forward import Accuracy, as_list, batch_mask, normalize
-from nest_jax.analysis.occlusion import check_repeats, mean_and_sem
+from nest_jax.analysis.forward import as_list, fold, normalize, top1
+from nest_jax.analysis.occlusion import check_repeats, mean_and_sem, num_dropped
 from nest_jax.analysis.per_block_tokens import is_vit, vit_run_layers, vit_token_logits
 from nest_jax.errors import UserError
 
@@ -83,22 +83,15 @@ def run_patch_shuffle(
     grids = [tuple(g) for g in (grids or fitting_grids(np.shape(batches[0]["image"])))]
     check_grids(grids, tuple(np.shape(batches[0]["image"])[1:3]))
     check_repeats(repeats, "patch_shuffle")
-    per_repeat = []
-    for rep in range(repeats):
-        row = []
-        for gi, g in enumerate(grids):
-            acc = Accuracy()
-            for bi, b in enumerate(batches):
-                key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), gi), bi), rep)
-                acc.add(
-                    shuffled_logits(model, jnp.asarray(b["image"]), key, grid=g, mean=tuple(mean), std=tuple(std)),
-                    b["label"],
-                    batch_mask(b),
-                )
-            row.append(acc.value)
-        per_repeat.append(row)
-    top1, sem = mean_and_sem(per_repeat)
-    return {"grids": [list(g) for g in grids], "top1": top1, "top1_sem": sem}
+    mean, std = tuple(mean), tuple(std)
+
+    def shuffled(rep: int, gi: int, g: tuple):  # one permutation per batch
+        key = lambda bi: fold(jax.random.key(seed), gi, bi, rep)
+        return lambda bi, b: shuffled_logits(model, jnp.asarray(b["image"]), key(bi), grid=g, mean=mean, std=std)
+
+    per_repeat = [[top1(batches, shuffled(rep, gi, g)) for gi, g in enumerate(grids)] for rep in range(repeats)]
+    acc, sem = mean_and_sem(per_repeat)
+    return {"grids": [list(g) for g in grids], "top1": acc, "top1_sem": sem}
 
 
 @nnx.jit(static_argnames=("layer", "num_keep"))
@@ -133,16 +126,11 @@ def run_token_drop(
     depth = len(model.layers)
     layers = list(layers if layers is not None else sorted({0, depth // 2, depth - 1}))
     n = model.config.grid[0] * model.config.grid[1]
-    out = {"ratios": list(ratios), "layers": layers, "top1": {}}
-    for layer in layers:
-        row = []
-        for ri, r in enumerate(ratios):
-            acc = Accuracy()
-            keep = max(n - int(np.floor(r * n + 1e-9)), 1)
-            for bi, b in enumerate(batches):
-                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), ri), bi)
-                x = normalize(jnp.asarray(b["image"]), mean, std)
-                acc.add(token_drop_logits(model, x, key, layer=layer, num_keep=keep), b["label"], batch_mask(b))
-            row.append(acc.value)
-        out["top1"][str(layer)] = row
-    return out
+
+    def dropped(layer: int, ri: int, r: float):
+        keep, key = max(n - num_dropped(r, n), 1), lambda bi: fold(jax.random.key(seed), ri, bi)
+        x = lambda b: normalize(jnp.asarray(b["image"]), mean, std)
+        return lambda bi, b: token_drop_logits(model, x(b), key(bi), layer=layer, num_keep=keep)
+
+    top1s = {str(layer): [top1(batches, dropped(layer, ri, r)) for ri, r in enumerate(ratios)] for layer in layers}
+    return {"ratios": list(ratios), "layers": layers, "top1": top1s}

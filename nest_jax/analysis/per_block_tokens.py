@@ -103,24 +103,20 @@ def run_per_block_tokens(model, batches: Iterable[dict], *, mean: tuple, std: tu
     `top1["inference"]` averages the heads' logits as the model does; its last entry equals the
     model's own top-1. With several prefix tokens, also {"cosine": {"cls_<token>": [input, layers…]}}.
     """
-    batches = as_list(batches)
     hits, count = None, 0.0
     cosines: dict[str, list] = {}
-    for bt in batches:
+    for bt in as_list(batches):
         x = normalize(jnp.asarray(bt["image"]), mean, std)
-        per = per_layer_logits(model, x)
         m = batch_mask(bt).astype(np.float64)
+        per = per_layer_logits(model, x)
         ok = {n: (np.asarray(jnp.argmax(v, -1)) == np.asarray(bt["label"])[None]) @ m for n, v in per.items()}
         hits = ok if hits is None else {n: hits[n] + ok[n] for n in hits}
         count += float(m.sum())
-        if is_vit(model) and model.config.num_prefix > 1:
-            for t in model.config.prefix_tokens[1:]:
-                cosines.setdefault(f"cls_{t}", []).append(
-                    (np.asarray(token_cosine_per_layer(model, x, a="cls", b=t)), float(m.sum()))
-                )
-    depth = len(next(iter(hits.values())))
+        for t in model.config.prefix_tokens[1:] if is_vit(model) else ():
+            cos = np.asarray(token_cosine_per_layer(model, x, a="cls", b=t))
+            cosines.setdefault(f"cls_{t}", []).append((cos, float(m.sum())))
     out = {"top1": {n: (v / max(count, 1.0)).tolist() for n, v in hits.items()}}
-    out["layers" if is_vit(model) else "levels"] = depth  # the model's own unit: ViT layers, NesT levels
+    out["layers" if is_vit(model) else "levels"] = len(next(iter(hits.values())))  # ViT layers, NesT levels
     if cosines:
         out["cosine"] = {k: (sum(c * w for c, w in v) / sum(w for _, w in v)).tolist() for k, v in cosines.items()}
     return out

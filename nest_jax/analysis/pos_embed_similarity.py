@@ -28,11 +28,8 @@ def pos_embed_similarity(model: nnx.Module) -> list[np.ndarray]:
     """List of similarity grids: one for a ViT/DeiT, one per level (bottom first) for NesT."""
     c = model.config
     if hasattr(c, "depths"):  # NesT
-        out = []
-        for level in model.levels:
-            table = deblockify(jnp.asarray(level.pos_embed[...]), level.grid)[0]
-            out.append(cosine_similarity_grid(np.asarray(table)))
-        return out
+        tables = [deblockify(jnp.asarray(level.pos_embed[...]), level.grid)[0] for level in model.levels]
+        return [cosine_similarity_grid(np.asarray(t)) for t in tables]
     if not hasattr(c, "prefix_tokens"):
         raise ValueError(f"{type(model).__name__} has no position embedding")
     gh, gw = c.grid

@@ -19,8 +19,6 @@ measured at each token position separately on the test images.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +36,7 @@ def _whiten(x_train: Array, x_test: Array) -> tuple[Array, Array]:
     return pad(x_train), pad(x_test)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes",))
+@jax.jit(static_argnames=("num_classes",))
 def ridge_probe(
     x_train: Array, y_train: Array, x_test: Array, y_test: Array, *, num_classes: int, l2: float = 1.0
 ) -> Array:
@@ -59,7 +57,7 @@ def _ridge(x: Array, labels: Array, num_classes: int, l2: float) -> Array:
     return jnp.matmul(x.T, jnp.linalg.solve(a, y), precision=_HI)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
+@jax.jit(static_argnames=("num_classes", "steps"))
 def logistic_probe(
     x_train: Array,
     y_train: Array,
@@ -97,15 +95,12 @@ def layer_probes(
     probe = {"ridge": ridge_probe, "logistic": logistic_probe}.get(kind)
     if probe is None:
         raise ValueError(f"kind must be 'ridge' or 'logistic', got {kind!r}")
-    return np.array(
-        [
-            float(probe(a, jnp.asarray(y_train), b, jnp.asarray(y_test), num_classes=num_classes, **kw))
-            for a, b in zip(train_feats, test_feats)
-        ]
-    )
+    y_train, y_test = jnp.asarray(y_train), jnp.asarray(y_test)
+    accs = [float(probe(a, y_train, b, y_test, num_classes=num_classes, **kw)) for a, b in zip(train_feats, test_feats)]
+    return np.array(accs)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes",))
+@jax.jit(static_argnames=("num_classes",))
 def token_probe(
     tokens_train: Array, y_train: Array, tokens_test: Array, y_test: Array, *, num_classes: int, l2: float = 1.0
 ) -> Array:

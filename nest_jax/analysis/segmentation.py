@@ -111,20 +111,17 @@ def run_segmentation(
     gh, gw = cfg.grid
     if (gh * cfg.stride, gw * cfg.stride) != (h, w):
         raise UserError(f"segmentation: images are {h}×{w} but the model's grid covers {gh * cfg.stride}² pixels")
-    per_mean = {t: [] for t in present}
-    per_head = {t: [] for t in present}
-    first = {t: [] for t in present}
+    per_mean, per_head, first = ({t: [] for t in present} for _ in range(3))
+    geometry = (cfg.num_prefix, (gh, gw), cfg.stride, fraction)
     for s in range(0, len(images), batch_size):
         x = jnp.asarray(images[s : s + batch_size], jnp.float32)
         att = np.asarray(last_layer_attention(model, x, mean=tuple(mean), std=tuple(std)))
         truth = masks[s : s + batch_size]
         for t in present:
-            i = cfg.token_index(t)
-            m = attention_masks(att, i, cfg.num_prefix, (gh, gw), cfg.stride, fraction, "mean")
+            masks_of = lambda heads: attention_masks(att, cfg.token_index(t), *geometry, heads)
+            m = masks_of("mean")
             per_mean[t].append(jaccard(m, truth))
-            per_head[t].append(
-                jaccard(attention_masks(att, i, cfg.num_prefix, (gh, gw), cfg.stride, fraction, "each"), truth[:, None])
-            )
+            per_head[t].append(jaccard(masks_of("each"), truth[:, None]))
             first[t].append(m[: max(0, num_examples - s)])
     out: dict = {"fraction": float(fraction), "examples_count": len(images)}
     ex = {"image": np.asarray(images[:num_examples], np.float32), "truth": np.asarray(masks[:num_examples])}

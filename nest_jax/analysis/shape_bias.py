@@ -28,44 +28,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from nest_jax.analysis.forward import as_list, batch_mask, logits_from_pixels
-
-CATEGORIES16 = (
-    "airplane",
-    "bear",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "car",
-    "cat",
-    "chair",
-    "clock",
-    "dog",
-    "elephant",
-    "keyboard",
-    "knife",
-    "oven",
-    "truck",
-)
+from nest_jax.errors import UserError
 
 
 def _r(a: int, b: int) -> list[int]:
     return list(range(a, b + 1))
 
 
+_BIRD_RANGES = ((10, 16), (18, 20), (22, 24), (80, 83), (87, 96), (98, 100), (127, 133), (135, 145))
 IMAGENET16_INDICES = {
     "airplane": [404],
     "bear": _r(294, 297),
     "bicycle": [444, 671],
-    "bird": [8]
-    + _r(10, 16)
-    + _r(18, 20)
-    + _r(22, 24)
-    + _r(80, 83)
-    + _r(87, 96)
-    + _r(98, 100)
-    + _r(127, 133)
-    + _r(135, 145),
+    "bird": [8] + [i for a, b in _BIRD_RANGES for i in _r(a, b)],
     "boat": [472, 554, 625, 814, 914],
     "bottle": [440, 720, 737, 898, 899, 901, 907],
     "car": [436, 511, 817],
@@ -79,6 +54,7 @@ IMAGENET16_INDICES = {
     "oven": [766],
     "truck": [555, 569, 656, 675, 717, 734, 864, 867],
 }
+CATEGORIES16 = tuple(IMAGENET16_INDICES)  # the 16 entry-level categories, alphabetical
 
 
 def imagenet_to_16(probs: jax.Array) -> jax.Array:
@@ -120,12 +96,11 @@ def run_shape_bias(
     predicts 1000 classes). logits_fn(images (B,H,W,C) in [0,1]) -> logits overrides the model's
     inference logits (e.g. to read one token's head; see `per_block_tokens`).
     """
+    if logits_fn is None:
+        logits_fn = lambda x: logits_from_pixels(model, x, mean=tuple(mean), std=tuple(std))
     preds, shapes, textures = [], [], []
     for b in as_list(batches):
-        x = jnp.asarray(b["image"])
-        logits = (
-            logits_fn(x) if logits_fn is not None else logits_from_pixels(model, x, mean=tuple(mean), std=tuple(std))
-        )
+        logits = logits_fn(jnp.asarray(b["image"]))
         use16 = logits.shape[-1] == 1000 if imagenet16 is None else imagenet16
         scores = imagenet_to_16(jax.nn.softmax(logits.astype(jnp.float32), -1)) if use16 else logits
         keep = batch_mask(b) > 0
@@ -158,8 +133,6 @@ def cue_conflict_folder(
     base = epath.Path(root)
     files = sorted(p for pattern in ("*", "*/*") for p in base.glob(pattern) if _NAME.match(p.name))
     if not files:
-        from nest_jax.errors import UserError
-
         raise UserError(f"no cue-conflict images (<shape><i>-<texture><j>.png) under {root}")
     for start in range(0, len(files), batch_size):
         imgs, shapes, textures = [], [], []

@@ -186,12 +186,8 @@ def ridge_few_shot(
         accs = []
         for s in range(seeds):
             idx = sample_shots(y, k, num_classes, np.random.default_rng([s, k]))
-            scores = ridge_fit_predict(
-                jnp.asarray(x[idx], jnp.float32),
-                jax.nn.one_hot(y[idx], num_classes),
-                jnp.asarray(x_test, jnp.float32),
-                l2,
-            )
+            x_shots, y_shots = jnp.asarray(x[idx], jnp.float32), jax.nn.one_hot(y[idx], num_classes)
+            scores = ridge_fit_predict(x_shots, y_shots, jnp.asarray(x_test, jnp.float32), l2)
             accs.append(float(np.mean(np.argmax(np.asarray(scores), -1) == y_test)))
         out[str(k)], means[str(k)] = accs, float(np.mean(accs))
     return {"per_seed": out, "mean": means}
@@ -233,17 +229,8 @@ def episodes(
         qx.append(xn[np.concatenate(q_i)])
         sy.append(np.repeat(np.arange(n_way), k_shot))
         qy.append(np.repeat(np.arange(n_way), queries))
-    acc = np.asarray(
-        _episode_accuracy(
-            jnp.asarray(np.stack(sx)),
-            jnp.asarray(np.stack(sy)),
-            jnp.asarray(np.stack(qx)),
-            jnp.asarray(np.stack(qy)),
-            n_way=n_way,
-            steps=steps,
-            lr=lr,
-        )
-    )
+    stacked = (jnp.asarray(np.stack(a)) for a in (sx, sy, qx, qy))
+    acc = np.asarray(_episode_accuracy(*stacked, n_way=n_way, steps=steps, lr=lr))
     return {
         "accuracy": float(acc.mean()),
         "ci95": float(1.96 * acc.std() / np.sqrt(len(acc))),

@@ -13,11 +13,15 @@ from matplotlib.patches import Rectangle
 _LEVEL_COLORS = ("#ffffff", "#ffd700", "#ff7f0e", "#d62728", "#9467bd", "#17becf")
 
 
-def _show_image(ax, image: np.ndarray) -> None:
+def _image_figure(image: np.ndarray):
+    """A 4 × 4.3 in figure showing image (H, W, 3), any value range scaled to [0, 1]. -> (fig, ax)."""
+    fig = Figure(figsize=(4, 4.3))
+    ax = fig.add_subplot()
     img = np.asarray(image, np.float64)
     lo, hi = img.min(), img.max()
-    ax.imshow((img - lo) / (hi - lo) if hi > lo else np.zeros_like(img))  # any value range → [0, 1]
+    ax.imshow((img - lo) / (hi - lo) if hi > lo else np.zeros_like(img))
     ax.set_xticks([]), ax.set_yticks([])
+    return fig, ax
 
 
 def _box(ax, box, color: str, lw: float = 2.0, label: str | None = None) -> None:
@@ -36,9 +40,7 @@ def plot_gradcat(image: np.ndarray, result, index: int = 0, class_names=None) ->
     boxes = np.asarray(result.boxes[index])  # (L, 4) top → bottom
     nodes = np.asarray(result.nodes[index])
     levels = len(result.scores)
-    fig = Figure(figsize=(4, 4.3))
-    ax = fig.add_subplot()
-    _show_image(ax, image)
+    fig, ax = _image_figure(image)
     for k in range(1, levels):  # skip the root: its box is the whole image
         lvl = levels - 1 - k
         score = float(np.asarray(result.scores[lvl][index])[tuple(nodes[k])])
@@ -53,9 +55,7 @@ def plot_cam(
     image: np.ndarray, cam: np.ndarray, box=None, true_box=None, title: str = "CAM", alpha: float = 0.5
 ) -> Figure:
     """Image (H, W, 3) with a CAM (H, W) overlaid; optional predicted box (red) and true box (green)."""
-    fig = Figure(figsize=(4, 4.3))
-    ax = fig.add_subplot()
-    _show_image(ax, image)
+    fig, ax = _image_figure(image)
     im = ax.imshow(np.asarray(cam, np.float64), cmap="jet", alpha=alpha)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if box is not None:

@@ -14,13 +14,20 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
+def _axes(figsize: tuple[float, float]) -> tuple[Figure, object]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.add_subplot()
+
+
+def _heatmap(fig: Figure, ax, m: np.ndarray, **imshow) -> None:
+    fig.colorbar(ax.imshow(m, **imshow), ax=ax, fraction=0.046, pad=0.04)
+
+
 def plot_cka(matrix: np.ndarray, *, xlabel: str = "layer", ylabel: str = "layer", title: str = "CKA") -> Figure:
     """Heatmap of a layer × layer CKA matrix (rows: y-axis model, lowest layer at the bottom)."""
     m = np.asarray(matrix, np.float64)
-    fig = Figure(figsize=(4.2, 3.6))
-    ax = fig.add_subplot()
-    im = ax.imshow(m, origin="lower", cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig, ax = _axes((4.2, 3.6))
+    _heatmap(fig, ax, m, origin="lower", cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     step = max(1, max(m.shape) // 12)  # integer layer ticks, at most ~12 per axis
     ax.set_xticks(range(0, m.shape[1], step)), ax.set_yticks(range(0, m.shape[0], step))
@@ -30,8 +37,7 @@ def plot_cka(matrix: np.ndarray, *, xlabel: str = "layer", ylabel: str = "layer"
 
 def plot_attention_distance(distances: Sequence[np.ndarray], *, title: str = "mean attention distance") -> Figure:
     """Scatter of every head's mean attention distance (pixels) per layer; distances: layers × (heads,)."""
-    fig = Figure(figsize=(4.5, 3.4))
-    ax = fig.add_subplot()
+    fig, ax = _axes((4.5, 3.4))
     for i, d in enumerate(distances):
         d = np.asarray(d, np.float64)
         ax.scatter(np.full(d.shape, i), d, s=14, alpha=0.8, color="C0")
@@ -41,32 +47,27 @@ def plot_attention_distance(distances: Sequence[np.ndarray], *, title: str = "me
     return fig
 
 
-def plot_norm_ratios(ratios: dict[str, np.ndarray], *, title: str = "‖z‖ / ‖f(z)‖") -> Figure:
-    """One curve per `branch/group` key (log scale): the residual stream over its branch per layer."""
-    fig = Figure(figsize=(4.8, 3.4))
-    ax = fig.add_subplot()
-    for k, v in sorted(ratios.items()):
+def _layer_curves(curves: dict[str, np.ndarray], **axes_set) -> Figure:
+    """One curve per key (sorted) over the layer index; non-finite values are left out."""
+    fig, ax = _axes((4.8, 3.4))
+    for k, v in sorted(curves.items()):
         v = np.asarray(v, np.float64)
         ax.plot(np.arange(len(v)), np.where(np.isfinite(v), v, np.nan), "o-", ms=3, label=k)
-    ax.set_yscale("log")
-    ax.set(xlabel="layer", ylabel="ratio of norms", title=title)
+    ax.set(xlabel="layer", **axes_set)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_norm_ratios(ratios: dict[str, np.ndarray], *, title: str = "‖z‖ / ‖f(z)‖") -> Figure:
+    """One curve per `branch/group` key (log scale): the residual stream over its branch per layer."""
+    return _layer_curves(ratios, yscale="log", ylabel="ratio of norms", title=title)
 
 
 def plot_probe_accuracy(curves: dict[str, np.ndarray], *, title: str = "linear probes") -> Figure:
     """Test accuracy per layer, one curve per probe (e.g. `ridge/cls`, `logistic/mean`)."""
-    fig = Figure(figsize=(4.8, 3.4))
-    ax = fig.add_subplot()
-    for k, v in sorted(curves.items()):
-        ax.plot(np.arange(len(v)), np.asarray(v, np.float64), "o-", ms=3, label=k)
-    ax.set(xlabel="layer", ylabel="test accuracy", ylim=(0, 1.02), title=title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _layer_curves(curves, ylabel="test accuracy", ylim=(0, 1.02), title=title)
 
 
 def plot_position_maps(
@@ -82,17 +83,7 @@ def plot_position_maps(
     m = np.asarray(maps, np.float64)
     gh, gw = m.shape[:2]
     if positions is None:
-        positions = [
-            (0, 0),
-            (0, gw // 2),
-            (0, gw - 1),
-            (gh // 2, 0),
-            (gh // 2, gw // 2),
-            (gh // 2, gw - 1),
-            (gh - 1, 0),
-            (gh - 1, gw // 2),
-            (gh - 1, gw - 1),
-        ]
+        positions = [(i, j) for i in (0, gh // 2, gh - 1) for j in (0, gw // 2, gw - 1)]
     cols = min(3, len(positions))
     rows = -(-len(positions) // cols)
     shown = np.stack([m[i, j] for i, j in positions])
@@ -115,10 +106,8 @@ def plot_position_maps(
 
 def plot_token_probe(acc: np.ndarray, grid_hw: tuple[int, int], *, title: str = "per-token probe") -> Figure:
     """Per-position test accuracy of the per-token probe on the final-layer grid."""
-    fig = Figure(figsize=(3.6, 3.2))
-    ax = fig.add_subplot()
-    im = ax.imshow(np.asarray(acc, np.float64).reshape(grid_hw), vmin=0, vmax=1, cmap="viridis")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig, ax = _axes((3.6, 3.2))
+    _heatmap(fig, ax, np.asarray(acc, np.float64).reshape(grid_hw), vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(f"{title} (mean {float(np.mean(acc)):.3f})", fontsize=9)
     fig.tight_layout()

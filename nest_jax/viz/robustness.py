@@ -14,82 +14,63 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
+def _axes(figsize=(4.5, 3.2)) -> tuple[Figure, object]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.add_subplot()
+
+
+def _finish(fig: Figure, ax, xlabel: str, ylabel: str = "top-1 (%)", top: float = 100, legend: int = 7) -> Figure:
+    """Labels, the y range [0, top], a grid and the legend; tight layout."""
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_ylim(0, top)
+    ax.grid(alpha=0.3), ax.legend(fontsize=legend)
+    fig.tight_layout()
+    return fig
+
+
+def _errorbars(ax, x, r: dict, label: str) -> None:
+    """r["top1"] in %, ± one standard error r["top1_sem"] (none when absent)."""
+    sem = np.asarray(r.get("top1_sem", np.zeros(len(r["top1"])))) * 100
+    ax.errorbar(x, np.asarray(r["top1"]) * 100, yerr=sem, marker="o", ms=3, capsize=2, label=label)
+
+
 def plot_occlusion(results: Mapping[str, dict], title: str = "Random PatchDrop") -> Figure:
     """Top-1 vs fraction of cells dropped, one line per model with ± one standard error over the
     repeated drop patterns (results of `run_occlusion`)."""
-    fig = Figure(figsize=(4.5, 3.2))
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     for name, r in results.items():
-        sem = np.asarray(r.get("top1_sem", np.zeros(len(r["top1"])))) * 100
-        ax.errorbar(
-            np.asarray(r["ratios"]) * 100,
-            np.asarray(r["top1"]) * 100,
-            yerr=sem,
-            marker="o",
-            ms=3,
-            capsize=2,
-            label=name,
-        )
-    ax.set_xlabel("image occluded (%)"), ax.set_ylabel("top-1 (%)"), ax.set_title(title)
-    ax.set_ylim(0, 100), ax.grid(alpha=0.3), ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+        _errorbars(ax, np.asarray(r["ratios"]) * 100, r, name)
+    ax.set_title(title)
+    return _finish(fig, ax, "image occluded (%)")
 
 
 def plot_salient_occlusion(results: Mapping[str, dict]) -> Figure:
     """Top-1 vs λ for salient (solid) and non-salient (dashed) PatchDrop (`run_salient_occlusion`)."""
-    fig = Figure(figsize=(4.5, 3.2))
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     for i, (name, r) in enumerate(results.items()):
-        c = f"C{i}"
-        ax.plot(r["lambdas"], np.asarray(r["salient_drop_top1"]) * 100, c=c, marker="o", ms=3, label=f"{name} salient")
-        ax.plot(
-            r["lambdas"],
-            np.asarray(r["non_salient_drop_top1"]) * 100,
-            c=c,
-            ls="--",
-            marker="s",
-            ms=3,
-            label=f"{name} non-salient",
-        )
-    ax.set_xlabel("attention mass λ"), ax.set_ylabel("top-1 (%)"), ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3), ax.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
+        c, lam = f"C{i}", r["lambdas"]
+        ax.plot(lam, np.asarray(r["salient_drop_top1"]) * 100, c=c, marker="o", ms=3, label=f"{name} salient")
+        non = np.asarray(r["non_salient_drop_top1"]) * 100
+        ax.plot(lam, non, c=c, ls="--", marker="s", ms=3, label=f"{name} non-salient")
+    return _finish(fig, ax, "attention mass λ", legend=6)
 
 
 def plot_shuffle(results: Mapping[str, dict]) -> Figure:
     """Top-1 per shuffle grid, ± one standard error over the permutations (`run_patch_shuffle`)."""
-    fig = Figure(figsize=(4.5, 3.2))
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     for name, r in results.items():
-        labels = [f"{g[0]}×{g[1]}" for g in r["grids"]]
-        sem = np.asarray(r.get("top1_sem", np.zeros(len(r["top1"])))) * 100
-        ax.errorbar(labels, np.asarray(r["top1"]) * 100, yerr=sem, marker="o", ms=3, capsize=2, label=name)
-    ax.set_xlabel("shuffle grid"), ax.set_ylabel("top-1 (%)"), ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3), ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+        _errorbars(ax, [f"{g[0]}×{g[1]}" for g in r["grids"]], r, name)
+    return _finish(fig, ax, "shuffle grid")
 
 
 def plot_corruption_errors(results: Mapping[str, dict]) -> Figure:
     """Corruption error CE per corruption (AlexNet = 100), grouped bars per model (`run_corruptions`)."""
     names = list(next(iter(results.values()))["ce"])
-    fig = Figure(figsize=(8, 3.2))
-    ax = fig.add_subplot()
-    width = 0.8 / len(results)
+    fig, ax = _axes((8, 3.2))
+    width, x = 0.8 / len(results), np.arange(len(names))
     for i, (model, r) in enumerate(results.items()):
-        ax.bar(
-            np.arange(len(names)) + i * width, [r["ce"][n] for n in names], width, label=f"{model} (mCE {r['mce']:.1f})"
-        )
+        ax.bar(x + i * width, [r["ce"][n] for n in names], width, label=f"{model} (mCE {r['mce']:.1f})")
     ax.axhline(100, c="k", lw=0.8, ls=":")
-    ax.set_xticks(
-        np.arange(len(names)) + 0.4 - width / 2,
-        [n.replace("_", " ") for n in names],
-        rotation=60,
-        ha="right",
-        fontsize=7,
-    )
+    ax.set_xticks(x + 0.4 - width / 2, [n.replace("_", " ") for n in names], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("CE (AlexNet = 100)"), ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -112,17 +93,13 @@ def plot_patched_images(images: np.ndarray, titles=None) -> Figure:
 def plot_fooling_rates(results: Mapping[str, dict]) -> Figure:
     """Fooling rate against the patch's share of the image, optimized (solid) and the random patch
     it starts from (dashed), one colour per model (`adversarial_patch` results: model → fraction_f)."""
-    fig = Figure(figsize=(4.5, 3.2))
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     for i, (name, r) in enumerate(results.items()):
         rows = sorted(r.values(), key=lambda row: row["fraction"])
         x = [100 * row["fraction"] for row in rows]
         ax.plot(x, [row["fooling_rate"] for row in rows], marker="o", c=f"C{i}", label=f"{name} optimized")
         ax.plot(x, [row["random_fooling_rate"] for row in rows], marker="s", ls="--", c=f"C{i}", label=f"{name} random")
-    ax.set_xlabel("patch area (% of the image)"), ax.set_ylabel("fooling rate"), ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3), ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "patch area (% of the image)", "fooling rate", top=1)
 
 
 TOKEN_NAMES = {
@@ -137,8 +114,7 @@ def plot_per_layer(results: Mapping[str, dict]) -> Figure:
     """Top-1 of every layer's (ViT/DeiT) or level's (NesT) tokens through the shared head
     (`run_per_block_tokens`). A line equal to one already drawn for the same model is named on it
     ("class token = model's prediction") instead of hiding under it."""
-    fig = Figure(figsize=(4.8, 3.3))
-    ax = fig.add_subplot()
+    fig, ax = _axes((4.8, 3.3))
     styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]
     units = set()
     for i, (name, r) in enumerate(results.items()):
@@ -152,21 +128,17 @@ def plot_per_layer(results: Mapping[str, dict]) -> Figure:
                 drawn.append((list(acc), [TOKEN_NAMES.get(token, token)]))
         for k, (acc, names) in enumerate(drawn):
             marker, ls = styles[k % len(styles)]
-            x = np.arange(1, len(acc) + 1)
+            label = f"{name}: {' = '.join(names)}"
             ax.plot(
-                x, np.asarray(acc) * 100, c=f"C{i}", marker=marker, ls=ls, ms=4, label=f"{name}: {' = '.join(names)}"
+                np.arange(1, len(acc) + 1), np.asarray(acc) * 100, c=f"C{i}", marker=marker, ls=ls, ms=4, label=label
             )
-    ax.set_xlabel(" / ".join(sorted(units))), ax.set_ylabel("top-1 (%)"), ax.set_ylim(0, 100), ax.grid(alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, " / ".join(sorted(units)), legend=6)
 
 
 def plot_shape_bias(results: Mapping[str, dict]) -> Figure:
     """Shape bias per model or token (`shape_bias` results), humans ≈ 0.96 for reference."""
-    fig = Figure(figsize=(4.5, 3.0))
-    ax = fig.add_subplot()
+    fig, ax = _axes((4.5, 3.0))
     names = list(results)
     ax.barh(names, [results[n]["shape_bias"] for n in names], color="C2")
     ax.axvline(0.5, c="k", lw=0.8, ls=":")
