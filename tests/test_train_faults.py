@@ -274,6 +274,27 @@ def test_evaluation_beside_a_run_that_keeps_one_checkpoint_always_reads_the_newe
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_evaluation_lists_again_when_a_step_lands_after_its_listing(tmp_path):
+    """A listing that holds none of the finished steps (taken before the run's save landed, or while
+    it renamed the new step into place and deleted the old one) made evaluation report "no
+    checkpoint" beside a run that had one; it now lists again. A workdir that has none still has none."""
+    state = {"step": jnp.asarray(1, jnp.int32), "params": {"w": jnp.full((4, 4), 4.0)}}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: one, abstract)
+    run = Checkpointer(tmp_path, max_to_keep=1)
+    reader = Checkpointer(tmp_path, create=False)  # lists the (empty) folder now, as --mode=eval does
+    try:
+        assert reader.restore_latest(abstract, shardings, set_aside=False) is None
+        run.save(1, state)
+        run.wait()
+        step, restored = reader.restore_latest(abstract, shardings, set_aside=False)
+        assert step == 1 and float(restored["params"]["w"][0, 0]) == 4.0
+    finally:
+        reader.close(quiet=True)
+        run.close(quiet=True)
+
+
 # ---- 11: a full disk at the workdir's own files ----
 
 

@@ -285,7 +285,8 @@ class Checkpointer:
         _ignore_closed_loop_callbacks()  # before reading: a read cut short leaves callbacks behind
         failures: dict[int, int] = {}  # set_aside=False: a step failing twice in place is unreadable
         for _ in range(retries + 1):
-            for step in sorted((s for s in self.all_steps() if failures.get(s, 0) < 2), reverse=True):
+            listed = sorted((s for s in self.all_steps() if failures.get(s, 0) < 2), reverse=True)
+            for step in listed:
                 try:
                     self.check_shapes(step, abstract_state)
                     state = self.restore(abstract_state, shardings, step)
@@ -311,8 +312,11 @@ class Checkpointer:
                     continue
                 self.last_good = step
                 return step, state
-            else:
-                return None
+            else:  # nothing readable in this listing; beside a running run, a listing taken while it
+                # renames a new step into place and deletes the old one can miss both: list again
+                if set_aside or not self._relisted_differs(listed, failures):
+                    return None
+                log.info("the checkpoints in %s changed while they were listed; listing again", self.directory)
         raise UserError(
             f"the checkpoints in {self.directory} were replaced {retries + 1} times while being read (a run "
             "saving faster than they can be read): raise train.checkpoint_every_steps or evaluate after training"
@@ -323,6 +327,11 @@ class Checkpointer:
         _listed(self.manager.reload)
         steps = self.all_steps()
         return step not in steps or not (self.directory / str(step) / STATE).exists() or max(steps) > step
+
+    def _relisted_differs(self, listed: list[int], failures: dict[int, int]) -> bool:
+        """Whether a fresh listing holds a step to try that `listed` did not."""
+        _listed(self.manager.reload)
+        return any(s not in listed and failures.get(s, 0) < 2 for s in self.all_steps())
 
     def _set_aside(self, step: int, err: Exception) -> None:
         reason = _first_line(err)
