@@ -20,14 +20,11 @@ from flax import nnx
 
 from nest_jax.models import layers as L
 from nest_jax.models.intermediates import Capture, Model, finish, maybe_recorder
+from nest_jax.models.nest_gan import upsample_nearest
 from nest_jax.models.registry import register_variant
 from nest_jax.models.spectral_norm import SNConv, SNLinear
 
 Array = jax.Array
-
-
-def _up(x: Array) -> Array:
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 def _avg_pool2(x: Array) -> Array:
@@ -58,10 +55,9 @@ class GBlock(nnx.Module):
         self.skip = SNConv(in_dim, out_dim, 1, spectral=False, rngs=rngs, **kw)
 
     def __call__(self, x: Array, *, train: bool = False) -> Array:
-        h = _up(jax.nn.relu(self.bn1(x, use_running_average=not train)))
-        h = self.conv1(h)
+        h = self.conv1(upsample_nearest(jax.nn.relu(self.bn1(x, use_running_average=not train))))
         h = self.conv2(jax.nn.relu(self.bn2(h, use_running_average=not train)))
-        return h + self.skip(_up(x))
+        return h + self.skip(upsample_nearest(x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,16 +121,12 @@ class DBlock(nnx.Module):
         )
 
     def __call__(self, x: Array, *, train: bool = False) -> Array:
+        pool = _avg_pool2 if self.down else (lambda a: a)
+        skip = (lambda a: a) if self.skip is None else (lambda a: self.skip(a, train=train))
         h = x if self.first else jax.nn.relu(x)
         h = self.conv2(jax.nn.relu(self.conv1(h, train=train)), train=train)
-        s = x
-        if self.first:  # BigGAN's optimized first block: pool before the 1×1 conv
-            s = _avg_pool2(s) if self.down else s
-            s = self.skip(s, train=train) if self.skip is not None else s
-        else:
-            s = self.skip(s, train=train) if self.skip is not None else s
-            s = _avg_pool2(s) if self.down else s
-        return (_avg_pool2(h) if self.down else h) + s
+        # BigGAN's optimized first block pools before the 1×1 conv.
+        return pool(h) + (skip(pool(x)) if self.first else pool(skip(x)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,21 +173,12 @@ class ConvDiscriminator(Model):
 
 
 # ---------------------------------------------------------------------------------------------
+_G, _D = (ConvGenerator, ConvGeneratorConfig), (ConvDiscriminator, ConvDiscriminatorConfig)
 CONV_GAN_VARIANTS = {
-    "sagan_generator_32": (ConvGenerator, ConvGeneratorConfig, dict(img_size=32, widths=(256,) * 4)),
-    "sagan_generator_64": (ConvGenerator, ConvGeneratorConfig, dict(img_size=64, widths=(512, 256, 128, 64, 32))),
-    "sagan_discriminator_32": (
-        ConvDiscriminator,
-        ConvDiscriminatorConfig,
-        dict(img_size=32, widths=(128,) * 4, down=(True, True, False, False)),
-    ),
-    "sagan_discriminator_64": (
-        ConvDiscriminator,
-        ConvDiscriminatorConfig,
-        dict(img_size=64, widths=(64, 128, 256, 512, 512), down=(True, True, True, True, False)),
-    ),
+    "sagan_generator_32": (*_G, dict(img_size=32, widths=(256,) * 4)),
+    "sagan_generator_64": (*_G, dict(img_size=64, widths=(512, 256, 128, 64, 32))),
+    "sagan_discriminator_32": (*_D, dict(img_size=32, widths=(128,) * 4, down=(True, True, False, False))),
+    "sagan_discriminator_64": (*_D, dict(img_size=64, widths=(64, 128, 256, 512, 512), down=(True,) * 4 + (False,))),
 }
-
-
 for _name, (_cls, _config, _spec) in CONV_GAN_VARIANTS.items():
     register_variant(_name, _cls, _config, _spec, f"{_name}: {_cls.__name__}, {_spec}.")

@@ -22,14 +22,5 @@ TOKEN_SETS = {
 
 for _size, (_dim, _heads) in DEIT_SIZES.items():
     for _suffix, _tokens in TOKEN_SETS.items():
-        _register(
-            f"deit_{_size}{_suffix}_patch16_224",
-            16,
-            _dim,
-            12,
-            _heads,
-            4 * _dim,
-            prefix_tokens=_tokens,
-            gelu="exact",
-            init="timm",
-        )
+        _spec = dict(prefix_tokens=_tokens, gelu="exact", init="timm")
+        _register(f"deit_{_size}{_suffix}_patch16_224", 16, _dim, 12, _heads, 4 * _dim, **_spec)

@@ -54,15 +54,7 @@ from flax import nnx
 
 KINDS = ("layers", "attention", "residuals", "tokens", "features", "pre_logits", "heads")
 LAYER_KINDS = frozenset({"layers", "attention", "residuals"})
-_KEYS = {
-    "layers": ("layers",),
-    "attention": ("attention",),
-    "residuals": ("attn_in", "attn_branch", "mlp_in", "mlp_branch"),
-    "tokens": ("tokens",),
-    "features": ("features",),
-    "pre_logits": ("pre_logits",),
-    "heads": ("heads",),
-}
+_KEYS = {kind: (kind,) for kind in KINDS} | {"residuals": ("attn_in", "attn_branch", "mlp_in", "mlp_branch")}
 # Keys created on first use only (so the transformer models' dicts are unchanged): ResNet blocks.
 _LAZY_KEYS = {"block_in": "residuals", "block_branch": "residuals"}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import jax
@@ -90,6 +90,11 @@ def to_hw(size: int | tuple[int, int]) -> tuple[int, int]:
 def axes(init: Init, *names: str | None) -> Init:
     """Attaches logical partition names to an initializer (no eager sharding: shapes decide later)."""
     return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
+
+
+def param(rngs: nnx.Rngs, init: Init, shape: tuple[int, ...], dtype: Dtype, *names: str | None) -> nnx.Param:
+    """A parameter of `shape` drawn from `init` with the next `params` key, axes named `names`."""
+    return nnx.Param(axes(init, *names)(rngs.params(), shape, dtype))
 
 
 def gelu(kind: str = "exact") -> Callable[[Array], Array]:
@@ -194,20 +199,17 @@ class Attention(nnx.Module):
         self.head_dim = head_dim or dim // num_heads
         self.dtype = dtype
         h, g, d = num_heads, self.num_kv_heads, self.head_dim
-        key = rngs.params
-        zeros = nnx.initializers.zeros
+        new = functools.partial(param, rngs)
         if g == h:
-            self.qkv = nnx.Param(axes(kernel_init, "embed", None, "heads", "kv")(key(), (dim, 3, h, d), param_dtype))
-            self.qkv_bias = (
-                nnx.Param(axes(zeros, None, "heads", "kv")(key(), (3, h, d), param_dtype)) if qkv_bias else None
-            )
+            self.qkv = new(kernel_init, (dim, 3, h, d), param_dtype, "embed", None, "heads", "kv")
+            self.qkv_bias = new(zeros, (3, h, d), param_dtype, None, "heads", "kv") if qkv_bias else None
         else:
-            self.q = nnx.Param(axes(kernel_init, "embed", "heads", "kv")(key(), (dim, h, d), param_dtype))
-            self.kv = nnx.Param(axes(kernel_init, "embed", None, None, "kv")(key(), (dim, 2, g, d), param_dtype))
-            self.q_bias = nnx.Param(axes(zeros, "heads", "kv")(key(), (h, d), param_dtype)) if qkv_bias else None
-            self.kv_bias = nnx.Param(axes(zeros, None, None, "kv")(key(), (2, g, d), param_dtype)) if qkv_bias else None
-        self.proj = nnx.Param(axes(proj_init or kernel_init, "heads", "kv", "embed")(key(), (h, d, dim), param_dtype))
-        self.proj_bias = nnx.Param(axes(zeros, "embed")(key(), (dim,), param_dtype))
+            self.q = new(kernel_init, (dim, h, d), param_dtype, "embed", "heads", "kv")
+            self.kv = new(kernel_init, (dim, 2, g, d), param_dtype, "embed", None, None, "kv")
+            self.q_bias = new(zeros, (h, d), param_dtype, "heads", "kv") if qkv_bias else None
+            self.kv_bias = new(zeros, (2, g, d), param_dtype, None, None, "kv") if qkv_bias else None
+        self.proj = new(proj_init or kernel_init, (h, d, dim), param_dtype, "heads", "kv", "embed")
+        self.proj_bias = new(zeros, (dim,), param_dtype, "embed")
         self.attn_drop = nnx.Dropout(attn_drop, rngs=rngs)
         self.proj_drop = nnx.Dropout(proj_drop, rngs=rngs)
         self.attn_drop_rate = attn_drop
@@ -316,6 +318,8 @@ class TransformerLayer(nnx.Module):
     skip-removal ablation of Raghu et al. 2021, §5.
     """
 
+    REC_KEYS = ("attn_in", "attn_branch", "attention", "mlp_in", "mlp_branch", "layers")
+
     def __init__(
         self,
         dim: int,
@@ -356,21 +360,25 @@ class TransformerLayer(nnx.Module):
 
     def __call__(self, x: Array, *, train: bool = False, rec: Recorder | None = None) -> Array:
         want_w = rec is not None and rec.wants("attention")
-        branch, weights = self.attn(self.norm1(x), train=train, return_weights=want_w)
-        branch = self.drop_path(branch, train=train)
+        attn, weights = self.attn(self.norm1(x), train=train, return_weights=want_w)
+        attn = self.drop_path(attn, train=train)
+        z = x + attn if self.skip else attn
+        mlp = self.drop_path(self.mlp(self.norm2(z), train=train), train=train)
+        out = z + mlp if self.skip else mlp
         if rec is not None:
-            rec.append("attn_in", x)
-            rec.append("attn_branch", branch)
-            rec.append("attention", weights)
-        x = x + branch if self.skip else branch
-        branch = self.drop_path(self.mlp(self.norm2(x), train=train), train=train)
-        if rec is not None:
-            rec.append("mlp_in", x)
-            rec.append("mlp_branch", branch)
-        x = x + branch if self.skip else branch
-        if rec is not None:
-            rec.append("layers", x)
-        return x
+            for key, value in zip(self.REC_KEYS, (x, attn, weights, z, mlp, out)):
+                rec.append(key, value)
+        return out
+
+
+def transformer_stack(
+    rates: Sequence[float], *args, skip_removed: Container[int] = (), first: int = 0, **kw
+) -> nnx.List:
+    """`TransformerLayer(*args, **kw)`s, layer j with stochastic depth `rates[j]` and without residuals
+    when its global index `first + j` is in `skip_removed` (the ablation)."""
+    return nnx.List(
+        [TransformerLayer(*args, drop_path=r, skip=first + j not in skip_removed, **kw) for j, r in enumerate(rates)]
+    )
 
 
 def sincos_2d(grid_h: int, grid_w: int, dim: int, temperature: float = 10_000.0) -> Array:

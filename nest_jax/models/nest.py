@@ -42,12 +42,10 @@ def trunc_normal_official(stddev: float = 0.02):
 
 
 def _square(size: int | Sequence[int]) -> int:
-    if isinstance(size, int):
-        return size
-    h, w = size
+    h, w = L.to_hw(size)
     if h != w:
         raise ValueError(f"NesT needs a square image (its top level is one square block), got {h}×{w}")
-    return int(h)
+    return h
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,33 +129,17 @@ class NestLevel(nnx.Module):
         self.grid = c.blocks_per_level[index]
         self.block_size = c.block_size
         t = self.grid[0] * self.grid[1]
-        first = sum(c.depths[:index])
-        self.pos_embed = nnx.Param(
-            L.axes(init, None, None, None, "embed")(rngs.params(), (1, t, c.tokens_per_block, dim), c.param_dtype)
-        )
+        self.pos_embed = L.param(rngs, init, (1, t, c.tokens_per_block, dim), c.param_dtype, None, None, None, "embed")
         self.pool = (
             BlockAggregation(c.dims[index - 1], dim, padding=c.pool_padding, kernel_init=init, **kw)
             if index > 0
             else None
         )
-        self.layers = nnx.List(
-            [
-                L.TransformerLayer(
-                    dim,
-                    c.heads[index],
-                    int(dim * c.mlp_ratio),
-                    num_kv_heads=1 if c.attention == "multi_query" else None,
-                    drop=c.drop_rate,
-                    attn_drop=c.attn_drop_rate,
-                    drop_path=rate,
-                    act=c.gelu,
-                    kernel_init=init,
-                    attn_impl=c.attn_impl,
-                    skip=first + j not in c.skip_removed,
-                    **kw,
-                )
-                for j, rate in enumerate(drop_path)
-            ]
+        opts = dict(drop=c.drop_rate, attn_drop=c.attn_drop_rate, act=c.gelu, kernel_init=init, attn_impl=c.attn_impl)
+        skips = dict(skip_removed=c.skip_removed, first=sum(c.depths[:index]))
+        kv_heads = 1 if c.attention == "multi_query" else None
+        self.layers = L.transformer_stack(
+            drop_path, dim, c.heads[index], int(dim * c.mlp_ratio), num_kv_heads=kv_heads, **skips, **opts, **kw
         )
 
     def __call__(self, x: Array, *, train: bool = False, rec=None) -> Array:
@@ -236,29 +218,20 @@ NEST_VARIANTS = {
 }
 
 
-def build_nest(name: str, *, num_classes: int = 1000, img_size=None, rngs: nnx.Rngs, **overrides) -> Nest:
-    """Builds a variant; at another image size the block count stays and the blocks grow (official).
-
-    `img_size=None` (what `create_model` passes when the caller gives none) is the variant's own size:
-    224 for the ImageNet variants, 32 for the CIFAR ones.
-    """
-    spec = dict(NEST_VARIANTS[name])
-    default_img, patch, block = spec.pop("img"), spec.pop("patch"), spec.pop("block")
-    if img_size is None:
-        img_size = default_img
-    fields = dict(spec, patch_size=patch, block_size=block)
-    fields.update(overrides)
-    p, n = fields["patch_size"], len(fields["depths"])
-    unit = p * 2 ** (n - 1)
-    side = _square(img_size)
-    if "block_size" not in overrides and side != default_img and side % unit == 0:
-        fields["block_size"] = side // unit
-    return Nest(NestConfig(img_size=img_size, num_classes=num_classes, **fields), rngs=rngs)
-
-
 def _register(name: str) -> None:
     def builder(*, num_classes: int = 1000, img_size=None, rngs: nnx.Rngs, **overrides) -> Nest:
-        return build_nest(name, num_classes=num_classes, img_size=img_size, rngs=rngs, **overrides)
+        # At another image size the block count stays and the blocks grow (official). `img_size=None`
+        # (what `create_model` passes when the caller gives none) is the variant's own size: 224 for
+        # the ImageNet variants, 32 for the CIFAR ones.
+        spec = dict(NEST_VARIANTS[name])
+        default_img, patch, block = spec.pop("img"), spec.pop("patch"), spec.pop("block")
+        img_size = default_img if img_size is None else img_size
+        fields = {**spec, "patch_size": patch, "block_size": block, **overrides}
+        unit = fields["patch_size"] * 2 ** (len(fields["depths"]) - 1)
+        side = _square(img_size)
+        if "block_size" not in overrides and side != default_img and side % unit == 0:
+            fields["block_size"] = side // unit
+        return Nest(NestConfig(img_size=img_size, num_classes=num_classes, **fields), rngs=rngs)
 
     s = NEST_VARIANTS[name]
     grid = f"block {s['block']}×{s['block']}, dims {s['dims']}, depths {s['depths']}, heads {s['heads']}"

@@ -39,9 +39,12 @@ def depth_to_space(x: Array, r: int = 2) -> Array:
     b, h, w, d = x.shape
     if d % (r * r):
         raise ValueError(f"depth_to_space ×{r} needs channels divisible by {r * r}, got {d}")
-    c = d // (r * r)
-    x = x.reshape(b, h, w, r, r, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h * r, w * r, c)
+    return deblockify(x.reshape(b, h * w, r * r, d // (r * r)), (h, w))  # each pixel's channels: one r×r block
+
+
+def upsample_nearest(x: Array, r: int = 2) -> Array:
+    """Nearest-neighbour upsampling ×r. x: (B, H, W, C) -> (B, r·H, r·W, C)."""
+    return jnp.repeat(jnp.repeat(x, r, axis=1), r, axis=2)
 
 
 def space_to_depth(x: Array, r: int = 2) -> Array:
@@ -49,8 +52,7 @@ def space_to_depth(x: Array, r: int = 2) -> Array:
     b, hh, ww, c = x.shape
     if hh % r or ww % r:
         raise ValueError(f"space_to_depth ×{r} needs a map divisible by {r}, got {hh}×{ww}")
-    x = x.reshape(b, hh // r, r, ww // r, r, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, hh // r, ww // r, r * r * c)
+    return blockify(x, r).reshape(b, hh // r, ww // r, r * r * c)
 
 
 class BlockDeaggregation(nnx.Module):
@@ -86,7 +88,7 @@ class BlockDeaggregation(nnx.Module):
         if self.kind == "pixel_shuffle":
             return depth_to_space(x if self.proj is None else self.proj(x), 2)
         if self.kind == "nearest_conv":
-            return self.proj(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+            return self.proj(upsample_nearest(x))
         return self.proj(x)
 
     def __call__(self, x: Array, grid: int) -> Array:
@@ -154,24 +156,14 @@ class NestGenerator(Model):
         )
         self.pos_embed = nnx.List(
             [
-                nnx.Param(
-                    L.axes(init, None, None, None, "embed")(
-                        rngs.params(), (1, c.grid(i) ** 2, n, c.dims[i]), c.param_dtype
-                    )
-                )
+                L.param(rngs, init, (1, c.grid(i) ** 2, n, c.dims[i]), c.param_dtype, None, None, None, "embed")
                 for i in range(c.levels)
             ]
         )
+        opts = dict(act=c.gelu, kernel_init=init, **kw)
         self.levels = nnx.List(
             [
-                nnx.List(
-                    [
-                        L.TransformerLayer(
-                            c.dims[i], c.heads[i], int(c.dims[i] * c.mlp_ratio), act=c.gelu, kernel_init=init, **kw
-                        )
-                        for _ in range(c.depths[i])
-                    ]
-                )
+                L.transformer_stack([0.0] * c.depths[i], c.dims[i], c.heads[i], int(c.dims[i] * c.mlp_ratio), **opts)
                 for i in range(c.levels)
             ]
         )

@@ -65,11 +65,8 @@ class Conv(nnx.Module):
         if padding not in ("torch", "same"):
             raise ValueError(f"padding must be 'torch' or 'same', got {padding!r}")
         k = kernel_size
-        self.kernel = nnx.Param(
-            L.axes(kaiming_fan_out, None, None, "conv_in", "conv_out")(
-                rngs.params(), (k, k, in_chans, out_chans), param_dtype
-            )
-        )
+        shape = (k, k, in_chans, out_chans)
+        self.kernel = L.param(rngs, kaiming_fan_out, shape, param_dtype, None, None, "conv_in", "conv_out")
         self.stride = stride
         self.padding = "SAME" if padding == "same" else ((k // 2, k // 2), (k // 2, k // 2))
         self.standardize = standardize
@@ -109,17 +106,8 @@ class Parts:
     param_dtype: Any = jnp.float32
 
     def conv(self, cin: int, cout: int, k: int, stride: int = 1, *, rngs: nnx.Rngs) -> Conv:
-        return Conv(
-            cin,
-            cout,
-            k,
-            stride=stride,
-            padding=self.padding,
-            standardize=self.standardize,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            rngs=rngs,
-        )
+        kw = dict(padding=self.padding, standardize=self.standardize, dtype=self.dtype, param_dtype=self.param_dtype)
+        return Conv(cin, cout, k, stride=stride, rngs=rngs, **kw)
 
     def norm_layer(self, chans: int, *, zero_scale: bool = False, rngs: nnx.Rngs) -> nnx.Module:
         """`batch`: BatchNorm (eps 1e-5, PyTorch momentum 0.1); `group`: GroupNorm, 32 groups, eps 1e-5."""
@@ -176,6 +164,14 @@ class _Bottleneck(nnx.Module):
         self.downsample = proj
         self.drop_path = L.DropPath(drop_path, rngs=rngs)
 
+    def _add(self, shortcut: Array, branch: Array, train: bool, rec) -> Array:
+        """shortcut + DropPath(branch) (ReLU'd unless pre-activated); `rec` records both terms."""
+        branch = self.drop_path(branch, train=train)
+        if rec is not None:
+            rec.append("block_in", shortcut)
+            rec.append("block_branch", branch)
+        return branch + shortcut if self.preact else jax.nn.relu(branch + shortcut)
+
 
 class Bottleneck(_Bottleneck):
     """Post-activation bottleneck, v1.5 (stride in the 3x3 conv); also the hybrid's BiT block.
@@ -197,11 +193,7 @@ class Bottleneck(_Bottleneck):
         shortcut = x if self.downsample is None else self.downsample(x, train=train)
         y = jax.nn.relu(apply_norm(self.norm1, self.conv1(x), train))
         y = jax.nn.relu(apply_norm(self.norm2, self.conv2(y), train))
-        y = self.drop_path(apply_norm(self.norm3, self.conv3(y), train), train=train)
-        if rec is not None:
-            rec.append("block_in", shortcut)
-            rec.append("block_branch", y)
-        return jax.nn.relu(y + shortcut)
+        return self._add(shortcut, apply_norm(self.norm3, self.conv3(y), train), train, rec)
 
 
 class PreActBottleneck(_Bottleneck):
@@ -226,13 +218,8 @@ class PreActBottleneck(_Bottleneck):
     def __call__(self, x: Array, *, train: bool = False, rec=None) -> Array:
         p = jax.nn.relu(apply_norm(self.norm1, x, train))
         shortcut = x if self.downsample is None else self.downsample(p, train=train)
-        y = self.conv1(p)
-        y = self.conv2(jax.nn.relu(apply_norm(self.norm2, y, train)))
-        y = self.drop_path(self.conv3(jax.nn.relu(apply_norm(self.norm3, y, train))), train=train)
-        if rec is not None:
-            rec.append("block_in", shortcut)
-            rec.append("block_branch", y)
-        return y + shortcut
+        y = self.conv2(jax.nn.relu(apply_norm(self.norm2, self.conv1(p), train)))
+        return self._add(shortcut, self.conv3(jax.nn.relu(apply_norm(self.norm3, y, train))), train, rec)
 
 
 class Stem(nnx.Module):
@@ -253,9 +240,9 @@ class Stem(nnx.Module):
         if self.norm is not None:
             x = jax.nn.relu(apply_norm(self.norm, x, train))
         if self.pool_pad == "zero":
-            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-            return nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        padding = "SAME" if self.pool_pad == "same" else ((1, 1), (1, 1))
+            x, padding = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), "VALID"
+        else:
+            padding = "SAME" if self.pool_pad == "same" else ((1, 1), (1, 1))
         return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=padding)
 
 
@@ -400,16 +387,7 @@ class BiTStem(nnx.Module):
         return run_stages(self.stages, self.stem(x, train=train), train=train)[-1]
 
 
-for _name, _kind, _doc in (
-    (
-        "resnet50",
-        "v1",
-        "ResNet-50 v1.5 (torchvision/timm `resnet50`): BatchNorm, stride in the 3x3 conv. 25,557,032 params.",
-    ),
-    (
-        "resnetv2_50x1_bit",
-        "bit",
-        "BiT-M R50x1 (timm `resnetv2_50x1_bit`): pre-activation, weight-standardized convs, GroupNorm 32.",
-    ),
-):
+_V1_DOC = "ResNet-50 v1.5 (torchvision/timm `resnet50`): BatchNorm, stride in the 3x3 conv. 25,557,032 params."
+_BIT_DOC = "BiT-M R50x1 (timm `resnetv2_50x1_bit`): pre-activation, weight-standardized convs, GroupNorm 32."
+for _name, _kind, _doc in (("resnet50", "v1", _V1_DOC), ("resnetv2_50x1_bit", "bit", _BIT_DOC)):
     register_variant(_name, ResNet, ResNetConfig, dict(kind=_kind, layers=(3, 4, 6, 3)), _doc)

@@ -122,44 +122,24 @@ class ViT(Model):
         else:
             raise ValueError(f"unknown stem {c.stem!r}; use None or 'bit_r50'")
         self.patch_embed = L.PatchEmbed(in_chans, c.dim, c.patch_size, **kw)
-        key = rngs.params
         tok_init = nnx.initializers.zeros if official else L.trunc_normal_02
         for name in c.prefix_tokens:
-            setattr(
-                self,
-                f"{name}_token",
-                nnx.Param(L.axes(tok_init, None, None, "embed")(key(), (1, 1, c.dim), c.param_dtype)),
-            )
-        n = c.grid[0] * c.grid[1]
-        if c.pos_embed == "learned":
-            pos_init = nnx.initializers.normal(0.02) if official else L.trunc_normal_02
-            self.pos_embed = nnx.Param(
-                L.axes(pos_init, None, None, "embed")(key(), (1, c.num_prefix + n, c.dim), c.param_dtype)
-            )
-        else:
-            self.pos_embed = None
+            setattr(self, f"{name}_token", L.param(rngs, tok_init, (1, 1, c.dim), c.param_dtype, None, None, "embed"))
+        n = c.num_prefix + c.grid[0] * c.grid[1]
+        pos_init = nnx.initializers.normal(0.02) if official else L.trunc_normal_02
+        self.pos_embed = (
+            L.param(rngs, pos_init, (1, n, c.dim), c.param_dtype, None, None, "embed")
+            if c.pos_embed == "learned"
+            else None
+        )
         self.pos_drop = nnx.Dropout(c.drop_rate, rngs=rngs)
+        opts = dict(
+            qkv_bias=c.qkv_bias, drop=c.drop_rate, attn_drop=c.attn_drop_rate, act=c.gelu, attn_impl=c.attn_impl
+        )
+        inits = dict(kernel_init=dense_init, qkv_init=qkv_init, mlp_bias_init=mlp_bias)
         rates = L.drop_path_rates(c.drop_path_rate, c.depth)
-        self.layers = nnx.List(
-            [
-                L.TransformerLayer(
-                    c.dim,
-                    c.num_heads,
-                    c.mlp_dim,
-                    qkv_bias=c.qkv_bias,
-                    drop=c.drop_rate,
-                    attn_drop=c.attn_drop_rate,
-                    drop_path=rates[i],
-                    act=c.gelu,
-                    kernel_init=dense_init,
-                    qkv_init=qkv_init,
-                    mlp_bias_init=mlp_bias,
-                    attn_impl=c.attn_impl,
-                    skip=i not in c.skip_removed,
-                    **kw,
-                )
-                for i in range(c.depth)
-            ]
+        self.layers = L.transformer_stack(
+            rates, c.dim, c.num_heads, c.mlp_dim, skip_removed=c.skip_removed, **opts, **inits, **kw
         )
         self.norm = L.layer_norm(c.dim, **kw)
         width = c.representation_size or c.dim

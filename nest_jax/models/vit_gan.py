@@ -58,11 +58,9 @@ class ViTGenerator(Model):
         self.config = c = config
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
         self.stem = L.dense(c.latent_dim, c.dim, (None, "embed"), kernel_init=nnx.initializers.lecun_normal(), **kw)
-        self.pos_embed = nnx.Param(
-            L.axes(L.trunc_normal_02, None, None, "embed")(rngs.params(), (1, c.grid**2, c.dim), c.param_dtype)
-        )
-        self.layers = nnx.List(
-            [L.TransformerLayer(c.dim, c.num_heads, int(c.dim * c.mlp_ratio), act=c.gelu, **kw) for _ in range(c.depth)]
+        self.pos_embed = L.param(rngs, L.trunc_normal_02, (1, c.grid**2, c.dim), c.param_dtype, None, None, "embed")
+        self.layers = L.transformer_stack(
+            [0.0] * c.depth, c.dim, c.num_heads, int(c.dim * c.mlp_ratio), act=c.gelu, **kw
         )
         self.norm = L.layer_norm(c.dim, **kw)
         self.head = L.dense(c.dim, c.patch_size**2 * c.out_chans, ("embed", None), **kw)
