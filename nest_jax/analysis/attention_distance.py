@@ -70,8 +70,7 @@ def mean_attention_distance(
     one = not isinstance(weights, (list, tuple))
     layers = [weights] if one else list(weights)
     for w in layers:
-        n = w.shape[-1] - num_prefix
-        if n != dist.shape[0]:
+        if w.shape[-1] - num_prefix != dist.shape[0]:
             raise ValueError(
                 f"attention over {w.shape[-1]} tokens minus {num_prefix} prefix tokens does not "
                 f"match a {grid_hw[0]}×{grid_hw[1]} grid ({dist.shape[0]} patches)"

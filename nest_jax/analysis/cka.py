@@ -100,10 +100,10 @@ def _linear_feature_terms(x: Array, y: Array, unbiased: bool) -> Array:
     return t / (n * (n - 3))
 
 
-def _ratio(xy, xx, yy):
-    """xy / sqrt(xx·yy), 0 where a self-term is ≤ 0 (no measurable variation), never NaN."""
+def _ratio(xy, xx, yy, xp=jnp):
+    """xy / sqrt(xx·yy), 0 where a self-term is ≤ 0 (no measurable variation), never NaN; xp: jnp or np."""
     ok = (xx > 0) & (yy > 0)
-    return jnp.where(ok, xy / jnp.sqrt(jnp.where(ok, xx * yy, 1.0)), 0.0)
+    return xp.where(ok, xy / xp.sqrt(xp.where(ok, xx * yy, 1.0)), 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "unbiased", "feature_space"))
@@ -125,8 +125,7 @@ def cka(x, y, *, kernel: str = "linear", unbiased: bool = False, rbf_threshold: 
     Extra axes are flattened: (n, ...) -> (n, prod(...)). Linear CKA uses the feature-space form
     when n exceeds both widths. `unbiased=True` uses HSIC₁ (needs n ≥ 4; otherwise ValueError).
     """
-    x = jnp.reshape(jnp.asarray(x), (x.shape[0], -1))
-    y = jnp.reshape(jnp.asarray(y), (y.shape[0], -1))
+    x, y = (jnp.reshape(jnp.asarray(a), (a.shape[0], -1)) for a in (x, y))
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y need the same number of examples, got {x.shape[0]} and {y.shape[0]}")
     _check(kernel, x.shape[0], unbiased)
@@ -136,16 +135,6 @@ def cka(x, y, *, kernel: str = "linear", unbiased: bool = False, rbf_threshold: 
 
 # ---------------------------------------------------------------------------------------------
 # Minibatch CKA
-
-
-def _grams(feats: Sequence[Array], kernel: str, threshold: float) -> Array:
-    """Per-layer centred Gram matrices with zeroed diagonals: (layers, B, B)."""
-    out = []
-    for f in feats:
-        f = _center(f.reshape(f.shape[0], -1).astype(jnp.float32))
-        k = gram_linear(f) if kernel == "linear" else gram_rbf(f, threshold)
-        out.append(k * (1.0 - jnp.eye(k.shape[0], dtype=k.dtype)))
-    return jnp.stack(out)
 
 
 def _pair_hsic(k: Array) -> Array:
@@ -166,7 +155,12 @@ def batch_hsic_terms(feats: Sequence[Array], threshold: float = 1.0, *, kernel: 
     (L, L), diagonal = HSIC₁(K_a, K_a). Each Gram matrix is computed once. Inputs may be sharded
     over the batch axis; jit inserts the reductions.
     """
-    return _pair_hsic(_grams(feats, kernel, threshold))
+    grams = []  # per layer: the Gram matrix of the centred features, diagonal zeroed
+    for f in feats:
+        f = _center(f.reshape(f.shape[0], -1).astype(jnp.float32))
+        k = gram_linear(f) if kernel == "linear" else gram_rbf(f, threshold)
+        grams.append(k * (1.0 - jnp.eye(k.shape[0], dtype=k.dtype)))
+    return _pair_hsic(jnp.stack(grams))
 
 
 class MinibatchCKA:
@@ -220,8 +214,7 @@ class MinibatchCKA:
         if not self.num_batches:
             raise ValueError("MinibatchCKA.result() before any update()")
         d = np.diag(self.hsic)
-        ok = (d[:, None] > 0) & (d[None, :] > 0)
-        full = np.where(ok, self.hsic / np.sqrt(np.where(ok, d[:, None] * d[None, :], 1.0)), 0.0)
+        full = _ratio(self.hsic, d[:, None], d[None, :], np)
         lx = self.shape[0]
         if self.same or block == "all":
             return full  # one model: "xy", "xx" and "yy" are all the within-model matrix

@@ -198,17 +198,13 @@ def plasma_fractal(key: Array, size: int, decay) -> Array:
     return m / m.max()
 
 
-def _plasma_batch(key, b: int, h: int, w: int, decay: float) -> Array:
-    size = 1 << (max(h, w) - 1).bit_length()
-    maps = jax.vmap(lambda k: plasma_fractal(k, size, decay))(jax.random.split(key, b))
-    return maps[:, :h, :w, None]
-
-
 def fog(key, x, severity):
     strength, decay = _pd("fog", severity)
     b, h, w, _ = x.shape
     peak = x.max(axis=(1, 2, 3), keepdims=True)
-    x = x + strength * _plasma_batch(key, b, h, w, decay)
+    size = 1 << (max(h, w) - 1).bit_length()
+    maps = jax.vmap(lambda k: plasma_fractal(k, size, decay))(jax.random.split(key, b))
+    x = x + strength * maps[:, :h, :w, None]
     return _clip(x * peak / (peak + strength))
 
 
@@ -277,15 +273,12 @@ def frost(key, x, severity, textures: Array | None = None):
     k1, k2, k3 = jax.random.split(key, 3)
     if textures is None:
         size = 1 << (max(h, w) - 1).bit_length()
-        layer = jax.vmap(lambda k: procedural_frost(k, size))(jax.random.split(k1, b))
-        oy = jax.random.randint(k2, (b,), 0, size - h + 1)
-        ox = jax.random.randint(k3, (b,), 0, size - w + 1)
-        src, idx = layer, jnp.arange(b)
+        src, idx = jax.vmap(lambda k: procedural_frost(k, size))(jax.random.split(k1, b)), jnp.arange(b)
     else:
         src = jnp.asarray(textures, x.dtype)
         idx = jax.random.randint(k1, (b,), 0, src.shape[0])
-        oy = jax.random.randint(k2, (b,), 0, src.shape[1] - h + 1)
-        ox = jax.random.randint(k3, (b,), 0, src.shape[2] - w + 1)
+    oy = jax.random.randint(k2, (b,), 0, src.shape[1] - h + 1)
+    ox = jax.random.randint(k3, (b,), 0, src.shape[2] - w + 1)
     crop = jax.vmap(lambda i, y0, x0: jax.lax.dynamic_slice(src[i], (y0, x0, 0), (h, w, 3)))(idx, oy, ox)
     if ch == 1:
         crop = ops.rgb_to_gray(crop)
@@ -361,9 +354,7 @@ TRACED_SEVERITY = ("gaussian_noise", "impulse_noise", "fog", "brightness", "cont
 
 @functools.cache
 def _jitted(name: str, severity: int | None) -> Callable:
-    if severity is None:
-        return jax.jit(FUNCTIONS[name])
-    return jax.jit(functools.partial(FUNCTIONS[name], severity=severity))
+    return jax.jit(FUNCTIONS[name] if severity is None else functools.partial(FUNCTIONS[name], severity=severity))
 
 
 def corrupt(name: str, key: Array, images: Array, severity: int, *, frost_textures=None) -> Array:
@@ -376,15 +367,10 @@ def corrupt(name: str, key: Array, images: Array, severity: int, *, frost_textur
         raise ValueError(f"unknown corruption {name!r}; choose from {list(CORRUPTIONS)}")
     if name == "jpeg_compression":
         return jpeg_compression(key, images, severity)
-    if not 1 <= int(severity) <= 5:
-        raise ValueError(f"severity must be 1..5, got {severity}")
+    _p(name, severity)  # checks the severity
     if name == "frost":
-        return _frost_jit(
-            key, images, jnp.int32(severity), None if frost_textures is None else jnp.asarray(frost_textures)
-        )
+        textures = None if frost_textures is None else jnp.asarray(frost_textures)
+        return _jitted(name, None)(key, images, jnp.int32(severity), textures)
     if name in TRACED_SEVERITY:
         return _jitted(name, None)(key, images, jnp.int32(severity))
     return _jitted(name, int(severity))(key, images)
-
-
-_frost_jit = jax.jit(frost)

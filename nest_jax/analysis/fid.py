@@ -67,16 +67,12 @@ class FeatureStats:
         return np.concatenate(self.features) if self.features else np.zeros((0, 0), np.float32)
 
 
-def _sqrt_psd(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: str = "eigh") -> float:
     """Tr (Σ₁Σ₂)^{1/2} in float64 (see the module docstring for the two methods)."""
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if method == "eigh":
-        r = _sqrt_psd(s1)
+        w, v = np.linalg.eigh((s1 + s1.T) / 2)
+        r = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # Σ₁^{1/2}
         m = r @ s2 @ r
         return float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None))))
     if method == "sqrtm":
@@ -92,8 +88,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = "eigh") -> float:
     if mu1.shape != mu2.shape or np.shape(sigma1) != np.shape(sigma2):
         raise ValueError(f"statistics differ in shape: μ {mu1.shape} vs {mu2.shape}")
     diff = mu1 - mu2
-    tr = trace_sqrt_product(sigma1, sigma2, method)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2, method))
 
 
 def fid_from_stats(a: FeatureStats, b: FeatureStats, method: str = "eigh") -> float:
@@ -103,10 +98,7 @@ def fid_from_stats(a: FeatureStats, b: FeatureStats, method: str = "eigh") -> fl
 def polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, coef: float = 1.0) -> float:
     """Unbiased MMD² with k(a, b) = (aᵀb / d + coef)^degree. x: (m, d), y: (n, d)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    d = x.shape[1]
-    kxx = (x @ x.T / d + coef) ** degree
-    kyy = (y @ y.T / d + coef) ** degree
-    kxy = (x @ y.T / d + coef) ** degree
+    kxx, kyy, kxy = ((a @ b.T / x.shape[1] + coef) ** degree for a, b in ((x, x), (y, y), (x, y)))
     m, n = len(x), len(y)
     return float(
         (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean()

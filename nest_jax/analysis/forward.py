@@ -30,9 +30,7 @@ def to_pixels(batch: Batch, mean: Sequence[float], std: Sequence[float]) -> Batc
     """Inverts the normalization of a `nest_jax.data` batch: image·std + mean, back in [0, 1]."""
     x = np.asarray(batch["image"], np.float32)
     c = x.shape[-1]
-    out = dict(batch)
-    out["image"] = np.clip(x * np.asarray(std[:c], np.float32) + np.asarray(mean[:c], np.float32), 0.0, 1.0)
-    return out
+    return {**batch, "image": np.clip(x * np.asarray(std[:c], np.float32) + np.asarray(mean[:c], np.float32), 0.0, 1.0)}
 
 
 @nnx.jit(static_argnames=("mean", "std"))

@@ -36,19 +36,6 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
     return w / w.sum()
 
 
-def _conv_axis(x: Array, w: np.ndarray, axis: int, mode: str) -> Array:
-    """Correlates x (B, H, W, C) with 1-D weights w along axis 1 (rows) or 2 (columns)."""
-    r = (len(w) - 1) // 2
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (r, r)
-    xp = jnp.pad(x, pad, mode=SCIPY_PAD[mode])
-    n = x.shape[axis]
-    out = 0.0
-    for i, wi in enumerate(w):  # a short static loop: XLA fuses it into one pass
-        out = out + float(wi) * jax.lax.slice_in_dim(xp, i, i + n, axis=axis)
-    return out
-
-
 def gaussian_blur(
     x: Array, sigma: float | tuple[float, float], *, truncate: float = 4.0, mode: str = "nearest"
 ) -> Array:
@@ -56,9 +43,14 @@ def gaussian_blur(
 
     sigma: one value or (σ_rows, σ_cols). mode: scipy's boundary mode (skimage's default "nearest").
     """
-    sy, sx = (sigma, sigma) if np.isscalar(sigma) else sigma
-    x = _conv_axis(x, gaussian_kernel1d(sy, truncate), 1, mode)
-    return _conv_axis(x, gaussian_kernel1d(sx, truncate), 2, mode)
+    for axis, s in zip((1, 2), (sigma, sigma) if np.isscalar(sigma) else sigma):  # correlate rows, then columns
+        w = gaussian_kernel1d(s, truncate)
+        r, n = (len(w) - 1) // 2, x.shape[axis]
+        xp = jnp.pad(x, [(r, r) if a == axis else (0, 0) for a in range(x.ndim)], mode=SCIPY_PAD[mode])
+        x = 0.0
+        for i, wi in enumerate(w):  # a short static loop: XLA fuses it into one pass
+            x = x + float(wi) * jax.lax.slice_in_dim(xp, i, i + n, axis=axis)
+    return x
 
 
 def filter2d(x: Array, kernel: np.ndarray) -> Array:
@@ -96,18 +88,13 @@ def linear_zoom_taps(n: int, zoom: float) -> tuple[np.ndarray, np.ndarray, np.nd
     return top + lo, top + hi, (c - lo).astype(np.float32)
 
 
-def _interp_axis(x: Array, taps, axis: int) -> Array:
-    lo, hi, f = taps
-    shape = [1] * x.ndim
-    shape[axis] = len(f)
-    f = jnp.asarray(f, x.dtype).reshape(shape)
-    return jnp.take(x, jnp.asarray(lo), axis=axis) * (1 - f) + jnp.take(x, jnp.asarray(hi), axis=axis) * f
-
-
 def clipped_zoom(x: Array, zoom: float) -> Array:
     """Zooms into the centre of every image by `zoom` ≥ 1, keeping the size.  (B, H, W, C) -> same."""
-    x = _interp_axis(x, linear_zoom_taps(x.shape[1], zoom), 1)
-    return _interp_axis(x, linear_zoom_taps(x.shape[2], zoom), 2)
+    for axis in (1, 2):
+        lo, hi, f = linear_zoom_taps(x.shape[axis], zoom)
+        f = jnp.asarray(f, x.dtype).reshape([len(f) if a == axis else 1 for a in range(x.ndim)])
+        x = jnp.take(x, jnp.asarray(lo), axis=axis) * (1 - f) + jnp.take(x, jnp.asarray(hi), axis=axis) * f
+    return x
 
 
 def line_shift_blur(x: Array, radius: int, sigma: float, angle_deg: Array) -> Array:

@@ -170,43 +170,34 @@ def _avg_pool_same_excl(x: Array) -> Array:
     return total / count
 
 
-def _block_a(p, n, x):
-    b5 = _unit(p, f"{n}.branch5x5_2", _unit(p, f"{n}.branch5x5_1", x))
-    b3 = _unit(p, f"{n}.branch3x3dbl_3", _unit(p, f"{n}.branch3x3dbl_2", _unit(p, f"{n}.branch3x3dbl_1", x)))
-    return jnp.concatenate(
-        [_unit(p, f"{n}.branch1x1", x), b5, b3, _unit(p, f"{n}.branch_pool", _avg_pool_same_excl(x))], axis=-1
-    )
+def _chain(p, x, prefix: str, suffixes) -> Array:
+    """The units `prefix + s` for s in `suffixes`, applied in turn."""
+    for s in suffixes:
+        x = _unit(p, prefix + s, x)
+    return x
+
+
+def _block_a_or_c(p, n, x, towers):
+    """Blocks A and C: 1×1, the `towers` ((prefix, suffixes) of each), and a pooled 1×1 branch."""
+    b = [_chain(p, x, f"{n}.{prefix}", suffixes) for prefix, suffixes in towers]
+    pooled = _unit(p, f"{n}.branch_pool", _avg_pool_same_excl(x))
+    return jnp.concatenate([_unit(p, f"{n}.branch1x1", x), *b, pooled], axis=-1)
 
 
 def _block_b(p, n, x):
-    b3 = _unit(p, f"{n}.branch3x3dbl_3", _unit(p, f"{n}.branch3x3dbl_2", _unit(p, f"{n}.branch3x3dbl_1", x)))
+    b3 = _chain(p, x, f"{n}.branch3x3dbl_", "123")
     return jnp.concatenate([_unit(p, f"{n}.branch3x3", x), b3, _max_pool(x, 2)], axis=-1)
 
 
-def _block_c(p, n, x):
-    b7 = x
-    for i in (1, 2, 3):
-        b7 = _unit(p, f"{n}.branch7x7_{i}", b7)
-    bd = x
-    for i in (1, 2, 3, 4, 5):
-        bd = _unit(p, f"{n}.branch7x7dbl_{i}", bd)
-    return jnp.concatenate(
-        [_unit(p, f"{n}.branch1x1", x), b7, bd, _unit(p, f"{n}.branch_pool", _avg_pool_same_excl(x))], axis=-1
-    )
-
-
 def _block_d(p, n, x):
-    b3 = _unit(p, f"{n}.branch3x3_2", _unit(p, f"{n}.branch3x3_1", x))
-    b7 = x
-    for i in (1, 2, 3, 4):
-        b7 = _unit(p, f"{n}.branch7x7x3_{i}", b7)
+    b3, b7 = _chain(p, x, f"{n}.branch3x3_", "12"), _chain(p, x, f"{n}.branch7x7x3_", "1234")
     return jnp.concatenate([b3, b7, _max_pool(x, 2)], axis=-1)
 
 
 def _block_e(p, n, x, pool: str):
     b3 = _unit(p, f"{n}.branch3x3_1", x)
     b3 = jnp.concatenate([_unit(p, f"{n}.branch3x3_2a", b3), _unit(p, f"{n}.branch3x3_2b", b3)], axis=-1)
-    bd = _unit(p, f"{n}.branch3x3dbl_2", _unit(p, f"{n}.branch3x3dbl_1", x))
+    bd = _chain(p, x, f"{n}.branch3x3dbl_", "12")
     bd = jnp.concatenate([_unit(p, f"{n}.branch3x3dbl_3a", bd), _unit(p, f"{n}.branch3x3dbl_3b", bd)], axis=-1)
     pooled = _avg_pool_same_excl(x) if pool == "avg" else _max_pool(x, 1, 1)
     return jnp.concatenate([_unit(p, f"{n}.branch1x1", x), b3, bd, _unit(p, f"{n}.branch_pool", pooled)], axis=-1)
@@ -215,16 +206,13 @@ def _block_e(p, n, x, pool: str):
 def inception_pool3(params: Mapping[str, Array], x: Array) -> Array:
     """x: (B, H, W, 3) in [-1, 1] (already at the network's resolution) -> pool3 features (B, 2048)."""
     p = params
-    for n in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"):
-        x = _unit(p, n, x)
-    x = _max_pool(x, 2)
-    x = _unit(p, "Conv2d_4a_3x3", _unit(p, "Conv2d_3b_1x1", x))
-    x = _max_pool(x, 2)
+    x = _max_pool(_chain(p, x, "Conv2d_", ("1a_3x3", "2a_3x3", "2b_3x3")), 2)
+    x = _max_pool(_chain(p, x, "Conv2d_", ("3b_1x1", "4a_3x3")), 2)
     for n in ("Mixed_5b", "Mixed_5c", "Mixed_5d"):
-        x = _block_a(p, n, x)
+        x = _block_a_or_c(p, n, x, (("branch5x5_", "12"), ("branch3x3dbl_", "123")))
     x = _block_b(p, "Mixed_6a", x)
     for n in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
-        x = _block_c(p, n, x)
+        x = _block_a_or_c(p, n, x, (("branch7x7_", "123"), ("branch7x7dbl_", "12345")))
     x = _block_d(p, "Mixed_7a", x)
     x = _block_e(p, "Mixed_7b", x, "avg")
     x = _block_e(p, "Mixed_7c", x, "max")
@@ -246,8 +234,7 @@ def resize_bilinear(x: Array, size: int, mode: str = "tf_legacy") -> Array:
         scale = n_in / size
         dst = jnp.arange(size, dtype=jnp.float32)
         src = dst * scale if mode == "tf_legacy" else jnp.maximum((dst + 0.5) * scale - 0.5, 0.0)
-        lo = jnp.floor(src).astype(jnp.int32)
-        lo = jnp.minimum(lo, n_in - 1)
+        lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
         hi = jnp.minimum(lo + 1, n_in - 1)
         frac = src - lo
         return jax.nn.one_hot(lo, n_in) * (1 - frac)[:, None] + jax.nn.one_hot(hi, n_in) * frac[:, None]

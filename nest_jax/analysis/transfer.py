@@ -140,9 +140,7 @@ def ridge_fit_predict(x: Array, y_onehot: Array, x_test: Array, l2: float) -> Ar
     """Closed-form ridge in dual form on standardized features with a bias feature -> test scores."""
     mu = x.mean(0, keepdims=True)
     sd = x.std(0, keepdims=True) + 1e-5  # a single shot has zero spread: the epsilon keeps it finite
-    x, x_test = (x - mu) / sd, (x_test - mu) / sd
-    x = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], 1)
-    x_test = jnp.concatenate([x_test, jnp.ones((x_test.shape[0], 1), x.dtype)], 1)
+    x, x_test = (jnp.concatenate([(a - mu) / sd, jnp.ones((a.shape[0], 1), x.dtype)], 1) for a in (x, x_test))
     targets = 2.0 * y_onehot - 1.0
     gram = x @ x.T + l2 * jnp.eye(x.shape[0], dtype=x.dtype)
     w = x.T @ jnp.linalg.solve(gram, targets)
@@ -214,7 +212,7 @@ def episodes(
     if len(classes) < n_way:
         raise ValueError(f"{n_way}-way episodes need {n_way} classes, the features have {len(classes)}")
     rng = np.random.default_rng(seed)
-    sx, sy, qx, qy = [], [], [], []
+    sx, qx = [], []
     xn = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
     for _ in range(num_episodes):
         chosen = rng.choice(classes, n_way, replace=False)
@@ -227,8 +225,7 @@ def episodes(
             q_i.append(pool[k_shot : k_shot + queries])
         sx.append(xn[np.concatenate(s_i)])
         qx.append(xn[np.concatenate(q_i)])
-        sy.append(np.repeat(np.arange(n_way), k_shot))
-        qy.append(np.repeat(np.arange(n_way), queries))
+    sy, qy = ([np.repeat(np.arange(n_way), r)] * num_episodes for r in (k_shot, queries))  # labels 0..N-1
     stacked = (jnp.asarray(np.stack(a)) for a in (sx, sy, qx, qy))
     acc = np.asarray(_episode_accuracy(*stacked, n_way=n_way, steps=steps, lr=lr))
     return {
