@@ -33,24 +33,12 @@ def file_name() -> str:
 class DataStateHandler(ocp.CheckpointHandler):
     """Saves a JSON-serialisable dict per process (each process reads its own input shard)."""
 
-    def _file(self, directory: epath.Path) -> epath.Path:
-        return directory / file_name()
-
     def save(self, directory: epath.Path, args: DataStateSave) -> None:
-        self._file(directory).write_text(json.dumps(args.state))
+        (directory / file_name()).write_text(json.dumps(args.state))
 
     def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> dict | None:
-        f = self._file(directory)
+        f = directory / file_name()
         return json.loads(f.read_text()) if f.exists() else None  # None: other process count
-
-    def metadata(self, directory: epath.Path) -> None:
-        return None
-
-    def finalize(self, directory: epath.Path) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @ocp.args.register_with_handler(DataStateHandler, for_save=True)
@@ -75,8 +63,7 @@ def checked(position: Any, *, step: int, seed: int, where: Any) -> dict | None:
     if not isinstance(position, dict):
         log.warning("the input position %s is not a JSON object: ignored, the input restarts at step %d", where, step)
         return None
-    saved_seed = position.get("seed")
-    if saved_seed is not None and saved_seed != seed:
+    if (saved_seed := position.get("seed")) is not None and saved_seed != seed:
         raise UserError(
             f"checkpoint {step} was trained with seed {saved_seed!r} (its input position {where}) but the config has "
             f"seed {seed}: pass --config.seed={saved_seed} to resume it, or another --workdir to train with seed {seed}"

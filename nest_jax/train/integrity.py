@@ -26,19 +26,13 @@ ALGORITHM = "bitcast-u32-odd-weighted-sum/1"
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 
 
-def _words(x: jax.Array) -> jax.Array:
-    """The leaf's bits as a flat uint32 vector (8-byte elements split into two words)."""
+def _checksum(x: jax.Array) -> jax.Array:
+    """The weighted sum of the leaf's bits as a flat uint32 vector (8-byte elements split into two words)."""
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
-    size = x.dtype.itemsize
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32) if size == 8 else jax.lax.bitcast_convert_type(x, _UINT[size])
-    return bits.reshape(-1).astype(jnp.uint32)
-
-
-def _checksum(x: jax.Array) -> jax.Array:
-    w = _words(x)
+    w = jax.lax.bitcast_convert_type(x, _UINT.get(x.dtype.itemsize, jnp.uint32)).reshape(-1).astype(jnp.uint32)
     weights = jnp.arange(w.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
     return jnp.sum(w * weights, dtype=jnp.uint32)
 

@@ -45,10 +45,10 @@ def _alive(pid: object) -> bool:
     return True
 
 
-def _parse(text: str) -> dict | None:
-    """The holder's {host, pid, started}, or None when the text is not such an object."""
+def _parse(text: str | bytes) -> dict | None:
+    """The holder's {host, pid, started}, or None when the text (bytes: UTF-8) is not such an object."""
     try:
-        holder = json.loads(text)
+        holder = json.loads(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
     except ValueError:
         return None
     return holder if isinstance(holder, dict) else None
@@ -86,7 +86,7 @@ class WorkdirLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _parse(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+                holder = _parse(os.pread(fd, 4096, 0))
                 os.close(fd)
                 raise self._in_use(holder) from None
             try:  # a run that releases unlinks the file: the inode we locked must still be the lock
@@ -99,9 +99,7 @@ class WorkdirLock:
             previous = os.pread(fd, 4096, 0)
             if previous.strip():
                 log.warning(
-                    "taking over the stale lock %s (%s): its process is gone",
-                    self.path,
-                    _describe(_parse(previous.decode("utf-8", "replace"))),
+                    "taking over the stale lock %s (%s): its process is gone", self.path, _describe(_parse(previous))
                 )
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(self.info).encode(), 0)
@@ -145,12 +143,9 @@ class WorkdirLock:
             os.close(self._fd)
             self._fd = None
             return
-        try:
-            holder = _parse(self.path.read_text())
-        except FileNotFoundError:
-            return
-        if holder == self.info:
-            self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # only a lock this run wrote is removed
+            if _parse(self.path.read_text()) == self.info:
+                self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> WorkdirLock:
         self.acquire()

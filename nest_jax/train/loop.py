@@ -35,7 +35,7 @@ from nest_jax.train.preemption import Preemption, signals_held, wait_for_all_pro
 from nest_jax.train.sharding import make_mesh
 from nest_jax.train.trainer import make_trainer, shard_batch
 from nest_jax.train.validate import validate_config
-from nest_jax.train.writers import MetricWriter, Progress, workdir_errors, write_file
+from nest_jax.train.writers import MetricWriter, Progress, write_file
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,9 @@ def schedule_lengths(config: Any, num_train: int) -> tuple[int, int, int]:
     """(num_train_steps, warmup_steps, steps_per_epoch) from steps or epochs in the config."""
     steps_per_epoch = max(num_train // int(config.train.global_batch_size), 1)
     steps = config.train.num_train_steps or math.ceil(config.train.num_epochs * steps_per_epoch)
-    opt = config.optimizer
-    warmup = opt.warmup_steps
+    warmup = config.optimizer.warmup_steps
     if warmup is None:
-        warmup = int(round(float(opt.warmup_epochs) * steps_per_epoch))
+        warmup = int(round(float(config.optimizer.warmup_epochs) * steps_per_epoch))
     return int(steps), int(warmup), steps_per_epoch
 
 
@@ -89,22 +88,8 @@ def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[s
         )
     mesh = make_mesh(mesh_axes(config))
     check_batch_sizes(config, mesh)
-    is_main = jax.process_index() == 0
-    with WorkdirLock(workdir, enabled=mode == "train" and is_main):
+    with WorkdirLock(workdir, enabled=mode == "train" and jax.process_index() == 0):
         return _train_and_evaluate(config, workdir, data, mesh, mode)
-
-
-def _write_parameter_table(workdir: Any, params: Any, write: bool) -> None:
-    """Full table to WORKDIR/params.txt; one summary line to the log."""
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-    leaves = jax.tree.leaves(abstract)
-    count = sum(math.prod(a.shape) for a in leaves)
-    nbytes = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in leaves)
-    where = ""
-    if write:
-        write_file(workdir / "params.txt", parameter_overview.get_parameter_overview(abstract, include_stats=False))
-        where = f" (table: {workdir / 'params.txt'})"
-    log.info("parameters: %s in %d arrays, %.1f MiB%s", f"{count:,}", len(leaves), nbytes / 2**20, where)
 
 
 def make_task_trainer(config: Any, mesh: Any, info: Any, num_steps: int, warmup: int) -> tuple[Any, tuple]:
@@ -120,10 +105,9 @@ def make_task_trainer(config: Any, mesh: Any, info: Any, num_steps: int, warmup:
         from nest_jax.train.distill import load_teachers
 
         teachers, teacher_params = load_teachers(config, mesh, info.num_classes)
-    trainer = make_trainer(
+    return make_trainer(
         config, mesh, num_classes=info.num_classes, num_train_steps=num_steps, warmup_steps=warmup, teachers=teachers
-    )
-    return trainer, (teacher_params,)
+    ), (teacher_params,)
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -153,9 +137,7 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
     is_main = jax.process_index() == 0
     training = mode == "train"
     tcfg = config.train
-    if is_main and training:
-        with workdir_errors(workdir):
-            workdir.mkdir(parents=True, exist_ok=True)
+    if is_main and training:  # the workdir lock has created the workdir
         write_file(workdir / "config.json", config.to_json_best_effort(indent=2))
     info = data.get_info(config.dataset)
     num_steps, warmup, steps_per_epoch = schedule_lengths(config, info.num_train)
@@ -191,7 +173,16 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
                 from nest_jax.train.init_from import initialize_from
 
                 state = initialize_from(config, trainer, state, info.num_classes)
-        _write_parameter_table(workdir, trainer.parameters(state), write=is_main and training)
+        # The parameter table: in full to WORKDIR/params.txt, one summary line to the log.
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), trainer.parameters(state))
+        leaves = jax.tree.leaves(abstract)
+        count = sum(math.prod(a.shape) for a in leaves)
+        nbytes = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in leaves)
+        where = ""
+        if is_main and training:
+            write_file(workdir / "params.txt", parameter_overview.get_parameter_overview(abstract, include_stats=False))
+            where = f" (table: {workdir / 'params.txt'})"
+        log.info("parameters: %s in %d arrays, %.1f MiB%s", f"{count:,}", len(leaves), nbytes / 2**20, where)
         start = int(jax.device_get(state["step"]))
 
         if not training:
@@ -210,10 +201,8 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
             log.warning("%s", message)
             return {"step": start, "message": message}
         log_every, ckpt_every = int(tcfg.log_every_steps), int(tcfg.checkpoint_every_steps or 0)
-        if data_state is not None:  # another seed: UserError; another step: ignored (the step places the input)
-            data_state = data_position.checked(
-                data_state, step=start, seed=int(config.seed), where=ckpt.data_file(start)
-            )
+        # Another seed: UserError; another step: ignored (the step places the input).
+        data_state = data_position.checked(data_state, step=start, seed=int(config.seed), where=ckpt.data_file(start))
         it = data.train_iterator(
             config.dataset,
             global_batch_size=int(tcfg.global_batch_size),
@@ -280,10 +269,12 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
         writer.close()
         result["step"] = step
         if is_main:
+            wall = time.perf_counter() - t_start
+            m, s = divmod(int(wall), 60)
             log.info(
                 "done: step %d in %s; final metrics %s",
                 step,
-                _wall(time.perf_counter() - t_start),
+                f"{m} min {s} s" if m else f"{wall:.1f} s",
                 {k: round(v, 4) for k, v in result.items() if isinstance(v, float)},
             )
             log.info(
@@ -300,8 +291,3 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
     finally:  # after an error: the first error is the one reported
         writer.close(quiet=True)
         ckpt.close(quiet=True)
-
-
-def _wall(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m} min {s} s" if m else f"{seconds:.1f} s"

@@ -73,8 +73,7 @@ def classification_loss(
                 "no distillation/shape token (use a *_distilled model)"
             )
         return softmax_cross_entropy(outputs, targets).mean(), outputs
-    unknown = set(teachers) - set(outputs)
-    if unknown:
+    if unknown := set(teachers) - set(outputs):
         raise ValueError(f"teachers for tokens {sorted(unknown)}, but the model's tokens are {sorted(outputs)}")
     alpha_total = sum(float(cfg.alpha) for _, cfg in teachers.values())
     label_heads = [name for name in outputs if name not in teachers]
@@ -93,10 +92,8 @@ def classification_loss(
                 raise ValueError(f"distillation kind must be 'hard' or 'soft', got {cfg.kind!r}")
             terms.append(float(cfg.alpha) * kd)
         else:
-            weight = (1.0 - alpha_total) / len(label_heads)
-            terms.append(weight * softmax_cross_entropy(logits, targets).mean())
-    mean_logits = sum(outputs.values()) / len(outputs)
-    return sum(terms), mean_logits
+            terms.append((1.0 - alpha_total) / len(label_heads) * softmax_cross_entropy(logits, targets).mean())
+    return sum(terms), sum(outputs.values()) / len(outputs)
 
 
 def eval_metrics(logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
@@ -104,13 +101,8 @@ def eval_metrics(logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
     logits = logits.astype(jnp.float32)
     mask = mask.astype(jnp.float32)
     loss = softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
-    k = min(5, logits.shape[-1])
-    topk = jax.lax.top_k(logits, k)[1]
+    topk = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     top1 = (topk[:, 0] == labels).astype(jnp.float32)
     top5 = jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
-    return {
-        "loss": jnp.sum(loss * mask),
-        "top1": jnp.sum(top1 * mask),
-        "top5": jnp.sum(top5 * mask),
-        "count": jnp.sum(mask),
-    }
+    sums = {name: jnp.sum(v * mask) for name, v in (("loss", loss), ("top1", top1), ("top5", top5))}
+    return sums | {"count": jnp.sum(mask)}

@@ -29,11 +29,11 @@ def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax
 
 
 def _box_mask(h: int, w: int, top, left, box_h, box_w) -> jax.Array:
-    """(B, H, W) bool: True inside rows [top, top+box_h) × cols [left, left+box_w), per example."""
+    """(B, H, W) bool: True inside rows [top, top+box_h) × cols [left, left+box_w), per example
+    ((1, H, W) for scalar bounds: one box for the whole batch)."""
     rows = jnp.arange(h)[None, :, None]
     cols = jnp.arange(w)[None, None, :]
-    top, left = top[:, None, None], left[:, None, None]
-    box_h, box_w = box_h[:, None, None], box_w[:, None, None]
+    top, left, box_h, box_w = (jnp.reshape(v, (-1, 1, 1)) for v in (top, left, box_h, box_w))
     return (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
 
 
@@ -62,8 +62,7 @@ def _cutmix_nest(rng, images, targets, alpha):
     left = jax.random.randint(k_x, (b,), 0, w_img - box_w + 1)
     keep = _box_mask(h, w_img, top, left, box_h, box_w)[..., None]
     mixed = jnp.where(keep, images, images[::-1])
-    lam = (box_h * box_w).astype(jnp.float32) / (h * w_img)
-    return mixed, _mix_targets(targets, targets[::-1], lam)
+    return mixed, _mix_targets(targets, targets[::-1], (box_h * box_w).astype(jnp.float32) / (h * w_img))
 
 
 def _mixup_beta(rng, images, targets, alpha):
@@ -80,8 +79,7 @@ def _cutmix_beta(rng, images, targets, alpha):
     cy, cx = jax.random.randint(k_y, (), 0, h), jax.random.randint(k_x, (), 0, w)
     y1, y2 = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
     x1, x2 = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + cut_w // 2, 0, w)
-    ones = jnp.ones((b,), jnp.int32)
-    paste = _box_mask(h, w, y1 * ones, x1 * ones, (y2 - y1) * ones, (x2 - x1) * ones)[..., None]
+    paste = _box_mask(h, w, y1, x1, y2 - y1, x2 - x1)[..., None]
     mixed = jnp.where(paste, images[::-1], images)
     lam = 1.0 - ((y2 - y1) * (x2 - x1)).astype(jnp.float32) / (h * w)
     return mixed, _mix_targets(targets, targets[::-1], jnp.full((b,), lam))

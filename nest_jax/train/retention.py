@@ -59,10 +59,7 @@ def prune(directory: epath.Path, steps: list[int], keep: int, last_good: int | N
         folder = directory / str(step)
         for name in WRITTEN:
             entry = folder / name
-            if entry.is_dir():
-                entry.rmtree()
-            elif entry.exists():
-                entry.unlink()
+            entry.rmtree() if entry.is_dir() else entry.unlink(missing_ok=True)
         left = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
         if left:
             dst = free_name(directory, f"{step}.kept")

@@ -58,8 +58,7 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over every data-parallel mesh axis present."""
-    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-    return NamedSharding(mesh, P(axes))
+    return NamedSharding(mesh, P(tuple(a for a in BATCH_AXES if a in mesh.axis_names)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -126,8 +125,7 @@ def param_shardings(
       (`config.sharding.strict`) raises a UserError naming the parameter, its shape and the axis;
       otherwise that dimension is replicated and one warning lists every such parameter.
     """
-    rules = list(logical_rules)
-    with nn.logical_axis_rules(rules):
+    with nn.logical_axis_rules(list(logical_rules)):
         specs = nnx.get_partition_spec(abstract_params)
     compiled = [(re.compile(rx), tuple(spec)) for rx, spec in regex_rules]
 
@@ -144,12 +142,11 @@ def param_shardings(
         return NamedSharding(mesh, fitted)
 
     fallbacks: list[str] = []
-    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
     shard_state = jax.tree_util.tree_map_with_path(
         lambda p, v, s: one(p, v, s.get_value() if isinstance(s, nnx.Variable) else s),
         abstract_params,
         specs,
-        is_leaf=is_var,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
     )
     if fallbacks and strict:
         raise UserError(
@@ -188,8 +185,7 @@ def like_params(tree: Any, params_shardings: dict, mesh: Mesh, abstract_params: 
         parts = path_str(path).split("/")
         for i in range(len(parts)):
             key = "/".join(parts[i:])
-            sh = by_path.get(key)
-            if sh is None:
+            if (sh := by_path.get(key)) is None:
                 continue
             if shapes is not None:
                 return sh if shapes[key] == tuple(leaf.shape) else replicated(mesh)

@@ -41,8 +41,6 @@ class MetricWriter:
 
     def __init__(self, workdir: epath.Path, *, enabled: bool = True):
         self.enabled, self.workdir = enabled, workdir
-        self._events = None
-        self._lines: list[str] = []
         if not enabled:
             return
         from tensorboardX.event_file_writer import EventsWriter
@@ -51,7 +49,7 @@ class MetricWriter:
             self._events = EventsWriter(str(workdir / "events"))
         self._jsonl = workdir / METRICS_FILE
         # Object stores cannot append: the file is rewritten whole at each flush (it stays small).
-        self._lines = self._jsonl.read_text().splitlines() if self._jsonl.exists() else []
+        self._lines: list[str] = self._jsonl.read_text().splitlines() if self._jsonl.exists() else []
 
     def _add(self, summary: Any, step: int) -> None:
         from tensorboardX.proto import event_pb2
@@ -142,13 +140,6 @@ def write_png(path: epath.Path, image: np.ndarray) -> None:
         path.write_bytes(buf.getvalue())
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 class Progress:
     """One console line per log interval; a bar redrawn in place when stdout is a terminal."""
 
@@ -167,7 +158,10 @@ class Progress:
         for key, fmt in (("loss", ".4f"), ("accuracy", ".3f"), ("lr", ".3g")):
             if key in means:
                 parts.append(f"{key} {means[key]:{fmt}}")
-        parts += [f"{rate:.2f} steps/s", f"ETA {_duration(eta) if np.isfinite(eta) else '?'}"]
+        h, rem = divmod(int(max(eta, 0)) if np.isfinite(eta) else 0, 3600)
+        m, s = divmod(rem, 60)
+        left = "?" if not np.isfinite(eta) else f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+        parts += [f"{rate:.2f} steps/s", f"ETA {left}"]
         return "  ".join(parts)
 
     def update(self, step: int, means: dict[str, float]) -> None:
@@ -175,9 +169,8 @@ class Progress:
             return
         text = self.line(step, means)
         if self.tty:
-            width = 24
-            done = int(width * step / max(self.total, 1))
-            self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {text}")
+            done = int(24 * step / max(self.total, 1))  # a bar 24 characters wide
+            self.stream.write(f"\r[{'#' * done}{'.' * (24 - done)}] {text}")
             if step >= self.total:
                 self.stream.write("\n")
         else:
