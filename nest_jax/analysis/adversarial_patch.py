@@ -20,6 +20,7 @@ All of this happens in [0, 1] pixel space, before normalization.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -228,6 +229,11 @@ def train_patch(
     return patch, mask, [float(v) for v in jax.device_get(losses)]
 
 
+_PATCH_DEFAULTS = {
+    k: p.default for k, p in inspect.signature(train_patch).parameters.items() if p.default is not p.empty
+}
+
+
 def initial_patch(seed: int, side: int, channels: int) -> Array:
     """(S, S, C) uniform random patch in [0, 1]: the optimization's start and the random baseline."""
     return jax.random.uniform(jax.random.fold_in(jax.random.key(seed), 0), (side, side, channels))
@@ -285,12 +291,11 @@ def run_adversarial_patch(
     -> {"fooling_rate", "random_fooling_rate" (the starting random patch, same placements),
     "evaluated", "patch_side", "fraction", "shape", "objective_first", "objective_last"}.
     """
-    shape, fraction = settings.get("shape", "square"), settings.get("fraction", 0.05)
-    rotate = settings.get("rotate")
-    settings["rotate"] = rotate = (shape == "circle") if rotate is None else rotate
-    patch, mask, losses = train_patch(model, train_batches, mean=mean, std=std, **settings)
+    s = {**_PATCH_DEFAULTS, **settings}  # an unknown key: train_patch's TypeError
+    shape, fraction, target, seed = s["shape"], s["fraction"], s["target"], s["seed"]
+    s["rotate"] = rotate = (shape == "circle") if s["rotate"] is None else s["rotate"]
+    patch, mask, losses = train_patch(model, train_batches, mean=mean, std=std, **s)
     eval_batches = as_list(eval_batches)
-    target, seed = settings.get("target"), settings.get("seed", 0)
     out = fooling_rate(model, eval_batches, patch, mask, mean=mean, std=std, rotate=rotate, target=target)
     start = initial_patch(seed, patch.shape[0], patch.shape[-1])
     random = fooling_rate(model, eval_batches, start, mask, mean=mean, std=std, rotate=rotate, target=target)
