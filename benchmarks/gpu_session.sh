@@ -7,10 +7,14 @@
 #   env        GPU, driver and package versions
 #   tests      the GPU-marked tests (cuDNN attention vs the float64 / explicit references)
 #   smoke      the README's main job (digits, NesT) on the GPU
+#   profile    the ViT-B/16 step at batch 256 under jax.profiler: busy fraction and top kernels
+#              (benchmarks/trace_summary.py); the Perfetto trace is copied to $OUT
 #   vit        benchmarks/gpu_train.py, DeiT-S and ViT-B/16 at batch 256, nest_jax vs timm + compile
 #   nest_base  the same for NesT-B at batch 128
 #   nest_tiny  the same for NesT-T at batch 256
+#   attn       ViT-B/16 and NesT-B steps with attn_impl xla and explicit (cuDNN is in vit / nest_base)
 #   augment    benchmarks/device_augment.py at batch 256 (device augmentation's cost in the DeiT-S step)
+#   max_batch  the largest batch of ViT-L/16 and NesT-B, with and without remat
 # Everything is printed and logged to $OUT/session.log; each benchmark writes its JSON into $OUT.
 set -u
 cd "$(dirname "$0")/.."
@@ -20,7 +24,7 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and PyTorch
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # nest_jax from this checkout, installed or not
 PY=${PYTHON:-python3}
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(env tests smoke vit nest_base nest_tiny augment)
+[ ${#stages[@]} -eq 0 ] && stages=(env tests smoke profile vit nest_base nest_tiny attn augment max_batch)
 
 run_stage() {
   local limit=$1
@@ -45,6 +49,12 @@ for stage in "${stages[@]}"; do
       run_stage 180 $PY -m nest_jax.main --config=configs/digits_nest_tiny.py --workdir=/tmp/gpu_digits 2>&1 |
         grep -E "steps/s|evaluation|done:|final metrics|Error|error" | tail -12
       ;;
+    profile)
+      rm -rf /tmp/gpu_profile
+      run_stage 240 $PY benchmarks/gpu_train.py --cases vit_b16 --batch 256 --no-timm --steps 10 \
+        --profile /tmp/gpu_profile --json "$OUT/gpu_train_profile.json"
+      cp "$(find /tmp/gpu_profile -name perfetto_trace.json.gz | head -1)" "$OUT/perfetto_vit_b16.json.gz"
+      ;;
     vit)
       run_stage 420 $PY benchmarks/gpu_train.py --cases deit_small vit_b16 --batch 256 --json "$OUT/gpu_train_vit.json"
       ;;
@@ -54,8 +64,19 @@ for stage in "${stages[@]}"; do
     nest_tiny)
       run_stage 240 $PY benchmarks/gpu_train.py --cases nest_tiny --batch 256 --json "$OUT/gpu_train_nest_tiny.json"
       ;;
+    attn)
+      for impl in xla explicit; do  # at the batches of the vit and nest_base stages
+        run_stage 100 $PY benchmarks/gpu_train.py --cases vit_b16 --batch 256 --no-timm --attn-impl $impl \
+          --json "$OUT/gpu_train_attn_${impl}_vit_b16.json"
+        run_stage 100 $PY benchmarks/gpu_train.py --cases nest_base --batch 128 --no-timm --attn-impl $impl \
+          --json "$OUT/gpu_train_attn_${impl}_nest_base.json"
+      done
+      ;;
     augment)
       run_stage 240 $PY benchmarks/device_augment.py --batch 256 --step-batch 256 --json "$OUT/device_augment.json"
+      ;;
+    max_batch)
+      run_stage 600 $PY benchmarks/gpu_train.py --cases deit_small --no-timm --max-batch --json "$OUT/gpu_train_max_batch.json"
       ;;
     *)
       echo "unknown stage $stage" >&2

@@ -3,6 +3,7 @@
     python benchmarks/gpu_train.py                      # on a GPU: the four shipped configs, batch 128
     python benchmarks/gpu_train.py --max-batch          # + the largest batch of ViT-L/16 and NesT-B (remat off/on)
     python benchmarks/gpu_train.py --cpu                # quick CPU record: batch 4, 64 px, timm eager
+    python benchmarks/gpu_train.py --cases vit_b16 --no-timm --profile /tmp/prof   # + a trace summary
 
 nest_jax side: `make_trainer` from the shipped config (imagenet_deit:small, imagenet_deit:base =
 ViT-B/16, imagenet_nest:tiny, imagenet_nest:base): bf16 compute, mixup/CutMix, label smoothing,
@@ -41,6 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import device_augment_batch, matmul_peak_flops  # noqa: E402
+from trace_summary import summarize  # noqa: E402
 
 NUM_CLASSES = 1000
 # case -> (config file, config argument, timm model name)
@@ -53,6 +55,7 @@ CASES = {
 }
 DEFAULT_CASES = ("deit_small", "vit_b16", "nest_tiny", "nest_base")
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+PROFILE_STEPS = 5
 
 
 # ------------------------------------------------------------------------------------- FLOPs
@@ -151,6 +154,14 @@ def jax_case(case: str, batch: int, img: int, steps: int, remat: bool = False) -
         dispatch.append(time.perf_counter() - t1)  # the call returns before the device finishes
     _sync(metrics)
     step_s = (time.perf_counter() - t0) / steps
+    profile = None
+    if ARGS.profile:  # a few more steps under the profiler, after the timed ones
+        trace_dir = os.path.join(ARGS.profile, case)
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for _ in range(PROFILE_STEPS):
+                state, metrics = step(state, batch_arrays, rest, {})
+            _sync(metrics)
+        profile = summarize(trace_dir, steps=PROFILE_STEPS)
 
     infer = jax.jit(lambda p, s, r, x: tr.model(p, s, r)(x, train=False))
     args = (state["params"], state.get("batch_stats"), rest, batch_arrays["image"])
@@ -175,6 +186,7 @@ def jax_case(case: str, batch: int, img: int, steps: int, remat: bool = False) -
         - mem.alias_size_in_bytes
         if mem is not None
         else None,
+        profile=profile,
     )
 
 
@@ -310,6 +322,12 @@ def main() -> None:
         help="device: the step also runs RandAugment, jitter, normalization and erasing (dataset.augment_on)",
     )
     ap.add_argument("--no-timm", action="store_true")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        help=f"folder: trace {PROFILE_STEPS} more nest_jax steps per case there and add a summary "
+        "(benchmarks/trace_summary.py: device busy fraction, top kernels) to the record",
+    )
     ap.add_argument("--max-batch", action="store_true", help="binary-search the largest batch (GPU only)")
     ap.add_argument("--json", default=os.path.join(REPO, "benchmarks", "gpu_train.json"))
     ARGS = args = ap.parse_args()
