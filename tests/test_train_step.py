@@ -113,8 +113,9 @@ def test_mesh_rejects_impossible_shapes():
 
 
 def test_compiled_train_step_has_no_host_round_trips():
-    """With mixup + CutMix, gradient accumulation and EMA on: no `conditional` (a GPU copies its
-    predicate to the host and waits), no host callbacks, no send/recv/infeed/outfeed."""
+    """With mixup + CutMix (Beta sampling), gradient accumulation and EMA on: no `conditional` (a
+    GPU copies its predicate to the host and waits), no data-dependent `while`, no host callbacks,
+    no send/recv/infeed/outfeed."""
     import re
 
     cfg = tiny_config()
@@ -130,3 +131,8 @@ def test_compiled_train_step_has_no_host_round_trips():
         assert not re.search(rf"\b{op}\(", hlo), op
     targets = set(re.findall(r'custom_call_target="([^"]+)"', hlo))
     assert not any("callback" in t.lower() for t in targets), targets
+    # A `while` whose trip count depends on data makes a GPU copy its predicate to the host on every
+    # trip (jax.random.beta's rejection loop did). Lowered for CUDA (no GPU needed), the step has
+    # none; on CPU every random draw is a `while`, so only the CUDA lowering can be checked.
+    traced = tr.train_step.trace(tr.abstract_state, batch, jax.eval_shape(tr.init_rest), {})
+    assert "stablehlo.while" not in traced.lower(lowering_platforms=("cuda",)).as_text()

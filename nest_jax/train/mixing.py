@@ -9,7 +9,8 @@ Two samplings of the mixing weight, per batch one of mixup or CutMix (CutMix wit
   the image, the reversed batch fills the rest.
 - "beta" (DeiT / timm Mixup, mode "batch"): one λ ~ Beta(α, α) per batch, partner = the flipped
   (reversed) batch. Mixup: λ·x + (1 − λ)·x_partner. CutMix: a box of sides ⌊√(1−λ)·H⌋ ×
-  ⌊√(1−λ)·W⌋ centred uniformly, clipped to the image, filled from the partner.
+  ⌊√(1−λ)·W⌋ centred uniformly, clipped to the image, filled from the partner. λ is drawn without
+  a data-dependent loop (`beta`), so the step holds no `while` that a GPU would run from the host.
 
 In both, the target weight of the own label is the own image's actual pixel share for CutMix
 (timm's `correct_lam`; the official NesT used w itself, which the integer box only approximates).
@@ -18,8 +19,12 @@ Labels are smoothed before mixing: y·(1 − s) + s/K. Every target row sums to 
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+GAMMA_PROPOSALS = 16
 
 
 def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
@@ -65,8 +70,41 @@ def _cutmix_nest(rng, images, targets, alpha):
     return mixed, _mix_targets(targets, targets[::-1], (box_h * box_w).astype(jnp.float32) / (h * w_img))
 
 
+def log_gamma(key: jax.Array, alpha: float) -> jax.Array:
+    """log G for one draw G ~ Gamma(α, 1), α > 0, without a data-dependent loop. → () float32
+
+    Marsaglia & Tsang (2000), "A simple method for generating gamma variables", §3 (squeeze
+    acceptance) with GAMMA_PROPOSALS proposals drawn at once and the first accepted one kept, and
+    §6 for α < 1: G = G' · U^(1/α) with G' ~ Gamma(α + 1), taken in logs so that small α does not
+    underflow. A proposal is accepted with probability > 0.95 (its shape is ≥ 1), so all of them
+    are rejected with probability < 0.05^16 ≈ 1.5e-21; only then does the draw differ from the
+    Gamma distribution (it is log d, near the mode). `jax.random.gamma` loops until acceptance: an
+    HLO `while` whose predicate a GPU copies to the host on every trip.
+    """
+    k_normal, k_accept, k_boost = jax.random.split(key, 3)
+    shape = alpha + 1.0 if alpha < 1.0 else alpha
+    d = shape - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    x = jax.random.normal(k_normal, (GAMMA_PROPOSALS,))
+    u = jax.random.uniform(k_accept, (GAMMA_PROPOSALS,))
+    v = (1.0 + c * x) ** 3
+    log_v = jnp.log(jnp.where(v > 0, v, 1.0))
+    accepted = (v > 0) & (jnp.log(u) < 0.5 * x**2 + d - d * v + d * log_v)
+    log_g = math.log(d) + jnp.where(jnp.any(accepted), log_v[jnp.argmax(accepted)], 0.0)
+    if alpha < 1.0:
+        tiny = jnp.finfo(jnp.float32).tiny
+        log_g = log_g + jnp.log(jnp.maximum(jax.random.uniform(k_boost), tiny)) / alpha
+    return log_g
+
+
+def beta(key: jax.Array, alpha: float) -> jax.Array:
+    """λ ~ Beta(α, α) = G₁ / (G₁ + G₂) for independent G₁, G₂ ~ Gamma(α), loop-free. → () float32"""
+    k1, k2 = jax.random.split(key)
+    return jax.nn.sigmoid(log_gamma(k1, alpha) - log_gamma(k2, alpha))
+
+
 def _mixup_beta(rng, images, targets, alpha):
-    lam = jax.random.beta(rng, alpha, alpha)
+    lam = beta(rng, alpha)
     mixed = lam.astype(images.dtype) * images + (1.0 - lam.astype(images.dtype)) * images[::-1]
     return mixed, _mix_targets(targets, targets[::-1], jnp.full(images.shape[:1], lam))
 
@@ -74,7 +112,7 @@ def _mixup_beta(rng, images, targets, alpha):
 def _cutmix_beta(rng, images, targets, alpha):
     k_lam, k_y, k_x = jax.random.split(rng, 3)
     b, h, w = images.shape[:3]
-    cut = jnp.sqrt(1.0 - jax.random.beta(k_lam, alpha, alpha))
+    cut = jnp.sqrt(1.0 - beta(k_lam, alpha))
     cut_h, cut_w = (cut * h).astype(jnp.int32), (cut * w).astype(jnp.int32)
     cy, cx = jax.random.randint(k_y, (), 0, h), jax.random.randint(k_x, (), 0, w)
     y1, y2 = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
