@@ -18,22 +18,13 @@ from flax import nnx
 
 from nest_jax.models import create_model
 from nest_jax.models.layers import SEQ_MULTIPLE, fused_attention
+from tests.test_attention import _np_attention
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (JAX_PLATFORMS=cuda)"),
 ]
 CUDNN_CALL = "__cudnn$fmha"
-
-
-def _np_attention(q, k, v):
-    """q (B, N, h, d), k, v (B, N, g, d) -> (B, N, h, d) in float64, K/V heads shared by h/g queries."""
-    q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
-    rep = q.shape[2] // k.shape[2]
-    k, v = np.repeat(k, rep, axis=2), np.repeat(v, rep, axis=2)
-    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
-    w = np.exp(logits - logits.max(-1, keepdims=True))
-    return np.einsum("bhqk,bkhd->bqhd", w / w.sum(-1, keepdims=True), v)
 
 
 def _explicit(q, k, v):
