@@ -20,7 +20,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and PyTorch share the GPU in one process
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX takes GPU memory as it needs it
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # nest_jax from this checkout, installed or not
 PY=${PYTHON:-python3}
 stages=("$@")
