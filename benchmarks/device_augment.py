@@ -9,6 +9,8 @@ Two figures, each measured in one run on the current JAX backend:
   step         configs/imagenet_deit.py:small's train step at `--step-batch`, with host augmentation
                (the batch arrives normalized, float32) and with device augmentation (uint8 crops +
                random choices); the difference is the added step time.
+  --stages     each device stage alone, and the parts every RandAugment layer computes for every
+               image (the affine warp, equalize, smooth, …), in ms per batch.
 The images are random uint8 crops and the random choices come from the host samplers
 (benchmarks/common.py:device_augment_batch), so the work per image is the training chain's.
 Results are appended to `--json`.
@@ -25,6 +27,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +69,43 @@ def augment_alone(batch: int, img: int, repeats: int) -> dict:
     return dict(batch=batch, img=img, augment_ms=round(1e3 * s, 1), augment_ms_per_img=round(1e3 * s / batch, 3))
 
 
+def stage_times(batch: int, img: int, repeats: int) -> dict:
+    """ms per batch of each device stage alone, and of the parts every RandAugment layer computes
+    for every image (one layer's worth, vmapped over the batch), jitted and timed one by one."""
+    from nest_jax.data import device_augment as da
+    from nest_jax.data import randaugment
+
+    ds = deit_config(batch, img, "device").dataset
+    host = device_augment_batch(ds, batch)
+    x = jax.device_put(host["image"].astype(np.float32) / 255.0)
+    choices = jax.device_put(host["augment"])
+    ra = choices["randaugment"]
+    layer = (ra["op"][:, 0], x, ra["level"][:, 0], ra["sign"][:, 0])  # (op, image, level, sign) per image
+
+    def warp(op, im, level, sign):
+        return randaugment.affine(im, da._transform(op, level, sign, img, img), jnp)
+
+    # name -> (function of arrays, its arguments): arguments, not closures, or XLA folds the work away
+    parts = {
+        "randaugment (all layers)": (jax.vmap(da.rand_augment), (x, ra)),
+        "color_jitter": (jax.vmap(da.color_jitter), (x, choices.get("jitter"))),
+        "random_erasing": (da.random_erasing, (jax.random.key(0), x, choices.get("erasing"))),
+        "one layer: apply_op": (jax.vmap(da.apply_op), layer),
+        "one layer: affine": (jax.vmap(warp), layer),
+        "one layer: equalize": (jax.vmap(da.equalize), (x,)),
+        "one layer: smooth": (jax.vmap(lambda im: randaugment.smooth(im, jnp)), (x,)),
+        "one layer: autocontrast": (jax.vmap(lambda im: randaugment.autocontrast(im, jnp)), (x,)),
+        "one layer: posterize": (jax.vmap(lambda im, lv: randaugment.posterize(im, lv, jnp)), (x, layer[2])),
+    }
+    out = {}
+    for name, (fn, args) in parts.items():
+        if any(a is None for a in args):  # a stage this config leaves off
+            continue
+        jitted = jax.jit(fn)
+        out[name] = round(1e3 * best_of(lambda jitted=jitted, args=args: jitted(*args), repeats), 2)
+    return out
+
+
 def step_time(batch: int, img: int, augment_on: str, repeats: int) -> float:
     from nest_jax.train.sharding import make_mesh
     from nest_jax.train.trainer import make_trainer, shard_batch
@@ -103,10 +143,13 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=os.path.join(REPO, "benchmarks", "device_augment.json"))
+    ap.add_argument("--stages", action="store_true", help="also time each stage and RandAugment part alone")
     args = ap.parse_args()
     cpu = jax.default_backend() == "cpu"
     step_batch = args.step_batch or (16 if cpu else args.batch)
     rec = augment_alone(args.batch, args.img_size, args.repeats)
+    if args.stages:
+        rec["stage_ms"] = stage_times(args.batch, args.img_size, args.repeats)
     print(rec, flush=True)
     host_s = step_time(step_batch, args.img_size, "host", args.repeats)
     device_s = step_time(step_batch, args.img_size, "device", args.repeats)

@@ -73,7 +73,7 @@ for stage in "${stages[@]}"; do
       done
       ;;
     augment)
-      run_stage 240 $PY benchmarks/device_augment.py --batch 256 --step-batch 256 --json "$OUT/device_augment.json"
+      run_stage 240 $PY benchmarks/device_augment.py --batch 256 --step-batch 256 --stages --json "$OUT/device_augment.json"
       ;;
     max_batch)
       run_stage 600 $PY benchmarks/gpu_train.py --cases deit_small --no-timm --max-batch --json "$OUT/gpu_train_max_batch.json"
