@@ -10,6 +10,8 @@ These tests need a GPU and are skipped elsewhere (CI has none). Run them on a GP
 `JAX_PLATFORMS=cuda XLA_FLAGS= python -m pytest -m gpu tests` (benchmarks/gpu_session.sh does).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,23 +76,15 @@ def test_cudnn_attention_matches_float64_forward_and_gradients(kv_heads):
         assert err < 2e-2 and err < 2 * yardstick + 1e-3, (name, err, yardstick)
 
 
+_nest = functools.partial(
+    create_model, "nest_tiny_cifar", num_classes=10, img_size=16, dims=(64, 64, 64), depths=(1, 1, 1), heads=(2, 2, 2)
+)
 MODELS = {
     # 1 + 8·8 = 65 tokens (odd: cuDNN pads to 66), 3 heads of 64.
     "vit": lambda **kw: create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=4, depth=2, **kw),
     # NesT (16 px, patch 1) blocks of 4·4 = 16 tokens, heads of 32; one shared K/V head (multi-query) or multi-head.
-    "nest_mq": lambda **kw: create_model(
-        "nest_tiny_cifar", num_classes=10, img_size=16, dims=(64, 64, 64), depths=(1, 1, 1), heads=(2, 2, 2), **kw
-    ),
-    "nest_mh": lambda **kw: create_model(
-        "nest_tiny_cifar",
-        num_classes=10,
-        img_size=16,
-        dims=(64, 64, 64),
-        depths=(1, 1, 1),
-        heads=(2, 2, 2),
-        attention="multi_head",
-        **kw,
-    ),
+    "nest_mq": _nest,
+    "nest_mh": lambda **kw: _nest(attention="multi_head", **kw),
 }
 
 
