@@ -113,7 +113,20 @@ def test_an_edited_step_in_the_input_position_is_ignored_and_the_run_stays_exact
 
 
 def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+    # PYTHONFAULTHANDLER: a child that hangs is aborted by `_finish`, and prints every thread's stack.
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", PYTHONFAULTHANDLER="1")
+    return dict(env, XLA_FLAGS="--xla_backend_optimization_level=0")
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """(stdout, stderr) of a child that should end within `timeout` s; one that hangs fails the
+    test with the stacks of its threads (SIGABRT makes faulthandler print them)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=60)
+        pytest.fail(f"the run did not end within {timeout} s; its threads:\n{err[-12000:]}")
 
 
 def _start_main(workdir, *overrides) -> subprocess.Popen:
@@ -190,7 +203,7 @@ def test_ctrl_c_during_a_save_finishes_it_and_exits_130_with_one_line(tmp_path):
         time.sleep(0.002)
     assert in_flight, "no save was seen in progress"
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=300)
+    out, err = _finish(proc, 300)
     assert proc.returncode == INTERRUPTED_EXIT_CODE, err[-3000:]
     lines = _message_lines(err)
     assert len(lines) == 1 and lines[0].startswith("nest_jax.main: interrupted (Ctrl-C): the newest complete"), err
@@ -203,6 +216,29 @@ def test_ctrl_c_during_a_save_finishes_it_and_exits_130_with_one_line(tmp_path):
     assert step in steps and f"step {max(steps)} in" in lines[0]
     # The checkpoint that was being written reads back whole: its arrays match their checksums.
     _check_restorable(ckpts / str(step))
+
+
+def test_after_ctrl_c_the_process_ends_without_interpreter_teardown_and_loses_no_output():
+    """`nest_jax.main.run` ends a Ctrl-C'd run with `os._exit(130)`: tearing the interpreter down
+    under a train step still in flight crashed the process (a segmentation fault after the one-line
+    message, 6 of 12 trials of Ctrl-C during the first steps before this). Output still buffered
+    (stdout into a pipe) must reach the pipe, and atexit teardown must not run."""
+    code = (
+        "import atexit, sys\n"
+        "import nest_jax.main as m\n"
+        "atexit.register(lambda: print('teardown ran', file=sys.stderr))\n"
+        "def interrupted():\n"
+        "    print('buffered, no newline', end='')\n"
+        "    return m.INTERRUPTED_EXIT_CODE\n"
+        "m.main = interrupted\n"
+        "m.run()\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == INTERRUPTED_EXIT_CODE, run.stderr
+    assert run.stdout == "buffered, no newline"
+    assert "teardown ran" not in run.stderr
 
 
 def _check_restorable(folder: Path) -> None:
@@ -362,7 +398,7 @@ def test_a_full_disk_at_the_event_file_and_metrics_is_one_line(small_disk, capfd
 def test_the_command_line_on_a_full_disk_exits_2_with_one_line(small_disk):
     work = small_disk(1)
     proc = _start_main(work, "train.num_train_steps=4")
-    _, err = proc.communicate(timeout=300)
+    _, err = _finish(proc, 300)
     assert proc.returncode == USAGE_EXIT_CODE, err[-3000:]
     lines = _message_lines(err)
     assert lines == [

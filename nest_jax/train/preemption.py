@@ -95,9 +95,12 @@ def signals_held():
     held: list[int] = []
 
     def hold(signum, frame) -> None:
-        if not held:
-            log.warning("%s received: finishing the checkpoint save first", signal.Signals(signum).name)
-        held.append(signum)
+        held.append(signum)  # first: a failing log call below must not lose the signal
+        if len(held) == 1:
+            try:  # a handler can run inside a write to stderr, and writing again there can raise
+                log.warning("%s received: finishing the checkpoint save first", signal.Signals(signum).name)
+            except Exception:  # noqa: BLE001 -- the notice is optional, the signal is not
+                pass
 
     previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
