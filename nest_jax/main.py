@@ -246,7 +246,7 @@ def run() -> NoReturn:
     After Ctrl-C the process ends without finalizing the interpreter (`os._exit`, once the output is
     flushed and any worker processes are stopped). The interrupt can land just after a train step
     was dispatched, and tearing the interpreter down under that step crashed it (a segmentation
-    fault after the one-line message, in 6 of 21 trials with Ctrl-C during the first steps).
+    fault after the one-line message, in 6 of 12 trials with Ctrl-C during the first steps).
     Nothing is left to do by then: the save in progress is finished and the lock released."""
     quiet_environment()
     code = main()
