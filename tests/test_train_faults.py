@@ -218,6 +218,48 @@ def test_ctrl_c_during_a_save_finishes_it_and_exits_130_with_one_line(tmp_path):
     _check_restorable(ckpts / str(step))
 
 
+# The child sends itself SIGINT from inside a garbage-collector callback, at the first metrics line:
+# Python's handler raises KeyboardInterrupt there, and the collector drops it ("Exception ignored").
+# JAX registers such a callback, so a real Ctrl-C can land in one (seen: a run went on training).
+_INT_IN_GC = """
+import gc, logging, signal, sys
+armed = []
+def in_gc(phase, info):
+    if armed:
+        armed.clear()
+        signal.raise_signal(signal.SIGINT)
+gc.callbacks.append(in_gc)
+def at_metrics(record):
+    if "train_loss" in record.getMessage() and not armed:
+        armed.append(1)
+        gc.collect()
+    return True
+logging.getLogger("absl").addFilter(at_metrics)  # the metric writer logs through absl
+from nest_jax.main import run
+sys.argv[0] = "nest_jax.main"
+run()
+"""
+
+
+@pytest.mark.slow  # one CLI run to its first metrics line: ~40 CPU-s
+def test_ctrl_c_dropped_inside_the_garbage_collector_still_stops_the_run(tmp_path):
+    """A KeyboardInterrupt raised inside a gc callback is dropped by Python; the run went on to the
+    end. The SIGINT handler also sets a flag that the loop reads at the next step boundary."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _INT_IN_GC, "--config=configs/digits_nest_tiny.py", f"--workdir={tmp_path}"]
+        + ["--config.train.num_train_steps=400", "--config.train.log_every_steps=10"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Exception ignored in" in proc.stderr and "KeyboardInterrupt" in proc.stderr  # really dropped
+    assert proc.returncode == INTERRUPTED_EXIT_CODE, proc.stderr[-3000:]
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("nest_jax.main: interrupted (Ctrl-C)")
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
 def test_after_ctrl_c_the_process_ends_without_interpreter_teardown_and_loses_no_output():
     """`nest_jax.main.run` ends a Ctrl-C'd run with `os._exit(130)`: tearing the interpreter down
     under a train step still in flight crashed the process (a segmentation fault after the one-line

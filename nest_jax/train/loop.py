@@ -227,6 +227,8 @@ def _train_and_evaluate(config: Any, workdir: Any, data: Any, mesh: Any, mode: s
         wait_for_all_processes("nest_jax_train_start")
         with Preemption() as preemption:
             while step < end:
+                if preemption.interrupted:  # a Ctrl-C whose KeyboardInterrupt was dropped on the way
+                    raise KeyboardInterrupt
                 if preemption.reached(step):
                     if ckpt.saved_step != step:  # a regular save of this step may have just happened
                         ckpt.save(step, state, it.get_state() if saves_position else None)

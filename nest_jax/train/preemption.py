@@ -27,14 +27,31 @@ log = logging.getLogger(__name__)
 
 
 class Preemption:
-    """Context manager; `reached(step)` is True at the step where every process should save and stop."""
+    """Context manager; `reached(step)` is True at the step where every process should save and stop.
+
+    It also remembers Ctrl-C: SIGINT still raises KeyboardInterrupt at once, and sets `interrupted`,
+    which the loop reads at each step boundary. A KeyboardInterrupt raised while Python code runs
+    inside the garbage collector (JAX's gc callback, any `__del__`) is printed as "Exception
+    ignored" and dropped; the flag stops the run at the next step all the same.
+    """
 
     def __init__(self):
         self.requested = False
+        self.interrupted = False
         self._old = None
+        self._old_int = None
         self._multi = False
 
+    def _interrupt(self, signum, frame) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
+
     def __enter__(self) -> Preemption:
+        try:  # only over Python's own handler: a caller's SIGINT handler is left alone
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._old_int = signal.signal(signal.SIGINT, self._interrupt)
+        except ValueError:  # not the main thread
+            self._old_int = None
         self._multi = jax.process_count() > 1
         if self._multi:
             return self
@@ -52,6 +69,9 @@ class Preemption:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
             self._old = None
+        if self._old_int is not None:
+            signal.signal(signal.SIGINT, self._old_int)
+            self._old_int = None
 
     def reached(self, step: int) -> bool:
         """Called at every step boundary, with the same `step` on every process."""
