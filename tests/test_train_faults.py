@@ -118,6 +118,15 @@ def _env() -> dict:
     return dict(env, XLA_FLAGS="--xla_backend_optimization_level=0")
 
 
+def _default_signals() -> None:
+    """preexec_fn: the child gets SIGINT and SIGTERM as a terminal's foreground job has them. A child
+    inherits an ignored SIGINT and a blocked signal mask; something in the suite's worker processes
+    leaves one of them set, and a child that never saw its Ctrl-C trained until the test timed out."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
     """(stdout, stderr) of a child that should end within `timeout` s; one that hangs fails the
     test with the stacks of its threads (SIGABRT makes faulthandler print them)."""
@@ -140,6 +149,7 @@ def _start_main(workdir, *overrides) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_signals,
     )
 
 
@@ -180,6 +190,7 @@ def test_sigterm_during_setup_exits_75_with_one_line_and_releases_the_lock(tmp_p
         capture_output=True,
         text=True,
         timeout=300,
+        preexec_fn=_default_signals,
     )
     sent = f"{_TERM_MARK} with the lock held"
     assert sent in proc.stderr, proc.stderr[-3000:]  # the signal came at the data line, the lock held
@@ -253,6 +264,7 @@ def test_ctrl_c_dropped_inside_the_garbage_collector_still_stops_the_run(tmp_pat
         capture_output=True,
         text=True,
         timeout=300,
+        preexec_fn=_default_signals,
     )
     assert "Exception ignored in" in proc.stderr and "KeyboardInterrupt" in proc.stderr  # really dropped
     assert proc.returncode == INTERRUPTED_EXIT_CODE, proc.stderr[-3000:]
