@@ -138,17 +138,37 @@ def _finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
         pytest.fail(f"the run did not end within {timeout} s; its threads:\n{err[-12000:]}")
 
 
+def _main_argv(workdir, overrides, script: str | None = None) -> list[str]:
+    """The digits job's command line: `python -m nest_jax.main`, or `python -c script` (a script
+    that ends in `nest_jax.main.run()`)."""
+    head = [sys.executable, "-c", script] if script else [sys.executable, "-m", "nest_jax.main"]
+    args = ["--config=configs/digits_nest_tiny.py", f"--workdir={workdir}"]
+    return head + args + [f"--config.{o}" for o in overrides]
+
+
 def _start_main(workdir, *overrides) -> subprocess.Popen:
     """`python -m nest_jax.main` on the digits job, in its own process group (as a shell runs it)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "nest_jax.main", "--config=configs/digits_nest_tiny.py", f"--workdir={workdir}"]
-        + [f"--config.{o}" for o in overrides],
+        _main_argv(workdir, overrides),
         cwd=REPO,
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_signals,
+    )
+
+
+def _run_script(script: str, workdir, *overrides) -> subprocess.CompletedProcess:
+    """The digits job run to its end by `script` (see `_main_argv`)."""
+    return subprocess.run(
+        _main_argv(workdir, overrides, script),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
         preexec_fn=_default_signals,
     )
 
@@ -182,16 +202,7 @@ run()
 def test_sigterm_during_setup_exits_75_with_one_line_and_releases_the_lock(tmp_path):
     """SIGTERM before the loop (here: right after the data is read, the lock held, the model not
     yet built) killed the process: exit 143, no message, the lock file left behind."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _TERM_AT_DATA_LINE, "--config=configs/digits_nest_tiny.py", f"--workdir={tmp_path}"]
-        + ["--config.train.num_train_steps=4"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=_default_signals,
-    )
+    proc = _run_script(_TERM_AT_DATA_LINE, tmp_path, "train.num_train_steps=4")
     sent = f"{_TERM_MARK} with the lock held"
     assert sent in proc.stderr, proc.stderr[-3000:]  # the signal came at the data line, the lock held
     err = proc.stderr.replace(sent, "")
@@ -256,16 +267,7 @@ run()
 def test_ctrl_c_dropped_inside_the_garbage_collector_still_stops_the_run(tmp_path):
     """A KeyboardInterrupt raised inside a gc callback is dropped by Python; the run went on to the
     end. The SIGINT handler also sets a flag that the loop reads at the next step boundary."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _INT_IN_GC, "--config=configs/digits_nest_tiny.py", f"--workdir={tmp_path}"]
-        + ["--config.train.num_train_steps=400", "--config.train.log_every_steps=10"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=_default_signals,
-    )
+    proc = _run_script(_INT_IN_GC, tmp_path, "train.num_train_steps=400", "train.log_every_steps=10")
     assert "Exception ignored in" in proc.stderr and "KeyboardInterrupt" in proc.stderr  # really dropped
     assert proc.returncode == INTERRUPTED_EXIT_CODE, proc.stderr[-3000:]
     assert proc.stderr.rstrip().splitlines()[-1].startswith("nest_jax.main: interrupted (Ctrl-C)")
