@@ -30,6 +30,7 @@ _HI = jax.lax.Precision.HIGHEST
 
 
 def _whiten(x_train: Array, x_test: Array) -> tuple[Array, Array]:
+    x_train, x_test = x_train.astype(jnp.float32), x_test.astype(jnp.float32)
     mean = x_train.mean(0, keepdims=True)
     std = x_train.std(0, keepdims=True) + 1e-5
     pad = lambda x: jnp.pad((x - mean) / std, ((0, 0), (0, 1)), constant_values=BIAS)
@@ -41,20 +42,22 @@ def ridge_probe(
     x_train: Array, y_train: Array, x_test: Array, y_test: Array, *, num_classes: int, l2: float = 1.0
 ) -> Array:
     """Test accuracy of the closed-form ridge probe. x: (n, d) float, y: (n,) int -> scalar."""
-    x_train, x_test = _whiten(x_train.astype(jnp.float32), x_test.astype(jnp.float32))
-    pred = jnp.argmax(jnp.matmul(x_test, _ridge(x_train, y_train, num_classes, l2), precision=_HI), -1)
-    return jnp.mean(pred == y_test)
+    return jnp.mean(_ridge_predict(x_train, y_train, x_test, num_classes, l2) == y_test)
 
 
-def _ridge(x: Array, labels: Array, num_classes: int, l2: float) -> Array:
-    """Ridge weights (d, K) onto ±1 one-hot targets for whitened x (n, d): primal when n ≥ d, else dual."""
+def _ridge_predict(x_train: Array, labels: Array, x_test: Array, num_classes: int, l2: float) -> Array:
+    """Classes (n_test,) predicted by the ridge weights (d, K) fitted onto ±1 one-hot targets for the
+    whitened x_train (n, d): primal when n ≥ d, else dual."""
+    x, x_test = _whiten(x_train, x_test)
     y = 2.0 * jax.nn.one_hot(labels, num_classes) - 1.0
     n, d = x.shape
     if n >= d:
         a = jnp.matmul(x.T, x, precision=_HI) + l2 * jnp.eye(d)
-        return jnp.linalg.solve(a, jnp.matmul(x.T, y, precision=_HI))
-    a = jnp.matmul(x, x.T, precision=_HI) + l2 * jnp.eye(n)
-    return jnp.matmul(x.T, jnp.linalg.solve(a, y), precision=_HI)
+        w = jnp.linalg.solve(a, jnp.matmul(x.T, y, precision=_HI))
+    else:
+        a = jnp.matmul(x, x.T, precision=_HI) + l2 * jnp.eye(n)
+        w = jnp.matmul(x.T, jnp.linalg.solve(a, y), precision=_HI)
+    return jnp.argmax(jnp.matmul(x_test, w, precision=_HI), -1)
 
 
 @jax.jit(static_argnames=("num_classes", "steps"))
@@ -70,7 +73,7 @@ def logistic_probe(
     l2: float = 1e-4,
 ) -> Array:
     """Test accuracy of a softmax regression trained by `steps` full-batch Adam steps."""
-    x_train, x_test = _whiten(x_train.astype(jnp.float32), x_test.astype(jnp.float32))
+    x_train, x_test = _whiten(x_train, x_test)
     x_train, x_test = x_train.at[:, -1].set(1.0), x_test.at[:, -1].set(1.0)  # plain bias for SGD
     tx = optax.adam(lr)
     w = jnp.zeros((x_train.shape[1], num_classes))
@@ -109,9 +112,7 @@ def token_probe(
     tokens: (n, N, D) final-layer spatial tokens; y: (n,) -> (N,) test accuracy at each position.
     """
     n, t, d = tokens_train.shape
-    xtr, xte = _whiten(
-        tokens_train.reshape(n * t, d).astype(jnp.float32), tokens_test.reshape(-1, d).astype(jnp.float32)
+    pred = _ridge_predict(
+        tokens_train.reshape(n * t, d), jnp.repeat(y_train, t), tokens_test.reshape(-1, d), num_classes, l2
     )
-    w = _ridge(xtr, jnp.repeat(y_train, t), num_classes, l2)
-    pred = jnp.argmax(jnp.matmul(xte, w, precision=_HI), -1).reshape(tokens_test.shape[:2])
-    return jnp.mean(pred == y_test[:, None], axis=0)
+    return jnp.mean(pred.reshape(tokens_test.shape[:2]) == y_test[:, None], axis=0)
