@@ -9,6 +9,7 @@ data (Naseer et al. 2021 occlude before normalization). Batches are dicts
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
@@ -57,9 +58,7 @@ def top1(batches: Iterable[Batch], logits_fn: Callable[[int, Batch], Array]) -> 
 
 def fold(key: Array, *data: int) -> Array:
     """`jax.random.fold_in` of each of `data` in turn: one key per sweep setting and batch."""
-    for d in data:
-        key = jax.random.fold_in(key, d)
-    return key
+    return functools.reduce(jax.random.fold_in, data, key)
 
 
 def as_list(batches: Iterable[Batch]) -> list[Batch]:
