@@ -13,19 +13,9 @@ The CKA is the unbiased minibatch estimator (`nest_jax.analysis.cka.MinibatchCKA
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from nest_jax.analysis.cka import MinibatchCKA
-
-Array = jax.Array
-
-
-def token_grids(inter: dict, num_prefix: int) -> tuple[Array, Array]:
-    """(input patch tokens, final-layer tokens), each (B, N, D), spatial tokens only (ViT)."""
-    if not inter.get("attn_in") or not inter.get("layers"):
-        raise ValueError("localization needs a transformer captured with ('layers', 'residuals')")
-    return inter["attn_in"][0][:, num_prefix:], inter["layers"][-1][:, num_prefix:]
 
 
 class LocalizationCKA:
@@ -37,7 +27,10 @@ class LocalizationCKA:
         self.acc = MinibatchCKA(n, n)
 
     def update(self, inter: dict) -> None:
-        patches, final = token_grids(inter, self.num_prefix)
+        if not inter.get("attn_in") or not inter.get("layers"):
+            raise ValueError("localization needs a transformer captured with ('layers', 'residuals')")
+        # input patch tokens and final-layer tokens, each (B, N, D), spatial tokens only (ViT)
+        patches, final = inter["attn_in"][0][:, self.num_prefix :], inter["layers"][-1][:, self.num_prefix :]
         n = final.shape[1]
         self.acc.update([final[:, i] for i in range(n)], [patches[:, i] for i in range(n)])
 
