@@ -32,6 +32,7 @@ import optax
 from flax import nnx
 
 from nest_jax.analysis.forward import as_list, batch_mask, logits_from_pixels, normalize
+from nest_jax.analysis.image_ops import bilinear_sample
 from nest_jax.errors import UserError
 
 Array = jax.Array
@@ -85,22 +86,6 @@ def support_mask(side: int, shape: str) -> np.ndarray:
     return ((t[:, None] ** 2 + t[None, :] ** 2) <= (side / 2) ** 2).astype(np.float32)
 
 
-def _sample_zero(img: Array, rows: Array, cols: Array) -> Array:
-    """Bilinear sample of img (S, S, C) at (rows, cols) (H, W); zero outside."""
-    s = img.shape[0]
-    r0, c0 = jnp.floor(rows), jnp.floor(cols)
-    fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
-    r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
-
-    def at(r, c):
-        ok = ((r >= 0) & (r < s) & (c >= 0) & (c < s))[..., None]
-        return jnp.where(ok, img[jnp.clip(r, 0, s - 1), jnp.clip(c, 0, s - 1)], 0.0)
-
-    return (at(r0, c0) * (1 - fc) + at(r0, c0 + 1) * fc) * (1 - fr) + (
-        at(r0 + 1, c0) * (1 - fc) + at(r0 + 1, c0 + 1) * fc
-    ) * fr
-
-
 def paste(images: Array, patch: Array, mask: Array, offsets: Array, angles: Array) -> Array:
     """Composites the patch into each image.
 
@@ -120,7 +105,7 @@ def paste(images: Array, patch: Array, mask: Array, offsets: Array, angles: Arra
         cos, sin = jnp.cos(ang), jnp.sin(ang)  # inverse rotation: output -> patch coordinates
         u = cos * y + sin * x + centre
         v = -sin * y + cos * x + centre
-        sample = _sample_zero(rgba, jnp.broadcast_to(u, (h, w)), jnp.broadcast_to(v, (h, w)))
+        sample = bilinear_sample(rgba, jnp.broadcast_to(u, (h, w)), jnp.broadcast_to(v, (h, w)), outside="zero")
         m = sample[..., -1:]
         return img * (1 - m) + sample[..., :-1] * m
 

@@ -174,14 +174,20 @@ def reflect_index(i: Array, n: int) -> Array:
     return jnp.where(k >= n, 2 * n - 1 - k, k)
 
 
-def bilinear_sample(x: Array, rows: Array, cols: Array) -> Array:
-    """Samples x (H, W, C) at float coordinates rows, cols (H', W') with scipy's order-1 "reflect"."""
+def bilinear_sample(x: Array, rows: Array, cols: Array, outside: str = "reflect") -> Array:
+    """Samples x (H, W, C) at float coordinates rows, cols (H', W') bilinearly. Pixels outside x:
+    scipy's order-1 "reflect" boundary (outside="reflect") or zero (outside="zero")."""
     h, w = x.shape[:2]
     r0, c0 = jnp.floor(rows), jnp.floor(cols)
     fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
     r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
-    ra, rb = reflect_index(r0, h), reflect_index(r0 + 1, h)
-    ca, cb = reflect_index(c0, w), reflect_index(c0 + 1, w)
-    top = x[ra, ca] * (1 - fc) + x[ra, cb] * fc
-    bottom = x[rb, ca] * (1 - fc) + x[rb, cb] * fc
+
+    def at(r, c):
+        if outside == "reflect":
+            return x[reflect_index(r, h), reflect_index(c, w)]
+        inside = ((r >= 0) & (r < h) & (c >= 0) & (c < w))[..., None]
+        return jnp.where(inside, x[jnp.clip(r, 0, h - 1), jnp.clip(c, 0, w - 1)], 0.0)
+
+    top = at(r0, c0) * (1 - fc) + at(r0, c0 + 1) * fc
+    bottom = at(r0 + 1, c0) * (1 - fc) + at(r0 + 1, c0 + 1) * fc
     return top * (1 - fr) + bottom * fr
