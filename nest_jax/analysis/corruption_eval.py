@@ -73,8 +73,7 @@ def _alexnet(name: str, severities: Sequence[int]) -> np.ndarray:
 def corruption_error(errors: Mapping[str, Sequence[float]], severities: Sequence[int] = SEVERITIES) -> dict[str, float]:
     """CE_c (×100) per corruption name from its top-1 errors at `severities` (AlexNet's errors at
     the same severities are the reference)."""
-    check_corruptions(list(errors), severities)
-    return {n: 100.0 * float(np.sum(e)) / float(np.sum(_alexnet(n, severities))) for n, e in errors.items()}
+    return relative_corruption_error(errors, 0.0, 0.0, severities)  # the sums of the errors themselves
 
 
 def relative_corruption_error(
@@ -122,24 +121,22 @@ def run_corruptions(
     Returns {"clean_top1", "top1": {name: [per severity]}, "ce", "mce", "relative_ce", "relative_mce"}.
     """
     check_corruptions(corruptions, severities)
-    batches, mean, std, key = as_list(batches), tuple(mean), tuple(std), jax.random.key(seed)
+    batches, key = as_list(batches), jax.random.key(seed)
 
-    def corrupted(ci: int, name: str, s: int) -> Callable:
-        return lambda bi, images: C.corrupt(name, fold(key, ci, s, bi), images, s, frost_textures=frost_textures)
+    def corrupted(ci: int, name: str, s: int) -> Iterator[dict]:  # one key per corruption, severity and batch
+        for bi, b in enumerate(batches):
+            yield {**b, "image": C.corrupt(name, fold(key, ci, s, bi), b["image"], s, frost_textures=frost_textures)}
 
-    table = {
-        n: [_top1(model, batches, mean, std, corrupted(ci, n, s)) for s in severities]
-        for ci, n in enumerate(corruptions)
-    }
-    return _report(_top1(model, batches, mean, std), table, severities)
+    return _evaluate(model, batches, corrupted, mean, std, corruptions, severities)
 
 
-def _top1(model, batches: Iterable[dict], mean: tuple, std: tuple, corrupt: Callable = lambda i, x: x) -> float:
-    """Top-1 over batches of [0, 1] pixels; `corrupt(i, images)` transforms batch i first."""
-    return top1(batches, lambda i, b: logits_from_pixels(model, corrupt(i, b["image"]), mean=mean, std=std))
-
-
-def _report(clean_top1: float, table: dict, severities: Sequence[int], **extra) -> dict:
+def _evaluate(model, clean, corrupted: Callable, mean, std, corruptions, severities, **extra) -> dict:
+    """Top-1 on the `clean` batches and on `corrupted(i, name, severity)` (the batches of the i-th
+    corruption at that severity), all [0, 1] pixels; CE, mCE and relative mCE from the errors."""
+    mean, std = tuple(mean), tuple(std)
+    accuracy = lambda batches: top1(batches, lambda i, b: logits_from_pixels(model, b["image"], mean=mean, std=std))
+    clean_top1 = accuracy(clean)
+    table = {n: [accuracy(corrupted(ci, n, s)) for s in severities] for ci, n in enumerate(corruptions)}
     errors = {n: [1.0 - a for a in v] for n, v in table.items()}
     out = {"clean_top1": clean_top1, "severities": list(severities), "top1": table, **extra}
     out.update(mean_corruption_error(errors, clean_error=1.0 - clean_top1, severities=severities))
@@ -203,7 +200,5 @@ def run_stored_corruptions(
     ([0, 1] pixels), e.g. `functools.partial(imagenet_c_tfds, data_dir)` or
     `functools.partial(imagenet_c_folder, root)`; `clean` the uncorrupted validation batches."""
     check_corruptions(corruptions, severities)
-    mean, std = tuple(mean), tuple(std)
-    clean_top1 = _top1(model, clean, mean, std)
-    table = {name: [_top1(model, load(name, s), mean, std) for s in severities] for name in corruptions}
-    return _report(clean_top1, table, severities, source="stored")
+    corrupted = lambda ci, name, s: load(name, s)
+    return _evaluate(model, clean, corrupted, mean, std, corruptions, severities, source="stored")
