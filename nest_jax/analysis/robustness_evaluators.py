@@ -244,18 +244,9 @@ class ShapeBias(PixelBatches):
 
     @functools.cached_property
     def stimuli(self) -> list[dict]:
-        size = self.data.image_size
         if self.folder:
-            return list(sb.cue_conflict_folder(self.folder, image_size=size))
-        from nest_jax.data.shapes import ShapesTexturesSource
-
-        world = self.data.dataset.shapes  # the run's world (clutter, rotation, scale), cue-conflict images
-        src = ShapesTexturesSource.from_config(
-            world, size, num_classes=self.data.num_classes, variant="cue_conflict", num_test=self.num_images
-        )
-        a = src.arrays("test")
-        img = a["image"].astype(np.float32) / 255.0
-        img = img if self.data.num_channels == 3 else img.mean(-1, keepdims=True)
+            return list(sb.cue_conflict_folder(self.folder, image_size=self.data.image_size))
+        img, a = sb.shapes_world_images(self.data, "cue_conflict", self.num_images)
         return [{"image": img, "label": a["label"], "texture_label": a["texture_label"]}]
 
     def run(self, state: dict, step: int) -> dict:

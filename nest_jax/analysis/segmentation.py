@@ -25,6 +25,7 @@ from flax import nnx
 
 from nest_jax.analysis.forward import normalize
 from nest_jax.analysis.occlusion import mass_mask
+from nest_jax.analysis.shape_bias import shapes_world_images
 from nest_jax.errors import UserError
 from nest_jax.train.evaluators import EvalData, register_evaluator
 from nest_jax.viz.segmentation import plot_segmentation
@@ -157,18 +158,8 @@ class Segmentation:
         self.variant, self.tokens, self.batch_size = variant, tuple(tokens), int(batch_size)
 
     def stimuli(self) -> tuple[np.ndarray, np.ndarray]:
-        from nest_jax.data.shapes import ShapesTexturesSource
-
-        src = ShapesTexturesSource.from_config(
-            self.data.dataset.shapes,
-            self.data.image_size,
-            num_classes=self.data.num_classes,
-            variant=self.variant,
-            num_test=self.num_images,
-        )
-        a = src.arrays("test", masks=True)
-        img = a["image"].astype(np.float32) / 255.0
-        return (img if self.data.num_channels == 3 else img.mean(-1, keepdims=True)), a["mask"]
+        images, a = shapes_world_images(self.data, self.variant, self.num_images, masks=True)
+        return images, a["mask"]
 
     def run(self, state: dict, step: int) -> dict:
         images, masks = self.stimuli()

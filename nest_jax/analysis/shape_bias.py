@@ -110,6 +110,20 @@ def run_shape_bias(
     return shape_bias(np.concatenate(preds), np.concatenate(shapes), np.concatenate(textures))
 
 
+def shapes_world_images(data, variant: str, num_images: int, **arrays_kw) -> tuple[np.ndarray, dict]:
+    """The first `num_images` test images of the run's procedural shapes world (`data`: its
+    `EvalData`; the world's clutter, rotation and scale) in `variant`, as [0, 1] pixels with the
+    run's channel count, and the arrays they came from (labels; masks with masks=True)."""
+    from nest_jax.data.shapes import ShapesTexturesSource
+
+    src = ShapesTexturesSource.from_config(
+        data.dataset.shapes, data.image_size, num_classes=data.num_classes, variant=variant, num_test=num_images
+    )
+    a = src.arrays("test", **arrays_kw)
+    img = a["image"].astype(np.float32) / 255.0
+    return (img if data.num_channels == 3 else img.mean(-1, keepdims=True)), a
+
+
 _NAME = re.compile(r"^([a-z]+)\d+-([a-z]+)\d+\.(png|jpg|jpeg)$", re.IGNORECASE)
 
 
