@@ -10,13 +10,14 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from nest_jax.viz.representations import _axes
+
 _LEVEL_COLORS = ("#ffffff", "#ffd700", "#ff7f0e", "#d62728", "#9467bd", "#17becf")
 
 
 def _image_figure(image: np.ndarray):
     """A 4 × 4.3 in figure showing image (H, W, 3), any value range scaled to [0, 1]. -> (fig, ax)."""
-    fig = Figure(figsize=(4, 4.3))
-    ax = fig.add_subplot()
+    fig, ax = _axes((4, 4.3))
     img = np.asarray(image, np.float64)
     lo, hi = img.min(), img.max()
     ax.imshow((img - lo) / (hi - lo) if hi > lo else np.zeros_like(img))

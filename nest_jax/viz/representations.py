@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
-def _axes(figsize: tuple[float, float]) -> tuple[Figure, object]:
+def _axes(figsize: tuple[float, float] = (4.5, 3.2)) -> tuple[Figure, object]:
     fig = Figure(figsize=figsize)
     return fig, fig.add_subplot()
 

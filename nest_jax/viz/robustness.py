@@ -13,10 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-
-def _axes(figsize=(4.5, 3.2)) -> tuple[Figure, object]:
-    fig = Figure(figsize=figsize)
-    return fig, fig.add_subplot()
+from nest_jax.viz.representations import _axes
 
 
 def _finish(fig: Figure, ax, xlabel: str, ylabel: str = "top-1 (%)", top: float = 100, legend: int = 7) -> Figure:
