@@ -7,7 +7,6 @@ Parameters are pure dicts (`nnx.to_pure_dict`), paths '/'-joined like "layers/0/
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -183,7 +182,3 @@ def make_optimizer(opt: Any, params: Any, *, schedule: optax.Schedule) -> optax.
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
     """Exponential moving average of the parameters, kept in float32."""
     return jax.tree.map(lambda e, p: e * decay + (1.0 - decay) * p.astype(e.dtype), ema, params)
-
-
-def lr_at(schedule: Callable[[Any], Any], step: Any, accum_steps: int) -> Any:
-    return schedule(step // max(accum_steps, 1))

@@ -244,7 +244,7 @@ def make_trainer(
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
             "grad_norm": optax.tree.norm(grads),
-            "lr": optim.lr_at(schedule, step, accum),
+            "lr": schedule(step // accum),  # the schedule counts optimizer updates
         }
         return new, metrics
 
