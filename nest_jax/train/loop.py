@@ -63,12 +63,6 @@ def _check_finite(metrics: Any, step: int, ckpt: Checkpointer) -> None:
         )
 
 
-def check_batch_sizes(config: Any, mesh: Any) -> None:
-    """UserError unless both batch sizes split evenly over the mesh's batch axes and processes."""
-    for field in ("global_batch_size", "eval_batch_size"):
-        check_batch_size(int(config.train[field]), mesh, f"--config.train.{field}")
-
-
 def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final metrics.
 
@@ -87,7 +81,8 @@ def train_and_evaluate(config: Any, workdir: Any, *, data: Any = None) -> dict[s
             "pass the --workdir of a training run, or train first"
         )
     mesh = make_mesh(mesh_axes(config))
-    check_batch_sizes(config, mesh)
+    for field in ("global_batch_size", "eval_batch_size"):  # positive multiples of the batch-axis devices
+        check_batch_size(int(config.train[field]), mesh, f"--config.train.{field}")
     with WorkdirLock(workdir, enabled=mode == "train" and jax.process_index() == 0):
         return _train_and_evaluate(config, workdir, data, mesh, mode)
 

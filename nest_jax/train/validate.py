@@ -125,7 +125,7 @@ FIELDS: dict[str, Check] = {
     "mix.label_smoothing": number(0, 1, below_hi=True),
     "mix.sampling": one_of(("nest", "beta")),
     # train.global_batch_size / eval_batch_size: the loop checks them against the mesh
-    # (loop.check_batch_sizes: positive multiples of the batch-axis devices and processes).
+    # (loop.train_and_evaluate: positive multiples of the batch-axis devices and processes).
     "train.num_epochs": number(0),
     "train.num_train_steps": integer(1, optional=True),
     "train.stop_after_steps": integer(1, optional=True),
