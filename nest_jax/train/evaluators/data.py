@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from nest_jax.data.preprocess import mean_std
 from nest_jax.errors import UserError
 from nest_jax.train.sharding import BATCH_AXES, batch_sharding
+from nest_jax.train.trainer import shard_batch
 
 
 def batch_multiple(mesh: Mesh) -> int:
@@ -100,12 +101,7 @@ class EvalData:
 
     def shard(self, batch: dict) -> dict:
         """Host-local numpy batch -> global arrays split over the mesh's batch axes."""
-
-        def one(x):
-            global_shape = (x.shape[0] * jax.process_count(),) + tuple(x.shape[1:])
-            return jax.make_array_from_process_local_data(self.sharding, np.asarray(x), global_shape)
-
-        return jax.tree.map(one, batch)
+        return shard_batch(jax.tree.map(np.asarray, batch), self.sharding)
 
     @staticmethod
     def gather(tree: Any) -> Any:
