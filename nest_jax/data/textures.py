@@ -65,12 +65,9 @@ def texture(k: int, size: int, rng: np.random.Generator) -> np.ndarray:
     py, px = rng.uniform(0, period, 2)
     y, x = y + py, x + px
     f = _pattern(k, y, x, size, period, rng)
-    if k < 10:
-        c1 = np.asarray(PALETTE[k])
-        c2 = np.asarray(PALETTE[(k * 3 + 5) % len(PALETTE)]) * 0.5 + 0.25
-    else:
-        c1 = np.asarray(PALETTE[(k + 3) % len(PALETTE)])
-        c2 = np.asarray(PALETTE[(k * 7 + 2) % len(PALETTE)]) * 0.5 + 0.25
+    i1, i2 = (k, k * 3 + 5) if k < 10 else (k + 3, k * 7 + 2)  # the colour pair's palette entries
+    c1 = np.asarray(PALETTE[i1 % len(PALETTE)])
+    c2 = np.asarray(PALETTE[i2 % len(PALETTE)]) * 0.5 + 0.25
     return np.where(f[..., None], c1, c2)
 
 

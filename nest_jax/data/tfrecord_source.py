@@ -17,11 +17,11 @@ import io
 import numpy as np
 
 from nest_jax.data.digits import ArrayRecords
-from nest_jax.data.tfds_source import NamedSource, TfdsSource
+from nest_jax.data.tfds_source import TfdsSource
 from nest_jax.errors import UserError
 
 
-class TfrecordSource(NamedSource):
+class TfrecordSource(TfdsSource):
     """A tfds dataset prepared only as TFRecord, read through tf.data (the `[tf]` extra)."""
 
     def __init__(self, name: str, data_dir: str | None, *, image_key: str = "image", label_key: str = "label"):
@@ -38,10 +38,7 @@ class TfrecordSource(NamedSource):
         except RuntimeError:  # TF already initialised its devices
             pass
         # The same checks and messages as the array_record source (unknown name, not prepared).
-        meta = TfdsSource(name, data_dir, image_key=image_key, label_key=label_key)
-        self.builder, self.name = meta.builder, name
-        self.num_classes, self.channels = meta.num_classes, meta.channels
-        self.image_key, self.label_key = image_key, label_key
+        super().__init__(name, data_dir, image_key=image_key, label_key=label_key)
         self._splits: dict = {}
 
     def lookup(self, split: str) -> ArrayRecords:
