@@ -158,13 +158,9 @@ def motion_blur(key, x, severity):
     return _clip(ops.line_shift_blur(x, radius, sigma, angle))
 
 
-def zoom_factors(severity: int) -> np.ndarray:
-    return np.arange(*_p("zoom_blur", severity))
-
-
 def zoom_blur(key, x, severity):
     del key
-    zooms = zoom_factors(severity)
+    zooms = np.arange(*_p("zoom_blur", severity))
     total = x + sum(ops.clipped_zoom(x, float(z)) for z in zooms)
     return _clip(total / (len(zooms) + 1))
 
