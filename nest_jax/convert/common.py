@@ -314,12 +314,10 @@ def _load_torch_file(path: str | Path) -> dict[str, np.ndarray]:
             break
     if not isinstance(sd, dict):
         raise UserError(f"{path} holds a {type(sd).__name__}, not a state dict of tensors; {_RESAVE}")
-    out = {}
     for k, v in sd.items():
         if not isinstance(v, torch.Tensor):
             raise UserError(f"{path}: entry {k!r} is a Python {type(v).__name__}, not a tensor; {_RESAVE}")
-        out[k] = v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-    return out
+    return to_numpy(sd)
 
 
 def _load_torch_file_in_subprocess(path: Path) -> dict[str, np.ndarray]:
