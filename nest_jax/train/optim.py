@@ -141,27 +141,16 @@ def make_optimizer(opt: Any, params: Any, *, schedule: optax.Schedule) -> optax.
     name = opt.name
     wd = float(opt.weight_decay)
     mask = decay_mask(params, opt.wd_mask)
+    adam = dict(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps), weight_decay=wd, mask=mask)  # AdamW and LAMB
     parts = []
     if opt.clip_norm:
         parts.append(optax.clip_by_global_norm(float(opt.clip_norm)))
     if name == "adamw":
         if opt.mu_dtype is not None and opt.mu_dtype not in MU_DTYPES:
             raise ValueError(f"optimizer.mu_dtype must be one of {', '.join(MU_DTYPES)} or None, got {opt.mu_dtype!r}")
-        parts.append(
-            optax.adamw(
-                schedule,
-                b1=float(opt.b1),
-                b2=float(opt.b2),
-                eps=float(opt.eps),
-                weight_decay=wd,
-                mask=mask,
-                mu_dtype=None if opt.mu_dtype is None else jnp.dtype(opt.mu_dtype),
-            )
-        )
+        parts.append(optax.adamw(schedule, **adam, mu_dtype=None if opt.mu_dtype is None else jnp.dtype(opt.mu_dtype)))
     elif name == "lamb":
-        parts.append(
-            optax.lamb(schedule, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps), weight_decay=wd, mask=mask)
-        )
+        parts.append(optax.lamb(schedule, **adam))
     elif name == "sgd":
         if wd:  # coupled L2 (added to the gradient before momentum), as torch.optim.SGD
             parts.append(optax.add_decayed_weights(wd, mask=mask))
