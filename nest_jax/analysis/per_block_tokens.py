@@ -48,18 +48,14 @@ def vit_run_layers(model, z: Array, start: int = 0, stop: int | None = None) -> 
     return z
 
 
-def _require_head(model) -> None:
-    if getattr(model.config, "num_classes", 0) <= 0:
-        raise UserError("per-layer classification needs a model with a classification head (num_classes > 0)")
-
-
 @nnx.jit
 def per_layer_logits(model, images: Array) -> dict[str, Array]:
     """{token: (L, B, K)} per layer (ViT) or per readable level (NesT), plus "inference" (L, B, K).
 
     images: (B, H, W, C), already normalized as the model expects.
     """
-    _require_head(model)
+    if getattr(model.config, "num_classes", 0) <= 0:
+        raise UserError("per-layer classification needs a model with a classification head (num_classes > 0)")
     if is_vit(model):
         _, inter = model(images, train=False, capture=("layers",))
         per = [vit_token_logits(model, z) for z in inter["layers"]]
