@@ -40,31 +40,25 @@ def _layer_index(c: NestConfig):
 
 def _plain_pairs(c: NestConfig) -> list[tuple[str, str]]:
     """(official path, nest_jax path) of every parameter that maps one-to-one (same array)."""
-    pairs = [
-        ("PatchEmbedding_0/Conv_0/kernel", "patch_embed/proj/kernel"),
-        ("PatchEmbedding_0/Conv_0/bias", "patch_embed/proj/bias"),
-        ("LayerNorm_0/scale", "norm/scale"),
-        ("LayerNorm_0/bias", "norm/bias"),
-    ]
+
+    def module(src: str, dst: str, leaf: str = "kernel") -> list[tuple[str, str]]:
+        """The pairs of a dense / conv module (its kernel) or a LayerNorm (leaf="scale"), and its bias."""
+        return [(f"{src}/{p}", f"{dst}/{p}") for p in (leaf, "bias")]
+
+    pairs = [*module("PatchEmbedding_0/Conv_0", "patch_embed/proj"), *module("LayerNorm_0", "norm", "scale")]
     if c.num_classes > 0:
-        pairs += [("Dense_0/kernel", "head/kernel"), ("Dense_0/bias", "head/bias")]
+        pairs += module("Dense_0", "head")
     for level in range(c.levels):
         pairs.append((f"PositionEmbedding_{level}/pos_embedding", f"levels/{level}/pos_embed"))
         if level > 0:
             src, dst = f"ConvPool_{level - 1}", f"levels/{level}/pool"
-            pairs += [
-                (f"{src}/Conv_0/kernel", f"{dst}/conv/kernel"),
-                (f"{src}/Conv_0/bias", f"{dst}/conv/bias"),
-                (f"{src}/LayerNorm_0/scale", f"{dst}/norm/scale"),
-                (f"{src}/LayerNorm_0/bias", f"{dst}/norm/bias"),
-            ]
+            pairs += [*module(f"{src}/Conv_0", f"{dst}/conv"), *module(f"{src}/LayerNorm_0", f"{dst}/norm", "scale")]
     for k, (level, j) in _layer_index(c):
         src, dst = f"EncoderNDBlock_{k}", f"levels/{level}/layers/{j}"
         for a, b in (("LayerNorm_0", "norm1"), ("LayerNorm_1", "norm2")):
-            pairs += [(f"{src}/{a}/scale", f"{dst}/{b}/scale"), (f"{src}/{a}/bias", f"{dst}/{b}/bias")]
+            pairs += module(f"{src}/{a}", f"{dst}/{b}", "scale")
         for a, b in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
-            for p in ("kernel", "bias"):
-                pairs.append((f"{src}/MlpBlock_0/{a}/{p}", f"{dst}/mlp/{b}/{p}"))
+            pairs += module(f"{src}/MlpBlock_0/{a}", f"{dst}/mlp/{b}")
         attn = f"{src}/{'MultiQueryAttention_0' if c.attention == 'multi_query' else 'MultiHeadAttention_0'}"
         pairs += [(f"{attn}/proj_kernel", f"{dst}/attn/proj"), (f"{attn}/bias", f"{dst}/attn/proj_bias")]
     return pairs
