@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from nest_jax.convert.common import flat_paths, nest_paths, path_str
+from nest_jax.convert.common import flat_paths, host_arrays, nest_paths
 from nest_jax.convert.workdir import as_path
 from nest_jax.errors import UserError
 from nest_jax.paths import copytree, is_remote, rmtree, walk
@@ -75,11 +75,7 @@ def save_params(
         )
     if directory.exists() and (foreign := foreign_files(directory)):
         raise UserError(f"{directory} {holds_foreign(foreign)}: move them out of it, or choose another directory")
-    state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
-    flat = [(path_str(k), v) for k, v in nnx.to_flat_state(state)]
-    items = {
-        name: {k: np.asarray(v[...]) for k, v in flat if isinstance(v, kind)} for name, kind in COLLECTIONS.items()
-    }
+    items = {name: host_arrays(model_or_state, kind) for name, kind in COLLECTIONS.items()}
     items = {name: nest_paths(arrays) for name, arrays in items.items() if arrays}
     meta = {"format": FORMAT, "model": model_name, "kwargs": dict(model_kwargs or {}), "collections": sorted(items)}
     try:
