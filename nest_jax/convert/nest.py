@@ -137,13 +137,7 @@ def load_official_nest(model: Nest, tree_or_flat: Mapping[str, Any], *, strict: 
 
     The model must use the checkpoint's GELU (official: `gelu="tanh"`) and padding (`"tf_same"`).
     """
-    assign_params(
-        model,
-        official_nest_to_params(tree_or_flat, model.config, strict=strict),
-        strict=strict,
-        source="official NesT checkpoint",
-    )
-    return model
+    return _load(model, official_nest_to_params, tree_or_flat, strict, "official NesT checkpoint")
 
 
 def timm_nest_to_params(
@@ -197,12 +191,12 @@ def timm_nest_to_params(
 def load_timm_nest(model: Nest, state_dict: Mapping[str, Any], *, strict: bool = True) -> Nest:
     """Loads a timm NesT state dict in place. timm weights need `gelu="exact"`; `nest_*_jx` weights
     `pool_padding="tf_same"`, plain `nest_*` weights `pool_padding="symmetric"`."""
-    assign_params(
-        model,
-        timm_nest_to_params(state_dict, model.config, strict=strict),
-        strict=strict,
-        source="timm NesT state dict",
-    )
+    return _load(model, timm_nest_to_params, state_dict, strict, "timm NesT state dict")
+
+
+def _load(model: Nest, to_params: Any, weights: Mapping[str, Any], strict: bool, source: str) -> Nest:
+    """`weights` converted by `to_params` for the model's config and assigned in place (shapes checked first)."""
+    assign_params(model, to_params(weights, model.config, strict=strict), strict=strict, source=source)
     return model
 
 
