@@ -234,3 +234,18 @@ def test_the_generator_evaluators_refuse_a_classifier_in_one_line():
         UserError, match=r"^ViT is not a generator \(no config.latent_dim\): samples and fid evaluate GANs$"
     ):
         grid.run(state, 0)
+
+
+def test_sharding_strict_refuses_a_gan_whose_widths_do_not_split():
+    """config.sharding.strict holds for both GAN networks, as it does for a classifier: a
+    width that fsdp=8 cannot split is one UserError line, not a silent replication."""
+    from nest_jax.train.sharding import make_mesh
+
+    config = tiny_gan_config()
+    config.gan.discriminator.overrides.widths = (12, 12)  # 12 channels do not split 8 ways
+    config.sharding.strict = True
+    with pytest.raises(UserError, match=r"\(12, 1\): dim 0 not split over 'fsdp'.*sharding\.strict") as e:
+        G.make_gan_trainer(config, make_mesh({"data": 1, "fsdp": 8, "tensor": 1}))
+    assert "\n" not in str(e.value)
+    config.sharding.strict = False  # the default: replicated with a warning, and the trainer builds
+    G.make_gan_trainer(config, make_mesh({"data": 1, "fsdp": 8, "tensor": 1}))

@@ -31,7 +31,6 @@ def load_teachers(config: Any, mesh: Mesh, num_classes: int) -> tuple[dict, dict
     from nest_jax.models import create_model
 
     teachers, params = {}, {}
-    rules = config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES
     for token, cfg in config.distill.items():
         if cfg is None:
             continue
@@ -52,7 +51,7 @@ def load_teachers(config: Any, mesh: Mesh, num_classes: int) -> tuple[dict, dict
                 f"(its class count differs from the dataset's {num_classes})"
             )
         graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
-        p_sh = shd.param_shardings(abs_params, mesh, logical_rules=rules, strict=config.sharding.strict)
+        p_sh = shd.config_param_shardings(config, abs_params, mesh, regex_rules=False)
         pure = place(arrays, nnx.to_pure_dict(abs_params), p_sh)
         repl = shd.replicated(mesh)
         # The RNG streams (and any batch statistics' layout) come from a jitted build; XLA drops the

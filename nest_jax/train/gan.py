@@ -128,9 +128,8 @@ def make_gan_trainer(config: Any, mesh: Mesh) -> GanTrainer:
         return _with_stats(state, g_stats, d_stats)
 
     abstract_state = jax.eval_shape(init)
-    rules = config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES
-    g_sh = shd.param_shardings(G.abstract_params, mesh, logical_rules=rules, regex_rules=config.sharding_rules)
-    d_sh = shd.param_shardings(D.abstract_params, mesh, logical_rules=rules, regex_rules=config.sharding_rules)
+    g_sh = shd.config_param_shardings(config, G.abstract_params, mesh)
+    d_sh = shd.config_param_shardings(config, D.abstract_params, mesh)
     repl = shd.replicated(mesh)
     state_sh = {
         "step": repl,

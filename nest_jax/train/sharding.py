@@ -165,6 +165,22 @@ def param_shardings(
     return nnx.to_pure_dict(shard_state)
 
 
+def config_param_shardings(config: Any, abstract_params: nnx.State, mesh: Mesh, *, regex_rules: bool = True) -> dict:
+    """`param_shardings` with the run's settings: `config.logical_axis_rules` (default
+    DEFAULT_LOGICAL_RULES), `config.sharding_rules` and `config.sharding.strict`.
+
+    regex_rules=False leaves out `config.sharding_rules`: they are written for the paths of the
+    trained model, not for a distillation teacher of another architecture.
+    """
+    return param_shardings(
+        abstract_params,
+        mesh,
+        logical_rules=config.logical_axis_rules or DEFAULT_LOGICAL_RULES,
+        regex_rules=(config.sharding_rules or ()) if regex_rules else (),
+        strict=config.sharding.strict,
+    )
+
+
 def like_params(tree: Any, params_shardings: dict, mesh: Mesh, abstract_params: dict | None = None) -> Any:
     """Shardings for a tree holding parameter-shaped leaves (optimizer moments, EMA).
 

@@ -184,13 +184,7 @@ def make_trainer(
         return state
 
     abstract_state = jax.eval_shape(init)
-    p_sh = shd.param_shardings(
-        net.abstract_params,
-        mesh,
-        logical_rules=config.logical_axis_rules or shd.DEFAULT_LOGICAL_RULES,
-        regex_rules=config.sharding_rules or (),
-        strict=config.sharding.strict,
-    )
+    p_sh = shd.config_param_shardings(config, net.abstract_params, mesh)
     repl = shd.replicated(mesh)
     state_sh = {k: shd.like_params(v, p_sh, mesh, pure_abs) for k, v in abstract_state.items() if k != "params"}
     state_sh["params"] = p_sh
