@@ -10,6 +10,7 @@ trained on (2 -> 4 steps; from scratch on an empty workdir)."""
 import json
 import logging
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ from nest_jax.errors import Preempted, UserError
 from nest_jax.main import run_job
 from nest_jax.train import gan as G
 from nest_jax.train.checkpoint import Checkpointer
-from nest_jax.train.config_base import base_config, gan_section
+from nest_jax.train.config_base import base_config, gan_section, teacher
 from nest_jax.train.lock import LOCK_NAME, WorkdirLock
 from nest_jax.train.loop import train_and_evaluate
 from tests._train_helpers import SyntheticData
@@ -249,3 +250,49 @@ def test_sharding_strict_refuses_a_gan_whose_widths_do_not_split():
     assert "\n" not in str(e.value)
     config.sharding.strict = False  # the default: replicated with a warning, and the trainer builds
     G.make_gan_trainer(config, make_mesh({"data": 1, "fsdp": 8, "tensor": 1}))
+
+
+@pytest.mark.parametrize(
+    "field, value, where",
+    [
+        ("optimizer.lr", 0.5, "gan.g_optimizer and gan.d_optimizer"),
+        ("mix.mixup_alpha", 0.8, "unmixed images"),
+        ("model.remat", True, "gan.generator and gan.discriminator"),
+        ("model.pretrained", "true", "gan.generator and gan.discriminator"),
+        ("init_from.checkpoint", "/some/workdir", "starts from scratch"),
+        ("gan.g_optimizer.ema_decay", 0.99, "gan.ema_decay"),
+        ("gan.d_optimizer.warmup_epochs", 5.0, "set warmup_steps"),
+        ("gan.g_optimizer.schedule", "cosine", "constant after warmup_steps"),
+    ],
+)
+def test_a_setting_a_gan_run_would_ignore_is_refused_in_one_line(field, value, where):
+    """Each of these was accepted and silently ignored by a GAN run (a learning rate set on the
+    classifier's optimizer, a cosine schedule over an unbounded run, ...)."""
+    from nest_jax.train.validate import validate_config
+
+    config = tiny_gan_config()
+    *groups, key = field.split(".")
+    node = config
+    for g in groups:
+        node = node[g]
+    node[key] = value
+    with pytest.raises(
+        UserError, match=rf"^{re.escape(field)}={re.escape(repr(value))} is not read by task='gan'"
+    ) as e:
+        validate_config(config, check_dataset=False)
+    assert where in str(e.value) and "\n" not in str(e.value)
+    # The schema's defaults (model.name naming the generator included) are accepted.
+    fresh = tiny_gan_config()
+    fresh.model.name = "nest_gan_32"
+    validate_config(fresh, check_dataset=False)
+
+
+def test_a_distillation_teacher_in_a_gan_run_is_refused_by_name():
+    from nest_jax.train.validate import validate_config
+
+    config = tiny_gan_config()
+    config.distill = ml_collections.ConfigDict({"dist": teacher("deit_tiny_patch16_224", "/teacher")})
+    with pytest.raises(
+        UserError, match=r"^distill\.dist is not read by task='gan' \(a GAN has no distillation teachers\); remove it$"
+    ):
+        validate_config(config, check_dataset=False)

@@ -92,8 +92,6 @@ def make_task_trainer(config: Any, mesh: Any, info: Any, num_steps: int, warmup:
     if config.task == "gan":
         from nest_jax.train.gan import make_gan_trainer
 
-        if config.init_from.checkpoint:
-            raise UserError("init_from fine-tunes classifiers; a GAN starts from scratch: unset init_from.checkpoint")
         return make_gan_trainer(config, mesh), ()  # any other task name was refused by validate_config
     teachers, teacher_params = {}, {}
     if config.distill:

@@ -181,8 +181,53 @@ def validate_config(config: Any, *, check_dataset: bool = True) -> None:
         _check_dataset_name(config)
     _check_mesh(config)
     _check_models(config, gan)
-    if gan and _get(config, "dataset.augment_on") == "device":
+    if gan:
+        _check_gan_reads(config)
+
+
+# What a GAN run does not read, with where its own setting is: a value other than the schema's
+# default there would be silently ignored, so it is refused.
+_CLASSIFIER_ONLY = {
+    "model": "the GAN's networks are gan.generator and gan.discriminator",
+    "optimizer": "the GAN's optimizers are gan.g_optimizer and gan.d_optimizer",
+    "mix": "a GAN trains on unmixed images",
+    "distill": "a GAN has no distillation teachers",
+    "distill_kl_reduction": "a GAN has no distillation teachers",
+    "init_from": "a GAN starts from scratch",
+}
+_GAN_OPTIMIZER_UNREAD = {
+    "ema_decay": "the EMA generator follows gan.ema_decay",
+    "warmup_epochs": "a GAN's warmup is counted in steps: set warmup_steps",
+    "schedule": "a GAN's learning rates are constant after warmup_steps",
+}
+
+
+def _check_gan_reads(config: Any) -> None:
+    """One line for the first field set away from the schema's default that a GAN run would ignore
+    (`model.name` may name the generator, as configs/*_gan.py do)."""
+    if _get(config, "dataset.augment_on") == "device":
         raise _fail("dataset.augment_on", "device", "is for task='classification'", 'set it to "host"')
+    unread = list(_CLASSIFIER_ONLY.items()) + [
+        (f"gan.{net}.{k}", why) for net in ("g_optimizer", "d_optimizer") for k, why in _GAN_OPTIMIZER_UNREAD.items()
+    ]
+    default = base_config()
+    for section, why in unread:
+        for path, value in _leaves(_get(config, section), section):
+            want = _get(default, path)
+            if path == "model.name" or value == want:
+                continue
+            problem = f"is not read by task='gan' ({why})"
+            if want is _MISSING:  # an entry the schema does not have (a distillation teacher)
+                entry = ".".join(path.split(".")[: section.count(".") + 2])
+                raise UserError(f"{entry} {problem}; remove it")
+            raise _fail(path, value, problem, f"leave it at the schema's default, {want!r}")
+
+
+def _leaves(node: Any, path: str) -> list[tuple[str, Any]]:
+    """(dotted path, value) of every leaf under `node` (itself when it is one)."""
+    if not hasattr(node, "keys") or not node.keys():
+        return [] if node is _MISSING else [(path, node)]
+    return [leaf for k in node.keys() for leaf in _leaves(node[k], f"{path}.{k}")]
 
 
 def _get(config: Any, path: str) -> Any:
