@@ -296,3 +296,13 @@ def test_a_distillation_teacher_in_a_gan_run_is_refused_by_name():
         UserError, match=r"^distill\.dist is not read by task='gan' \(a GAN has no distillation teachers\); remove it$"
     ):
         validate_config(config, check_dataset=False)
+
+
+def test_a_gan_setting_in_a_classification_run_is_refused_in_one_line():
+    from nest_jax.train.validate import validate_config
+    from tests._train_helpers import tiny_config
+
+    config = tiny_config()
+    config.gan.latent_dim = 64
+    with pytest.raises(UserError, match=r"^gan\.latent_dim=64 is not read by task='classification' .*task=gan"):
+        validate_config(config, check_dataset=False)

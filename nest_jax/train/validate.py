@@ -181,12 +181,11 @@ def validate_config(config: Any, *, check_dataset: bool = True) -> None:
         _check_dataset_name(config)
     _check_mesh(config)
     _check_models(config, gan)
-    if gan:
-        _check_gan_reads(config)
+    _check_task_reads(config, gan)
 
 
-# What a GAN run does not read, with where its own setting is: a value other than the schema's
-# default there would be silently ignored, so it is refused.
+# What a GAN run does not read, with where its own setting is (a classifier reads no `gan` field): a
+# value other than the schema's default there would be silently ignored, so it is refused.
 _CLASSIFIER_ONLY = {
     "model": "the GAN's networks are gan.generator and gan.discriminator",
     "optimizer": "the GAN's optimizers are gan.g_optimizer and gan.d_optimizer",
@@ -202,21 +201,23 @@ _GAN_OPTIMIZER_UNREAD = {
 }
 
 
-def _check_gan_reads(config: Any) -> None:
-    """One line for the first field set away from the schema's default that a GAN run would ignore
-    (`model.name` may name the generator, as configs/*_gan.py do)."""
-    if _get(config, "dataset.augment_on") == "device":
+def _check_task_reads(config: Any, gan: bool) -> None:
+    """One line for the first field set away from the schema's default that the run's task would
+    ignore (`model.name` may name a GAN's generator, as configs/*_gan.py do)."""
+    if gan and _get(config, "dataset.augment_on") == "device":
         raise _fail("dataset.augment_on", "device", "is for task='classification'", 'set it to "host"')
     unread = list(_CLASSIFIER_ONLY.items()) + [
         (f"gan.{net}.{k}", why) for net in ("g_optimizer", "d_optimizer") for k, why in _GAN_OPTIMIZER_UNREAD.items()
     ]
-    default = base_config()
+    if not gan:
+        unread = [("gan", "only a GAN run reads config.gan: set --config.task=gan")]
+    task, default = _get(config, "task"), base_config()
     for section, why in unread:
         for path, value in _leaves(_get(config, section), section):
             want = _get(default, path)
             if path == "model.name" or value == want:
                 continue
-            problem = f"is not read by task='gan' ({why})"
+            problem = f"is not read by task={task!r} ({why})"
             if want is _MISSING:  # an entry the schema does not have (a distillation teacher)
                 entry = ".".join(path.split(".")[: section.count(".") + 2])
                 raise UserError(f"{entry} {problem}; remove it")
