@@ -10,6 +10,7 @@ from nest_jax.analysis import occlusion as O
 from nest_jax.analysis import patch_shuffle as S
 from nest_jax.analysis import per_block_tokens as T
 from nest_jax.analysis.forward import logits_from_pixels
+from nest_jax.errors import UserError
 from nest_jax.models import create_model
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
@@ -144,3 +145,21 @@ def test_occlusion_curves_run_on_nest_and_resnet_grids(images):
     r = O.run_occlusion(nest, b, mean=MEAN, std=STD, ratios=(0.0, 0.5))
     assert r["grid"] == [4, 4] and r["dropped"] == [0, 8]
     assert len(S.run_patch_shuffle(nest, b, mean=MEAN, std=STD, grids=((1, 1), (4, 4)))["top1"]) == 2
+
+
+def test_run_token_drop_after_the_last_layer_leaves_the_class_tokens_and_top1_alone(deit, images):
+    """Tokens dropped after the last layer cannot reach the class and distillation tokens (the
+    final norm is per token), so top-1 is the clean top-1 at every ratio, ratio 1.0 included (one
+    patch token is always kept); ratio 0 keeps every token at every layer. The clean top-1 is
+    computed here from the model's logits, independently of the sweep."""
+    clean = np.argmax(np.asarray(logits_from_pixels(deit, jnp.asarray(images), mean=MEAN, std=STD)), -1)
+    labels = np.concatenate([clean[:4], (clean[4:] + 1) % 4])  # the model is right on 4 of 6
+    batches = [dict(image=images[:4], label=labels[:4]), dict(image=images[4:], label=labels[4:])]
+    want = 4 / 6
+    depth = len(deit.layers)
+    out = S.run_token_drop(deit, batches, mean=MEAN, std=STD, ratios=(0.0, 0.5, 1.0), layers=[0, 1, depth])
+    assert out["ratios"] == [0.0, 0.5, 1.0] and out["layers"] == [0, 1, depth]
+    assert out["top1"][str(depth)] == [want, want, want]
+    assert out["top1"]["0"][0] == want and out["top1"]["1"][0] == want
+    with pytest.raises(UserError, match="token dropping needs a ViT/DeiT"):
+        S.run_token_drop(create_model("nest_tiny", num_classes=4, img_size=32), batches, mean=MEAN, std=STD)
