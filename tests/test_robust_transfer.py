@@ -90,3 +90,32 @@ def test_sharded_analyses_equal_single_device():
             np.asarray(C.corrupt(name, jax.random.key(0), x, 3)),
             atol=1e-6,
         )
+
+
+def test_run_linear_probe_matches_scikit_learns_logistic_regression_on_the_same_features():
+    """The probe's AdamW training against an independent solver: scikit-learn's L2 logistic
+    regression fitted on the features `extract_features` gives for the same frozen DeiT. Images of
+    4 classes differ in their mean colour, so the frozen features separate them (through noise that keeps both solvers below 100%)."""
+    from sklearn.linear_model import LogisticRegression
+
+    m = create_model(
+        "deit_tiny_patch16_224", num_classes=4, img_size=16, patch_size=4, depth=2, dim=16, num_heads=2, mlp_dim=32
+    )
+    palette = np.array([[0.2, 0.2, 0.8], [0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.7, 0.7, 0.2]], np.float32)
+
+    def batches(n, seed):
+        rng = np.random.default_rng(seed)
+        y = np.arange(n) % 4
+        x = np.clip(palette[y][:, None, None] + rng.normal(0, 0.6, (n, 16, 16, 3)), 0, 1).astype(np.float32)
+        return [dict(image=x[i : i + 64], label=y[i : i + 64]) for i in range(0, n, 64)]
+
+    train, test = batches(256, 0), batches(128, 1)
+    norm = dict(mean=(0.5,) * 3, std=(0.25,) * 3)
+    got = TR.run_linear_probe(m, train, test, num_classes=4, kinds=("cls", "pre_logits"), epochs=30, lr=1e-2, **norm)
+    assert set(got["top1"]) == {"cls", "pre_logits"}
+    for kind, acc in got["top1"].items():
+        x, y = TR.extract_features(m, train, kind=kind, **norm)
+        xt, yt = TR.extract_features(m, test, kind=kind, **norm)
+        ref = LogisticRegression(max_iter=2000).fit(x, y).score(xt, yt)
+        assert ref > 0.9, (kind, ref)  # the task is learnable from these features
+        assert abs(acc - ref) <= 0.05, (kind, acc, ref)
