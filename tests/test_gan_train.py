@@ -276,6 +276,7 @@ def test_a_setting_a_gan_run_would_ignore_is_refused_in_one_line(field, value, w
     for g in groups:
         node = node[g]
     node[key] = value
+    config.lock()  # as the command line hands it over: ConfigDict equality would also compare this flag
     with pytest.raises(
         UserError, match=rf"^{re.escape(field)}={re.escape(repr(value))} is not read by task='gan'"
     ) as e:
@@ -284,6 +285,7 @@ def test_a_setting_a_gan_run_would_ignore_is_refused_in_one_line(field, value, w
     # The schema's defaults (model.name naming the generator included) are accepted.
     fresh = tiny_gan_config()
     fresh.model.name = "nest_gan_32"
+    fresh.lock()
     validate_config(fresh, check_dataset=False)
 
 
@@ -303,6 +305,8 @@ def test_a_gan_setting_in_a_classification_run_is_refused_in_one_line():
     from tests._train_helpers import tiny_config
 
     config = tiny_config()
+    config.lock()
+    validate_config(config, check_dataset=False)  # the schema's gan section, locked, is accepted
     config.gan.latent_dim = 64
     with pytest.raises(UserError, match=r"^gan\.latent_dim=64 is not read by task='classification' .*task=gan"):
         validate_config(config, check_dataset=False)

@@ -215,13 +215,18 @@ def _check_task_reads(config: Any, gan: bool) -> None:
     for section, why in unread:
         for path, value in _leaves(_get(config, section), section):
             want = _get(default, path)
-            if path == "model.name" or value == want:
+            if path == "model.name" or _plain(value) == _plain(want):
                 continue
             problem = f"is not read by task={task!r} ({why})"
             if want is _MISSING:  # an entry the schema does not have (a distillation teacher)
                 entry = ".".join(path.split(".")[: section.count(".") + 2])
                 raise UserError(f"{entry} {problem}; remove it")
             raise _fail(path, value, problem, f"leave it at the schema's default, {want!r}")
+
+
+def _plain(value: Any) -> Any:
+    """An (empty) ConfigDict as a dict: ConfigDict equality also compares the locked flag."""
+    return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def _leaves(node: Any, path: str) -> list[tuple[str, Any]]:
