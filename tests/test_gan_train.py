@@ -23,7 +23,7 @@ from flax import nnx
 from nest_jax.errors import Preempted, UserError
 from nest_jax.main import run_job
 from nest_jax.train import gan as G
-from nest_jax.train.checkpoint import Checkpointer
+from nest_jax.train.checkpoint import CHECKPOINTS, Checkpointer
 from nest_jax.train.config_base import base_config, gan_section, teacher
 from nest_jax.train.lock import LOCK_NAME, WorkdirLock
 from nest_jax.train.loop import train_and_evaluate
@@ -310,3 +310,21 @@ def test_a_gan_setting_in_a_classification_run_is_refused_in_one_line():
     config.gan.latent_dim = 64
     with pytest.raises(UserError, match=r"^gan\.latent_dim=64 is not read by task='classification' .*task=gan"):
         validate_config(config, check_dataset=False)
+
+
+def test_an_evaluator_of_the_other_task_is_refused_before_training(tmp_path):
+    """A GAN run that kept the schema's classification evaluator trained to its end and then failed
+    with a KeyError traceback; a classifier run with a GAN evaluator is refused the same way."""
+    from tests._train_helpers import tiny_config
+
+    gan = tiny_gan_config(steps=2)
+    gan.evals = base_config().evals  # evals.val: kind "classification"
+    data = SyntheticData(num_classes=2, image_size=8, channels=3, num_train=64)
+    with pytest.raises(UserError, match=r"^config\.evals\.val: evaluator kind 'classification' is for .*fid, samples$"):
+        train_and_evaluate(gan, tmp_path / "gan", data=data)
+    assert not list((tmp_path / "gan" / CHECKPOINTS).glob("*"))  # refused before any step
+    classifier = tiny_config(num_train_steps=2)
+    with classifier.unlocked():
+        classifier.evals.grid = dict(kind="samples", every_steps=0, prefix="")
+    with pytest.raises(UserError, match=r"^config\.evals\.grid: evaluator kind 'samples' is for task='gan' runs"):
+        train_and_evaluate(classifier, tmp_path / "classifier", data=SyntheticData())

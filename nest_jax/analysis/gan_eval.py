@@ -46,6 +46,8 @@ class Sampler:
     numpy on every process. Latent batch i is `normal(fold_in(key(seed), i))`: the same images for
     the same (state, seed)."""
 
+    task = "gan"  # evaluates the generator of a GAN run (`build_evaluators` checks config.task)
+
     def __init__(self, model_fn: Callable, data: EvalData, batch_size: int | None):
         size = data.batch_size if batch_size is None else check_batch_size(batch_size, data.mesh, "batch_size")
         self.model_fn, self.data, self.batch_size = model_fn, data, size

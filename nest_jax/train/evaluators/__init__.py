@@ -22,7 +22,8 @@ data settings `batch_size`, `max_batches` (None: the data's defaults) and reads 
 `config.evals.<name> = dict(kind=..., every_steps=..., prefix=..., **settings)`: `build_evaluators`
 reads kind, every_steps (None: train.eval_every_steps; 0: only at the end) and prefix (None:
 "<name>/"), and passes the remaining keys to the class as keyword arguments; an unknown key is a
-one-line UserError naming the close ones. Kinds defined by the analysis layer are found by
+one-line UserError naming the close ones, and so is a kind whose class's `task` attribute ("gan" for
+the generator's evaluators; "classification" when it has none) is not the run's `config.task`. Kinds defined by the analysis layer are found by
 importing `PLUGIN_MODULES` (lazily: the training loop never imports them itself).
 """
 
@@ -224,10 +225,23 @@ def build_evaluators(config: Any, model_fn: Callable, data: EvalData) -> dict[st
         if "kind" not in entry:
             raise UserError(f"config.evals.{name} has no kind; known kinds: {', '.join(known_kinds())}")
         kind, every, prefix = (entry.pop(k, None) for k in SCHEDULE_KEYS)
+        _check_task(kind, config.get("task", "classification"), where=f"config.evals.{name}")
         every = config.train.eval_every_steps if every is None else every
         ev = make_evaluator(kind, model_fn, data, entry, where=f"config.evals.{name}")
         out[name] = Evaluation(name, ev, int(every or 0), f"{name}/" if prefix is None else str(prefix))
     return out
+
+
+def _check_task(kind: str, task: str, *, where: str) -> None:
+    """UserError unless `kind` evaluates the model of `task`: a classifier, or for task "gan" the
+    generator (an evaluator class says so by its `task` attribute; "classification" when it has none)."""
+    task_of = lambda cls: getattr(cls, "task", "classification")  # noqa: E731
+    if task_of(get_evaluator(kind)) != task:
+        kinds = [k for k, cls in known_kinds().items() if task_of(cls) == task]
+        raise UserError(
+            f"{where}: evaluator kind {kind!r} is for task={task_of(get_evaluator(kind))!r} runs and this run's "
+            f"task is {task!r}; its kinds are: {', '.join(kinds)}"
+        )
 
 
 def model_fn_of(model: Any) -> tuple[Callable[[dict], Any], dict]:
