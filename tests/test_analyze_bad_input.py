@@ -200,3 +200,11 @@ def test_reading_a_checkpoint_logs_nothing_from_orbax(workdir, tmp_path, caplog)
         assert main(["pos_embed", f"--config={config}", f"--checkpoint={work}", f"--out={tmp_path}"]) == 0
     orbax = [r.getMessage() for r in caplog.records if "/orbax/" in r.pathname]
     assert not orbax, orbax
+
+
+def test_a_gan_config_is_one_line_pointing_at_eval_mode(capsys, tmp_path):
+    """A GAN config used to build a default-sized generator from its informative model.name and
+    then fail to read the workdir with a wrong "no EMA parameters" message."""
+    gan = str(REPO / "configs" / "digits_nest_gan.py")
+    line = _error(capsys, ["samples", f"--config={gan}", f"--out={tmp_path / 'o'}", *FAST])
+    assert "is a GAN run (task='gan')" in line and f"--config={gan} --workdir=WORKDIR --mode=eval" in line

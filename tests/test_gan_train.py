@@ -27,6 +27,7 @@ from nest_jax.train.checkpoint import CHECKPOINTS, Checkpointer
 from nest_jax.train.config_base import base_config, gan_section, teacher
 from nest_jax.train.lock import LOCK_NAME, WorkdirLock
 from nest_jax.train.loop import train_and_evaluate
+from nest_jax.train.sharding import make_mesh
 from tests._train_helpers import SyntheticData
 
 # Tiny networks: a 3-level NesT generator and a 2-block SAGAN discriminator, 8 or 32 px.
@@ -328,3 +329,30 @@ def test_an_evaluator_of_the_other_task_is_refused_before_training(tmp_path):
         classifier.evals.grid = dict(kind="samples", every_steps=0, prefix="")
     with pytest.raises(UserError, match=r"^config\.evals\.grid: evaluator kind 'samples' is for task='gan' runs"):
         train_and_evaluate(classifier, tmp_path / "classifier", data=SyntheticData())
+
+
+def test_load_params_of_a_gan_workdir_gives_the_generator(stopped_at_4):
+    """`nest_jax.load_params` of a GAN workdir reads the generator (raw or EMA) as saved (compared
+    with the trainer's own restore of the whole state), and the generator built from the run's
+    config with them loaded draws what the run's EMA generator draws."""
+    import nest_jax
+    from nest_jax.convert.common import path_str
+    from nest_jax.convert.load import load_into
+
+    config = digits_gan_config(steps=6)
+    trainer = G.make_gan_trainer(config, make_mesh({"data": -1}))
+    ckpt = Checkpointer(stopped_at_4, max_to_keep=5, create=False)
+    step, state = ckpt.restore_latest(trainer.abstract_state, trainer.state_shardings, set_aside=False)
+    assert step == 4
+    for ema, key in ((False, "g"), (True, "g_ema")):
+        weights = nest_jax.load_params(stopped_at_4, ema=ema)
+        leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state[key]))[0]
+        saved = {path_str(k.key for k in p): np.asarray(v) for p, v in leaves}
+        assert weights.step == 4 and sorted(weights.params) == sorted(saved)
+        for k, v in saved.items():
+            np.testing.assert_array_equal(weights.params[k], v)
+    generator = G.build_generator(config, nnx.Rngs(0))
+    assert load_into(generator, weights) == []
+    z = jax.random.normal(jax.random.key(0), (2, int(config.gan.latent_dim)))
+    want = trainer.eval_model(state, trainer.init_rest())(z, train=False)
+    np.testing.assert_allclose(np.asarray(generator(z, train=False)), np.asarray(want), atol=1e-6)

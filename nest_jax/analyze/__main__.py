@@ -37,6 +37,11 @@ def load_config(spec: str, overrides: list[str], flag: str = "--set"):
 
     config = cli_config.load_config(spec)
     override(config, overrides, flag=flag)
+    if config.get("task") == "gan":
+        raise UserError(
+            f"{spec} is a GAN run (task='gan') and {PROG} analyses classifiers; evaluate a GAN with its "
+            f"evaluators (samples, fid): python -m nest_jax.main --config={spec} --workdir=WORKDIR --mode=eval"
+        )
     return config
 
 

@@ -3,7 +3,8 @@ into a model.
 
 `load_params` reads, on any `etils.epath` path (local or gs://):
   - a training workdir: its latest checkpoint (or `step=`), the params or with `ema=True` their EMA,
-    and the batch statistics; only those subtrees are read, as host arrays, without the trainer;
+    and the batch statistics; only those subtrees are read, as host arrays, without the trainer (of
+    a GAN run: its generator's, the EMA generator with `ema=True`);
   - a `python -m nest_jax.convert` output folder (`save_params`), which also records its model;
   - an importer's file (timm `.pth`/`.safetensors`, Google ViT `.npz`, official or timm NesT), whose
     arrays the importers of this package rename into the architecture of `model`;

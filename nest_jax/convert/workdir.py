@@ -23,6 +23,8 @@ from nest_jax.paths import as_path  # noqa: F401  (the one path helper, re-expor
 CHECKPOINTS = "checkpoints"  # <workdir>/checkpoints/<step>/
 STATE, DATA = "default", "data"  # orbax item names; "default" keeps single-item readers working
 PARAMS, EMA, BATCH_STATS = "params", "ema", "batch_stats"  # keys of the train state read as weights
+# A GAN run's state (nest_jax.train.gan) holds both networks; its weights are the generator's.
+GAN_GENERATOR = {PARAMS: "g", EMA: "g_ema", BATCH_STATS: "g_stats"}
 
 
 def is_workdir(path: epath.Path) -> bool:
@@ -48,7 +50,8 @@ def read_workdir(
 
     params / batch_stats: flat {'/'-joined nnx path: host array}, exactly as saved (the EMA copy is
     float32). ema=True reads the EMA parameters; a state without them, a workdir without
-    checkpoints or a missing step is a one-line UserError.
+    checkpoints or a missing step is a one-line UserError. A GAN run's workdir gives its
+    generator's weights (`GAN_GENERATOR`).
     """
     workdir = as_path(workdir)
     steps = checkpoint_steps(workdir)
@@ -61,13 +64,16 @@ def read_workdir(
     handler = ocp.PyTreeCheckpointHandler()
     try:
         saved = handler.metadata(item).tree
-        key = EMA if ema else PARAMS
+        names = (
+            GAN_GENERATOR if PARAMS not in saved and GAN_GENERATOR[PARAMS] in saved else {k: k for k in GAN_GENERATOR}
+        )
+        key, stats = names[EMA if ema else PARAMS], names[BATCH_STATS]
         if key not in saved:
             raise UserError(
                 f"checkpoint {step} of {workdir} holds no EMA parameters (it was trained with "
                 "optimizer.ema_decay=0); load it without ema"
             )
-        wanted = {k: saved[k] for k in (key, BATCH_STATS) if k in saved}
+        wanted = {k: saved[k] for k in (key, stats) if k in saved}
         # Restore as host NumPy, not into the sharding it was saved with; partial_restore leaves the
         # optimizer state and everything else unread.
         args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
@@ -76,4 +82,4 @@ def read_workdir(
         )
     finally:
         handler.close()
-    return _flat(restored[key]), _flat(restored.get(BATCH_STATS, {})), step
+    return _flat(restored[key]), _flat(restored.get(stats, {})), step
