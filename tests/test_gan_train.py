@@ -356,3 +356,13 @@ def test_load_params_of_a_gan_workdir_gives_the_generator(stopped_at_4):
     z = jax.random.normal(jax.random.key(0), (2, int(config.gan.latent_dim)))
     want = trainer.eval_model(state, trainer.init_rest())(z, train=False)
     np.testing.assert_allclose(np.asarray(generator(z, train=False)), np.asarray(want), atol=1e-6)
+
+
+def test_exporting_a_gan_workdir_is_one_line_pointing_at_load_params(stopped_at_4, tmp_path):
+    """It built a default-sized generator from the informative model.name and failed on 96
+    shape mismatches."""
+    from nest_jax.export import export_checkpoint
+
+    with pytest.raises(UserError, match=r"is a GAN run's workdir .* nest_jax\.load_params") as e:
+        export_checkpoint(stopped_at_4, tmp_path / "out")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()

@@ -68,6 +68,11 @@ def export_checkpoint(
             config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
         except json.JSONDecodeError as e:
             raise UserError(f"{config_file} is not readable JSON ({e.msg}); pass --model") from None
+        if config.get("task") == "gan":
+            raise UserError(
+                f"{where} is a GAN run's workdir and timm and Google's .npz hold classifiers; read its generator "
+                "with nest_jax.load_params (ema=True: the EMA generator)"
+            )
         weights = load_params(where, step=step, ema=ema)
         head = weights.params.get("head/kernel")
         kwargs = trainer_kwargs(config, 0 if head is None else int(head.shape[-1]))
