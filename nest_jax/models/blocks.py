@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from nest_jax.models import layers as L
@@ -54,26 +53,17 @@ def deblockify(x: Array, grid: int | tuple[int, int]) -> Array:
     return x.reshape(b_, gh * b, gw * b, c)
 
 
-def pool_pads(size: int, padding: str, window: int = 3, stride: int = 2) -> tuple[int, int]:
-    """(before, after) padding of one spatial axis for the 3×3 stride-2 max-pool.
+def max_pool_3x3_s2(x: Array, padding: str = "tf_same") -> Array:
+    """Max-pool 3×3 stride 2 with −inf padding. x: (B, H, W, C) -> (B, H', W', C); H' = H/2 on even H.
 
     `tf_same` (TensorFlow / flax `padding="SAME"`): output ceil(size/stride), the total padding
     split with the extra element AFTER — on an even input: (0, 1), bottom/right only.
     `symmetric` (PyTorch MaxPool2d(3, 2, padding=1), timm's non-`_jx` NesT): (1, 1).
     """
-    if padding == "tf_same":
-        out = -(-size // stride)
-        total = max((out - 1) * stride + window - size, 0)
-        return total // 2, total - total // 2
-    if padding == "symmetric":
-        return (window - 1) // 2, (window - 1) // 2
-    raise ValueError(f"pool_padding must be one of {POOL_PADDINGS}, got {padding!r}")
-
-
-def max_pool_3x3_s2(x: Array, padding: str = "tf_same") -> Array:
-    """Max-pool 3×3 stride 2 with −inf padding. x: (B, H, W, C) -> (B, H', W', C); H' = H/2 on even H."""
-    pads = ((0, 0), pool_pads(x.shape[1], padding), pool_pads(x.shape[2], padding), (0, 0))
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), pads)
+    pads = {"tf_same": "SAME", "symmetric": ((1, 1), (1, 1))}
+    if padding not in pads:
+        raise ValueError(f"pool_padding must be one of {POOL_PADDINGS}, got {padding!r}")
+    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=pads[padding])
 
 
 class BlockAggregation(nnx.Module):
@@ -84,7 +74,7 @@ class BlockAggregation(nnx.Module):
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, padding: str = "tf_same", kernel_init=L.trunc_normal_02, **kw):
-        """kw: `rngs`, `dtype`, `param_dtype` of the conv and the norm. `padding`: see `pool_pads`."""
+        """kw: `rngs`, `dtype`, `param_dtype` of the conv and the norm. `padding`: see `max_pool_3x3_s2`."""
         self.padding = padding
         # Stride 1, kernel 3: SAME is a symmetric pad of 1 in flax, TF and PyTorch alike.
         self.conv = L.conv(in_dim, out_dim, 3, padding="SAME", kernel_init=kernel_init, **kw)
