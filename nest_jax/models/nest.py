@@ -122,7 +122,7 @@ class NestLevel(nnx.Module):
     x: (B, H_{l-1}, W_{l-1}, C_{l-1}) (or the patch map for level 0) -> (B, H_l, W_l, C_l)
     """
 
-    def __init__(self, c: NestConfig, index: int, drop_path: Sequence[float], *, rngs: nnx.Rngs):
+    def __init__(self, c: NestConfig, index: int, *, rngs: nnx.Rngs):
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
         init = trunc_normal_official(0.02)
         dim = c.dims[index]
@@ -136,10 +136,12 @@ class NestLevel(nnx.Module):
             else None
         )
         opts = dict(drop=c.drop_rate, attn_drop=c.attn_drop_rate, act=c.gelu, kernel_init=init, attn_impl=c.attn_impl)
-        skips = dict(skip_removed=c.skip_removed, first=sum(c.depths[:index]))
+        first = sum(c.depths[:index])  # layers and stochastic depth rates are numbered across levels
+        rates = L.drop_path_rates(c.drop_path_rate, sum(c.depths))[first : first + c.depths[index]]
+        skips = dict(skip_removed=c.skip_removed, first=first)
         kv_heads = 1 if c.attention == "multi_query" else None
         self.layers = L.transformer_stack(
-            drop_path, dim, c.heads[index], int(dim * c.mlp_ratio), num_kv_heads=kv_heads, **skips, **opts, **kw
+            rates, dim, c.heads[index], int(dim * c.mlp_ratio), num_kv_heads=kv_heads, **skips, **opts, **kw
         )
 
     def __call__(self, x: Array, *, train: bool = False, rec=None) -> Array:
@@ -169,11 +171,7 @@ class Nest(Model):
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
         init = trunc_normal_official(0.02)
         self.patch_embed = L.PatchEmbed(c.in_chans, c.dims[0], c.patch_size, kernel_init=init, **kw)
-        rates = L.drop_path_rates(c.drop_path_rate, sum(c.depths))
-        starts = [sum(c.depths[:i]) for i in range(c.levels)]
-        self.levels = nnx.List(
-            [NestLevel(c, i, rates[starts[i] : starts[i] + c.depths[i]], rngs=rngs) for i in range(c.levels)]
-        )
+        self.levels = nnx.List([NestLevel(c, i, rngs=rngs) for i in range(c.levels)])
         self.norm = L.layer_norm(c.dims[-1], **kw)
         self.head = L.classifier(c.dims[-1], c.num_classes, init, **kw)
 
