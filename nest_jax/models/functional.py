@@ -74,7 +74,10 @@ def as_linen(name: str, **create_kwargs: Any) -> bridge.ToLinen:
     holds the NNX parameters under their NNX paths; BatchNorm statistics go to `batch_stats`
     (declare it mutable when training). Dropout RNGs come from Linen's `rngs={"dropout": key}`.
     """
-    return bridge.ToLinen(_create_in_linen, args=(name,), kwargs=dict(create_kwargs), metadata_fn=_plain_value)
+    # metadata_fn: plain arrays in the Linen tree (not `NNXMeta` boxes), so Linen params and
+    # `nnx.state(model, nnx.Param)` have identical pytree leaves and can be exchanged.
+    plain = nnx.Variable.get_value
+    return bridge.ToLinen(_create_in_linen, args=(name,), kwargs=dict(create_kwargs), metadata_fn=plain)
 
 
 def _create_in_linen(name: str, *, rngs: nnx.Rngs, **create_kwargs: Any) -> nnx.Module:
@@ -83,12 +86,6 @@ def _create_in_linen(name: str, *, rngs: nnx.Rngs, **create_kwargs: Any) -> nnx.
     if "dropout" not in rngs and "default" not in rngs:
         rngs = nnx.Rngs(params=rngs.params(), dropout=0)
     return create_model(name, rngs=rngs, **create_kwargs)
-
-
-def _plain_value(var: nnx.Variable) -> Any:
-    # Plain arrays in the Linen tree (not `NNXMeta` boxes), so Linen params and `nnx.state(model,
-    # nnx.Param)` have identical pytree leaves and can be exchanged.
-    return var.get_value()
 
 
 def linen_params_from_nnx(model: nnx.Module) -> dict[str, Any]:
