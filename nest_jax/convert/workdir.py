@@ -64,9 +64,8 @@ def read_workdir(
     handler = ocp.PyTreeCheckpointHandler()
     try:
         saved = handler.metadata(item).tree
-        names = (
-            GAN_GENERATOR if PARAMS not in saved and GAN_GENERATOR[PARAMS] in saved else {k: k for k in GAN_GENERATOR}
-        )
+        gan = PARAMS not in saved and GAN_GENERATOR[PARAMS] in saved
+        names = GAN_GENERATOR if gan else {k: k for k in (PARAMS, EMA, BATCH_STATS)}
         key, stats = names[EMA if ema else PARAMS], names[BATCH_STATS]
         if key not in saved:
             raise UserError(

@@ -206,10 +206,13 @@ def _check_task_reads(config: Any, gan: bool) -> None:
     ignore (`model.name` may name a GAN's generator, as configs/*_gan.py do)."""
     if gan and _get(config, "dataset.augment_on") == "device":
         raise _fail("dataset.augment_on", "device", "is for task='classification'", 'set it to "host"')
-    unread = list(_CLASSIFIER_ONLY.items()) + [
-        (f"gan.{net}.{k}", why) for net in ("g_optimizer", "d_optimizer") for k, why in _GAN_OPTIMIZER_UNREAD.items()
-    ]
-    if not gan:
+    if gan:
+        unread = list(_CLASSIFIER_ONLY.items()) + [
+            (f"gan.{net}.{k}", why)
+            for net in ("g_optimizer", "d_optimizer")
+            for k, why in _GAN_OPTIMIZER_UNREAD.items()
+        ]
+    else:
         unread = [("gan", "only a GAN run reads config.gan: set --config.task=gan")]
     task, default = _get(config, "task"), base_config()
     for section, why in unread:

@@ -23,8 +23,9 @@ data settings `batch_size`, `max_batches` (None: the data's defaults) and reads 
 reads kind, every_steps (None: train.eval_every_steps; 0: only at the end) and prefix (None:
 "<name>/"), and passes the remaining keys to the class as keyword arguments; an unknown key is a
 one-line UserError naming the close ones, and so is a kind whose class's `task` attribute ("gan" for
-the generator's evaluators; "classification" when it has none) is not the run's `config.task`. Kinds defined by the analysis layer are found by
-importing `PLUGIN_MODULES` (lazily: the training loop never imports them itself).
+the generator's evaluators; "classification" when it has none) is not the run's `config.task`.
+Kinds defined by the analysis layer are found by importing `PLUGIN_MODULES` (lazily: the training
+loop never imports them itself).
 """
 
 from __future__ import annotations
@@ -236,10 +237,11 @@ def _check_task(kind: str, task: str, *, where: str) -> None:
     """UserError unless `kind` evaluates the model of `task`: a classifier, or for task "gan" the
     generator (an evaluator class says so by its `task` attribute; "classification" when it has none)."""
     task_of = lambda cls: getattr(cls, "task", "classification")  # noqa: E731
-    if task_of(get_evaluator(kind)) != task:
+    evaluates = task_of(get_evaluator(kind))
+    if evaluates != task:
         kinds = [k for k, cls in known_kinds().items() if task_of(cls) == task]
         raise UserError(
-            f"{where}: evaluator kind {kind!r} is for task={task_of(get_evaluator(kind))!r} runs and this run's "
+            f"{where}: evaluator kind {kind!r} is for task={evaluates!r} runs and this run's "
             f"task is {task!r}; its kinds are: {', '.join(kinds)}"
         )
 
